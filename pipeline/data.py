@@ -1,0 +1,285 @@
+"""Image folders: scanning into a manifest, the fixed split, decoding.
+
+An image folder is the ImageFolder layout: one sub-folder per class, images
+inside (any depth).  :func:`scan` turns it into a :class:`Manifest` (relative
+paths, integer labels, class names, file identities), :func:`assign_split`
+fixes a stratified train/val/test split that stays put when images are added,
+and :func:`load_rgb` / :func:`preprocess` decode one file the way a backbone's
+weights expect, raising :class:`ImageDecodeError` with a reason for any file
+that is not a usable image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SPLIT_NAMES = ("train", "val", "test")
+SPLIT_CODES = {name: code for code, name in enumerate(SPLIT_NAMES)}
+DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
+#: Images larger than this many pixels are refused as decompression bombs.
+MAX_PIXELS = 64_000_000
+
+
+class ImageDecodeError(Exception):
+    """One file could not be turned into an RGB image; ``reason`` says why."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass
+class Manifest:
+    """The images of one folder, in a fixed order.
+
+    ``paths`` are POSIX paths relative to ``root``; ``labels[i]`` indexes
+    ``classes``; ``sizes`` and ``mtimes`` (ns) identify each file's version.
+    ``ignored`` lists files in the tree that are not images (relative paths).
+    """
+
+    root: Path
+    classes: list[str]
+    paths: list[str]
+    labels: np.ndarray
+    sizes: np.ndarray
+    mtimes: np.ndarray
+    ignored: list[str] = field(default_factory=list)
+
+    def __len__(self):
+        return len(self.paths)
+
+    @property
+    def name(self):
+        return self.root.name
+
+
+def bundled_data_root() -> Path:
+    """The small flowers subset shipped with the package (CC-BY 2.0, see ATTRIBUTION.md)."""
+    return Path(str(resources.files("pipeline") / "sample_data" / "flowers"))
+
+
+def scan(root, min_per_class: int = 3) -> Manifest:
+    """Scan an ImageFolder tree into a :class:`Manifest`.
+
+    Hidden files and folders (leading dot) are skipped; files whose extension
+    is not an image extension are listed in ``ignored``.  Classes are the
+    sorted names of the immediate sub-folders that hold at least one image;
+    empty class folders are reported in the log and left out.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"image folder {str(root)!r} does not exist or is not a folder; "
+            "pass --data DIR with one sub-folder per class"
+        )
+    class_dirs = sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    classes, paths, labels, sizes, mtimes, ignored = [], [], [], [], [], []
+    empty = []
+    for class_dir in class_dirs:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fname in sorted(filenames):
+                if fname.startswith("."):
+                    continue
+                full = Path(dirpath) / fname
+                rel = full.relative_to(root).as_posix()
+                if full.suffix.lower() in IMAGE_EXTENSIONS:
+                    found.append((rel, full))
+                else:
+                    ignored.append(rel)
+        if not found:
+            empty.append(class_dir.name)
+            continue
+        label = len(classes)
+        classes.append(class_dir.name)
+        for rel, full in found:
+            st = full.stat()
+            paths.append(rel)
+            labels.append(label)
+            sizes.append(st.st_size)
+            mtimes.append(st.st_mtime_ns)
+    if empty:
+        log.warning("class folders with no images, left out: %s", ", ".join(empty))
+    if len(classes) < 2:
+        raise DataError(
+            f"{str(root)!r} has {len(classes)} class folder(s) with images "
+            f"({', '.join(classes) or 'none'}); a classifier needs at least 2: "
+            "put each class's images in its own sub-folder"
+        )
+    counts = np.bincount(labels, minlength=len(classes))
+    small = [f"{c} ({n})" for c, n in zip(classes, counts) if n < min_per_class]
+    if small:
+        raise DataError(
+            f"classes with fewer than {min_per_class} images cannot be split into "
+            f"train/val/test: {', '.join(small)} in {str(root)!r}; add images or "
+            "remove those folders"
+        )
+    return Manifest(
+        root=root,
+        classes=classes,
+        paths=paths,
+        labels=np.asarray(labels, dtype=np.int64),
+        sizes=np.asarray(sizes, dtype=np.int64),
+        mtimes=np.asarray(mtimes, dtype=np.int64),
+        ignored=ignored,
+    )
+
+
+def _split_counts(n: int, fractions) -> tuple[int, int, int]:
+    """Train/val/test counts for a class of ``n`` images; val and test get >= 1."""
+    n_val = max(1, int(round(n * fractions[1])))
+    n_test = max(1, int(round(n * fractions[2])))
+    return n - n_val - n_test, n_val, n_test
+
+
+def _rank_key(seed: int, relpath: str) -> str:
+    return hashlib.sha256(f"{seed}\0{relpath}".encode()).hexdigest()
+
+
+def assign_split(paths, labels, seed: int = 0, fractions=DEFAULT_FRACTIONS,
+                 previous: dict | None = None) -> np.ndarray:
+    """Stratified split codes (0 train, 1 val, 2 test), shape ``(n_images,)``.
+
+    Within each class, images are ordered by a hash of ``(seed, path)`` and
+    the split quotas filled in that order, so the split depends on neither
+    file order nor machine.  ``previous`` maps a path to a split code already
+    fixed (from a store); those images keep it and only new images fill what
+    the enlarged class's quotas still lack, so adding images never moves a
+    test image into training.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise DataError(f"split fractions {fractions} must be >= 0 and sum to 1")
+    labels = np.asarray(labels)
+    previous = previous or {}
+    split = np.full(len(paths), -1, dtype=np.int8)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        targets = list(_split_counts(len(members), fractions))
+        fresh = []
+        for i in members:
+            code = previous.get(paths[i])
+            if code is None:
+                fresh.append(i)
+            else:
+                split[i] = code
+                targets[code] -= 1
+        fresh.sort(key=lambda i: _rank_key(seed, paths[i]))
+        # Fill test first, then val, so evaluation splits are never starved.
+        order = [2, 1, 0]
+        for i in fresh:
+            code = next((c for c in order if targets[c] > 0), 0)
+            split[i] = code
+            targets[code] -= 1
+    return split
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _to_rgb(img):
+    """Convert any PIL mode to RGB: alpha over white, 16-bit scaled, CMYK via PIL."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def load_rgb(path, target_short_side: int | None = None, max_pixels: int = MAX_PIXELS):
+    """Decode ``path`` to an RGB PIL image with EXIF orientation applied.
+
+    When ``target_short_side`` is given, JPEGs much larger than it are decoded
+    at a reduced DCT scale (``Image.draft``), never below the target.
+    Raises :class:`ImageDecodeError` with a short reason for unusable files.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageDecodeError(path, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageDecodeError(
+                        path, f"image is {w}x{h} = {w * h:,} pixels, over the "
+                        f"{max_pixels:,}-pixel limit (decompression bomb?)")
+                if target_short_side and img.format == "JPEG":
+                    # Scale so the short side stays >= target; draft picks
+                    # the largest DCT scale that still satisfies the request.
+                    scale = min(w, h) / target_short_side
+                    if scale >= 2:
+                        img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(path, f"decompression bomb refused ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(path, "not an image file (PIL cannot identify it)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(path, f"unreadable or truncated image ({exc})") from None
+
+
+def resize_center_crop(img, size: int, crop_pct: float, interpolation: str):
+    """Resize the short side to ``size / crop_pct`` and take the centre ``size`` square.
+
+    Returns a uint8 array of shape ``(3, size, size)``.
+    """
+    from PIL import Image
+
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR,
+                "nearest": Image.NEAREST}[interpolation]
+    scale_size = int(math.floor(size / crop_pct))
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = scale_size, max(1, int(round(h * scale_size / w)))
+    else:
+        new_w, new_h = max(1, int(round(w * scale_size / h))), scale_size
+    img = img.resize((new_w, new_h), resample=resample)
+    left = (new_w - size) // 2
+    top = (new_h - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,188 @@
+"""The batched forward pass: uint8 images in, pooled tap vectors out.
+
+:class:`TapExtractor` wraps a backbone's stages, cut after the deepest
+requested tap, with the weights' normalisation as its first operation and a
+pooling of each tapped feature map as its last, so one call computes every
+tap.  :class:`ImageDataset` decodes files in DataLoader workers and hands
+failures on as data, not exceptions.  :func:`iter_features` runs the loop;
+it touches no output file (the store does that).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .data import ImageDecodeError, file_sha256, load_rgb, resize_center_crop
+from .errors import DeviceError, UsageError
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("avg", "max", "gem")
+GEM_P = 3.0
+
+
+def pool(x: torch.Tensor, how: str) -> torch.Tensor:
+    """Global pooling of ``(N, C, H, W)`` to ``(N, C)``; ``gem`` is generalised mean, p=3."""
+    if how == "avg":
+        return x.mean(dim=(2, 3))
+    if how == "max":
+        return x.amax(dim=(2, 3))
+    if how == "gem":
+        return x.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
+    raise UsageError(f"unknown pooling {how!r}; valid: {', '.join(POOLINGS)}")
+
+
+class TapExtractor(nn.Module):
+    """Normalise uint8 images, run the stages up to the deepest tap, pool each tap.
+
+    ``forward(images)`` takes ``(N, 3, H, W)`` uint8 (or float in [0, 255]) and
+    returns a tuple of ``(N, C_tap)`` float tensors in the order of ``taps``.
+    """
+
+    def __init__(self, stages, tap_stages: dict, preprocessing, pooling: str = "avg"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise UsageError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+        names = [name for name, _ in stages]
+        missing = [s for s in tap_stages.values() if s not in names]
+        if missing:
+            raise UsageError(f"stages {missing} are not in the network; stages: {names}")
+        deepest = max(names.index(s) for s in tap_stages.values())
+        self.stage_names = names[: deepest + 1]
+        self.stages = nn.ModuleList(m for _, m in stages[: deepest + 1])
+        self.tap_names = list(tap_stages)
+        self.tap_stages = dict(tap_stages)
+        self.pooling = pooling
+        mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, images):
+        x = (images.float() - self.mean) / self.std
+        pooled = {}
+        for name, stage in zip(self.stage_names, self.stages):
+            x = stage(x)
+            for tap, tap_stage in self.tap_stages.items():
+                if tap_stage == name:
+                    pooled[tap] = pool(x, self.pooling).float()
+        return tuple(pooled[t] for t in self.tap_names)
+
+
+def build_extractor(loaded, taps, pooling: str = "avg") -> TapExtractor:
+    """A :class:`TapExtractor` for a :class:`~pipeline.backbones.LoadedBackbone`."""
+    spec = loaded.spec
+    tap_stages = {t: spec.tap(t).stage for t in taps}
+    extractor = TapExtractor(loaded.stages(), tap_stages, spec.preprocessing, pooling)
+    return extractor.eval()
+
+
+# ------------------------------------------------------------------ devices
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cuda`` without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"--device {device} was asked for but this torch ({torch.__version__}) sees no "
+                "CUDA device; use --device cpu (or auto) on this machine"
+            )
+        return torch.device(device)
+    if device == "cpu":
+        return torch.device("cpu")
+    raise UsageError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+# ------------------------------------------------------------------ loading
+
+
+@dataclass
+class Decoded:
+    index: int
+    image: np.ndarray | None   # (3, S, S) uint8, or None when unusable
+    sha256: str
+    reason: str = ""
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decodes ``root / paths[i]`` for row ``indices[i]``; failures come back with a reason."""
+
+    def __init__(self, root, paths, indices, preprocessing, hash_files: bool = True):
+        self.root = root
+        self.paths = list(paths)
+        self.indices = list(indices)
+        self.pre = preprocessing
+        self.hash_files = hash_files
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        path = self.root / self.paths[i]
+        sha = ""
+        try:
+            sha = file_sha256(path) if self.hash_files else ""
+            target = int(self.pre.input_size / self.pre.crop_pct)
+            img = load_rgb(path, target_short_side=target)
+            arr = resize_center_crop(img, self.pre.input_size, self.pre.crop_pct,
+                                     self.pre.interpolation)
+            return Decoded(self.indices[i], arr, sha)
+        except ImageDecodeError as exc:
+            return Decoded(self.indices[i], None, sha, exc.reason)
+        except OSError as exc:  # vanished or unreadable between scan and decode
+            return Decoded(self.indices[i], None, sha, f"cannot read file ({exc})")
+
+
+def collate(items):
+    """Stack decodable images; keep failures aside: ``(indices, batch, shas, failures)``."""
+    ok = [d for d in items if d.image is not None]
+    failures = [(d.index, d.sha256, d.reason) for d in items if d.image is None]
+    batch = torch.from_numpy(np.stack([d.image for d in ok])) if ok else None
+    return [d.index for d in ok], batch, [d.sha256 for d in ok], failures
+
+
+def make_loader(dataset, batch_size: int, workers: int, pin_memory: bool):
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=collate, pin_memory=pin_memory,
+        persistent_workers=False, prefetch_factor=4 if workers else None,
+    )
+
+
+@dataclass
+class BatchResult:
+    indices: list
+    features: dict          # tap -> (n, C) float32 array
+    shas: list
+    failures: list          # (index, sha256, reason)
+    seconds: float
+
+
+def iter_features(runner, loader, device: torch.device, taps):
+    """Yield a :class:`BatchResult` per batch of ``loader``.
+
+    ``runner`` is a callable mapping a uint8 batch on ``device`` to a tuple of
+    pooled tap tensors (a :class:`TapExtractor` or a compiled/exported form).
+    On CUDA the copy is non-blocking from pinned memory and the input is
+    channels_last.
+    """
+    for indices, batch, shas, failures in loader:
+        t0 = time.perf_counter()
+        feats = {}
+        if batch is not None:
+            if device.type == "cuda":
+                batch = batch.to(device, non_blocking=True).contiguous(
+                    memory_format=torch.channels_last)
+            with torch.inference_mode():
+                outs = runner(batch)
+            feats = {t: o.detach().float().cpu().numpy() for t, o in zip(taps, outs)}
+        yield BatchResult(indices, feats, shas, failures, time.perf_counter() - t0)

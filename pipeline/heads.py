@@ -1,0 +1,105 @@
+"""scikit-learn heads on cached features, and their model selection.
+
+Each head is a scikit-learn ``Pipeline(StandardScaler(), estimator)``.  The
+one hyperparameter that matters (``C`` for linear and kernel models, ``k``
+for nearest neighbours) is chosen on the validation split over a log grid;
+the chosen head is then refitted on train + validation and judged once on
+the test split.  This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+from sklearn.linear_model import LogisticRegression
+
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+CLASSIFIERS = ("logreg", "svm", "linear-svm", "knn")
+
+#: Hyperparameter searched on the validation split, and its grid.
+GRIDS = {
+    "logreg": ("C", [10.0 ** e for e in np.arange(-4, 2.01, 0.5)]),
+    "svm": ("C", [10.0 ** e for e in np.arange(-1, 3.01, 0.5)]),
+    "linear-svm": ("C", [10.0 ** e for e in np.arange(-5, 1.01, 0.5)]),
+    "knn": ("n_neighbors", [1, 3, 5, 9, 15, 25, 41]),
+}
+
+
+def make_head(clf: str, value, seed: int = 0):
+    """An unfitted ``Pipeline(StandardScaler(), <clf>)`` with its searched parameter set."""
+    if clf == "logreg":
+        est = LogisticRegression(C=value, max_iter=3000, random_state=seed)
+    elif clf == "svm":
+        # probability=True gives calibrated top-k probabilities for the report
+        est = SVC(C=value, kernel="rbf", gamma="scale", probability=True, random_state=seed)
+    elif clf == "linear-svm":
+        est = LinearSVC(C=value, max_iter=20000, random_state=seed)
+    elif clf == "knn":
+        est = KNeighborsClassifier(n_neighbors=value)
+    else:
+        raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}")
+    return make_pipeline(StandardScaler(), est)
+
+
+def predict_proba(model, X) -> np.ndarray:
+    """Class probabilities ``(n, n_classes)``; a softmax of the margins for LinearSVC."""
+    if hasattr(model, "predict_proba"):
+        return model.predict_proba(X)
+    scores = model.decision_function(X)
+    if scores.ndim == 1:
+        scores = np.stack([-scores, scores], axis=1)
+    scores = scores - scores.max(axis=1, keepdims=True)
+    e = np.exp(scores)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class FitResult:
+    """A head chosen on validation and refitted on train + validation."""
+
+    model: object
+    params: dict
+    val_pred: np.ndarray                 # from the head fitted on train only
+    search: list = field(default_factory=list)   # [{param: value, "val_accuracy": a}]
+    fit_seconds: float = 0.0
+
+
+def select_and_fit(clf: str, X_train, y_train, X_val, y_val, seed: int = 0,
+                   grid=None) -> FitResult:
+    """Choose the grid value with the best validation accuracy, then refit on train+val.
+
+    ``X_*`` are ``(n, n_features)``.  Ties go to the smaller ``C`` (stronger
+    regularisation) or larger ``k``.  ``grid`` overrides the default grid.
+    """
+    if clf not in GRIDS:
+        raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}")
+    name, values = GRIDS[clf]
+    values = list(grid) if grid is not None else list(values)
+    if clf == "knn":
+        values = [k for k in values if k <= len(y_train)] or [1]
+        values = sorted(values, reverse=True)
+    t0 = time.perf_counter()
+    search, best, best_acc, best_pred = [], None, -1.0, None
+    for value in values:
+        model = make_head(clf, value, seed).fit(X_train, y_train)
+        pred = model.predict(X_val)
+        acc = float(np.mean(pred == y_val))
+        search.append({name: float(value) if clf != "knn" else int(value), "val_accuracy": acc})
+        log.info("%s %s=%g val accuracy %.4f", clf, name, value, acc)
+        if acc > best_acc:
+            best, best_acc, best_pred = value, acc, pred
+    final = make_head(clf, best, seed).fit(np.concatenate([X_train, X_val]),
+                                           np.concatenate([y_train, y_val]))
+    params = {name: float(best) if clf != "knn" else int(best)}
+    return FitResult(final, params, best_pred, search, time.perf_counter() - t0)

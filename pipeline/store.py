@@ -1,0 +1,409 @@
+"""The HDF5 feature store: schema, cache key, journal, resume and read views.
+
+One store file holds the pooled tap vectors of one image folder under one
+configuration (backbone, weights, preprocessing, pooling, storage dtype,
+runtime precision).  Layout (all datasets row-aligned, rows in manifest
+order; see README "HDF5 layout")::
+
+    /paths (N,) str       relative to the data root
+    /labels (N,) int64    index into /classes
+    /split (N,) int8      0 train, 1 val, 2 test (fixed at first extraction)
+    /classes (K,) str
+    /sha256, /size, /mtime_ns (N,)   each file's identity when extracted
+    /taps/<tap> (N, C)    float32 or float16
+    /skipped/paths, /skipped/reasons, /skipped/sha256 (M,)
+    attrs: config (JSON), config_key, fingerprint, versions, created, ...
+
+Writing never edits a finished file in place: each extracted batch is first
+journalled as its own ``.npz`` under ``<store>.partial/`` (written to a
+temporary name, then renamed), and the finished store is assembled into a
+temporary file and renamed over the old one.  A killed run therefore leaves
+either the old store or the new one, plus a journal that the next run with
+the same configuration resumes from.  A lock file keeps two writers apart.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+STR = h5py.string_dtype("utf-8")
+#: Rows per HDF5 chunk of a tap dataset (measured: see benchmarks/store_layout.py).
+CHUNK_ROWS = 256
+
+
+def config_key(config: dict) -> str:
+    """SHA-256 of the canonical JSON of everything that shapes the vectors."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "timm", "numpy", "h5py", "scikit-learn", "pillow"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------ locking
+
+
+@contextmanager
+def write_lock(store_path: Path):
+    """Hold an exclusive lock on ``<store>.lock`` or fail at once naming the holder."""
+    lock_path = Path(str(store_path) + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise StoreError(
+                f"{store_path} is being written by {holder}; wait for it to finish "
+                "or pass another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {platform.node()}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # closing releases the flock
+
+
+# ------------------------------------------------------------------ reading
+
+
+@dataclass
+class StoreIndex:
+    """The per-row identity columns of a store, read without the vectors."""
+
+    paths: list
+    labels: np.ndarray
+    split: np.ndarray
+    sha256: list
+    size: np.ndarray
+    mtime_ns: np.ndarray
+    skipped: dict          # path -> (sha256, reason)
+
+
+class FeatureStore:
+    """Read view of a finished store file.
+
+    ``X(tap, split)`` returns ``(n, C)`` float32; ``y(split)`` the labels;
+    ``split`` is ``"train"``, ``"val"``, ``"test"``, a tuple of them, or None
+    for every row.
+    """
+
+    SPLITS = ("train", "val", "test")
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(
+                f"feature store {str(self.path)!r} does not exist; run "
+                "`python cli.py extract` first or pass --features FILE"
+            )
+        try:
+            with h5py.File(self.path, "r") as f:
+                if f.attrs.get("format") != "transfer-workbench-features":
+                    raise StoreError(f"{self.path} is not a feature store written by this tool")
+                self.attrs = {k: _attr(v) for k, v in f.attrs.items()}
+                self.classes = [s.decode() if isinstance(s, bytes) else s
+                                for s in f["classes"][()]]
+                self.paths = [s.decode() for s in f["paths"][()]]
+                self.labels = f["labels"][()].astype(np.int64)
+                self.split_codes = f["split"][()].astype(np.int8)
+                self.taps = list(json.loads(self.attrs["taps"]))
+                self.tap_channels = {t: f[f"taps/{t}"].shape[1] for t in self.taps}
+                self.skipped = list(zip(
+                    (s.decode() for s in f["skipped/paths"][()]),
+                    (s.decode() for s in f["skipped/reasons"][()])))
+        except OSError as exc:
+            raise StoreError(f"cannot read feature store {self.path}: {exc}") from None
+        self.config = json.loads(self.attrs["config"])
+
+    def __len__(self):
+        return len(self.paths)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.attrs["fingerprint"]
+
+    @property
+    def data_root(self) -> Path:
+        return Path(self.attrs["data_root"])
+
+    def mask(self, split=None) -> np.ndarray:
+        if split is None:
+            return np.ones(len(self), dtype=bool)
+        names = (split,) if isinstance(split, str) else tuple(split)
+        codes = []
+        for name in names:
+            if name not in self.SPLITS:
+                raise StoreError(f"unknown split {name!r}; valid: {', '.join(self.SPLITS)}")
+            codes.append(self.SPLITS.index(name))
+        return np.isin(self.split_codes, codes)
+
+    def X(self, tap: str, split=None) -> np.ndarray:
+        if tap not in self.taps:
+            from .errors import UsageError
+
+            raise UsageError(
+                f"tap {tap!r} is not in {self.path.name}; it holds {', '.join(self.taps)} "
+                f"(run extract with --layer {tap} to add it)"
+            )
+        idx = np.flatnonzero(self.mask(split))
+        with h5py.File(self.path, "r") as f:
+            return f[f"taps/{tap}"][()][idx].astype(np.float32)
+
+    def iter_rows(self, tap: str, split=None, block: int = 4096):
+        """Yield ``(X_block, y_block)`` in order, ``block`` rows at a time (bounded memory)."""
+        mask = self.mask(split)
+        with h5py.File(self.path, "r") as f:
+            dset = f[f"taps/{tap}"]
+            for start in range(0, len(self), block):
+                stop = min(start + block, len(self))
+                m = mask[start:stop]
+                if m.any():
+                    yield dset[start:stop][m].astype(np.float32), self.labels[start:stop][m]
+
+    def y(self, split=None) -> np.ndarray:
+        return self.labels[self.mask(split)]
+
+    def rel_paths(self, split=None) -> list:
+        return [p for p, m in zip(self.paths, self.mask(split)) if m]
+
+    def split_sizes(self) -> dict:
+        return {name: int((self.split_codes == i).sum()) for i, name in enumerate(self.SPLITS)}
+
+
+def _attr(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_index(path: Path) -> tuple[dict, StoreIndex] | None:
+    """The config and identity columns of an existing store, or None if absent."""
+    if not path.is_file():
+        return None
+    store = FeatureStore(path)
+    with h5py.File(path, "r") as f:
+        index = StoreIndex(
+            paths=store.paths,
+            labels=store.labels,
+            split=store.split_codes,
+            sha256=[s.decode() for s in f["sha256"][()]],
+            size=f["size"][()],
+            mtime_ns=f["mtime_ns"][()],
+            skipped={p.decode(): (s.decode(), r.decode()) for p, s, r in zip(
+                f["skipped/paths"][()], f["skipped/sha256"][()], f["skipped/reasons"][()])},
+        )
+    return store.config, index
+
+
+# ------------------------------------------------------------------ journal
+
+
+class Journal:
+    """Completed batches of an unfinished extraction, one ``.npz`` each.
+
+    The journal directory holds ``config.json`` (the config key it belongs
+    to) and ``batch-<seq>.npz`` files with ``paths``, ``sha256``, one array
+    per tap, and the failed files of that batch.  A batch file exists only
+    once it is complete (written under a temporary name, fsynced, renamed).
+    """
+
+    def __init__(self, store_path: Path, key: str):
+        self.dir = Path(str(store_path) + ".partial")
+        self.key = key
+
+    def open(self, overwrite: bool = False):
+        cfg = self.dir / "config.json"
+        if self.dir.exists():
+            found = json.loads(cfg.read_text()).get("config_key") if cfg.exists() else None
+            if found != self.key:
+                if not overwrite:
+                    raise StoreError(
+                        f"{self.dir} holds an interrupted extraction with a different "
+                        "configuration; rerun that configuration to finish it, or pass "
+                        "--overwrite to discard it"
+                    )
+                self.discard()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.exists():
+            _atomic_write_bytes(cfg, json.dumps({"config_key": self.key}).encode())
+        return self
+
+    def batches(self):
+        return sorted(self.dir.glob("batch-*.npz"))
+
+    def done(self, stamps: dict):
+        """Completed work whose file is unchanged since: ``(rows, failed)``.
+
+        ``rows`` maps path -> (sha256, {tap: (C,) vector}); ``failed`` maps
+        path -> (sha256, reason).  ``stamps`` maps path -> (size, mtime_ns)
+        now; an entry whose file has changed since it was journalled is dropped.
+        """
+        rows, failed = {}, {}
+        for file in self.batches():
+            with np.load(file, allow_pickle=False) as z:
+                taps = [k[4:] for k in z.files if k.startswith("tap_")]
+                n_ok = len(z["paths"])
+                stamp = z["stamps"]
+                for i, p in enumerate(z["paths"]):
+                    if stamps.get(str(p)) == tuple(int(v) for v in stamp[i]):
+                        rows[str(p)] = (str(z["sha256"][i]), {t: z["tap_" + t][i] for t in taps})
+                for k, (p, s, r) in enumerate(zip(z["failed_paths"], z["failed_sha256"],
+                                                  z["failed_reasons"])):
+                    if stamps.get(str(p)) == tuple(int(v) for v in stamp[n_ok + k]):
+                        failed[str(p)] = (str(s), str(r))
+        return rows, failed
+
+    def write(self, seq: int, paths, shas, features: dict, failures, stamps):
+        """Journal one batch: rows ``paths`` then ``failures``; ``stamps`` (size, mtime_ns) of each."""
+        arrays = {
+            "stamps": np.asarray(stamps, dtype=np.int64).reshape(-1, 2),
+            "paths": np.asarray(paths, dtype=str),
+            "sha256": np.asarray(shas, dtype=str),
+            "failed_paths": np.asarray([f[0] for f in failures], dtype=str),
+            "failed_sha256": np.asarray([f[1] for f in failures], dtype=str),
+            "failed_reasons": np.asarray([f[2] for f in failures], dtype=str),
+        }
+        for tap, arr in features.items():
+            arrays["tap_" + tap] = arr
+        target = self.dir / f"batch-{seq:08d}.npz"
+        tmp = self.dir / f".batch-{seq:08d}.{os.getpid()}.tmp.npz"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+
+    def next_seq(self) -> int:
+        batches = self.batches()
+        return int(batches[-1].stem.split("-")[1]) + 1 if batches else 0
+
+    def discard(self):
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _atomic_write_bytes(path: Path, data: bytes):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def write_store(path: Path, *, config: dict, attrs: dict, classes, rows, skipped,
+                taps: dict, dtype: str = "float32", compression: str | None = None):
+    """Write a finished store atomically.
+
+    ``rows`` is a list of dicts (path, label, split, sha256, size, mtime_ns,
+    vectors) in final order, where ``vectors`` is a callable returning
+    ``{tap: (C,) array}``; ``taps`` maps tap name -> channels; ``skipped`` is
+    a list of (path, sha256, reason).  Vectors are written in blocks so
+    memory stays bounded by the block, not by N.
+    """
+    n = len(rows)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    digest = hashlib.sha256(config_key(config).encode())
+    for r in rows:
+        digest.update(f"{r['path']}\0{r['sha256']}\0{r['label']}\0{r['split']}\n".encode())
+    fingerprint = digest.hexdigest()
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = "transfer-workbench-features"
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["config"] = json.dumps(config, sort_keys=True)
+            f.attrs["config_key"] = config_key(config)
+            f.attrs["fingerprint"] = fingerprint
+            f.attrs["taps"] = json.dumps(list(taps))
+            f.attrs["n_images"] = n
+            f.attrs["n_skipped"] = len(skipped)
+            for k, v in attrs.items():
+                f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
+            f.create_dataset("classes", data=np.asarray(classes, dtype=object), dtype=STR)
+            f.create_dataset("paths", data=np.asarray([r["path"] for r in rows], dtype=object),
+                             dtype=STR)
+            f.create_dataset("labels", data=np.asarray([r["label"] for r in rows], dtype=np.int64))
+            split = f.create_dataset("split", data=np.asarray([r["split"] for r in rows],
+                                                             dtype=np.int8))
+            split.attrs["codes"] = json.dumps({"0": "train", "1": "val", "2": "test"})
+            f.create_dataset("sha256", data=np.asarray([r["sha256"] for r in rows], dtype=object),
+                             dtype=STR)
+            f.create_dataset("size", data=np.asarray([r["size"] for r in rows], dtype=np.int64))
+            f.create_dataset("mtime_ns", data=np.asarray([r["mtime_ns"] for r in rows],
+                                                         dtype=np.int64))
+            g = f.create_group("skipped")
+            g.create_dataset("paths", data=np.asarray([s[0] for s in skipped], dtype=object),
+                             dtype=STR)
+            g.create_dataset("sha256", data=np.asarray([s[1] for s in skipped], dtype=object),
+                             dtype=STR)
+            g.create_dataset("reasons", data=np.asarray([s[2] for s in skipped], dtype=object),
+                             dtype=STR)
+            tg = f.create_group("taps")
+            dsets = {}
+            for tap, channels in taps.items():
+                dsets[tap] = tg.create_dataset(
+                    tap, shape=(n, channels), dtype=dtype,
+                    chunks=(max(1, min(CHUNK_ROWS, n)), channels) if n else None,
+                    compression=compression)
+            block = 1024
+            for start in range(0, n, block):
+                part = rows[start:start + block]
+                vecs = [r["vectors"]() for r in part]
+                for tap, dset in dsets.items():
+                    dset[start:start + len(part)] = np.stack([v[tap] for v in vecs]).astype(dtype)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return fingerprint
+
+
+def read_vectors(path: Path, tap_names, rows: np.ndarray) -> dict:
+    """``{tap: (len(rows), C)}`` for increasing row indices of an existing store."""
+    with h5py.File(path, "r") as f:
+        return {t: f[f"taps/{t}"][()][rows] for t in tap_names}
