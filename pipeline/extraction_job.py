@@ -255,6 +255,8 @@ def _extract_locked(cfg, spec, taps, manifest, config, path, device_kind, t_star
     attrs = {
         "backbone": spec.name,
         "weights": config["weights"],
+        "weights_source": (cfg.weights if cfg.weights in ("imagenet", "none")
+                           else str(Path(cfg.weights).resolve())),
         "preprocessing": config["preprocessing"],
         "pooling": cfg.pool,
         "dtype": cfg.dtype,

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -36,13 +36,18 @@ GRIDS = {
 }
 
 
-def make_head(clf: str, value, seed: int = 0):
-    """An unfitted ``Pipeline(StandardScaler(), <clf>)`` with its searched parameter set."""
+def make_head(clf: str, value, seed: int = 0, calibrated: bool = False):
+    """An unfitted ``Pipeline(StandardScaler(), <clf>)`` with its searched parameter set.
+
+    ``calibrated`` wraps the RBF SVM in ``CalibratedClassifierCV`` (sigmoid,
+    internal 5-fold) so the final head has probabilities for top-k output.
+    """
     if clf == "logreg":
         est = LogisticRegression(C=value, max_iter=3000, random_state=seed)
     elif clf == "svm":
-        # probability=True gives calibrated top-k probabilities for the report
-        est = SVC(C=value, kernel="rbf", gamma="scale", probability=True, random_state=seed)
+        est = SVC(C=value, kernel="rbf", gamma="scale", random_state=seed)
+        if calibrated:
+            est = CalibratedClassifierCV(est, ensemble=False)
     elif clf == "linear-svm":
         est = LinearSVC(C=value, max_iter=20000, random_state=seed)
     elif clf == "knn":
@@ -96,10 +101,10 @@ def select_and_fit(clf: str, X_train, y_train, X_val, y_val, seed: int = 0,
         pred = model.predict(X_val)
         acc = float(np.mean(pred == y_val))
         search.append({name: float(value) if clf != "knn" else int(value), "val_accuracy": acc})
-        log.info("%s %s=%g val accuracy %.4f", clf, name, value, acc)
+        log.debug("%s %s=%g val accuracy %.4f", clf, name, value, acc)
         if acc > best_acc:
             best, best_acc, best_pred = value, acc, pred
-    final = make_head(clf, best, seed).fit(np.concatenate([X_train, X_val]),
+    final = make_head(clf, best, seed, calibrated=True).fit(np.concatenate([X_train, X_val]),
                                            np.concatenate([y_train, y_val]))
     params = {name: float(best) if clf != "knn" else int(best)}
     return FitResult(final, params, best_pred, search, time.perf_counter() - t0)

@@ -1,0 +1,393 @@
+#!/usr/bin/env python
+"""Command line of the transfer-learning workbench.
+
+Each command parses its options, builds a config, calls ONE library
+function from ``pipeline`` and prints where its output went.  Library errors
+(:class:`pipeline.errors.WorkbenchError`) become a one-line message and exit
+code 2 (usage) or 1 (everything else); no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import click
+
+from pipeline.backbones import TAP_ORDER, list_backbones
+from pipeline.errors import WorkbenchError
+from pipeline.heads import CLASSIFIERS
+
+LAYER_CHOICES = click.Choice(list(TAP_ORDER) + ["all"])
+
+
+def handle_errors(fn):
+    """Turn library errors into a clean message and the error's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except WorkbenchError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: completed batches are kept; run the same command "
+                       "again to resume.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+# ------------------------------------------------------------ shared options
+
+def data_option(fn):
+    return click.option(
+        "--data", type=click.Path(), default=None,
+        help="Image folder, one sub-folder per class (default: the bundled flowers subset).",
+    )(fn)
+
+
+def backbone_options(fn):
+    fn = click.option("--weights", default="imagenet", show_default=True,
+                      help="imagenet | none (random init) | PATH to a state_dict.")(fn)
+    fn = click.option("--backbone", type=click.Choice(list_backbones()),
+                      default="efficientnet_lite0", show_default=True,
+                      help="Backbone from the registry (see `backbones`).")(fn)
+    return fn
+
+
+def device_option(fn):
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto | cpu | cuda | cuda:N (cuda without CUDA is an error).")(fn)
+
+
+def features_option(fn):
+    return click.option("--features", type=click.Path(), default=None,
+                        help="Feature store (.h5); default: the newest in features/.")(fn)
+
+
+def runs_option(fn):
+    return click.option("--runs", "runs_dir", type=click.Path(), default="reports/runs",
+                        show_default=True, help="Folder of run records.")(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log every step (DEBUG).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def cli(verbose, quiet):
+    """Transfer-learning workbench: frozen pretrained features, scikit-learn heads,
+    baselines and fine-tuning, compared in one HTML report.
+
+    Start with `python cli.py demo`.
+    """
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+@cli.command()
+@handle_errors
+def backbones():
+    """List registered backbones with their taps (channels, stride) and preprocessing.
+
+    Example: python cli.py backbones
+    """
+    from pipeline.backbones import get_backbone
+
+    for name in list_backbones():
+        spec = get_backbone(name)
+        state = "" if spec.available() else "  [not installed: pip install " \
+            + " ".join(m.replace("_", "-") for m in spec.requires) + "]"
+        pre = spec.preprocessing
+        click.echo(f"{name}{state}\n  {spec.description}")
+        click.echo(f"  preprocessing: {pre.input_size}px, crop_pct {pre.crop_pct:.3f}, "
+                   f"{pre.interpolation}, mean {pre.mean}, std {pre.std}")
+        for tap in spec.taps:
+            click.echo(f"  {tap.name:<7} stage {tap.stage:<10} channels {tap.channels:>5}  "
+                       f"stride {tap.stride}")
+
+
+@cli.command()
+@data_option
+@backbone_options
+@click.option("--layer", "layers", multiple=True, type=LAYER_CHOICES,
+              help="Tap to store (repeatable; default layer2 layer3 layer4; 'all').")
+@click.option("--pool", type=click.Choice(["avg", "max", "gem"]), default="avg",
+              show_default=True, help="Global pooling of each tapped feature map.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@device_option
+@click.option("--runtime", default="eager", show_default=True,
+              help="Inference runtime (see `pipeline.runtimes`).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decoding worker processes (default: by core count).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Storage dtype of the vectors.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Split seed.")
+@click.option("--out", default="features", show_default=True,
+              help="Output folder (or a .h5 file path).")
+@click.option("--overwrite", is_flag=True, help="Replace a store with another configuration.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@handle_errors
+def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, workers,
+            dtype, seed, out, overwrite, no_progress):
+    """Pass every image once through a frozen backbone; store pooled taps in HDF5.
+
+    One forward pass per batch computes all requested taps; the split
+    (70/15/15, stratified, --seed) is fixed here and stored.  A re-run does
+    no forward pass; added or changed images are extracted alone; an
+    interrupted run resumes.
+
+    Example: python cli.py extract --data ../shared/datasets/flower_photos --layer layer3
+    """
+    from pipeline.extraction_job import ExtractConfig, run_extract
+
+    summary = run_extract(ExtractConfig(
+        data=data, backbone=backbone, weights=weights, layers=tuple(layers), pool=pool,
+        batch_size=batch_size, device=device, runtime=runtime, workers=workers, out=out,
+        dtype=dtype, seed=seed, overwrite=overwrite, progress=not no_progress))
+    if summary.up_to_date:
+        click.echo(f"up to date: {summary.n_images} images, no forward pass")
+    else:
+        click.echo(f"extracted {summary.n_extracted} images "
+                   f"({summary.images_per_second:.1f} img/s), reused {summary.n_reused}, "
+                   f"resumed {summary.n_resumed}, in {summary.seconds:.1f} s")
+    if summary.skipped:
+        click.echo(f"skipped {len(summary.skipped)} unreadable file(s):")
+        for path, reason in summary.skipped:
+            click.echo(f"  {path}: {reason}")
+    click.echo(str(summary.path))
+
+
+@cli.command()
+@features_option
+@click.option("--layer", default="layer3", show_default=True, type=LAYER_CHOICES,
+              help="Tap to fit on, or 'all' for one run per stored tap.")
+@click.option("--clf", type=click.Choice(CLASSIFIERS), default="logreg", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@runs_option
+@handle_errors
+def fit(features, layer, clf, seed, runs_dir):
+    """Train a scikit-learn head on cached features and score it on the test split.
+
+    The hyperparameter (C, or k for knn) is chosen on the validation split
+    over a log grid; the head is refitted on train+val; one run record
+    (JSON) and the fitted head (joblib) are written per tap.
+
+    Example: python cli.py fit --layer all --clf svm
+    """
+    from pipeline.jobs import run_fit
+
+    for record, path in run_fit(features, layer, clf, runs_dir, seed=seed):
+        m = record["metrics"]
+        click.echo(f"{record['label']}: {record['hyperparameters']} "
+                   f"val {m['val']['accuracy']:.4f} test {m['test']['accuracy']:.4f}  {path}")
+
+
+@cli.command()
+@click.option("--kind", type=click.Choice(["pixels", "mlp", "cnn"]), required=True)
+@features_option
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Maximum epochs (mlp, cnn); default per kind.")
+@runs_option
+@handle_errors
+def baseline(kind, features, seed, epochs, runs_dir):
+    """Raw-pixel logistic regression, the course's MLP, or a small CNN from scratch.
+
+    Uses the split stored in the feature store, so it is judged on the same
+    test images as the frozen heads.
+
+    Example: python cli.py baseline --kind cnn
+    """
+    from pipeline.baselines import run_baseline
+    from pipeline.jobs import find_store
+
+    opts = {"epochs": epochs} if epochs else {}
+    record, path = run_baseline(kind, find_store(features), runs_dir, seed=seed, **opts)
+    m = record["metrics"]
+    click.echo(f"{record['label']}: val {m['val']['accuracy']:.4f} "
+               f"test {m['test']['accuracy']:.4f}  {path}")
+
+
+@cli.command()
+@click.option("--model", "model_ref", required=True,
+              help="Run id (or prefix), run record JSON, or fitted head .joblib.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out_csv", type=click.Path(), default=None, help="Write a CSV here.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@device_option
+@runs_option
+@handle_errors
+def predict(model_ref, images, out_csv, overwrite, batch_size, device, runs_dir):
+    """Label images with a fitted head (features extracted exactly as in training).
+
+    Example: python cli.py predict --model 20261122T0901 photos/ --out preds.csv
+    """
+    from pipeline.jobs import run_predict
+
+    preds = run_predict(model_ref, images, runs_dir, out_csv, batch_size, device,
+                        overwrite=overwrite)
+    for p in preds:
+        if p.error:
+            click.echo(f"{p.path}\tSKIPPED\t{p.error}")
+        else:
+            click.echo(f"{p.path}\t{p.label}\t{p.probability:.4f}")
+    if out_csv:
+        click.echo(f"wrote {out_csv}")
+
+
+@cli.command()
+@runs_option
+@click.option("--out", default="reports/report.html", show_default=True,
+              type=click.Path(), help="HTML file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report file.")
+@handle_errors
+def report(runs_dir, out, overwrite):
+    """Write one self-contained HTML page comparing every run in --runs.
+
+    Example: python cli.py report --runs reports/runs --out reports/flowers.html
+    """
+    from pipeline.report import build_report
+
+    path = build_report(runs_dir, out, overwrite=overwrite)
+    click.echo(str(path))
+
+
+@cli.command()
+@click.option("--out", default="reports/demo", show_default=True,
+              help="Folder for this demo's runs and report (a new timestamped sub-folder).")
+@click.option("--no-progress", is_flag=True)
+@handle_errors
+def demo(out, no_progress):
+    """The whole chain on the bundled flowers subset, then the report.
+
+    Extract efficientnet_lite0 layer2-4, fit logreg and svm on each tap,
+    run the pixel and scratch-CNN baselines, print the summary table and
+    write the HTML report.
+
+    Example: python cli.py demo
+    """
+    from pipeline.jobs import run_demo, summary_rows
+
+    result = run_demo(out_dir=out, progress=not no_progress)
+    click.echo(f"\n{'method':<38} {'val acc':>8} {'test acc':>9} {'fit s':>7}")
+    for label, val, test, secs in summary_rows(result["records"]):
+        click.echo(f"{label:<38} {val:>8.3f} {test:>9.3f} {secs:>7.1f}")
+    sizes = result["records"][0]["split_sizes"]
+    click.echo(f"\nsplit train/val/test = {sizes['train']}/{sizes['val']}/{sizes['test']} "
+               f"images; finished in {result['seconds']:.0f} s")
+    click.echo(f"report: {result['report']}")
+
+
+# ---- commands added by the fine-tuning, extraction and scale-out work go below ----
+
+
+@cli.command()
+@features_option
+@click.option("--backbone", default=None, help="Backbone to fine-tune (default: the store's).")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet | none (random init) | PATH to a state_dict.")
+@click.option("--unfreeze", "--unfreeze-from", "unfreeze", default="layer4", show_default=True,
+              help="none (head only) | all | a block group to unfreeze from (layer1..layer4, head).")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Rate of the new head.")
+@click.option("--lr-factor", type=float, default=0.1, show_default=True,
+              help="Each block group's rate = factor x the group above (1 = one rate).")
+@click.option("--schedule", type=click.Choice(["constant", "exponential", "step", "cosine",
+                                               "onecycle"]), default="cosine", show_default=True)
+@click.option("--schedule-per", type=click.Choice(["epoch", "step"]), default="step",
+              show_default=True, help="Step the schedule per epoch or per batch.")
+@click.option("--gamma", type=float, default=0.9, show_default=True,
+              help="Decay of exponential/step schedules.")
+@click.option("--step-size", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--gradual", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Unfreeze one more block group every K epochs (0: off).")
+@click.option("--augment", type=click.Choice(["standard", "none"]), default="standard",
+              show_default=True)
+@click.option("--views", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Cached views per training image (centre crop + augmented ones).")
+@click.option("--cache", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="auto: compute the frozen trunk once (exact with --bn frozen-eval); "
+                   "off: train end to end from images.")
+@click.option("--cache-dir", type=click.Path(), default=None,
+              help="Keep cached trunk outputs on disk here (reused by later runs, --resume).")
+@click.option("--bn", type=click.Choice(["frozen-eval", "train"]), default="frozen-eval",
+              show_default=True, help="BatchNorm of frozen block groups.")
+@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Early stopping: epochs without a better validation loss.")
+@click.option("--input-size", type=click.IntRange(min=32), default=None,
+              help="Train at a lower resolution than the weights' own.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the cached trunk.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Repeat with seeds seed..seed+N-1 (one group in the report).")
+@click.option("--checkpoint-dir", type=click.Path(), default="reports/checkpoints",
+              show_default=True, help="A checkpoint per epoch goes under here.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run with the same options.")
+@runs_option
+@handle_errors
+def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, schedule_per,
+             gamma, step_size, gradual, augment, views, cache, cache_dir, bn, epochs,
+             batch_size, label_smoothing, patience, input_size, compile_, seed, seeds,
+             checkpoint_dir, resume, runs_dir):
+    """Fine-tune a pretrained backbone on the feature store's split.
+
+    Example: python cli.py finetune --unfreeze-from layer4 --lr 1e-3 --lr-factor 0.3 --seeds 3
+    """
+    from pipeline.finetune import FinetuneConfig, run_finetune_seeds
+    from pipeline.jobs import find_store
+
+    cfg = FinetuneConfig(
+        features=str(find_store(features)), backbone=backbone, weights=weights,
+        unfreeze=unfreeze, lr=lr, lr_factor=lr_factor, schedule=schedule,
+        schedule_per=schedule_per, gamma=gamma, step_size=step_size, gradual=gradual,
+        augment=augment, views=views, cache=cache, bn=bn, epochs=epochs,
+        batch_size=batch_size, seed=seed, label_smoothing=label_smoothing, patience=patience,
+        input_size=input_size, compile=compile_, checkpoint_dir=checkpoint_dir, resume=resume)
+    for record, path in run_finetune_seeds(cfg, seeds, runs_dir, cache_dir):
+        m = record["metrics"]
+        click.echo(f"{record['label']} (seed {record['seed']}): val {m['val']['accuracy']:.4f} "
+                   f"test {m['test']['accuracy']:.4f}  {record['fit_seconds']:.0f} s  {path}")
+
+
+@cli.command()
+@features_option
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Seeds per trained rung (mean and spread in the table).")
+@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True,
+              help="Maximum epochs of each fine-tuning rung.")
+@click.option("--views", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--cnn-epochs", type=click.IntRange(min=1), default=None)
+@click.option("--cache-dir", type=click.Path(), default=None,
+              help="Keep cached trunk outputs on disk here.")
+@runs_option
+@handle_errors
+def ladder(features, seeds, epochs, views, cnn_epochs, cache_dir, runs_dir):
+    """Run the course ladder on one store's split and print its table.
+
+    pixels -> MLP -> scratch CNN -> frozen logreg (best tap) -> fine-tune head
+    only -> top groups -> differential learning rates -> gradual unfreezing.
+
+    Example: python cli.py ladder --features features/flower_photos_efficientnet_lite0_avg.h5
+    """
+    from pipeline.finetune import run_ladder
+    from pipeline.jobs import find_store
+
+    rows = run_ladder(str(find_store(features)), runs_dir, seeds=seeds, epochs=epochs,
+                      views=views, cnn_epochs=cnn_epochs, cache_dir=cache_dir)
+    click.echo(f"\n{'method':<52} {'trainable':>10} {'train s':>8} {'val acc':>8} "
+               f"{'test acc':>9} {'sd':>6}")
+    for r in rows:
+        click.echo(f"{r['method'][:52]:<52} {r['trainable_params'] or 0:>10,} "
+                   f"{r['train_seconds']:>8.0f} {r['val_accuracy']:>8.3f} "
+                   f"{r['test_accuracy']:>9.3f} {r['test_std']:>6.3f}")
+    click.echo(f"\nrun records: {runs_dir}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,247 @@
+"""Baselines without pretrained features: raw pixels, the course's MLP, a scratch CNN.
+
+:func:`run_baseline` reads a feature store only for its image list, labels
+and fixed split, so every baseline is judged on the same test images as the
+frozen heads and fine-tuning, and writes the same run record
+(``kind="baseline"``) plus its fitted model next to it (joblib for
+scikit-learn, ``.pt`` for torch).
+
+- ``pixels``: images resized to ``size`` x ``size`` RGB, flattened,
+  standardised, logistic regression with the C search of
+  :func:`pipeline.heads.select_and_fit`.
+- ``mlp``: the course's MLP on the same pixels: 128 ReLU units with batch
+  norm and dropout, L2 weight penalty, early stopping (torch, via
+  :func:`pipeline.training.train`).
+- ``cnn``: four conv-BN-ReLU-pool blocks trained from scratch on ``size``-px
+  crops with the standard augmentation and early stopping (same loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import ImageDecodeError, load_rgb, resize_center_crop
+from .errors import DataError, UsageError
+from .results import DEFAULT_RUNS_DIR, new_record, save_record
+from .store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+KINDS = ("pixels", "mlp", "cnn")
+#: Defaults per kind; any key can be overridden through ``run_baseline(**opts)``.
+DEFAULTS = {
+    "pixels": {"size": 32},
+    "mlp": {"size": 32, "hidden": 128, "dropout": 0.5, "l2": 1e-3, "lr": 1e-3,
+            "epochs": 100, "batch_size": 64, "patience": 10},
+    "cnn": {"size": 64, "width": 32, "dropout": 0.3, "lr": 3e-3, "weight_decay": 5e-4,
+            "epochs": 30, "batch_size": 32, "patience": 8, "augment": "standard",
+            "schedule": "cosine"},
+}
+#: Pixel baselines decode with this fixed preprocessing (no pretrained weights involved).
+PIXEL_CROP_PCT = 1.0
+
+
+def run_baseline(kind: str, features_path, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
+                 **opts) -> tuple[dict, Path]:
+    """Fit baseline ``kind`` on the split of the store at ``features_path``.
+
+    Returns the run record and the path it was saved to.  ``opts`` override
+    :data:`DEFAULTS` (e.g. ``epochs=5``, ``size=48``).
+    """
+    if kind not in KINDS:
+        raise UsageError(f"unknown baseline {kind!r}; valid: {', '.join(KINDS)}")
+    unknown = set(opts) - set(DEFAULTS[kind])
+    if unknown:
+        raise UsageError(f"baseline {kind!r} has no option(s) {', '.join(sorted(unknown))}; "
+                         f"valid: {', '.join(sorted(DEFAULTS[kind]))}")
+    params = {**DEFAULTS[kind], **opts}
+    store = FeatureStore(features_path)
+    runner = {"pixels": _fit_pixels, "mlp": _fit_mlp, "cnn": _fit_cnn}[kind]
+    out = runner(store, params, seed)
+    record = new_record(
+        kind="baseline", method=kind, label=out["label"], store=store, classes=store.classes,
+        val_pred=out["val_pred"], test_pred=out["test_pred"], test_proba=out["test_proba"],
+        hyperparameters={**params, **out.get("chosen", {})}, search=out.get("search"),
+        fit_seconds=out["seconds"], trainable_params=out["trainable_params"],
+        history=out.get("history"), seed=seed, group=out["label"],
+        extra={"skipped_images": out.get("skipped", [])})
+    ext = "joblib" if kind == "pixels" else "pt"
+    model_file = Path(runs_dir) / f"{record['run_id']}.{ext}"
+    record["model_file"] = str(model_file)
+    path = save_record(record, runs_dir)
+    _save_model(out["model"], model_file, kind, params, store)
+    log.info("%s: val %.4f test %.4f in %.1f s", record["label"],
+             record["metrics"]["val"]["accuracy"], record["metrics"]["test"]["accuracy"],
+             out["seconds"])
+    return record, path
+
+
+def _save_model(model, path: Path, kind, params, store):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bundle = {"kind": kind, "params": params, "classes": store.classes,
+              "features_fingerprint": store.fingerprint}
+    if kind == "pixels":
+        import joblib
+
+        joblib.dump({**bundle, "model": model}, path)
+    else:
+        import torch
+
+        torch.save({**bundle, "state_dict": model.state_dict()}, path)
+
+
+# ------------------------------------------------------------------ pixels
+
+
+def pixel_matrix(root, paths, size: int):
+    """Flattened ``(n_ok, 3 * size * size)`` uint8 pixels and the indices that decoded."""
+    rows, ok, skipped = [], [], []
+    for i, p in enumerate(paths):
+        try:
+            img = load_rgb(Path(root) / p, target_short_side=size)
+        except ImageDecodeError as exc:
+            log.warning("skipped %s: %s", p, exc.reason)
+            skipped.append((p, exc.reason))
+            continue
+        rows.append(resize_center_crop(img, size, PIXEL_CROP_PCT, "bilinear").reshape(-1))
+        ok.append(i)
+    X = np.stack(rows) if rows else np.zeros((0, 3 * size * size), np.uint8)
+    return X, np.asarray(ok, dtype=np.int64), skipped
+
+
+def _split_pixels(store, size):
+    """``{split: (X float32, y)}`` of every split; val/test must decode completely."""
+    out, skipped = {}, []
+    for split in ("train", "val", "test"):
+        paths, y = store.rel_paths(split), store.y(split)
+        X, ok, bad = pixel_matrix(store.data_root, paths, size)
+        skipped += bad
+        if split != "train" and len(ok) != len(paths):
+            raise DataError(_undecodable_eval(split, bad))
+        out[split] = (X.astype(np.float32) / 255.0, y[ok])
+    return out, skipped
+
+
+def _undecodable_eval(split, bad) -> str:
+    return (f"{len(bad)} {split} image(s) of the store no longer decode "
+            f"({'; '.join(f'{p}: {r}' for p, r in bad[:3])}); every method must be "
+            "judged on the same images: restore them or re-run extract")
+
+
+def _fit_pixels(store, params, seed):
+    from .heads import predict_proba, select_and_fit
+
+    t0 = time.perf_counter()
+    data, skipped = _split_pixels(store, params["size"])
+    (X_tr, y_tr), (X_va, y_va), (X_te, _) = data["train"], data["val"], data["test"]
+    res = select_and_fit("logreg", X_tr, y_tr, X_va, y_va, seed=seed)
+    est = res.model[-1]
+    return {"label": f"pixels {params['size']}x{params['size']} + logreg", "model": res.model,
+            "val_pred": res.val_pred, "test_pred": res.model.predict(X_te),
+            "test_proba": predict_proba(res.model, X_te), "chosen": res.params,
+            "search": res.search, "seconds": time.perf_counter() - t0,
+            "trainable_params": int(est.coef_.size + est.intercept_.size),
+            "skipped": skipped}
+
+
+# ------------------------------------------------------------------ torch models
+
+
+def make_mlp(n_inputs: int, n_classes: int, hidden: int = 128, dropout: float = 0.5):
+    """The course's MLP: Linear -> BatchNorm -> ReLU -> Dropout -> Linear."""
+    import torch.nn as nn
+
+    return nn.Sequential(nn.Linear(n_inputs, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                         nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+
+
+def make_cnn(n_classes: int, width: int = 32, dropout: float = 0.3):
+    """Four conv3x3-BN-ReLU-maxpool blocks (width, 2w, 4w, 8w), global average pool, linear."""
+    import torch.nn as nn
+
+    layers, c_in = [], 3
+    for k in range(4):
+        c_out = width * 2 ** k
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                   nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+               nn.Linear(c_in, n_classes)]
+    return nn.Sequential(*layers)
+
+
+def _predict(model, dataset):
+    from .training import evaluate_model
+
+    _, _, proba = evaluate_model(model, dataset)
+    return proba
+
+
+def _fit_mlp(store, params, seed):
+    import torch
+
+    from .training import ParamGroup, Schedule, TensorPairs, TrainConfig, train
+
+    t0 = time.perf_counter()
+    data, skipped = _split_pixels(store, params["size"])
+    X_tr = data["train"][0]
+    mean, std = X_tr.mean(0), X_tr.std(0) + 1e-6   # standardised on train only
+    sets = {s: TensorPairs((X - mean) / std, y) for s, (X, y) in data.items()}
+    torch.manual_seed(seed)
+    model = make_mlp(X_tr.shape[1], len(store.classes), params["hidden"], params["dropout"])
+    cfg = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"],
+                      optimizer="adam", weight_decay=params["l2"],
+                      schedule=Schedule("constant", per="epoch"),
+                      patience=params["patience"], seed=seed)
+    res = train(model, [ParamGroup("mlp", list(model.parameters()), params["lr"])],
+                sets["train"], sets["val"], cfg)
+    val_pred = _predict(model, sets["val"]).argmax(1)
+    proba = _predict(model, sets["test"])
+    # Kept in the saved state_dict so the model can be applied to new pixels.
+    model.register_buffer("pixel_mean", torch.as_tensor(mean))
+    model.register_buffer("pixel_std", torch.as_tensor(std))
+    return {"label": f"MLP {params['hidden']} on {params['size']}px pixels", "model": model,
+            "val_pred": val_pred, "test_pred": proba.argmax(1), "test_proba": proba,
+            "seconds": time.perf_counter() - t0, "trainable_params": res.trainable_params,
+            "history": res.history, "chosen": {"best_epoch": res.best_epoch},
+            "skipped": skipped}
+
+
+def _fit_cnn(store, params, seed):
+    import torch
+
+    from .backbones import Preprocessing
+    from .training import ImageFolderDataset, ParamGroup, Schedule, TrainConfig, train
+
+    t0 = time.perf_counter()
+    # A scratch net has no weights to match: plain [0, 1] -> mean 0.5 / std 0.25 scaling.
+    pre = Preprocessing(input_size=params["size"], crop_pct=0.875, interpolation="bilinear",
+                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    sets, skipped = {}, []
+    for split in ("train", "val", "test"):
+        ds = ImageFolderDataset(store.data_root, store.rel_paths(split), store.y(split), pre,
+                                augment=params["augment"] if split == "train" else "none")
+        skipped += ds.skipped
+        if split != "train" and ds.skipped:
+            raise DataError(_undecodable_eval(split, ds.skipped))
+        sets[split] = ds
+    torch.manual_seed(seed)
+    model = make_cnn(len(store.classes), params["width"], params["dropout"])
+    cfg = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"],
+                      weight_decay=params["weight_decay"],
+                      schedule=Schedule(params["schedule"], per="step"),
+                      patience=params["patience"], seed=seed)
+    res = train(model, [ParamGroup("cnn", list(model.parameters()), params["lr"])],
+                sets["train"], sets["val"], cfg)
+    val_pred = _predict(model, sets["val"]).argmax(1)
+    proba = _predict(model, sets["test"])
+    return {"label": f"scratch CNN {params['size']}px", "model": model,
+            "val_pred": val_pred, "test_pred": proba.argmax(1), "test_proba": proba,
+            "seconds": time.perf_counter() - t0, "trainable_params": res.trainable_params,
+            "history": res.history, "chosen": {"best_epoch": res.best_epoch,
+                                               "normalisation": pre.to_dict()},
+            "skipped": skipped}

@@ -1,0 +1,561 @@
+"""Fine-tuning a pretrained backbone on a store's split, and the course ladder.
+
+A backbone's stages are split into *block groups*, one per depth tap (the
+group of tap ``layerN`` is every stage after the previous tap's stage up to
+its own; the stem goes with the first).  :func:`run_finetune` puts a new
+linear classifier on the pooled last stage and trains it with
+:func:`pipeline.training.train`:
+
+- how much: ``unfreeze="none"`` (classifier only), a tap name (that group
+  and every group above it, ``--unfreeze-from``), or ``"all"``;
+- differential learning rates: the classifier trains at ``lr``, the group
+  below at ``lr * lr_factor``, the next at ``lr * lr_factor**2`` ...
+  (default factor 0.1, the course's rule);
+- ``gradual=K``: classifier alone first, then one more group (top down)
+  every ``K`` epochs;
+- BatchNorm: groups that are frozen (at this epoch) run in eval mode
+  (``bn="frozen-eval"``, the default: their running statistics stay the
+  pretrained ones, which is what makes the frozen trunk a fixed function);
+  ``bn="train"`` lets them update their statistics.
+
+Speed on a CPU: with ``bn="frozen-eval"`` the stages below the lowest
+group that is ever trained compute a fixed function of the input, so their
+outputs are computed once (``views`` cached views per training image: the
+centre crop plus ``views - 1`` augmented ones; val/test get the centre crop)
+and only the top is trained per epoch.  This is exact for what it computes;
+augmentation is then limited to the cached views.  ``cache="off"`` trains
+end to end from images (fresh augmentation every epoch; slow on CPU).
+
+Every run writes one run record (``kind="finetune"``) with the per-epoch
+history (losses, accuracies, learning rate of every group, seconds) and
+its model (``.pt``) next to it.  :func:`run_finetune_seeds` repeats a run
+with several seeds under one ``group``; :func:`run_ladder` runs the whole
+course ladder on one store's split and returns its table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, UsageError
+from .results import DEFAULT_RUNS_DIR, new_record, save_record
+from .store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+BN_POLICIES = ("frozen-eval", "train")
+CACHE_MODES = ("auto", "off")
+#: Images decoded and pushed through the trunk together when caching (fixed:
+#: the augmentation RNG is seeded per chunk, so it shapes the cached views).
+CACHE_CHUNK = 32
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run depends on (``runs_dir``/checkpointing aside)."""
+
+    features: str | None = None         # feature store: image list, labels, fixed split
+    backbone: str | None = None         # default: the store's backbone
+    weights: str = "imagenet"           # default: imagenet (the store's source is not assumed)
+    unfreeze: str = "layer4"            # none | all | a tap name (unfreeze from it upwards)
+    lr: float = 1e-3                    # learning rate of the new classifier
+    lr_factor: float = 0.1              # each group's rate = factor x the group above
+    schedule: str = "cosine"
+    schedule_per: str = "step"
+    gamma: float = 0.9
+    step_size: int = 5
+    gradual: int = 0                    # unfreeze one more group every K epochs (0: off)
+    augment: str = "standard"
+    views: int = 3                      # cached views per training image (1 = centre crop only)
+    cache: str = "auto"                 # auto: cache the frozen trunk when exact; off
+    cache_at: str | None = None         # cut the cached trunk after this tap at the latest
+    bn: str = "frozen-eval"
+    epochs: int = 12
+    batch_size: int = 32
+    seed: int = 0
+    label_smoothing: float = 0.1
+    patience: int | None = 4
+    weight_decay: float = 1e-4
+    dropout: float = 0.2
+    input_size: int | None = None       # lower resolution than the weights' own
+    compile: bool = False               # torch.compile the trunk used to fill the cache
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    stop_after: int | None = None       # end after this epoch as if interrupted (tests)
+    label: str | None = None
+    group: str | None = None
+
+    def key_dict(self):
+        d = asdict(self)
+        for k in ("checkpoint_dir", "resume", "stop_after", "label", "group", "features"):
+            d.pop(k)
+        return d
+
+
+# ------------------------------------------------------------------ model
+
+
+def block_groups(spec, stage_names) -> list[tuple[str, list[str]]]:
+    """``[(tap_name, [stage names])]`` shallow to deep, one group per tap with stages.
+
+    Stages before the first tap join the first group; stages after the last
+    tap join the last group; taps sharing a stage give no empty group.
+    """
+    groups, taken = [], 0
+    for tap in spec.taps:
+        idx = stage_names.index(tap.stage) + 1
+        if idx > taken:
+            groups.append((tap.name, list(stage_names[taken:idx])))
+            taken = idx
+    if taken < len(stage_names):
+        groups[-1][1].extend(stage_names[taken:])
+    return groups
+
+
+def _torch():
+    import torch
+    import torch.nn as nn
+
+    return torch, nn
+
+
+def build_network(stages, n_classes: int, dropout: float, channels: int | None = None):
+    """``nn.Module``: ``stages`` in order, global average pool, dropout, new linear layer.
+
+    ``forward(x)`` takes a normalised ``(N, 3, H, W)`` batch (or the output
+    of the stages it does not hold) and returns ``(N, n_classes)`` logits.
+    When ``stages`` is empty, ``x`` may also be already pooled ``(N, C)``;
+    ``channels`` is then the width of ``x`` (default: the last stage's output).
+    """
+    torch, nn = _torch()
+
+    class Network(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stage_names = [n for n, _ in stages]
+            self.stages = nn.ModuleList(m for _, m in stages)
+            self.dropout = nn.Dropout(dropout)
+            self.fc = nn.Linear(channels or _out_channels(stages), n_classes)
+
+        def forward(self, x):
+            for stage in self.stages:
+                x = stage(x)
+            if x.dim() == 4:
+                x = x.mean(dim=(2, 3))
+            return self.fc(self.dropout(x))
+
+    return Network()
+
+
+def _out_channels(stages) -> int:
+    _, nn = _torch()
+    for _, module in reversed(stages):
+        convs = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if convs:
+            last = convs[-1]
+            return last.out_channels if isinstance(last, nn.Conv2d) else last.out_features
+    raise UsageError("cannot tell the output width of an empty network")
+
+
+@dataclass
+class Plan:
+    """Which stages are trained, at which rate, and from which epoch."""
+
+    groups: list            # [(group name, [stage names])] shallow to deep
+    trainable: list         # group names trained at some point, deepest first
+    lrs: dict               # group name (and "classifier") -> learning rate
+    start_epoch: dict       # group name -> first epoch it trains (gradual)
+    cut: int                # stages[:cut] are frozen for the whole run
+
+
+def make_plan(spec, stage_names, cfg: FinetuneConfig) -> Plan:
+    groups = block_groups(spec, stage_names)
+    names = [g for g, _ in groups]
+    if cfg.unfreeze == "none":
+        trainable = []
+    elif cfg.unfreeze == "all":
+        trainable = names[::-1]
+    elif cfg.unfreeze in names:
+        trainable = names[names.index(cfg.unfreeze):][::-1]
+    else:
+        raise UsageError(f"--unfreeze {cfg.unfreeze!r} is not valid for {spec.name}; valid: "
+                         f"none, all, or a block group to unfreeze from: {', '.join(names)}")
+    if cfg.lr <= 0 or cfg.lr_factor <= 0:
+        raise UsageError(f"--lr ({cfg.lr}) and --lr-factor ({cfg.lr_factor}) must be > 0")
+    lrs = {"classifier": cfg.lr}
+    start = {"classifier": 0}
+    for depth, name in enumerate(trainable, start=1):
+        lrs[name] = cfg.lr * cfg.lr_factor ** depth
+        start[name] = depth * cfg.gradual if cfg.gradual else 0
+    if trainable:
+        lowest = dict(groups)[trainable[-1]][0]
+        cut = stage_names.index(lowest)
+    else:
+        cut = len(stage_names)
+    if cfg.cache_at is not None:
+        tap_stage = spec.tap(cfg.cache_at).stage
+        cut = min(cut, stage_names.index(tap_stage) + 1)
+    return Plan(groups, trainable, lrs, start, cut)
+
+
+# ------------------------------------------------------------------ activation cache
+
+_MEMORY_CACHE: dict = {}
+
+
+def _cache_key(store, cfg, plan, weights_id, pre) -> str:
+    blob = json.dumps({"store": store.fingerprint, "backbone": cfg.backbone,
+                       "weights": weights_id, "cut": plan.cut, "views": cfg.views,
+                       "augment": cfg.augment, "pre": pre.to_dict(),
+                       "chunk": CACHE_CHUNK}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _transform_pre(pre, input_size):
+    return replace(pre, input_size=input_size) if input_size else pre
+
+
+def compute_activations(trunk, root, paths, pre, views: int, augment: str, seed: int = 0,
+                        compile_trunk: bool = False):
+    """Trunk outputs ``(n, views, C, H, W)`` float16; view 0 is the centre crop.
+
+    Views 1.. are augmented (the training preset), seeded per chunk, so the
+    result depends only on the images, ``views`` and ``seed``.  Raises
+    :class:`DataError` naming files that do not decode (callers drop them
+    from training).
+    """
+    import torch
+
+    from .data import ImageDecodeError, load_rgb
+    from .training import epoch_seed, image_transform
+
+    clean = image_transform(pre, "none")
+    aug = image_transform(pre, augment) if views > 1 else None
+    short = int(math.ceil(pre.input_size / pre.crop_pct))
+    runner = torch.compile(trunk) if compile_trunk else trunk
+    out, ok, skipped = [], [], []
+    for c0 in range(0, len(paths), CACHE_CHUNK):
+        imgs, idx = [], []
+        for i in range(c0, min(c0 + CACHE_CHUNK, len(paths))):
+            try:
+                imgs.append(load_rgb(Path(root) / paths[i], target_short_side=short))
+                idx.append(i)
+            except ImageDecodeError as exc:
+                log.warning("skipped %s: %s", paths[i], exc.reason)
+                skipped.append((paths[i], exc.reason))
+        if not imgs:
+            continue
+        per_view = []
+        for v in range(views):
+            torch.manual_seed(epoch_seed(seed, c0 * views + v))
+            t = clean if v == 0 else aug
+            batch = torch.stack([t(im) for im in imgs])
+            with torch.inference_mode():
+                per_view.append(runner(batch).to(torch.float16))
+        out.append(torch.stack(per_view, dim=1))
+        ok += idx
+        if c0 // CACHE_CHUNK % 10 == 0:
+            log.info("cached trunk outputs of %d/%d images", c0 + len(imgs), len(paths))
+    return torch.cat(out).clone(), np.asarray(ok, dtype=np.int64), skipped
+
+
+def _cached_splits(store, loaded, cfg, plan, pre, cache_dir=None):
+    """``{split: (acts, rows_ok)}`` for the trunk ``stages[:cut]``, memoised in-process/on disk."""
+    import torch
+
+    key = _cache_key(store, cfg, plan, loaded.weights_id, pre)
+    if key in _MEMORY_CACHE:
+        return _MEMORY_CACHE[key], 0.0
+    disk = Path(cache_dir) / f"activations-{key}.pt" if cache_dir else None
+    if disk is not None and disk.is_file():
+        data = torch.load(disk, map_location="cpu", weights_only=False)
+        _MEMORY_CACHE[key] = data
+        log.info("loaded cached trunk outputs %s", disk)
+        return data, 0.0
+    t0 = time.perf_counter()
+    _, nn = _torch()
+    trunk = nn.Sequential(*[m for _, m in loaded.stages()[:plan.cut]]).eval()
+    data = {}
+    for split in ("train", "val", "test"):
+        views = cfg.views if split == "train" else 1
+        acts, ok, skipped = compute_activations(
+            trunk, store.data_root, store.rel_paths(split), pre, views, cfg.augment,
+            seed=0, compile_trunk=cfg.compile)
+        if split != "train" and skipped:
+            raise DataError(f"{len(skipped)} {split} image(s) of the store no longer decode "
+                            f"({skipped[0][0]}: {skipped[0][1]}); restore them or re-extract")
+        data[split] = (acts, ok, skipped)
+    seconds = time.perf_counter() - t0
+    log.info("trunk outputs of %d images x views cached in %.0f s", len(store), seconds)
+    _MEMORY_CACHE[key] = data
+    if disk is not None:
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        tmp = disk.with_suffix(".tmp")
+        torch.save(data, tmp)
+        tmp.replace(disk)
+    return data, seconds
+
+
+class CachedViews:
+    """Dataset over cached trunk outputs: item ``i`` is a random view of image ``i``."""
+
+    def __init__(self, acts, labels, random_view: bool):
+        self.acts, self.labels, self.random_view = acts, np.asarray(labels), random_view
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        import torch
+
+        v = int(torch.randint(self.acts.shape[1], (1,))) if self.random_view else 0
+        return self.acts[i, v].float(), int(self.labels[i])
+
+
+# ------------------------------------------------------------------ run
+
+
+def clear_activation_cache():
+    """Forget in-process cached trunk outputs (frees memory)."""
+    _MEMORY_CACHE.clear()
+
+
+def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR,
+                 cache_dir=None) -> tuple[dict, Path]:
+    """Fine-tune per ``cfg`` on the split of the store ``cfg.features``; save record + model.
+
+    ``cache_dir`` keeps the cached trunk outputs on disk (reused by later
+    runs and by ``resume``).  Returns ``(record, record_path)``.
+    """
+    import torch
+
+    from .backbones import load_backbone
+    from .training import (AUGMENTATIONS, SCHEDULES, ImageFolderDataset, ParamGroup,
+                           Schedule, TrainConfig, evaluate_model, train)
+
+    if cfg.bn not in BN_POLICIES:
+        raise UsageError(f"--bn {cfg.bn!r}; valid: {', '.join(BN_POLICIES)}")
+    if cfg.cache not in CACHE_MODES:
+        raise UsageError(f"--cache {cfg.cache!r}; valid: {', '.join(CACHE_MODES)}")
+    if cfg.augment not in AUGMENTATIONS or cfg.schedule not in SCHEDULES:
+        raise UsageError(f"--augment must be one of {AUGMENTATIONS} and --schedule one of "
+                         f"{SCHEDULES}; got {cfg.augment!r}, {cfg.schedule!r}")
+    if cfg.views < 1 or cfg.epochs < 1 or cfg.batch_size < 1 or cfg.gradual < 0:
+        raise UsageError("--views, --epochs and --batch-size must be >= 1, --gradual >= 0")
+    t_start = time.perf_counter()
+    store = FeatureStore(cfg.features)
+    cfg = replace(cfg, backbone=cfg.backbone or store.attrs.get("backbone"))
+    loaded = load_backbone(cfg.backbone, cfg.weights)
+    stages = loaded.stages()
+    names = [n for n, _ in stages]
+    plan = make_plan(loaded.spec, names, cfg)
+    pre = _transform_pre(loaded.spec.preprocessing, cfg.input_size)
+    use_cache = cfg.cache == "auto" and cfg.bn == "frozen-eval" and plan.cut > 0
+    n_classes = len(store.classes)
+
+    torch.manual_seed(cfg.seed)
+    if use_cache:
+        top = build_network(stages[plan.cut:], n_classes, cfg.dropout,
+                            channels=_out_channels(stages))
+        data, cache_seconds = _cached_splits(store, loaded, cfg, plan, pre, cache_dir)
+        sets = {s: CachedViews(acts, store.y(s)[ok], random_view=(s == "train"))
+                for s, (acts, ok, _) in data.items()}
+        skipped = data["train"][2]
+        model_stages = dict(zip(names[plan.cut:], top.stages))
+    else:
+        top = build_network(stages, n_classes, cfg.dropout)
+        cache_seconds = 0.0
+        sets, skipped = {}, []
+        for s in ("train", "val", "test"):
+            ds = ImageFolderDataset(store.data_root, store.rel_paths(s), store.y(s), pre,
+                                    augment=cfg.augment if s == "train" else "none",
+                                    cache=len(store) <= 5000)
+            if s != "train" and ds.skipped:
+                raise DataError(f"{s} image(s) of the store no longer decode: {ds.skipped[:3]}")
+            skipped += ds.skipped
+            sets[s] = ds
+        model_stages = dict(zip(names, top.stages))
+
+    group_stages = dict(plan.groups)
+    param_groups = [ParamGroup("classifier", list(top.fc.parameters()), plan.lrs["classifier"])]
+    for g in plan.trainable:
+        params = [p for s in group_stages[g] for p in model_stages[s].parameters()]
+        param_groups.append(ParamGroup(g, params, plan.lrs[g]))
+    for p in top.parameters():
+        p.requires_grad_(False)
+
+    def on_epoch_start(epoch):
+        for pg in param_groups:
+            on = epoch >= plan.start_epoch[pg.name]
+            for p in pg.params:
+                p.requires_grad_(on)
+
+    def set_train_mode(model):
+        model.train()
+        if cfg.bn == "frozen-eval":
+            for name, module in model_stages.items():
+                if not any(p.requires_grad for p in module.parameters()):
+                    module.eval()  # a frozen stage is a fixed function: BN uses its running stats
+
+    tcfg = TrainConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer="adamw",
+        weight_decay=cfg.weight_decay,
+        schedule=Schedule(cfg.schedule, per=cfg.schedule_per, gamma=cfg.gamma,
+                          step_size=cfg.step_size),
+        label_smoothing=cfg.label_smoothing, patience=cfg.patience, seed=cfg.seed,
+        checkpoint_dir=cfg.checkpoint_dir, resume=cfg.resume, stop_after=cfg.stop_after)
+    res = train(top, param_groups, sets["train"], sets["val"], tcfg,
+                on_epoch_start=on_epoch_start, set_train_mode=set_train_mode)
+    _, _, val_proba = evaluate_model(top, sets["val"])
+    _, _, test_proba = evaluate_model(top, sets["test"])
+    total = time.perf_counter() - t_start
+    label = cfg.label or describe(cfg)
+    record = new_record(
+        kind="finetune", method=method_name(cfg), label=label, store=store,
+        classes=store.classes, val_pred=val_proba.argmax(1), test_pred=test_proba.argmax(1),
+        test_proba=test_proba, hyperparameters=cfg.key_dict(), fit_seconds=total,
+        layer=cfg.unfreeze, trainable_params=res.trainable_params, history=res.history,
+        seed=cfg.seed, group=cfg.group or label,
+        extra={"finetune": {
+            "block_groups": plan.groups, "trained_groups": plan.trainable,
+            "group_lrs": plan.lrs, "group_start_epoch": plan.start_epoch,
+            "cached_trunk": use_cache, "trunk_stages": names[:plan.cut] if use_cache else [],
+            "cache_seconds": cache_seconds, "train_seconds": res.seconds,
+            "best_epoch": res.best_epoch, "stopped_early": res.stopped_early,
+            "preprocessing": pre.to_dict(), "weights_id": loaded.weights_id,
+            "bn_policy": cfg.bn, "skipped_images": skipped}})
+    record["backbone"], record["weights"] = cfg.backbone, loaded.weights_id
+    model_file = Path(runs_dir) / f"{record['run_id']}.pt"
+    record["model_file"] = str(model_file)
+    path = save_record(record, runs_dir)
+    full_state = {f"trunk.{i}.{k}": v for i, (_, m) in enumerate(stages[:plan.cut])
+                  for k, v in m.state_dict().items()} if use_cache else {}
+    torch.save({"config": cfg.key_dict(), "classes": store.classes, "stage_names": names,
+                "cut": plan.cut if use_cache else 0, "trunk_state": full_state,
+                "top_state": top.state_dict(), "preprocessing": pre.to_dict()}, model_file)
+    log.info("%s: val %.4f test %.4f (cache %.0f s, train %.0f s)", label,
+             record["metrics"]["val"]["accuracy"], record["metrics"]["test"]["accuracy"],
+             cache_seconds, res.seconds)
+    return record, path
+
+
+def method_name(cfg: FinetuneConfig) -> str:
+    if cfg.unfreeze == "none":
+        return "finetune-head"
+    if cfg.gradual:
+        return "finetune-gradual"
+    if cfg.lr_factor != 1.0:
+        return "finetune-differential"
+    return "finetune-top"
+
+
+def describe(cfg: FinetuneConfig) -> str:
+    what = {"none": "head only", "all": "all groups"}.get(cfg.unfreeze,
+                                                          f"from {cfg.unfreeze}")
+    parts = [f"fine-tune {what}"]
+    if cfg.unfreeze != "none" and cfg.lr_factor != 1.0:
+        parts.append(f"lr x{cfg.lr_factor:g}/group")
+    if cfg.gradual:
+        parts.append(f"gradual/{cfg.gradual}ep")
+    parts.append(cfg.schedule)
+    if cfg.input_size:
+        parts.append(f"{cfg.input_size}px")
+    return ", ".join(parts)
+
+
+def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 3, runs_dir=DEFAULT_RUNS_DIR,
+                       cache_dir=None) -> list[tuple[dict, Path]]:
+    """Run ``cfg`` with seeds ``cfg.seed .. cfg.seed + seeds - 1`` under one ``group``.
+
+    The cached trunk outputs are shared (they depend on the images, not on
+    the training seed).  Checkpoints go to
+    ``checkpoint_dir/<hash of the configuration>/seed<N>``.
+    """
+    label = cfg.label or describe(cfg)
+    root = None
+    if cfg.checkpoint_dir:
+        # One folder per configuration and store, so --resume with the same options finds it.
+        blob = json.dumps({**cfg.key_dict(), "seed": None, "features": str(cfg.features)},
+                          sort_keys=True)
+        root = Path(cfg.checkpoint_dir) / hashlib.sha256(blob.encode()).hexdigest()[:12]
+    out = []
+    for k in range(seeds):
+        ck = str(root / f"seed{cfg.seed + k}") if root else None
+        out.append(run_finetune(replace(cfg, seed=cfg.seed + k, label=label,
+                                        group=cfg.group or label, checkpoint_dir=ck),
+                                runs_dir, cache_dir))
+    return out
+
+
+# ------------------------------------------------------------------ ladder
+
+
+def ladder_configs(features, epochs: int = 12, views: int = 3) -> list[tuple[str, FinetuneConfig]]:
+    """The fine-tuning rungs of the ladder, with the defaults we tuned (see README)."""
+    base = FinetuneConfig(features=features, epochs=epochs, views=views, cache_at="layer3")
+    return [
+        ("fine-tune head only", replace(base, unfreeze="none", lr=3e-3)),
+        ("fine-tune top groups", replace(base, unfreeze="layer4", lr=1e-3, lr_factor=1.0)),
+        ("differential LR", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3)),
+        ("gradual unfreezing", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3,
+                                       gradual=2)),
+    ]
+
+
+def summarise_group(records) -> dict:
+    """Mean and spread of a group of records (one per seed)."""
+    val = [r["metrics"]["val"]["accuracy"] for r in records]
+    test = [r["metrics"]["test"]["accuracy"] for r in records]
+    return {"method": records[0]["label"], "n_seeds": len(records),
+            "trainable_params": records[0].get("trainable_params"),
+            "train_seconds": float(np.mean([r["fit_seconds"] for r in records])),
+            "val_accuracy": float(np.mean(val)), "test_accuracy": float(np.mean(test)),
+            "test_std": float(np.std(test, ddof=1)) if len(test) > 1 else 0.0,
+            "run_ids": [r["run_id"] for r in records]}
+
+
+def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1, epochs: int = 12,
+               views: int = 3, cnn_epochs: int | None = None, cache_dir=None,
+               rungs=None) -> list[dict]:
+    """Every rung of the course ladder on one store's split; one summary row per rung.
+
+    Rungs: pixels, MLP, scratch CNN, frozen logreg on the tap with the best
+    validation accuracy, then the fine-tuning rungs of :func:`ladder_configs`,
+    each repeated for ``seeds`` seeds.  ``rungs`` restricts to a subset of
+    rung names.  Rows: method, n_seeds, trainable_params, train_seconds,
+    val_accuracy, test_accuracy, test_std, run_ids.
+    """
+    from .baselines import run_baseline
+    from .jobs import run_fit
+
+    rows = []
+
+    def wanted(name):
+        return rungs is None or name in rungs
+
+    for kind in ("pixels", "mlp", "cnn"):
+        if wanted(kind):
+            opts = {"epochs": cnn_epochs} if kind == "cnn" and cnn_epochs else {}
+            recs = [run_baseline(kind, features, runs_dir, seed=s, **opts)[0]
+                    for s in range(seeds if kind != "pixels" else 1)]
+            rows.append(summarise_group(recs))
+    if wanted("frozen"):
+        recs = [r for r, _ in run_fit(features, "all", "logreg", runs_dir)]
+        best = max(recs, key=lambda r: r["metrics"]["val"]["accuracy"])
+        row = summarise_group([best])
+        row["method"] = f"frozen {best['label']} (best tap on val)"
+        rows.append(row)
+    for name, cfg in ladder_configs(features, epochs, views):
+        if wanted(name):
+            recs = [r for r, _ in run_finetune_seeds(replace(cfg, label=name), seeds,
+                                                     runs_dir, cache_dir)]
+            rows.append(summarise_group(recs))
+    return rows

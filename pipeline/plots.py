@@ -1,0 +1,199 @@
+"""The report's figures: matplotlib figures rendered to inline SVG data URIs.
+
+Each function takes plain numbers (no run records, no files) and returns a
+``data:image/svg+xml;base64,...`` string that the template puts in an
+``<img>``, so the report stays one self-contained file and no two figures
+share SVG ids.  Figures are built with :class:`matplotlib.figure.Figure`
+directly: no pyplot, no global backend state, nothing at import time.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+
+#: Text stays text in the SVG (small files, crisp print); the browser picks the font.
+SVG_RC = {"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
+          "axes.spines.top": False, "axes.spines.right": False}
+
+
+def mpl_text(text) -> str:
+    """``text`` safe for matplotlib: a ``$`` in a class name must not start mathtext."""
+    return str(text).replace("\\", "\\\\").replace("$", r"\$")
+
+
+def _figure(width: float, height: float, layout="constrained"):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout=layout)
+
+
+def to_data_uri(fig) -> str:
+    """Render ``fig`` as SVG and return it as a base64 data URI."""
+    import matplotlib
+
+    buf = io.BytesIO()
+    with matplotlib.rc_context(SVG_RC):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def depth_plot(series: dict, references: list, taps: list) -> str:
+    """Test accuracy against tap depth, one line per head.
+
+    ``series`` maps a line name to ``[(tap, accuracy, ci_low, ci_high), ...]``;
+    ``references`` is ``[(name, accuracy)]`` drawn as horizontal lines (the
+    baselines and fine-tuning runs); ``taps`` is the x-axis order.
+    """
+    import matplotlib
+
+    with matplotlib.rc_context(SVG_RC):
+        fig = _figure(6.4, 3.4)
+        ax = fig.add_subplot()
+        x_of = {t: i for i, t in enumerate(taps)}
+        for name, points in series.items():
+            points = sorted(points, key=lambda p: x_of[p[0]])
+            xs = [x_of[p[0]] for p in points]
+            acc = np.array([p[1] for p in points])
+            err = np.array([[a - p[2] for a, p in zip(acc, points)],
+                            [p[3] - a for a, p in zip(acc, points)]])
+            ax.errorbar(xs, acc, yerr=err, marker="o", capsize=3, label=mpl_text(name))
+        styles = ["--", ":", "-.", (0, (5, 1, 1, 1))]
+        for i, (name, acc) in enumerate(references):
+            ax.axhline(acc, color="0.35", linestyle=styles[i % len(styles)], linewidth=1,
+                       label=mpl_text(f"{name} ({acc:.3f})"))
+        ax.set_xticks(range(len(taps)), [mpl_text(t) for t in taps])
+        ax.set_xlim(-0.3, len(taps) - 0.7)
+        ax.set_xlabel("tap (shallow to deep)")
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+        return to_data_uri(fig)
+
+
+def efficiency_plot(curves: dict, levels: list, styles=None) -> str:
+    """Test accuracy against training images per class.
+
+    ``curves`` maps a name to ``[(level_index, mean, std, low, high), ...]``
+    where ``level_index`` indexes ``levels`` (labels such as ``5`` or ``"all"``);
+    ``styles`` optionally maps a name to ``(colour, linestyle)``.
+    """
+    import matplotlib
+
+    with matplotlib.rc_context(SVG_RC):
+        fig = _figure(6.4, 3.4)
+        ax = fig.add_subplot()
+        for name, points in curves.items():
+            xs = [p[0] for p in points]
+            mean = np.array([p[1] for p in points])
+            low = np.array([p[3] for p in points])
+            high = np.array([p[4] for p in points])
+            colour, linestyle = (styles or {}).get(name, (None, "-"))
+            line, = ax.plot(xs, mean, marker="o", color=colour, linestyle=linestyle,
+                            label=mpl_text(name))
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xticks(range(len(levels)), [str(v) for v in levels])
+        ax.set_xlabel("training images per class")
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+        return to_data_uri(fig)
+
+
+def learning_curve_plot(history: list, best_epoch=None) -> str:
+    """Loss, accuracy and learning rate per epoch of one run's ``history``."""
+    import matplotlib
+
+    epochs = [h["epoch"] for h in history]
+    with matplotlib.rc_context(SVG_RC):
+        # A fixed layout: one of these per run, and a layout engine doubles the cost.
+        fig = _figure(9.0, 2.5, layout=None)
+        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.18, top=0.9, wspace=0.28)
+        ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
+        for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+            for split, style in (("train", "-"), ("val", "--")):
+                values = [h.get(f"{split}_{key}") for h in history]
+                if any(v is not None for v in values):
+                    ax.plot(epochs, [np.nan if v is None else v for v in values], style,
+                            marker=".", label=split)
+            if best_epoch:
+                ax.axvline(best_epoch, color="0.6", linewidth=0.8, linestyle=":")
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, frameon=False)
+        ax_acc.set_ylim(0, 1.02)
+        groups = []
+        for h in history:
+            for g in (h.get("lr") or {}):
+                if g not in groups:
+                    groups.append(g)
+        for g in groups:
+            lrs = [(h.get("lr") or {}).get(g) for h in history]
+            ax_lr.plot(epochs, [np.nan if v is None else v for v in lrs], marker=".",
+                       label=mpl_text(g))
+        if groups and all(v > 0 for h in history for v in (h.get("lr") or {}).values()):
+            ax_lr.set_yscale("log")
+        ax_lr.set_title("learning rate per parameter group")
+        ax_lr.set_xlabel("epoch")
+        ax_lr.grid(alpha=0.3)
+        if groups:
+            ax_lr.legend(fontsize=7, frameon=False)
+        return to_data_uri(fig)
+
+
+def confusion_plot(matrix, classes) -> str:
+    """Row-normalised confusion matrix ``(K, K)`` (rows true, columns predicted), with counts."""
+    import matplotlib
+
+    cm = np.asarray(matrix, dtype=float)
+    k = len(classes)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    size = min(9.0, 2.2 + 0.45 * k)
+    with matplotlib.rc_context(SVG_RC):
+        fig = _figure(size + 1.0, size)
+        ax = fig.add_subplot()
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        if k <= 30:
+            for i in range(k):
+                for j in range(k):
+                    if cm[i, j]:
+                        ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=8,
+                                color="white" if norm[i, j] > 0.6 else "black")
+        labels = [mpl_text(c) for c in classes]
+        ax.set_xticks(range(k), labels, rotation=45, ha="right")
+        ax.set_yticks(range(k), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
+        return to_data_uri(fig)
+
+
+def feature_map_plot(panels: list, classes) -> str:
+    """2-D projections side by side: ``panels`` is ``[(title, xy (n, 2), labels (n,))]``."""
+    import matplotlib
+
+    n = len(panels)
+    with matplotlib.rc_context(SVG_RC):
+        fig = _figure(3.2 * n + 1.6, 3.3)
+        axes = np.atleast_1d(fig.subplots(1, n))
+        cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        for ax, (title, xy, labels) in zip(axes, panels):
+            for c, name in enumerate(classes):
+                m = labels == c
+                if m.any():
+                    ax.scatter(xy[m, 0], xy[m, 1], s=16 if len(labels) < 400 else 7,
+                               color=cmap(c % cmap.N), alpha=0.8,
+                               linewidths=0, label=mpl_text(name))
+            ax.set_title(mpl_text(title))
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if len(classes) <= 20:
+            axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8,
+                            frameon=False, markerscale=1.8)
+        return to_data_uri(fig)

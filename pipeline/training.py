@@ -1,0 +1,414 @@
+"""The one torch training loop, its schedules, and the image dataset it trains on.
+
+Every torch model in the workbench (the MLP and scratch-CNN baselines and
+fine-tuning) is trained by :func:`train`: named parameter groups each with
+their own learning rate (:class:`ParamGroup`), a learning-rate schedule
+(:func:`schedule_factor`: constant, exponential, step, cosine, onecycle;
+stepped per epoch or per batch), label smoothing, early stopping on the
+validation loss with the best epoch's weights restored, a checkpoint after
+every epoch (model, optimizer, scheduler, RNG state, history) and resume from
+it.  Each epoch reseeds torch from ``(seed, epoch)``, so a run on CPU is
+deterministic and a resumed run equals an uninterrupted one.
+
+:class:`ImageFolderDataset` decodes images with :func:`pipeline.data.load_rgb`
+(unusable files are skipped with a logged reason), optionally keeps them in
+memory at a reduced size, augments them (:data:`AUGMENTATIONS`) and always
+ends with the backbone's own normalisation from its
+:class:`~pipeline.backbones.Preprocessing`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .data import ImageDecodeError, load_rgb
+from .errors import StoreError, UsageError
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("constant", "exponential", "step", "cosine", "onecycle")
+AUGMENTATIONS = ("standard", "none")
+CHECKPOINT_NAME = "last.pt"
+
+
+# ------------------------------------------------------------------ schedules
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule as a factor of each group's base rate.
+
+    ``per`` is ``"epoch"`` (one step per epoch) or ``"step"`` (one per batch).
+    ``gamma``: decay of exponential (per unit) and step (per ``step_size``
+    units); ``min_factor``: floor of cosine and onecycle's end; ``warmup``:
+    the fraction of training onecycle spends rising from ``1 / div_factor``.
+    """
+
+    name: str = "cosine"
+    per: str = "step"
+    gamma: float = 0.9
+    step_size: int = 5
+    min_factor: float = 0.01
+    warmup: float = 0.1
+    div_factor: float = 25.0
+
+    def __post_init__(self):
+        if self.name not in SCHEDULES:
+            raise UsageError(f"unknown schedule {self.name!r}; valid: {', '.join(SCHEDULES)}")
+        if self.per not in ("epoch", "step"):
+            raise UsageError(f"schedule unit {self.per!r} must be 'epoch' or 'step'")
+        if self.step_size < 1:
+            raise UsageError(f"step_size must be >= 1, got {self.step_size}")
+
+
+def schedule_factor(schedule: Schedule, t: int, total: int) -> float:
+    """The multiplier of the base learning rate at unit ``t`` of ``total`` (0-based)."""
+    name = schedule.name
+    if name == "constant":
+        return 1.0
+    if name == "exponential":
+        return schedule.gamma ** t
+    if name == "step":
+        return schedule.gamma ** (t // schedule.step_size)
+    progress = min(t / max(total, 1), 1.0)
+    if name == "cosine":
+        lo = schedule.min_factor
+        return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    # onecycle: linear warm-up from 1/div_factor to 1, then cosine down to min_factor
+    start = 1.0 / schedule.div_factor
+    if progress < schedule.warmup:
+        return start + (1.0 - start) * progress / schedule.warmup
+    rest = (progress - schedule.warmup) / max(1.0 - schedule.warmup, 1e-12)
+    lo = schedule.min_factor
+    return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * rest))
+
+
+# ------------------------------------------------------------------ config
+
+
+@dataclass
+class ParamGroup:
+    """A named set of parameters trained at learning rate ``lr``."""
+
+    name: str
+    params: list
+    lr: float
+    weight_decay: float | None = None   # None: TrainConfig.weight_decay
+
+
+@dataclass
+class TrainConfig:
+    """How :func:`train` runs; everything here shapes the result."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    optimizer: str = "adamw"            # adamw | adam (L2 as coupled decay) | sgd
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: Schedule = field(default_factory=Schedule)
+    label_smoothing: float = 0.0
+    patience: int | None = 5            # epochs without a better val loss; None = never stop
+    seed: int = 0
+    checkpoint_dir: str | None = None   # a checkpoint after every epoch goes here
+    resume: bool = False                # continue from checkpoint_dir's last epoch
+    stop_after: int | None = None       # end after this epoch as if interrupted (tests)
+
+    def to_dict(self):
+        d = asdict(self)
+        d.pop("checkpoint_dir")
+        d.pop("resume")
+        d.pop("stop_after")
+        return d
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list           # per-epoch dicts (see module docstring of results.py)
+    best_epoch: int
+    seconds: float
+    stopped_early: bool
+    trainable_params: int
+
+
+def make_optimizer(groups, cfg: TrainConfig):
+    torch_groups = []
+    for g in groups:
+        wd = cfg.weight_decay if g.weight_decay is None else g.weight_decay
+        torch_groups.append({"params": list(g.params), "lr": g.lr, "initial_lr": g.lr,
+                             "weight_decay": wd, "name": g.name})
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(torch_groups)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(torch_groups)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(torch_groups, momentum=cfg.momentum, nesterov=True)
+    raise UsageError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, adam, sgd")
+
+
+def make_scheduler(optimizer, schedule: Schedule, epochs: int, steps_per_epoch: int):
+    """A ``LambdaLR`` applying :func:`schedule_factor` to every group's base rate."""
+    total = epochs * steps_per_epoch if schedule.per == "step" else epochs
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: schedule_factor(schedule, t, total))
+
+
+# ------------------------------------------------------------------ loop
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2 ** 31)
+
+
+def evaluate_model(model, dataset, batch_size: int = 64):
+    """Mean cross-entropy, accuracy and class probabilities ``(n, n_classes)`` of ``dataset``."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    was_training = model.training
+    model.eval()
+    losses, probas, labels = [], [], []
+    try:
+        with torch.no_grad():
+            for x, y in loader:
+                logits = model(x)
+                losses.append(nn.functional.cross_entropy(logits, y, reduction="sum").item())
+                probas.append(torch.softmax(logits, dim=1))
+                labels.append(y)
+    finally:
+        model.train(was_training)
+    proba = torch.cat(probas).numpy()
+    y = torch.cat(labels).numpy()
+    n = max(len(y), 1)
+    return sum(losses) / n, float(np.mean(proba.argmax(1) == y)), proba
+
+
+def count_trainable(groups) -> int:
+    return int(sum(p.numel() for g in groups for p in g.params))
+
+
+def _save_checkpoint(path: Path, state: dict):
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a killed save never leaves a half-written checkpoint
+
+
+def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
+          on_epoch_start: Callable[[int], None] | None = None,
+          set_train_mode: Callable[[nn.Module], None] | None = None) -> TrainResult:
+    """Train ``model`` on ``train_data`` (a Dataset of ``(x, y)``), early-stopping on ``val_data``.
+
+    ``groups`` is a list of :class:`ParamGroup`; parameters outside every
+    group are never updated.  ``on_epoch_start(epoch)`` may change which
+    parameters require grad (gradual unfreezing); it must depend on the epoch
+    only, so resume stays exact.  ``set_train_mode(model)`` puts the model in
+    training mode each epoch (default ``model.train()``; fine-tuning keeps
+    frozen BatchNorm in eval mode there).  Returns the model with the best
+    epoch's weights.
+    """
+    t_start = time.perf_counter()
+    optimizer = make_optimizer(groups, cfg)
+    steps = math.ceil(len(train_data) / cfg.batch_size)
+    scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs, steps)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    history, best_state, best_loss, best_epoch, bad = [], None, math.inf, -1, 0
+    start_epoch = 0
+    ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
+    if ckpt is not None:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.resume:
+        if ckpt is None or not ckpt.is_file():
+            raise StoreError(f"nothing to resume: no checkpoint {ckpt}; run without --resume")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state["config"] != cfg.to_dict():
+            raise StoreError(
+                f"checkpoint {ckpt} was written with another training configuration; "
+                "resume with the same options or start afresh in another folder")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best_state = state["history"], state["best_state"]
+        best_loss, best_epoch, bad = state["best_loss"], state["best_epoch"], state["bad"]
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = state["epoch"] + 1
+        log.info("resumed from %s after epoch %d", ckpt, state["epoch"] + 1)
+        if state.get("stopped"):
+            start_epoch = cfg.epochs
+
+    stopped = False
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        (set_train_mode or (lambda m: m.train()))(model)
+        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+        order = torch.randperm(len(train_data)).tolist()
+        total_loss, correct, seen = 0.0, 0, 0
+        for start in range(0, len(order), cfg.batch_size):
+            x, y = _collate([train_data[i] for i in order[start:start + cfg.batch_size]])
+            logits = model(x)
+            loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if cfg.schedule.per == "step":
+                scheduler.step()
+            total_loss += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        if cfg.schedule.per == "epoch":
+            scheduler.step()
+        val_loss, val_acc, _ = evaluate_model(model, val_data, max(cfg.batch_size, 64))
+        entry = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
+                 "train_accuracy": correct / max(seen, 1), "val_loss": val_loss,
+                 "val_accuracy": val_acc, "lr": lrs,
+                 "trainable_params": sum(p.numel() for g in groups for p in g.params
+                                         if p.requires_grad),
+                 "seconds": time.perf_counter() - t0}
+        history.append(entry)
+        log.info("epoch %d/%d train loss %.4f acc %.3f  val loss %.4f acc %.3f  (%.1f s)",
+                 epoch + 1, cfg.epochs, entry["train_loss"], entry["train_accuracy"],
+                 val_loss, val_acc, entry["seconds"])
+        if val_loss < best_loss:
+            best_loss, best_epoch, bad = val_loss, epoch + 1, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+        stopped = cfg.patience is not None and bad >= cfg.patience
+        if ckpt is not None:
+            _save_checkpoint(ckpt, {
+                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": history,
+                "best_state": best_state, "best_loss": best_loss, "best_epoch": best_epoch,
+                "bad": bad, "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
+                "stopped": stopped})
+        if stopped:
+            log.info("early stop after epoch %d: best val loss %.4f at epoch %d",
+                     epoch + 1, best_loss, best_epoch)
+            break
+        if cfg.stop_after is not None and epoch + 1 >= cfg.stop_after:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model, history, best_epoch, time.perf_counter() - t_start,
+                       stopped, count_trainable(groups))
+
+
+def _collate(items):
+    xs, ys = zip(*items)
+    return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)
+
+
+# ------------------------------------------------------------------ images
+
+
+def image_transform(preprocessing, augment: str = "standard", size: int | None = None):
+    """PIL image -> normalised ``(3, size, size)`` float tensor.
+
+    ``standard``: RandomResizedCrop(scale 0.8-1), horizontal flip, ColorJitter
+    (0.2, 0.2, 0.2, 0.1); ``none``: resize and centre crop as the weights
+    expect.  Both end with the weights' own mean/std.
+    """
+    from torchvision import transforms as T
+
+    if augment not in AUGMENTATIONS:
+        raise UsageError(f"unknown augmentation {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+    size = size or preprocessing.input_size
+    interp = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
+              "nearest": T.InterpolationMode.NEAREST}[preprocessing.interpolation]
+    tail = [T.ToTensor(), T.Normalize(preprocessing.mean, preprocessing.std)]
+    if augment == "none":
+        return T.Compose([T.Resize(int(size / preprocessing.crop_pct), interpolation=interp),
+                          T.CenterCrop(size)] + tail)
+    return T.Compose([T.RandomResizedCrop(size, scale=(0.8, 1.0), interpolation=interp),
+                      T.RandomHorizontalFlip(),
+                      T.ColorJitter(0.2, 0.2, 0.2, 0.1)] + tail)
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """``(image tensor, label)`` pairs for ``root / paths[i]``.
+
+    With ``cache=True`` every image is decoded once at construction and kept
+    in memory with its short side reduced to ``size / crop_pct`` (cheap for
+    small sets, saves a decode per epoch); unusable files are dropped then,
+    with their reason logged and kept in ``skipped``.  ``kept`` are the
+    indices (into ``paths``) that remain.  Without the cache, an image that
+    fails later is replaced by the next usable one and logged.
+    """
+
+    def __init__(self, root, paths, labels, preprocessing, augment: str = "standard",
+                 size: int | None = None, cache: bool = True):
+        self.root = Path(root)
+        self.transform = image_transform(preprocessing, augment, size)
+        self.short_side = int(math.ceil((size or preprocessing.input_size)
+                                        / preprocessing.crop_pct))
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.skipped = []
+        self.images = None
+        self.kept = list(range(len(self.paths)))
+        if cache:
+            self.images, self.kept = [], []
+            for i, p in enumerate(self.paths):
+                img = self._decode(i)
+                if img is not None:
+                    self.images.append(img)
+                    self.kept.append(i)
+
+    def _decode(self, i):
+        try:
+            img = load_rgb(self.root / self.paths[i], target_short_side=self.short_side)
+        except ImageDecodeError as exc:
+            log.warning("skipped %s: %s", self.paths[i], exc.reason)
+            self.skipped.append((self.paths[i], exc.reason))
+            return None
+        except OSError as exc:
+            log.warning("skipped %s: cannot read file (%s)", self.paths[i], exc)
+            self.skipped.append((self.paths[i], f"cannot read file ({exc})"))
+            return None
+        w, h = img.size
+        scale = self.short_side / min(w, h)
+        if scale < 1:
+            from PIL import Image
+
+            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                             Image.BICUBIC)
+        return img
+
+    def __len__(self):
+        return len(self.kept)
+
+    def __getitem__(self, j):
+        if self.images is not None:
+            return self.transform(self.images[j]), int(self.labels[self.kept[j]])
+        for k in range(len(self.kept)):
+            i = self.kept[(j + k) % len(self.kept)]
+            img = self._decode(i)
+            if img is not None:
+                return self.transform(img), int(self.labels[i])
+        raise UsageError("no usable image in the dataset")
+
+
+class TensorPairs(torch.utils.data.Dataset):
+    """``(X[i], y[i])`` from in-memory tensors."""
+
+    def __init__(self, X, y):
+        self.X = torch.as_tensor(X, dtype=torch.float32)
+        self.y = torch.as_tensor(np.asarray(y), dtype=torch.long)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.X[i], int(self.y[i])

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny image folders made with PIL, a toy backbone with known weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.backbones import BackboneSpec, Preprocessing, Tap, register_backbone
+
+# Each class is a flat colour, so every tap of the toy net is known by hand.
+TOY_COLOURS = {"blue": (0, 0, 200), "green": (0, 160, 0), "red": (240, 0, 0)}
+
+
+def make_folder(root: Path, per_class: int = 6, colours=None, size=(24, 20)) -> Path:
+    """An ImageFolder of flat-colour PNGs (with a little per-image brightness change)."""
+    colours = colours or TOY_COLOURS
+    for name, rgb in colours.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            value = np.clip(np.array(rgb) + 3 * i, 0, 255).astype(np.uint8)
+            arr = np.broadcast_to(value, (size[1], size[0], 3)).copy()
+            Image.fromarray(arr).save(root / name / f"img_{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def toy_folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "toy")
+
+
+def build_toy():
+    """Two stages of 1x1 convolutions with hand-set weights.
+
+    stage ``a`` (tap layer1): channels (R, G), then 2x2 average pooling;
+    stage ``b`` (tap layer2): channels (R + G, R - G, R / 2), then 2x2 pooling.
+    """
+    import torch
+    import torch.nn as nn
+
+    net = nn.Module()
+    net.a = nn.Sequential(nn.Conv2d(3, 2, 1, bias=False), nn.AvgPool2d(2))
+    net.b = nn.Sequential(nn.Conv2d(2, 3, 1, bias=False), nn.AvgPool2d(2))
+    with torch.no_grad():
+        net.a[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).view(2, 3, 1, 1))
+        net.b[0].weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -1.0], [0.5, 0.0]]).view(3, 2, 1, 1))
+    return net
+
+
+def toy_expected(rgb):
+    """The exact avg-pooled taps of a flat image of colour ``rgb`` (0-255 scale)."""
+    r, g, _b = (float(v) for v in rgb)
+    return {"layer1": np.array([r, g]), "layer2": np.array([r + g, r - g, 0.5 * r])}
+
+
+TOY = BackboneSpec(
+    name="toy",
+    description="two 1x1-conv stages with hand-set weights (tests only)",
+    build=build_toy,
+    stages=lambda m: [("a", m.a), ("b", m.b)],
+    taps=(Tap("layer1", "a", 2, 2), Tap("layer2", "b", 3, 4)),
+    preprocessing=Preprocessing(input_size=16, crop_pct=1.0, interpolation="nearest",
+                                mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255)),
+    load_weights=lambda model, weights: "toy-known-weights",
+    imagenet_identity=lambda: "toy-known-weights",
+)
+register_backbone(TOY, replace=True)

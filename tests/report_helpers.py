@@ -1,0 +1,96 @@
+"""Real run records for the report tests: frozen heads, a pixel baseline, fine-tune-like runs.
+
+Features come from the toy backbone (conftest) on a real image folder, so a
+store takes about a second; the frozen heads are real scikit-learn fits
+through :func:`pipeline.heads.select_and_fit`.  Runs with a per-epoch
+history are built through :func:`pipeline.results.new_record` the way the
+fine-tuning stage writes them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.extraction_job import ExtractConfig, run_extract
+from pipeline.heads import predict_proba, select_and_fit
+from pipeline.results import new_record, save_record
+from pipeline.store import FeatureStore
+
+
+def make_store(data, out) -> FeatureStore:
+    summary = run_extract(ExtractConfig(data=str(data) if data else None, backbone="toy",
+                                        layers=("layer1", "layer2"), out=str(out),
+                                        progress=False, batch_size=64))
+    return FeatureStore(summary.path)
+
+
+def add_frozen_runs(store, runs_dir, clfs=("logreg", "svm")) -> list:
+    """One real frozen-head run per tap x classifier; returns the records."""
+    records = []
+    for tap in store.taps:
+        X_tr, X_va, X_te = (store.X(tap, s) for s in ("train", "val", "test"))
+        for clf in clfs:
+            res = select_and_fit(clf, X_tr, store.y("train"), X_va, store.y("val"))
+            est = res.model[-1]
+            record = new_record(
+                kind="frozen", method=clf, label=f"{clf} on {tap}", store=store,
+                classes=store.classes, val_pred=res.val_pred, test_pred=res.model.predict(X_te),
+                test_proba=predict_proba(res.model, X_te), hyperparameters=res.params,
+                search=res.search, fit_seconds=res.fit_seconds, layer=tap,
+                trainable_params=(est.coef_.size + est.intercept_.size
+                                  if hasattr(est, "coef_") else None))
+            save_record(record, runs_dir)
+            records.append(record)
+    return records
+
+
+def history(epochs: int, trap: bool, groups=("head", "block6")) -> list:
+    """A per-epoch history like pipeline.training writes; ``trap``: train acc runs to 100%."""
+    out = []
+    for e in range(1, epochs + 1):
+        train_acc = min(1.0, 0.4 + 0.12 * e) if trap else 0.4 + 0.05 * e
+        val_acc = 0.4 + 0.03 * e if trap else 0.38 + 0.05 * e
+        out.append({"epoch": e, "train_loss": 1.5 / e, "train_accuracy": train_acc,
+                    "val_loss": 1.2 / e + (0.05 * e if trap else 0.0), "val_accuracy": val_acc,
+                    "lr": {g: 1e-3 * (0.1 if g != "head" else 1.0) * (1 - e / (epochs + 1))
+                           for g in groups},
+                    "seconds": 1.0})
+    return out
+
+
+def add_history_runs(store, runs_dir, seeds=(0, 1, 2)) -> list:
+    """A three-seed 'fine-tune' group (one with the training-accuracy trap) and a scratch CNN."""
+    y_val, y_test = store.y("val"), store.y("test")
+    k = len(store.classes)
+    records = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        # Right on about 80% of the images, wrong (next class) on the rest.
+        wrong = rng.random(len(y_test)) < 0.2
+        test_pred = np.where(wrong, (y_test + 1) % k, y_test)
+        proba = np.full((len(y_test), k), 0.05)
+        proba[np.arange(len(y_test)), test_pred] = 1 - 0.05 * (k - 1)
+        record = new_record(
+            kind="finetune", method="finetune-top", label=f"fine-tune from layer2 (seed {seed})",
+            store=store, classes=store.classes, val_pred=y_val, test_pred=test_pred,
+            test_proba=proba, hyperparameters={"lr": 1e-3, "epochs": 6, "seed": seed},
+            fit_seconds=30.0 + seed, layer="layer2", trainable_params=12345,
+            history=history(6, trap=(seed == 0)), seed=seed, group="fine-tune from layer2",
+            extra={"finetune": {"best_epoch": 4}})
+        save_record(record, runs_dir)
+        records.append(record)
+    cnn = new_record(
+        kind="baseline", method="cnn", label="scratch CNN 64px", store=store,
+        classes=store.classes, val_pred=(y_val + 1) % k, test_pred=(y_test + 1) % k,
+        hyperparameters={"size": 64, "best_epoch": 3}, fit_seconds=12.0, trainable_params=9999,
+        history=history(5, trap=False, groups=("all",)), seed=0)
+    save_record(cnn, runs_dir)
+    records.append(cnn)
+    return records
+
+
+def add_pixel_run(store, runs_dir):
+    from pipeline.baselines import run_baseline
+
+    record, _ = run_baseline("pixels", store.path, runs_dir=runs_dir, size=8)
+    return record

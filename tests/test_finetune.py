@@ -1,0 +1,141 @@
+"""Fine-tuning: block groups, learning-rate plan, freezing, BatchNorm policy, records."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import make_folder
+from pipeline.backbones import get_backbone, load_backbone
+from pipeline.errors import UsageError
+from pipeline.extraction_job import ExtractConfig, run_extract
+from pipeline.finetune import (FinetuneConfig, block_groups, make_plan, run_finetune,
+                               summarise_group)
+
+LITE0_STAGES = ["stem"] + [f"blocks.{i}" for i in range(7)] + ["conv_head"]
+RESNET_STAGES = ["stem", "layer1", "layer2", "layer3", "layer4"]
+
+
+def test_block_groups_follow_the_taps():
+    assert block_groups(get_backbone("efficientnet_lite0"), LITE0_STAGES) == [
+        ("layer1", ["stem", "blocks.0", "blocks.1"]), ("layer2", ["blocks.2"]),
+        ("layer3", ["blocks.3", "blocks.4"]), ("layer4", ["blocks.5", "blocks.6"]),
+        ("head", ["conv_head"])]
+    # resnet's head tap shares layer4's stage: no empty group
+    assert [g for g, _ in block_groups(get_backbone("resnet18"), RESNET_STAGES)] == [
+        "layer1", "layer2", "layer3", "layer4"]
+
+
+def test_plan_learning_rates_are_ten_times_smaller_per_group_by_default():
+    spec = get_backbone("efficientnet_lite0")
+    plan = make_plan(spec, LITE0_STAGES, FinetuneConfig(unfreeze="layer3", lr=1e-2))
+    assert plan.trainable == ["head", "layer4", "layer3"]
+    assert plan.lrs == pytest.approx({"classifier": 1e-2, "head": 1e-3, "layer4": 1e-4,
+                                      "layer3": 1e-5})
+    assert plan.cut == LITE0_STAGES.index("blocks.3")
+    gradual = make_plan(spec, LITE0_STAGES, FinetuneConfig(unfreeze="layer4", gradual=3))
+    assert gradual.start_epoch == {"classifier": 0, "head": 3, "layer4": 6}
+    head_only = make_plan(spec, LITE0_STAGES, FinetuneConfig(unfreeze="none"))
+    assert head_only.trainable == [] and head_only.cut == len(LITE0_STAGES)
+    assert make_plan(spec, LITE0_STAGES, FinetuneConfig(unfreeze="all")).cut == 0
+    capped = make_plan(spec, LITE0_STAGES, FinetuneConfig(unfreeze="none", cache_at="layer3"))
+    assert capped.cut == LITE0_STAGES.index("blocks.5")
+
+
+def test_unknown_unfreeze_lists_the_groups():
+    with pytest.raises(UsageError, match="layer1, layer2, layer3, layer4, head"):
+        make_plan(get_backbone("efficientnet_lite0"), LITE0_STAGES,
+                  FinetuneConfig(unfreeze="layer9"))
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    folder = make_folder(root / "img", per_class=8, size=(40, 36))
+    summary = run_extract(ExtractConfig(data=str(folder), backbone="toy", layers=("layer1",),
+                                        out=str(root / "f"), progress=False, workers=0))
+    return str(summary.path)
+
+
+def _tiny_cfg(store, **kw):
+    base = dict(features=store, backbone="resnet18", weights="none", input_size=32,
+                epochs=2, batch_size=8, lr=1e-2, lr_factor=0.5, views=2)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def _saved_top(record):
+    return torch.load(record["model_file"], map_location="cpu", weights_only=False)
+
+
+def _stage_params(state, stage_index, prefix=""):
+    return {k: v for k, v in state.items() if k.startswith(f"stages.{stage_index}.")}
+
+
+@pytest.mark.parametrize("bn", ["frozen-eval", "train"])
+def test_frozen_groups_and_batchnorm_policy(tiny_store, tmp_path, bn):
+    original = load_backbone("resnet18", "none").model.state_dict()
+    record, path = run_finetune(_tiny_cfg(tiny_store, unfreeze="layer4", cache="off", bn=bn),
+                                tmp_path / "runs")
+    top = _saved_top(record)["top_state"]
+    # stages: 0 stem, 1 layer1, 2 layer2, 3 layer3, 4 layer4
+    frozen = {k.split(".", 2)[2]: v for k, v in _stage_params(top, 3).items()}
+    trained = {k.split(".", 2)[2]: v for k, v in _stage_params(top, 4).items()}
+    for name, value in frozen.items():
+        ref = original[f"layer3.{name}"]
+        if "running" in name or "num_batches" in name:
+            # frozen-eval keeps pretrained statistics; train lets them move
+            assert torch.equal(value, ref) == (bn == "frozen-eval"), name
+        else:
+            assert torch.equal(value, ref), name
+    assert not torch.equal(trained["0.conv1.weight"], original["layer4.0.conv1.weight"])
+    assert record["kind"] == "finetune" and record["finetune"]["bn_policy"] == bn
+    assert record["finetune"]["cached_trunk"] is False
+
+
+def test_record_has_history_groups_and_trainable_params(tiny_store, tmp_path):
+    record, path = run_finetune(_tiny_cfg(tiny_store, unfreeze="layer3"), tmp_path / "runs")
+    saved = json.loads(path.read_text())
+    assert saved["run_id"] == record["run_id"] and saved["method"] == "finetune-differential"
+    assert saved["finetune"]["cached_trunk"] is True
+    assert saved["finetune"]["trunk_stages"] == ["stem", "layer1", "layer2"]
+    for h in saved["history"]:
+        assert set(h["lr"]) == {"classifier", "layer4", "layer3"}
+        assert {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                "seconds"} <= set(h)
+    assert saved["history"][0]["lr"]["layer4"] == pytest.approx(1e-2 * 0.5)
+    assert saved["history"][0]["lr"]["layer3"] == pytest.approx(1e-2 * 0.25)
+    m = load_backbone("resnet18", "none").model
+    expected = sum(p.numel() for p in list(m.layer3.parameters()) + list(m.layer4.parameters()))
+    assert saved["trainable_params"] == expected + 512 * 3 + 3
+    assert saved["predictions"]["paths"] and saved["metrics"]["test"]["n"] == 3
+
+
+def test_gradual_unfreezing_adds_one_group_every_k_epochs(tiny_store, tmp_path):
+    record, _ = run_finetune(_tiny_cfg(tiny_store, unfreeze="layer3", gradual=1, epochs=3,
+                                       patience=None), tmp_path / "runs")
+    counts = [h["trainable_params"] for h in record["history"]]
+    assert counts[0] == 512 * 3 + 3 and counts[0] < counts[1] < counts[2]
+
+
+def test_seeds_repeat_is_deterministic(tiny_store, tmp_path):
+    a, _ = run_finetune(_tiny_cfg(tiny_store, unfreeze="none", seed=1), tmp_path / "a")
+    b, _ = run_finetune(_tiny_cfg(tiny_store, unfreeze="none", seed=1), tmp_path / "b")
+    assert a["predictions"]["proba"] == b["predictions"]["proba"]
+    row = summarise_group([a, b])
+    assert row["n_seeds"] == 2 and row["test_std"] == 0.0
+
+
+def test_finetune_resume_equals_uninterrupted(tiny_store, tmp_path):
+    cfg = _tiny_cfg(tiny_store, unfreeze="layer4", epochs=3, patience=None, seed=2)
+    full, _ = run_finetune(cfg, tmp_path / "full")
+    ck = str(tmp_path / "ck")
+    run_finetune(replace(cfg, checkpoint_dir=ck, stop_after=1), tmp_path / "part")
+    resumed, _ = run_finetune(replace(cfg, checkpoint_dir=ck, resume=True), tmp_path / "res")
+    strip = [[{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]]
+             for r in (full, resumed)]
+    assert len(strip[0]) == 3 and strip[0] == strip[1]
+    assert full["predictions"]["proba"] == resumed["predictions"]["proba"]

@@ -1,0 +1,272 @@
+"""The generated report in a real headless Chromium, driven over the DevTools protocol.
+
+Fails on any console error, uncaught exception, failed request or request
+that leaves the file (the page must be self-contained), checks that every
+section is present and visible and every image decoded, clicks a sortable
+column, and saves screenshots under ``artifacts/``.  Without Chromium the
+test skips, except on CI (``CI=true``) where it fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from report_helpers import add_frozen_runs, add_history_runs, add_pixel_run, make_store
+
+SECTIONS = ("verdict", "comparison", "depth", "efficiency", "curves", "confusion", "mistakes",
+            "featuremap", "advice", "provenance")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                  "--remote-debugging-port=0", "--remote-allow-origins=*")
+
+
+def _unavailable(reason):
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (required on CI)")
+    pytest.skip(reason)
+
+
+def _chromium() -> str:
+    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    _unavailable("no chromium on PATH (Debian: apt-get install chromium)")
+
+
+class DevTools:
+    """A minimal DevTools-protocol client over one page session."""
+
+    def __init__(self, ws_url: str):
+        import websocket
+
+        self.ws = websocket.create_connection(ws_url, timeout=30)
+        self.next_id = 0
+        self.events = []
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target,
+                                 flatten=True)["sessionId"]
+
+    def call(self, method: str, session=True, **params):
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params}
+        if session and getattr(self, "session", None):
+            msg["sessionId"] = self.session
+        self.ws.send(json.dumps(msg))
+        while True:
+            reply = json.loads(self.ws.recv())
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            if "method" in reply:
+                self.events.append(reply)
+
+    def wait_for(self, method: str, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(e["method"] == method for e in self.events):
+                return
+            self.ws.settimeout(max(0.1, deadline - time.monotonic()))
+            self.events.append(json.loads(self.ws.recv()))
+        raise TimeoutError(f"no {method} within {timeout} s")
+
+    def pump(self, seconds: float):
+        """Collect events for ``seconds`` (late console messages, image decodes)."""
+        import websocket
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.ws.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                self.events.append(json.loads(self.ws.recv()))
+            except websocket.WebSocketTimeoutException:
+                return
+
+    def evaluate(self, expression: str):
+        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                        awaitPromise=True)
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"page script failed: {res['exceptionDetails']}")
+        return res["result"].get("value")
+
+    def close(self):
+        self.ws.close()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """The Chromium binary (and the DevTools client library), checked before any report is built."""
+    try:
+        import websocket  # noqa: F401
+    except ImportError:
+        _unavailable("the websocket-client package is not installed")
+    return _chromium()
+
+
+def open_chromium(binary: str, tmp_path):
+    """Start headless Chromium with a throw-away profile; return (process, DevTools)."""
+    profile = tmp_path / "chromium-profile"
+    proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        m = re.search(r"DevTools listening on (ws://\S+)", line)
+        if m:
+            # Drain stderr in the background so Chromium never blocks on a full pipe.
+            import threading
+
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return proc, DevTools(m.group(1))
+    proc.kill()
+    raise RuntimeError("chromium did not start:\n" + "".join(lines[-20:]))
+
+
+def load(dev: DevTools, path: Path, width: int = 1366, height: int = 900):
+    for domain in ("Page", "Runtime", "Log", "Network"):
+        dev.call(f"{domain}.enable")
+    dev.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+             deviceScaleFactor=1, mobile=False)
+    dev.call("Page.navigate", url=path.resolve().as_uri())
+    dev.wait_for("Page.loadEventFired")
+    dev.pump(1.0)
+
+
+def problems(dev: DevTools, page: Path) -> list:
+    """Console errors, exceptions, dialogs, failed or outgoing requests seen so far."""
+    found = []
+    for e in dev.events:
+        m, p = e["method"], e.get("params", {})
+        if m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            found.append(f"console.{p['type']}: {p.get('args')}")
+        elif m == "Runtime.exceptionThrown":
+            found.append(f"exception: {p.get('exceptionDetails', {}).get('text')}")
+        elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+            found.append(f"log error: {p['entry'].get('text')} {p['entry'].get('url', '')}")
+        elif m == "Network.loadingFailed":
+            found.append(f"request failed: {p.get('errorText')} ({p.get('type')})")
+        elif m == "Network.requestWillBeSent":
+            url = p.get("request", {}).get("url", "")
+            if not (url.startswith("data:") or url == page.resolve().as_uri()):
+                found.append(f"request leaves the file: {url[:120]}")
+        elif m == "Page.javascriptDialogOpening":
+            found.append(f"a dialog opened: {p.get('message')!r} (script injection?)")
+    return found
+
+
+SECTION_CHECK = """
+(() => {
+  const out = {};
+  for (const s of document.querySelectorAll('section[data-section]')) {
+    const r = s.getBoundingClientRect();
+    const style = getComputedStyle(s);
+    out[s.dataset.section] = {visible: r.width > 0 && r.height > 0 && style.display !== 'none'
+                              && style.visibility !== 'hidden',
+                              heading: (s.querySelector('h2') || {}).textContent || '',
+                              text: s.innerText.length};
+  }
+  const images = [...document.images].map(i => ({ok: i.complete && i.naturalWidth > 0,
+                                                  alt: i.alt}));
+  return {sections: out, images: images, scripts: document.scripts.length,
+          height: document.documentElement.scrollHeight};
+})()
+"""
+
+SORT_CHECK = """
+(() => {
+  const t = document.getElementById('runs-table');
+  const th = t.querySelectorAll('thead th')[6];
+  const first = () => parseFloat(t.tBodies[0].rows[0].cells[6].dataset.value);
+  th.click();
+  const asc = first();
+  th.click();
+  const desc = first();
+  return {asc: asc, desc: desc};
+})()
+"""
+
+
+@pytest.fixture(scope="module")
+def report_file(chromium, tmp_path_factory):
+    from pipeline.report import build_report
+
+    root = tmp_path_factory.mktemp("browser")
+    store = make_store(None, root / "features")
+    runs = root / "runs"
+    add_frozen_runs(store, runs)
+    add_history_runs(store, runs)
+    add_pixel_run(store, runs)
+    return build_report(runs, root / "report.html")
+
+
+def test_report_in_headless_chromium(chromium, report_file, tmp_path):
+    proc, dev = open_chromium(chromium, tmp_path)
+    try:
+        load(dev, report_file)
+        state = dev.evaluate(SECTION_CHECK)
+        for name in SECTIONS:
+            assert name in state["sections"], f"section {name} missing"
+            assert state["sections"][name]["visible"], f"section {name} not visible"
+            assert state["sections"][name]["heading"].strip(), f"section {name} has no heading"
+        assert state["images"] and all(i["ok"] for i in state["images"]), \
+            [i["alt"] for i in state["images"] if not i["ok"]]
+        sort = dev.evaluate(SORT_CHECK)
+        assert sort["asc"] <= sort["desc"]
+        dev.pump(0.5)
+        assert problems(dev, report_file) == []
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = dev.call("Page.captureScreenshot", format="png")
+        (ARTIFACTS / "report.png").write_bytes(base64.b64decode(shot["data"]))
+        full = dev.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                        clip={"x": 0, "y": 0, "width": 1366, "height": state["height"],
+                              "scale": 0.5})
+        (ARTIFACTS / "report-full.png").write_bytes(base64.b64decode(full["data"]))
+        assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+        # Printing: Chromium's own print path must lay the page out without errors.
+        pdf = base64.b64decode(dev.call("Page.printToPDF", printBackground=True)["data"])
+        assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
+        (ARTIFACTS / "report.pdf").write_bytes(pdf)
+        assert problems(dev, report_file) == []
+    finally:
+        dev.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_hostile_class_names_run_no_script_in_chromium(chromium, tmp_path):
+    """A report built from a folder whose class names are markup opens no dialog, runs no script."""
+    from test_report import hostile_report
+
+    page = hostile_report(tmp_path)
+    proc, dev = open_chromium(chromium, tmp_path)
+    try:
+        load(dev, page)
+        assert dev.evaluate("document.scripts.length") == 1   # only the sort script
+        assert dev.evaluate("document.querySelectorAll('img[src=\"x\"]').length") == 0
+        assert problems(dev, page) == []
+    finally:
+        dev.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
