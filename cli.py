@@ -129,9 +129,14 @@ def backbones():
               help="Output folder (or a .h5 file path).")
 @click.option("--overwrite", is_flag=True, help="Replace a store with another configuration.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Without torchrun: extract only shard K of N (0-based) into "
+                   "<store>.shards/, e.g. to re-run one failed rank; no merge.")
+@click.option("--merge-shards", type=int, default=None, metavar="N",
+              help="Merge the N finished shards into the store (no extraction).")
 @handle_errors
 def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, workers,
-            dtype, seed, out, overwrite, no_progress):
+            dtype, seed, out, overwrite, no_progress, shard, merge_shards):
     """Pass every image once through a frozen backbone; store pooled taps in HDF5.
 
     One forward pass per batch computes all requested taps; the split
@@ -139,14 +144,21 @@ def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, 
     no forward pass; added or changed images are extracted alone; an
     interrupted run resumes.
 
-    Example: python cli.py extract --data ../shared/datasets/flower_photos --layer layer3
-    """
-    from pipeline.extraction_job import ExtractConfig, run_extract
+    Under torchrun each rank extracts its shard of the images on its own
+    device and rank 0 merges the shards into the same store one process writes.
 
-    summary = run_extract(ExtractConfig(
+    Example: python cli.py extract --data ../shared/datasets/flower_photos --layer layer3
+
+    Example: torchrun --nproc_per_node=4 cli.py extract --data photos/ --layer head
+    """
+    from pipeline.distributed import launch_extract
+    from pipeline.extraction_job import ExtractConfig
+
+    summary = launch_extract(ExtractConfig(
         data=data, backbone=backbone, weights=weights, layers=tuple(layers), pool=pool,
         batch_size=batch_size, device=device, runtime=runtime, workers=workers, out=out,
-        dtype=dtype, seed=seed, overwrite=overwrite, progress=not no_progress))
+        dtype=dtype, seed=seed, overwrite=overwrite, progress=not no_progress),
+        shard=shard, merge_world=merge_shards)
     if summary.up_to_date:
         click.echo(f"up to date: {summary.n_images} images, no forward pass")
     else:

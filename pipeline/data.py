@@ -49,7 +49,11 @@ class Manifest:
 
     ``paths`` are POSIX paths relative to ``root``; ``labels[i]`` indexes
     ``classes``; ``sizes`` and ``mtimes`` (ns) identify each file's version.
-    ``ignored`` lists files in the tree that are not images (relative paths).
+    ``ignored`` lists files in the tree that are not images (relative paths);
+    ``excluded`` gives ``(relative path, reason)`` for every entry of the tree
+    that is not taken as an image: non-image files, hidden files and folders,
+    files outside the class folders and class folders without images (these
+    end in ``/``).
     """
 
     root: Path
@@ -59,6 +63,7 @@ class Manifest:
     sizes: np.ndarray
     mtimes: np.ndarray
     ignored: list[str] = field(default_factory=list)
+    excluded: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self):
         return len(self.paths)
@@ -79,7 +84,8 @@ def scan(root, min_per_class: int = 3) -> Manifest:
     Hidden files and folders (leading dot) are skipped; files whose extension
     is not an image extension are listed in ``ignored``.  Classes are the
     sorted names of the immediate sub-folders that hold at least one image;
-    empty class folders are reported in the log and left out.
+    empty class folders are reported in the log and left out.  Everything
+    left out is listed with its reason in ``excluded``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -87,17 +93,27 @@ def scan(root, min_per_class: int = 3) -> Manifest:
             f"image folder {str(root)!r} does not exist or is not a folder; "
             "pass --data DIR with one sub-folder per class"
         )
-    class_dirs = sorted(
-        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
+    excluded = []
+    class_dirs = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            excluded.append(_hidden(entry.name, entry.is_dir()))
+        elif entry.is_dir():
+            class_dirs.append(entry)
+        else:
+            excluded.append((entry.name, "not inside a class folder"))
     classes, paths, labels, sizes, mtimes, ignored = [], [], [], [], [], []
     empty = []
     for class_dir in class_dirs:
         found = []
         for dirpath, dirnames, filenames in os.walk(class_dir):
+            rel_dir = Path(dirpath).relative_to(root).as_posix()
+            excluded.extend(_hidden(f"{rel_dir}/{d}", True)
+                            for d in sorted(dirnames) if d.startswith("."))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fname in sorted(filenames):
                 if fname.startswith("."):
+                    excluded.append(_hidden(f"{rel_dir}/{fname}", False))
                     continue
                 full = Path(dirpath) / fname
                 rel = full.relative_to(root).as_posix()
@@ -105,8 +121,13 @@ def scan(root, min_per_class: int = 3) -> Manifest:
                     found.append((rel, full))
                 else:
                     ignored.append(rel)
+                    excluded.append((rel, f"not an image file name (extension "
+                                          f"{full.suffix.lower() or 'none'!r}; images are "
+                                          f"{', '.join(IMAGE_EXTENSIONS)})"))
         if not found:
             empty.append(class_dir.name)
+            excluded.append((class_dir.name + "/", "class folder holds no image; left out "
+                                                   "of the classes"))
             continue
         label = len(classes)
         classes.append(class_dir.name)
@@ -140,7 +161,14 @@ def scan(root, min_per_class: int = 3) -> Manifest:
         sizes=np.asarray(sizes, dtype=np.int64),
         mtimes=np.asarray(mtimes, dtype=np.int64),
         ignored=ignored,
+        excluded=excluded,
     )
+
+
+def _hidden(rel: str, is_dir: bool) -> tuple[str, str]:
+    if is_dir:
+        return rel + "/", "hidden folder (name starts with '.'); not scanned"
+    return rel, "hidden file (name starts with '.')"
 
 
 def _split_counts(n: int, fractions) -> tuple[int, int, int]:

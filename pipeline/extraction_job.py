@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from . import store as st
 from .backbones import get_backbone, resolve_taps, weights_identity
 from .data import assign_split, bundled_data_root, file_sha256, scan
 from .errors import StoreError, UsageError
+from .runtimes import resolve_precision, resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ class ExtractConfig:
     pool: str = "avg"
     batch_size: int = 32
     device: str = "auto"
-    runtime: str = "eager"
+    runtime: str = "eager"            # pipeline.runtimes.RUNTIMES; "auto" = fastest here
+    precision: str = "auto"           # pipeline.runtimes.PRECISIONS; recorded in the key
+    threads: int | None = None        # intra-op threads of the runtime (None: its default)
     workers: int | None = None
     out: str = "features"
     dtype: str = "float32"
@@ -48,6 +51,8 @@ class ExtractConfig:
     overwrite: bool = False
     progress: bool = True
     limit: int | None = None          # first N images of the manifest (benchmarks)
+    shard: tuple | None = None        # (rank, world): only rows rank::world, into
+                                      # <store>.shards/ (pipeline.distributed)
 
 
 @dataclass
@@ -62,6 +67,8 @@ class ExtractSummary:
     forward_seconds: float = 0.0
     images_per_second: float = 0.0
     up_to_date: bool = False
+    runtime: str = ""
+    precision: str = ""
 
 
 def default_store_path(out: str, dataset: str, backbone: str, pool: str) -> Path:
@@ -69,10 +76,6 @@ def default_store_path(out: str, dataset: str, backbone: str, pool: str) -> Path
     if out.suffix in (".h5", ".hdf5"):
         return out
     return out / f"{dataset}_{backbone}_{pool}.h5"
-
-
-def _precision(device: str) -> str:
-    return "fp16-autocast" if device.startswith("cuda") else "fp32"
 
 
 def run_extract(cfg: ExtractConfig) -> ExtractSummary:
@@ -98,6 +101,10 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary:
     device_kind = cfg.device
     if device_kind == "auto":
         device_kind = "cuda" if _cuda_available_cheap() else "cpu"
+    # Resolved here (without importing torch) because both shape the vectors.
+    runtime = resolve_runtime(cfg.runtime, device_kind)
+    cfg = replace(cfg, runtime=runtime,
+                  precision=resolve_precision(cfg.precision, runtime, device_kind))
     config = {
         "format_version": st.FORMAT_VERSION,
         "backbone": spec.name,
@@ -105,12 +112,17 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary:
         "preprocessing": spec.preprocessing.to_dict(),
         "pooling": cfg.pool,
         "dtype": cfg.dtype,
-        "precision": _precision(device_kind),
+        "runtime": cfg.runtime,
+        "precision": cfg.precision,
         "classes": manifest.classes,
         "split": {"seed": cfg.seed, "fractions": list(cfg.fractions)},
     }
     config = json.loads(json.dumps(config))  # the form it takes once stored
     path = default_store_path(cfg.out, manifest.name, spec.name, cfg.pool)
+    if cfg.shard is not None:  # one rank's share of a distributed extraction
+        from .distributed import shard_manifest, shard_store_path
+        manifest = shard_manifest(manifest, *cfg.shard)
+        path = shard_store_path(path, *cfg.shard)
     path.parent.mkdir(parents=True, exist_ok=True)
     with st.write_lock(path):
         return _extract_locked(cfg, spec, taps, manifest, config, path, device_kind, t_start)
@@ -174,7 +186,7 @@ def _extract_locked(cfg, spec, taps, manifest, config, path, device_kind, t_star
                     continue
             elif rel in index.skipped:
                 sha, reason = index.skipped[rel]
-                if file_sha256(manifest.root / rel) == sha:
+                if _sha_or_none(manifest.root / rel) == sha:
                     keep_skipped[rel] = (sha, reason)
                     continue
             todo.append(i)
@@ -188,13 +200,19 @@ def _extract_locked(cfg, spec, taps, manifest, config, path, device_kind, t_star
         removed = len(set(index.paths) - set(manifest.paths))
         mt = dict(zip(manifest.paths, manifest.mtimes))
         metadata_changed = any(index.mtime_ns[r] != mt[p] for p, (r, _) in reuse.items())
+        # The store lists every file it left out and why; keep that list current.
+        listed = {p: reason for p, (_sha, reason) in index.skipped.items()}
+        expected = {p: reason for p, (_sha, reason) in keep_skipped.items()}
+        expected.update(manifest.excluded)
+        metadata_changed = metadata_changed or listed != expected
 
     if existing is not None and not todo and not removed and not metadata_changed \
             and not recompute_all:
         log.info("%s is up to date (%d images)", path, len(reuse))
         store = st.FeatureStore(path)
         return ExtractSummary(path, len(store), 0, len(reuse), 0, store.skipped,
-                              time.perf_counter() - t_start, up_to_date=True)
+                              time.perf_counter() - t_start, up_to_date=True,
+                              runtime=cfg.runtime, precision=cfg.precision)
 
     journal_config = dict(config, taps=list(all_taps))
     journal = st.Journal(path, st.config_key(journal_config)).open(overwrite=cfg.overwrite)
@@ -241,6 +259,8 @@ def _extract_locked(cfg, spec, taps, manifest, config, path, device_kind, t_star
         rows.append({"path": rel, "label": int(manifest.labels[i]), "sha256": sha,
                      "size": int(manifest.sizes[i]), "mtime_ns": int(manifest.mtimes[i]),
                      "vectors": vec})
+    # Entries of the tree that were never candidates (hidden, not images, empty classes).
+    skipped.extend((rel, "", reason) for rel, reason in manifest.excluded)
     previous = {}
     if existing is not None:
         _, index = existing
@@ -281,7 +301,16 @@ def _extract_locked(cfg, spec, taps, manifest, config, path, device_kind, t_star
         n_resumed=len(resumed), skipped=[(p, r) for p, _s, r in skipped], seconds=seconds,
         forward_seconds=forward_seconds,
         images_per_second=(n_forward / forward_seconds) if forward_seconds else 0.0,
+        runtime=cfg.runtime, precision=cfg.precision,
     )
+
+
+def _sha_or_none(path):
+    """SHA-256 of ``path``, or None when it cannot be read (it is then retried)."""
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
 
 
 def _default_workers() -> int:
@@ -300,7 +329,8 @@ def _run_forward(cfg, spec, taps, manifest, remaining, journal, device_kind):
     device = resolve_device(cfg.device)
     loaded = load_backbone(spec.name, cfg.weights)
     extractor = build_extractor(loaded, taps, cfg.pool).to(device)
-    runner = make_runner(extractor, cfg.runtime, device, cfg.batch_size, spec.preprocessing)
+    runner = make_runner(extractor, cfg.runtime, device, cfg.batch_size, spec.preprocessing,
+                         precision=cfg.precision, threads=cfg.threads)
     workers = _default_workers() if cfg.workers is None else cfg.workers
     dataset = ImageDataset(manifest.root, [manifest.paths[i] for i in remaining], remaining,
                            spec.preprocessing)

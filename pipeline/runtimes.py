@@ -1,56 +1,354 @@
 """Inference runtimes for a :class:`~pipeline.extract.TapExtractor`.
 
 ``make_runner`` returns a callable mapping a uint8 image batch (on the
-target device) to the tuple of pooled tap tensors.  ``eager`` is plain torch
-(the reference: bit-for-bit repeatable on CPU); ``compile`` is
-``torch.compile``; on CUDA the eager and compiled runners use autocast
-(fp16) and channels_last.  Every runner agrees with eager within the
-tolerance documented in the README (tests/test_runtimes.py checks it).
+target device) to the tuple of pooled tap tensors, computed by one of:
+
+``eager``
+    plain torch, the reference (bit-for-bit repeatable on CPU);
+``compile``
+    ``torch.compile`` (inductor; needs a C++ compiler on CPU);
+``onnx``
+    ONNX Runtime on an ONNX export of the cut network (``pip install -e '.[onnx]'``);
+``openvino``
+    OpenVINO on an IR converted from the cut network (``pip install -e '.[openvino]'``);
+``auto``
+    on CPU the fastest one installed, in the order measured on a 2-core
+    CPU (benchmarks/RESULTS.md): openvino, onnx, compile, eager; on CUDA eager.
+
+Each runs at a *precision*: ``fp32`` everywhere; on CUDA, eager and compile
+also run under autocast at ``fp16`` (the ``auto`` choice there) or ``bf16``;
+OpenVINO runs at ``bf16`` on CPUs with native bf16 instructions when asked.
+The runtime and the precision are part of the feature store's cache key.
+Every runtime agrees with eager within :data:`TOLERANCE` (checked by
+tests/test_runtimes.py).  Exported models are cached on disk, keyed by a hash
+of everything that shapes them (weights, cut, taps, pooling, normalisation,
+input size, library versions), so only the first run pays for the export.
+
+Importing this module imports neither torch nor the optional runtimes, so
+the ``extract`` job can resolve ``auto`` cheaply before it knows whether
+there is anything to compute.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
-
-import torch
+import os
+import shutil
+import warnings
+from pathlib import Path
 
 from .errors import DeviceError, UsageError
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "eager", "compile")
+RUNTIMES = ("auto", "eager", "compile", "onnx", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: CPU runtimes, fastest first, as measured by benchmarks/bench_extract.py.
+CPU_PREFERENCE = ("openvino", "onnx", "compile", "eager")
+#: Optional runtime -> (module it imports, pip extra that installs it).
+OPTIONAL = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
+#: Largest allowed difference from eager, per precision, relative to the
+#: largest magnitude in that tap: ``max|x - eager| <= TOLERANCE * max|eager|``.
+#: fp32 runtimes differ from eager only by the order of float operations
+#: (fused or reordered kernels); bf16/fp16 keep 8/11 mantissa bits.
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}
+CACHE_ENV = "WORKBENCH_CACHE_DIR"
 
 
-def available_runtimes(device: torch.device) -> list[str]:
+def device_kind(device) -> str:
+    """``"cpu"`` or ``"cuda"`` for a torch device or a device string."""
+    return str(getattr(device, "type", device)).split(":")[0]
+
+
+def installed(runtime: str) -> bool:
+    """Whether the packages ``runtime`` needs can be imported here."""
+    if runtime in OPTIONAL:
+        return importlib.util.find_spec(OPTIONAL[runtime][0]) is not None
+    return runtime in ("eager", "compile")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 instructions (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def available_runtimes(device) -> list[str]:
     """Runtimes that can run on ``device`` here, fastest first."""
-    return ["compile", "eager"]
+    if device_kind(device) == "cuda":
+        return ["eager", "compile"]
+    found = [r for r in CPU_PREFERENCE if installed(r)]
+    if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
+        found.remove("compile")  # inductor's CPU backend compiles C++
+    return found
 
 
-def resolve_runtime(name: str, device: torch.device) -> str:
+def resolve_runtime(name: str, device) -> str:
+    """The runtime ``name`` stands for on ``device`` (``auto`` -> the fastest available)."""
     if name not in RUNTIMES:
         raise UsageError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}")
+    available = available_runtimes(device)
     if name == "auto":
-        return available_runtimes(device)[0]
-    if name not in available_runtimes(device):
-        raise DeviceError(f"runtime {name!r} is not available for device {device}")
+        return available[0]
+    if name in OPTIONAL and device_kind(device) == "cpu" and not installed(name):
+        module, extra = OPTIONAL[name]
+        raise DeviceError(
+            f"--runtime {name} needs the package {module!r}, which is not installed; "
+            f"install it with pip install -e '.[{extra}]' or use --runtime "
+            f"{' | '.join(['auto'] + available)}"
+        )
+    if name not in available:
+        raise DeviceError(
+            f"--runtime {name} cannot run on {device_kind(device)} here; available: "
+            f"{', '.join(available)}"
+        )
     return name
 
 
-def make_runner(extractor, runtime: str, device: torch.device, batch_size: int,
-                preprocessing):
-    """A callable ``uint8 (N, 3, S, S) -> tuple of (N, C)`` for ``runtime``."""
+def allowed_precisions(runtime: str, device) -> tuple:
+    """Precisions ``runtime`` offers on ``device``, the ``auto`` choice first."""
+    if device_kind(device) == "cuda":
+        return ("fp16", "bf16", "fp32")
+    if runtime == "openvino" and cpu_has_bf16():
+        return ("fp32", "bf16")
+    return ("fp32",)
+
+
+def resolve_precision(precision: str, runtime: str, device) -> str:
+    """The precision ``precision`` stands for with ``runtime`` on ``device``."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    allowed = allowed_precisions(runtime, device)
+    if precision == "auto":
+        return allowed[0]
+    if precision not in allowed:
+        raise UsageError(
+            f"--precision {precision} is not available with --runtime {runtime} on "
+            f"{device_kind(device)}; valid there: {', '.join(allowed)}"
+            + (" (bf16 on CPU needs --runtime openvino and a CPU with AVX512-BF16 or AMX)"
+               if precision == "bf16" else "")
+        )
+    return precision
+
+
+def default_cache_dir() -> Path:
+    """Where exported models are cached: ``$WORKBENCH_CACHE_DIR`` or ``~/.cache/workbench``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "workbench"
+
+
+# ------------------------------------------------------------------ runners
+
+
+def make_runner(extractor, runtime: str, device, batch_size: int, preprocessing,
+                precision: str = "auto", cache_dir=None, threads: int | None = None):
+    """A callable ``uint8 (N, 3, S, S) -> tuple of (N, C_tap) float tensors``.
+
+    ``runtime`` and ``precision`` may be ``auto``; the callable's
+    ``runtime`` and ``precision`` attributes say what was chosen.  ``threads``
+    caps the runtime's intra-op threads (default: the runtime's own choice,
+    every core).  ``cache_dir`` holds exported models (default
+    :func:`default_cache_dir`).
+    """
+    import torch
+
+    device = torch.device(device)
     runtime = resolve_runtime(runtime, device)
+    precision = resolve_precision(precision, runtime, device)
     extractor = extractor.to(device).eval()
+    size = preprocessing.input_size
+    if runtime in ("eager", "compile"):
+        run = _torch_runner(extractor, runtime, device, precision)
+    elif runtime == "onnx":
+        run = _onnx_runner(extractor, size, cache_dir, threads)
+    else:
+        run = _openvino_runner(extractor, size, precision, cache_dir, threads)
+    run.runtime, run.precision = runtime, precision
+    return run
+
+
+def _torch_runner(extractor, runtime, device, precision):
+    import torch
+
     if device.type == "cuda":
         extractor = extractor.to(memory_format=torch.channels_last)
-    module = extractor
-    if runtime == "compile":
-        module = torch.compile(extractor, dynamic=False)
+    module = torch.compile(extractor, dynamic=False) if runtime == "compile" else extractor
+    autocast = None
+    if device.type == "cuda" and precision != "fp32":
+        autocast = torch.float16 if precision == "fp16" else torch.bfloat16
 
     def run(batch):
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
+        if autocast is not None:
+            with torch.autocast("cuda", dtype=autocast):
                 return module(batch)
         return module(batch)
 
     return run
+
+
+def _onnx_runner(extractor, size, cache_dir, threads):
+    import numpy as np
+    import torch
+
+    ort = _import_optional("onnx")
+    path = export_onnx(extractor, size, cache_dir)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(batch):
+        outs = session.run(None, {name: np.ascontiguousarray(batch.cpu().numpy())})
+        return tuple(torch.from_numpy(o) for o in outs)
+
+    return run
+
+
+def _openvino_runner(extractor, size, precision, cache_dir, threads):
+    import numpy as np
+    import torch
+
+    ov = _import_optional("openvino")
+    xml = export_openvino(extractor, size, cache_dir)
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+              # One stream using every thread: measured faster than THROUGHPUT
+              # streams for batches of 16-64 on 2 cores.
+              "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    compiled = core.compile_model(core.read_model(xml), "CPU", config)
+    request = compiled.create_infer_request()
+    n_out = len(compiled.outputs)
+
+    def run(batch):
+        request.infer({0: np.ascontiguousarray(batch.cpu().numpy())})
+        # Output tensors are views into the request's buffers: copy them out.
+        return tuple(torch.from_numpy(request.get_output_tensor(i).data.copy())
+                     for i in range(n_out))
+
+    return run
+
+
+def _import_optional(runtime: str):
+    import importlib
+
+    module, extra = OPTIONAL[runtime]
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise DeviceError(
+            f"--runtime {runtime} needs the package {module!r} ({exc}); install it with "
+            f"pip install -e '.[{extra}]' or use --runtime eager"
+        ) from None
+
+
+# ------------------------------------------------------------------ export cache
+
+
+def model_key(extractor, size: int, kind: str) -> str:
+    """SHA-256 of everything that shapes an exported model of ``extractor``.
+
+    Covers the module structure (which stages, cut where), every parameter
+    and buffer (the weights), the normalisation constants, the taps and
+    pooling, the input size, and the versions of torch and the target runtime.
+    """
+    import importlib.metadata as md
+
+    import torch
+
+    digest = hashlib.sha256()
+    versions = [torch.__version__]
+    if kind in OPTIONAL:
+        try:
+            versions.append(md.version(OPTIONAL[kind][0]))
+        except md.PackageNotFoundError:
+            pass
+    header = [kind, str(size), repr(extractor), repr(getattr(extractor, "tap_stages", None)),
+              repr(getattr(extractor, "pooling", None)), *versions]
+    digest.update("\0".join(header).encode())
+    tensors = dict(extractor.state_dict())
+    tensors.update({f"buffer:{k}": v for k, v in extractor.named_buffers()})
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else
+                      t.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _example_input(size: int):
+    import torch
+
+    return torch.zeros((2, 3, size, size), dtype=torch.uint8)
+
+
+def export_onnx(extractor, size: int, cache_dir=None) -> Path:
+    """The cached ONNX file of ``extractor`` (uint8 ``(N, 3, size, size)`` in,
+    one ``(N, C)`` output per tap, dynamic ``N``), exported if not there yet."""
+    import torch
+
+    key = model_key(extractor, size, "onnx")
+    folder = Path(cache_dir or default_cache_dir()) / "onnx"
+    path = folder / f"{key[:32]}.onnx"
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{key[:32]}.{os.getpid()}.tmp.onnx"
+    taps = list(getattr(extractor, "tap_names", []))
+    log.info("exporting the network to ONNX (once; cached in %s)", folder)
+    cpu = extractor.to("cpu").eval()
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                cpu, (_example_input(size),), str(tmp), dynamo=False, opset_version=17,
+                input_names=["images"], output_names=taps or None,
+                dynamic_axes={"images": {0: "n"}, **{t: {0: "n"} for t in taps}})
+        os.replace(tmp, path)  # atomic: a half-written export is never taken
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def export_openvino(extractor, size: int, cache_dir=None) -> Path:
+    """The cached OpenVINO IR (``model.xml`` + ``.bin``) of ``extractor``, converted if absent."""
+    import torch
+
+    ov = _import_optional("openvino")
+    key = model_key(extractor, size, "openvino")
+    folder = Path(cache_dir or default_cache_dir()) / "openvino"
+    final = folder / key[:32]
+    if (final / "model.xml").is_file():
+        return final / "model.xml"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{key[:32]}.{os.getpid()}.tmp"
+    log.info("converting the network to OpenVINO IR (once; cached in %s)", folder)
+    cpu = extractor.to("cpu").eval()
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            model = ov.convert_model(cpu, example_input=_example_input(size))
+        model.reshape({0: ov.PartialShape([-1, 3, size, size])})
+        ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+        try:
+            os.replace(tmp, final)  # atomic; fails harmlessly if another process won
+        except OSError:
+            if not (final / "model.xml").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final / "model.xml"

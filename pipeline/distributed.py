@@ -1,0 +1,394 @@
+"""Extraction across processes, GPUs and machines: shards under torchrun, then one merge.
+
+``torchrun --nproc_per_node=K cli.py extract ...`` starts K copies of the
+command; :func:`launch_extract` (what the CLI calls) sees torchrun's
+``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` and runs :func:`run_extract_torchrun`.
+Every rank scans the same folder into the same manifest and takes the rows
+``rank::world`` of it (:func:`shard_manifest`); it extracts them with the
+ordinary :func:`~pipeline.extraction_job.run_extract` on its own device
+(``cuda:LOCAL_RANK`` when CUDA is there, else the CPU) into its own shard
+store ``<store>.shards/rank-KofN.h5``, so the per-store journal gives every
+shard its own resume.  After a collective check that every rank finished,
+rank 0 merges the shards into the final store (:func:`merge_shards`): rows in
+manifest order, the split assigned over all rows exactly as a single process
+does, the same datasets and attributes, so its contents equal a
+single-process run over the same images (the eager runtime gives the same
+vectors when the intra-op thread count is the same; see benchmarks/SCALE_OUT.md).
+
+A shard that fails or whose rank is killed is kept as its journal; finished
+shards are kept as stores until the merge succeeds.  Re-running the same
+torchrun command does no forward pass for finished shards, and
+``cli.py extract --shard K/N`` re-runs one rank alone without torchrun;
+``--merge-shards N`` then merges.  An existing final store seeds each new
+shard with its rows, so added or changed images are all a re-run extracts.
+
+The process group (gloo on CPU, NCCL on CUDA) only carries small status
+messages; vectors travel through the shard files, so with several machines
+``--out`` must be on a filesystem every node sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import os
+import re
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import store as st
+from .backbones import get_backbone
+from .data import Manifest, assign_split, bundled_data_root, scan
+from .errors import StoreError, UsageError, WorkbenchError
+from .extraction_job import (ExtractConfig, ExtractSummary, _stratified_head,
+                             default_store_path, run_extract)
+
+log = logging.getLogger(__name__)
+
+#: Seconds a rank waits at the end for the slowest rank before torch.distributed gives up.
+TIMEOUT_ENV = "WORKBENCH_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 24 * 3600
+#: Store attributes that :func:`pipeline.store.write_store` sets itself.
+_OWN_ATTRS = ("format", "format_version", "config", "config_key", "fingerprint", "taps",
+              "n_images", "n_skipped")
+
+
+# ------------------------------------------------------------------ shards
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)``: rank K (0-based) of N; :class:`UsageError` otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise UsageError(
+            f"--shard {text!r} is not RANK/WORLD with 0 <= RANK < WORLD; e.g. --shard 1/4 "
+            "extracts the second of four shards"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_manifest(manifest: Manifest, rank: int, world: int) -> Manifest:
+    """The rows ``rank::world`` of ``manifest`` (every rank computes the same split of rows)."""
+    keep = np.arange(rank, len(manifest), world)
+    return Manifest(root=manifest.root, classes=list(manifest.classes),
+                    paths=[manifest.paths[i] for i in keep], labels=manifest.labels[keep],
+                    sizes=manifest.sizes[keep], mtimes=manifest.mtimes[keep],
+                    ignored=list(manifest.ignored))
+
+
+def shard_store_path(store_path: Path, rank: int, world: int) -> Path:
+    """``<store>.shards/rank-KofN.h5``: where rank K of N writes its shard store."""
+    return Path(str(store_path) + ".shards") / f"rank-{rank}of{world}.h5"
+
+
+def final_store_path(cfg: ExtractConfig) -> Path:
+    """The store :func:`run_extract` would write for ``cfg`` (without scanning the folder)."""
+    root = Path(cfg.data) if cfg.data else bundled_data_root()
+    return default_store_path(cfg.out, root.name, get_backbone(cfg.backbone).name, cfg.pool)
+
+
+def _manifest(cfg: ExtractConfig) -> Manifest:
+    """The manifest :func:`run_extract` builds for ``cfg`` (same scan, same ``limit``)."""
+    manifest = scan(Path(cfg.data) if cfg.data else bundled_data_root())
+    if cfg.limit:
+        keep = _stratified_head(manifest.labels, cfg.limit)
+        manifest.paths = [manifest.paths[i] for i in keep]
+        manifest.labels = manifest.labels[keep]
+        manifest.sizes = manifest.sizes[keep]
+        manifest.mtimes = manifest.mtimes[keep]
+    return manifest
+
+
+class _RowReader:
+    """Tap vectors of several stores by (store, row), one cached block per store.
+
+    Rows of each store must be asked for in increasing order (a merge in
+    manifest order does), so memory is one block per store, not N rows.
+    """
+
+    def __init__(self, files, taps, block: int = 2 * st.CHUNK_ROWS):
+        self.files, self.taps, self.block = files, list(taps), block
+        self.start = [None] * len(files)
+        self.data = [None] * len(files)
+
+    def get(self, k: int, row: int) -> dict:
+        start = row - row % self.block
+        if self.start[k] != start:
+            f = self.files[k]
+            self.data[k] = {t: f[f"taps/{t}"][start:start + self.block] for t in self.taps}
+            self.start[k] = start
+        return {t: self.data[k][t][row - start] for t in self.taps}
+
+
+def _store_attrs(store: st.FeatureStore) -> dict:
+    return {k: v for k, v in store.attrs.items() if k not in _OWN_ATTRS}
+
+
+def _seed_shard(final: Path, shard: Path, paths) -> int:
+    """Write ``shard`` from the rows of the finished store ``final`` whose path is in ``paths``.
+
+    Gives a new shard the vectors the final store already holds, so the
+    shard's own incremental extraction only computes new or changed images.
+    Returns the number of rows copied.
+    """
+    config, index = st.read_index(final)
+    store = st.FeatureStore(final)
+    wanted = set(paths)
+    keep = [r for r, p in enumerate(index.paths) if p in wanted]
+    skipped = [(p, sha, reason) for p, (sha, reason) in index.skipped.items() if p in wanted]
+    if not keep and not skipped:
+        return 0
+    with h5py.File(final, "r") as f:
+        reader = _RowReader([f], store.taps)
+        rows = [{"path": index.paths[r], "label": int(index.labels[r]),
+                 "split": int(index.split[r]), "sha256": index.sha256[r],
+                 "size": int(index.size[r]), "mtime_ns": int(index.mtime_ns[r]),
+                 "vectors": (lambda r=r: reader.get(0, r))} for r in keep]
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        st.write_store(shard, config=config, attrs=_store_attrs(store), classes=store.classes,
+                       rows=rows, skipped=skipped, taps=dict(store.tap_channels),
+                       dtype=str(f[f"taps/{store.taps[0]}"].dtype))
+    return len(keep)
+
+
+def extract_shard(cfg: ExtractConfig, rank: int, world: int) -> ExtractSummary:
+    """Bring shard ``rank`` of ``world`` up to date in ``<store>.shards/`` (no merge).
+
+    The first time, a shard is seeded from the finished store (if there is
+    one with rows of this shard), so only new or changed images are extracted.
+    """
+    final = final_store_path(cfg)
+    shard = shard_store_path(final, rank, world)
+    if not cfg.overwrite and final.is_file():
+        with st.write_lock(shard):
+            if not shard.exists():
+                n = _seed_shard(final, shard, shard_manifest(_manifest(cfg), rank, world).paths)
+                log.info("shard %d/%d: %d rows taken from %s", rank, world, n, final)
+    return run_extract(replace(cfg, shard=(rank, world)))
+
+
+def merge_shards(cfg: ExtractConfig, world: int, shard_summaries=None) -> ExtractSummary:
+    """Assemble the ``world`` shard stores of ``cfg`` into its final store, then delete them.
+
+    Rows follow the manifest order of a fresh scan; the split is assigned
+    over all rows (keeping the codes of an existing final store with the
+    same configuration), so the result equals what one process writes.
+    ``shard_summaries`` (one per rank) only feed the returned totals.
+    """
+    t0 = time.perf_counter()
+    final = final_store_path(cfg)
+    shards = [shard_store_path(final, k, world) for k in range(world)]
+    missing = [k for k, p in enumerate(shards) if not p.is_file()]
+    if missing:
+        raise StoreError(
+            f"cannot merge {final.name}: shard(s) {', '.join(f'{k}/{world}' for k in missing)} "
+            f"are not finished in {shards[0].parent} (with several machines, --out must be on "
+            "a filesystem all of them see); extract them with `python cli.py extract "
+            f"--shard K/{world}` and the same options, or re-run the torchrun command")
+    stores = [st.FeatureStore(p) for p in shards]
+    config, taps = stores[0].config, stores[0].taps
+    for k, s in enumerate(stores[1:], 1):
+        if s.config != config or s.taps != taps:
+            raise StoreError(
+                f"shard {k}/{world} ({s.path}) was extracted with another configuration or "
+                f"other taps than shard 0/{world}; re-extract it with the same options")
+    previous, created = {}, min(s.attrs.get("created", st.now_iso()) for s in stores)
+    if final.is_file():
+        old_config, old_index = st.read_index(final)
+        if old_config == config:
+            previous = {p: int(c) for p, c in zip(old_index.paths, old_index.split)}
+            created = st.FeatureStore(final).attrs.get("created", created)
+        elif not cfg.overwrite:
+            diff = sorted(k for k in set(old_config) | set(config)
+                          if old_config.get(k) != config.get(k))
+            raise StoreError(
+                f"{final} exists with a different configuration (differs in: "
+                f"{', '.join(diff)}); pass --overwrite to replace it or --out to write elsewhere")
+
+    manifest = _manifest(cfg)
+    where, failed = {}, {}
+    indexes = [st.read_index(p)[1] for p in shards]
+    for k, index in enumerate(indexes):
+        for r, p in enumerate(index.paths):
+            where[p] = (k, r)
+        failed.update(index.skipped)
+    rows, skipped, uncovered = [], [], []
+    for i, rel in enumerate(manifest.paths):
+        if rel in where:
+            k, r = where[rel]
+            index = indexes[k]
+            rows.append({"path": rel, "label": int(manifest.labels[i]), "sha256": index.sha256[r],
+                         "size": int(index.size[r]), "mtime_ns": int(index.mtime_ns[r]),
+                         "shard": (k, r)})
+        elif rel in failed:
+            skipped.append((rel, *failed[rel]))
+        else:
+            uncovered.append(rel)
+    if uncovered:
+        raise StoreError(
+            f"{len(uncovered)} image(s) of {manifest.root} are in no shard (e.g. "
+            f"{uncovered[0]}): the folder changed after the shards were extracted; re-run the "
+            "extraction (finished shards only extract what is new)")
+    split = assign_split([r["path"] for r in rows], [r["label"] for r in rows],
+                         seed=cfg.seed, fractions=cfg.fractions, previous=previous)
+    attrs = _store_attrs(stores[0])
+    attrs.update(created=created, updated=st.now_iso(), images_per_second=float(
+        sum(s.attrs.get("images_per_second", 0.0) or 0.0 for s in stores)))
+    with st.write_lock(final), contextlib.ExitStack() as stack:
+        files = [stack.enter_context(h5py.File(p, "r")) for p in shards]
+        reader = _RowReader(files, taps)
+        for r, code in zip(rows, split):
+            r["split"] = int(code)
+            r["vectors"] = (lambda kr=r.pop("shard"): reader.get(*kr))
+        dtype = str(files[0][f"taps/{taps[0]}"].dtype)
+        st.write_store(final, config=config, attrs=attrs, classes=manifest.classes, rows=rows,
+                       skipped=skipped, taps=dict(stores[0].tap_channels), dtype=dtype)
+    for p in shards:
+        p.unlink()
+        Path(str(p) + ".lock").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        shards[0].parent.rmdir()  # only if nothing else (another world size) is in there
+    log.info("merged %d shards into %s (%d rows)", world, final, len(rows))
+
+    sums = shard_summaries or []
+    n_extracted = sum(s.get("n_extracted", 0) for s in sums)
+    wall = max((s.get("seconds", 0.0) for s in sums), default=0.0)
+    forward = max((s.get("forward_seconds", 0.0) for s in sums), default=0.0)
+    return ExtractSummary(
+        path=final, n_images=len(rows), n_extracted=n_extracted,
+        n_reused=sum(s.get("n_reused", 0) for s in sums) if sums else len(rows),
+        n_resumed=sum(s.get("n_resumed", 0) for s in sums),
+        skipped=[(p, reason) for p, _sha, reason in skipped],
+        seconds=wall + time.perf_counter() - t0, forward_seconds=forward,
+        images_per_second=n_extracted / forward if forward else 0.0,
+        up_to_date=bool(sums) and all(s.get("up_to_date") for s in sums))
+
+
+# ------------------------------------------------------------------ torchrun
+
+
+@dataclass(frozen=True)
+class TorchrunEnv:
+    """What torchrun (or any launcher that sets the same variables) tells each process."""
+
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int
+
+
+def torchrun_env(environ=None) -> TorchrunEnv | None:
+    """The torchrun variables of this process, or None when not started by a launcher."""
+    env = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in env or "RANK" not in env:
+        return None
+    try:
+        world, rank = int(env["WORLD_SIZE"]), int(env["RANK"])
+        local_rank = int(env.get("LOCAL_RANK", rank))
+        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
+    except ValueError:
+        raise UsageError(
+            f"torchrun variables WORLD_SIZE={env.get('WORLD_SIZE')!r} RANK={env.get('RANK')!r} "
+            "are not integers; start the command with torchrun or unset them") from None
+    return TorchrunEnv(rank, world, local_rank, local_world)
+
+
+def _rank_device(device: str, local_rank: int) -> str:
+    """``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` when CUDA is there; ``cpu`` and ``cuda:N`` as given."""
+    from .extraction_job import _cuda_available_cheap
+
+    if device == "cuda" or (device == "auto" and _cuda_available_cheap()):
+        return f"cuda:{local_rank}"
+    return "cpu" if device == "auto" else device
+
+
+def _rank_workers(workers, local_world: int) -> int:
+    """Decoding workers per rank: the node's cores shared among its ranks."""
+    if workers is not None:
+        return workers
+    per_rank = (os.cpu_count() or 1) // max(1, local_world)
+    return 0 if per_rank <= 1 else 1 if per_rank <= 2 else min(8, per_rank - 1)
+
+
+def run_extract_torchrun(cfg: ExtractConfig, env: TorchrunEnv) -> ExtractSummary:
+    """One rank of a torchrun extraction: its shard, a status exchange, rank 0 merges.
+
+    Returns the rank's shard summary, or on rank 0 the merged store's summary.
+    A rank that fails makes every rank raise (naming the failed ranks) once the
+    others are done, so nothing is merged; finished shards stay for the re-run.
+    """
+    import torch
+    import torch.distributed as dist
+
+    device = _rank_device(cfg.device, env.local_rank)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(device))
+    timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+    dist.init_process_group(backend, timeout=_dt.timedelta(seconds=timeout))
+    try:
+        shard_cfg = replace(cfg, device=device, progress=cfg.progress and env.rank == 0,
+                            workers=_rank_workers(cfg.workers, env.local_world))
+        log.info("rank %d/%d: extracting shard on %s (%s)", env.rank, env.world, device, backend)
+        error = None
+        try:
+            summary = extract_shard(shard_cfg, env.rank, env.world)
+            status = {"ok": True, "n_extracted": summary.n_extracted,
+                      "n_reused": summary.n_reused, "n_resumed": summary.n_resumed,
+                      "seconds": summary.seconds, "forward_seconds": summary.forward_seconds,
+                      "up_to_date": summary.up_to_date}
+        except Exception as exc:  # reported to every rank before anyone gives up
+            error = exc
+            if not isinstance(exc, WorkbenchError):
+                log.error("rank %d failed:\n%s", env.rank, traceback.format_exc())
+            status = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        statuses = [None] * env.world
+        dist.all_gather_object(statuses, status)
+        failed = [(k, s["error"]) for k, s in enumerate(statuses) if not s["ok"]]
+        same_everywhere = len(failed) == env.world and len({m for _, m in failed}) == 1
+        if error is not None and (not isinstance(error, WorkbenchError) or same_everywhere):
+            raise error   # e.g. a bad --data: one message, not one per rank
+        if failed:
+            final = final_store_path(cfg)
+            raise StoreError(
+                "rank(s) " + "; ".join(f"{k}: {msg}" for k, msg in failed)
+                + f". Finished shards are kept in {shard_store_path(final, 0, env.world).parent}; "
+                "re-run the same command (finished shards do no forward pass) or one rank alone "
+                f"with `python cli.py extract --shard K/{env.world}` and the same options")
+        if env.rank == 0:
+            return merge_shards(cfg, env.world, statuses)
+        return summary
+    finally:
+        dist.destroy_process_group()
+
+
+def launch_extract(cfg: ExtractConfig, shard: str | None = None,
+                   merge_world: int | None = None) -> ExtractSummary:
+    """What ``cli.py extract`` runs: one process, one rank under torchrun, one shard, or a merge.
+
+    ``shard`` (``"K/N"``) extracts only rank K's shard, without torchrun and
+    without merging; ``merge_world`` merges N finished shards.
+    """
+    env = torchrun_env()
+    distributed = env is not None and env.world > 1
+    if shard is not None and merge_world is not None:
+        raise UsageError("pass either --shard K/N (extract one shard) or --merge-shards N, "
+                         "not both")
+    if distributed and (shard is not None or merge_world is not None):
+        raise UsageError("--shard and --merge-shards are for running without torchrun; under "
+                         "torchrun every rank takes its shard from RANK and WORLD_SIZE")
+    if merge_world is not None:
+        if merge_world < 1:
+            raise UsageError(f"--merge-shards must be >= 1, got {merge_world}")
+        return merge_shards(cfg, merge_world)
+    if shard is not None:
+        return extract_shard(cfg, *parse_shard(shard))
+    if distributed:
+        return run_extract_torchrun(cfg, env)
+    return run_extract(cfg)
