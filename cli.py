@@ -18,6 +18,7 @@ import click
 from pipeline.backbones import TAP_ORDER, list_backbones
 from pipeline.errors import WorkbenchError
 from pipeline.heads import CLASSIFIERS
+from pipeline.runtimes import PRECISIONS, RUNTIMES
 
 LAYER_CHOICES = click.Choice(list(TAP_ORDER) + ["all"])
 
@@ -118,8 +119,15 @@ def backbones():
               show_default=True, help="Global pooling of each tapped feature map.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @device_option
-@click.option("--runtime", default="eager", show_default=True,
-              help="Inference runtime (see `pipeline.runtimes`).")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="eager", show_default=True,
+              help="Inference runtime; auto = the fastest installed here (CPU: openvino, "
+                   "onnx, compile, eager; CUDA: eager). onnx and openvino need "
+                   "pip install -e '.[onnx]' / '.[openvino]'.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="Compute precision; auto = fp32 on CPU, fp16 autocast on CUDA; bf16 on "
+                   "CPU with --runtime openvino. Part of the store's cache key.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Intra-op threads of the runtime (default: the runtime's own, all cores).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decoding worker processes (default: by core count).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
@@ -135,8 +143,8 @@ def backbones():
 @click.option("--merge-shards", type=int, default=None, metavar="N",
               help="Merge the N finished shards into the store (no extraction).")
 @handle_errors
-def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, workers,
-            dtype, seed, out, overwrite, no_progress, shard, merge_shards):
+def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, precision,
+            threads, workers, dtype, seed, out, overwrite, no_progress, shard, merge_shards):
     """Pass every image once through a frozen backbone; store pooled taps in HDF5.
 
     One forward pass per batch computes all requested taps; the split
@@ -156,7 +164,8 @@ def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, 
 
     summary = launch_extract(ExtractConfig(
         data=data, backbone=backbone, weights=weights, layers=tuple(layers), pool=pool,
-        batch_size=batch_size, device=device, runtime=runtime, workers=workers, out=out,
+        batch_size=batch_size, device=device, runtime=runtime, precision=precision,
+        threads=threads, workers=workers, out=out,
         dtype=dtype, seed=seed, overwrite=overwrite, progress=not no_progress),
         shard=shard, merge_world=merge_shards)
     if summary.up_to_date:
@@ -183,9 +192,10 @@ def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, 
 def fit(features, layer, clf, seed, runs_dir):
     """Train a scikit-learn head on cached features and score it on the test split.
 
-    The hyperparameter (C, or k for knn) is chosen on the validation split
-    over a log grid; the head is refitted on train+val; one run record
-    (JSON) and the fitted head (joblib) are written per tap.
+    The hyperparameter (C, k for knn, alpha for sgd-logreg) is chosen on the
+    validation split over a log grid; the head is refitted on train+val; one
+    run record (JSON) and the fitted head (joblib) are written per tap.
+    sgd-logreg streams the store in blocks, for features larger than memory.
 
     Example: python cli.py fit --layer all --clf svm
     """
@@ -341,12 +351,15 @@ def demo(out, no_progress):
 @click.option("--checkpoint-dir", type=click.Path(), default="reports/checkpoints",
               show_default=True, help="A checkpoint per epoch goes under here.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run with the same options.")
+@click.option("--label", default=None,
+              help="Name of the method in tables and the report (runs with one label form "
+                   "one group: e.g. more seeds of a ladder rung).")
 @runs_option
 @handle_errors
 def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, schedule_per,
              gamma, step_size, gradual, augment, views, cache, cache_dir, bn, epochs,
              batch_size, label_smoothing, patience, input_size, compile_, seed, seeds,
-             checkpoint_dir, resume, runs_dir):
+             checkpoint_dir, resume, label, runs_dir):
     """Fine-tune a pretrained backbone on the feature store's split.
 
     Example: python cli.py finetune --unfreeze-from layer4 --lr 1e-3 --lr-factor 0.3 --seeds 3
@@ -360,7 +373,8 @@ def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, sch
         schedule_per=schedule_per, gamma=gamma, step_size=step_size, gradual=gradual,
         augment=augment, views=views, cache=cache, bn=bn, epochs=epochs,
         batch_size=batch_size, seed=seed, label_smoothing=label_smoothing, patience=patience,
-        input_size=input_size, compile=compile_, checkpoint_dir=checkpoint_dir, resume=resume)
+        input_size=input_size, compile=compile_, checkpoint_dir=checkpoint_dir, resume=resume,
+        label=label)
     for record, path in run_finetune_seeds(cfg, seeds, runs_dir, cache_dir):
         m = record["metrics"]
         click.echo(f"{record['label']} (seed {record['seed']}): val {m['val']['accuracy']:.4f} "
@@ -377,9 +391,13 @@ def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, sch
 @click.option("--cnn-epochs", type=click.IntRange(min=1), default=None)
 @click.option("--cache-dir", type=click.Path(), default=None,
               help="Keep cached trunk outputs on disk here.")
+@click.option("--rungs", default=None,
+              help="Comma-separated subset of rungs to run (pixels, mlp, cnn, frozen, "
+                   "'fine-tune head only', 'fine-tune top groups', 'differential LR', "
+                   "'gradual unfreezing'); default: all.")
 @runs_option
 @handle_errors
-def ladder(features, seeds, epochs, views, cnn_epochs, cache_dir, runs_dir):
+def ladder(features, seeds, epochs, views, cnn_epochs, cache_dir, rungs, runs_dir):
     """Run the course ladder on one store's split and print its table.
 
     pixels -> MLP -> scratch CNN -> frozen logreg (best tap) -> fine-tune head
@@ -390,8 +408,9 @@ def ladder(features, seeds, epochs, views, cnn_epochs, cache_dir, runs_dir):
     from pipeline.finetune import run_ladder
     from pipeline.jobs import find_store
 
+    chosen = [r.strip() for r in rungs.split(",")] if rungs else None
     rows = run_ladder(str(find_store(features)), runs_dir, seeds=seeds, epochs=epochs,
-                      views=views, cnn_epochs=cnn_epochs, cache_dir=cache_dir)
+                      views=views, cnn_epochs=cnn_epochs, cache_dir=cache_dir, rungs=chosen)
     click.echo(f"\n{'method':<52} {'trainable':>10} {'train s':>8} {'val acc':>8} "
                f"{'test acc':>9} {'sd':>6}")
     for r in rows:
@@ -399,6 +418,28 @@ def ladder(features, seeds, epochs, views, cnn_epochs, cache_dir, runs_dir):
                    f"{r['train_seconds']:>8.0f} {r['val_accuracy']:>8.3f} "
                    f"{r['test_accuracy']:>9.3f} {r['test_std']:>6.3f}")
     click.echo(f"\nrun records: {runs_dir}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("what", type=click.Choice(["extract"]))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@handle_errors
+def bench(what, args):
+    """Measure extraction speed: (a) naive reference, (b) forward-only ceiling, (c) extract.
+
+    Runs benchmarks/bench_extract.py with ARGS (see `python cli.py bench extract -h`);
+    it prints images/s, c/a, c/b and peak memory.
+
+    Example: python cli.py bench extract --data ../shared/datasets/flower_photos --limit 512
+    """
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent / "benchmarks" / f"bench_{what}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{what}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(list(args))
 
 
 if __name__ == "__main__":

@@ -115,15 +115,18 @@ def scan(root, min_per_class: int = 3) -> Manifest:
                 if fname.startswith("."):
                     excluded.append(_hidden(f"{rel_dir}/{fname}", False))
                     continue
-                full = Path(dirpath) / fname
-                rel = full.relative_to(root).as_posix()
-                if full.suffix.lower() in IMAGE_EXTENSIONS:
+                # Plain strings, not Path objects: a scan of thousands of files
+                # is part of every (even up-to-date) extract run.
+                full = os.path.join(dirpath, fname)
+                rel = f"{rel_dir}/{fname}"
+                suffix = os.path.splitext(fname)[1].lower()
+                if suffix in IMAGE_EXTENSIONS:
                     found.append((rel, full))
                 else:
                     ignored.append(rel)
-                    excluded.append((rel, f"not an image file name (extension "
-                                          f"{full.suffix.lower() or 'none'!r}; images are "
-                                          f"{', '.join(IMAGE_EXTENSIONS)})"))
+                    ext = suffix if suffix not in ("", ".") else "none"
+                    excluded.append((rel, f"not an image file name (extension {ext!r}; "
+                                          f"images are {', '.join(IMAGE_EXTENSIONS)})"))
         if not found:
             empty.append(class_dir.name)
             excluded.append((class_dir.name + "/", "class folder holds no image; left out "
@@ -132,7 +135,7 @@ def scan(root, min_per_class: int = 3) -> Manifest:
         label = len(classes)
         classes.append(class_dir.name)
         for rel, full in found:
-            st = full.stat()
+            st = os.stat(full)
             paths.append(rel)
             labels.append(label)
             sizes.append(st.st_size)
@@ -270,7 +273,7 @@ def load_rgb(path, target_short_side: int | None = None, max_pixels: int = MAX_P
                     if scale >= 2:
                         img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
                 img.load()
-                img = ImageOps.exif_transpose(img)
+                ImageOps.exif_transpose(img, in_place=True)
                 return _to_rgb(img)
     except ImageDecodeError:
         raise
@@ -285,7 +288,12 @@ def load_rgb(path, target_short_side: int | None = None, max_pixels: int = MAX_P
 def resize_center_crop(img, size: int, crop_pct: float, interpolation: str):
     """Resize the short side to ``size / crop_pct`` and take the centre ``size`` square.
 
-    Returns a uint8 array of shape ``(3, size, size)``.
+    Only the window the crop keeps is resampled (PIL's ``box``): the same
+    filter at the same scale, reading pixels beyond the window's edge as a
+    full resize does, for about a third less work.  PIL may order its two
+    filter passes differently than for a full resize, so a pixel can differ
+    from resize-then-crop by rounding and clipping (measured on the flowers:
+    mean difference 0.02 of 255).  Returns uint8 of shape ``(3, size, size)``.
     """
     from PIL import Image
 
@@ -297,10 +305,11 @@ def resize_center_crop(img, size: int, crop_pct: float, interpolation: str):
         new_w, new_h = scale_size, max(1, int(round(h * scale_size / w)))
     else:
         new_w, new_h = max(1, int(round(w * scale_size / h))), scale_size
-    img = img.resize((new_w, new_h), resample=resample)
     left = (new_w - size) // 2
     top = (new_h - size) // 2
-    img = img.crop((left, top, left + size, top + size))
+    sx, sy = w / new_w, h / new_h
+    img = img.resize((size, size), resample=resample,
+                     box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 

@@ -3,11 +3,12 @@
 ``torchrun --nproc_per_node=K cli.py extract ...`` starts K copies of the
 command; :func:`launch_extract` (what the CLI calls) sees torchrun's
 ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` and runs :func:`run_extract_torchrun`.
-Every rank scans the same folder into the same manifest and takes the rows
-``rank::world`` of it (:func:`shard_manifest`); it extracts them with the
-ordinary :func:`~pipeline.extraction_job.run_extract` on its own device
-(``cuda:LOCAL_RANK`` when CUDA is there, else the CPU) into its own shard
-store ``<store>.shards/rank-KofN.h5``, so the per-store journal gives every
+Every rank scans the same folder into the same manifest and takes every
+``world``-th batch of it, starting at batch ``rank`` (:func:`shard_manifest`),
+so its batches are the very batches one process would form; it extracts them
+with the ordinary :func:`~pipeline.extraction_job.run_extract` on its own
+device (``cuda:LOCAL_RANK`` when CUDA is there, else the CPU) into its own
+shard store ``<store>.shards/rank-KofN.h5``, so the per-store journal gives every
 shard its own resume.  After a collective check that every rank finished,
 rank 0 merges the shards into the final store (:func:`merge_shards`): rows in
 manifest order, the split assigned over all rows exactly as a single process
@@ -73,13 +74,20 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def shard_manifest(manifest: Manifest, rank: int, world: int) -> Manifest:
-    """The rows ``rank::world`` of ``manifest`` (every rank computes the same split of rows)."""
-    keep = np.arange(rank, len(manifest), world)
-    return Manifest(root=manifest.root, classes=list(manifest.classes),
-                    paths=[manifest.paths[i] for i in keep], labels=manifest.labels[keep],
-                    sizes=manifest.sizes[keep], mtimes=manifest.mtimes[keep],
-                    ignored=list(manifest.ignored))
+def shard_manifest(manifest: Manifest, rank: int, world: int, block: int = 1) -> Manifest:
+    """Rank ``rank``'s share of ``manifest``: the row blocks ``rank::world`` of ``block`` rows.
+
+    With ``block`` = the batch size, a fresh shard's batches are exactly the
+    batches a single process forms (same members, same sizes, the remainder
+    batch included), and CPU kernels can give different last bits for another
+    batch size, so the vectors stay equal bit for bit.
+    """
+    starts = np.arange(rank * block, len(manifest), world * block)
+    keep = (starts[:, None] + np.arange(block)[None, :]).ravel()
+    keep = keep[keep < len(manifest)]
+    return replace(manifest, paths=[manifest.paths[i] for i in keep],
+                   labels=manifest.labels[keep], sizes=manifest.sizes[keep],
+                   mtimes=manifest.mtimes[keep])
 
 
 def shard_store_path(store_path: Path, rank: int, world: int) -> Path:
@@ -168,7 +176,8 @@ def extract_shard(cfg: ExtractConfig, rank: int, world: int) -> ExtractSummary:
     if not cfg.overwrite and final.is_file():
         with st.write_lock(shard):
             if not shard.exists():
-                n = _seed_shard(final, shard, shard_manifest(_manifest(cfg), rank, world).paths)
+                part = shard_manifest(_manifest(cfg), rank, world, cfg.batch_size)
+                n = _seed_shard(final, shard, part.paths)
                 log.info("shard %d/%d: %d rows taken from %s", rank, world, n, final)
     return run_extract(replace(cfg, shard=(rank, world)))
 
@@ -300,7 +309,7 @@ def torchrun_env(environ=None) -> TorchrunEnv | None:
 
 
 def _rank_device(device: str, local_rank: int) -> str:
-    """``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` when CUDA is there; ``cpu`` and ``cuda:N`` as given."""
+    """``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` when CUDA is there; ``cpu``, ``cuda:N`` as given."""
     from .extraction_job import _cuda_available_cheap
 
     if device == "cuda" or (device == "auto" and _cuda_available_cheap()):

@@ -168,7 +168,8 @@ class BatchResult:
 
 
 def iter_features(runner, loader, device: torch.device, taps):
-    """Yield a :class:`BatchResult` per batch of ``loader``.
+    """Yield a :class:`BatchResult` per batch of ``loader`` (a DataLoader or an
+    iterator over one, e.g. started early so decoding overlaps the runtime's setup).
 
     ``runner`` is a callable mapping a uint8 batch on ``device`` to a tuple of
     pooled tap tensors (a :class:`TapExtractor` or a compiled/exported form).

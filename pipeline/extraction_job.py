@@ -51,7 +51,7 @@ class ExtractConfig:
     overwrite: bool = False
     progress: bool = True
     limit: int | None = None          # first N images of the manifest (benchmarks)
-    shard: tuple | None = None        # (rank, world): only rows rank::world, into
+    shard: tuple | None = None        # (rank, world): only batches rank::world, into
                                       # <store>.shards/ (pipeline.distributed)
 
 
@@ -121,7 +121,7 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary:
     path = default_store_path(cfg.out, manifest.name, spec.name, cfg.pool)
     if cfg.shard is not None:  # one rank's share of a distributed extraction
         from .distributed import shard_manifest, shard_store_path
-        manifest = shard_manifest(manifest, *cfg.shard)
+        manifest = shard_manifest(manifest, *cfg.shard, block=cfg.batch_size)
         path = shard_store_path(path, *cfg.shard)
     path.parent.mkdir(parents=True, exist_ok=True)
     with st.write_lock(path):
@@ -305,6 +305,15 @@ def _extract_locked(cfg, spec, taps, manifest, config, path, device_kind, t_star
     )
 
 
+def network_key(spec, weights: str, taps, pool: str) -> str:
+    """Names the cut network by what shapes it (backbone, weights identity, taps,
+    pooling, preprocessing), so a cached onnx/openvino export is used without
+    building the torch model at all."""
+    return st.config_key({"backbone": spec.name, "weights": weights_identity(spec, weights),
+                          "taps": list(taps), "pooling": pool,
+                          "preprocessing": spec.preprocessing.to_dict()})
+
+
 def _sha_or_none(path):
     """SHA-256 of ``path``, or None when it cannot be read (it is then retried)."""
     try:
@@ -327,21 +336,26 @@ def _run_forward(cfg, spec, taps, manifest, remaining, journal, device_kind):
     from .runtimes import make_runner
 
     device = resolve_device(cfg.device)
-    loaded = load_backbone(spec.name, cfg.weights)
-    extractor = build_extractor(loaded, taps, cfg.pool).to(device)
-    runner = make_runner(extractor, cfg.runtime, device, cfg.batch_size, spec.preprocessing,
-                         precision=cfg.precision, threads=cfg.threads)
     workers = _default_workers() if cfg.workers is None else cfg.workers
     dataset = ImageDataset(manifest.root, [manifest.paths[i] for i in remaining], remaining,
                            spec.preprocessing)
     loader = make_loader(dataset, cfg.batch_size, workers, pin_memory=device.type == "cuda")
+    # Start the decoding workers first: they fill their queue while the runtime loads.
+    batches = iter(loader)
+
+    def build():
+        return build_extractor(load_backbone(spec.name, cfg.weights), taps, cfg.pool)
+
+    runner = make_runner(build, cfg.runtime, device, cfg.batch_size, spec.preprocessing,
+                         precision=cfg.precision, threads=cfg.threads,
+                         key=network_key(spec, cfg.weights, taps, cfg.pool))
     seq = journal.next_seq()
     forward_seconds, n_forward = 0.0, 0
     bar = tqdm(total=len(remaining), unit="img", desc=f"extract {spec.name}",
                disable=not cfg.progress)
     t0 = time.perf_counter()
     try:
-        for res in iter_features(runner, loader, device, taps):
+        for res in iter_features(runner, batches, device, taps):
             paths = [manifest.paths[i] for i in res.indices]
             failures = [(manifest.paths[i], sha, reason) for i, sha, reason in res.failures]
             for rel, _sha, reason in failures:

@@ -506,7 +506,7 @@ def ladder_configs(features, epochs: int = 12, views: int = 3) -> list[tuple[str
         ("fine-tune top groups", replace(base, unfreeze="layer4", lr=1e-3, lr_factor=1.0)),
         ("differential LR", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3)),
         ("gradual unfreezing", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3,
-                                       gradual=2)),
+                                       gradual=1)),
     ]
 
 
@@ -536,6 +536,10 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1, epochs: int 
     from .baselines import run_baseline
     from .jobs import run_fit
 
+    known = {"pixels", "mlp", "cnn", "frozen"} | {n for n, _ in ladder_configs(features)}
+    if rungs is not None and set(rungs) - known:
+        raise UsageError(f"unknown rung(s) {', '.join(sorted(set(rungs) - known))}; "
+                         f"valid: {', '.join(sorted(known))}")
     rows = []
 
     def wanted(name):

@@ -17,7 +17,7 @@ import joblib
 import numpy as np
 
 from .errors import StoreError, UsageError
-from .heads import CLASSIFIERS, predict_proba, select_and_fit
+from .heads import CLASSIFIERS, STREAMING, predict_proba, select_and_fit
 from .results import DEFAULT_RUNS_DIR, find_record, new_record, save_record
 from .store import FeatureStore
 
@@ -54,12 +54,17 @@ def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int
     layers = store.taps if layer == "all" else [layer]
     out = []
     for tap in layers:
-        X_tr, y_tr = store.X(tap, "train"), store.y("train")
-        X_va, y_va = store.X(tap, "val"), store.y("val")
-        X_te = store.X(tap, "test")
-        res = select_and_fit(clf, X_tr, y_tr, X_va, y_va, seed=seed)
-        proba = predict_proba(res.model, X_te)
-        test_pred = res.model.predict(X_te)
+        if clf in STREAMING:  # reads the store block by block, never a whole tap
+            from .streaming import stream_select_and_fit
+
+            res, test_pred, proba = stream_select_and_fit(store, tap, seed=seed)
+        else:
+            X_tr, y_tr = store.X(tap, "train"), store.y("train")
+            X_va, y_va = store.X(tap, "val"), store.y("val")
+            X_te = store.X(tap, "test")
+            res = select_and_fit(clf, X_tr, y_tr, X_va, y_va, seed=seed)
+            proba = predict_proba(res.model, X_te)
+            test_pred = res.model.predict(X_te)
         backbone = store.attrs.get("backbone")
         record = new_record(
             kind="frozen", method=clf, label=f"{backbone} {tap} + {clf}", store=store,

@@ -52,9 +52,16 @@ OPTIONAL = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino"
 #: Largest allowed difference from eager, per precision, relative to the
 #: largest magnitude in that tap: ``max|x - eager| <= TOLERANCE * max|eager|``.
 #: fp32 runtimes differ from eager only by the order of float operations
-#: (fused or reordered kernels); bf16/fp16 keep 8/11 mantissa bits.
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}
+#: (measured on lite0 taps: about 1e-6); bf16 and fp16 keep 8 and 11
+#: mantissa bits (OpenVINO bf16 measured: up to 5e-2, cosine >= 0.996).
+TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 1e-1}
 CACHE_ENV = "WORKBENCH_CACHE_DIR"
+#: OpenVINO performance hint (benchmarks/RESULTS.md): THROUGHPUT runs one
+#: stream per few cores, each batch split among them; LATENCY one stream.
+OPENVINO_HINT = os.environ.get("WORKBENCH_OPENVINO_HINT", "THROUGHPUT")
+#: Images per OpenVINO request: smaller requests keep activations small (fp32,
+#: 2 streams: about 280 MiB at 8 against 710 MiB at 32) at equal or better speed.
+OPENVINO_REQUEST_BATCH = 8
 
 
 def device_kind(device) -> str:
@@ -152,30 +159,53 @@ def default_cache_dir() -> Path:
 
 
 def make_runner(extractor, runtime: str, device, batch_size: int, preprocessing,
-                precision: str = "auto", cache_dir=None, threads: int | None = None):
+                precision: str = "auto", cache_dir=None, threads: int | None = None,
+                key: str | None = None):
     """A callable ``uint8 (N, 3, S, S) -> tuple of (N, C_tap) float tensors``.
 
-    ``runtime`` and ``precision`` may be ``auto``; the callable's
-    ``runtime`` and ``precision`` attributes say what was chosen.  ``threads``
-    caps the runtime's intra-op threads (default: the runtime's own choice,
-    every core).  ``cache_dir`` holds exported models (default
-    :func:`default_cache_dir`).
+    ``extractor`` is a :class:`~pipeline.extract.TapExtractor` or a
+    zero-argument callable that builds one.  ``runtime`` and ``precision``
+    may be ``auto``; the callable's ``runtime`` and ``precision`` attributes
+    say what was chosen.  ``threads`` caps the runtime's intra-op threads
+    (default: the runtime's own choice, every core).  ``cache_dir`` holds
+    exported models (default :func:`default_cache_dir`).  ``key``, when
+    given, names the exported model in the cache instead of a hash of the
+    module; it must then cover everything that shapes the network (backbone,
+    weights identity, taps, pooling, preprocessing), and a cached export is
+    used without building the module at all (no timm import, no weights load).
     """
     import torch
 
     device = torch.device(device)
     runtime = resolve_runtime(runtime, device)
     precision = resolve_precision(precision, runtime, device)
-    extractor = extractor.to(device).eval()
+    get = _lazy(extractor, device)
     size = preprocessing.input_size
     if runtime in ("eager", "compile"):
-        run = _torch_runner(extractor, runtime, device, precision)
+        if threads:
+            torch.set_num_threads(threads)  # torch's intra-op pool is per process
+        run = _torch_runner(get(), runtime, device, precision)
     elif runtime == "onnx":
-        run = _onnx_runner(extractor, size, cache_dir, threads)
+        run = _onnx_runner(get, size, cache_dir, threads, key)
     else:
-        run = _openvino_runner(extractor, size, precision, cache_dir, threads)
+        run = _openvino_runner(get, size, precision, cache_dir, threads, key)
     run.runtime, run.precision = runtime, precision
     return run
+
+
+def _lazy(extractor, device):
+    """A memoised getter of ``extractor`` (a module or a getter), in eval mode on ``device``."""
+    import torch
+
+    made = []
+
+    def get():
+        if not made:
+            module = extractor if isinstance(extractor, torch.nn.Module) else extractor()
+            made.append(module.to(device).eval())
+        return made[0]
+
+    return get
 
 
 def _torch_runner(extractor, runtime, device, precision):
@@ -197,12 +227,12 @@ def _torch_runner(extractor, runtime, device, precision):
     return run
 
 
-def _onnx_runner(extractor, size, cache_dir, threads):
+def _onnx_runner(get, size, cache_dir, threads, key):
     import numpy as np
     import torch
 
     ort = _import_optional("onnx")
-    path = export_onnx(extractor, size, cache_dir)
+    path = export_onnx(get, size, cache_dir, key)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -217,28 +247,43 @@ def _onnx_runner(extractor, size, cache_dir, threads):
     return run
 
 
-def _openvino_runner(extractor, size, precision, cache_dir, threads):
+def _openvino_runner(get, size, precision, cache_dir, threads, key):
     import numpy as np
     import torch
 
     ov = _import_optional("openvino")
-    xml = export_openvino(extractor, size, cache_dir)
+    xml = export_openvino(get, size, cache_dir, key)
     core = ov.Core()
+    # OpenVINO caches the compiled model too: a second run compiles in a third of the time.
+    core.set_property({"CACHE_DIR": str(Path(cache_dir or default_cache_dir()) / "openvino"
+                                        / "compiled")})
+    # THROUGHPUT: several streams, each on its own cores, each fed part of the
+    # batch.  Measured on 2 cores: 92 against 77 img/s for LATENCY (one stream
+    # using every thread) in fp32, 176 against 144 in bf16 (benchmarks/RESULTS.md).
     config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-              # One stream using every thread: measured faster than THROUGHPUT
-              # streams for batches of 16-64 on 2 cores.
-              "PERFORMANCE_HINT": "LATENCY"}
+              "PERFORMANCE_HINT": OPENVINO_HINT}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     compiled = core.compile_model(core.read_model(xml), "CPU", config)
-    request = compiled.create_infer_request()
+    streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    requests = [compiled.create_infer_request() for _ in range(streams)]
     n_out = len(compiled.outputs)
 
     def run(batch):
-        request.infer({0: np.ascontiguousarray(batch.cpu().numpy())})
-        # Output tensors are views into the request's buffers: copy them out.
-        return tuple(torch.from_numpy(request.get_output_tensor(i).data.copy())
-                     for i in range(n_out))
+        x = np.ascontiguousarray(batch.cpu().numpy())
+        parts = [x[i:i + OPENVINO_REQUEST_BATCH]
+                 for i in range(0, len(x), OPENVINO_REQUEST_BATCH)]
+        outs = [[] for _ in range(n_out)]
+        for k in range(0, len(parts), streams):  # one part per stream at a time
+            group = list(zip(requests, parts[k:k + streams]))
+            for request, part in group:
+                request.start_async({0: part})
+            for request, _ in group:
+                request.wait()
+                # Output tensors are views into the request's buffers: copy them out.
+                for i in range(n_out):
+                    outs[i].append(request.get_output_tensor(i).data.copy())
+        return tuple(torch.from_numpy(np.concatenate(o)) for o in outs)
 
     return run
 
@@ -259,26 +304,35 @@ def _import_optional(runtime: str):
 # ------------------------------------------------------------------ export cache
 
 
-def model_key(extractor, size: int, kind: str) -> str:
-    """SHA-256 of everything that shapes an exported model of ``extractor``.
-
-    Covers the module structure (which stages, cut where), every parameter
-    and buffer (the weights), the normalisation constants, the taps and
-    pooling, the input size, and the versions of torch and the target runtime.
-    """
+def _export_key(kind: str, size: int, key: str) -> str:
+    """``key`` completed by the export kind, input size, library versions and the
+    source of the modules that define the cut network (so an edit re-exports)."""
     import importlib.metadata as md
 
+    digest = hashlib.sha256(f"{kind}\0{size}\0{key}".encode())
+    for package in ("torch", "timm", OPTIONAL.get(kind, ("",))[0]):
+        try:
+            digest.update(f"\0{package}={md.version(package)}".encode())
+        except (md.PackageNotFoundError, ValueError):
+            pass
+    here = Path(__file__).resolve().parent
+    for source in ("backbones.py", "extract.py", "runtimes.py"):
+        digest.update((here / source).read_bytes())
+    return digest.hexdigest()[:32]
+
+
+def model_key(extractor) -> str:
+    """SHA-256 of everything in ``extractor`` that shapes its outputs.
+
+    Covers the module structure (which stages, cut where), every parameter
+    and buffer (the weights), the normalisation constants, the taps and the
+    pooling.  :func:`_export_key` adds the input size and versions.
+    """
     import torch
 
     digest = hashlib.sha256()
-    versions = [torch.__version__]
-    if kind in OPTIONAL:
-        try:
-            versions.append(md.version(OPTIONAL[kind][0]))
-        except md.PackageNotFoundError:
-            pass
-    header = [kind, str(size), repr(extractor), repr(getattr(extractor, "tap_stages", None)),
-              repr(getattr(extractor, "pooling", None)), *versions]
+    header = [repr(extractor), repr(getattr(extractor, "tap_stages", None)),
+              repr(getattr(extractor, "pooling", None))]
     digest.update("\0".join(header).encode())
     tensors = dict(extractor.state_dict())
     tensors.update({f"buffer:{k}": v for k, v in extractor.named_buffers()})
@@ -296,21 +350,25 @@ def _example_input(size: int):
     return torch.zeros((2, 3, size, size), dtype=torch.uint8)
 
 
-def export_onnx(extractor, size: int, cache_dir=None) -> Path:
+def export_onnx(extractor, size: int, cache_dir=None, key: str | None = None) -> Path:
     """The cached ONNX file of ``extractor`` (uint8 ``(N, 3, size, size)`` in,
-    one ``(N, C)`` output per tap, dynamic ``N``), exported if not there yet."""
+    one ``(N, C)`` output per tap, dynamic ``N``), exported if not there yet.
+
+    ``extractor`` is a module or a getter of one; ``key`` as in :func:`make_runner`.
+    """
     import torch
 
-    key = model_key(extractor, size, "onnx")
+    get = _lazy(extractor, "cpu")
+    key = _export_key("onnx", size, key or model_key(get()))
     folder = Path(cache_dir or default_cache_dir()) / "onnx"
-    path = folder / f"{key[:32]}.onnx"
+    path = folder / f"{key}.onnx"
     if path.is_file():
         return path
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key[:32]}.{os.getpid()}.tmp.onnx"
-    taps = list(getattr(extractor, "tap_names", []))
+    tmp = folder / f".{key}.{os.getpid()}.tmp.onnx"
+    cpu = get()
+    taps = list(getattr(cpu, "tap_names", []))
     log.info("exporting the network to ONNX (once; cached in %s)", folder)
-    cpu = extractor.to("cpu").eval()
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -324,20 +382,24 @@ def export_onnx(extractor, size: int, cache_dir=None) -> Path:
     return path
 
 
-def export_openvino(extractor, size: int, cache_dir=None) -> Path:
-    """The cached OpenVINO IR (``model.xml`` + ``.bin``) of ``extractor``, converted if absent."""
+def export_openvino(extractor, size: int, cache_dir=None, key: str | None = None) -> Path:
+    """The cached OpenVINO IR (``model.xml`` + ``.bin``) of ``extractor``, converted if absent.
+
+    ``extractor`` is a module or a getter of one; ``key`` as in :func:`make_runner`.
+    """
     import torch
 
     ov = _import_optional("openvino")
-    key = model_key(extractor, size, "openvino")
+    get = _lazy(extractor, "cpu")
+    key = _export_key("openvino", size, key or model_key(get()))
     folder = Path(cache_dir or default_cache_dir()) / "openvino"
-    final = folder / key[:32]
+    final = folder / key
     if (final / "model.xml").is_file():
         return final / "model.xml"
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key[:32]}.{os.getpid()}.tmp"
+    tmp = folder / f".{key}.{os.getpid()}.tmp"
     log.info("converting the network to OpenVINO IR (once; cached in %s)", folder)
-    cpu = extractor.to("cpu").eval()
+    cpu = get()
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")

@@ -197,6 +197,19 @@ class FeatureStore:
                 if m.any():
                     yield dset[start:stop][m].astype(np.float32), self.labels[start:stop][m]
 
+    def iter_blocks(self, tap: str, starts, block: int = CHUNK_ROWS):
+        """Yield ``(start, X)`` with rows ``[start, start + block)`` as ``(b, C)`` float32,
+        for each of ``starts`` in the order given (e.g. shuffled, for streaming heads).
+
+        Only one block is read at a time; blocks aligned to ``CHUNK_ROWS`` read
+        whole HDF5 chunks.
+        """
+        with h5py.File(self.path, "r") as f:
+            dset = f[f"taps/{tap}"]
+            for start in starts:
+                start = int(start)
+                yield start, dset[start:start + block].astype(np.float32)
+
     def y(self, split=None) -> np.ndarray:
         return self.labels[self.mask(split)]
 
@@ -279,8 +292,9 @@ class Journal:
         """
         rows, failed = {}, {}
         for file in self.batches():
-            with np.load(file, allow_pickle=False) as z:
-                taps = [k[4:] for k in z.files if k.startswith("tap_")]
+            with np.load(file, allow_pickle=False) as npz:
+                z = {k: npz[k] for k in npz.files}  # each npz[k] access re-reads the array
+                taps = [k[4:] for k in z if k.startswith("tap_")]
                 n_ok = len(z["paths"])
                 stamp = z["stamps"]
                 for i, p in enumerate(z["paths"]):

@@ -70,12 +70,16 @@ def test_parse_shard_and_errors():
 def test_shard_manifest_rows_are_disjoint_and_cover_everything(tmp_path):
     from pipeline.data import scan
 
-    manifest = scan(_varied_folder(tmp_path / "img"))
-    parts = [dist.shard_manifest(manifest, k, 3) for k in range(3)]
+    manifest = scan(_varied_folder(tmp_path / "img"))   # 17 images
+    parts = [dist.shard_manifest(manifest, k, 3, block=2) for k in range(3)]
     got = [p for part in parts for p in part.paths]
     assert sorted(got) == sorted(manifest.paths) and len(got) == len(set(got))
-    assert parts[1].paths == manifest.paths[1::3]
-    np.testing.assert_array_equal(parts[1].labels, manifest.labels[1::3])
+    # batches of 2: rank 1 takes batches 1, 4, 7 = rows 2-3, 8-9, 14-15
+    rows = [2, 3, 8, 9, 14, 15]
+    assert parts[1].paths == [manifest.paths[i] for i in rows]
+    np.testing.assert_array_equal(parts[1].labels, manifest.labels[rows])
+    assert [len(p) for p in parts] == [6, 6, 5]   # rank 2 also has batch 8 = row 16
+    assert dist.shard_manifest(manifest, 1, 3).paths == manifest.paths[1::3]
 
 
 def test_shards_merged_equal_single_process(tmp_path):
@@ -84,8 +88,9 @@ def test_shards_merged_equal_single_process(tmp_path):
     single = run_extract(_cfg(folder, tmp_path / "single"))
     cfg = _cfg(folder, tmp_path / "dist")
     shards = [dist.extract_shard(cfg, k, 3) for k in range(3)]
-    # 18 files (blue 7, green 5, red 5 + 1 unreadable), rows 0::3, 1::3, 2::3
-    assert [s.n_extracted + len(s.skipped) for s in shards] == [6, 6, 6]
+    # 18 files (blue 7, green 5, red 5 + 1 unreadable) in batches of 4: rank 0 takes
+    # batches 0 and 3, rank 1 batches 1 and 4 (the remainder of 2), rank 2 batch 2
+    assert [s.n_extracted + len(s.skipped) for s in shards] == [8, 6, 4]
     assert sum(s.n_extracted for s in shards) == 17 == single.n_extracted
     assert sum(len(s.skipped) for s in shards) == 1
     merged = dist.merge_shards(cfg, 3)
@@ -98,10 +103,10 @@ def test_shards_merged_equal_single_process(tmp_path):
 def test_killed_shard_resumes_alone_and_finished_shard_is_kept(tmp_path, monkeypatch):
     import pipeline.extract as ex
 
-    folder = _varied_folder(tmp_path / "img", per_class=8)   # 10 + 8 + 8, shards of 13
+    folder = _varied_folder(tmp_path / "img", per_class=8)   # 10 + 8 + 8 = 26 images
     single = run_extract(_cfg(folder, tmp_path / "single"))
     cfg = _cfg(folder, tmp_path / "dist")
-    assert dist.extract_shard(cfg, 0, 2).n_extracted == 13
+    assert dist.extract_shard(cfg, 0, 2).n_extracted == 14   # batches 0, 2, 4, 6 (4+4+4+2)
 
     real = ex.iter_features
 
@@ -121,7 +126,7 @@ def test_killed_shard_resumes_alone_and_finished_shard_is_kept(tmp_path, monkeyp
     again = dist.extract_shard(cfg, 0, 2)
     assert again.up_to_date and again.n_extracted == 0        # finished shard: no forward pass
     rest = dist.extract_shard(cfg, 1, 2)
-    assert rest.n_resumed == 8 and rest.n_extracted == 5      # 2 batches of 4 kept
+    assert rest.n_resumed == 8 and rest.n_extracted == 4      # 2 of its 3 batches kept
     assert_same_store(dist.merge_shards(cfg, 2).path, single.path)
 
 
@@ -184,12 +189,12 @@ def test_torchrun_env_detection():
 # ------------------------------------------------------------ real torchrun
 
 
-def _noise_folder(root: Path, per_class: int = 4) -> Path:
+def _noise_folder(root: Path, per_class=(4, 4, 4)) -> Path:
     """Small random-noise images (every image different), three classes."""
     rng = np.random.default_rng(0)
-    for name in ("a", "b", "c"):
+    for name, n in zip(("a", "b", "c"), per_class):
         (root / name).mkdir(parents=True)
-        for i in range(per_class):
+        for i in range(n):
             arr = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
             Image.fromarray(arr).save(root / name / f"{i:02d}.png")
     return root
@@ -207,10 +212,14 @@ def _run(args, tmp_path, name):
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_gloo_equals_single_process(tmp_path):
-    """2 ranks on CPU (gloo) under the real torchrun, real backbone (random init)."""
-    folder = _noise_folder(tmp_path / "noise")
+    """2 ranks on CPU (gloo) under the real torchrun, real backbone (random init).
+
+    24 images in batches of 16: one process runs a batch of 16 and one of 8, and so
+    must the ranks: CPU convolutions switch kernels between batches of 12 and 16
+    (last bits differ, measured), so 12 rows per rank would not match."""
+    folder = _noise_folder(tmp_path / "noise", per_class=(8, 8, 8))
     opts = ["extract", "--data", str(folder), "--backbone", "efficientnet_lite0",
-            "--weights", "none", "--layer", "layer2", "--layer", "head", "--batch-size", "4",
+            "--weights", "none", "--layer", "layer2", "--layer", "head", "--batch-size", "16",
             "--workers", "0", "--device", "cpu", "--no-progress"]
     _run([sys.executable, "cli.py", *opts, "--out", str(tmp_path / "single")], tmp_path, "single")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -222,14 +231,14 @@ def test_torchrun_two_ranks_gloo_equals_single_process(tmp_path):
     assert not (tmp_path / "dist" / (name + ".shards")).exists()
     assert_same_store(merged, tmp_path / "single" / name)
     store = FeatureStore(merged)
-    assert len(store) == 12 and store.taps == ["layer2", "head"]
+    assert len(store) == 24 and store.taps == ["layer2", "head"]
 
     # A rank re-run alone, then the torchrun command again: nothing is extracted twice.
     shutil.copy(merged, tmp_path / "before.h5")
     _run([sys.executable, "cli.py", *opts, "--out", str(tmp_path / "dist"), "--shard", "1/2"],
          tmp_path, "alone")
     again = _run([*torchrun, "cli.py", *opts, "--out", str(tmp_path / "dist")], tmp_path, "again")
-    assert "up to date: 12 images, no forward pass" in again.stdout
+    assert "up to date: 24 images, no forward pass" in again.stdout
     assert_same_store(merged, tmp_path / "before.h5")
 
 
@@ -239,7 +248,7 @@ def test_torchrun_failed_rank_fails_all_and_rerun_keeps_finished_shard(tmp_path)
     the re-run extracts rank 1's shard only."""
     from pipeline.store import write_lock
 
-    folder = _noise_folder(tmp_path / "noise", per_class=4)
+    folder = _noise_folder(tmp_path / "noise")
     opts = ["extract", "--data", str(folder), "--backbone", "efficientnet_lite0",
             "--weights", "none", "--layer", "layer2", "--batch-size", "4", "--workers", "0",
             "--device", "cpu", "--no-progress", "--out", str(tmp_path / "dist")]
@@ -255,7 +264,8 @@ def test_torchrun_failed_rank_fails_all_and_rerun_keeps_finished_shard(tmp_path)
     assert "rank(s) 1: StoreError" in proc.stderr and "being written by" in proc.stderr, proc.stderr
     assert dist.shard_store_path(store, 0, 2).is_file() and not store.exists()
     again = _run(torchrun, tmp_path, "rerun")
-    assert "rank-0of2.h5 is up to date (6 images)" in again.stderr   # no forward pass
-    assert "rank-1of2.h5" in again.stdout.split("extracted 6 images")[1]  # rank 1: its 6
-    assert "extracted 6 images" in again.stdout and "reused 6" in again.stdout  # rank 0 totals
+    # 12 images in batches of 4: rank 0 has batches 0 and 2, rank 1 batch 1
+    assert "rank-0of2.h5 is up to date (8 images)" in again.stderr   # no forward pass
+    assert "extracted 4 images" in again.stdout and "rank-1of2.h5" in again.stdout  # rank 1
+    assert "reused 8" in again.stdout                                         # rank 0's totals
     assert len(FeatureStore(store)) == 12

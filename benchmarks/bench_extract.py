@@ -1,0 +1,436 @@
+#!/usr/bin/env python
+"""Extraction benchmark: naive reference, forward-only ceiling, and ``extract``.
+
+On the same N images (default 512 of ../shared/datasets/flower_photos),
+efficientnet_lite0, taps layer2-4, 224 px, it measures in one run:
+
+(a) a naive reference written the way the course does it: PIL + torchvision
+    transforms, a DataLoader with no workers, eager torch, a separate forward
+    pass per tap, features collected in lists and then written to HDF5;
+(b) the ceiling: forward passes only, on tensors decoded beforehand, for every
+    runtime installed here (the one ``extract`` uses is b; the fastest overall
+    is reported too);
+(c) ``extract`` end to end (files -> HDF5) in a fresh subprocess, so its
+    peak memory is its own.
+
+It prints images/s for each, the ratios c/a and c/b, and the peak memory of
+(c).  ``--scale`` adds the memory check over the whole folder (3,670
+images) against N images, and the time of an ``extract`` re-run over the
+already-extracted folder (the whole ``python cli.py extract`` process).
+
+Examples::
+
+    python benchmarks/bench_extract.py                        # (a), (b), (c) on 512 images
+    python benchmarks/bench_extract.py --scale --skip-naive   # memory flat in N, cached re-run
+    python benchmarks/bench_extract.py --limit 64 --runtimes eager,openvino   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "flower_photos"
+BACKBONE = "efficientnet_lite0"
+TAPS = ("layer2", "layer3", "layer4")
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def select_images(data: Path, limit: int | None):
+    """The manifest rows ``extract`` takes with ``limit`` (same helper, same images)."""
+    from pipeline.data import scan
+    from pipeline.extraction_job import _stratified_head
+
+    manifest = scan(data)
+    keep = _stratified_head(manifest.labels, limit) if limit else np.arange(len(manifest))
+    return manifest, [manifest.paths[i] for i in keep], manifest.labels[keep]
+
+
+class TreeMemory:
+    """Samples a process and its children: peak RSS of the process itself, and
+    peaks of the summed RSS and PSS of the tree.
+
+    (``getrusage``'s ``ru_maxrss`` cannot be used: Linux keeps it across
+    ``execve``, so a child would report the benchmark process's own peak.)
+    """
+
+    def __init__(self, pid: int, every: float = 0.05):
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.every = every
+        self.peak_main = self.peak_pss = self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            pss = rss = 0
+            try:
+                procs = [self.proc] + self.proc.children(recursive=True)
+            except psutil.Error:
+                break
+            for p in procs:
+                try:
+                    info = p.memory_full_info()
+                    pss += info.pss
+                    rss += info.rss
+                    if p.pid == self.proc.pid:
+                        self.peak_main = max(self.peak_main, info.rss)
+                except psutil.Error:
+                    pass
+            self.peak_pss = max(self.peak_pss, pss)
+            self.peak_rss = max(self.peak_rss, rss)
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+# ------------------------------------------------------------------ (a) naive
+
+
+def run_naive(root: Path, paths, labels, out: Path, batch_size: int) -> dict:
+    """The course's way: PIL + torchvision, no workers, eager, one forward per tap."""
+    import h5py
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    from pipeline.backbones import get_backbone, load_backbone
+
+    t0 = time.perf_counter()
+    spec = get_backbone(BACKBONE)
+    pre = spec.preprocessing
+    transform = transforms.Compose([
+        transforms.Resize(int(pre.input_size / pre.crop_pct),
+                          interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(pre.input_size),
+        transforms.ToTensor(),
+        transforms.Normalize(pre.mean, pre.std),
+    ])
+
+    class Files(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(paths)
+
+        def __getitem__(self, i):
+            image = Image.open(root / paths[i]).convert("RGB")
+            return transform(image), int(labels[i])
+
+    model = load_backbone(BACKBONE).model
+    stages = [m for _, m in spec.stages(model)]
+    names = [n for n, _ in spec.stages(model)]
+    loader = torch.utils.data.DataLoader(Files(), batch_size=batch_size, num_workers=0)
+    features = {tap: [] for tap in TAPS}
+    with torch.no_grad():
+        for images, _ in loader:
+            for tap in TAPS:  # a separate forward pass per tap
+                x = images
+                for stage in stages[: names.index(spec.tap(tap).stage) + 1]:
+                    x = stage(x)
+                features[tap].append(x.mean(dim=(2, 3)).numpy())
+    with h5py.File(out, "w") as f:
+        for tap in TAPS:
+            f.create_dataset(tap, data=np.concatenate(features[tap]))
+        f.create_dataset("labels", data=np.asarray(labels))
+    seconds = time.perf_counter() - t0
+    return {"images": len(paths), "seconds": seconds, "images_per_second": len(paths) / seconds}
+
+
+# ------------------------------------------------------------------ (b) ceiling
+
+
+def decode_all(root: Path, paths) -> "torch.Tensor":
+    import torch
+
+    from pipeline.backbones import get_backbone
+    from pipeline.extract import ImageDataset
+
+    ds = ImageDataset(root, paths, list(range(len(paths))), get_backbone(BACKBONE).preprocessing,
+                      hash_files=False)
+    return torch.from_numpy(np.stack([ds[i].image for i in range(len(ds))]))
+
+
+def run_ceiling(images, runtime: str, precision: str, batch_size: int,
+                threads: int | None, hint: str | None = None) -> dict:
+    """Forward passes only over ``images`` (uint8, decoded beforehand) with one runtime.
+
+    ``hint`` overrides OpenVINO's performance hint (THROUGHPUT or LATENCY).
+    """
+    import torch
+
+    from pipeline import runtimes
+    from pipeline.backbones import get_backbone, load_backbone
+    from pipeline.extract import build_extractor
+    from pipeline.extraction_job import network_key
+    from pipeline.runtimes import make_runner
+
+    default_hint = runtimes.OPENVINO_HINT
+    runtimes.OPENVINO_HINT = hint or default_hint
+
+    spec = get_backbone(BACKBONE)
+    extractor = build_extractor(load_backbone(BACKBONE), TAPS)
+    t0 = time.perf_counter()
+    # The export cache entry extract uses too (so (c) finds it, as any re-run would).
+    try:
+        runner = make_runner(extractor, runtime, torch.device("cpu"), batch_size,
+                             spec.preprocessing, precision=precision, threads=threads,
+                             key=network_key(spec, "imagenet", TAPS, "avg"))
+    finally:
+        runtimes.OPENVINO_HINT = default_hint
+    with torch.inference_mode():
+        runner(images[:batch_size])  # warm-up (compiles, allocates); not timed
+    setup = time.perf_counter() - t0
+    with torch.inference_mode():
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for start in range(0, len(images), batch_size):
+            outs = runner(images[start:start + batch_size])
+            [o.float().numpy() for o in outs]
+        seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+    label = f"{runner.runtime}:{runner.precision}"
+    if runtime == "openvino":
+        label += f"/{hint or default_hint}"
+    return {"runtime": runner.runtime, "precision": runner.precision, "label": label,
+            "hint": hint or default_hint if runtime == "openvino" else None,
+            "seconds": seconds, "setup_seconds": setup, "cpu_ms_per_image": 1e3 * cpu / len(images),
+            "images_per_second": len(images) / seconds}
+
+
+# ------------------------------------------------------------------ (c) extract
+
+
+def run_extract_child(args) -> dict:
+    """``extract`` in a fresh interpreter; returns its summary and memory peaks."""
+    spec = {k: getattr(args, k) for k in ("data", "limit", "runtime", "precision", "batch_size",
+                                          "workers", "threads", "dtype")}
+    spec["out"] = args.out_dir
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    with TreeMemory(proc.pid) as mem:
+        out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"extract child failed ({proc.returncode}):\n{err[-3000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(process_seconds=wall, tree_peak_pss_mib=mem.peak_pss / 2**20,
+                  tree_peak_rss_mib=mem.peak_rss / 2**20, main_peak_rss_mib=mem.peak_main / 2**20)
+    return result
+
+
+def child_main(spec: dict):
+    """Runs in the subprocess: one ``run_extract`` call, timed from its start."""
+    import logging
+
+    import torch  # noqa: F401  (imported before the clock, as it is for (a) and (b))
+
+    from pipeline.extraction_job import ExtractConfig, run_extract
+
+    logging.basicConfig(level=logging.WARNING)
+    cpu0 = _cpu_seconds()
+    t0 = time.perf_counter()
+    s = run_extract(ExtractConfig(
+        data=spec["data"], backbone=BACKBONE, layers=TAPS, out=spec["out"],
+        runtime=spec["runtime"], precision=spec["precision"], batch_size=spec["batch_size"],
+        workers=spec["workers"], threads=spec["threads"], dtype=spec["dtype"],
+        limit=spec["limit"], progress=False))
+    seconds = time.perf_counter() - t0
+    print(json.dumps({
+        "path": str(s.path), "images": s.n_images, "extracted": s.n_extracted,
+        "skipped": len(s.skipped), "seconds": seconds, "forward_seconds": s.forward_seconds,
+        "images_per_second": s.n_images / seconds, "runtime": s.runtime,
+        "precision": s.precision, "up_to_date": s.up_to_date,
+        "cpu_seconds": _cpu_seconds() - cpu0,   # this process and its (joined) workers
+    }))
+
+
+def _cpu_seconds() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def time_cli_rerun(data: Path, out: Path, runtime: str, precision: str) -> float:
+    """Wall time of a whole ``python cli.py extract`` process over an up-to-date store."""
+    cmd = [sys.executable, str(ROOT / "cli.py"), "-q", "extract", "--data", str(data),
+           "--backbone", BACKBONE, *sum((["--layer", t] for t in TAPS), []),
+           "--runtime", runtime, "--precision", precision, "--out", str(out), "--no-progress"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0 or "up to date" not in proc.stdout:
+        raise SystemExit(f"re-run was not up to date:\n{proc.stdout}\n{proc.stderr[-2000:]}")
+    return seconds
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="ImageFolder (default: flowers).")
+    p.add_argument("--limit", type=int, default=512, help="N images (0 = all).")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--runtime", default="auto", help="Runtime of (c) (default auto).")
+    p.add_argument("--precision", default="auto", help="Precision of (c) (default auto).")
+    p.add_argument("--workers", type=int, default=None, help="Decoding workers of (c).")
+    p.add_argument("--threads", type=int, default=None, help="Runtime threads of (c).")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--runtimes", default="eager,compile,onnx,openvino/LATENCY,openvino,"
+                   "openvino:bf16/LATENCY,openvino:bf16",
+                   help="Ceiling candidates, runtime[:precision][/OPENVINO_HINT], "
+                        "comma-separated.")
+    p.add_argument("--skip-naive", action="store_true", help="Do not run (a).")
+    p.add_argument("--scale", action="store_true",
+                   help="Also: memory over the whole folder vs N, and the cached re-run time.")
+    p.add_argument("--keep", default=None, help="Keep the stores in this folder.")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child_main(json.loads(args.child))
+
+    import torch
+
+    from pipeline.runtimes import available_runtimes, resolve_precision, resolve_runtime
+
+    data = Path(args.data)
+    limit = args.limit or None
+    manifest, paths, labels = select_images(data, limit)
+    work = Path(args.keep or tempfile.mkdtemp(prefix="bench-extract-"))
+    work.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    print(f"# bench_extract: {len(paths)} images of {data} ({BACKBONE}, taps "
+          f"{'+'.join(TAPS)}, batch {args.batch_size}); {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads); "
+          f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    used_runtime = resolve_runtime(args.runtime, "cpu")
+    used_precision = resolve_precision(args.precision, used_runtime, "cpu")
+    results = {}
+
+    # (a)
+    if not args.skip_naive:
+        a = run_naive(manifest.root, paths, labels, work / "naive.h5", args.batch_size)
+        results["a"] = a
+        print(f"(a) naive reference             {a['images_per_second']:8.1f} img/s "
+              f"({a['seconds']:.1f} s)")
+
+    # (b)
+    t0 = time.perf_counter()
+    images = decode_all(manifest.root, paths)
+    print(f"    (decoded {len(images)} images beforehand for (b) in "
+          f"{time.perf_counter() - t0:.1f} s, not timed)")
+    ceilings = []
+    for item in args.runtimes.split(","):
+        item, _, hint = item.partition("/")
+        name, _, prec = item.partition(":")
+        if name not in available_runtimes("cpu"):
+            print(f"    forward-only {item:<16} not available here, skipped")
+            continue
+        try:
+            prec = resolve_precision(prec or "auto", name, "cpu")
+        except Exception as exc:  # e.g. bf16 on a CPU without it
+            print(f"    forward-only {item:<16} skipped: {exc}")
+            continue
+        r = run_ceiling(images, name, prec, args.batch_size,
+                        args.threads if name == used_runtime else None, hint or None)
+        ceilings.append(r)
+        print(f"    forward-only {r['label']:<24} {r['images_per_second']:8.1f} img/s "
+              f"({r['cpu_ms_per_image']:.1f} CPU-ms/img; setup {r['setup_seconds']:.1f} s, "
+              "not timed)")
+    from pipeline import runtimes
+
+    same = [r for r in ceilings
+            if (r["runtime"], r["precision"]) == (used_runtime, used_precision)
+            and r["hint"] in (None, runtimes.OPENVINO_HINT)]
+    if not same:
+        same = [run_ceiling(images, used_runtime, used_precision, args.batch_size, args.threads)]
+        ceilings += same
+    b = same[0]
+    best = max(ceilings, key=lambda r: r["images_per_second"])
+    results.update(b=b, ceilings=ceilings)
+    del images
+    print(f"(b) ceiling, {b['label']} forward only "
+          f"{b['images_per_second']:8.1f} img/s")
+    if best is not b:
+        print(f"    fastest forward-only here: {best['label']} "
+              f"{best['images_per_second']:.1f} img/s")
+
+    # (c)
+    args.out_dir = str(work / "c")
+    shutil.rmtree(args.out_dir, ignore_errors=True)
+    args.limit = limit
+    c = run_extract_child(args)
+    results["c"] = c
+    print(f"(c) extract end to end           {c['images_per_second']:8.1f} img/s "
+          f"({c['images']} images, {c['seconds']:.1f} s in run_extract of which the "
+          f"decode+forward loop {c['forward_seconds']:.1f} s, "
+          f"{c['process_seconds']:.1f} s whole process; runtime {c['runtime']}:{c['precision']})")
+    from pipeline.store import FeatureStore
+
+    assert FeatureStore(c["path"]).paths == paths, "(c) did not extract the same images"
+    if "a" in results:
+        print(f"c/a = {c['images_per_second'] / results['a']['images_per_second']:.2f}")
+    print(f"c/b = {c['images_per_second'] / b['images_per_second']:.2f}"
+          + (f"   (c against the fastest forward-only, {best['label']}: "
+             f"{c['images_per_second'] / best['images_per_second']:.2f})" if best is not b
+             else ""))
+    print(f"CPU time: (b) {b['cpu_ms_per_image']:.1f} ms/img, (c) "
+          f"{1e3 * c['cpu_seconds'] / c['images']:.1f} ms/img (process and decoding workers)")
+    print(f"peak memory of (c), sampled every 50 ms: main process RSS "
+          f"{c['main_peak_rss_mib']:.0f} MiB; whole process tree PSS "
+          f"{c['tree_peak_pss_mib']:.0f} MiB (RSS summed {c['tree_peak_rss_mib']:.0f} MiB)")
+
+    if args.scale:
+        args.limit = None
+        args.out_dir = str(work / "all")
+        shutil.rmtree(args.out_dir, ignore_errors=True)
+        full = run_extract_child(args)
+        results["all"] = full
+        print(f"(c) over the whole folder          {full['images_per_second']:8.1f} img/s "
+              f"({full['images']} images, {full['seconds']:.1f} s)")
+        print(f"peak memory, whole folder vs {c['images']} images: main RSS "
+              f"{full['main_peak_rss_mib']:.0f} vs {c['main_peak_rss_mib']:.0f} MiB, tree PSS "
+              f"{full['tree_peak_pss_mib']:.0f} vs {c['tree_peak_pss_mib']:.0f} MiB, tree RSS "
+              f"summed {full['tree_peak_rss_mib']:.0f} vs {c['tree_peak_rss_mib']:.0f} MiB")
+        rerun = time_cli_rerun(data, Path(args.out_dir), used_runtime, used_precision)
+        inner = run_extract_child(args)
+        results["rerun"] = {"process_seconds": rerun, "run_extract_seconds": inner["seconds"]}
+        print(f"cached re-run over {full['images']} images: `python cli.py extract` "
+              f"{rerun:.2f} s (whole process; run_extract itself {inner['seconds']:.2f} s)")
+    load = os.getloadavg()
+    print(f"# load average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Heads on features larger than memory: averaged SGD streamed from the store in blocks.
+
+``fit --clf sgd-logreg`` trains logistic regression (scikit-learn
+``SGDClassifier(loss="log_loss", average=True)``, one-vs-rest, constant step
+``1 / n_features``) without ever
+holding a tap's rows in memory.  The standardisation statistics come from one
+pass over the store (``StandardScaler.partial_fit``); every epoch then visits
+the store's row blocks in a new random order, mixes ``buffer_blocks`` of them
+(a shuffle buffer: rows are stored class by class) and hands them to
+``partial_fit``.  All values of the ``alpha`` grid are trained side by side on
+the same reads; the one with the best validation accuracy is refitted on
+train + validation and judged once on the test split, as
+:func:`pipeline.heads.select_and_fit` does in memory.  Memory is bounded by
+``block * buffer_blocks`` rows whatever the number of rows; only the per-row
+index columns (paths, labels, split) and the test predictions grow with N.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .errors import UsageError
+from .heads import GRIDS, SGD_EPOCHS, FitResult, make_head
+
+log = logging.getLogger(__name__)
+
+#: Rows per read: one HDF5 chunk of the store.
+BLOCK_ROWS = 256
+#: Blocks mixed into one ``partial_fit`` call (the shuffle buffer is their rows).
+BUFFER_BLOCKS = 16
+
+
+def _check_tap(store, tap):
+    if tap not in store.taps:
+        raise UsageError(
+            f"tap {tap!r} is not in {store.path.name}; it holds {', '.join(store.taps)} "
+            f"(run extract with --layer {tap} to add it)")
+
+
+def _sgd(alpha, seed, n_features):
+    """The ``sgd-logreg`` estimator of :func:`pipeline.heads.make_head`, its step set to
+    ``1 / n_features`` (about 1 / |x|^2 for standardised rows)."""
+    return make_head("sgd-logreg", alpha, seed)[-1].set_params(eta0=1.0 / n_features)
+
+
+def fit_scalers(store, tap, codes_sets, block: int = BLOCK_ROWS * BUFFER_BLOCKS) -> list:
+    """One pass over the store: a ``StandardScaler`` per set of split codes in ``codes_sets``."""
+    scalers = [StandardScaler() for _ in codes_sets]
+    pos = 0
+    for X, _y in store.iter_rows(tap, None, block):
+        codes = store.split_codes[pos:pos + len(X)]
+        pos += len(X)
+        for scaler, wanted in zip(scalers, codes_sets):
+            m = np.isin(codes, wanted)
+            if m.any():
+                scaler.partial_fit(X[m])
+    return scalers
+
+
+def train_epochs(models, scaler, store, tap, codes, epochs: int, seed: int = 0,
+                 block: int = BLOCK_ROWS, buffer_blocks: int = BUFFER_BLOCKS) -> None:
+    """``epochs`` passes of ``partial_fit`` for each model over the rows with a split in ``codes``.
+
+    Each epoch visits the row blocks in a new random order; ``buffer_blocks``
+    blocks at a time are read, their rows shuffled and standardised with
+    ``scaler``, and given to each model (so every value of a grid sees the
+    same reads).
+    """
+    classes = np.arange(len(store.classes))
+    use = np.isin(store.split_codes, codes)
+    rng = np.random.default_rng(seed)
+    starts = np.arange(0, len(store), block)
+    for _ in range(epochs):
+        order = rng.permutation(starts)
+        for w in range(0, len(order), buffer_blocks):
+            Xs, ys = [], []
+            for start, X in store.iter_blocks(tap, order[w:w + buffer_blocks], block):
+                m = use[start:start + len(X)]
+                Xs.append(X[m])
+                ys.append(store.labels[start:start + len(X)][m])
+            y = np.concatenate(ys)
+            if not len(y):
+                continue
+            perm = rng.permutation(len(y))
+            X = scaler.transform(np.concatenate(Xs)[perm])
+            for model in models:
+                model.partial_fit(X, y[perm], classes=classes)
+
+
+def predict_split(models, scaler, store, tap, split, proba: bool = False,
+                  block: int = BLOCK_ROWS * BUFFER_BLOCKS) -> list:
+    """Predictions ``(n_split,)`` of each model on ``split``, read block by block
+    (``(n_split, n_classes)`` probabilities instead when ``proba``)."""
+    outs = [[] for _ in models]
+    for X, _y in store.iter_rows(tap, split, block):
+        X = scaler.transform(X)
+        for out, model in zip(outs, models):
+            out.append(model.predict_proba(X) if proba else model.predict(X))
+    n_classes = len(store.classes)
+    return [np.concatenate(o) if o else np.zeros((0, n_classes) if proba else 0) for o in outs]
+
+
+def stream_select_and_fit(store, tap: str, seed: int = 0, grid=None, epochs: int = SGD_EPOCHS,
+                          block: int = BLOCK_ROWS, buffer_blocks: int = BUFFER_BLOCKS):
+    """The streaming counterpart of :func:`pipeline.heads.select_and_fit` for ``sgd-logreg``.
+
+    Chooses ``alpha`` on the validation split (ties go to the larger alpha,
+    the stronger regularisation), refits on train + val, predicts the test
+    split.  Returns ``(FitResult, test_pred (n_test,), test_proba (n_test, n_classes))``;
+    the result's model is a fitted ``Pipeline(StandardScaler(), SGDClassifier())``.
+    """
+    _check_tap(store, tap)
+    if epochs < 1 or block < 1 or buffer_blocks < 1:
+        raise UsageError(f"epochs, block and buffer_blocks must be >= 1, got "
+                         f"{epochs}, {block}, {buffer_blocks}")
+    name, values = GRIDS["sgd-logreg"]
+    values = sorted(grid if grid is not None else values, reverse=True)
+    t0 = time.perf_counter()
+    window = block * buffer_blocks   # rows in memory at once, in every pass
+    scaler_train, scaler_all = fit_scalers(store, tap, [(0,), (0, 1)], window)
+    models = [_sgd(a, seed, store.tap_channels[tap]) for a in values]
+    train_epochs(models, scaler_train, store, tap, (0,), epochs, seed, block, buffer_blocks)
+    y_val = store.y("val")
+    search, best, best_acc, best_pred = [], None, -1.0, None
+    val_preds = predict_split(models, scaler_train, store, tap, "val", block=window)
+    for alpha, pred in zip(values, val_preds):
+        acc = float(np.mean(pred == y_val))
+        search.append({name: float(alpha), "val_accuracy": acc})
+        log.debug("sgd-logreg alpha=%g val accuracy %.4f", alpha, acc)
+        if acc > best_acc:
+            best, best_acc, best_pred = alpha, acc, pred
+    final = _sgd(best, seed, store.tap_channels[tap])
+    train_epochs([final], scaler_all, store, tap, (0, 1), epochs, seed, block, buffer_blocks)
+    model = make_pipeline(scaler_all, final)
+    fit_seconds = time.perf_counter() - t0
+    proba = predict_split([final], scaler_all, store, tap, "test", proba=True, block=window)[0]
+    test_pred = final.classes_[np.argmax(proba, axis=1)] if len(proba) else np.zeros(0, int)
+    params = {name: float(best), "eta0": float(final.eta0), "epochs": int(epochs),
+              "block_rows": int(block),
+              "buffer_blocks": int(buffer_blocks)}
+    return FitResult(model, params, best_pred, search, fit_seconds), test_pred, proba
