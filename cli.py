@@ -17,7 +17,7 @@ import click
 
 from pipeline.backbones import TAP_ORDER, list_backbones
 from pipeline.errors import WorkbenchError
-from pipeline.heads import CLASSIFIERS
+from pipeline.names import CLASSIFIERS
 from pipeline.runtimes import PRECISIONS, RUNTIMES
 
 LAYER_CHOICES = click.Choice(list(TAP_ORDER) + ["all"])

@@ -14,7 +14,7 @@ rank 0 merges the shards into the final store (:func:`merge_shards`): rows in
 manifest order, the split assigned over all rows exactly as a single process
 does, the same datasets and attributes, so its contents equal a
 single-process run over the same images (the eager runtime gives the same
-vectors when the intra-op thread count is the same; see benchmarks/SCALE_OUT.md).
+vectors when the intra-op thread count is the same; see README, "Scale out").
 
 A shard that fails or whose rank is killed is kept as its journal; finished
 shards are kept as stores until the merge succeeds.  Re-running the same

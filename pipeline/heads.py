@@ -25,9 +25,7 @@ from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
-CLASSIFIERS = ("logreg", "svm", "linear-svm", "knn", "sgd-logreg")
-#: Heads ``fit`` trains by streaming store blocks (pipeline.streaming), not in memory.
-STREAMING = ("sgd-logreg",)
+from .names import CLASSIFIERS, STREAMING  # noqa: E402  (re-exported)
 #: Epochs of the SGD heads over the training rows, and their step when the width is unknown.
 SGD_EPOCHS = 15
 SGD_ETA0 = 1e-3

@@ -13,7 +13,7 @@ target device) to the tuple of pooled tap tensors, computed by one of:
     OpenVINO on an IR converted from the cut network (``pip install -e '.[openvino]'``);
 ``auto``
     on CPU the fastest one installed, in the order measured on a 2-core
-    CPU (benchmarks/RESULTS.md): openvino, onnx, compile, eager; on CUDA eager.
+    CPU (README, "Extraction speed"): openvino, onnx, compile, eager; on CUDA eager.
 
 Each runs at a *precision*: ``fp32`` everywhere; on CUDA, eager and compile
 also run under autocast at ``fp16`` (the ``auto`` choice there) or ``bf16``;
@@ -56,7 +56,7 @@ OPTIONAL = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino"
 #: mantissa bits (OpenVINO bf16 measured: up to 5e-2, cosine >= 0.996).
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 1e-1}
 CACHE_ENV = "WORKBENCH_CACHE_DIR"
-#: OpenVINO performance hint (benchmarks/RESULTS.md): THROUGHPUT runs one
+#: OpenVINO performance hint (README, "Extraction speed"): THROUGHPUT runs one
 #: stream per few cores, each batch split among them; LATENCY one stream.
 OPENVINO_HINT = os.environ.get("WORKBENCH_OPENVINO_HINT", "THROUGHPUT")
 #: Images per OpenVINO request: smaller requests keep activations small (fp32,
@@ -117,6 +117,7 @@ def resolve_runtime(name: str, device) -> str:
         raise DeviceError(
             f"--runtime {name} cannot run on {device_kind(device)} here; available: "
             f"{', '.join(available)}"
+            + (" (or pass --device cpu)" if name in OPTIONAL else "")
         )
     return name
 
@@ -259,7 +260,7 @@ def _openvino_runner(get, size, precision, cache_dir, threads, key):
                                         / "compiled")})
     # THROUGHPUT: several streams, each on its own cores, each fed part of the
     # batch.  Measured on 2 cores: 92 against 77 img/s for LATENCY (one stream
-    # using every thread) in fp32, 176 against 144 in bf16 (benchmarks/RESULTS.md).
+    # using every thread) in fp32, 176 against 144 in bf16 (README, "Extraction speed").
     config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
               "PERFORMANCE_HINT": OPENVINO_HINT}
     if threads:
