@@ -175,7 +175,8 @@ def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, 
                    f"({summary.images_per_second:.1f} img/s), reused {summary.n_reused}, "
                    f"resumed {summary.n_resumed}, in {summary.seconds:.1f} s")
     if summary.skipped:
-        click.echo(f"skipped {len(summary.skipped)} unreadable file(s):")
+        click.echo(f"skipped {len(summary.skipped)} file(s) (unreadable, not an image, "
+                   "hidden or outside a class folder):")
         for path, reason in summary.skipped:
             click.echo(f"  {path}: {reason}")
     click.echo(str(summary.path))

@@ -154,4 +154,4 @@ def test_unreadable_image_is_skipped_and_listed(run, toy_folder, tmp_path):
     (toy_folder / "red" / "broken.png").write_bytes(b"not a png at all")
     res = _toy_extract(run, toy_folder, tmp_path / "f")
     assert res.exit_code == 0, res.output
-    assert "skipped 1 unreadable file" in res.output and "broken.png" in res.output
+    assert "skipped 1 file(s)" in res.output and "broken.png" in res.output
