@@ -1,14 +1,17 @@
 """Heads on features larger than memory: averaged SGD streamed from the store in blocks.
 
-``fit --clf sgd-logreg`` trains logistic regression (scikit-learn
-``SGDClassifier(loss="log_loss", average=True)``, one-vs-rest, constant step
-``1 / n_features``) without ever
-holding a tap's rows in memory.  The standardisation statistics come from one
-pass over the store (``StandardScaler.partial_fit``); every epoch then visits
+``fit --clf sgd-logreg`` trains multinomial logistic regression
+(:class:`pipeline.heads.SoftmaxSGD`: averaged mini-batch SGD, constant step
+``2 / lambda_max`` of the training rows' correlation matrix) without ever
+holding a tap's rows in memory.  The standardisation statistics and that
+matrix come from one pass over the store (``StandardScaler.partial_fit`` and
+a running ``X^T X``, ``n_features^2`` floats); every epoch then visits
 the store's row blocks in a new random order, mixes ``buffer_blocks`` of them
 (a shuffle buffer: rows are stored class by class) and hands them to
-``partial_fit``.  All values of the ``alpha`` grid are trained side by side on
-the same reads; the one with the best validation accuracy is refitted on
+``partial_fit``.  The ``alpha`` grid is in-memory logreg's C grid mapped by
+``alpha = 1 / (C * n_train)``, so both choose among the same models; all
+values are trained side by side on the same reads; the one with the best
+validation accuracy is refitted (same C) on
 train + validation and judged once on the test split, as
 :func:`pipeline.heads.select_and_fit` does in memory.  Memory is bounded by
 ``block * buffer_blocks`` rows whatever the number of rows; only the per-row
@@ -42,24 +45,55 @@ def _check_tap(store, tap):
             f"(run extract with --layer {tap} to add it)")
 
 
-def _sgd(alpha, seed, n_features):
-    """The ``sgd-logreg`` estimator of :func:`pipeline.heads.make_head`, its step set to
-    ``1 / n_features`` (about 1 / |x|^2 for standardised rows)."""
-    return make_head("sgd-logreg", alpha, seed)[-1].set_params(eta0=1.0 / n_features)
+def _sgd(alpha, seed, eta0):
+    """The ``sgd-logreg`` estimator of :func:`pipeline.heads.make_head` with step ``eta0``."""
+    return make_head("sgd-logreg", alpha, seed)[-1].set_params(eta0=eta0)
 
 
-def fit_scalers(store, tap, codes_sets, block: int = BLOCK_ROWS * BUFFER_BLOCKS) -> list:
-    """One pass over the store: a ``StandardScaler`` per set of split codes in ``codes_sets``."""
+def fit_scalers(store, tap, codes_sets, block: int = BLOCK_ROWS * BUFFER_BLOCKS,
+                steps: bool = False):
+    """One pass over the store: a ``StandardScaler`` per set of split codes in ``codes_sets``.
+
+    With ``steps``, also returns the SGD step ``2 / lambda_max`` of the first
+    set's standardised ``X^T X / n`` (its correlation matrix), from a running
+    ``X^T X`` accumulated in the same pass (``n_features^2`` floats, whatever N).
+    """
     scalers = [StandardScaler() for _ in codes_sets]
+    gram = None
     pos = 0
     for X, _y in store.iter_rows(tap, None, block):
         codes = store.split_codes[pos:pos + len(X)]
         pos += len(X)
-        for scaler, wanted in zip(scalers, codes_sets):
+        for k, (scaler, wanted) in enumerate(zip(scalers, codes_sets)):
             m = np.isin(codes, wanted)
             if m.any():
                 scaler.partial_fit(X[m])
-    return scalers
+                if steps and k == 0:
+                    Xm = X[m].astype(np.float64)
+                    gram = Xm.T @ Xm if gram is None else gram.__iadd__(Xm.T @ Xm)
+    if not steps:
+        return scalers
+    return scalers, _sgd_step(gram, scalers[0])
+
+
+def _sgd_step(gram, scaler, iterations: int = 100) -> float:
+    """``2 / lambda_max`` of the correlation matrix built in place from ``X^T X``."""
+    if gram is None:
+        return 1.0
+    mu, sd = scaler.mean_, scaler.scale_
+    gram /= scaler.n_samples_seen_
+    gram -= np.outer(mu, mu)
+    gram /= sd[:, None]
+    gram /= sd[None, :]
+    v = np.ones(len(gram)) / np.sqrt(len(gram))
+    lam = 1.0
+    for _ in range(iterations):      # power iteration: matrix-vector products only
+        w = gram @ v
+        lam = float(np.linalg.norm(w))
+        if lam <= 1e-12:
+            return 1.0
+        v = w / lam
+    return 2.0 / lam
 
 
 def train_epochs(models, scaler, store, tap, codes, epochs: int, seed: int = 0,
@@ -118,12 +152,17 @@ def stream_select_and_fit(store, tap: str, seed: int = 0, grid=None, epochs: int
     if epochs < 1 or block < 1 or buffer_blocks < 1:
         raise UsageError(f"epochs, block and buffer_blocks must be >= 1, got "
                          f"{epochs}, {block}, {buffer_blocks}")
-    name, values = GRIDS["sgd-logreg"]
-    values = sorted(grid if grid is not None else values, reverse=True)
+    name, _ = GRIDS["sgd-logreg"]
+    sizes = store.split_sizes()
+    n_train, n_fit = sizes["train"], sizes["train"] + sizes["val"]
+    if grid is None:   # logreg's C grid: alpha = 1 / (C * n_train)
+        grid = [1.0 / (C * n_train) for C in GRIDS["logreg"][1]]
+    values = sorted(grid, reverse=True)
     t0 = time.perf_counter()
     window = block * buffer_blocks   # rows in memory at once, in every pass
-    scaler_train, scaler_all = fit_scalers(store, tap, [(0,), (0, 1)], window)
-    models = [_sgd(a, seed, store.tap_channels[tap]) for a in values]
+    (scaler_train, scaler_all), eta0 = fit_scalers(store, tap, [(0,), (0, 1)], window,
+                                                    steps=True)
+    models = [_sgd(a, seed, eta0) for a in values]
     train_epochs(models, scaler_train, store, tap, (0,), epochs, seed, block, buffer_blocks)
     y_val = store.y("val")
     search, best, best_acc, best_pred = [], None, -1.0, None
@@ -134,13 +173,16 @@ def stream_select_and_fit(store, tap: str, seed: int = 0, grid=None, epochs: int
         log.debug("sgd-logreg alpha=%g val accuracy %.4f", alpha, acc)
         if acc > best_acc:
             best, best_acc, best_pred = alpha, acc, pred
-    final = _sgd(best, seed, store.tap_channels[tap])
+    # the same C on train + val, as select_and_fit refits logreg
+    final = _sgd(best * n_train / n_fit, seed, eta0)
     train_epochs([final], scaler_all, store, tap, (0, 1), epochs, seed, block, buffer_blocks)
     model = make_pipeline(scaler_all, final)
     fit_seconds = time.perf_counter() - t0
     proba = predict_split([final], scaler_all, store, tap, "test", proba=True, block=window)[0]
     test_pred = final.classes_[np.argmax(proba, axis=1)] if len(proba) else np.zeros(0, int)
-    params = {name: float(best), "eta0": float(final.eta0), "epochs": int(epochs),
+    params = {name: float(best), "C": float(1.0 / (best * n_train)),
+              "final_alpha": float(final.alpha), "eta0": float(final.eta0),
+              "epochs": int(epochs),
               "block_rows": int(block),
               "buffer_blocks": int(buffer_blocks)}
     return FitResult(model, params, best_pred, search, fit_seconds), test_pred, proba

@@ -50,7 +50,7 @@ def test_sgd_logreg_accuracy_close_to_in_memory_logreg(tmp_path):
     assert 0.6 < acc_lr < 0.97            # the task is neither trivial nor hopeless
     assert abs(acc_sgd - acc_lr) <= 0.03, (acc_sgd, acc_lr)   # 240 test rows: 0.03 = 7 rows
     assert sgd["method"] == "sgd-logreg" and "alpha" in sgd["hyperparameters"]
-    assert len(sgd["search"]) == 11 and sgd["trainable_params"] == 4 * 32 + 4
+    assert len(sgd["search"]) == 13 and sgd["trainable_params"] == 4 * 32 + 4
     # The saved head predicts what the record says it predicted on the test split.
     store = FeatureStore(path)
     head = joblib.load(sgd["model_file"])["model"]
