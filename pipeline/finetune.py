@@ -323,11 +323,6 @@ class CachedViews:
 # ------------------------------------------------------------------ run
 
 
-def clear_activation_cache():
-    """Forget in-process cached trunk outputs (frees memory)."""
-    _MEMORY_CACHE.clear()
-
-
 def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR,
                  cache_dir=None) -> tuple[dict, Path]:
     """Fine-tune per ``cfg`` on the split of the store ``cfg.features``; save record + model.
@@ -536,7 +531,8 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1, epochs: int 
     from .baselines import run_baseline
     from .jobs import run_fit
 
-    known = {"pixels", "mlp", "cnn", "frozen"} | {n for n, _ in ladder_configs(features)}
+    configs = ladder_configs(features, epochs, views)
+    known = {"pixels", "mlp", "cnn", "frozen"} | {name for name, _ in configs}
     if rungs is not None and set(rungs) - known:
         raise UsageError(f"unknown rung(s) {', '.join(sorted(set(rungs) - known))}; "
                          f"valid: {', '.join(sorted(known))}")
@@ -557,7 +553,7 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1, epochs: int 
         row = summarise_group([best])
         row["method"] = f"frozen {best['label']} (best tap on val)"
         rows.append(row)
-    for name, cfg in ladder_configs(features, epochs, views):
+    for name, cfg in configs:
         if wanted(name):
             recs = [r for r, _ in run_finetune_seeds(replace(cfg, label=name), seeds,
                                                      runs_dir, cache_dir)]

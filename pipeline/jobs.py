@@ -179,12 +179,13 @@ def _load_head(model_ref: str, runs_dir) -> dict:
 
 
 def _extract_files(bundle, files, batch_size, device):
-    """Features of ``files`` at the head's tap with the store's backbone, weights and pooling."""
-    import torch
+    """Features of ``files`` at the head's tap with the store's backbone, weights and pooling.
 
+    Decodes and runs batches through the same dataset and batch loop as
+    ``extract`` (:mod:`pipeline.extract`); returns ``(X, {file index: reason})``.
+    """
     from .backbones import load_backbone
-    from .data import ImageDecodeError, load_rgb, resize_center_crop
-    from .extract import build_extractor, resolve_device
+    from .extract import ImageDataset, build_extractor, iter_features, make_loader, resolve_device
 
     cfg = bundle["store_config"]
     source = bundle.get("weights_source") or "imagenet"
@@ -193,22 +194,19 @@ def _extract_files(bundle, files, batch_size, device):
         raise StoreError(
             f"the head was trained on features from weights {cfg['weights']} but "
             f"{source!r} now gives {loaded.weights_id}; restore those weights")
-    pre = loaded.spec.preprocessing
     dev = resolve_device(device)
-    extractor = build_extractor(loaded, [bundle["tap"]], cfg["pooling"]).to(dev)
-    arrays, errors, feats = [], {}, []
-    for i, f in enumerate(files):
-        try:
-            img = load_rgb(f, target_short_side=int(pre.input_size / pre.crop_pct))
-            arrays.append(resize_center_crop(img, pre.input_size, pre.crop_pct,
-                                             pre.interpolation))
-        except ImageDecodeError as exc:
-            errors[i] = exc.reason
-            log.warning("skipped %s: %s", f, exc.reason)
-    for start in range(0, len(arrays), batch_size):
-        batch = torch.from_numpy(np.stack(arrays[start:start + batch_size])).to(dev)
-        with torch.inference_mode():
-            feats.append(extractor(batch)[0].float().cpu().numpy())
+    tap = bundle["tap"]
+    extractor = build_extractor(loaded, [tap], cfg["pooling"]).to(dev)
+    dataset = ImageDataset(Path("."), [str(f) for f in files], range(len(files)),
+                           loaded.spec.preprocessing, hash_files=False)
+    loader = make_loader(dataset, batch_size, workers=0, pin_memory=False)
+    feats, errors = [], {}
+    for res in iter_features(extractor, loader, dev, [tap]):
+        for index, _sha, reason in res.failures:
+            errors[index] = reason
+            log.warning("skipped %s: %s", files[index], reason)
+        if res.indices:
+            feats.append(res.features[tap])
     X = np.concatenate(feats) if feats else np.zeros((0, 1), dtype=np.float32)
     return X, errors
 

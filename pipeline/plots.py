@@ -66,12 +66,17 @@ def depth_plot(series: dict, references: list, taps: list) -> str:
                        label=mpl_text(f"{name} ({acc:.3f})"))
         ax.set_xticks(range(len(taps)), [mpl_text(t) for t in taps])
         ax.set_xlim(-0.3, len(taps) - 0.7)
-        ax.set_xlabel("tap (shallow to deep)")
-        ax.set_ylabel("test accuracy")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-        return to_data_uri(fig)
+        return _accuracy_figure(fig, ax, "tap (shallow to deep)")
+
+
+def _accuracy_figure(fig, ax, xlabel: str) -> str:
+    """Shared finish of the test-accuracy plots: labels, 0-1 axis, grid, legend on the right."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return to_data_uri(fig)
 
 
 def efficiency_plot(curves: dict, levels: list, styles=None) -> str:
@@ -96,12 +101,7 @@ def efficiency_plot(curves: dict, levels: list, styles=None) -> str:
                             label=mpl_text(name))
             ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xticks(range(len(levels)), [str(v) for v in levels])
-        ax.set_xlabel("training images per class")
-        ax.set_ylabel("test accuracy")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-        return to_data_uri(fig)
+        return _accuracy_figure(fig, ax, "training images per class")
 
 
 def learning_curve_plot(history: list, best_epoch=None) -> str:

@@ -70,7 +70,10 @@ def fit_scalers(store, tap, codes_sets, block: int = BLOCK_ROWS * BUFFER_BLOCKS,
                 scaler.partial_fit(X[m])
                 if steps and k == 0:
                     Xm = X[m].astype(np.float64)
-                    gram = Xm.T @ Xm if gram is None else gram.__iadd__(Xm.T @ Xm)
+                    if gram is None:
+                        gram = Xm.T @ Xm
+                    else:
+                        gram += Xm.T @ Xm
     if not steps:
         return scalers
     return scalers, _sgd_step(gram, scalers[0])

@@ -14,7 +14,7 @@ from conftest import make_folder
 from pipeline.errors import StoreError
 from pipeline.report import (build_report, group_runs, holm, paired_test, training_trap)
 from pipeline.results import load_records, new_record, save_record
-from report_helpers import add_frozen_runs, add_history_runs, add_pixel_run, history, make_store
+from report_helpers import add_history_runs, add_pixel_run, history, make_store, make_study
 
 SECTIONS = ("verdict", "comparison", "depth", "efficiency", "curves", "confusion", "mistakes",
             "featuremap", "advice", "provenance")
@@ -24,13 +24,7 @@ HOSTILE = ("<script>alert(1)", "<img src=x onerror=alert(1)>", "Tom & \"Jerry\""
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """The bundled flowers with toy features: 6 frozen runs, a pixel run, 3 seeds, a CNN."""
-    root = tmp_path_factory.mktemp("study")
-    store = make_store(None, root / "features")
-    runs = root / "runs"
-    add_frozen_runs(store, runs)
-    add_history_runs(store, runs)
-    add_pixel_run(store, runs)
-    return store, runs
+    return make_study(tmp_path_factory.mktemp("study"))
 
 
 @pytest.fixture(scope="module")

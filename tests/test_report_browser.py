@@ -16,11 +16,12 @@ import re
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from report_helpers import add_frozen_runs, add_history_runs, add_pixel_run, make_store
+from report_helpers import make_study
 
 SECTIONS = ("verdict", "comparison", "depth", "efficiency", "curves", "confusion", "mistakes",
             "featuremap", "advice", "provenance")
@@ -112,6 +113,21 @@ def chromium():
     except ImportError:
         _unavailable("the websocket-client package is not installed")
     return _chromium()
+
+
+@contextmanager
+def chromium_session(binary: str, tmp_path):
+    """Headless Chromium with a throw-away profile, as a DevTools client; stopped on exit."""
+    proc, dev = open_chromium(binary, tmp_path)
+    try:
+        yield dev
+    finally:
+        dev.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def open_chromium(binary: str, tmp_path):
@@ -206,17 +222,12 @@ def report_file(chromium, tmp_path_factory):
     from pipeline.report import build_report
 
     root = tmp_path_factory.mktemp("browser")
-    store = make_store(None, root / "features")
-    runs = root / "runs"
-    add_frozen_runs(store, runs)
-    add_history_runs(store, runs)
-    add_pixel_run(store, runs)
+    _store, runs = make_study(root)
     return build_report(runs, root / "report.html")
 
 
 def test_report_in_headless_chromium(chromium, report_file, tmp_path):
-    proc, dev = open_chromium(chromium, tmp_path)
-    try:
+    with chromium_session(chromium, tmp_path) as dev:
         load(dev, report_file)
         state = dev.evaluate(SECTION_CHECK)
         for name in SECTIONS:
@@ -243,13 +254,6 @@ def test_report_in_headless_chromium(chromium, report_file, tmp_path):
         assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
         (ARTIFACTS / "report.pdf").write_bytes(pdf)
         assert problems(dev, report_file) == []
-    finally:
-        dev.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_hostile_class_names_run_no_script_in_chromium(chromium, tmp_path):
@@ -257,16 +261,8 @@ def test_hostile_class_names_run_no_script_in_chromium(chromium, tmp_path):
     from test_report import hostile_report
 
     page = hostile_report(tmp_path)
-    proc, dev = open_chromium(chromium, tmp_path)
-    try:
+    with chromium_session(chromium, tmp_path) as dev:
         load(dev, page)
         assert dev.evaluate("document.scripts.length") == 1   # only the sort script
         assert dev.evaluate("document.querySelectorAll('img[src=\"x\"]').length") == 0
         assert problems(dev, page) == []
-    finally:
-        dev.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()

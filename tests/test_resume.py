@@ -127,10 +127,24 @@ def test_sigkill_mid_run_then_same_command_resumes_to_the_same_store(photos, ref
 
 def test_two_runs_on_one_output_one_waits_out_with_a_clear_message(photos, reference,
                                                                    tmp_path):
+    """The second run starts while the first holds the store (paused with SIGSTOP once its
+    journal has a batch, so the overlap does not depend on how busy the machine is)."""
     out = tmp_path / "out"
-    procs = [_start(photos, out), _start(photos, out)]
+    journal = out / (STORE + ".partial")
+    first = _start(photos, out)
+    procs = [first]
     try:
-        results = [_finish(p) for p in procs]
+        deadline = time.monotonic() + 300
+        while not list(journal.glob("batch-*.npz")):
+            assert first.poll() is None, "extract ended before the second could start: " + \
+                first.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "no journal batch after 300 s"
+            time.sleep(0.01)
+        os.killpg(first.pid, signal.SIGSTOP)      # holds its lock, does nothing more
+        procs.append(_start(photos, out))
+        second = _finish(procs[1])
+        os.killpg(first.pid, signal.SIGCONT)
+        results = [_finish(first), second]
     finally:
         for p in procs:
             _kill_group(p)
