@@ -129,7 +129,7 @@ def backbones():
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op threads of the runtime (default: the runtime's own, all cores).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Decoding worker processes (default: by core count).")
+              help="Decoding threads (default: by core count; 0 = decode between batches).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage dtype of the vectors.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Split seed.")
@@ -422,7 +422,7 @@ def ladder(features, seeds, epochs, views, cnn_epochs, cache_dir, rungs, runs_di
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
-@click.argument("what", type=click.Choice(["extract"]))
+@click.argument("what", required=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @handle_errors
 def bench(what, args):
@@ -435,6 +435,14 @@ def bench(what, args):
     """
     import importlib.util
     from pathlib import Path
+
+    ctx = click.get_current_context()
+    if what in (None, "-h", "--help"):
+        click.echo(ctx.get_help())
+        return
+    if what != "extract":
+        raise click.BadParameter(f"{what!r} is not a benchmark; valid: extract", ctx=ctx,
+                                 param_hint="WHAT")
 
     script = Path(__file__).resolve().parent / "benchmarks" / f"bench_{what}.py"
     spec = importlib.util.spec_from_file_location(f"bench_{what}", script)

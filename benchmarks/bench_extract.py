@@ -11,10 +11,15 @@ efficientnet_lite0, taps layer2-4, 224 px, it measures in one run:
     runtime installed here (the one ``extract`` uses is b; the fastest overall
     is reported too);
 (c) ``extract`` end to end (files -> HDF5) in a fresh subprocess, so its
-    peak memory is its own.
+    peak memory is its own (the kernel's high-water mark, ``VmHWM``: exact,
+    and nothing samples the process while it is timed; ``extract`` decodes in
+    threads of that same process).
 
 It prints images/s for each, the ratios c/a and c/b, and the peak memory of
-(c).  ``--scale`` adds the memory check over the whole folder (3,670
+(c).  It also times decoding alone (files -> model-ready uint8 crops, one
+thread, as ``extract`` does it) and prints the bound that CPU time puts on c/b:
+on a machine whose cores (b) already keeps busy, ``extract`` must find that
+CPU time too, so c/b <= (b's CPU per image) / (b's + decoding's).  ``--scale`` adds the memory check over the whole folder (3,670
 images) against N images, and the time of an ``extract`` re-run over the
 already-extracted folder (the whole ``python cli.py extract`` process).
 
@@ -35,7 +40,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -60,54 +64,6 @@ def select_images(data: Path, limit: int | None):
     manifest = scan(data)
     keep = _stratified_head(manifest.labels, limit) if limit else np.arange(len(manifest))
     return manifest, [manifest.paths[i] for i in keep], manifest.labels[keep]
-
-
-class TreeMemory:
-    """Samples a process and its children: peak RSS of the process itself, and
-    peaks of the summed RSS and PSS of the tree.
-
-    (``getrusage``'s ``ru_maxrss`` cannot be used: Linux keeps it across
-    ``execve``, so a child would report the benchmark process's own peak.)
-    """
-
-    def __init__(self, pid: int, every: float = 0.05):
-        import psutil
-
-        self.proc = psutil.Process(pid)
-        self.every = every
-        self.peak_main = self.peak_pss = self.peak_rss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        import psutil
-
-        while not self._stop.is_set():
-            pss = rss = 0
-            try:
-                procs = [self.proc] + self.proc.children(recursive=True)
-            except psutil.Error:
-                break
-            for p in procs:
-                try:
-                    info = p.memory_full_info()
-                    pss += info.pss
-                    rss += info.rss
-                    if p.pid == self.proc.pid:
-                        self.peak_main = max(self.peak_main, info.rss)
-                except psutil.Error:
-                    pass
-            self.peak_pss = max(self.peak_pss, pss)
-            self.peak_rss = max(self.peak_rss, rss)
-            self._stop.wait(self.every)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 # ------------------------------------------------------------------ (a) naive
@@ -164,15 +120,24 @@ def run_naive(root: Path, paths, labels, out: Path, batch_size: int) -> dict:
 # ------------------------------------------------------------------ (b) ceiling
 
 
-def decode_all(root: Path, paths) -> "torch.Tensor":
+def decode_all(root: Path, paths):
+    """The N images as ``extract`` makes them (read, hash, decode, resize, crop),
+    in this thread: ``(uint8 tensor of the decodable ones, CPU-ms per image)``."""
     import torch
 
     from pipeline.backbones import get_backbone
     from pipeline.extract import ImageDataset
 
-    ds = ImageDataset(root, paths, list(range(len(paths))), get_backbone(BACKBONE).preprocessing,
-                      hash_files=False)
-    return torch.from_numpy(np.stack([ds[i].image for i in range(len(ds))]))
+    ds = ImageDataset(root, paths, list(range(len(paths))), get_backbone(BACKBONE).preprocessing)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in extract's decoding threads
+    try:
+        cpu0 = time.thread_time()
+        items = [ds[i] for i in range(len(ds))]
+        cpu_ms = 1e3 * (time.thread_time() - cpu0) / len(ds)
+    finally:
+        torch.set_num_threads(threads)
+    return torch.from_numpy(np.stack([d.image for d in items if d.image is not None])), cpu_ms
 
 
 def run_ceiling(images, runtime: str, precision: str, batch_size: int,
@@ -205,11 +170,17 @@ def run_ceiling(images, runtime: str, precision: str, batch_size: int,
     with torch.inference_mode():
         runner(images[:batch_size])  # warm-up (compiles, allocates); not timed
     setup = time.perf_counter() - t0
+    # The runner's best way: queued back to back when it can stream (OpenVINO).
+    stream = getattr(runner, "stream", None)
+    batches = [(None, images[s:s + batch_size]) for s in range(0, len(images), batch_size)]
     with torch.inference_mode():
         cpu0, t0 = time.process_time(), time.perf_counter()
-        for start in range(0, len(images), batch_size):
-            outs = runner(images[start:start + batch_size])
-            [o.float().numpy() for o in outs]
+        if stream is not None:
+            for _tag, outs, _s in stream(batches):
+                [o.float().numpy() for o in outs]
+        else:
+            for _tag, batch in batches:
+                [o.float().numpy() for o in runner(batch)]
         seconds = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
     label = f"{runner.runtime}:{runner.precision}"
@@ -231,16 +202,12 @@ def run_extract_child(args) -> dict:
     spec["out"] = args.out_dir
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)
-    with TreeMemory(proc.pid) as mem:
-        out, err = proc.communicate()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"extract child failed ({proc.returncode}):\n{err[-3000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result.update(process_seconds=wall, tree_peak_pss_mib=mem.peak_pss / 2**20,
-                  tree_peak_rss_mib=mem.peak_rss / 2**20, main_peak_rss_mib=mem.peak_main / 2**20)
+        raise SystemExit(f"extract child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result.update(process_seconds=wall)
     return result
 
 
@@ -266,8 +233,27 @@ def child_main(spec: dict):
         "skipped": len(s.skipped), "seconds": seconds, "forward_seconds": s.forward_seconds,
         "images_per_second": s.n_images / seconds, "runtime": s.runtime,
         "precision": s.precision, "up_to_date": s.up_to_date,
-        "cpu_seconds": _cpu_seconds() - cpu0,   # this process and its (joined) workers
+        "cpu_seconds": _cpu_seconds() - cpu0,   # this process and any (joined) children
+        "peak_rss_mib": _peak_rss_mib(),
+        "children": _child_count(),
     }))
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS since it started (``VmHWM``; unlike ``ru_maxrss``
+    it is not carried over from the parent across ``execve``)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _child_count() -> int:
+    """Child processes still around (extract decodes in threads: 0 expected)."""
+    import psutil
+
+    return len(psutil.Process().children(recursive=True))
 
 
 def _cpu_seconds() -> float:
@@ -343,9 +329,11 @@ def main(argv=None):
 
     # (b)
     t0 = time.perf_counter()
-    images = decode_all(manifest.root, paths)
+    images, decode_ms = decode_all(manifest.root, paths)
+    results["decode_cpu_ms_per_image"] = decode_ms
     print(f"    (decoded {len(images)} images beforehand for (b) in "
-          f"{time.perf_counter() - t0:.1f} s, not timed)")
+          f"{time.perf_counter() - t0:.1f} s, not timed; decoding alone, one thread: "
+          f"{decode_ms:.2f} CPU-ms/img)")
     ceilings = []
     for item in args.runtimes.split(","):
         item, _, hint = item.partition("/")
@@ -401,11 +389,16 @@ def main(argv=None):
           + (f"   (c against the fastest forward-only, {best['label']}: "
              f"{c['images_per_second'] / best['images_per_second']:.2f})" if best is not b
              else ""))
+    bound = b["cpu_ms_per_image"] / (b["cpu_ms_per_image"] + decode_ms)
+    results["cpu_bound_c_over_b"] = bound
     print(f"CPU time: (b) {b['cpu_ms_per_image']:.1f} ms/img, (c) "
-          f"{1e3 * c['cpu_seconds'] / c['images']:.1f} ms/img (process and decoding workers)")
-    print(f"peak memory of (c), sampled every 50 ms: main process RSS "
-          f"{c['main_peak_rss_mib']:.0f} MiB; whole process tree PSS "
-          f"{c['tree_peak_pss_mib']:.0f} MiB (RSS summed {c['tree_peak_rss_mib']:.0f} MiB)")
+          f"{1e3 * c['cpu_seconds'] / c['images']:.1f} ms/img (run_extract, setup included), "
+          f"decoding alone {decode_ms:.2f} ms/img")
+    print(f"bound from CPU time alone (b's cores busy, decoding on top, no setup): "
+          f"c/b <= {b['cpu_ms_per_image']:.1f} / ({b['cpu_ms_per_image']:.1f} + "
+          f"{decode_ms:.2f}) = {bound:.2f}")
+    print(f"peak memory of (c): RSS {c['peak_rss_mib']:.0f} MiB (VmHWM of the extract "
+          f"process; {c['children']} child processes)")
 
     if args.scale:
         args.limit = None
@@ -415,10 +408,8 @@ def main(argv=None):
         results["all"] = full
         print(f"(c) over the whole folder          {full['images_per_second']:8.1f} img/s "
               f"({full['images']} images, {full['seconds']:.1f} s)")
-        print(f"peak memory, whole folder vs {c['images']} images: main RSS "
-              f"{full['main_peak_rss_mib']:.0f} vs {c['main_peak_rss_mib']:.0f} MiB, tree PSS "
-              f"{full['tree_peak_pss_mib']:.0f} vs {c['tree_peak_pss_mib']:.0f} MiB, tree RSS "
-              f"summed {full['tree_peak_rss_mib']:.0f} vs {c['tree_peak_rss_mib']:.0f} MiB")
+        print(f"peak memory, whole folder vs {c['images']} images: RSS "
+              f"{full['peak_rss_mib']:.0f} vs {c['peak_rss_mib']:.0f} MiB")
         rerun = time_cli_rerun(data, Path(args.out_dir), used_runtime, used_precision)
         inner = run_extract_child(args)
         results["rerun"] = {"process_seconds": rerun, "run_extract_seconds": inner["seconds"]}

@@ -107,7 +107,9 @@ def pixel_matrix(root, paths, size: int):
             log.warning("skipped %s: %s", p, exc.reason)
             skipped.append((p, exc.reason))
             continue
-        rows.append(resize_center_crop(img, size, PIXEL_CROP_PCT, "bilinear").reshape(-1))
+        # PIL: tiny crops, and the report computes this too without importing torch.
+        rows.append(resize_center_crop(img, size, PIXEL_CROP_PCT, "bilinear",
+                                       backend="pil").reshape(-1))
         ok.append(i)
     X = np.stack(rows) if rows else np.zeros((0, 3 * size * size), np.uint8)
     return X, np.asarray(ok, dtype=np.int64), skipped

@@ -318,7 +318,7 @@ def _rank_device(device: str, local_rank: int) -> str:
 
 
 def _rank_workers(workers, local_world: int) -> int:
-    """Decoding workers per rank: the node's cores shared among its ranks."""
+    """Decoding threads per rank: the node's cores shared among its ranks."""
     if workers is not None:
         return workers
     per_rank = (os.cpu_count() or 1) // max(1, local_world)
@@ -374,6 +374,10 @@ def run_extract_torchrun(cfg: ExtractConfig, env: TorchrunEnv) -> ExtractSummary
             return merge_shards(cfg, env.world, statuses)
         return summary
     finally:
+        try:  # leave together: a rank closing its connections while rank 0
+            dist.barrier()  # still merges can make gloo abort that rank
+        except Exception:  # noqa: BLE001 - the group is broken; nothing left to wait for
+            pass
         dist.destroy_process_group()
 
 

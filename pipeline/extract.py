@@ -3,13 +3,15 @@
 :class:`TapExtractor` wraps a backbone's stages, cut after the deepest
 requested tap, with the weights' normalisation as its first operation and a
 pooling of each tapped feature map as its last, so one call computes every
-tap.  :class:`ImageDataset` decodes files in DataLoader workers and hands
-failures on as data, not exceptions.  :func:`iter_features` runs the loop;
-it touches no output file (the store does that).
+tap.  :class:`ImageDataset` decodes one file and hands failures on as data,
+not exceptions; :class:`BatchLoader` decodes batches ahead in threads.
+:func:`iter_features` runs the loop; it touches no output file (the store
+does that).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import ImageDecodeError, file_sha256, load_rgb, resize_center_crop
+from .data import ImageDecodeError, load_array, resize_center_crop
 from .errors import DeviceError, UsageError
 
 log = logging.getLogger(__name__)
@@ -130,16 +132,19 @@ class ImageDataset(torch.utils.data.Dataset):
         path = self.root / self.paths[i]
         sha = ""
         try:
-            sha = file_sha256(path) if self.hash_files else ""
+            data = path.read_bytes()  # read once: hashed and decoded from memory
+        except OSError as exc:  # vanished or unreadable between scan and decode
+            return Decoded(self.indices[i], None, sha, f"cannot read file ({exc})")
+        if self.hash_files:
+            sha = hashlib.sha256(data).hexdigest()
+        try:
             target = int(self.pre.input_size / self.pre.crop_pct)
-            img = load_rgb(path, target_short_side=target)
-            arr = resize_center_crop(img, self.pre.input_size, self.pre.crop_pct,
+            arr = load_array(path, target_short_side=target, data=data)
+            arr = resize_center_crop(arr, self.pre.input_size, self.pre.crop_pct,
                                      self.pre.interpolation)
             return Decoded(self.indices[i], arr, sha)
         except ImageDecodeError as exc:
             return Decoded(self.indices[i], None, sha, exc.reason)
-        except OSError as exc:  # vanished or unreadable between scan and decode
-            return Decoded(self.indices[i], None, sha, f"cannot read file ({exc})")
 
 
 def collate(items):
@@ -150,12 +155,74 @@ def collate(items):
     return [d.index for d in ok], batch, [d.sha256 for d in ok], failures
 
 
-def make_loader(dataset, batch_size: int, workers: int, pin_memory: bool):
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=collate, pin_memory=pin_memory,
-        persistent_workers=False, prefetch_factor=4 if workers else None,
-    )
+class BatchLoader:
+    """Batches of a dataset in order, decoded by ``workers`` threads ahead of use.
+
+    Iterating yields ``collate``d batches of ``batch_size`` consecutive items.
+    With ``workers >= 1``, that many threads each build whole batches, at most
+    ``prefetch`` batches ahead of the consumer; ``0`` decodes in the consumer's
+    thread.  Threads, not processes: the decoders (libjpeg-turbo, torch's
+    resize) release the GIL, and on a 2-core machine a decoding process cost
+    about 1.5 CPU-ms more per image (moving each batch between processes, and
+    the runtime's threads losing their cores to it) than a thread in the
+    process that runs the network.  ``pin_memory`` pins each batch (for CUDA).
+    """
+
+    def __init__(self, dataset, batch_size: int, workers: int = 1, prefetch: int = 4,
+                 pin_memory: bool = False):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.workers = workers
+        self.prefetch = max(prefetch, workers)
+        self.pin_memory = pin_memory
+
+    def __len__(self):
+        return -(-len(self.dataset) // self.batch_size)
+
+    def _batch(self, start: int):
+        stop = min(start + self.batch_size, len(self.dataset))
+        indices, batch, shas, failures = collate([self.dataset[i] for i in range(start, stop)])
+        if self.pin_memory and batch is not None:
+            batch = batch.pin_memory()
+        return indices, batch, shas, failures
+
+    def _batch_in_thread(self, start: int):
+        # torch's resize would otherwise start its own thread team in every
+        # decoding thread, competing with the network's; the setting is per
+        # thread once a thread has started, so the caller's stays as it was.
+        torch.set_num_threads(1)
+        return self._batch(start)
+
+    def __iter__(self):
+        """Starts decoding at once (not at the first ``next``), so it overlaps
+        whatever the caller does before asking for the first batch."""
+        starts = range(0, len(self.dataset), self.batch_size)
+        if self.workers < 1:
+            return (self._batch(start) for start in starts)
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+        upcoming = iter(starts)
+        pending = deque(pool.submit(self._batch_in_thread, start)
+                        for _, start in zip(range(self.prefetch), upcoming))
+        return self._in_order(pool, pending, upcoming, torch.get_num_threads())
+
+    def _in_order(self, pool, pending, upcoming, threads):
+        try:
+            while pending:
+                batch = pending.popleft().result()
+                nxt = next(upcoming, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._batch_in_thread, nxt))
+                yield batch
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(threads)  # the default for threads started later
+
+
+def make_loader(dataset, batch_size: int, workers: int, pin_memory: bool) -> BatchLoader:
+    return BatchLoader(dataset, batch_size, workers=workers, pin_memory=pin_memory)
 
 
 @dataclass
@@ -168,22 +235,39 @@ class BatchResult:
 
 
 def iter_features(runner, loader, device: torch.device, taps):
-    """Yield a :class:`BatchResult` per batch of ``loader`` (a DataLoader or an
-    iterator over one, e.g. started early so decoding overlaps the runtime's setup).
+    """Yield a :class:`BatchResult` per batch of ``loader`` (a :class:`BatchLoader` or
+    an iterator over one, e.g. started early so decoding overlaps the runtime's setup).
 
     ``runner`` is a callable mapping a uint8 batch on ``device`` to a tuple of
     pooled tap tensors (a :class:`TapExtractor` or a compiled/exported form).
-    On CUDA the copy is non-blocking from pinned memory and the input is
-    channels_last.
+    A runner with a ``stream`` method (:func:`pipeline.runtimes.make_runner`
+    gives OpenVINO one) is fed batches as they come and hands results back in
+    order while it works on later ones, so the network never waits for this
+    loop's bookkeeping.  On CUDA the copy is non-blocking from pinned memory
+    and the input is channels_last.
     """
-    for indices, batch, shas, failures in loader:
-        t0 = time.perf_counter()
-        feats = {}
-        if batch is not None:
-            if device.type == "cuda":
+    def inputs():
+        for indices, batch, shas, failures in loader:
+            if batch is not None and device.type == "cuda":
                 batch = batch.to(device, non_blocking=True).contiguous(
                     memory_format=torch.channels_last)
+            yield (indices, shas, failures), batch
+
+    stream = getattr(runner, "stream", None) or (lambda items: run_in_turn(runner, items))
+    for (indices, shas, failures), outs, seconds in stream(inputs()):
+        feats = {}
+        if outs is not None:
+            feats = {t: o.detach().float().cpu().numpy() for t, o in zip(taps, outs)}
+        yield BatchResult(indices, feats, shas, failures, seconds)
+
+
+def run_in_turn(runner, items):
+    """``(tag, batch)`` items -> ``(tag, outputs, seconds)``, one batch at a time
+    (``outputs`` is None for a None batch)."""
+    for tag, batch in items:
+        t0 = time.perf_counter()
+        outs = None
+        if batch is not None:
             with torch.inference_mode():
                 outs = runner(batch)
-            feats = {t: o.detach().float().cpu().numpy() for t, o in zip(taps, outs)}
-        yield BatchResult(indices, feats, shas, failures, time.perf_counter() - t0)
+        yield tag, outs, time.perf_counter() - t0

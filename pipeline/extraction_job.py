@@ -21,7 +21,7 @@ import numpy as np
 
 from . import store as st
 from .backbones import get_backbone, resolve_taps, weights_identity
-from .data import assign_split, bundled_data_root, file_sha256, scan
+from .data import DECODING, assign_split, bundled_data_root, file_sha256, scan
 from .errors import StoreError, UsageError
 from .runtimes import resolve_precision, resolve_runtime
 
@@ -110,6 +110,7 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary:
         "backbone": spec.name,
         "weights": weights_identity(spec, cfg.weights),
         "preprocessing": spec.preprocessing.to_dict(),
+        "decoding": DECODING,
         "pooling": cfg.pool,
         "dtype": cfg.dtype,
         "runtime": cfg.runtime,
@@ -278,6 +279,7 @@ def _extract_locked(cfg, spec, taps, manifest, config, path, device_kind, t_star
         "weights_source": (cfg.weights if cfg.weights in ("imagenet", "none")
                            else str(Path(cfg.weights).resolve())),
         "preprocessing": config["preprocessing"],
+        "decoding": DECODING,
         "pooling": cfg.pool,
         "dtype": cfg.dtype,
         "precision": config["precision"],
@@ -340,7 +342,7 @@ def _run_forward(cfg, spec, taps, manifest, remaining, journal, device_kind):
     dataset = ImageDataset(manifest.root, [manifest.paths[i] for i in remaining], remaining,
                            spec.preprocessing)
     loader = make_loader(dataset, cfg.batch_size, workers, pin_memory=device.type == "cuda")
-    # Start the decoding workers first: they fill their queue while the runtime loads.
+    # Start the decoding threads first: they fill their queue while the runtime loads.
     batches = iter(loader)
 
     def build():

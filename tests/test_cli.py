@@ -155,3 +155,10 @@ def test_unreadable_image_is_skipped_and_listed(run, toy_folder, tmp_path):
     res = _toy_extract(run, toy_folder, tmp_path / "f")
     assert res.exit_code == 0, res.output
     assert "skipped 1 file(s)" in res.output and "broken.png" in res.output
+
+
+def test_bench_help_and_unknown_benchmark(run):
+    res = run("bench", "--help")
+    assert res.exit_code == 0 and "forward-only ceiling" in res.output
+    res = run("bench", "decode")
+    assert res.exit_code == 2 and "'decode' is not a benchmark; valid: extract" in res.output

@@ -127,6 +127,29 @@ def test_openvino_bf16_within_its_tolerance(lite0, cache_dir):
         > rt.TOLERANCE["fp32"]
 
 
+@pytest.mark.slow
+def test_openvino_stream_hands_back_every_batch_in_order_as_single_calls_do(lite0, cache_dir):
+    """Batches overlap in the request queue (20 images = requests of 8, 8, 4; a
+    batch with no decodable image is None) and still come back in order, image
+    by image as eager torch computes them."""
+    _need("openvino")
+    extractor, pre, batch = lite0
+    runner = rt.make_runner(extractor, "openvino", "cpu", 5, pre, cache_dir=cache_dir)
+    eager = rt.make_runner(extractor, "eager", "cpu", 5, pre)
+    big = torch.cat([batch, batch.flip(0), batch, batch.flip(2)])
+    batches = [big, batch[:3], None, batch.flip(0), big, batch[1:2], big]
+    want = [None if b is None else _run(eager, b) for b in batches]
+    got = list(runner.stream((f"tag{k}", b) for k, b in enumerate(batches)))
+    assert [tag for tag, _, _ in got] == [f"tag{k}" for k in range(len(batches))]
+    for (_tag, outs, seconds), w in zip(got, want):
+        assert seconds >= 0
+        if w is None:
+            assert outs is None
+            continue
+        _assert_close([o.numpy() for o in outs], w, "fp32")
+    assert [o.shape[0] for o in got[0][1]] == [20, 20, 20]
+
+
 def test_auto_picks_an_installed_runtime_and_its_precision():
     cpu = rt.resolve_runtime("auto", "cpu")
     assert cpu in rt.available_runtimes("cpu") and rt.installed(cpu)
