@@ -188,8 +188,9 @@ class BatchLoader:
 
     def _batch_in_thread(self, start: int):
         # torch's resize would otherwise start its own thread team in every
-        # decoding thread, competing with the network's; the setting is per
-        # thread once a thread has started, so the caller's stays as it was.
+        # decoding thread, competing with the network's.  A thread already
+        # running (the caller's) keeps its own count; for threads started
+        # later this becomes the default, which _in_order restores at the end.
         torch.set_num_threads(1)
         return self._batch(start)
 
