@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -257,24 +258,8 @@ def load_rgb(path, target_short_side: int | None = None, max_pixels: int = MAX_P
     at a reduced DCT scale (``Image.draft``), never below the target.
     Raises :class:`ImageDecodeError` with a short reason for unusable files.
     """
-    from PIL import Image, ImageOps
-
     with _opened(path, max_pixels, data) as img:
-        try:
-            if target_short_side and img.format == "JPEG":
-                # Scale so the short side stays >= target; draft picks
-                # the largest DCT scale that still satisfies the request.
-                w, h = img.size
-                scale = min(w, h) / target_short_side
-                if scale >= 2:
-                    img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)
-            return _to_rgb(img)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageDecodeError(path, f"decompression bomb refused ({exc})") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageDecodeError(path, f"unreadable or truncated image ({exc})") from None
+        return _pil_decode(img, target_short_side)
 
 
 def load_array(path, target_short_side: int | None = None, max_pixels: int = MAX_PIXELS,
@@ -284,25 +269,38 @@ def load_array(path, target_short_side: int | None = None, max_pixels: int = MAX
     Plain RGB and grayscale JPEGs that need no DCT scaling (the common case)
     are decoded by libjpeg-turbo through ``simplejpeg``: the same library and
     settings (accurate integer DCT, fancy upsampling) as PIL, so the same
-    pixels (tests/test_data.py compares them on every bundled photo), in
+    pixels (tests/test_decoding.py compares them on every bundled photo), in
     about 60% of the time.  Everything else (CMYK, PNG, 16-bit, large JPEGs,
-    a missing ``simplejpeg``) goes through :func:`load_rgb`.
+    a missing ``simplejpeg``) is decoded by PIL as in :func:`load_rgb`.
     """
     if data is None:
         data = _read(path)
     with _opened(path, max_pixels, data) as img:
         w, h = img.size
-        fast = (img.format == "JPEG" and img.mode in ("RGB", "L") and _simplejpeg() is not None
-                and not (target_short_side and min(w, h) >= 2 * target_short_side))
-        orientation = _orientation(img) if fast else 1
-    if not fast:
-        return np.array(load_rgb(path, target_short_side, max_pixels, data))
-    try:
-        arr = _simplejpeg().decode_jpeg(data, colorspace="RGB", fastdct=False,
-                                        fastupsample=False, strict=True)
-    except ValueError as exc:
-        raise ImageDecodeError(path, f"unreadable or truncated image ({exc})") from None
+        decoder = _simplejpeg()
+        if (decoder is None or img.format != "JPEG" or img.mode not in ("RGB", "L")
+                or (target_short_side and min(w, h) >= 2 * target_short_side)):
+            return np.array(_pil_decode(img, target_short_side))
+        orientation = _orientation(img)
+        arr = decoder.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False,
+                                  strict=True)
     return _apply_orientation(arr, orientation)
+
+
+def _pil_decode(img, target_short_side):
+    """Pixels of an opened PIL image: DCT-scaled when large, EXIF-rotated, RGB."""
+    from PIL import ImageOps
+
+    if target_short_side and img.format == "JPEG":
+        # Scale so the short side stays >= target; draft picks
+        # the largest DCT scale that still satisfies the request.
+        w, h = img.size
+        scale = min(w, h) / target_short_side
+        if scale >= 2:
+            img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
+    img.load()
+    ImageOps.exif_transpose(img, in_place=True)
+    return _to_rgb(img)
 
 
 def _read(path) -> bytes:
@@ -312,54 +310,33 @@ def _read(path) -> bytes:
         raise ImageDecodeError(path, f"cannot read file ({exc})") from None
 
 
-class _opened:
+@contextmanager
+def _opened(path, max_pixels, data):
     """``with _opened(path, max_pixels, data) as img``: the file opened by PIL
-    (header only), refused with a reason when empty, not an image or too large."""
+    (header only), refused with a reason when empty, not an image or too large;
+    decoding errors inside the block become :class:`ImageDecodeError` too."""
+    from PIL import Image, UnidentifiedImageError
 
-    def __init__(self, path, max_pixels, data):
-        self.path, self.max_pixels, self.data = Path(path), max_pixels, data
-        self.img = None
-        self._warnings = None
-
-    def __enter__(self):
-        from PIL import Image, UnidentifiedImageError
-
-        path = self.path
-        size = len(self.data) if self.data is not None else _stat_size(path)
-        if size == 0:
-            raise ImageDecodeError(path, "empty file (0 bytes)")
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            self.img = Image.open(io.BytesIO(self.data) if self.data is not None else path)
-            w, h = self.img.size
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            self._close()
-            raise ImageDecodeError(path, f"decompression bomb refused ({exc})") from None
-        except UnidentifiedImageError:
-            self._close()
-            raise ImageDecodeError(path, "not an image file (PIL cannot identify it)") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            self._close()
-            raise ImageDecodeError(path, f"unreadable or truncated image ({exc})") from None
-        if w * h > self.max_pixels:
-            self._close()
-            raise ImageDecodeError(
-                path, f"image is {w}x{h} = {w * h:,} pixels, over the "
-                f"{self.max_pixels:,}-pixel limit (decompression bomb?)")
-        return self.img
-
-    def __exit__(self, *exc):
-        self._close()
-
-    def _close(self):
-        if self.img is not None:
-            self.img.__exit__(None, None, None)  # closes the file, keeps decoded pixels
-            self.img = None
-        if self._warnings is not None:
-            self._warnings.__exit__(None, None, None)
-            self._warnings = None
+    path = Path(path)
+    if (len(data) if data is not None else _stat_size(path)) == 0:
+        raise ImageDecodeError(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Leaving the block closes the file and keeps the decoded pixels.
+            with Image.open(io.BytesIO(data) if data is not None else path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageDecodeError(
+                        path, f"image is {w}x{h} = {w * h:,} pixels, over the "
+                        f"{max_pixels:,}-pixel limit (decompression bomb?)")
+                yield img
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(path, f"decompression bomb refused ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(path, "not an image file (PIL cannot identify it)") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # ValueError: simplejpeg's too
+        raise ImageDecodeError(path, f"unreadable or truncated image ({exc})") from None
 
 
 def _stat_size(path) -> int:

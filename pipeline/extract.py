@@ -186,14 +186,6 @@ class BatchLoader:
             batch = batch.pin_memory()
         return indices, batch, shas, failures
 
-    def _batch_in_thread(self, start: int):
-        # torch's resize would otherwise start its own thread team in every
-        # decoding thread, competing with the network's.  A thread already
-        # running (the caller's) keeps its own count; for threads started
-        # later this becomes the default, which _in_order restores at the end.
-        torch.set_num_threads(1)
-        return self._batch(start)
-
     def __iter__(self):
         """Starts decoding at once (not at the first ``next``), so it overlaps
         whatever the caller does before asking for the first batch."""
@@ -203,11 +195,17 @@ class BatchLoader:
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+        # torch's resize would otherwise start its own thread team in every
+        # decoding thread, competing with the network's.  A thread already
+        # running (the caller's) keeps its own count; for threads started
+        # later 1 becomes the default, which _in_order restores at the end.
+        threads = torch.get_num_threads()
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode",
+                                  initializer=torch.set_num_threads, initargs=(1,))
         upcoming = iter(starts)
-        pending = deque(pool.submit(self._batch_in_thread, start)
+        pending = deque(pool.submit(self._batch, start)
                         for _, start in zip(range(self.prefetch), upcoming))
-        return self._in_order(pool, pending, upcoming, torch.get_num_threads())
+        return self._in_order(pool, pending, upcoming, threads)
 
     def _in_order(self, pool, pending, upcoming, threads):
         try:
@@ -215,15 +213,11 @@ class BatchLoader:
                 batch = pending.popleft().result()
                 nxt = next(upcoming, None)
                 if nxt is not None:
-                    pending.append(pool.submit(self._batch_in_thread, nxt))
+                    pending.append(pool.submit(self._batch, nxt))
                 yield batch
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(threads)  # the default for threads started later
-
-
-def make_loader(dataset, batch_size: int, workers: int, pin_memory: bool) -> BatchLoader:
-    return BatchLoader(dataset, batch_size, workers=workers, pin_memory=pin_memory)
 
 
 @dataclass

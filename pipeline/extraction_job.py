@@ -334,14 +334,14 @@ def _run_forward(cfg, spec, taps, manifest, remaining, journal, device_kind):
     from tqdm.auto import tqdm
 
     from .backbones import load_backbone
-    from .extract import ImageDataset, build_extractor, iter_features, make_loader, resolve_device
+    from .extract import BatchLoader, ImageDataset, build_extractor, iter_features, resolve_device
     from .runtimes import make_runner
 
     device = resolve_device(cfg.device)
     workers = _default_workers() if cfg.workers is None else cfg.workers
     dataset = ImageDataset(manifest.root, [manifest.paths[i] for i in remaining], remaining,
                            spec.preprocessing)
-    loader = make_loader(dataset, cfg.batch_size, workers, pin_memory=device.type == "cuda")
+    loader = BatchLoader(dataset, cfg.batch_size, workers, pin_memory=device.type == "cuda")
     # Start the decoding threads first: they fill their queue while the runtime loads.
     batches = iter(loader)
 

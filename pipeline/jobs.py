@@ -185,7 +185,7 @@ def _extract_files(bundle, files, batch_size, device):
     ``extract`` (:mod:`pipeline.extract`); returns ``(X, {file index: reason})``.
     """
     from .backbones import load_backbone
-    from .extract import ImageDataset, build_extractor, iter_features, make_loader, resolve_device
+    from .extract import BatchLoader, ImageDataset, build_extractor, iter_features, resolve_device
 
     cfg = bundle["store_config"]
     source = bundle.get("weights_source") or "imagenet"
@@ -199,7 +199,7 @@ def _extract_files(bundle, files, batch_size, device):
     extractor = build_extractor(loaded, [tap], cfg["pooling"]).to(dev)
     dataset = ImageDataset(Path("."), [str(f) for f in files], range(len(files)),
                            loaded.spec.preprocessing, hash_files=False)
-    loader = make_loader(dataset, batch_size, workers=0, pin_memory=False)
+    loader = BatchLoader(dataset, batch_size, workers=0)
     feats, errors = [], {}
     for res in iter_features(extractor, loader, dev, [tap]):
         for index, _sha, reason in res.failures:

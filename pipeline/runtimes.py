@@ -317,19 +317,13 @@ def _openvino_runner(get, size, precision, cache_dir, threads, key):
         try:
             for slot, (tag, batch) in enumerate(items):
                 t0 = time.perf_counter()
-                n_parts = 0
-                if batch is not None:
-                    x = np.ascontiguousarray(batch.cpu().numpy())
-                    starts = range(0, len(x), OPENVINO_REQUEST_BATCH)
-                    n_parts = len(starts)
-                    with ready:
-                        parts_left[slot] = n_parts
-                    for k, start in enumerate(starts):
-                        queue.start_async({0: x[start:start + OPENVINO_REQUEST_BATCH]},
-                                          (slot, k))
-                else:
-                    parts_left[slot] = 0
-                pending.append((slot, tag, n_parts, t0))
+                x = None if batch is None else np.ascontiguousarray(batch.cpu().numpy())
+                starts = range(0, 0 if x is None else len(x), OPENVINO_REQUEST_BATCH)
+                with ready:
+                    parts_left[slot] = len(starts)
+                for k, start in enumerate(starts):
+                    queue.start_async({0: x[start:start + OPENVINO_REQUEST_BATCH]}, (slot, k))
+                pending.append((slot, tag, len(starts), t0))
                 # Hand back what is done; never hold more than two batches in flight.
                 while pending and (len(pending) > 2 or parts_left[pending[0][0]] == 0):
                     yield collect(*pending.popleft())
