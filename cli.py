@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Command line of the transfer-learning workbench.
 
-Each command parses its options, builds a config, calls ONE library
-function from ``pipeline`` and prints where its output went.  Library errors
-(:class:`pipeline.errors.WorkbenchError`) become a one-line message and exit
-code 2 (usage) or 1 (everything else); no traceback.
+Each command parses its options, builds a config, calls ONE workflow
+function from ``pipeline`` and prints where its output went.  The choice
+lists come from :mod:`pipeline.options`.  Library errors
+(:class:`pipeline.errors.WorkbenchError`) become a one-line message, with
+each parameter the library names written as this command's flag, and exit
+code 2 (usage) or 1 (everything else); no traceback.  Installed as the
+``workbench`` console script too (``workbench --help``).
 """
 
 from __future__ import annotations
@@ -15,23 +18,46 @@ import sys
 
 import click
 
-from pipeline.backbones import TAP_ORDER, list_backbones
+from pipeline.backbones import list_backbones
 from pipeline.errors import WorkbenchError
-from pipeline.names import CLASSIFIERS
-from pipeline.runtimes import PRECISIONS, RUNTIMES
+from pipeline.options import (
+    AUGMENTATIONS,
+    BASELINE_KINDS,
+    BN_POLICIES,
+    CACHE_MODES,
+    CLASSIFIERS,
+    DTYPES,
+    POOLINGS,
+    PRECISIONS,
+    RUNTIMES,
+    SCHEDULE_UNITS,
+    SCHEDULES,
+    TAP_ORDER,
+)
 
 LAYER_CHOICES = click.Choice(list(TAP_ORDER) + ["all"])
 
 
+def command_flags(ctx) -> dict:
+    """Python parameter name -> this command's flag (``layers`` -> ``--layer``)."""
+    flags = {}
+    for param in ctx.command.params if ctx is not None else ():
+        longs = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+        if longs:
+            flags[param.name] = longs[0]
+    return flags
+
+
 def handle_errors(fn):
-    """Turn library errors into a clean message and the error's exit code."""
+    """Turn library errors into a clean message (in this command's flags) and its exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except WorkbenchError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {exc.render(command_flags(click.get_current_context(True)))}",
+                       err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted: completed batches are kept; run the same command "
@@ -115,7 +141,7 @@ def backbones():
 @backbone_options
 @click.option("--layer", "layers", multiple=True, type=LAYER_CHOICES,
               help="Tap to store (repeatable; default layer2 layer3 layer4; 'all').")
-@click.option("--pool", type=click.Choice(["avg", "max", "gem"]), default="avg",
+@click.option("--pool", type=click.Choice(POOLINGS), default="avg",
               show_default=True, help="Global pooling of each tapped feature map.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @device_option
@@ -130,7 +156,7 @@ def backbones():
               help="Intra-op threads of the runtime (default: the runtime's own, all cores).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decoding threads (default: by core count; 0 = decode between batches).")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32",
               show_default=True, help="Storage dtype of the vectors.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Split seed.")
 @click.option("--out", default="features", show_default=True,
@@ -159,8 +185,8 @@ def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, 
 
     Example: torchrun --nproc_per_node=4 cli.py extract --data photos/ --layer head
     """
-    from pipeline.distributed import launch_extract
-    from pipeline.extraction_job import ExtractConfig
+    from pipeline.extract.job import ExtractConfig
+    from pipeline.extract.shards import launch_extract
 
     summary = launch_extract(ExtractConfig(
         data=data, backbone=backbone, weights=weights, layers=tuple(layers), pool=pool,
@@ -200,7 +226,7 @@ def fit(features, layer, clf, seed, runs_dir):
 
     Example: python cli.py fit --layer all --clf svm
     """
-    from pipeline.jobs import run_fit
+    from pipeline.workflows.fit import run_fit
 
     for record, path in run_fit(features, layer, clf, runs_dir, seed=seed):
         m = record["metrics"]
@@ -209,7 +235,7 @@ def fit(features, layer, clf, seed, runs_dir):
 
 
 @cli.command()
-@click.option("--kind", type=click.Choice(["pixels", "mlp", "cnn"]), required=True)
+@click.option("--kind", type=click.Choice(BASELINE_KINDS), required=True)
 @features_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
@@ -224,8 +250,8 @@ def baseline(kind, features, seed, epochs, runs_dir):
 
     Example: python cli.py baseline --kind cnn
     """
-    from pipeline.baselines import run_baseline
-    from pipeline.jobs import find_store
+    from pipeline.workflows.baseline import run_baseline
+    from pipeline.workflows.fit import find_store
 
     opts = {"epochs": epochs} if epochs else {}
     record, path = run_baseline(kind, find_store(features), runs_dir, seed=seed, **opts)
@@ -249,7 +275,7 @@ def predict(model_ref, images, out_csv, overwrite, batch_size, device, runs_dir)
 
     Example: python cli.py predict --model 20261122T0901 photos/ --out preds.csv
     """
-    from pipeline.jobs import run_predict
+    from pipeline.workflows.predict import run_predict
 
     preds = run_predict(model_ref, images, runs_dir, out_csv, batch_size, device,
                         overwrite=overwrite)
@@ -273,7 +299,7 @@ def report(runs_dir, out, overwrite):
 
     Example: python cli.py report --runs reports/runs --out reports/flowers.html
     """
-    from pipeline.report import build_report
+    from pipeline.workflows.report import build_report
 
     path = build_report(runs_dir, out, overwrite=overwrite)
     click.echo(str(path))
@@ -293,7 +319,7 @@ def demo(out, no_progress):
 
     Example: python cli.py demo
     """
-    from pipeline.jobs import run_demo, summary_rows
+    from pipeline.workflows.demo import run_demo, summary_rows
 
     result = run_demo(out_dir=out, progress=not no_progress)
     click.echo(f"\n{'method':<38} {'val acc':>8} {'test acc':>9} {'fit s':>7}")
@@ -318,25 +344,24 @@ def demo(out, no_progress):
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Rate of the new head.")
 @click.option("--lr-factor", type=float, default=0.1, show_default=True,
               help="Each block group's rate = factor x the group above (1 = one rate).")
-@click.option("--schedule", type=click.Choice(["constant", "exponential", "step", "cosine",
-                                               "onecycle"]), default="cosine", show_default=True)
-@click.option("--schedule-per", type=click.Choice(["epoch", "step"]), default="step",
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True)
+@click.option("--schedule-per", type=click.Choice(SCHEDULE_UNITS), default="step",
               show_default=True, help="Step the schedule per epoch or per batch.")
 @click.option("--gamma", type=float, default=0.9, show_default=True,
               help="Decay of exponential/step schedules.")
 @click.option("--step-size", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--gradual", type=click.IntRange(min=0), default=0, show_default=True,
               help="Unfreeze one more block group every K epochs (0: off).")
-@click.option("--augment", type=click.Choice(["standard", "none"]), default="standard",
+@click.option("--augment", type=click.Choice(AUGMENTATIONS), default="standard",
               show_default=True)
 @click.option("--views", type=click.IntRange(min=1), default=3, show_default=True,
               help="Cached views per training image (centre crop + augmented ones).")
-@click.option("--cache", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+@click.option("--cache", type=click.Choice(CACHE_MODES), default="auto", show_default=True,
               help="auto: compute the frozen trunk once (exact with --bn frozen-eval); "
                    "off: train end to end from images.")
 @click.option("--cache-dir", type=click.Path(), default=None,
               help="Keep cached trunk outputs on disk here (reused by later runs, --resume).")
-@click.option("--bn", type=click.Choice(["frozen-eval", "train"]), default="frozen-eval",
+@click.option("--bn", type=click.Choice(BN_POLICIES), default="frozen-eval",
               show_default=True, help="BatchNorm of frozen block groups.")
 @click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -365,8 +390,9 @@ def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, sch
 
     Example: python cli.py finetune --unfreeze-from layer4 --lr 1e-3 --lr-factor 0.3 --seeds 3
     """
-    from pipeline.finetune import FinetuneConfig, run_finetune_seeds
-    from pipeline.jobs import find_store
+    from pipeline.train.finetune import FinetuneConfig
+    from pipeline.workflows.finetune import run_finetune_seeds
+    from pipeline.workflows.fit import find_store
 
     cfg = FinetuneConfig(
         features=str(find_store(features)), backbone=backbone, weights=weights,
@@ -406,8 +432,8 @@ def ladder(features, seeds, epochs, views, cnn_epochs, cache_dir, rungs, runs_di
 
     Example: python cli.py ladder --features features/flower_photos_efficientnet_lite0_avg.h5
     """
-    from pipeline.finetune import run_ladder
-    from pipeline.jobs import find_store
+    from pipeline.workflows.fit import find_store
+    from pipeline.workflows.ladder import run_ladder
 
     chosen = [r.strip() for r in rungs.split(",")] if rungs else None
     rows = run_ladder(str(find_store(features)), runs_dir, seeds=seeds, epochs=epochs,
@@ -451,5 +477,10 @@ def bench(what, args):
     module.main(list(args))
 
 
-if __name__ == "__main__":
+def main():
+    """The ``workbench`` console script: the same CLI as ``python cli.py``."""
     cli()
+
+
+if __name__ == "__main__":
+    main()

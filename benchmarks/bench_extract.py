@@ -58,11 +58,10 @@ TAPS = ("layer2", "layer3", "layer4")
 
 def select_images(data: Path, limit: int | None):
     """The manifest rows ``extract`` takes with ``limit`` (same helper, same images)."""
-    from pipeline.data import scan
-    from pipeline.extraction_job import _stratified_head
+    from pipeline.data.manifest import scan, stratified_head
 
     manifest = scan(data)
-    keep = _stratified_head(manifest.labels, limit) if limit else np.arange(len(manifest))
+    keep = stratified_head(manifest.labels, limit) if limit else np.arange(len(manifest))
     return manifest, [manifest.paths[i] for i in keep], manifest.labels[keep]
 
 
@@ -126,7 +125,7 @@ def decode_all(root: Path, paths):
     import torch
 
     from pipeline.backbones import get_backbone
-    from pipeline.extract import ImageDataset
+    from pipeline.extract.loader import ImageDataset
 
     ds = ImageDataset(root, paths, list(range(len(paths))), get_backbone(BACKBONE).preprocessing)
     threads = torch.get_num_threads()
@@ -151,11 +150,11 @@ def run_ceiling(images, runtime: str, precision: str, batch_size: int,
     """
     import torch
 
-    from pipeline import runtimes
     from pipeline.backbones import get_backbone, load_backbone
-    from pipeline.extract import build_extractor
-    from pipeline.extraction_job import network_key
-    from pipeline.runtimes import make_runner
+    from pipeline.extract import runtimes
+    from pipeline.extract.features import network_key
+    from pipeline.extract.forward import build_extractor
+    from pipeline.extract.runtimes import make_runner
 
     default_hint = runtimes.OPENVINO_HINT
     runtimes.OPENVINO_HINT = hint or default_hint
@@ -229,7 +228,7 @@ def child_main(spec: dict):
 
     import torch  # noqa: F401  (imported before the clock, as it is for (a) and (b))
 
-    from pipeline.extraction_job import ExtractConfig, run_extract
+    from pipeline.extract.job import ExtractConfig, run_extract
 
     logging.basicConfig(level=logging.WARNING)
     cpu0 = _cpu_seconds()
@@ -316,7 +315,11 @@ def main(argv=None):
 
     import torch
 
-    from pipeline.runtimes import available_runtimes, resolve_precision, resolve_runtime
+    from pipeline.extract.runtimes import (
+        available_runtimes,
+        resolve_precision,
+        resolve_runtime,
+    )
 
     data = Path(args.data)
     limit = args.limit or None
@@ -364,7 +367,7 @@ def main(argv=None):
         print(f"    forward-only {r['label']:<24} {r['images_per_second']:8.1f} img/s "
               f"({r['cpu_ms_per_image']:.1f} CPU-ms/img; setup {r['setup_seconds']:.1f} s, "
               "not timed)")
-    from pipeline import runtimes
+    from pipeline.extract import runtimes
 
     same = [r for r in ceilings
             if (r["runtime"], r["precision"]) == (used_runtime, used_precision)
@@ -398,7 +401,7 @@ def main(argv=None):
           f"({c['images']} images, {c['seconds']:.1f} s in run_extract of which the "
           f"decode+forward loop {c['forward_seconds']:.1f} s, "
           f"{c['process_seconds']:.1f} s whole process; runtime {c['runtime']}:{c['precision']})")
-    from pipeline.store import FeatureStore
+    from pipeline.store.hdf5 import FeatureStore
 
     assert FeatureStore(c["path"]).paths == paths, "(c) did not extract the same images"
     if "a" in results:

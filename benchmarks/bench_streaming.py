@@ -62,7 +62,7 @@ json.dump({{"test_accuracy": record["metrics"]["test"]["accuracy"],
 def repeat_store(src: Path, dst: Path, tap: str, repeat: int) -> Path:
     """``dst``: tap ``tap`` of ``src`` with every row repeated ``repeat`` times (copy k's
     paths are prefixed ``copy<k>/``; labels, split and vectors are the original's)."""
-    from pipeline.store import FeatureStore, write_store
+    from pipeline.store.hdf5 import FeatureStore, write_store
 
     store = FeatureStore(src)
     X = store.X(tap)   # the builder may hold 1x in memory; the measured fits never do
@@ -115,7 +115,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=3, help="SGD seeds for --compare-taps")
     args = ap.parse_args(argv)
 
-    from pipeline.store import FeatureStore
+    from pipeline.store.hdf5 import FeatureStore
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_streaming_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -164,10 +164,10 @@ def main(argv=None):
 
 def compare_taps(src: Path, seeds: int):
     """Test accuracy of in-memory logreg vs the streaming head on every tap, in this process."""
-    from pipeline.heads import select_and_fit
-    from pipeline.metrics import mcnemar_exact
-    from pipeline.store import FeatureStore
-    from pipeline.streaming import stream_select_and_fit
+    from pipeline.heads.selection import select_and_fit
+    from pipeline.heads.streaming import stream_select_and_fit
+    from pipeline.runs.stats import mcnemar_exact
+    from pipeline.store.hdf5 import FeatureStore
 
     store = FeatureStore(src)
     y_te = store.y("test")

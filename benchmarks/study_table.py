@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.finetune import summarise_group  # noqa: E402
-from pipeline.results import load_records  # noqa: E402
+from pipeline.runs.records import load_records
+from pipeline.workflows.ladder import summarise_group
 
 ORDER = {"baseline": 0, "frozen": 1, "finetune": 2}
 

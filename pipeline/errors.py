@@ -1,17 +1,69 @@
-"""Exceptions raised by the library.
+"""Exceptions raised by the library, and how they name the parameter at fault.
 
 Every error the user can cause derives from :class:`WorkbenchError`; the
 subclasses also inherit the matching built-in (``ValueError``, ``OSError``,
 ``LookupError``) so callers that know nothing of this package still catch
 them.  The CLI maps them to clean exits with the message and no traceback:
 exit code 2 for usage errors (bad names, bad options), 1 for everything else.
+
+A message names parameters through :func:`opt`: ``opt("overwrite")`` or
+``opt("weights", "PATH")``.  ``str(error)`` (what a Python caller sees)
+writes them as the keyword argument followed by the command-line flag,
+``overwrite=True (--overwrite)``; the CLI renders the same message with its
+own flags only (:meth:`WorkbenchError.render`), e.g. ``--overwrite``.
+``error.param`` is the parameter the error is about, when there is one.
 """
+
+from __future__ import annotations
+
+import re
+
+_MARK = re.compile("\u2039([A-Za-z_][A-Za-z0-9_]*)(?:=([^\u203a]*))?\u203a")
+
+
+def opt(name: str, value: str | None = None) -> str:
+    """A parameter reference inside an error message (see the module docstring)."""
+    return f"\u2039{name}={value}\u203a" if value is not None else f"\u2039{name}\u203a"
+
+
+def flag_of(name: str) -> str:
+    """The default command-line flag of a Python parameter name: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
 
 
 class WorkbenchError(Exception):
     """Root of every error this package raises on purpose."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *, param: str | None = None):
+        super().__init__(message)
+        self.template = message
+        self.param = param
+
+    def render(self, flags: dict | None = None) -> str:
+        """The message with each parameter written as its command-line flag.
+
+        ``flags`` maps a Python parameter name to the flag a command gives it
+        (e.g. ``{"layers": "--layer"}``); others get :func:`flag_of`.
+        """
+        flags = flags or {}
+
+        def cli(m):
+            flag = flags.get(m.group(1)) or flag_of(m.group(1))
+            return flag if m.group(2) in (None, "True") else f"{flag} {m.group(2)}"
+
+        return _MARK.sub(cli, self.template)
+
+    def __str__(self):
+        def python(m):
+            name, value = m.group(1), m.group(2)
+            if value is None:
+                return f"{name} ({flag_of(name)})"
+            shown = f"{flag_of(name)}" if value == "True" else f"{flag_of(name)} {value}"
+            return f"{name}={value} ({shown})"
+
+        return _MARK.sub(python, self.template)
 
 
 class UsageError(WorkbenchError, ValueError):

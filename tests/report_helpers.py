@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.extraction_job import ExtractConfig, run_extract
-from pipeline.heads import predict_proba, select_and_fit
-from pipeline.results import new_record, save_record
-from pipeline.store import FeatureStore
+from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.heads.selection import predict_proba, select_and_fit
+from pipeline.runs.records import new_record, save_record
+from pipeline.store.hdf5 import FeatureStore
 
 
 def make_store(data, out) -> FeatureStore:
@@ -90,7 +90,7 @@ def add_history_runs(store, runs_dir, seeds=(0, 1, 2)) -> list:
 
 
 def add_pixel_run(store, runs_dir):
-    from pipeline.baselines import run_baseline
+    from pipeline.workflows.baseline import run_baseline
 
     record, _ = run_baseline("pixels", store.path, runs_dir=runs_dir, size=8)
     return record

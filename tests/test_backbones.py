@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import http.server
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import TOY_COLOURS, toy_expected
-from pipeline.backbones import (MIRROR_ENV, get_backbone, list_backbones, load_backbone,
-                                lukemelas_to_timm, resolve_taps)
+
+from pipeline.backbones import get_backbone, list_backbones, load_backbone, resolve_taps
+from pipeline.backbones.efficientnet import lukemelas_to_timm
+from pipeline.backbones.weights import MIRROR_ENV
 from pipeline.errors import UsageError, WeightsError
-from pipeline.extract import build_extractor, pool
+from pipeline.extract.forward import build_extractor, pool
 
 
 @pytest.mark.parametrize("name", [n for n in list_backbones(available_only=True) if n != "toy"])
@@ -79,7 +79,7 @@ def test_unknown_names_list_valid_ones():
 def _top5(loaded, image_name):
     import sklearn
 
-    from pipeline.data import load_rgb, resize_center_crop
+    from pipeline.data.decode import load_rgb, resize_center_crop
 
     pre = loaded.spec.preprocessing
     path = Path(sklearn.__file__).parent / "datasets" / "images" / image_name

@@ -16,14 +16,14 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import make_folder, toy_expected
 from PIL import Image
 
-from conftest import make_folder, toy_expected
 from pipeline.backbones import get_backbone
-from pipeline.data import MAX_PIXELS, load_rgb
-from pipeline.extract import ImageDataset
-from pipeline.extraction_job import ExtractConfig, run_extract
-from pipeline.store import FeatureStore
+from pipeline.data.decode import MAX_PIXELS, load_rgb
+from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.extract.loader import ImageDataset
+from pipeline.store.hdf5 import FeatureStore
 
 N_GOOD = 18
 

@@ -9,14 +9,15 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from conftest import make_folder
 from PIL import Image
 
-from conftest import make_folder
-from pipeline.baselines import make_cnn, make_mlp, pixel_matrix, run_baseline
 from pipeline.errors import DataError, UsageError
-from pipeline.extraction_job import ExtractConfig, run_extract
-from pipeline.results import load_records
-from pipeline.store import FeatureStore
+from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.runs.records import load_records
+from pipeline.store.hdf5 import FeatureStore
+from pipeline.train.baselines import make_cnn, make_mlp, pixel_matrix
+from pipeline.workflows.baseline import run_baseline
 
 
 @pytest.fixture(scope="module")

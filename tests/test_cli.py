@@ -12,9 +12,9 @@ import json
 import h5py
 import pytest
 from click.testing import CliRunner
+from conftest import make_folder
 
 import cli
-from conftest import make_folder
 
 
 @pytest.fixture

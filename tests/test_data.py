@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import make_folder
-from pipeline.data import assign_split, scan
+
+from pipeline.data.manifest import scan
+from pipeline.data.split import assign_split
 from pipeline.errors import DataError
 
 

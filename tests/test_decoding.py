@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import data
 from pipeline.backbones import get_backbone
-from pipeline.data import bundled_data_root, load_array, load_rgb, resize_center_crop, scan
-from pipeline.extract import BatchLoader, ImageDataset
+from pipeline.data import decode as data
+from pipeline.data.decode import load_array, load_rgb, resize_center_crop
+from pipeline.data.manifest import bundled_data_root, scan
+from pipeline.extract.loader import BatchLoader, ImageDataset
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import make_folder
 from PIL import Image
 
-from conftest import make_folder
-from pipeline import distributed as dist
 from pipeline.errors import StoreError, UsageError
-from pipeline.extraction_job import ExtractConfig, run_extract
-from pipeline.store import FeatureStore
+from pipeline.extract import shards as dist
+from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.store.hdf5 import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Datasets whose content must be equal bit for bit between the two routes.
@@ -68,7 +68,7 @@ def test_parse_shard_and_errors():
 
 
 def test_shard_manifest_rows_are_disjoint_and_cover_everything(tmp_path):
-    from pipeline.data import scan
+    from pipeline.data.manifest import scan
 
     manifest = scan(_varied_folder(tmp_path / "img"))   # 17 images
     parts = [dist.shard_manifest(manifest, k, 3, block=2) for k in range(3)]
@@ -101,7 +101,7 @@ def test_shards_merged_equal_single_process(tmp_path):
 
 
 def test_killed_shard_resumes_alone_and_finished_shard_is_kept(tmp_path, monkeypatch):
-    import pipeline.extract as ex
+    import pipeline.extract.features as ex
 
     folder = _varied_folder(tmp_path / "img", per_class=8)   # 10 + 8 + 8 = 26 images
     single = run_extract(_cfg(folder, tmp_path / "single"))
@@ -246,7 +246,7 @@ def test_torchrun_two_ranks_gloo_equals_single_process(tmp_path):
 def test_torchrun_failed_rank_fails_all_and_rerun_keeps_finished_shard(tmp_path):
     """Rank 1 cannot write its shard: every rank exits with an error naming it, no merge;
     the re-run extracts rank 1's shard only."""
-    from pipeline.store import write_lock
+    from pipeline.store.lock import write_lock
 
     folder = _noise_folder(tmp_path / "noise")
     opts = ["extract", "--data", str(folder), "--backbone", "efficientnet_lite0",

@@ -13,7 +13,7 @@ import json
 import h5py
 import pytest
 
-from pipeline.jobs import run_demo, summary_rows
+from pipeline.workflows.demo import run_demo, summary_rows
 
 
 @pytest.mark.slow

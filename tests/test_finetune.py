@@ -7,13 +7,14 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import make_folder
+
 from pipeline.backbones import get_backbone, load_backbone
 from pipeline.errors import UsageError
-from pipeline.extraction_job import ExtractConfig, run_extract
-from pipeline.finetune import (FinetuneConfig, block_groups, make_plan, run_finetune,
-                               summarise_group)
+from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.train.finetune import FinetuneConfig, block_groups, make_plan
+from pipeline.workflows.finetune import run_finetune
+from pipeline.workflows.ladder import summarise_group
 
 LITE0_STAGES = ["stem"] + [f"blocks.{i}" for i in range(7)] + ["conv_head"]
 RESNET_STAGES = ["stem", "layer1", "layer2", "layer3", "layer4"]

@@ -9,12 +9,21 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import make_folder
+from report_helpers import (
+    add_history_runs,
+    add_pixel_run,
+    history,
+    make_store,
+    make_study,
+)
+
 from pipeline.errors import StoreError
-from pipeline.report import (build_report, group_runs, holm, paired_test, training_trap)
-from pipeline.results import load_records, new_record, save_record
-from report_helpers import add_history_runs, add_pixel_run, history, make_store, make_study
+from pipeline.report.sections import training_trap
+from pipeline.runs.groups import group_runs, paired_test
+from pipeline.runs.records import load_records, new_record, save_record
+from pipeline.runs.stats import holm
+from pipeline.workflows.report import build_report
 
 SECTIONS = ("verdict", "comparison", "depth", "efficiency", "curves", "confusion", "mistakes",
             "featuremap", "advice", "provenance")
@@ -161,7 +170,7 @@ def test_markup_in_class_and_file_names_is_shown_as_text(tmp_path):
 
 def test_report_never_imports_torch(study, tmp_path):
     _, runs = study
-    code = ("import sys; from pipeline.report import build_report; "
+    code = ("import sys; from pipeline.workflows.report import build_report; "
             f"build_report({str(runs)!r}, {str(tmp_path / 'r.html')!r}, efficiency_budget=1); "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True,

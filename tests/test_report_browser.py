@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from report_helpers import make_study
 
 SECTIONS = ("verdict", "comparison", "depth", "efficiency", "curves", "confusion", "mistakes",
@@ -219,7 +218,7 @@ SORT_CHECK = """
 
 @pytest.fixture(scope="module")
 def report_file(chromium, tmp_path_factory):
-    from pipeline.report import build_report
+    from pipeline.workflows.report import build_report
 
     root = tmp_path_factory.mktemp("browser")
     _store, runs = make_study(root)

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.data import bundled_data_root
+from pipeline.data.manifest import bundled_data_root
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = "photos_efficientnet_lite0_avg.h5"

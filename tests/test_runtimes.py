@@ -12,15 +12,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import TOY_COLOURS, toy_expected
-from pipeline import runtimes as rt
+
 from pipeline.backbones import get_backbone, load_backbone
-from pipeline.data import bundled_data_root, scan
+from pipeline.data.manifest import bundled_data_root, scan
 from pipeline.errors import DeviceError, StoreError, UsageError
-from pipeline.extract import ImageDataset, build_extractor
-from pipeline.extraction_job import ExtractConfig, run_extract
-from pipeline.store import FeatureStore
+from pipeline.extract import runtimes as rt
+from pipeline.extract.forward import build_extractor
+from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.extract.loader import ImageDataset
+from pipeline.store.hdf5 import FeatureStore
 
 EXPORTED = ("onnx", "openvino")
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.metrics import mcnemar_exact, wilson_interval
+from pipeline.runs.stats import mcnemar_exact, wilson_interval
 
 Z = 1.959964
 

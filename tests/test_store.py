@@ -8,12 +8,12 @@ import os
 import h5py
 import numpy as np
 import pytest
+from conftest import make_folder, toy_expected
 from PIL import Image
 
-from conftest import make_folder, toy_expected
 from pipeline.errors import StoreError
-from pipeline.extraction_job import ExtractConfig, run_extract
-from pipeline.store import FeatureStore
+from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.store.hdf5 import FeatureStore
 
 
 def _extract(folder, out, **kw):
@@ -104,7 +104,7 @@ def test_batch_size_remainders_give_identical_vectors(toy_folder, tmp_path):
 
 
 def test_second_writer_is_refused(toy_folder, tmp_path):
-    from pipeline.store import write_lock
+    from pipeline.store.lock import write_lock
 
     path = tmp_path / "f" / "toy_toy_avg.h5"
     with write_lock(path):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import h5py
 import numpy as np
 from click.testing import CliRunner
+from conftest import make_folder
 from PIL import Image
 
-from conftest import make_folder
-from pipeline import store as st
-from pipeline.extraction_job import ExtractConfig, run_extract
-from pipeline.store import FeatureStore
+from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.store import hdf5 as st
+from pipeline.store.hdf5 import FeatureStore
 
 
 def _extract(folder, out, **kw):

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline import streaming
-from pipeline.data import assign_split
+from pipeline.data.split import assign_split
 from pipeline.errors import UsageError
-from pipeline.jobs import run_fit
-from pipeline.store import FeatureStore, write_store
+from pipeline.heads import streaming
+from pipeline.store.hdf5 import FeatureStore, write_store
+from pipeline.workflows.fit import run_fit
 
 
 def make_store(path, n_per_class=400, n_classes=4, dim=32, noise=2.2, seed=0):

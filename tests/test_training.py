@@ -12,8 +12,14 @@ from PIL import Image
 
 from pipeline.backbones import Preprocessing
 from pipeline.errors import StoreError, UsageError
-from pipeline.training import (ImageFolderDataset, ParamGroup, Schedule, TensorPairs,
-                               TrainConfig, image_transform, schedule_factor, train)
+from pipeline.train.datasets import ImageFolderDataset, TensorPairs, image_transform
+from pipeline.train.loop import (
+    ParamGroup,
+    Schedule,
+    TrainConfig,
+    schedule_factor,
+    train,
+)
 
 
 def _toy_data(n=48, d=6, k=3, seed=0):
@@ -157,7 +163,7 @@ def test_early_stopping_restores_best_epoch():
                 val_set, cfg)
     losses = [h["val_loss"] for h in res.history]
     assert res.best_epoch == int(np.argmin(losses)) + 1
-    from pipeline.training import evaluate_model
+    from pipeline.train.loop import evaluate_model
 
     loss, _, _ = evaluate_model(model, val_set)
     assert loss == pytest.approx(min(losses), rel=1e-5)

@@ -27,8 +27,9 @@ import numpy as np
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .errors import UsageError
-from .heads import GRIDS, SGD_EPOCHS, FitResult, make_head
+from ..errors import UsageError
+from .selection import GRIDS, FitResult, make_head
+from .sgd import SGD_EPOCHS
 
 log = logging.getLogger(__name__)
 

@@ -43,12 +43,21 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import store as st
-from .backbones import get_backbone
-from .data import Manifest, assign_split, bundled_data_root, scan
-from .errors import StoreError, UsageError, WorkbenchError
-from .extraction_job import (ExtractConfig, ExtractSummary, _stratified_head,
-                             default_store_path, run_extract)
+from ..data.manifest import Manifest
+from ..errors import StoreError, UsageError, WorkbenchError, opt
+from ..store.hdf5 import CHUNK_ROWS, FeatureStore, now_iso, read_index, write_store
+from ..store.lock import write_lock
+from .job import (
+    ExtractConfig,
+    ExtractSummary,
+    build_manifest,
+    check_existing,
+    extract_manifest,
+    run_extract,
+    store_path,
+    write_split_store,
+)
+from .runtimes import cuda_available_cheap
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +94,7 @@ def shard_manifest(manifest: Manifest, rank: int, world: int, block: int = 1) ->
     starts = np.arange(rank * block, len(manifest), world * block)
     keep = (starts[:, None] + np.arange(block)[None, :]).ravel()
     keep = keep[keep < len(manifest)]
-    return replace(manifest, paths=[manifest.paths[i] for i in keep],
-                   labels=manifest.labels[keep], sizes=manifest.sizes[keep],
-                   mtimes=manifest.mtimes[keep])
+    return manifest.subset(keep)
 
 
 def shard_store_path(store_path: Path, rank: int, world: int) -> Path:
@@ -95,22 +102,8 @@ def shard_store_path(store_path: Path, rank: int, world: int) -> Path:
     return Path(str(store_path) + ".shards") / f"rank-{rank}of{world}.h5"
 
 
-def final_store_path(cfg: ExtractConfig) -> Path:
-    """The store :func:`run_extract` would write for ``cfg`` (without scanning the folder)."""
-    root = Path(cfg.data) if cfg.data else bundled_data_root()
-    return default_store_path(cfg.out, root.name, get_backbone(cfg.backbone).name, cfg.pool)
 
 
-def _manifest(cfg: ExtractConfig) -> Manifest:
-    """The manifest :func:`run_extract` builds for ``cfg`` (same scan, same ``limit``)."""
-    manifest = scan(Path(cfg.data) if cfg.data else bundled_data_root())
-    if cfg.limit:
-        keep = _stratified_head(manifest.labels, cfg.limit)
-        manifest.paths = [manifest.paths[i] for i in keep]
-        manifest.labels = manifest.labels[keep]
-        manifest.sizes = manifest.sizes[keep]
-        manifest.mtimes = manifest.mtimes[keep]
-    return manifest
 
 
 class _RowReader:
@@ -120,7 +113,7 @@ class _RowReader:
     manifest order does), so memory is one block per store, not N rows.
     """
 
-    def __init__(self, files, taps, block: int = 2 * st.CHUNK_ROWS):
+    def __init__(self, files, taps, block: int = 2 * CHUNK_ROWS):
         self.files, self.taps, self.block = files, list(taps), block
         self.start = [None] * len(files)
         self.data = [None] * len(files)
@@ -134,7 +127,7 @@ class _RowReader:
         return {t: self.data[k][t][row - start] for t in self.taps}
 
 
-def _store_attrs(store: st.FeatureStore) -> dict:
+def _store_attrs(store: FeatureStore) -> dict:
     return {k: v for k, v in store.attrs.items() if k not in _OWN_ATTRS}
 
 
@@ -145,8 +138,8 @@ def _seed_shard(final: Path, shard: Path, paths) -> int:
     shard's own incremental extraction only computes new or changed images.
     Returns the number of rows copied.
     """
-    config, index = st.read_index(final)
-    store = st.FeatureStore(final)
+    config, index = read_index(final)
+    store = FeatureStore(final)
     wanted = set(paths)
     keep = [r for r, p in enumerate(index.paths) if p in wanted]
     skipped = [(p, sha, reason) for p, (sha, reason) in index.skipped.items() if p in wanted]
@@ -159,7 +152,7 @@ def _seed_shard(final: Path, shard: Path, paths) -> int:
                  "size": int(index.size[r]), "mtime_ns": int(index.mtime_ns[r]),
                  "vectors": (lambda r=r: reader.get(0, r))} for r in keep]
         shard.parent.mkdir(parents=True, exist_ok=True)
-        st.write_store(shard, config=config, attrs=_store_attrs(store), classes=store.classes,
+        write_store(shard, config=config, attrs=_store_attrs(store), classes=store.classes,
                        rows=rows, skipped=skipped, taps=dict(store.tap_channels),
                        dtype=str(f[f"taps/{store.taps[0]}"].dtype))
     return len(keep)
@@ -171,15 +164,16 @@ def extract_shard(cfg: ExtractConfig, rank: int, world: int) -> ExtractSummary:
     The first time, a shard is seeded from the finished store (if there is
     one with rows of this shard), so only new or changed images are extracted.
     """
-    final = final_store_path(cfg)
+    final = store_path(cfg)
     shard = shard_store_path(final, rank, world)
     if not cfg.overwrite and final.is_file():
-        with st.write_lock(shard):
+        with write_lock(shard):
             if not shard.exists():
-                part = shard_manifest(_manifest(cfg), rank, world, cfg.batch_size)
+                part = shard_manifest(build_manifest(cfg), rank, world, cfg.batch_size)
                 n = _seed_shard(final, shard, part.paths)
                 log.info("shard %d/%d: %d rows taken from %s", rank, world, n, final)
-    return run_extract(replace(cfg, shard=(rank, world)))
+    part = shard_manifest(build_manifest(cfg), rank, world, cfg.batch_size)
+    return extract_manifest(cfg, part, shard)
 
 
 def merge_shards(cfg: ExtractConfig, world: int, shard_summaries=None) -> ExtractSummary:
@@ -191,38 +185,60 @@ def merge_shards(cfg: ExtractConfig, world: int, shard_summaries=None) -> Extrac
     ``shard_summaries`` (one per rank) only feed the returned totals.
     """
     t0 = time.perf_counter()
-    final = final_store_path(cfg)
+    final = store_path(cfg)
     shards = [shard_store_path(final, k, world) for k in range(world)]
+    stores = _finished_shards(final, shards, world)
+    config, taps = stores[0].config, stores[0].taps
+    existing = check_existing(final, config, cfg.overwrite)
+    previous = {p: int(c) for p, c in zip(existing[1].paths, existing[1].split)} \
+        if existing else {}
+    created = FeatureStore(final).attrs.get("created") if existing else None
+    manifest = build_manifest(cfg)
+    indexes = [read_index(p)[1] for p in shards]
+    rows, skipped = _merged_rows(manifest, indexes)
+    attrs = _store_attrs(stores[0])
+    attrs.update(created=created or min(s.attrs.get("created", now_iso()) for s in stores),
+                 updated=now_iso(), images_per_second=float(
+                     sum(s.attrs.get("images_per_second", 0.0) or 0.0 for s in stores)))
+    with write_lock(final), contextlib.ExitStack() as stack:
+        files = [stack.enter_context(h5py.File(p, "r")) for p in shards]
+        reader = _RowReader(files, taps)
+        for r in rows:
+            r["vectors"] = (lambda kr=r.pop("shard"): reader.get(*kr))
+        write_split_store(final, config, attrs, manifest.classes, rows, skipped,
+                          dict(stores[0].tap_channels), replace(cfg, dtype=config["dtype"]),
+                          previous)
+    for p in shards:
+        p.unlink()
+        Path(str(p) + ".lock").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        shards[0].parent.rmdir()  # only if nothing else (another world size) is in there
+    log.info("merged %d shards into %s (%d rows)", world, final, len(rows))
+    return _merged_summary(final, rows, skipped, shard_summaries or [], t0)
+
+
+def _finished_shards(final: Path, shards, world: int) -> list:
+    """The shard stores, all there and all of one configuration, or a :class:`StoreError`."""
     missing = [k for k, p in enumerate(shards) if not p.is_file()]
     if missing:
         raise StoreError(
             f"cannot merge {final.name}: shard(s) {', '.join(f'{k}/{world}' for k in missing)} "
-            f"are not finished in {shards[0].parent} (with several machines, --out must be on "
-            "a filesystem all of them see); extract them with `python cli.py extract "
-            f"--shard K/{world}` and the same options, or re-run the torchrun command")
-    stores = [st.FeatureStore(p) for p in shards]
-    config, taps = stores[0].config, stores[0].taps
+            f"are not finished in {shards[0].parent} (with several machines, {opt('out')} "
+            "must be on a filesystem all of them see); extract them with `python cli.py "
+            f"extract {opt('shard', f'K/{world}')}` and the same options, or re-run the "
+            "torchrun command", param="shard")
+    stores = [FeatureStore(p) for p in shards]
     for k, s in enumerate(stores[1:], 1):
-        if s.config != config or s.taps != taps:
+        if s.config != stores[0].config or s.taps != stores[0].taps:
             raise StoreError(
                 f"shard {k}/{world} ({s.path}) was extracted with another configuration or "
                 f"other taps than shard 0/{world}; re-extract it with the same options")
-    previous, created = {}, min(s.attrs.get("created", st.now_iso()) for s in stores)
-    if final.is_file():
-        old_config, old_index = st.read_index(final)
-        if old_config == config:
-            previous = {p: int(c) for p, c in zip(old_index.paths, old_index.split)}
-            created = st.FeatureStore(final).attrs.get("created", created)
-        elif not cfg.overwrite:
-            diff = sorted(k for k in set(old_config) | set(config)
-                          if old_config.get(k) != config.get(k))
-            raise StoreError(
-                f"{final} exists with a different configuration (differs in: "
-                f"{', '.join(diff)}); pass --overwrite to replace it or --out to write elsewhere")
+    return stores
 
-    manifest = _manifest(cfg)
+
+def _merged_rows(manifest: Manifest, indexes):
+    """``(rows, skipped)`` in manifest order; each row names its ``shard`` as (k, row)."""
     where, failed = {}, {}
-    indexes = [st.read_index(p)[1] for p in shards]
     for k, index in enumerate(indexes):
         for r, p in enumerate(index.paths):
             where[p] = (k, r)
@@ -244,28 +260,10 @@ def merge_shards(cfg: ExtractConfig, world: int, shard_summaries=None) -> Extrac
             f"{len(uncovered)} image(s) of {manifest.root} are in no shard (e.g. "
             f"{uncovered[0]}): the folder changed after the shards were extracted; re-run the "
             "extraction (finished shards only extract what is new)")
-    split = assign_split([r["path"] for r in rows], [r["label"] for r in rows],
-                         seed=cfg.seed, fractions=cfg.fractions, previous=previous)
-    attrs = _store_attrs(stores[0])
-    attrs.update(created=created, updated=st.now_iso(), images_per_second=float(
-        sum(s.attrs.get("images_per_second", 0.0) or 0.0 for s in stores)))
-    with st.write_lock(final), contextlib.ExitStack() as stack:
-        files = [stack.enter_context(h5py.File(p, "r")) for p in shards]
-        reader = _RowReader(files, taps)
-        for r, code in zip(rows, split):
-            r["split"] = int(code)
-            r["vectors"] = (lambda kr=r.pop("shard"): reader.get(*kr))
-        dtype = str(files[0][f"taps/{taps[0]}"].dtype)
-        st.write_store(final, config=config, attrs=attrs, classes=manifest.classes, rows=rows,
-                       skipped=skipped, taps=dict(stores[0].tap_channels), dtype=dtype)
-    for p in shards:
-        p.unlink()
-        Path(str(p) + ".lock").unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        shards[0].parent.rmdir()  # only if nothing else (another world size) is in there
-    log.info("merged %d shards into %s (%d rows)", world, final, len(rows))
+    return rows, skipped
 
-    sums = shard_summaries or []
+
+def _merged_summary(final, rows, skipped, sums, t0) -> ExtractSummary:
     n_extracted = sum(s.get("n_extracted", 0) for s in sums)
     wall = max((s.get("seconds", 0.0) for s in sums), default=0.0)
     forward = max((s.get("forward_seconds", 0.0) for s in sums), default=0.0)
@@ -310,9 +308,8 @@ def torchrun_env(environ=None) -> TorchrunEnv | None:
 
 def _rank_device(device: str, local_rank: int) -> str:
     """``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` when CUDA is there; ``cpu``, ``cuda:N`` as given."""
-    from .extraction_job import _cuda_available_cheap
 
-    if device == "cuda" or (device == "auto" and _cuda_available_cheap()):
+    if device == "cuda" or (device == "auto" and cuda_available_cheap()):
         return f"cuda:{local_rank}"
     return "cpu" if device == "auto" else device
 
@@ -364,7 +361,7 @@ def run_extract_torchrun(cfg: ExtractConfig, env: TorchrunEnv) -> ExtractSummary
         if error is not None and (not isinstance(error, WorkbenchError) or same_everywhere):
             raise error   # e.g. a bad --data: one message, not one per rank
         if failed:
-            final = final_store_path(cfg)
+            final = store_path(cfg)
             raise StoreError(
                 "rank(s) " + "; ".join(f"{k}: {msg}" for k, msg in failed)
                 + f". Finished shards are kept in {shard_store_path(final, 0, env.world).parent}; "

@@ -42,12 +42,11 @@ import warnings
 from collections import deque
 from pathlib import Path
 
-from .errors import DeviceError, UsageError
+from ..errors import DeviceError, UsageError
+from ..options import PRECISIONS, RUNTIMES
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "eager", "compile", "onnx", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: CPU runtimes, fastest first, as measured by benchmarks/bench_extract.py.
 CPU_PREFERENCE = ("openvino", "onnx", "compile", "eager")
 #: Optional runtime -> (module it imports, pip extra that installs it).
@@ -77,6 +76,15 @@ def installed(runtime: str) -> bool:
     if runtime in OPTIONAL:
         return importlib.util.find_spec(OPTIONAL[runtime][0]) is not None
     return runtime in ("eager", "compile")
+
+
+def cuda_available_cheap() -> bool:
+    """CUDA availability without importing torch when no NVIDIA device node exists."""
+    if not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg")):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def cpu_has_bf16() -> bool:
@@ -370,9 +378,10 @@ def _export_key(kind: str, size: int, key: str) -> str:
             digest.update(f"\0{package}={md.version(package)}".encode())
         except (md.PackageNotFoundError, ValueError):
             pass
-    here = Path(__file__).resolve().parent
-    for source in ("backbones.py", "extract.py", "runtimes.py"):
-        digest.update((here / source).read_bytes())
+    package = Path(__file__).resolve().parent.parent
+    for source in sorted([*package.glob("backbones/*.py"), package / "extract" / "forward.py",
+                          package / "extract" / "runtimes.py"]):
+        digest.update(source.read_bytes())
     return digest.hexdigest()[:32]
 
 

@@ -1,4 +1,4 @@
-"""The HDF5 feature store: schema, cache key, journal, resume and read views.
+"""The HDF5 feature store: schema, cache key, read views and the atomic writer.
 
 One store file holds the pooled tap vectors of one image folder under one
 configuration (backbone, weights, preprocessing, pooling, storage dtype,
@@ -14,37 +14,35 @@ order; see README "HDF5 layout")::
     /skipped/paths, /skipped/reasons, /skipped/sha256 (M,)
     attrs: config (JSON), config_key, fingerprint, versions, created, ...
 
-Writing never edits a finished file in place: each extracted batch is first
-journalled as its own ``.npz`` under ``<store>.partial/`` (written to a
-temporary name, then renamed), and the finished store is assembled into a
-temporary file and renamed over the old one.  A killed run therefore leaves
-either the old store or the new one, plus a journal that the next run with
-the same configuration resumes from.  A lock file keeps two writers apart.
+A finished file is never edited in place: :func:`write_store` assembles it
+into a temporary file and renames it over the old one.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import platform
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .errors import StoreError
+from ..errors import StoreError
 
 log = logging.getLogger(__name__)
 
+
 FORMAT_VERSION = 1
+
+
 STR = h5py.string_dtype("utf-8")
+
+
 #: Rows per HDF5 chunk of a tap dataset (measured: see benchmarks/store_layout.py).
 CHUNK_ROWS = 256
 
@@ -68,39 +66,6 @@ def library_versions() -> dict:
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-# ------------------------------------------------------------------ locking
-
-
-@contextmanager
-def write_lock(store_path: Path):
-    """Hold an exclusive lock on ``<store>.lock`` or fail at once naming the holder."""
-    lock_path = Path(str(store_path) + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(lock_path, "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise StoreError(
-                f"{store_path} is being written by {holder}; wait for it to finish "
-                "or pass another --out"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {platform.node()}")
-        fh.flush()
-        yield
-    finally:
-        fh.close()  # closing releases the flock
-
-
-# ------------------------------------------------------------------ reading
 
 
 @dataclass
@@ -176,7 +141,7 @@ class FeatureStore:
 
     def X(self, tap: str, split=None) -> np.ndarray:
         if tap not in self.taps:
-            from .errors import UsageError
+            from ..errors import UsageError
 
             raise UsageError(
                 f"tap {tap!r} is not in {self.path.name}; it holds {', '.join(self.taps)} "
@@ -245,107 +210,6 @@ def read_index(path: Path) -> tuple[dict, StoreIndex] | None:
                 f["skipped/paths"][()], f["skipped/sha256"][()], f["skipped/reasons"][()])},
         )
     return store.config, index
-
-
-# ------------------------------------------------------------------ journal
-
-
-class Journal:
-    """Completed batches of an unfinished extraction, one ``.npz`` each.
-
-    The journal directory holds ``config.json`` (the config key it belongs
-    to) and ``batch-<seq>.npz`` files with ``paths``, ``sha256``, one array
-    per tap, and the failed files of that batch.  A batch file exists only
-    once it is complete (written under a temporary name, fsynced, renamed).
-    """
-
-    def __init__(self, store_path: Path, key: str):
-        self.dir = Path(str(store_path) + ".partial")
-        self.key = key
-
-    def open(self, overwrite: bool = False):
-        cfg = self.dir / "config.json"
-        if self.dir.exists():
-            found = json.loads(cfg.read_text()).get("config_key") if cfg.exists() else None
-            if found != self.key:
-                if not overwrite:
-                    raise StoreError(
-                        f"{self.dir} holds an interrupted extraction with a different "
-                        "configuration; rerun that configuration to finish it, or pass "
-                        "--overwrite to discard it"
-                    )
-                self.discard()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if not cfg.exists():
-            _atomic_write_bytes(cfg, json.dumps({"config_key": self.key}).encode())
-        return self
-
-    def batches(self):
-        return sorted(self.dir.glob("batch-*.npz"))
-
-    def done(self, stamps: dict):
-        """Completed work whose file is unchanged since: ``(rows, failed)``.
-
-        ``rows`` maps path -> (sha256, {tap: (C,) vector}); ``failed`` maps
-        path -> (sha256, reason).  ``stamps`` maps path -> (size, mtime_ns)
-        now; an entry whose file has changed since it was journalled is dropped.
-        """
-        rows, failed = {}, {}
-        for file in self.batches():
-            with np.load(file, allow_pickle=False) as npz:
-                z = {k: npz[k] for k in npz.files}  # each npz[k] access re-reads the array
-                taps = [k[4:] for k in z if k.startswith("tap_")]
-                n_ok = len(z["paths"])
-                stamp = z["stamps"]
-                for i, p in enumerate(z["paths"]):
-                    if stamps.get(str(p)) == tuple(int(v) for v in stamp[i]):
-                        rows[str(p)] = (str(z["sha256"][i]), {t: z["tap_" + t][i] for t in taps})
-                for k, (p, s, r) in enumerate(zip(z["failed_paths"], z["failed_sha256"],
-                                                  z["failed_reasons"])):
-                    if stamps.get(str(p)) == tuple(int(v) for v in stamp[n_ok + k]):
-                        failed[str(p)] = (str(s), str(r))
-        return rows, failed
-
-    def write(self, seq: int, paths, shas, features: dict, failures, stamps):
-        """Journal one batch: rows ``paths`` then ``failures``; ``stamps`` (size, mtime_ns) of each."""
-        arrays = {
-            "stamps": np.asarray(stamps, dtype=np.int64).reshape(-1, 2),
-            "paths": np.asarray(paths, dtype=str),
-            "sha256": np.asarray(shas, dtype=str),
-            "failed_paths": np.asarray([f[0] for f in failures], dtype=str),
-            "failed_sha256": np.asarray([f[1] for f in failures], dtype=str),
-            "failed_reasons": np.asarray([f[2] for f in failures], dtype=str),
-        }
-        for tap, arr in features.items():
-            arrays["tap_" + tap] = arr
-        target = self.dir / f"batch-{seq:08d}.npz"
-        tmp = self.dir / f".batch-{seq:08d}.{os.getpid()}.tmp.npz"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-
-    def next_seq(self) -> int:
-        batches = self.batches()
-        return int(batches[-1].stem.split("-")[1]) + 1 if batches else 0
-
-    def discard(self):
-        import shutil
-
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _atomic_write_bytes(path: Path, data: bytes):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------ writing
 
 
 def write_store(path: Path, *, config: dict, attrs: dict, classes, rows, skipped,

@@ -1,39 +1,29 @@
-"""Image folders: scanning into a manifest, the fixed split, decoding.
+"""Decoding one image file into the pixels a backbone expects.
 
-An image folder is the ImageFolder layout: one sub-folder per class, images
-inside (any depth).  :func:`scan` turns it into a :class:`Manifest` (relative
-paths, integer labels, class names, file identities), :func:`assign_split`
-fixes a stratified train/val/test split that stays put when images are added,
-and :func:`load_rgb` / :func:`load_array` decode one file, raising
-:class:`ImageDecodeError` with a reason for any file that is not a usable
-image; :func:`resize_center_crop` then makes the crop the weights expect.
+:func:`load_rgb` / :func:`load_array` decode one file (libjpeg-turbo for plain
+JPEGs, PIL for everything else), raising :class:`ImageDecodeError` with a
+reason for any file that is not a usable image; :func:`resize_center_crop`
+then makes the crop the weights expect.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import math
-import os
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-SPLIT_NAMES = ("train", "val", "test")
-SPLIT_CODES = {name: code for code, name in enumerate(SPLIT_NAMES)}
-DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
+
 #: Images larger than this many pixels are refused as decompression bombs.
 MAX_PIXELS = 64_000_000
+
+
 #: Names how files become model input (decoder and resize); part of the feature
 #: store's cache key, so a change here never reuses vectors made the old way.
 DECODING = "rgb8-libjpeg-turbo/resize-torch-antialias/v2"
@@ -46,188 +36,6 @@ class ImageDecodeError(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
-
-
-@dataclass
-class Manifest:
-    """The images of one folder, in a fixed order.
-
-    ``paths`` are POSIX paths relative to ``root``; ``labels[i]`` indexes
-    ``classes``; ``sizes`` and ``mtimes`` (ns) identify each file's version.
-    ``ignored`` lists files in the tree that are not images (relative paths);
-    ``excluded`` gives ``(relative path, reason)`` for every entry of the tree
-    that is not taken as an image: non-image files, hidden files and folders,
-    files outside the class folders and class folders without images (these
-    end in ``/``).
-    """
-
-    root: Path
-    classes: list[str]
-    paths: list[str]
-    labels: np.ndarray
-    sizes: np.ndarray
-    mtimes: np.ndarray
-    ignored: list[str] = field(default_factory=list)
-    excluded: list[tuple[str, str]] = field(default_factory=list)
-
-    def __len__(self):
-        return len(self.paths)
-
-    @property
-    def name(self):
-        return self.root.name
-
-
-def bundled_data_root() -> Path:
-    """The small flowers subset shipped with the package (CC-BY 2.0, see ATTRIBUTION.md)."""
-    return Path(str(resources.files("pipeline") / "sample_data" / "flowers"))
-
-
-def scan(root, min_per_class: int = 3) -> Manifest:
-    """Scan an ImageFolder tree into a :class:`Manifest`.
-
-    Hidden files and folders (leading dot) are skipped; files whose extension
-    is not an image extension are listed in ``ignored``.  Classes are the
-    sorted names of the immediate sub-folders that hold at least one image;
-    empty class folders are reported in the log and left out.  Everything
-    left out is listed with its reason in ``excluded``.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(
-            f"image folder {str(root)!r} does not exist or is not a folder; "
-            "pass --data DIR with one sub-folder per class"
-        )
-    excluded = []
-    class_dirs = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            excluded.append(_hidden(entry.name, entry.is_dir()))
-        elif entry.is_dir():
-            class_dirs.append(entry)
-        else:
-            excluded.append((entry.name, "not inside a class folder"))
-    classes, paths, labels, sizes, mtimes, ignored = [], [], [], [], [], []
-    empty = []
-    for class_dir in class_dirs:
-        found = []
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            rel_dir = Path(dirpath).relative_to(root).as_posix()
-            excluded.extend(_hidden(f"{rel_dir}/{d}", True)
-                            for d in sorted(dirnames) if d.startswith("."))
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fname in sorted(filenames):
-                if fname.startswith("."):
-                    excluded.append(_hidden(f"{rel_dir}/{fname}", False))
-                    continue
-                # Plain strings, not Path objects: a scan of thousands of files
-                # is part of every (even up-to-date) extract run.
-                full = os.path.join(dirpath, fname)
-                rel = f"{rel_dir}/{fname}"
-                suffix = os.path.splitext(fname)[1].lower()
-                if suffix in IMAGE_EXTENSIONS:
-                    found.append((rel, full))
-                else:
-                    ignored.append(rel)
-                    ext = suffix if suffix not in ("", ".") else "none"
-                    excluded.append((rel, f"not an image file name (extension {ext!r}; "
-                                          f"images are {', '.join(IMAGE_EXTENSIONS)})"))
-        if not found:
-            empty.append(class_dir.name)
-            excluded.append((class_dir.name + "/", "class folder holds no image; left out "
-                                                   "of the classes"))
-            continue
-        label = len(classes)
-        classes.append(class_dir.name)
-        for rel, full in found:
-            st = os.stat(full)
-            paths.append(rel)
-            labels.append(label)
-            sizes.append(st.st_size)
-            mtimes.append(st.st_mtime_ns)
-    if empty:
-        log.warning("class folders with no images, left out: %s", ", ".join(empty))
-    if len(classes) < 2:
-        raise DataError(
-            f"{str(root)!r} has {len(classes)} class folder(s) with images "
-            f"({', '.join(classes) or 'none'}); a classifier needs at least 2: "
-            "put each class's images in its own sub-folder"
-        )
-    counts = np.bincount(labels, minlength=len(classes))
-    small = [f"{c} ({n})" for c, n in zip(classes, counts) if n < min_per_class]
-    if small:
-        raise DataError(
-            f"classes with fewer than {min_per_class} images cannot be split into "
-            f"train/val/test: {', '.join(small)} in {str(root)!r}; add images or "
-            "remove those folders"
-        )
-    return Manifest(
-        root=root,
-        classes=classes,
-        paths=paths,
-        labels=np.asarray(labels, dtype=np.int64),
-        sizes=np.asarray(sizes, dtype=np.int64),
-        mtimes=np.asarray(mtimes, dtype=np.int64),
-        ignored=ignored,
-        excluded=excluded,
-    )
-
-
-def _hidden(rel: str, is_dir: bool) -> tuple[str, str]:
-    if is_dir:
-        return rel + "/", "hidden folder (name starts with '.'); not scanned"
-    return rel, "hidden file (name starts with '.')"
-
-
-def _split_counts(n: int, fractions) -> tuple[int, int, int]:
-    """Train/val/test counts for a class of ``n`` images; val and test get >= 1."""
-    n_val = max(1, int(round(n * fractions[1])))
-    n_test = max(1, int(round(n * fractions[2])))
-    return n - n_val - n_test, n_val, n_test
-
-
-def _rank_key(seed: int, relpath: str) -> str:
-    return hashlib.sha256(f"{seed}\0{relpath}".encode()).hexdigest()
-
-
-def assign_split(paths, labels, seed: int = 0, fractions=DEFAULT_FRACTIONS,
-                 previous: dict | None = None) -> np.ndarray:
-    """Stratified split codes (0 train, 1 val, 2 test), shape ``(n_images,)``.
-
-    Within each class, images are ordered by a hash of ``(seed, path)`` and
-    the split quotas filled in that order, so the split depends on neither
-    file order nor machine.  ``previous`` maps a path to a split code already
-    fixed (from a store); those images keep it and only new images fill what
-    the enlarged class's quotas still lack, so adding images never moves a
-    test image into training.
-    """
-    if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
-        raise DataError(f"split fractions {fractions} must be >= 0 and sum to 1")
-    labels = np.asarray(labels)
-    previous = previous or {}
-    split = np.full(len(paths), -1, dtype=np.int8)
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        targets = list(_split_counts(len(members), fractions))
-        fresh = []
-        for i in members:
-            code = previous.get(paths[i])
-            if code is None:
-                fresh.append(i)
-            else:
-                split[i] = code
-                targets[code] -= 1
-        fresh.sort(key=lambda i: _rank_key(seed, paths[i]))
-        # Fill test first, then val, so evaluation splits are never starved.
-        order = [2, 1, 0]
-        for i in fresh:
-            code = next((c for c in order if targets[c] > 0), 0)
-            split[i] = code
-            targets[code] -= 1
-    return split
-
-
-# ---------------------------------------------------------------- decoding
 
 
 def _to_rgb(img):
@@ -410,12 +218,3 @@ def resize_center_crop(img, size: int, crop_pct: float, interpolation: str,
     y = F.interpolate(x.unsqueeze(0), size=(new_h, new_w), mode=interpolation, antialias=True,
                       align_corners=False)
     return y[0, :, top:top + size, left:left + size].contiguous().numpy()
-
-
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

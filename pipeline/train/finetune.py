@@ -2,7 +2,7 @@
 
 A backbone's stages are split into *block groups*, one per depth tap (the
 group of tap ``layerN`` is every stage after the previous tap's stage up to
-its own; the stem goes with the first).  :func:`run_finetune` puts a new
+its own; the stem goes with the first).  :func:`finetune` puts a new
 linear classifier on the pooled last stage and trains it with
 :func:`pipeline.training.train`:
 
@@ -26,11 +26,9 @@ and only the top is trained per epoch.  This is exact for what it computes;
 augmentation is then limited to the cached views.  ``cache="off"`` trains
 end to end from images (fresh augmentation every epoch; slow on CPU).
 
-Every run writes one run record (``kind="finetune"``) with the per-epoch
-history (losses, accuracies, learning rate of every group, seconds) and
-its model (``.pt``) next to it.  :func:`run_finetune_seeds` repeats a run
-with several seeds under one ``group``; :func:`run_ladder` runs the whole
-course ladder on one store's split and returns its table.
+:func:`finetune` returns a :class:`FinetuneResult` (the trained network, the
+per-epoch history, predictions); :mod:`pipeline.workflows.finetune` writes
+its run record and model, and repeats it over seeds.
 """
 
 from __future__ import annotations
@@ -45,14 +43,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, UsageError
-from .results import DEFAULT_RUNS_DIR, new_record, save_record
-from .store import FeatureStore
+from ..errors import DataError, UsageError, opt
+from ..options import BN_POLICIES, CACHE_MODES
+from ..store.hdf5 import FeatureStore
 
 log = logging.getLogger(__name__)
 
-BN_POLICIES = ("frozen-eval", "train")
-CACHE_MODES = ("auto", "off")
+
 #: Images decoded and pushed through the trunk together when caching (fixed:
 #: the augmentation RNG is seeded per chunk, so it shapes the cached views).
 CACHE_CHUNK = 32
@@ -98,9 +95,6 @@ class FinetuneConfig:
         for k in ("checkpoint_dir", "resume", "stop_after", "label", "group", "features"):
             d.pop(k)
         return d
-
-
-# ------------------------------------------------------------------ model
 
 
 def block_groups(spec, stage_names) -> list[tuple[str, list[str]]]:
@@ -206,8 +200,6 @@ def make_plan(spec, stage_names, cfg: FinetuneConfig) -> Plan:
     return Plan(groups, trainable, lrs, start, cut)
 
 
-# ------------------------------------------------------------------ activation cache
-
 _MEMORY_CACHE: dict = {}
 
 
@@ -234,8 +226,9 @@ def compute_activations(trunk, root, paths, pre, views: int, augment: str, seed:
     """
     import torch
 
-    from .data import ImageDecodeError, load_rgb
-    from .training import epoch_seed, image_transform
+    from ..data.decode import ImageDecodeError, load_rgb
+    from .datasets import image_transform
+    from .loop import epoch_seed
 
     clean = image_transform(pre, "none")
     aug = image_transform(pre, augment) if views > 1 else None
@@ -320,73 +313,95 @@ class CachedViews:
         return self.acts[i, v].float(), int(self.labels[i])
 
 
-# ------------------------------------------------------------------ run
+def check_config(cfg: FinetuneConfig):
+    """:class:`UsageError` naming the parameter for a configuration that cannot run."""
+    from ..options import AUGMENTATIONS, SCHEDULES
+
+    for name, value, allowed in (("bn", cfg.bn, BN_POLICIES), ("cache", cfg.cache, CACHE_MODES),
+                                 ("augment", cfg.augment, AUGMENTATIONS),
+                                 ("schedule", cfg.schedule, SCHEDULES)):
+        if value not in allowed:
+            raise UsageError(f"{opt(name)} {value!r} is not valid; valid: {', '.join(allowed)}",
+                             param=name)
+    for name in ("views", "epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"{opt(name)} must be >= 1, got {getattr(cfg, name)}", param=name)
+    if cfg.gradual < 0:
+        raise UsageError(f"{opt('gradual')} must be >= 0, got {cfg.gradual}", param="gradual")
 
 
-def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR,
-                 cache_dir=None) -> tuple[dict, Path]:
-    """Fine-tune per ``cfg`` on the split of the store ``cfg.features``; save record + model.
+@dataclass
+class FinetuneResult:
+    """A finished fine-tuning run: what the run record and the saved model are made of."""
 
-    ``cache_dir`` keeps the cached trunk outputs on disk (reused by later
-    runs and by ``resume``).  Returns ``(record, record_path)``.
-    """
-    import torch
+    cfg: FinetuneConfig
+    store: object               # the FeatureStore whose split it was trained on
+    plan: Plan
+    stage_names: list
+    trunk_state: dict           # state_dict of the frozen, cached trunk (empty without cache)
+    model: object               # the trained top (or whole) network
+    train: object               # pipeline.train.loop.TrainResult
+    val_proba: np.ndarray       # (n_val, n_classes)
+    test_proba: np.ndarray      # (n_test, n_classes)
+    use_cache: bool
+    cache_seconds: float
+    preprocessing: object
+    weights_id: str
+    skipped: list
+    seconds: float
 
-    from .backbones import load_backbone
-    from .training import (AUGMENTATIONS, SCHEDULES, ImageFolderDataset, ParamGroup,
-                           Schedule, TrainConfig, evaluate_model, train)
+    def model_bundle(self) -> dict:
+        """What ``torch.save`` stores: enough to rebuild the network and classify."""
+        return {"config": self.cfg.key_dict(), "classes": self.store.classes,
+                "stage_names": self.stage_names, "cut": self.plan.cut if self.use_cache else 0,
+                "trunk_state": self.trunk_state, "top_state": self.model.state_dict(),
+                "preprocessing": self.preprocessing.to_dict()}
 
-    if cfg.bn not in BN_POLICIES:
-        raise UsageError(f"--bn {cfg.bn!r}; valid: {', '.join(BN_POLICIES)}")
-    if cfg.cache not in CACHE_MODES:
-        raise UsageError(f"--cache {cfg.cache!r}; valid: {', '.join(CACHE_MODES)}")
-    if cfg.augment not in AUGMENTATIONS or cfg.schedule not in SCHEDULES:
-        raise UsageError(f"--augment must be one of {AUGMENTATIONS} and --schedule one of "
-                         f"{SCHEDULES}; got {cfg.augment!r}, {cfg.schedule!r}")
-    if cfg.views < 1 or cfg.epochs < 1 or cfg.batch_size < 1 or cfg.gradual < 0:
-        raise UsageError("--views, --epochs and --batch-size must be >= 1, --gradual >= 0")
-    t_start = time.perf_counter()
-    store = FeatureStore(cfg.features)
-    cfg = replace(cfg, backbone=cfg.backbone or store.attrs.get("backbone"))
-    loaded = load_backbone(cfg.backbone, cfg.weights)
-    stages = loaded.stages()
+
+def _datasets(cfg, store, loaded, stages, plan, pre, cache_dir):
+    """``(top network, {split: dataset}, skipped, {stage: module}, cache seconds)``."""
+    from .datasets import ImageFolderDataset
+
     names = [n for n, _ in stages]
-    plan = make_plan(loaded.spec, names, cfg)
-    pre = _transform_pre(loaded.spec.preprocessing, cfg.input_size)
-    use_cache = cfg.cache == "auto" and cfg.bn == "frozen-eval" and plan.cut > 0
     n_classes = len(store.classes)
-
-    torch.manual_seed(cfg.seed)
-    if use_cache:
+    if cfg.cache == "auto" and cfg.bn == "frozen-eval" and plan.cut > 0:
         top = build_network(stages[plan.cut:], n_classes, cfg.dropout,
                             channels=_out_channels(stages))
         data, cache_seconds = _cached_splits(store, loaded, cfg, plan, pre, cache_dir)
         sets = {s: CachedViews(acts, store.y(s)[ok], random_view=(s == "train"))
                 for s, (acts, ok, _) in data.items()}
-        skipped = data["train"][2]
-        model_stages = dict(zip(names[plan.cut:], top.stages))
-    else:
-        top = build_network(stages, n_classes, cfg.dropout)
-        cache_seconds = 0.0
-        sets, skipped = {}, []
-        for s in ("train", "val", "test"):
-            ds = ImageFolderDataset(store.data_root, store.rel_paths(s), store.y(s), pre,
-                                    augment=cfg.augment if s == "train" else "none",
-                                    cache=len(store) <= 5000)
-            if s != "train" and ds.skipped:
-                raise DataError(f"{s} image(s) of the store no longer decode: {ds.skipped[:3]}")
-            skipped += ds.skipped
-            sets[s] = ds
-        model_stages = dict(zip(names, top.stages))
+        return top, sets, data["train"][2], dict(zip(names[plan.cut:], top.stages)), \
+            cache_seconds
+    top = build_network(stages, n_classes, cfg.dropout)
+    sets, skipped = {}, []
+    for s in ("train", "val", "test"):
+        ds = ImageFolderDataset(store.data_root, store.rel_paths(s), store.y(s), pre,
+                                augment=cfg.augment if s == "train" else "none",
+                                cache=len(store) <= 5000)
+        if s != "train" and ds.skipped:
+            raise DataError(f"{s} image(s) of the store no longer decode: {ds.skipped[:3]}")
+        skipped += ds.skipped
+        sets[s] = ds
+    return top, sets, skipped, dict(zip(names, top.stages)), 0.0
+
+
+def _param_groups(top, plan: Plan, model_stages: dict):
+    """One :class:`ParamGroup` for the classifier and one per trained block group
+    (all frozen to start with: :func:`_hooks` turns them on by epoch)."""
+    from .loop import ParamGroup
 
     group_stages = dict(plan.groups)
-    param_groups = [ParamGroup("classifier", list(top.fc.parameters()), plan.lrs["classifier"])]
+    groups = [ParamGroup("classifier", list(top.fc.parameters()), plan.lrs["classifier"])]
     for g in plan.trainable:
         params = [p for s in group_stages[g] for p in model_stages[s].parameters()]
-        param_groups.append(ParamGroup(g, params, plan.lrs[g]))
+        groups.append(ParamGroup(g, params, plan.lrs[g]))
     for p in top.parameters():
         p.requires_grad_(False)
+    return groups
 
+
+def _hooks(cfg, plan: Plan, param_groups, model_stages):
+    """``(on_epoch_start, set_train_mode)`` for :func:`pipeline.train.loop.train`."""
     def on_epoch_start(epoch):
         for pg in param_groups:
             on = epoch >= plan.start_epoch[pg.name]
@@ -396,10 +411,40 @@ def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR,
     def set_train_mode(model):
         model.train()
         if cfg.bn == "frozen-eval":
-            for name, module in model_stages.items():
+            for module in model_stages.values():
                 if not any(p.requires_grad for p in module.parameters()):
                     module.eval()  # a frozen stage is a fixed function: BN uses its running stats
 
+    return on_epoch_start, set_train_mode
+
+
+def finetune(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
+    """Fine-tune per ``cfg`` on the split of the store ``cfg.features``.
+
+    ``cache_dir`` keeps the cached trunk outputs on disk (reused by later
+    runs and by ``resume``).  Writes only checkpoints (``cfg.checkpoint_dir``);
+    :mod:`pipeline.workflows.finetune` saves the run record and the model.
+    """
+    import torch
+
+    from ..backbones import load_backbone
+    from .loop import Schedule, TrainConfig, evaluate_model, train
+
+    check_config(cfg)
+    t_start = time.perf_counter()
+    store = FeatureStore(cfg.features)
+    cfg = replace(cfg, backbone=cfg.backbone or store.attrs.get("backbone"))
+    loaded = load_backbone(cfg.backbone, cfg.weights)
+    stages = loaded.stages()
+    names = [n for n, _ in stages]
+    plan = make_plan(loaded.spec, names, cfg)
+    pre = _transform_pre(loaded.spec.preprocessing, cfg.input_size)
+    torch.manual_seed(cfg.seed)
+    top, sets, skipped, model_stages, cache_seconds = _datasets(cfg, store, loaded, stages,
+                                                                plan, pre, cache_dir)
+    use_cache = len(model_stages) < len(names)
+    param_groups = _param_groups(top, plan, model_stages)
+    on_epoch_start, set_train_mode = _hooks(cfg, plan, param_groups, model_stages)
     tcfg = TrainConfig(
         epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer="adamw",
         weight_decay=cfg.weight_decay,
@@ -411,35 +456,11 @@ def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR,
                 on_epoch_start=on_epoch_start, set_train_mode=set_train_mode)
     _, _, val_proba = evaluate_model(top, sets["val"])
     _, _, test_proba = evaluate_model(top, sets["test"])
-    total = time.perf_counter() - t_start
-    label = cfg.label or describe(cfg)
-    record = new_record(
-        kind="finetune", method=method_name(cfg), label=label, store=store,
-        classes=store.classes, val_pred=val_proba.argmax(1), test_pred=test_proba.argmax(1),
-        test_proba=test_proba, hyperparameters=cfg.key_dict(), fit_seconds=total,
-        layer=cfg.unfreeze, trainable_params=res.trainable_params, history=res.history,
-        seed=cfg.seed, group=cfg.group or label,
-        extra={"finetune": {
-            "block_groups": plan.groups, "trained_groups": plan.trainable,
-            "group_lrs": plan.lrs, "group_start_epoch": plan.start_epoch,
-            "cached_trunk": use_cache, "trunk_stages": names[:plan.cut] if use_cache else [],
-            "cache_seconds": cache_seconds, "train_seconds": res.seconds,
-            "best_epoch": res.best_epoch, "stopped_early": res.stopped_early,
-            "preprocessing": pre.to_dict(), "weights_id": loaded.weights_id,
-            "bn_policy": cfg.bn, "skipped_images": skipped}})
-    record["backbone"], record["weights"] = cfg.backbone, loaded.weights_id
-    model_file = Path(runs_dir) / f"{record['run_id']}.pt"
-    record["model_file"] = str(model_file)
-    path = save_record(record, runs_dir)
-    full_state = {f"trunk.{i}.{k}": v for i, (_, m) in enumerate(stages[:plan.cut])
-                  for k, v in m.state_dict().items()} if use_cache else {}
-    torch.save({"config": cfg.key_dict(), "classes": store.classes, "stage_names": names,
-                "cut": plan.cut if use_cache else 0, "trunk_state": full_state,
-                "top_state": top.state_dict(), "preprocessing": pre.to_dict()}, model_file)
-    log.info("%s: val %.4f test %.4f (cache %.0f s, train %.0f s)", label,
-             record["metrics"]["val"]["accuracy"], record["metrics"]["test"]["accuracy"],
-             cache_seconds, res.seconds)
-    return record, path
+    trunk_state = {f"trunk.{i}.{k}": v for i, (_, m) in enumerate(stages[:plan.cut])
+                   for k, v in m.state_dict().items()} if use_cache else {}
+    return FinetuneResult(cfg, store, plan, names, trunk_state, top, res, val_proba, test_proba,
+                          use_cache, cache_seconds, pre, loaded.weights_id, skipped,
+                          time.perf_counter() - t_start)
 
 
 def method_name(cfg: FinetuneConfig) -> str:
@@ -464,98 +485,3 @@ def describe(cfg: FinetuneConfig) -> str:
     if cfg.input_size:
         parts.append(f"{cfg.input_size}px")
     return ", ".join(parts)
-
-
-def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 3, runs_dir=DEFAULT_RUNS_DIR,
-                       cache_dir=None) -> list[tuple[dict, Path]]:
-    """Run ``cfg`` with seeds ``cfg.seed .. cfg.seed + seeds - 1`` under one ``group``.
-
-    The cached trunk outputs are shared (they depend on the images, not on
-    the training seed).  Checkpoints go to
-    ``checkpoint_dir/<hash of the configuration>/seed<N>``.
-    """
-    label = cfg.label or describe(cfg)
-    root = None
-    if cfg.checkpoint_dir:
-        # One folder per configuration and store, so --resume with the same options finds it.
-        blob = json.dumps({**cfg.key_dict(), "seed": None, "features": str(cfg.features)},
-                          sort_keys=True)
-        root = Path(cfg.checkpoint_dir) / hashlib.sha256(blob.encode()).hexdigest()[:12]
-    out = []
-    for k in range(seeds):
-        ck = str(root / f"seed{cfg.seed + k}") if root else None
-        out.append(run_finetune(replace(cfg, seed=cfg.seed + k, label=label,
-                                        group=cfg.group or label, checkpoint_dir=ck),
-                                runs_dir, cache_dir))
-    return out
-
-
-# ------------------------------------------------------------------ ladder
-
-
-def ladder_configs(features, epochs: int = 12, views: int = 3) -> list[tuple[str, FinetuneConfig]]:
-    """The fine-tuning rungs of the ladder, with the defaults we tuned (see README)."""
-    base = FinetuneConfig(features=features, epochs=epochs, views=views, cache_at="layer3")
-    return [
-        ("fine-tune head only", replace(base, unfreeze="none", lr=3e-3)),
-        ("fine-tune top groups", replace(base, unfreeze="layer4", lr=1e-3, lr_factor=1.0)),
-        ("differential LR", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3)),
-        ("gradual unfreezing", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3,
-                                       gradual=1)),
-    ]
-
-
-def summarise_group(records) -> dict:
-    """Mean and spread of a group of records (one per seed)."""
-    val = [r["metrics"]["val"]["accuracy"] for r in records]
-    test = [r["metrics"]["test"]["accuracy"] for r in records]
-    return {"method": records[0]["label"], "n_seeds": len(records),
-            "trainable_params": records[0].get("trainable_params"),
-            "train_seconds": float(np.mean([r["fit_seconds"] for r in records])),
-            "val_accuracy": float(np.mean(val)), "test_accuracy": float(np.mean(test)),
-            "test_std": float(np.std(test, ddof=1)) if len(test) > 1 else 0.0,
-            "run_ids": [r["run_id"] for r in records]}
-
-
-def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1, epochs: int = 12,
-               views: int = 3, cnn_epochs: int | None = None, cache_dir=None,
-               rungs=None) -> list[dict]:
-    """Every rung of the course ladder on one store's split; one summary row per rung.
-
-    Rungs: pixels, MLP, scratch CNN, frozen logreg on the tap with the best
-    validation accuracy, then the fine-tuning rungs of :func:`ladder_configs`,
-    each repeated for ``seeds`` seeds.  ``rungs`` restricts to a subset of
-    rung names.  Rows: method, n_seeds, trainable_params, train_seconds,
-    val_accuracy, test_accuracy, test_std, run_ids.
-    """
-    from .baselines import run_baseline
-    from .jobs import run_fit
-
-    configs = ladder_configs(features, epochs, views)
-    known = {"pixels", "mlp", "cnn", "frozen"} | {name for name, _ in configs}
-    if rungs is not None and set(rungs) - known:
-        raise UsageError(f"unknown rung(s) {', '.join(sorted(set(rungs) - known))}; "
-                         f"valid: {', '.join(sorted(known))}")
-    rows = []
-
-    def wanted(name):
-        return rungs is None or name in rungs
-
-    for kind in ("pixels", "mlp", "cnn"):
-        if wanted(kind):
-            opts = {"epochs": cnn_epochs} if kind == "cnn" and cnn_epochs else {}
-            recs = [run_baseline(kind, features, runs_dir, seed=s, **opts)[0]
-                    for s in range(seeds if kind != "pixels" else 1)]
-            rows.append(summarise_group(recs))
-    if wanted("frozen"):
-        recs = [r for r, _ in run_fit(features, "all", "logreg", runs_dir)]
-        best = max(recs, key=lambda r: r["metrics"]["val"]["accuracy"])
-        row = summarise_group([best])
-        row["method"] = f"frozen {best['label']} (best tap on val)"
-        rows.append(row)
-    for name, cfg in configs:
-        if wanted(name):
-            recs = [r for r, _ in run_finetune_seeds(replace(cfg, label=name), seeds,
-                                                     runs_dir, cache_dir)]
-            rows.append(summarise_group(recs))
-    return rows

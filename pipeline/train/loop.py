@@ -1,4 +1,4 @@
-"""The one torch training loop, its schedules, and the image dataset it trains on.
+"""The one torch training loop and its learning-rate schedules.
 
 Every torch model in the workbench (the MLP and scratch-CNN baselines and
 fine-tuning) is trained by :func:`train`: named parameter groups each with
@@ -9,12 +9,6 @@ validation loss with the best epoch's weights restored, a checkpoint after
 every epoch (model, optimizer, scheduler, RNG state, history) and resume from
 it.  Each epoch reseeds torch from ``(seed, epoch)``, so a run on CPU is
 deterministic and a resumed run equals an uninterrupted one.
-
-:class:`ImageFolderDataset` decodes images with :func:`pipeline.data.load_rgb`
-(unusable files are skipped with a logged reason), optionally keeps them in
-memory at a reduced size, augments them (:data:`AUGMENTATIONS`) and always
-ends with the backbone's own normalisation from its
-:class:`~pipeline.backbones.Preprocessing`.
 """
 
 from __future__ import annotations
@@ -32,17 +26,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import ImageDecodeError, load_rgb
-from .errors import StoreError, UsageError
+from ..errors import StoreError, UsageError
+from ..options import SCHEDULES
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("constant", "exponential", "step", "cosine", "onecycle")
-AUGMENTATIONS = ("standard", "none")
+
 CHECKPOINT_NAME = "last.pt"
-
-
-# ------------------------------------------------------------------ schedules
 
 
 @dataclass(frozen=True)
@@ -92,9 +82,6 @@ def schedule_factor(schedule: Schedule, t: int, total: int) -> float:
     rest = (progress - schedule.warmup) / max(1.0 - schedule.warmup, 1e-12)
     lo = schedule.min_factor
     return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * rest))
-
-
-# ------------------------------------------------------------------ config
 
 
 @dataclass
@@ -162,9 +149,6 @@ def make_scheduler(optimizer, schedule: Schedule, epochs: int, steps_per_epoch: 
     total = epochs * steps_per_epoch if schedule.per == "step" else epochs
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda t: schedule_factor(schedule, t, total))
-
-
-# ------------------------------------------------------------------ loop
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -308,107 +292,3 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
 def _collate(items):
     xs, ys = zip(*items)
     return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)
-
-
-# ------------------------------------------------------------------ images
-
-
-def image_transform(preprocessing, augment: str = "standard", size: int | None = None):
-    """PIL image -> normalised ``(3, size, size)`` float tensor.
-
-    ``standard``: RandomResizedCrop(scale 0.8-1), horizontal flip, ColorJitter
-    (0.2, 0.2, 0.2, 0.1); ``none``: resize and centre crop as the weights
-    expect.  Both end with the weights' own mean/std.
-    """
-    from torchvision import transforms as T
-
-    if augment not in AUGMENTATIONS:
-        raise UsageError(f"unknown augmentation {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
-    size = size or preprocessing.input_size
-    interp = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
-              "nearest": T.InterpolationMode.NEAREST}[preprocessing.interpolation]
-    tail = [T.ToTensor(), T.Normalize(preprocessing.mean, preprocessing.std)]
-    if augment == "none":
-        return T.Compose([T.Resize(int(size / preprocessing.crop_pct), interpolation=interp),
-                          T.CenterCrop(size)] + tail)
-    return T.Compose([T.RandomResizedCrop(size, scale=(0.8, 1.0), interpolation=interp),
-                      T.RandomHorizontalFlip(),
-                      T.ColorJitter(0.2, 0.2, 0.2, 0.1)] + tail)
-
-
-class ImageFolderDataset(torch.utils.data.Dataset):
-    """``(image tensor, label)`` pairs for ``root / paths[i]``.
-
-    With ``cache=True`` every image is decoded once at construction and kept
-    in memory with its short side reduced to ``size / crop_pct`` (cheap for
-    small sets, saves a decode per epoch); unusable files are dropped then,
-    with their reason logged and kept in ``skipped``.  ``kept`` are the
-    indices (into ``paths``) that remain.  Without the cache, an image that
-    fails later is replaced by the next usable one and logged.
-    """
-
-    def __init__(self, root, paths, labels, preprocessing, augment: str = "standard",
-                 size: int | None = None, cache: bool = True):
-        self.root = Path(root)
-        self.transform = image_transform(preprocessing, augment, size)
-        self.short_side = int(math.ceil((size or preprocessing.input_size)
-                                        / preprocessing.crop_pct))
-        self.paths = list(paths)
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.skipped = []
-        self.images = None
-        self.kept = list(range(len(self.paths)))
-        if cache:
-            self.images, self.kept = [], []
-            for i, p in enumerate(self.paths):
-                img = self._decode(i)
-                if img is not None:
-                    self.images.append(img)
-                    self.kept.append(i)
-
-    def _decode(self, i):
-        try:
-            img = load_rgb(self.root / self.paths[i], target_short_side=self.short_side)
-        except ImageDecodeError as exc:
-            log.warning("skipped %s: %s", self.paths[i], exc.reason)
-            self.skipped.append((self.paths[i], exc.reason))
-            return None
-        except OSError as exc:
-            log.warning("skipped %s: cannot read file (%s)", self.paths[i], exc)
-            self.skipped.append((self.paths[i], f"cannot read file ({exc})"))
-            return None
-        w, h = img.size
-        scale = self.short_side / min(w, h)
-        if scale < 1:
-            from PIL import Image
-
-            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                             Image.BICUBIC)
-        return img
-
-    def __len__(self):
-        return len(self.kept)
-
-    def __getitem__(self, j):
-        if self.images is not None:
-            return self.transform(self.images[j]), int(self.labels[self.kept[j]])
-        for k in range(len(self.kept)):
-            i = self.kept[(j + k) % len(self.kept)]
-            img = self._decode(i)
-            if img is not None:
-                return self.transform(img), int(self.labels[i])
-        raise UsageError("no usable image in the dataset")
-
-
-class TensorPairs(torch.utils.data.Dataset):
-    """``(X[i], y[i])`` from in-memory tensors."""
-
-    def __init__(self, X, y):
-        self.X = torch.as_tensor(X, dtype=torch.float32)
-        self.y = torch.as_tensor(np.asarray(y), dtype=torch.long)
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.X[i], int(self.y[i])

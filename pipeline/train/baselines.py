@@ -1,10 +1,10 @@
 """Baselines without pretrained features: raw pixels, the course's MLP, a scratch CNN.
 
-:func:`run_baseline` reads a feature store only for its image list, labels
+:func:`fit_baseline` reads a feature store only for its image list, labels
 and fixed split, so every baseline is judged on the same test images as the
-frozen heads and fine-tuning, and writes the same run record
-(``kind="baseline"``) plus its fitted model next to it (joblib for
-scikit-learn, ``.pt`` for torch).
+frozen heads and fine-tuning; :func:`model_writer` saves its model (joblib
+for scikit-learn, ``.pt`` for torch).  The run record is written by
+:mod:`pipeline.workflows.baseline`.
 
 - ``pixels``: images resized to ``size`` x ``size`` RGB, flattened,
   standardised, logistic regression with the C search of
@@ -24,14 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import ImageDecodeError, load_rgb, resize_center_crop
-from .errors import DataError, UsageError
-from .results import DEFAULT_RUNS_DIR, new_record, save_record
-from .store import FeatureStore
+from ..data.decode import ImageDecodeError, load_rgb, resize_center_crop
+from ..errors import DataError, UsageError
+from ..options import BASELINE_KINDS
 
 log = logging.getLogger(__name__)
 
-KINDS = ("pixels", "mlp", "cnn")
 #: Defaults per kind; any key can be overridden through ``run_baseline(**opts)``.
 DEFAULTS = {
     "pixels": {"size": 32},
@@ -45,53 +43,43 @@ DEFAULTS = {
 PIXEL_CROP_PCT = 1.0
 
 
-def run_baseline(kind: str, features_path, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
-                 **opts) -> tuple[dict, Path]:
-    """Fit baseline ``kind`` on the split of the store at ``features_path``.
+def fit_baseline(kind: str, store, seed: int = 0, **opts) -> dict:
+    """Fit baseline ``kind`` on the split of ``store`` (a :class:`FeatureStore`).
 
-    Returns the run record and the path it was saved to.  ``opts`` override
-    :data:`DEFAULTS` (e.g. ``epochs=5``, ``size=48``).
+    ``opts`` override :data:`DEFAULTS` (e.g. ``epochs=5``, ``size=48``).
+    Returns ``{label, model, params, val_pred, test_pred, test_proba, chosen,
+    search, seconds, trainable_params, history, skipped}``.
     """
-    if kind not in KINDS:
-        raise UsageError(f"unknown baseline {kind!r}; valid: {', '.join(KINDS)}")
+    if kind not in BASELINE_KINDS:
+        raise UsageError(f"unknown baseline {kind!r}; valid: {', '.join(BASELINE_KINDS)}",
+                         param="kind")
     unknown = set(opts) - set(DEFAULTS[kind])
     if unknown:
         raise UsageError(f"baseline {kind!r} has no option(s) {', '.join(sorted(unknown))}; "
                          f"valid: {', '.join(sorted(DEFAULTS[kind]))}")
     params = {**DEFAULTS[kind], **opts}
-    store = FeatureStore(features_path)
     runner = {"pixels": _fit_pixels, "mlp": _fit_mlp, "cnn": _fit_cnn}[kind]
-    out = runner(store, params, seed)
-    record = new_record(
-        kind="baseline", method=kind, label=out["label"], store=store, classes=store.classes,
-        val_pred=out["val_pred"], test_pred=out["test_pred"], test_proba=out["test_proba"],
-        hyperparameters={**params, **out.get("chosen", {})}, search=out.get("search"),
-        fit_seconds=out["seconds"], trainable_params=out["trainable_params"],
-        history=out.get("history"), seed=seed, group=out["label"],
-        extra={"skipped_images": out.get("skipped", [])})
-    ext = "joblib" if kind == "pixels" else "pt"
-    model_file = Path(runs_dir) / f"{record['run_id']}.{ext}"
-    record["model_file"] = str(model_file)
-    path = save_record(record, runs_dir)
-    _save_model(out["model"], model_file, kind, params, store)
-    log.info("%s: val %.4f test %.4f in %.1f s", record["label"],
-             record["metrics"]["val"]["accuracy"], record["metrics"]["test"]["accuracy"],
-             out["seconds"])
-    return record, path
+    return {**runner(store, params, seed), "params": params}
 
 
-def _save_model(model, path: Path, kind, params, store):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bundle = {"kind": kind, "params": params, "classes": store.classes,
+def model_writer(kind: str, out: dict, store):
+    """``(extension, write(path))`` saving the fitted baseline of :func:`fit_baseline`."""
+    bundle = {"kind": kind, "params": out["params"], "classes": store.classes,
               "features_fingerprint": store.fingerprint}
     if kind == "pixels":
-        import joblib
+        def write(path):
+            import joblib
 
-        joblib.dump({**bundle, "model": model}, path)
-    else:
+            joblib.dump({**bundle, "model": out["model"]}, path)
+
+        return "joblib", write
+
+    def write_torch(path):
         import torch
 
-        torch.save({**bundle, "state_dict": model.state_dict()}, path)
+        torch.save({**bundle, "state_dict": out["model"].state_dict()}, path)
+
+    return "pt", write_torch
 
 
 # ------------------------------------------------------------------ pixels
@@ -135,7 +123,7 @@ def _undecodable_eval(split, bad) -> str:
 
 
 def _fit_pixels(store, params, seed):
-    from .heads import predict_proba, select_and_fit
+    from ..heads.selection import predict_proba, select_and_fit
 
     t0 = time.perf_counter()
     data, skipped = _split_pixels(store, params["size"])
@@ -177,7 +165,7 @@ def make_cnn(n_classes: int, width: int = 32, dropout: float = 0.3):
 
 
 def _predict(model, dataset):
-    from .training import evaluate_model
+    from .loop import evaluate_model
 
     _, _, proba = evaluate_model(model, dataset)
     return proba
@@ -186,7 +174,8 @@ def _predict(model, dataset):
 def _fit_mlp(store, params, seed):
     import torch
 
-    from .training import ParamGroup, Schedule, TensorPairs, TrainConfig, train
+    from .datasets import TensorPairs
+    from .loop import ParamGroup, Schedule, TrainConfig, train
 
     t0 = time.perf_counter()
     data, skipped = _split_pixels(store, params["size"])
@@ -216,8 +205,9 @@ def _fit_mlp(store, params, seed):
 def _fit_cnn(store, params, seed):
     import torch
 
-    from .backbones import Preprocessing
-    from .training import ImageFolderDataset, ParamGroup, Schedule, TrainConfig, train
+    from ..backbones import Preprocessing
+    from .datasets import ImageFolderDataset
+    from .loop import ParamGroup, Schedule, TrainConfig, train
 
     t0 = time.perf_counter()
     # A scratch net has no weights to match: plain [0, 1] -> mean 0.5 / std 0.25 scaling.

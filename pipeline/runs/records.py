@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StoreError
+from ..errors import StoreError
+from ..files import atomic_path
 from .metrics import evaluate
 
 SCHEMA = 1
@@ -59,7 +60,7 @@ def new_record(*, kind: str, method: str, label: str, store, classes, val_pred, 
     ``val_pred`` / ``test_pred`` are ``(n_val,)`` / ``(n_test,)`` predicted
     labels in store order; ``test_proba`` is ``(n_test, n_classes)`` or None.
     """
-    from .store import library_versions
+    from ..store.hdf5 import library_versions
 
     y_val, y_test = store.y("val"), store.y("test")
     test_paths = store.rel_paths("test")
@@ -118,6 +119,17 @@ def save_record(record: dict, runs_dir=DEFAULT_RUNS_DIR) -> Path:
             json.dump(record, fh, indent=1)
     except FileExistsError:
         raise StoreError(f"run record {path} already exists; it is never overwritten") from None
+    return path
+
+
+def save_run(record: dict, runs_dir, model_ext: str, write_model) -> Path:
+    """Save ``record`` and its model: ``write_model(path)`` writes ``<run_id>.<model_ext>``
+    (atomically), and ``record["model_file"]`` names it.  Returns the record's path."""
+    model_file = Path(runs_dir) / f"{record['run_id']}.{model_ext}"
+    record["model_file"] = str(model_file)
+    path = save_record(record, runs_dir)
+    with atomic_path(model_file) as tmp:
+        write_model(tmp)
     return path
 
 

@@ -1,0 +1,24 @@
+"""Backbones: the registry (:mod:`.registry`), weight loading (:mod:`.weights`) and one
+module per family (:mod:`.efficientnet`, :mod:`.torchvision_models`).
+
+Importing this package registers every family (cheaply: networks are built
+only by :func:`load_backbone`) and re-exports the registry's API.
+"""
+
+from . import efficientnet, torchvision_models  # noqa: F401  (register their backbones)
+from .registry import (
+                       BackboneSpec,
+                       LoadedBackbone,
+                       Preprocessing,
+                       Tap,
+                       get_backbone,
+                       list_backbones,
+                       load_backbone,
+                       register_backbone,
+                       resolve_taps,
+                       weights_identity,
+)
+
+__all__ = ["BackboneSpec", "LoadedBackbone", "Preprocessing", "Tap", "get_backbone",
+           "list_backbones", "load_backbone", "register_backbone", "resolve_taps",
+           "weights_identity"]

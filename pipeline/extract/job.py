@@ -1,0 +1,413 @@
+"""The ``extract`` job: image folder -> feature store, incremental and resumable.
+
+:func:`run_extract` is what ``python cli.py extract`` calls.  It scans the
+folder, compares it with the existing store (same configuration: reuse
+unchanged images; changed or new images are extracted alone), resumes an
+interrupted run from its journal, runs one forward pass per batch for every
+requested tap (:func:`pipeline.extract.features.extract_features`), and
+assembles the finished store atomically.  torch is only imported once there
+is something to extract, so an up-to-date re-run is fast.
+
+:func:`extract_manifest` does the same for a manifest and store path the
+caller chose; the torchrun shards (:mod:`.shards`) use it for their share of
+the images.  This module knows nothing of shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..backbones import get_backbone, resolve_taps, weights_identity
+from ..data.decode import DECODING
+from ..data.manifest import Manifest, bundled_data_root, scan, stratified_head
+from ..data.split import DEFAULT_FRACTIONS, assign_split
+from ..errors import StoreError, UsageError, opt
+from ..files import sha256_file
+from ..options import DTYPES, POOLINGS
+from ..store.hdf5 import (
+    FORMAT_VERSION,
+    FeatureStore,
+    config_key,
+    library_versions,
+    now_iso,
+    read_index,
+    read_vectors,
+    write_store,
+)
+from ..store.journal import Journal
+from ..store.lock import write_lock
+from .runtimes import cuda_available_cheap, resolve_precision, resolve_runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractConfig:
+    """Everything an extraction depends on (what shapes the vectors goes into the store's key)."""
+
+    data: str | None = None
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    layers: tuple = ()
+    pool: str = "avg"
+    batch_size: int = 32
+    device: str = "auto"
+    runtime: str = "eager"            # pipeline.options.RUNTIMES; "auto" = fastest here
+    precision: str = "auto"           # pipeline.options.PRECISIONS; recorded in the key
+    threads: int | None = None        # intra-op threads of the runtime (None: its default)
+    workers: int | None = None
+    out: str = "features"
+    dtype: str = "float32"
+    seed: int = 0
+    fractions: tuple = DEFAULT_FRACTIONS
+    overwrite: bool = False
+    progress: bool = True
+    limit: int | None = None          # about N images, the first of each class (benchmarks)
+
+
+@dataclass
+class ExtractSummary:
+    path: Path
+    n_images: int
+    n_extracted: int
+    n_reused: int
+    n_resumed: int
+    skipped: list = field(default_factory=list)   # (path, reason)
+    seconds: float = 0.0
+    forward_seconds: float = 0.0
+    images_per_second: float = 0.0
+    up_to_date: bool = False
+    runtime: str = ""
+    precision: str = ""
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def default_store_path(out: str, dataset: str, backbone: str, pool: str) -> Path:
+    """``out`` itself when it names an ``.h5`` file, else ``out/<dataset>_<backbone>_<pool>.h5``."""
+    out = Path(out)
+    if out.suffix in (".h5", ".hdf5"):
+        return out
+    return out / f"{dataset}_{backbone}_{pool}.h5"
+
+
+def data_root(cfg: ExtractConfig) -> Path:
+    return Path(cfg.data) if cfg.data else bundled_data_root()
+
+
+def store_path(cfg: ExtractConfig) -> Path:
+    """The store :func:`run_extract` writes for ``cfg`` (without scanning the folder)."""
+    return default_store_path(cfg.out, data_root(cfg).name, get_backbone(cfg.backbone).name,
+                              cfg.pool)
+
+
+def build_manifest(cfg: ExtractConfig) -> Manifest:
+    """The folder's manifest (``cfg.limit``: its stratified head)."""
+    manifest = scan(data_root(cfg))
+    if cfg.limit:
+        manifest = manifest.subset(stratified_head(manifest.labels, cfg.limit))
+    return manifest
+
+
+def validate(cfg: ExtractConfig):
+    if cfg.pool not in POOLINGS:
+        raise UsageError(f"unknown pooling {cfg.pool!r}; valid: {', '.join(POOLINGS)}",
+                         param="pool")
+    if cfg.dtype not in DTYPES:
+        raise UsageError(f"unknown {opt('dtype')} {cfg.dtype!r}; valid: {', '.join(DTYPES)}",
+                         param="dtype")
+    if cfg.batch_size < 1:
+        raise UsageError(f"{opt('batch_size')} must be >= 1, got {cfg.batch_size}",
+                         param="batch_size")
+
+
+def resolve(cfg: ExtractConfig):
+    """``(cfg with runtime and precision resolved, spec, taps, device kind)``.
+
+    Resolved without importing torch, because both shape the vectors.
+    """
+    validate(cfg)
+    spec = get_backbone(cfg.backbone)
+    taps = resolve_taps(spec, cfg.layers)
+    device_kind = cfg.device
+    if device_kind == "auto":
+        device_kind = "cuda" if cuda_available_cheap() else "cpu"
+    runtime = resolve_runtime(cfg.runtime, device_kind)
+    cfg = replace(cfg, runtime=runtime,
+                  precision=resolve_precision(cfg.precision, runtime, device_kind))
+    return cfg, spec, taps, device_kind
+
+
+def store_config(cfg: ExtractConfig, spec, classes) -> dict:
+    """Everything that shapes the stored vectors and split: the store's cache key."""
+    config = {
+        "format_version": FORMAT_VERSION,
+        "backbone": spec.name,
+        "weights": weights_identity(spec, cfg.weights),
+        "preprocessing": spec.preprocessing.to_dict(),
+        "decoding": DECODING,
+        "pooling": cfg.pool,
+        "dtype": cfg.dtype,
+        "runtime": cfg.runtime,
+        "precision": cfg.precision,
+        "classes": list(classes),
+        "split": {"seed": cfg.seed, "fractions": list(cfg.fractions)},
+    }
+    return json.loads(json.dumps(config))  # the form it takes once stored
+
+
+def check_existing(path: Path, config: dict, overwrite: bool):
+    """``(config, index)`` of the store at ``path`` when it has ``config``; None when
+    there is none (or ``overwrite``); :class:`StoreError` naming the difference otherwise."""
+    existing = read_index(path) if path.exists() else None
+    if existing is None or existing[0] == config:
+        return existing
+    if overwrite:
+        return None
+    old = existing[0]
+    diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+    raise StoreError(
+        f"{path} exists with a different configuration (differs in: {', '.join(diff)}); "
+        f"pass {opt('overwrite', 'True')} to replace it or {opt('out')} to write elsewhere",
+        param="overwrite")
+
+
+# ------------------------------------------------------------------ the job
+
+
+def run_extract(cfg: ExtractConfig) -> ExtractSummary:
+    """Bring the store for ``cfg`` up to date and return what was done."""
+    t_start = time.perf_counter()
+    validate(cfg)
+    manifest = build_manifest(cfg)
+    return extract_manifest(cfg, manifest, store_path(cfg), t_start)
+
+
+def extract_manifest(cfg: ExtractConfig, manifest: Manifest, path: Path,
+                     t_start: float | None = None) -> ExtractSummary:
+    """Bring the store at ``path`` up to date with the images of ``manifest`` under ``cfg``."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    cfg, spec, taps, device_kind = resolve(cfg)
+    config = store_config(cfg, spec, manifest.classes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with write_lock(path):
+        existing = check_existing(path, config, cfg.overwrite)
+        plan = plan_reuse(existing, manifest, spec, taps, path)
+        if plan.up_to_date:
+            log.info("%s is up to date (%d images)", path, len(plan.reuse))
+            store = FeatureStore(path)
+            return ExtractSummary(path, len(store), 0, len(plan.reuse), 0, store.skipped,
+                                  time.perf_counter() - t_start, up_to_date=True,
+                                  runtime=cfg.runtime, precision=cfg.precision)
+        return _extract_and_write(cfg, spec, manifest, config, path, plan, device_kind, t_start)
+
+
+@dataclass
+class ReusePlan:
+    """What an extraction can take from the existing store and what it must compute."""
+
+    taps: tuple               # every tap of the new store (old ones kept), shallow to deep
+    reuse: dict               # path -> (row in the old store, sha256)
+    keep_skipped: dict        # path -> (sha256, reason): still the same unusable file
+    todo: list                # manifest rows to extract
+    previous_split: dict      # path -> split code fixed by the old store
+    existing: bool = False    # a store with this configuration is there
+    up_to_date: bool = False
+
+
+def plan_reuse(existing, manifest: Manifest, spec, taps, path: Path) -> ReusePlan:
+    """Decide, image by image, what can be reused from the existing store."""
+    if existing is None:
+        return ReusePlan(tuple(taps), {}, {}, list(range(len(manifest))), {})
+    _, index = existing
+    old_taps = list(FeatureStore(path).taps)
+    all_taps = tuple(t for t in spec.tap_names if t in set(old_taps) | set(taps))
+    previous = {p: int(c) for p, c in zip(index.paths, index.split)}
+    if not set(taps) <= set(old_taps):  # a new tap: every image runs again
+        return ReusePlan(all_taps, {}, {}, list(range(len(manifest))), previous, True)
+    reuse, keep_skipped, todo = {}, {}, []
+    row_of = {p: i for i, p in enumerate(index.paths)}
+    for i, rel in enumerate(manifest.paths):
+        r = row_of.get(rel)
+        if r is not None:
+            if index.size[r] == manifest.sizes[i] and index.mtime_ns[r] == manifest.mtimes[i]:
+                reuse[rel] = (r, index.sha256[r])
+                continue
+            sha = sha256_file(manifest.root / rel)
+            if sha == index.sha256[r]:
+                reuse[rel] = (r, sha)
+                continue
+        elif rel in index.skipped:
+            sha, reason = index.skipped[rel]
+            if _sha_or_none(manifest.root / rel) == sha:
+                keep_skipped[rel] = (sha, reason)
+                continue
+        todo.append(i)
+    plan = ReusePlan(all_taps, reuse, keep_skipped, todo, previous, True)
+    plan.up_to_date = not todo and not _index_changed(index, manifest, plan)
+    return plan
+
+
+def _index_changed(index, manifest: Manifest, plan: ReusePlan) -> bool:
+    """Whether the store's index must be rewritten although no image needs a forward pass:
+    removed images, new mtimes, or a different list of left-out files."""
+    if set(index.paths) - set(manifest.paths):
+        return True
+    mtime = dict(zip(manifest.paths, manifest.mtimes))
+    if any(index.mtime_ns[r] != mtime[p] for p, (r, _) in plan.reuse.items()):
+        return True
+    # The store lists every file it left out and why; keep that list current.
+    listed = {p: reason for p, (_sha, reason) in index.skipped.items()}
+    expected = {p: reason for p, (_sha, reason) in plan.keep_skipped.items()}
+    expected.update(manifest.excluded)
+    return listed != expected
+
+
+def _extract_and_write(cfg, spec, manifest, config, path, plan, device_kind, t_start):
+    """Journal the forward passes of ``plan.todo``, then write the finished store."""
+    journal = Journal(path, config_key(dict(config, taps=list(plan.taps))))
+    journal.open(overwrite=cfg.overwrite)
+    stamps = {p: (int(s), int(m)) for p, s, m in zip(manifest.paths, manifest.sizes,
+                                                      manifest.mtimes)}
+    done_rows, done_failed = journal.done(stamps)
+    resumed = [i for i in plan.todo if manifest.paths[i] in done_rows
+               or manifest.paths[i] in done_failed]
+    remaining = [i for i in plan.todo if manifest.paths[i] not in done_rows
+                 and manifest.paths[i] not in done_failed]
+    if resumed:
+        log.info("resuming: %d images already done in %s", len(resumed), journal.dir)
+    forward_seconds, n_forward = 0.0, 0
+    if remaining:
+        forward_seconds, n_forward = _run_forward(cfg, spec, plan.taps, manifest, remaining,
+                                                  journal)
+        done_rows, done_failed = journal.done(stamps)
+    rows, skipped = assemble_rows(manifest, plan, done_rows, done_failed, path)
+    speed = (n_forward / forward_seconds) if forward_seconds else 0.0
+    created = FeatureStore(path).attrs.get("created") if plan.existing else None
+    attrs = store_attrs(cfg, spec, config, manifest, created or now_iso(), speed)
+    write_split_store(path, config, attrs, manifest.classes, rows, skipped,
+                      {t: spec.tap(t).channels for t in plan.taps}, cfg, plan.previous_split)
+    journal.discard()
+    return ExtractSummary(
+        path=path, n_images=len(rows), n_extracted=n_forward, n_reused=len(plan.reuse),
+        n_resumed=len(resumed), skipped=[(p, r) for p, _s, r in skipped],
+        seconds=time.perf_counter() - t_start, forward_seconds=forward_seconds,
+        images_per_second=speed, runtime=cfg.runtime, precision=cfg.precision)
+
+
+def assemble_rows(manifest: Manifest, plan: ReusePlan, done_rows: dict, done_failed: dict,
+                  path: Path):
+    """``(rows, skipped)`` of the finished store in manifest order (see :func:`write_store`)."""
+    old_rows = np.asarray(sorted(r for r, _ in plan.reuse.values()), dtype=np.int64)
+    old_vectors = read_vectors(path, plan.taps, old_rows) if len(old_rows) else {}
+    old_pos = {int(r): k for k, r in enumerate(old_rows)}
+    rows, skipped = [], []
+    for i, rel in enumerate(manifest.paths):
+        if rel in plan.reuse:
+            r, sha = plan.reuse[rel]
+            vec = (lambda k=old_pos[r]: {t: old_vectors[t][k] for t in plan.taps})
+        elif rel in done_rows:
+            sha, feats = done_rows[rel]
+            vec = (lambda feats=feats: feats)
+        elif rel in plan.keep_skipped or rel in done_failed:
+            skipped.append((rel, *(plan.keep_skipped.get(rel) or done_failed[rel])))
+            continue
+        else:  # pragma: no cover - every image is in exactly one of the above
+            raise StoreError(f"internal error: {rel} was neither extracted nor skipped")
+        rows.append({"path": rel, "label": int(manifest.labels[i]), "sha256": sha,
+                     "size": int(manifest.sizes[i]), "mtime_ns": int(manifest.mtimes[i]),
+                     "vectors": vec})
+    # Entries of the tree that were never candidates (hidden, not images, empty classes).
+    skipped.extend((rel, "", reason) for rel, reason in manifest.excluded)
+    return rows, skipped
+
+
+def store_attrs(cfg: ExtractConfig, spec, config: dict, manifest: Manifest, created: str,
+                images_per_second: float) -> dict:
+    """The descriptive attributes of a store (provenance; not part of its key)."""
+    return {
+        "backbone": spec.name,
+        "weights": config["weights"],
+        "weights_source": (cfg.weights if cfg.weights in ("imagenet", "none")
+                           else str(Path(cfg.weights).resolve())),
+        "preprocessing": config["preprocessing"],
+        "decoding": DECODING,
+        "pooling": cfg.pool,
+        "dtype": cfg.dtype,
+        "precision": config["precision"],
+        "runtime": cfg.runtime,
+        "data_root": str(manifest.root.resolve()),
+        "dataset": manifest.name,
+        "split_seed": cfg.seed,
+        "split_fractions": list(cfg.fractions),
+        "versions": library_versions(),
+        "created": created,
+        "updated": now_iso(),
+        "images_per_second": images_per_second,
+    }
+
+
+def write_split_store(path: Path, config: dict, attrs: dict, classes, rows, skipped,
+                      taps: dict, cfg: ExtractConfig, previous_split: dict):
+    """Assign the split over ``rows`` (keeping ``previous_split``) and write the store."""
+    split = assign_split([r["path"] for r in rows], [r["label"] for r in rows],
+                         seed=cfg.seed, fractions=cfg.fractions, previous=previous_split)
+    for r, code in zip(rows, split):
+        r["split"] = int(code)
+    write_store(path, config=config, attrs=attrs, classes=classes, rows=rows,
+                skipped=skipped, taps=taps, dtype=cfg.dtype)
+
+
+def _sha_or_none(path):
+    """SHA-256 of ``path``, or None when it cannot be read (it is then retried)."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+def default_workers() -> int:
+    """Decoding threads for one process: one on 2 cores, up to 8 on more."""
+    cpus = os.cpu_count() or 1
+    return 1 if cpus <= 2 else min(8, cpus - 1)
+
+
+def _run_forward(cfg, spec, taps, manifest, remaining, journal):
+    """Extract ``remaining`` manifest rows batch by batch into the journal."""
+    from tqdm.auto import tqdm
+
+    from .features import extract_features
+
+    seq = journal.next_seq()
+    n_forward = 0
+    bar = tqdm(total=len(remaining), unit="img", desc=f"extract {spec.name}",
+               disable=not cfg.progress)
+    t0 = time.perf_counter()
+    batches = extract_features(
+        manifest.root, [manifest.paths[i] for i in remaining], spec.name, cfg.weights, taps,
+        cfg.pool, indices=remaining, runtime=cfg.runtime, precision=cfg.precision,
+        device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads,
+        workers=default_workers() if cfg.workers is None else cfg.workers)
+    try:
+        for res in batches:
+            paths = [manifest.paths[i] for i in res.indices]
+            failures = [(manifest.paths[i], sha, reason) for i, sha, reason in res.failures]
+            for rel, _sha, reason in failures:
+                log.warning("skipped %s: %s", rel, reason)
+            stamps = [(int(manifest.sizes[i]), int(manifest.mtimes[i]))
+                      for i in list(res.indices) + [f[0] for f in res.failures]]
+            journal.write(seq, paths, res.shas, res.features, failures, stamps)
+            seq += 1
+            n_forward += len(paths)
+            bar.update(len(paths) + len(failures))
+    finally:
+        bar.close()
+    return time.perf_counter() - t0, n_forward

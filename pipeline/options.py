@@ -1,0 +1,38 @@
+"""The choice lists every layer reads: one place, no heavy imports.
+
+The library validates against these tuples and the CLI builds its
+``click.Choice`` options from them, so a name added here is offered, checked
+and documented everywhere at once.  Importing this module imports nothing
+but the standard library (``extract`` re-runs and ``backbones`` stay fast).
+"""
+
+#: Depth taps, shallow to deep; every backbone names its stages by these.
+TAP_ORDER = ("layer1", "layer2", "layer3", "layer4", "head")
+#: Taps ``extract`` stores when none is given.
+DEFAULT_TAPS = ("layer2", "layer3", "layer4")
+#: Global pooling of a tapped feature map (implemented by pipeline.extract.forward.pool).
+POOLINGS = ("avg", "max", "gem")
+#: Storage dtype of the vectors in a feature store.
+DTYPES = ("float32", "float16")
+#: Inference runtimes (pipeline.extract.runtimes); ``auto`` = the fastest installed here.
+RUNTIMES = ("auto", "eager", "compile", "onnx", "openvino")
+#: Compute precisions; ``auto`` = fp32 on CPU, fp16 autocast on CUDA.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: scikit-learn heads that ``fit`` can train (pipeline.heads).
+CLASSIFIERS = ("logreg", "svm", "linear-svm", "knn", "sgd-logreg")
+#: Heads ``fit`` trains by streaming store blocks (pipeline.heads.streaming), not in memory.
+STREAMING = ("sgd-logreg",)
+#: Baselines without pretrained features (pipeline.train.baselines).
+BASELINE_KINDS = ("pixels", "mlp", "cnn")
+#: Learning-rate schedules of the training loop (pipeline.train.loop).
+SCHEDULES = ("constant", "exponential", "step", "cosine", "onecycle")
+#: Whether a schedule steps once per epoch or once per batch.
+SCHEDULE_UNITS = ("epoch", "step")
+#: Training augmentation presets (pipeline.train.datasets).
+AUGMENTATIONS = ("standard", "none")
+#: BatchNorm policy of frozen block groups during fine-tuning.
+BN_POLICIES = ("frozen-eval", "train")
+#: Fine-tuning's frozen-trunk cache: ``auto`` when exact, ``off`` = end to end.
+CACHE_MODES = ("auto", "off")
+#: Split names in the order of their codes in a store (0, 1, 2).
+SPLITS = ("train", "val", "test")

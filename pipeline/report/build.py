@@ -1,0 +1,97 @@
+"""The HTML comparison report: run records -> one self-contained page.
+
+:func:`render_report` takes run records and the analysis that
+:mod:`pipeline.workflows.analysis` computed from their feature store, builds one
+context dict with a key per section and renders ``templates/report.html``
+with jinja2 autoescaping, so class names, paths and commands always show as
+text.  The report fits nothing and never runs a network.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from ..errors import StoreError, opt
+from ..files import atomic_write
+from ..runs.groups import group_runs
+from .sections import (
+    advice_section,
+    comparison_rows,
+    confusion_section,
+    curves_section,
+    depth_section,
+    efficiency_section,
+    feature_map_section,
+    mistakes_section,
+    provenance_section,
+    verdict_section,
+)
+
+log = logging.getLogger(__name__)
+
+
+def render_report(records: list, analysis: dict, out_path, overwrite: bool = False) -> Path:
+    """Write the HTML page of ``records`` (run records) and ``analysis`` (from
+    :func:`pipeline.workflows.analysis.analyse`) to ``out_path``; returns it.
+
+    Refuses to replace an existing ``out_path`` unless ``overwrite``.
+    """
+    out_path = Path(out_path)
+    if out_path.exists() and not overwrite:
+        raise StoreError(f"report {str(out_path)!r} already exists; pass {opt('overwrite', 'True')} "
+                         f"to replace it or {opt('out')} another file", param="out")
+    if not records:
+        raise StoreError("no run records to report on; run `python cli.py fit` or "
+                         "`python cli.py baseline` first", param="runs_dir")
+    t0 = time.perf_counter()
+    html = render(build_context(records, analysis))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_path, "w", encoding="utf-8") as fh:
+        fh.write(html)
+    log.info("report of %d runs written to %s (%.1f s, %.0f kB)", len(records), out_path,
+             time.perf_counter() - t0, out_path.stat().st_size / 1e3)
+    return out_path
+
+
+def render(context: dict) -> str:
+    """The page for ``context``; every ``{{ value }}`` is HTML-escaped."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(loader=PackageLoader("pipeline.report", "templates"), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = _pct
+    env.filters["num"] = _num
+    return env.get_template("report.html").render(**context)
+
+
+def build_context(records: list, analysis: dict) -> dict:
+    """One dict per section, from ``records`` and the workflow's ``analysis`` of their store."""
+    groups = group_runs(records)
+    best = groups[0]
+    verdict = verdict_section(groups)
+    advice = advice_section(groups, verdict)
+    return {
+        "title": f"Transfer-learning report: {best['dataset'] or 'dataset'}",
+        "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "n_runs": len(records),
+        "verdict": verdict,
+        "table": comparison_rows(groups),
+        "depth": depth_section(groups),
+        "efficiency": efficiency_section(analysis["efficiency"]),
+        "curves": curves_section(records),
+        "confusion": confusion_section(best),
+        "mistakes": mistakes_section(best),
+        "feature_map": feature_map_section(analysis["feature_map"]),
+        "advice": advice,
+        "provenance": provenance_section(records, groups),
+    }
+
+
+def _pct(value, digits: int = 1) -> str:
+    return "—" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def _num(value, fmt: str = ",.0f") -> str:
+    return "—" if value is None else format(value, fmt)

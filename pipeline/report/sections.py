@@ -1,0 +1,396 @@
+"""The report's sections, each a dict computed from run records (no model is fitted).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from ..options import TAP_ORDER
+from ..runs.groups import paired_test, test_metrics, trainable_params
+from ..runs.stats import holm, wilson_interval
+from . import plots
+
+#: Tap names from shallow to deep; the x-axis of the depth plot.
+log = logging.getLogger(__name__)
+
+
+
+MAX_MISTAKES = 24
+
+
+THUMB_SIZE = 128
+
+
+SIGNIFICANCE = 0.05
+
+
+#: "100% training accuracy trap": train accuracy this far above validation accuracy.
+TRAP_GAP = 0.15
+
+
+#: The decision grid's boundary between small and large data (training images per class).
+LARGE_DATA_PER_CLASS = 1000
+
+
+
+
+
+
+def _ci(record) -> tuple:
+    m = test_metrics(record)
+    return wilson_interval(round(m["accuracy"] * m["n"]), m["n"])
+
+
+def verdict_section(groups: list) -> dict:
+    best = groups[0]
+    lo, hi = _ci(best["rep"])
+    comparisons = []
+    for g in groups[1:]:
+        test = paired_test(best["rep"], g["rep"])
+        comparisons.append({"group": g, "test": test})
+    tested = [c for c in comparisons if c["test"] is not None]
+    for c, adj in zip(tested, holm([c["test"]["p_value"] for c in tested])):
+        c["p_holm"] = adj
+        c["significant"] = adj < SIGNIFICANCE
+    for c in comparisons:
+        c.setdefault("p_holm", None)
+        c.setdefault("significant", None)
+    ranking = [{"rank": i + 1, "group": g, "ci": _ci(g["rep"])} for i, g in enumerate(groups)]
+    n_sig = sum(1 for c in tested if c["significant"])
+    return {"best": best, "ci": (lo, hi), "n_test": test_metrics(best["rep"])["n"],
+            "ranking": ranking, "comparisons": comparisons, "n_tested": len(tested),
+            "n_significant": n_sig, "alpha": SIGNIFICANCE}
+
+
+def comparison_rows(groups: list) -> list:
+    rows = []
+    for g in groups:
+        rep = g["rep"]
+        lo, hi = _ci(rep)
+        feats = rep.get("features") or {}
+        rows.append({
+            "group": g,
+            "kind": rep.get("kind"),
+            "method": rep.get("method"),
+            "backbone": rep.get("backbone") or "",
+            "depth": rep.get("layer") or "",
+            "head": _head_name(rep),
+            "hyperparameters": _format_params(rep.get("hyperparameters") or {}),
+            "ci": (lo, hi),
+            "seconds": float(np.mean([r.get("fit_seconds") or 0.0 for r in g["runs"]])),
+            "trainable_params": trainable_params(rep),
+            "images_per_second": (feats.get("images_per_second")
+                                  if rep.get("kind") == "frozen" else None),
+            "run_ids": [r["run_id"] for r in g["runs"]],
+        })
+    return rows
+
+
+def _head_name(record) -> str:
+    kind = record.get("kind")
+    if kind == "frozen":
+        return record.get("method") or ""
+    if kind == "finetune":
+        return "linear, end to end"
+    return record.get("method") or ""
+
+
+def _format_params(params: dict, limit: int = 8) -> str:
+    """``k=v, ...`` of the scalar hyperparameters, at most ``limit`` of them."""
+    parts = []
+    for k, v in params.items():
+        if isinstance(v, float):
+            v = f"{v:.3g}"
+        elif isinstance(v, (dict, list)):
+            continue
+        parts.append(f"{k}={v}")
+    return ", ".join(parts[:limit]) + (f", ... ({len(parts) - limit} more)"
+                                       if len(parts) > limit else "")
+
+
+def depth_section(groups: list) -> dict:
+    frozen = [g for g in groups if g["kind"] == "frozen" and g["layer"] in TAP_ORDER]
+    if not frozen:
+        return {"figure": None, "rows": [],
+                "note": "No frozen-feature runs yet: run `python cli.py fit --layer all`."}
+    series = OrderedDict()
+    for g in sorted(frozen, key=lambda g: (g["backbone"] or "", g["method"] or "")):
+        lo, hi = _ci(g["rep"])
+        name = f"{g['method']} ({g['backbone']})"
+        series.setdefault(name, []).append((g["layer"], g["accuracy"], lo, hi))
+    taps = [t for t in TAP_ORDER if any(p[0] == t for pts in series.values() for p in pts)]
+    references = [(g["name"], g["accuracy"]) for g in groups if g["kind"] == "baseline"]
+    tuned = [g for g in groups if g["kind"] == "finetune"]
+    if tuned:
+        references.append((f"best fine-tune: {tuned[0]['name']}", tuned[0]["accuracy"]))
+    rows = [{"name": name, "values": {p[0]: p[1] for p in pts}} for name, pts in series.items()]
+    return {"figure": plots.depth_plot(series, references, taps), "rows": rows, "taps": taps,
+            "references": references, "note": None}
+
+
+def efficiency_section(efficiency: dict) -> dict:
+    """The data-efficiency section from the analysis workflow's curves (its figure drawn here)."""
+    curves = efficiency.get("curves") or {}
+    figure = None
+    if curves:
+        styles = {k: tuple(v) for k, v in (efficiency.get("styles") or {}).items()}
+        figure = plots.efficiency_plot(curves, efficiency["levels"], styles)
+    return {"repeats": 0, "store": "", "budget": 0, "has_pixels": False, "seconds": 0.0,
+            "levels": [], "table": [], **efficiency, "figure": figure}
+
+
+def _tap_rank(tap) -> int:
+    return TAP_ORDER.index(tap) if tap in TAP_ORDER else len(TAP_ORDER)
+
+
+def curves_section(records: list) -> list:
+    out = []
+    # Seeds of one strategy next to each other, in seed order.
+    order = {g: i for i, g in enumerate(OrderedDict.fromkeys(r.get("group") for r in records))}
+    for r in sorted(records, key=lambda r: (order[r.get("group")], r.get("seed") or 0)):
+        history = r.get("history") or []
+        if not history:
+            continue
+        best_epoch = ((r.get("finetune") or {}).get("best_epoch")
+                      or (r.get("hyperparameters") or {}).get("best_epoch"))
+        out.append({"record": r, "figure": plots.learning_curve_plot(history, best_epoch),
+                    "trap": training_trap(history), "epochs": len(history),
+                    "best_epoch": best_epoch})
+    return out
+
+
+def training_trap(history: list):
+    """The epoch where training accuracy runs furthest above validation accuracy, if far.
+
+    Returns ``{epoch, train, val, gap}`` when the gap reaches :data:`TRAP_GAP`
+    (or training accuracy reaches 99% while validation trails by 5 points),
+    else None.
+    """
+    worst = None
+    for h in history:
+        tr, va = h.get("train_accuracy"), h.get("val_accuracy")
+        if tr is None or va is None:
+            continue
+        gap = tr - va
+        if gap >= TRAP_GAP or (tr >= 0.99 and gap >= 0.05):
+            if worst is None or gap > worst["gap"]:
+                worst = {"epoch": h.get("epoch"), "train": tr, "val": va, "gap": gap}
+    return worst
+
+
+def confusion_section(best: dict) -> dict:
+    rep = best["rep"]
+    m = test_metrics(rep)
+    classes = rep.get("classes") or list(m["per_class"])
+    per_class = [{"name": c, **m["per_class"][c]} for c in classes if c in m["per_class"]]
+    return {"group": best, "figure": plots.confusion_plot(m["confusion_matrix"], classes),
+            "per_class": per_class, "classes": classes, "matrix": m["confusion_matrix"]}
+
+
+def mistakes_section(best: dict) -> dict:
+    rep = best["rep"]
+    pred = rep.get("predictions") or {}
+    classes = rep.get("classes") or []
+    paths, y_true, y_pred = pred.get("paths", []), pred.get("y_true", []), pred.get("y_pred", [])
+    proba = pred.get("proba")
+    wrong = [i for i, (t, p) in enumerate(zip(y_true, y_pred)) if t != p]
+    if proba is not None:
+        # Most confident mistakes first: they say the most about the model.
+        wrong.sort(key=lambda i: -max(proba[i]))
+    root = Path(rep.get("data_root") or ".")
+    items = []
+    for i in wrong[:MAX_MISTAKES]:
+        top = []
+        if proba is not None:
+            order = np.argsort(proba[i])[::-1][:3]
+            top = [(classes[k], float(proba[i][k])) for k in order]
+        items.append({"path": paths[i], "true": classes[y_true[i]],
+                      "pred": classes[y_pred[i]], "top": top,
+                      "thumb": thumbnail(root / paths[i])})
+    return {"group": best, "cards": items, "n_wrong": len(wrong), "n": len(y_true),
+            "has_proba": proba is not None, "root": str(root)}
+
+
+def thumbnail(path, size: int = THUMB_SIZE):
+    """A JPEG data URI of the image at ``path`` fitted in ``size`` px, or None if unreadable."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            img.thumbnail((size, size))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=75)
+    except (OSError, ValueError) as exc:
+        log.warning("no thumbnail for %s: %s", path, exc)
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def feature_map_section(fmap: dict) -> dict:
+    """The feature-map section from the analysis workflow's PCA panels (figure drawn here)."""
+    panels = [(p["title"], np.asarray(p["xy"], dtype=float).reshape(-1, 2),
+               np.asarray(p["labels"], dtype=int)) for p in fmap.get("panels") or []]
+    figure = plots.feature_map_plot(panels, fmap["classes"]) if panels else None
+    return {**fmap, "figure": figure}
+
+
+def advice_section(groups: list, verdict: dict) -> dict:
+    """Place the dataset on the data-size x similarity grid from measured quantities."""
+    rep = groups[0]["rep"]
+    n_classes = len(rep.get("classes") or []) or 1
+    n_train = (rep.get("split_sizes") or {}).get("train", 0)
+    per_class = n_train / n_classes
+    size = "large" if per_class >= LARGE_DATA_PER_CLASS else "small"
+
+    frozen = [g for g in groups if g["kind"] == "frozen" and g["layer"] in TAP_ORDER]
+    by_tap = {}
+    for g in frozen:
+        if g["accuracy"] > by_tap.get(g["layer"], (-1, None))[0]:
+            by_tap[g["layer"]] = (g["accuracy"], g)
+    taps = sorted(by_tap, key=_tap_rank)
+    depth_gain = similarity = None
+    if len(taps) >= 2:
+        deepest = taps[-1]
+        best_other = max(taps[:-1], key=lambda t: by_tap[t][0])
+        depth_gain = {"deep": deepest, "deep_acc": by_tap[deepest][0], "other": best_other,
+                      "other_acc": by_tap[best_other][0],
+                      "gain": by_tap[deepest][0] - by_tap[best_other][0],
+                      "test": paired_test(by_tap[deepest][1]["rep"], by_tap[best_other][1]["rep"])}
+        # The deepest tap is the most ImageNet-specific: the data look different from
+        # ImageNet only when a shallower tap beats it by more than the noise.
+        t = depth_gain["test"]
+        shallower_wins = (depth_gain["gain"] < -0.01 and t is not None
+                          and t["p_value"] < SIGNIFICANCE)
+        similarity = "different" if shallower_wins else "similar"
+
+    best_frozen = frozen[0] if frozen else None
+    tuned = [g for g in groups if g["kind"] == "finetune"]
+    baselines = [g for g in groups if g["kind"] == "baseline"]
+    finetune_gain = None
+    if tuned and best_frozen:
+        test = paired_test(tuned[0]["rep"], best_frozen["rep"])
+        finetune_gain = {"tuned": tuned[0], "frozen": best_frozen,
+                         "gain": tuned[0]["accuracy"] - best_frozen["accuracy"], "test": test,
+                         "time_ratio": ((tuned[0]["rep"].get("fit_seconds") or 0)
+                                        / max(best_frozen["rep"].get("fit_seconds") or 0, 1e-3))}
+    baseline_gap = None
+    if baselines and best_frozen:
+        baseline_gap = {"baseline": baselines[0], "frozen": best_frozen,
+                        "gap": best_frozen["accuracy"] - baselines[0]["accuracy"]}
+
+    cell = (size, similarity) if similarity else None
+    text = _recommendation(size, similarity, per_class, depth_gain, finetune_gain,
+                           baseline_gap, best_frozen, verdict)
+    return {"per_class": per_class, "n_train": n_train, "n_classes": n_classes, "size": size,
+            "similarity": similarity, "depth_gain": depth_gain, "finetune_gain": finetune_gain,
+            "baseline_gap": baseline_gap, "cell": cell, "threshold": LARGE_DATA_PER_CLASS,
+            "recommendation": text, "grid": GRID}
+
+
+#: The course's decision grid: (data size, similarity to ImageNet) -> what to do.
+GRID = {
+    ("small", "similar"): "Linear classifier on the deepest frozen features.",
+    ("small", "different"): "Linear classifier on features from an earlier (middle) layer.",
+    ("large", "similar"): "Fine-tune the top blocks (small learning rate) from a frozen-feature "
+                          "head.",
+    ("large", "different"): "Fine-tune most of the network, or train from scratch.",
+}
+
+
+def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, baseline_gap,
+                    best_frozen, verdict) -> list:
+    """Plain-language sentences that cite the measured numbers."""
+    lines = [f"This dataset has about {per_class:.0f} training images per class: "
+             f"{size} data by the grid's rule (large means at least "
+             f"{LARGE_DATA_PER_CLASS:,} per class)."]
+    if depth_gain:
+        direction = "better" if depth_gain["gain"] >= 0 else "worse"
+        t = depth_gain["test"]
+        noise = (f", McNemar p = {t['p_value']:.3g}: "
+                 f"{'significant' if t['p_value'] < SIGNIFICANCE else 'within noise'}" if t else "")
+        reason = ("a shallower tap is significantly better, so the images look different "
+                  "from ImageNet" if similarity == "different" else
+                  "no shallower tap is significantly better, so the ImageNet-specific deep "
+                  "features transfer: the images look similar to ImageNet")
+        lines.append(
+            f"The deepest tap {depth_gain['deep']} scores {depth_gain['deep_acc']:.1%} against "
+            f"{depth_gain['other_acc']:.1%} for the best shallower tap {depth_gain['other']} "
+            f"({abs(depth_gain['gain']) * 100:.1f} points {direction}{noise}); {reason}.")
+        lines.append(f"The grid says: {GRID[(size, similarity)]}")
+    else:
+        lines.append("Similarity to ImageNet is not measured yet: fit heads on at least two "
+                     "taps (`python cli.py fit --layer all`).")
+    if baseline_gap:
+        lines.append(
+            f"Frozen pretrained features ({baseline_gap['frozen']['name']}, "
+            f"{baseline_gap['frozen']['accuracy']:.1%}) beat the best baseline "
+            f"({baseline_gap['baseline']['name']}, {baseline_gap['baseline']['accuracy']:.1%}) "
+            f"by {baseline_gap['gap'] * 100:.1f} points.")
+    if finetune_gain:
+        t = finetune_gain["test"]
+        sig = (f" (McNemar p = {t['p_value']:.3g}: "
+               f"{'significant' if t['p_value'] < SIGNIFICANCE else 'within noise'})" if t else "")
+        lines.append(
+            f"The best fine-tuning run ({finetune_gain['tuned']['name']}) scores "
+            f"{finetune_gain['tuned']['accuracy']:.1%}, {finetune_gain['gain'] * 100:+.1f} points "
+            f"over the best frozen head{sig}, at {finetune_gain['time_ratio']:.0f}x its "
+            "training time.")
+        if t and t["p_value"] < SIGNIFICANCE and finetune_gain["gain"] > 0:
+            lines.append("Recommendation: fine-tune; the measured gain is real on these test "
+                         "images.")
+        elif best_frozen:
+            lines.append(f"Recommendation: use {best_frozen['name']}; fine-tuning has not "
+                         "shown a gain that clears the noise.")
+    else:
+        lines.append("No fine-tuning runs yet, so the gain of fine-tuning over frozen features "
+                     "is not measured (`python cli.py finetune`).")
+        if best_frozen:
+            lines.append(f"Recommendation for now: {best_frozen['name']} "
+                         f"({best_frozen['accuracy']:.1%} test accuracy).")
+    best = verdict["best"]
+    lo, hi = verdict["ci"]
+    lines.append(f"Overall best measured: {best['name']} at {best['accuracy']:.1%} "
+                 f"(95% CI {lo:.1%} to {hi:.1%} on {verdict['n_test']} test images).")
+    return lines
+
+
+def provenance_section(records: list, groups: list) -> dict:
+    rep = groups[0]["rep"]
+    stores = OrderedDict()
+    for r in records:
+        f = r.get("features") or {}
+        if f.get("path"):
+            stores.setdefault(f["path"], {"path": f["path"], "fingerprint": f.get("fingerprint"),
+                                          "backbone": f.get("backbone")})
+    backbones = OrderedDict()
+    for r in records:
+        if r.get("backbone"):
+            backbones.setdefault((r["backbone"], r.get("weights")), 0)
+            backbones[(r["backbone"], r.get("weights"))] += 1
+    versions = OrderedDict()
+    for r in records:
+        for k, v in (r.get("versions") or {}).items():
+            versions.setdefault(k, [])
+            if v not in versions[k]:
+                versions[k].append(v)
+    machines = list(OrderedDict.fromkeys(
+        ", ".join(f"{k}: {v}" for k, v in (r.get("machine") or {}).items()) for r in records))
+    created = sorted(r.get("created", "") for r in records)
+    return {
+        "runs": records, "stores": list(stores.values()),
+        "backbones": [{"backbone": b, "weights": w, "runs": n} for (b, w), n in backbones.items()],
+        "data_roots": list(OrderedDict.fromkeys(r.get("data_root") for r in records)),
+        "split_seed": rep.get("split_seed"), "split_sizes": rep.get("split_sizes") or {},
+        "split_fingerprints": list(OrderedDict.fromkeys(r.get("split_fingerprint")
+                                                        for r in records)),
+        "versions": versions, "machines": machines,
+        "first": created[0], "last": created[-1],
+    }

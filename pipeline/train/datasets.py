@@ -1,0 +1,124 @@
+"""Datasets the training loop reads: decoded image folders and in-memory tensors.
+
+:class:`ImageFolderDataset` decodes images with :func:`pipeline.data.decode.load_rgb`
+(unusable files are skipped with a logged reason), optionally keeps them in
+memory at a reduced size, augments them (:data:`pipeline.options.AUGMENTATIONS`)
+and always ends with the backbone's own normalisation from its
+:class:`~pipeline.backbones.registry.Preprocessing`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.decode import ImageDecodeError, load_rgb
+from ..errors import UsageError
+from ..options import AUGMENTATIONS
+
+log = logging.getLogger(__name__)
+
+
+def image_transform(preprocessing, augment: str = "standard", size: int | None = None):
+    """PIL image -> normalised ``(3, size, size)`` float tensor.
+
+    ``standard``: RandomResizedCrop(scale 0.8-1), horizontal flip, ColorJitter
+    (0.2, 0.2, 0.2, 0.1); ``none``: resize and centre crop as the weights
+    expect.  Both end with the weights' own mean/std.
+    """
+    from torchvision import transforms as T
+
+    if augment not in AUGMENTATIONS:
+        raise UsageError(f"unknown augmentation {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+    size = size or preprocessing.input_size
+    interp = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
+              "nearest": T.InterpolationMode.NEAREST}[preprocessing.interpolation]
+    tail = [T.ToTensor(), T.Normalize(preprocessing.mean, preprocessing.std)]
+    if augment == "none":
+        return T.Compose([T.Resize(int(size / preprocessing.crop_pct), interpolation=interp),
+                          T.CenterCrop(size)] + tail)
+    return T.Compose([T.RandomResizedCrop(size, scale=(0.8, 1.0), interpolation=interp),
+                      T.RandomHorizontalFlip(),
+                      T.ColorJitter(0.2, 0.2, 0.2, 0.1)] + tail)
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """``(image tensor, label)`` pairs for ``root / paths[i]``.
+
+    With ``cache=True`` every image is decoded once at construction and kept
+    in memory with its short side reduced to ``size / crop_pct`` (cheap for
+    small sets, saves a decode per epoch); unusable files are dropped then,
+    with their reason logged and kept in ``skipped``.  ``kept`` are the
+    indices (into ``paths``) that remain.  Without the cache, an image that
+    fails later is replaced by the next usable one and logged.
+    """
+
+    def __init__(self, root, paths, labels, preprocessing, augment: str = "standard",
+                 size: int | None = None, cache: bool = True):
+        self.root = Path(root)
+        self.transform = image_transform(preprocessing, augment, size)
+        self.short_side = int(math.ceil((size or preprocessing.input_size)
+                                        / preprocessing.crop_pct))
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.skipped = []
+        self.images = None
+        self.kept = list(range(len(self.paths)))
+        if cache:
+            self.images, self.kept = [], []
+            for i, p in enumerate(self.paths):
+                img = self._decode(i)
+                if img is not None:
+                    self.images.append(img)
+                    self.kept.append(i)
+
+    def _decode(self, i):
+        try:
+            img = load_rgb(self.root / self.paths[i], target_short_side=self.short_side)
+        except ImageDecodeError as exc:
+            log.warning("skipped %s: %s", self.paths[i], exc.reason)
+            self.skipped.append((self.paths[i], exc.reason))
+            return None
+        except OSError as exc:
+            log.warning("skipped %s: cannot read file (%s)", self.paths[i], exc)
+            self.skipped.append((self.paths[i], f"cannot read file ({exc})"))
+            return None
+        w, h = img.size
+        scale = self.short_side / min(w, h)
+        if scale < 1:
+            from PIL import Image
+
+            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                             Image.BICUBIC)
+        return img
+
+    def __len__(self):
+        return len(self.kept)
+
+    def __getitem__(self, j):
+        if self.images is not None:
+            return self.transform(self.images[j]), int(self.labels[self.kept[j]])
+        for k in range(len(self.kept)):
+            i = self.kept[(j + k) % len(self.kept)]
+            img = self._decode(i)
+            if img is not None:
+                return self.transform(img), int(self.labels[i])
+        raise UsageError("no usable image in the dataset")
+
+
+class TensorPairs(torch.utils.data.Dataset):
+    """``(X[i], y[i])`` from in-memory tensors."""
+
+    def __init__(self, X, y):
+        self.X = torch.as_tensor(X, dtype=torch.float32)
+        self.y = torch.as_tensor(np.asarray(y), dtype=torch.long)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.X[i], int(self.y[i])

@@ -1,0 +1,35 @@
+"""``baseline``: pixels, MLP or scratch CNN on a store's split -> a run record and its model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..runs.records import DEFAULT_RUNS_DIR, new_record, save_run
+from ..store.hdf5 import FeatureStore
+from ..train.baselines import fit_baseline, model_writer
+
+log = logging.getLogger(__name__)
+
+
+def run_baseline(kind: str, features_path, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
+                 **opts) -> tuple[dict, Path]:
+    """Fit baseline ``kind`` on the split of the store at ``features_path``.
+
+    Returns the run record and the path it was saved to.  ``opts`` override
+    :data:`pipeline.train.baselines.DEFAULTS` (e.g. ``epochs=5``, ``size=48``).
+    """
+    store = FeatureStore(features_path)
+    out = fit_baseline(kind, store, seed, **opts)
+    record = new_record(
+        kind="baseline", method=kind, label=out["label"], store=store, classes=store.classes,
+        val_pred=out["val_pred"], test_pred=out["test_pred"], test_proba=out["test_proba"],
+        hyperparameters={**out["params"], **out.get("chosen", {})}, search=out.get("search"),
+        fit_seconds=out["seconds"], trainable_params=out["trainable_params"],
+        history=out.get("history"), seed=seed, group=out["label"],
+        extra={"skipped_images": out.get("skipped", [])})
+    path = save_run(record, runs_dir, *model_writer(kind, out, store))
+    log.info("%s: val %.4f test %.4f in %.1f s", record["label"],
+             record["metrics"]["val"]["accuracy"], record["metrics"]["test"]["accuracy"],
+             out["seconds"])
+    return record, path

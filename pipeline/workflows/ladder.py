@@ -1,0 +1,84 @@
+"""The course ladder: every strategy on one store's split, one table.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+
+from ..errors import UsageError
+from ..runs.records import DEFAULT_RUNS_DIR
+from ..train.finetune import FinetuneConfig
+from .finetune import run_finetune_seeds
+
+log = logging.getLogger(__name__)
+
+
+def ladder_configs(features, epochs: int = 12, views: int = 3) -> list[tuple[str, FinetuneConfig]]:
+    """The fine-tuning rungs of the ladder, with the defaults we tuned (see README)."""
+    base = FinetuneConfig(features=features, epochs=epochs, views=views, cache_at="layer3")
+    return [
+        ("fine-tune head only", replace(base, unfreeze="none", lr=3e-3)),
+        ("fine-tune top groups", replace(base, unfreeze="layer4", lr=1e-3, lr_factor=1.0)),
+        ("differential LR", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3)),
+        ("gradual unfreezing", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3,
+                                       gradual=1)),
+    ]
+
+
+def summarise_group(records) -> dict:
+    """Mean and spread of a group of records (one per seed)."""
+    val = [r["metrics"]["val"]["accuracy"] for r in records]
+    test = [r["metrics"]["test"]["accuracy"] for r in records]
+    return {"method": records[0]["label"], "n_seeds": len(records),
+            "trainable_params": records[0].get("trainable_params"),
+            "train_seconds": float(np.mean([r["fit_seconds"] for r in records])),
+            "val_accuracy": float(np.mean(val)), "test_accuracy": float(np.mean(test)),
+            "test_std": float(np.std(test, ddof=1)) if len(test) > 1 else 0.0,
+            "run_ids": [r["run_id"] for r in records]}
+
+
+def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1, epochs: int = 12,
+               views: int = 3, cnn_epochs: int | None = None, cache_dir=None,
+               rungs=None) -> list[dict]:
+    """Every rung of the course ladder on one store's split; one summary row per rung.
+
+    Rungs: pixels, MLP, scratch CNN, frozen logreg on the tap with the best
+    validation accuracy, then the fine-tuning rungs of :func:`ladder_configs`,
+    each repeated for ``seeds`` seeds.  ``rungs`` restricts to a subset of
+    rung names.  Rows: method, n_seeds, trainable_params, train_seconds,
+    val_accuracy, test_accuracy, test_std, run_ids.
+    """
+    from .baseline import run_baseline
+    from .fit import run_fit
+
+    configs = ladder_configs(features, epochs, views)
+    known = {"pixels", "mlp", "cnn", "frozen"} | {name for name, _ in configs}
+    if rungs is not None and set(rungs) - known:
+        raise UsageError(f"unknown rung(s) {', '.join(sorted(set(rungs) - known))}; "
+                         f"valid: {', '.join(sorted(known))}")
+    rows = []
+
+    def wanted(name):
+        return rungs is None or name in rungs
+
+    for kind in ("pixels", "mlp", "cnn"):
+        if wanted(kind):
+            opts = {"epochs": cnn_epochs} if kind == "cnn" and cnn_epochs else {}
+            recs = [run_baseline(kind, features, runs_dir, seed=s, **opts)[0]
+                    for s in range(seeds if kind != "pixels" else 1)]
+            rows.append(summarise_group(recs))
+    if wanted("frozen"):
+        recs = [r for r, _ in run_fit(features, "all", "logreg", runs_dir)]
+        best = max(recs, key=lambda r: r["metrics"]["val"]["accuracy"])
+        row = summarise_group([best])
+        row["method"] = f"frozen {best['label']} (best tap on val)"
+        rows.append(row)
+    for name, cfg in configs:
+        if wanted(name):
+            recs = [r for r, _ in run_finetune_seeds(replace(cfg, label=name), seeds,
+                                                     runs_dir, cache_dir)]
+            rows.append(summarise_group(recs))
+    return rows

@@ -1,0 +1,37 @@
+"""``report``: run records -> the analyses of their store -> one HTML page.
+
+The report package renders and fits nothing; this workflow joins the stages:
+it loads the run records of a folder, computes (or reuses) the analyses the
+page shows from the best frozen run's feature store (data-efficiency curves,
+feature map: :mod:`.analysis`), then renders the page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import StoreError, opt
+from ..report.build import render_report
+from ..runs.records import load_records
+from .analysis import EFFICIENCY_BUDGET, load_or_analyse
+
+
+def build_report(runs_dir, out_path, overwrite: bool = False,
+                 efficiency_budget: float = EFFICIENCY_BUDGET) -> Path:
+    """Write the HTML report of every run record in ``runs_dir`` to ``out_path``.
+
+    Refuses to replace an existing ``out_path`` unless ``overwrite``.  Returns
+    the path written.  ``efficiency_budget`` caps the seconds spent refitting
+    heads for the data-efficiency section.
+    """
+    out_path = Path(out_path)
+    if out_path.exists() and not overwrite:
+        raise StoreError(f"report {str(out_path)!r} already exists; pass {opt('overwrite', 'True')} "
+                         f"to replace it or {opt('out')} another file", param="out")
+    records = load_records(runs_dir)
+    if not records:
+        raise StoreError(f"no run records in {str(runs_dir)!r}; run `python cli.py fit` or "
+                         f"`python cli.py baseline` first, or pass {opt('runs_dir', 'DIR')}",
+                         param="runs_dir")
+    analysis = load_or_analyse(records, runs_dir, efficiency_budget)
+    return render_report(records, analysis, out_path, overwrite=overwrite)
