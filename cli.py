@@ -340,7 +340,8 @@ def demo(out, no_progress):
 @click.option("--weights", default="imagenet", show_default=True,
               help="imagenet | none (random init) | PATH to a state_dict.")
 @click.option("--unfreeze", "--unfreeze-from", "unfreeze", default="layer4", show_default=True,
-              help="none (head only) | all | a block group to unfreeze from (layer1..layer4, head).")
+              help="none (head only) | all | a block group to unfreeze from "
+                   "(layer1..layer4, head).")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Rate of the new head.")
 @click.option("--lr-factor", type=float, default=0.1, show_default=True,
               help="Each block group's rate = factor x the group above (1 = one rate).")

@@ -19,7 +19,8 @@ It prints images/s for each, the ratios c/a and c/b, and the peak memory of
 (c).  It also times decoding alone (files -> model-ready uint8 crops, one
 thread, as ``extract`` does it) and prints the bound that CPU time puts on c/b:
 on a machine whose cores (b) already keeps busy, ``extract`` must find that
-CPU time too, so c/b <= (b's CPU per image) / (b's + decoding's).  ``--scale`` adds the memory check over the whole folder (3,670
+CPU time too, so c/b <= (b's CPU per image) / (b's + decoding's).  ``--scale`` adds the memory
+check over the whole folder (3,670
 images) against N images, and the time of an ``extract`` re-run over the
 already-extracted folder (the whole ``python cli.py extract`` process).
 

@@ -105,7 +105,8 @@ def main(argv=None):
             for comp, chunk in LAYOUTS:
                 if comp and chunk is None:
                     continue
-                w = best_of(lambda: write(path, taps, dtype, comp, chunk))
+                w = best_of(lambda dtype=dtype, comp=comp, chunk=chunk:
+                            write(path, taps, dtype, comp, chunk))
                 size = path.stat().st_size / 2**20
                 ra = best_of(lambda: read_all(path, taps))
                 rb = best_of(lambda: read_blocks(path, taps))

@@ -27,7 +27,7 @@ def opt(name: str, value: str | None = None) -> str:
 
 
 def flag_of(name: str) -> str:
-    """The default command-line flag of a Python parameter name: ``batch_size`` -> ``--batch-size``."""
+    """The default command-line flag of a Python parameter: ``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")
 
 

@@ -110,7 +110,8 @@ def test_cmyk_and_large_jpegs_and_pngs_take_the_pil_path(tmp_path, counted):
     Image.new("RGB", (1200, 1100), (10, 200, 30)).save(tmp_path / "big.jpg")
     Image.new("RGB", (30, 20), (10, 200, 30)).save(tmp_path / "small.png")
     assert load_array(tmp_path / "cmyk.jpg")[0, 0].tolist() == [255, 0, 0]
-    assert load_array(tmp_path / "big.jpg", target_short_side=256).shape == (275, 300, 3)  # 1/4 DCT scale
+    # 1/4 DCT scale
+    assert load_array(tmp_path / "big.jpg", target_short_side=256).shape == (275, 300, 3)
     assert load_array(tmp_path / "small.png").shape == (20, 30, 3)
     assert counted.calls == 0
 

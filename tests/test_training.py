@@ -27,7 +27,8 @@ def _toy_data(n=48, d=6, k=3, seed=0):
     centres = rng.normal(size=(k, d)) * 3
     y = np.arange(n) % k
     X = centres[y] + rng.normal(size=(n, d))
-    return TensorPairs(X[: n * 3 // 4], y[: n * 3 // 4]), TensorPairs(X[n * 3 // 4:], y[n * 3 // 4:])
+    cut = n * 3 // 4
+    return TensorPairs(X[:cut], y[:cut]), TensorPairs(X[cut:], y[cut:])
 
 
 def _toy_net(seed=0):

@@ -52,7 +52,8 @@ def load_local_state_dict(path: str):
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise WeightsError(f"weights file {path!r} holds a {type(state).__name__}, not a state_dict")
+        raise WeightsError(f"weights file {path!r} holds a {type(state).__name__}, "
+                           "not a state_dict")
     return state, f"file:sha256:{sha256_file(p)}"
 
 

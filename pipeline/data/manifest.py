@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, opt
 
 log = logging.getLogger(__name__)
 
@@ -78,42 +78,11 @@ def scan(root, min_per_class: int = 3) -> Manifest:
     if not root.is_dir():
         raise DataError(
             f"image folder {str(root)!r} does not exist or is not a folder; "
-            "pass --data DIR with one sub-folder per class"
-        )
-    excluded = []
-    class_dirs = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            excluded.append(_hidden(entry.name, entry.is_dir()))
-        elif entry.is_dir():
-            class_dirs.append(entry)
-        else:
-            excluded.append((entry.name, "not inside a class folder"))
-    classes, paths, labels, sizes, mtimes, ignored = [], [], [], [], [], []
-    empty = []
-    for class_dir in class_dirs:
-        found = []
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            rel_dir = Path(dirpath).relative_to(root).as_posix()
-            excluded.extend(_hidden(f"{rel_dir}/{d}", True)
-                            for d in sorted(dirnames) if d.startswith("."))
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fname in sorted(filenames):
-                if fname.startswith("."):
-                    excluded.append(_hidden(f"{rel_dir}/{fname}", False))
-                    continue
-                # Plain strings, not Path objects: a scan of thousands of files
-                # is part of every (even up-to-date) extract run.
-                full = os.path.join(dirpath, fname)
-                rel = f"{rel_dir}/{fname}"
-                suffix = os.path.splitext(fname)[1].lower()
-                if suffix in IMAGE_EXTENSIONS:
-                    found.append((rel, full))
-                else:
-                    ignored.append(rel)
-                    ext = suffix if suffix not in ("", ".") else "none"
-                    excluded.append((rel, f"not an image file name (extension {ext!r}; "
-                                          f"images are {', '.join(IMAGE_EXTENSIONS)})"))
+            f"pass {opt('data', 'DIR')} with one sub-folder per class", param="data")
+    excluded, ignored = [], []
+    classes, paths, labels, sizes, mtimes, empty = [], [], [], [], [], []
+    for class_dir in _class_dirs(root, excluded):
+        found = _class_images(root, class_dir, excluded, ignored)
         if not found:
             empty.append(class_dir.name)
             excluded.append((class_dir.name + "/", "class folder holds no image; left out "
@@ -129,30 +98,68 @@ def scan(root, min_per_class: int = 3) -> Manifest:
             mtimes.append(st.st_mtime_ns)
     if empty:
         log.warning("class folders with no images, left out: %s", ", ".join(empty))
+    _check_classes(root, classes, labels, min_per_class)
+    return Manifest(root=root, classes=classes, paths=paths,
+                    labels=np.asarray(labels, dtype=np.int64),
+                    sizes=np.asarray(sizes, dtype=np.int64),
+                    mtimes=np.asarray(mtimes, dtype=np.int64),
+                    ignored=ignored, excluded=excluded)
+
+
+def _class_dirs(root: Path, excluded: list) -> list:
+    """The candidate class folders directly under ``root``; the rest goes to ``excluded``."""
+    class_dirs = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            excluded.append(_hidden(entry.name, entry.is_dir()))
+        elif entry.is_dir():
+            class_dirs.append(entry)
+        else:
+            excluded.append((entry.name, "not inside a class folder"))
+    return class_dirs
+
+
+def _class_images(root: Path, class_dir: Path, excluded: list, ignored: list) -> list:
+    """``[(relative path, full path)]`` of the images in ``class_dir``, at any depth."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        rel_dir = Path(dirpath).relative_to(root).as_posix()
+        excluded.extend(_hidden(f"{rel_dir}/{d}", True)
+                        for d in sorted(dirnames) if d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fname in sorted(filenames):
+            if fname.startswith("."):
+                excluded.append(_hidden(f"{rel_dir}/{fname}", False))
+                continue
+            # Plain strings, not Path objects: a scan of thousands of files
+            # is part of every (even up-to-date) extract run.
+            full = os.path.join(dirpath, fname)
+            rel = f"{rel_dir}/{fname}"
+            suffix = os.path.splitext(fname)[1].lower()
+            if suffix in IMAGE_EXTENSIONS:
+                found.append((rel, full))
+            else:
+                ignored.append(rel)
+                ext = suffix if suffix not in ("", ".") else "none"
+                excluded.append((rel, f"not an image file name (extension {ext!r}; "
+                                      f"images are {', '.join(IMAGE_EXTENSIONS)})"))
+    return found
+
+
+def _check_classes(root: Path, classes: list, labels: list, min_per_class: int):
+    """:class:`DataError` unless there are 2 classes with ``min_per_class`` images each."""
     if len(classes) < 2:
         raise DataError(
             f"{str(root)!r} has {len(classes)} class folder(s) with images "
             f"({', '.join(classes) or 'none'}); a classifier needs at least 2: "
-            "put each class's images in its own sub-folder"
-        )
+            "put each class's images in its own sub-folder", param="data")
     counts = np.bincount(labels, minlength=len(classes))
     small = [f"{c} ({n})" for c, n in zip(classes, counts) if n < min_per_class]
     if small:
         raise DataError(
             f"classes with fewer than {min_per_class} images cannot be split into "
             f"train/val/test: {', '.join(small)} in {str(root)!r}; add images or "
-            "remove those folders"
-        )
-    return Manifest(
-        root=root,
-        classes=classes,
-        paths=paths,
-        labels=np.asarray(labels, dtype=np.int64),
-        sizes=np.asarray(sizes, dtype=np.int64),
-        mtimes=np.asarray(mtimes, dtype=np.int64),
-        ignored=ignored,
-        excluded=excluded,
-    )
+            "remove those folders", param="data")
 
 
 def _hidden(rel: str, is_dir: bool) -> tuple[str, str]:

@@ -15,6 +15,7 @@ the images.  This module knows nothing of shards.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -313,10 +314,10 @@ def assemble_rows(manifest: Manifest, plan: ReusePlan, done_rows: dict, done_fai
     for i, rel in enumerate(manifest.paths):
         if rel in plan.reuse:
             r, sha = plan.reuse[rel]
-            vec = (lambda k=old_pos[r]: {t: old_vectors[t][k] for t in plan.taps})
+            vec = functools.partial(_row_of, old_vectors, old_pos[r])
         elif rel in done_rows:
             sha, feats = done_rows[rel]
-            vec = (lambda feats=feats: feats)
+            vec = functools.partial(dict, feats)
         elif rel in plan.keep_skipped or rel in done_failed:
             skipped.append((rel, *(plan.keep_skipped.get(rel) or done_failed[rel])))
             continue
@@ -328,6 +329,10 @@ def assemble_rows(manifest: Manifest, plan: ReusePlan, done_rows: dict, done_fai
     # Entries of the tree that were never candidates (hidden, not images, empty classes).
     skipped.extend((rel, "", reason) for rel, reason in manifest.excluded)
     return rows, skipped
+
+
+def _row_of(vectors: dict, k: int) -> dict:
+    return {t: v[k] for t, v in vectors.items()}
 
 
 def store_attrs(cfg: ExtractConfig, spec, config: dict, manifest: Manifest, created: str,

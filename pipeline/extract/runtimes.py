@@ -43,6 +43,7 @@ from collections import deque
 from pathlib import Path
 
 from ..errors import DeviceError, UsageError
+from ..files import atomic_path
 from ..options import PRECISIONS, RUNTIMES
 
 log = logging.getLogger(__name__)
@@ -260,9 +261,6 @@ def _onnx_runner(get, size, cache_dir, threads, key):
 
 
 def _openvino_runner(get, size, precision, cache_dir, threads, key):
-    import numpy as np
-    import torch
-
     ov = _import_optional("openvino")
     xml = export_openvino(get, size, cache_dir, key)
     core = ov.Core()
@@ -283,62 +281,7 @@ def _openvino_runner(get, size, precision, cache_dir, threads, key):
     streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
     # Two requests per stream: one runs while the next one's input is set.
     queue = ov.AsyncInferQueue(compiled, 2 * streams)
-    n_out = len(compiled.outputs)
-
-    def stream(items):
-        """``(tag, uint8 batch)`` items in, ``(tag, outputs, seconds)`` out in the same order.
-
-        Each batch is cut into requests of :data:`OPENVINO_REQUEST_BATCH`
-        images queued on every stream at once; a batch is handed back as soon
-        as it and every batch before it are done, while later ones run.
-        """
-        ready = threading.Condition()
-        parts_left, outputs, errors = {}, {}, []
-
-        def finished(request, userdata):
-            slot, part = userdata
-            try:  # output tensors are views into the request's buffers: copy them out
-                outs = [request.get_output_tensor(i).data.copy() for i in range(n_out)]
-            except Exception as exc:  # pragma: no cover - surfaced to the caller below
-                errors.append(exc)
-                outs = None
-            with ready:
-                outputs[slot, part] = outs
-                parts_left[slot] -= 1
-                ready.notify_all()
-
-        def collect(slot, tag, n_parts, t0):
-            with ready:
-                ready.wait_for(lambda: parts_left[slot] == 0 or errors)
-            if errors:
-                raise errors[0]
-            del parts_left[slot]
-            if n_parts == 0:
-                return tag, None, time.perf_counter() - t0
-            parts = [outputs.pop((slot, k)) for k in range(n_parts)]
-            outs = tuple(torch.from_numpy(np.concatenate([p[i] for p in parts]))
-                         for i in range(n_out))
-            return tag, outs, time.perf_counter() - t0
-
-        queue.set_callback(finished)
-        pending = deque()
-        try:
-            for slot, (tag, batch) in enumerate(items):
-                t0 = time.perf_counter()
-                x = None if batch is None else np.ascontiguousarray(batch.cpu().numpy())
-                starts = range(0, 0 if x is None else len(x), OPENVINO_REQUEST_BATCH)
-                with ready:
-                    parts_left[slot] = len(starts)
-                for k, start in enumerate(starts):
-                    queue.start_async({0: x[start:start + OPENVINO_REQUEST_BATCH]}, (slot, k))
-                pending.append((slot, tag, len(starts), t0))
-                # Hand back what is done; never hold more than two batches in flight.
-                while pending and (len(pending) > 2 or parts_left[pending[0][0]] == 0):
-                    yield collect(*pending.popleft())
-            while pending:
-                yield collect(*pending.popleft())
-        finally:
-            queue.wait_all()
+    stream = _OpenVinoStream(queue, len(compiled.outputs))
 
     def run(batch):
         one = stream([(None, batch)])
@@ -349,6 +292,78 @@ def _openvino_runner(get, size, precision, cache_dir, threads, key):
 
     run.stream = stream
     return run
+
+
+
+
+class _OpenVinoStream:
+    """Feeds an OpenVINO ``AsyncInferQueue``: ``stream(items)`` maps ``(tag, uint8 batch)``
+    items to ``(tag, outputs, seconds)`` in the same order while later batches run.
+
+    Each batch is cut into requests of :data:`OPENVINO_REQUEST_BATCH` images
+    queued on every stream at once; a batch is handed back as soon as it and
+    every batch before it are done, while later ones run.  One stream at a time.
+    """
+
+    def __init__(self, queue, n_out: int):
+        self.queue, self.n_out = queue, n_out
+        self.ready = threading.Condition()
+        self.parts_left, self.outputs, self.errors = {}, {}, []
+        queue.set_callback(self._finished)
+
+    def _finished(self, request, userdata):
+        slot, part = userdata
+        try:  # output tensors are views into the request's buffers: copy them out
+            outs = [request.get_output_tensor(i).data.copy() for i in range(self.n_out)]
+        except Exception as exc:  # pragma: no cover - surfaced to the caller in _collect
+            self.errors.append(exc)
+            outs = None
+        with self.ready:
+            self.outputs[slot, part] = outs
+            self.parts_left[slot] -= 1
+            self.ready.notify_all()
+
+    def _collect(self, slot, tag, n_parts, t0):
+        import numpy as np
+        import torch
+
+        with self.ready:
+            self.ready.wait_for(lambda: self.parts_left[slot] == 0 or self.errors)
+        if self.errors:
+            raise self.errors[0]
+        del self.parts_left[slot]
+        if n_parts == 0:
+            return tag, None, time.perf_counter() - t0
+        parts = [self.outputs.pop((slot, k)) for k in range(n_parts)]
+        outs = tuple(torch.from_numpy(np.concatenate([p[i] for p in parts]))
+                     for i in range(self.n_out))
+        return tag, outs, time.perf_counter() - t0
+
+    def _submit(self, slot, batch) -> int:
+        """Queue ``batch``'s requests under ``slot``; returns how many."""
+        import numpy as np
+
+        x = None if batch is None else np.ascontiguousarray(batch.cpu().numpy())
+        starts = range(0, 0 if x is None else len(x), OPENVINO_REQUEST_BATCH)
+        with self.ready:
+            self.parts_left[slot] = len(starts)
+        for k, start in enumerate(starts):
+            self.queue.start_async({0: x[start:start + OPENVINO_REQUEST_BATCH]}, (slot, k))
+        return len(starts)
+
+    def __call__(self, items):
+        pending = deque()
+        try:
+            for slot, (tag, batch) in enumerate(items):
+                t0 = time.perf_counter()
+                pending.append((slot, tag, self._submit(slot, batch), t0))
+                # Hand back what is done; never hold more than two batches in flight.
+                while pending and (len(pending) > 2 or self.parts_left[pending[0][0]] == 0):
+                    yield self._collect(*pending.popleft())
+            while pending:
+                yield self._collect(*pending.popleft())
+        finally:
+            self.queue.wait_all()
 
 
 def _import_optional(runtime: str):
@@ -429,20 +444,17 @@ def export_onnx(extractor, size: int, cache_dir=None, key: str | None = None) ->
     if path.is_file():
         return path
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.{os.getpid()}.tmp.onnx"
     cpu = get()
     taps = list(getattr(cpu, "tap_names", []))
     log.info("exporting the network to ONNX (once; cached in %s)", folder)
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                cpu, (_example_input(size),), str(tmp), dynamo=False, opset_version=17,
-                input_names=["images"], output_names=taps or None,
-                dynamic_axes={"images": {0: "n"}, **{t: {0: "n"} for t in taps}})
-        os.replace(tmp, path)  # atomic: a half-written export is never taken
-    finally:
-        tmp.unlink(missing_ok=True)
+    # atomic: a half-written export is never taken
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.inference_mode(False), \
+            torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            cpu, (_example_input(size),), str(tmp), dynamo=False, opset_version=17,
+            input_names=["images"], output_names=taps or None,
+            dynamic_axes={"images": {0: "n"}, **{t: {0: "n"} for t in taps}})
     return path
 
 
@@ -471,7 +483,8 @@ def export_openvino(extractor, size: int, cache_dir=None, key: str | None = None
         model.reshape({0: ov.PartialShape([-1, 3, size, size])})
         ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
         try:
-            os.replace(tmp, final)  # atomic; fails harmlessly if another process won
+            # A folder, so not atomic_path: renamed whole; fails harmlessly if another won.
+            os.replace(tmp, final)
         except OSError:
             if not (final / "model.xml").is_file():
                 raise

@@ -40,8 +40,9 @@ def render_report(records: list, analysis: dict, out_path, overwrite: bool = Fal
     """
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
-        raise StoreError(f"report {str(out_path)!r} already exists; pass {opt('overwrite', 'True')} "
-                         f"to replace it or {opt('out')} another file", param="out")
+        raise StoreError(f"report {str(out_path)!r} already exists; pass "
+                         f"{opt('overwrite', 'True')} to replace it or {opt('out')} another file",
+                         param="out")
     if not records:
         raise StoreError("no run records to report on; run `python cli.py fit` or "
                          "`python cli.py baseline` first", param="runs_dir")

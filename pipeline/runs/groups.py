@@ -33,11 +33,15 @@ def group_runs(records: list) -> list:
             "accuracy": float(accs.mean()),
             "spread": float(accs.std(ddof=1)) if len(runs) > 1 else None,
             "accuracies": accs.tolist(),
-            "balanced_accuracy": float(np.mean([test_metrics(r)["balanced_accuracy"] for r in runs])),
+            "balanced_accuracy": float(np.mean([test_metrics(r)["balanced_accuracy"]
+                                                for r in runs])),
             "macro_f1": float(np.mean([test_metrics(r)["macro_f1"] for r in runs])),
         })
-    groups.sort(key=lambda g: (-g["accuracy"], -g["balanced_accuracy"],
-                               trainable_params(g["rep"]) if trainable_params(g["rep"]) is not None else math.inf))
+    def size(g):
+        n = trainable_params(g["rep"])
+        return math.inf if n is None else n
+
+    groups.sort(key=lambda g: (-g["accuracy"], -g["balanced_accuracy"], size(g)))
     return groups
 
 

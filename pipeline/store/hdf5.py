@@ -24,7 +24,6 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
+from ..files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def read_index(path: Path) -> tuple[dict, StoreIndex] | None:
 
 def write_store(path: Path, *, config: dict, attrs: dict, classes, rows, skipped,
                 taps: dict, dtype: str = "float32", compression: str | None = None):
-    """Write a finished store atomically.
+    """Write a finished store atomically; returns its fingerprint.
 
     ``rows`` is a list of dicts (path, label, split, sha256, size, mtime_ns,
     vectors) in final order, where ``vectors`` is a callable returning
@@ -222,63 +222,63 @@ def write_store(path: Path, *, config: dict, attrs: dict, classes, rows, skipped
     a list of (path, sha256, reason).  Vectors are written in blocks so
     memory stays bounded by the block, not by N.
     """
-    n = len(rows)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fingerprint = store_fingerprint(config, rows)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = "transfer-workbench-features"
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["config"] = json.dumps(config, sort_keys=True)
+        f.attrs["config_key"] = config_key(config)
+        f.attrs["fingerprint"] = fingerprint
+        f.attrs["taps"] = json.dumps(list(taps))
+        f.attrs["n_images"] = len(rows)
+        f.attrs["n_skipped"] = len(skipped)
+        for k, v in attrs.items():
+            f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
+        _write_index(f, classes, rows, skipped)
+        _write_taps(f, rows, taps, dtype, compression)
+    return fingerprint
+
+
+def store_fingerprint(config: dict, rows) -> str:
+    """SHA-256 of the configuration and every row's identity, label and split."""
     digest = hashlib.sha256(config_key(config).encode())
     for r in rows:
         digest.update(f"{r['path']}\0{r['sha256']}\0{r['label']}\0{r['split']}\n".encode())
-    fingerprint = digest.hexdigest()
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = "transfer-workbench-features"
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["config"] = json.dumps(config, sort_keys=True)
-            f.attrs["config_key"] = config_key(config)
-            f.attrs["fingerprint"] = fingerprint
-            f.attrs["taps"] = json.dumps(list(taps))
-            f.attrs["n_images"] = n
-            f.attrs["n_skipped"] = len(skipped)
-            for k, v in attrs.items():
-                f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
-            f.create_dataset("classes", data=np.asarray(classes, dtype=object), dtype=STR)
-            f.create_dataset("paths", data=np.asarray([r["path"] for r in rows], dtype=object),
-                             dtype=STR)
-            f.create_dataset("labels", data=np.asarray([r["label"] for r in rows], dtype=np.int64))
-            split = f.create_dataset("split", data=np.asarray([r["split"] for r in rows],
-                                                             dtype=np.int8))
-            split.attrs["codes"] = json.dumps({"0": "train", "1": "val", "2": "test"})
-            f.create_dataset("sha256", data=np.asarray([r["sha256"] for r in rows], dtype=object),
-                             dtype=STR)
-            f.create_dataset("size", data=np.asarray([r["size"] for r in rows], dtype=np.int64))
-            f.create_dataset("mtime_ns", data=np.asarray([r["mtime_ns"] for r in rows],
-                                                         dtype=np.int64))
-            g = f.create_group("skipped")
-            g.create_dataset("paths", data=np.asarray([s[0] for s in skipped], dtype=object),
-                             dtype=STR)
-            g.create_dataset("sha256", data=np.asarray([s[1] for s in skipped], dtype=object),
-                             dtype=STR)
-            g.create_dataset("reasons", data=np.asarray([s[2] for s in skipped], dtype=object),
-                             dtype=STR)
-            tg = f.create_group("taps")
-            dsets = {}
-            for tap, channels in taps.items():
-                dsets[tap] = tg.create_dataset(
-                    tap, shape=(n, channels), dtype=dtype,
-                    chunks=(max(1, min(CHUNK_ROWS, n)), channels) if n else None,
-                    compression=compression)
-            block = 1024
-            for start in range(0, n, block):
-                part = rows[start:start + block]
-                vecs = [r["vectors"]() for r in part]
-                for tap, dset in dsets.items():
-                    dset[start:start + len(part)] = np.stack([v[tap] for v in vecs]).astype(dtype)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return fingerprint
+    return digest.hexdigest()
+
+
+def _strings(values):
+    return np.asarray(list(values), dtype=object)
+
+
+def _write_index(f, classes, rows, skipped):
+    """The row-aligned identity columns and the list of skipped files."""
+    f.create_dataset("classes", data=_strings(classes), dtype=STR)
+    f.create_dataset("paths", data=_strings(r["path"] for r in rows), dtype=STR)
+    f.create_dataset("labels", data=np.asarray([r["label"] for r in rows], dtype=np.int64))
+    split = f.create_dataset("split", data=np.asarray([r["split"] for r in rows], dtype=np.int8))
+    split.attrs["codes"] = json.dumps({"0": "train", "1": "val", "2": "test"})
+    f.create_dataset("sha256", data=_strings(r["sha256"] for r in rows), dtype=STR)
+    f.create_dataset("size", data=np.asarray([r["size"] for r in rows], dtype=np.int64))
+    f.create_dataset("mtime_ns", data=np.asarray([r["mtime_ns"] for r in rows], dtype=np.int64))
+    g = f.create_group("skipped")
+    for k, name in enumerate(("paths", "sha256", "reasons")):
+        g.create_dataset(name, data=_strings(s[k] for s in skipped), dtype=STR)
+
+
+def _write_taps(f, rows, taps: dict, dtype: str, compression, block: int = 1024):
+    """One ``(N, C)`` dataset per tap, filled ``block`` rows at a time."""
+    n = len(rows)
+    tg = f.create_group("taps")
+    dsets = {tap: tg.create_dataset(tap, shape=(n, channels), dtype=dtype,
+                                    chunks=(max(1, min(CHUNK_ROWS, n)), channels) if n else None,
+                                    compression=compression)
+             for tap, channels in taps.items()}
+    for start in range(0, n, block):
+        part = rows[start:start + block]
+        vecs = [r["vectors"]() for r in part]
+        for tap, dset in dsets.items():
+            dset[start:start + len(part)] = np.stack([v[tap] for v in vecs]).astype(dtype)
 
 
 def read_vectors(path: Path, tap_names, rows: np.ndarray) -> dict:

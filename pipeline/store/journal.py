@@ -9,7 +9,6 @@ with the same configuration resumes from.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +75,8 @@ class Journal:
         return rows, failed
 
     def write(self, seq: int, paths, shas, features: dict, failures, stamps):
-        """Journal one batch: rows ``paths`` then ``failures``; ``stamps`` (size, mtime_ns) of each."""
+        """Journal one batch: rows ``paths`` then ``failures``, with ``stamps``
+        (size, mtime_ns) of each."""
         arrays = {
             "stamps": np.asarray(stamps, dtype=np.int64).reshape(-1, 2),
             "paths": np.asarray(paths, dtype=str),
@@ -87,13 +87,8 @@ class Journal:
         }
         for tap, arr in features.items():
             arrays["tap_" + tap] = arr
-        target = self.dir / f"batch-{seq:08d}.npz"
-        tmp = self.dir / f".batch-{seq:08d}.{os.getpid()}.tmp.npz"
-        with open(tmp, "wb") as fh:
+        with atomic_write(self.dir / f"batch-{seq:08d}.npz") as fh:
             np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
 
     def next_seq(self) -> int:
         batches = self.batches()

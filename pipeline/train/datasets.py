@@ -70,7 +70,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.kept = list(range(len(self.paths)))
         if cache:
             self.images, self.kept = [], []
-            for i, p in enumerate(self.paths):
+            for i in range(len(self.paths)):
                 img = self._decode(i)
                 if img is not None:
                     self.images.append(img)

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UsageError, opt
+from ..files import atomic_path
 from ..options import BN_POLICIES, CACHE_MODES
 from ..store.hdf5 import FeatureStore
 
@@ -291,9 +292,8 @@ def _cached_splits(store, loaded, cfg, plan, pre, cache_dir=None):
     _MEMORY_CACHE[key] = data
     if disk is not None:
         disk.parent.mkdir(parents=True, exist_ok=True)
-        tmp = disk.with_suffix(".tmp")
-        torch.save(data, tmp)
-        tmp.replace(disk)
+        with atomic_path(disk) as tmp:
+            torch.save(data, tmp)
     return data, seconds
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import StoreError, UsageError
+from ..errors import StoreError, UsageError, opt
+from ..files import atomic_path
 from ..options import SCHEDULES
 
 log = logging.getLogger(__name__)
@@ -180,10 +180,70 @@ def count_trainable(groups) -> int:
     return int(sum(p.numel() for g in groups for p in g.params))
 
 
-def _save_checkpoint(path: Path, state: dict):
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a killed save never leaves a half-written checkpoint
+def _save_checkpoint(path: Path, epoch: int, run, cfg, model, optimizer, scheduler):
+    """Everything :func:`_resume` needs after ``epoch``; tensors and plain data only, so
+    it loads with ``weights_only=True``."""
+    state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "history": run.history,
+             "best_state": run.best_state, "best_loss": run.best_loss,
+             "best_epoch": run.best_epoch, "bad": run.bad, "torch_rng": torch.get_rng_state(),
+             "config": cfg.to_dict(), "stopped": run.stopped}
+    with atomic_path(path) as tmp:  # a killed save never leaves a half-written checkpoint
+        torch.save(state, tmp)
+
+
+@dataclass
+class _Progress:
+    """Where a training run stands after an epoch (what a checkpoint restores)."""
+
+    history: list = field(default_factory=list)
+    best_state: dict | None = None
+    best_loss: float = math.inf
+    best_epoch: int = -1
+    bad: int = 0
+    next_epoch: int = 0
+    stopped: bool = False
+
+
+def _resume(ckpt: Path | None, cfg: TrainConfig, model, optimizer, scheduler) -> _Progress:
+    """The progress saved in ``ckpt``, restored into model, optimizer, scheduler and RNG."""
+    if ckpt is None or not ckpt.is_file():
+        raise StoreError(f"nothing to resume: no checkpoint {ckpt}; run without "
+                         f"{opt('resume')}", param="resume")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if state["config"] != cfg.to_dict():
+        raise StoreError(
+            f"checkpoint {ckpt} was written with another training configuration; "
+            "resume with the same options or start afresh in another folder", param="resume")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    log.info("resumed from %s after epoch %d", ckpt, state["epoch"] + 1)
+    return _Progress(state["history"], state["best_state"], state["best_loss"],
+                     state["best_epoch"], state["bad"],
+                     cfg.epochs if state.get("stopped") else state["epoch"] + 1)
+
+
+def _one_epoch(model, train_data, cfg: TrainConfig, optimizer, scheduler, criterion):
+    """One pass over ``train_data`` in a seeded random order: ``(mean loss, accuracy)``."""
+    order = torch.randperm(len(train_data)).tolist()
+    total_loss, correct, seen = 0.0, 0, 0
+    for start in range(0, len(order), cfg.batch_size):
+        x, y = _collate([train_data[i] for i in order[start:start + cfg.batch_size]])
+        logits = model(x)
+        loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if cfg.schedule.per == "step":
+            scheduler.step()
+        total_loss += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    if cfg.schedule.per == "epoch":
+        scheduler.step()
+    return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
 def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
@@ -204,89 +264,47 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
     steps = math.ceil(len(train_data) / cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs, steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    history, best_state, best_loss, best_epoch, bad = [], None, math.inf, -1, 0
-    start_epoch = 0
     ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
     if ckpt is not None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-    if cfg.resume:
-        if ckpt is None or not ckpt.is_file():
-            raise StoreError(f"nothing to resume: no checkpoint {ckpt}; run without --resume")
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["config"] != cfg.to_dict():
-            raise StoreError(
-                f"checkpoint {ckpt} was written with another training configuration; "
-                "resume with the same options or start afresh in another folder")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best_state = state["history"], state["best_state"]
-        best_loss, best_epoch, bad = state["best_loss"], state["best_epoch"], state["bad"]
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch = state["epoch"] + 1
-        log.info("resumed from %s after epoch %d", ckpt, state["epoch"] + 1)
-        if state.get("stopped"):
-            start_epoch = cfg.epochs
-
-    stopped = False
-    for epoch in range(start_epoch, cfg.epochs):
+    run = _resume(ckpt, cfg, model, optimizer, scheduler) if cfg.resume else _Progress()
+    for epoch in range(run.next_epoch, cfg.epochs):
         t0 = time.perf_counter()
         torch.manual_seed(epoch_seed(cfg.seed, epoch))
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         (set_train_mode or (lambda m: m.train()))(model)
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-        order = torch.randperm(len(train_data)).tolist()
-        total_loss, correct, seen = 0.0, 0, 0
-        for start in range(0, len(order), cfg.batch_size):
-            x, y = _collate([train_data[i] for i in order[start:start + cfg.batch_size]])
-            logits = model(x)
-            loss = criterion(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if cfg.schedule.per == "step":
-                scheduler.step()
-            total_loss += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-        if cfg.schedule.per == "epoch":
-            scheduler.step()
+        train_loss, train_acc = _one_epoch(model, train_data, cfg, optimizer, scheduler,
+                                           criterion)
         val_loss, val_acc, _ = evaluate_model(model, val_data, max(cfg.batch_size, 64))
-        entry = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
-                 "train_accuracy": correct / max(seen, 1), "val_loss": val_loss,
-                 "val_accuracy": val_acc, "lr": lrs,
+        entry = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
+                 "val_loss": val_loss, "val_accuracy": val_acc, "lr": lrs,
                  "trainable_params": sum(p.numel() for g in groups for p in g.params
                                          if p.requires_grad),
                  "seconds": time.perf_counter() - t0}
-        history.append(entry)
+        run.history.append(entry)
         log.info("epoch %d/%d train loss %.4f acc %.3f  val loss %.4f acc %.3f  (%.1f s)",
-                 epoch + 1, cfg.epochs, entry["train_loss"], entry["train_accuracy"],
-                 val_loss, val_acc, entry["seconds"])
-        if val_loss < best_loss:
-            best_loss, best_epoch, bad = val_loss, epoch + 1, 0
-            best_state = copy.deepcopy(model.state_dict())
+                 epoch + 1, cfg.epochs, train_loss, train_acc, val_loss, val_acc,
+                 entry["seconds"])
+        if val_loss < run.best_loss:
+            run.best_loss, run.best_epoch, run.bad = val_loss, epoch + 1, 0
+            run.best_state = copy.deepcopy(model.state_dict())
         else:
-            bad += 1
-        stopped = cfg.patience is not None and bad >= cfg.patience
+            run.bad += 1
+        run.stopped = cfg.patience is not None and run.bad >= cfg.patience
         if ckpt is not None:
-            _save_checkpoint(ckpt, {
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "history": history,
-                "best_state": best_state, "best_loss": best_loss, "best_epoch": best_epoch,
-                "bad": bad, "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
-                "stopped": stopped})
-        if stopped:
+            _save_checkpoint(ckpt, epoch, run, cfg, model, optimizer, scheduler)
+        if run.stopped:
             log.info("early stop after epoch %d: best val loss %.4f at epoch %d",
-                     epoch + 1, best_loss, best_epoch)
+                     epoch + 1, run.best_loss, run.best_epoch)
+        if run.stopped or (cfg.stop_after is not None and epoch + 1 >= cfg.stop_after):
             break
-        if cfg.stop_after is not None and epoch + 1 >= cfg.stop_after:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
     model.eval()
-    return TrainResult(model, history, best_epoch, time.perf_counter() - t_start,
-                       stopped, count_trainable(groups))
+    return TrainResult(model, run.history, run.best_epoch, time.perf_counter() - t_start,
+                       run.stopped, count_trainable(groups))
 
 
 def _collate(items):

@@ -38,7 +38,8 @@ FEATURE_MAP_MAX_POINTS = 1500
 
 
 def open_best_store(groups: list):
-    """The feature store of the best frozen run: None without one, ``{"missing": path}`` when unreadable."""
+    """The feature store of the best frozen run: None without one, ``{"missing": path}``
+    when it cannot be read."""
     from ..store.hdf5 import FeatureStore
 
     frozen = [g for g in groups if g["kind"] == "frozen"]

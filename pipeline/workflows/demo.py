@@ -18,8 +18,8 @@ def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress
     timestamped folder under ``out_dir`` (nothing is overwritten).
     """
     from ..extract.job import ExtractConfig, run_extract
-    from .report import build_report
     from .baseline import run_baseline
+    from .report import build_report
 
     t0 = time.perf_counter()
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -26,8 +26,9 @@ def build_report(runs_dir, out_path, overwrite: bool = False,
     """
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
-        raise StoreError(f"report {str(out_path)!r} already exists; pass {opt('overwrite', 'True')} "
-                         f"to replace it or {opt('out')} another file", param="out")
+        raise StoreError(f"report {str(out_path)!r} already exists; pass "
+                         f"{opt('overwrite', 'True')} to replace it or {opt('out')} another file",
+                         param="out")
     records = load_records(runs_dir)
     if not records:
         raise StoreError(f"no run records in {str(runs_dir)!r}; run `python cli.py fit` or "
