@@ -185,8 +185,8 @@ def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, 
 
     Example: torchrun --nproc_per_node=4 cli.py extract --data photos/ --layer head
     """
-    from pipeline.extract.job import ExtractConfig
-    from pipeline.extract.shards import launch_extract
+    from pipeline.extraction.job import ExtractConfig
+    from pipeline.extraction.shards import launch_extract
 
     summary = launch_extract(ExtractConfig(
         data=data, backbone=backbone, weights=weights, layers=tuple(layers), pool=pool,

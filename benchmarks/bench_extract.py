@@ -126,7 +126,7 @@ def decode_all(root: Path, paths):
     import torch
 
     from pipeline.backbones import get_backbone
-    from pipeline.extract.loader import ImageDataset
+    from pipeline.extraction.loader import ImageDataset
 
     ds = ImageDataset(root, paths, list(range(len(paths))), get_backbone(BACKBONE).preprocessing)
     threads = torch.get_num_threads()
@@ -152,10 +152,10 @@ def run_ceiling(images, runtime: str, precision: str, batch_size: int,
     import torch
 
     from pipeline.backbones import get_backbone, load_backbone
-    from pipeline.extract import runtimes
-    from pipeline.extract.features import network_key
-    from pipeline.extract.forward import build_extractor
-    from pipeline.extract.runtimes import make_runner
+    from pipeline.extraction import runtimes
+    from pipeline.extraction.features import network_key
+    from pipeline.extraction.forward import build_extractor
+    from pipeline.extraction.runtimes import make_runner
 
     default_hint = runtimes.OPENVINO_HINT
     runtimes.OPENVINO_HINT = hint or default_hint
@@ -229,7 +229,7 @@ def child_main(spec: dict):
 
     import torch  # noqa: F401  (imported before the clock, as it is for (a) and (b))
 
-    from pipeline.extract.job import ExtractConfig, run_extract
+    from pipeline.extraction.job import ExtractConfig, run_extract
 
     logging.basicConfig(level=logging.WARNING)
     cpu0 = _cpu_seconds()
@@ -316,7 +316,7 @@ def main(argv=None):
 
     import torch
 
-    from pipeline.extract.runtimes import (
+    from pipeline.extraction.runtimes import (
         available_runtimes,
         resolve_precision,
         resolve_runtime,
@@ -368,7 +368,7 @@ def main(argv=None):
         print(f"    forward-only {r['label']:<24} {r['images_per_second']:8.1f} img/s "
               f"({r['cpu_ms_per_image']:.1f} CPU-ms/img; setup {r['setup_seconds']:.1f} s, "
               "not timed)")
-    from pipeline.extract import runtimes
+    from pipeline.extraction import runtimes
 
     same = [r for r in ceilings
             if (r["runtime"], r["precision"]) == (used_runtime, used_precision)

@@ -10,11 +10,11 @@ but the standard library (``extract`` re-runs and ``backbones`` stay fast).
 TAP_ORDER = ("layer1", "layer2", "layer3", "layer4", "head")
 #: Taps ``extract`` stores when none is given.
 DEFAULT_TAPS = ("layer2", "layer3", "layer4")
-#: Global pooling of a tapped feature map (implemented by pipeline.extract.forward.pool).
+#: Global pooling of a tapped feature map (implemented by pipeline.extraction.forward.pool).
 POOLINGS = ("avg", "max", "gem")
 #: Storage dtype of the vectors in a feature store.
 DTYPES = ("float32", "float16")
-#: Inference runtimes (pipeline.extract.runtimes); ``auto`` = the fastest installed here.
+#: Inference runtimes (pipeline.extraction.runtimes); ``auto`` = the fastest installed here.
 RUNTIMES = ("auto", "eager", "compile", "onnx", "openvino")
 #: Compute precisions; ``auto`` = fp32 on CPU, fp16 autocast on CUDA.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.heads.selection import predict_proba, select_and_fit
 from pipeline.runs.records import new_record, save_record
 from pipeline.store.hdf5 import FeatureStore

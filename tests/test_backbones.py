@@ -15,7 +15,7 @@ from pipeline.backbones import get_backbone, list_backbones, load_backbone, reso
 from pipeline.backbones.efficientnet import lukemelas_to_timm
 from pipeline.backbones.weights import MIRROR_ENV
 from pipeline.errors import UsageError, WeightsError
-from pipeline.extract.forward import build_extractor, pool
+from pipeline.extraction.forward import build_extractor, pool
 
 
 @pytest.mark.parametrize("name", [n for n in list_backbones(available_only=True) if n != "toy"])

@@ -21,8 +21,8 @@ from PIL import Image
 
 from pipeline.backbones import get_backbone
 from pipeline.data.decode import MAX_PIXELS, load_rgb
-from pipeline.extract.job import ExtractConfig, run_extract
-from pipeline.extract.loader import ImageDataset
+from pipeline.extraction.job import ExtractConfig, run_extract
+from pipeline.extraction.loader import ImageDataset
 from pipeline.store.hdf5 import FeatureStore
 
 N_GOOD = 18

@@ -13,7 +13,7 @@ from conftest import make_folder
 from PIL import Image
 
 from pipeline.errors import DataError, UsageError
-from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.runs.records import load_records
 from pipeline.store.hdf5 import FeatureStore
 from pipeline.train.baselines import make_cnn, make_mlp, pixel_matrix

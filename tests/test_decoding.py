@@ -18,7 +18,7 @@ from pipeline.backbones import get_backbone
 from pipeline.data import decode as data
 from pipeline.data.decode import load_array, load_rgb, resize_center_crop
 from pipeline.data.manifest import bundled_data_root, scan
-from pipeline.extract.loader import BatchLoader, ImageDataset
+from pipeline.extraction.loader import BatchLoader, ImageDataset
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from conftest import make_folder
 from PIL import Image
 
 from pipeline.errors import StoreError, UsageError
-from pipeline.extract import shards as dist
-from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.extraction import shards as dist
+from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.store.hdf5 import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def test_shards_merged_equal_single_process(tmp_path):
 
 
 def test_killed_shard_resumes_alone_and_finished_shard_is_kept(tmp_path, monkeypatch):
-    import pipeline.extract.features as ex
+    import pipeline.extraction.features as ex
 
     folder = _varied_folder(tmp_path / "img", per_class=8)   # 10 + 8 + 8 = 26 images
     single = run_extract(_cfg(folder, tmp_path / "single"))

@@ -11,7 +11,7 @@ from conftest import make_folder
 
 from pipeline.backbones import get_backbone, load_backbone
 from pipeline.errors import UsageError
-from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.train.finetune import FinetuneConfig, block_groups, make_plan
 from pipeline.workflows.finetune import run_finetune
 from pipeline.workflows.ladder import summarise_group

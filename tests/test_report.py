@@ -19,7 +19,7 @@ from report_helpers import (
 )
 
 from pipeline.errors import StoreError
-from pipeline.report.sections import training_trap
+from pipeline.reporting.sections import training_trap
 from pipeline.runs.groups import group_runs, paired_test
 from pipeline.runs.records import load_records, new_record, save_record
 from pipeline.runs.stats import holm

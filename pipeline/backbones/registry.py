@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UsageError, WeightsError
+from ..errors import UsageError, WeightsError, opt
 from ..files import sha256_file
 from ..options import DEFAULT_TAPS
 
@@ -129,8 +129,9 @@ def weights_identity(spec: BackboneSpec, weights: str) -> str:
         return spec.imagenet_identity()
     if not Path(weights).is_file():
         raise WeightsError(
-            f"weights {weights!r}: no such file; use --weights imagenet, --weights none "
-            "or --weights PATH to a saved state_dict"
+            f"weights {weights!r}: no such file; use {opt('weights', 'imagenet')}, "
+            f"{opt('weights', 'none')} or {opt('weights', 'PATH')} to a saved state_dict",
+            param="weights"
         )
     return f"file:sha256:{sha256_file(weights)}"
 

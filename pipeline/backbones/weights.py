@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import WeightsError
+from ..errors import WeightsError, opt
 from ..files import sha256_file
 
 #: Base URL replacing torchvision's download host (a mirror); unset = torchvision's own.
@@ -31,7 +31,7 @@ def download_torchvision_weights(weights_enum, mirror: str | None = None):
     except Exception as exc:  # URLError, HTTPError, socket errors...
         raise WeightsError(
             f"could not download ImageNet weights {weights_enum} from {url} ({exc}); "
-            "without network access, pass --weights PATH to a local state_dict "
+            f"without network access, pass {opt('weights', 'PATH')} to a local state_dict "
             "(torchvision's file saved with torch.save(model.state_dict(), PATH))"
         ) from None
 
@@ -42,8 +42,9 @@ def load_local_state_dict(path: str):
     p = Path(path)
     if not p.is_file():
         raise WeightsError(
-            f"weights {path!r}: no such file; use --weights imagenet, --weights none "
-            "or --weights PATH to a saved state_dict"
+            f"weights {path!r}: no such file; use {opt('weights', 'imagenet')}, "
+            f"{opt('weights', 'none')} or {opt('weights', 'PATH')} to a saved state_dict",
+            param="weights"
         )
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)

@@ -43,7 +43,7 @@ def _check_tap(store, tap):
     if tap not in store.taps:
         raise UsageError(
             f"tap {tap!r} is not in {store.path.name}; it holds {', '.join(store.taps)} "
-            f"(run extract with --layer {tap} to add it)")
+            f"(run `python cli.py extract --layer {tap}` to add it)", param="layer")
 
 
 def _sgd(alpha, seed, eta0):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import StoreError, opt
 from ..files import atomic_path
 from .metrics import evaluate
 
@@ -139,7 +139,7 @@ def load_records(runs_dir=DEFAULT_RUNS_DIR) -> list[dict]:
     if not runs_dir.is_dir():
         raise StoreError(
             f"no run records folder {str(runs_dir)!r}; run `python cli.py fit` or "
-            "`python cli.py baseline` first, or pass --runs DIR"
+            f"`python cli.py baseline` first, or pass {opt('runs_dir', 'DIR')}", param="runs_dir"
         )
     records = []
     for path in sorted(runs_dir.glob("*.json")):

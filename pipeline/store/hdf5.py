@@ -31,7 +31,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import StoreError, opt
 from ..files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,8 @@ class FeatureStore:
         if not self.path.is_file():
             raise StoreError(
                 f"feature store {str(self.path)!r} does not exist; run "
-                "`python cli.py extract` first or pass --features FILE"
+                f"`python cli.py extract` first or pass {opt('features', 'FILE')}",
+                param="features"
             )
         try:
             with h5py.File(self.path, "r") as f:
@@ -145,7 +146,7 @@ class FeatureStore:
 
             raise UsageError(
                 f"tap {tap!r} is not in {self.path.name}; it holds {', '.join(self.taps)} "
-                f"(run extract with --layer {tap} to add it)"
+                f"(run `python cli.py extract --layer {tap}` to add it)", param="layer"
             )
         idx = np.flatnonzero(self.mask(split))
         with h5py.File(self.path, "r") as f:
@@ -174,6 +175,10 @@ class FeatureStore:
             for start in starts:
                 start = int(start)
                 yield start, dset[start:start + block].astype(np.float32)
+
+    def xy(self, tap: str, split=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(X (n, C) float32, y (n,) int64)`` of ``tap`` on ``split`` (None: every row)."""
+        return self.X(tap, split), self.y(split)
 
     def y(self, split=None) -> np.ndarray:
         return self.labels[self.mask(split)]

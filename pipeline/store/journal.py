@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import StoreError, opt
 from ..files import atomic_write
 
 
@@ -39,7 +39,7 @@ class Journal:
                     raise StoreError(
                         f"{self.dir} holds an interrupted extraction with a different "
                         "configuration; rerun that configuration to finish it, or pass "
-                        "--overwrite to discard it"
+                        f"{opt('overwrite', 'True')} to discard it", param="overwrite"
                     )
                 self.discard()
         self.dir.mkdir(parents=True, exist_ok=True)

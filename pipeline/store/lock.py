@@ -10,7 +10,7 @@ import platform
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import StoreError, opt
 
 
 @contextmanager
@@ -29,7 +29,7 @@ def write_lock(store_path: Path):
             holder = fh.read().strip() or "another process"
             raise StoreError(
                 f"{store_path} is being written by {holder}; wait for it to finish "
-                "or pass another --out"
+                f"or pass another {opt('out')}", param="out"
             ) from None
         fh.seek(0)
         fh.truncate()

@@ -181,10 +181,12 @@ def make_plan(spec, stage_names, cfg: FinetuneConfig) -> Plan:
     elif cfg.unfreeze in names:
         trainable = names[names.index(cfg.unfreeze):][::-1]
     else:
-        raise UsageError(f"--unfreeze {cfg.unfreeze!r} is not valid for {spec.name}; valid: "
-                         f"none, all, or a block group to unfreeze from: {', '.join(names)}")
+        raise UsageError(f"{opt('unfreeze', repr(cfg.unfreeze))} is not valid for {spec.name}; "
+                         f"valid: none, all, or a block group to unfreeze from: "
+                         f"{', '.join(names)}", param="unfreeze")
     if cfg.lr <= 0 or cfg.lr_factor <= 0:
-        raise UsageError(f"--lr ({cfg.lr}) and --lr-factor ({cfg.lr_factor}) must be > 0")
+        raise UsageError(f"{opt('lr')} ({cfg.lr}) and {opt('lr_factor')} ({cfg.lr_factor}) "
+                         "must be > 0", param="lr")
     lrs = {"classifier": cfg.lr}
     start = {"classifier": 0}
     for depth, name in enumerate(trainable, start=1):

@@ -21,15 +21,21 @@ def run_baseline(kind: str, features_path, runs_dir=DEFAULT_RUNS_DIR, seed: int 
     """
     store = FeatureStore(features_path)
     out = fit_baseline(kind, store, seed, **opts)
-    record = new_record(
+    record = baseline_record(kind, out, store, seed)
+    path = save_run(record, runs_dir, *model_writer(kind, out, store))
+    log.info("%s: val %.4f test %.4f in %.1f s", record["label"],
+             record["metrics"]["val"]["accuracy"], record["metrics"]["test"]["accuracy"],
+             out["seconds"])
+    return record, path
+
+
+def baseline_record(kind: str, out: dict, store, seed: int) -> dict:
+    """The run record (``kind="baseline"``) of a
+    :func:`pipeline.train.baselines.fit_baseline` result."""
+    return new_record(
         kind="baseline", method=kind, label=out["label"], store=store, classes=store.classes,
         val_pred=out["val_pred"], test_pred=out["test_pred"], test_proba=out["test_proba"],
         hyperparameters={**out["params"], **out.get("chosen", {})}, search=out.get("search"),
         fit_seconds=out["seconds"], trainable_params=out["trainable_params"],
         history=out.get("history"), seed=seed, group=out["label"],
         extra={"skipped_images": out.get("skipped", [])})
-    path = save_run(record, runs_dir, *model_writer(kind, out, store))
-    log.info("%s: val %.4f test %.4f in %.1f s", record["label"],
-             record["metrics"]["val"]["accuracy"], record["metrics"]["test"]["accuracy"],
-             out["seconds"])
-    return record, path

@@ -17,7 +17,7 @@ def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress
     pixel and scratch-CNN baselines -> HTML report, all in a new
     timestamped folder under ``out_dir`` (nothing is overwritten).
     """
-    from ..extract.job import ExtractConfig, run_extract
+    from ..extraction.job import ExtractConfig, run_extract
     from .baseline import run_baseline
     from .report import build_report
 

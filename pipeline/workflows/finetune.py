@@ -51,16 +51,20 @@ def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR,
     ``cache_dir`` keeps the cached trunk outputs on disk (reused by later
     runs and by ``resume``).  Returns ``(record, record_path)``.
     """
-    import torch
-
     result = finetune(cfg, cache_dir)
     record = finetune_record(result)
-    path = save_run(record, runs_dir, "pt",
-                    lambda file: torch.save(result.model_bundle(), file))
+    path = save_finetune(record, result, runs_dir)
     log.info("%s: val %.4f test %.4f (cache %.0f s, train %.0f s)", record["label"],
              record["metrics"]["val"]["accuracy"], record["metrics"]["test"]["accuracy"],
              result.cache_seconds, result.train.seconds)
     return record, path
+
+
+def save_finetune(record: dict, result: FinetuneResult, runs_dir) -> Path:
+    """Save ``record`` and the trained network (``<run_id>.pt``) under ``runs_dir``."""
+    import torch
+
+    return save_run(record, runs_dir, "pt", lambda file: torch.save(result.model_bundle(), file))
 
 
 def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 3, runs_dir=DEFAULT_RUNS_DIR,

@@ -9,7 +9,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-from ..errors import StoreError, UsageError
+from ..errors import StoreError, UsageError, opt
 from ..heads.selection import predict_proba, select_and_fit
 from ..options import CLASSIFIERS, STREAMING
 from ..runs.records import DEFAULT_RUNS_DIR, new_record, save_run
@@ -29,7 +29,7 @@ def find_store(features=None, features_dir=DEFAULT_FEATURES_DIR) -> Path:
     if not candidates:
         raise StoreError(
             f"no feature store in {str(features_dir)!r}; run `python cli.py extract` first "
-            "or pass --features FILE"
+            f"or pass {opt('features', 'FILE')}", param="features"
         )
     log.info("using the newest feature store %s", candidates[-1])
     return candidates[-1]

@@ -11,7 +11,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-from ..errors import StoreError, UsageError
+from ..errors import StoreError, UsageError, opt
 from ..heads.selection import predict_proba
 from ..runs.records import DEFAULT_RUNS_DIR, find_record
 
@@ -51,7 +51,8 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
     if not files:
         raise UsageError("no images to predict: pass image files or folders")
     if out_csv and Path(out_csv).exists() and not overwrite:
-        raise StoreError(f"{out_csv} exists; pass --overwrite or another --out")
+        raise StoreError(f"{out_csv} exists; pass {opt('overwrite', 'True')} or another "
+                         f"{opt('out_csv')}", param="out_csv")
     feats, errors = _extract_files(bundle, files, batch_size, device)
     classes = bundle["classes"]
     preds = []
@@ -105,8 +106,8 @@ def _extract_files(bundle, files, batch_size, device):
     here falls back to eager (fp32 runtimes agree within 1e-4), with a log line.
     """
     from ..backbones import get_backbone, weights_identity
-    from ..extract.features import extract_features
-    from ..extract.runtimes import installed
+    from ..extraction.features import extract_features
+    from ..extraction.runtimes import installed
 
     cfg = bundle["store_config"]
     source = bundle.get("weights_source") or "imagenet"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import StoreError, opt
-from ..report.build import render_report
+from ..reporting.build import render_report
 from ..runs.records import load_records
 from .analysis import EFFICIENCY_BUDGET, load_or_analyse
 

@@ -13,7 +13,7 @@ import logging
 import torch
 import torch.nn as nn
 
-from ..errors import DeviceError, UsageError
+from ..errors import DeviceError, UsageError, opt
 from ..options import POOLINGS
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise DeviceError(
-                f"--device {device} was asked for but this torch ({torch.__version__}) sees no "
-                "CUDA device; use --device cpu (or auto) on this machine"
+                f"{opt('device', device)} was asked for but this torch ({torch.__version__}) "
+                f"sees no CUDA device; use {opt('device', 'cpu')} (or auto) on this machine",
+                param="device"
             )
         return torch.device(device)
     if device == "cpu":

@@ -4,7 +4,7 @@
 folder, compares it with the existing store (same configuration: reuse
 unchanged images; changed or new images are extracted alone), resumes an
 interrupted run from its journal, runs one forward pass per batch for every
-requested tap (:func:`pipeline.extract.features.extract_features`), and
+requested tap (:func:`pipeline.extraction.features.extract_features`), and
 assembles the finished store atomically.  torch is only imported once there
 is something to extract, so an up-to-date re-run is fast.
 

@@ -60,7 +60,7 @@ def render(context: dict) -> str:
     """The page for ``context``; every ``{{ value }}`` is HTML-escaped."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    env = Environment(loader=PackageLoader("pipeline.report", "templates"), autoescape=True,
+    env = Environment(loader=PackageLoader("pipeline.reporting", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = _pct
     env.filters["num"] = _num

@@ -92,7 +92,7 @@ def extract_features(root, paths, backbone: str, weights: str, taps, pool: str =
     ``{tap: (n, C) float32}`` pooled with ``pool`` in the order of ``taps``,
     the files' SHA-256 (``hash_files``) and the files that did not decode,
     with their reason.  ``runtime``/``precision`` as in
-    :func:`pipeline.extract.runtimes.make_runner` (``auto`` = the fastest
+    :func:`pipeline.extraction.runtimes.make_runner` (``auto`` = the fastest
     installed here); decoding runs in ``workers`` threads (0: between
     batches) and starts before the runtime loads, so the two overlap.
     """

@@ -77,9 +77,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
         raise UsageError(
-            f"--shard {text!r} is not RANK/WORLD with 0 <= RANK < WORLD; e.g. --shard 1/4 "
-            "extracts the second of four shards"
-        )
+            f"{opt('shard', repr(text))} is not RANK/WORLD with 0 <= RANK < WORLD; e.g. "
+            f"{opt('shard', '1/4')} extracts the second of four shards", param="shard")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -366,7 +365,8 @@ def run_extract_torchrun(cfg: ExtractConfig, env: TorchrunEnv) -> ExtractSummary
                 "rank(s) " + "; ".join(f"{k}: {msg}" for k, msg in failed)
                 + f". Finished shards are kept in {shard_store_path(final, 0, env.world).parent}; "
                 "re-run the same command (finished shards do no forward pass) or one rank alone "
-                f"with `python cli.py extract --shard K/{env.world}` and the same options")
+                f"with `python cli.py extract {opt('shard', f'K/{env.world}')}` and the same "
+                "options")
         if env.rank == 0:
             return merge_shards(cfg, env.world, statuses)
         return summary
@@ -388,14 +388,16 @@ def launch_extract(cfg: ExtractConfig, shard: str | None = None,
     env = torchrun_env()
     distributed = env is not None and env.world > 1
     if shard is not None and merge_world is not None:
-        raise UsageError("pass either --shard K/N (extract one shard) or --merge-shards N, "
-                         "not both")
+        raise UsageError(f"pass either {opt('shard', 'K/N')} (extract one shard) or "
+                         f"{opt('merge_shards', 'N')}, not both", param="shard")
     if distributed and (shard is not None or merge_world is not None):
-        raise UsageError("--shard and --merge-shards are for running without torchrun; under "
-                         "torchrun every rank takes its shard from RANK and WORLD_SIZE")
+        raise UsageError(f"{opt('shard')} and {opt('merge_shards')} are for running without "
+                         "torchrun; under torchrun every rank takes its shard from RANK and "
+                         "WORLD_SIZE", param="shard")
     if merge_world is not None:
         if merge_world < 1:
-            raise UsageError(f"--merge-shards must be >= 1, got {merge_world}")
+            raise UsageError(f"{opt('merge_shards')} must be >= 1, got {merge_world}",
+                             param="merge_shards")
         return merge_shards(cfg, merge_world)
     if shard is not None:
         return extract_shard(cfg, *parse_shard(shard))

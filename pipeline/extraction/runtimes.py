@@ -1,4 +1,4 @@
-"""Inference runtimes for a :class:`~pipeline.extract.TapExtractor`.
+"""Inference runtimes for a :class:`~pipeline.extraction.TapExtractor`.
 
 ``make_runner`` returns a callable mapping a uint8 image batch (on the
 target device) to the tuple of pooled tap tensors, computed by one of:
@@ -42,7 +42,7 @@ import warnings
 from collections import deque
 from pathlib import Path
 
-from ..errors import DeviceError, UsageError
+from ..errors import DeviceError, UsageError, opt
 from ..files import atomic_path
 from ..options import PRECISIONS, RUNTIMES
 
@@ -114,23 +114,22 @@ def available_runtimes(device) -> list[str]:
 def resolve_runtime(name: str, device) -> str:
     """The runtime ``name`` stands for on ``device`` (``auto`` -> the fastest available)."""
     if name not in RUNTIMES:
-        raise UsageError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}")
+        raise UsageError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}",
+                         param="runtime")
     available = available_runtimes(device)
     if name == "auto":
         return available[0]
     if name in OPTIONAL and device_kind(device) == "cpu" and not installed(name):
         module, extra = OPTIONAL[name]
         raise DeviceError(
-            f"--runtime {name} needs the package {module!r}, which is not installed; "
-            f"install it with pip install -e '.[{extra}]' or use --runtime "
-            f"{' | '.join(['auto'] + available)}"
-        )
+            f"{opt('runtime', name)} needs the package {module!r}, which is not installed; "
+            f"install it with pip install -e '.[{extra}]' or use "
+            f"{opt('runtime', ' | '.join(['auto'] + available))}", param="runtime")
     if name not in available:
         raise DeviceError(
-            f"--runtime {name} cannot run on {device_kind(device)} here; available: "
+            f"{opt('runtime', name)} cannot run on {device_kind(device)} here; available: "
             f"{', '.join(available)}"
-            + (" (or pass --device cpu)" if name in OPTIONAL else "")
-        )
+            + (f" (or pass {opt('device', 'cpu')})" if name in OPTIONAL else ""), param="runtime")
     return name
 
 
@@ -146,17 +145,17 @@ def allowed_precisions(runtime: str, device) -> tuple:
 def resolve_precision(precision: str, runtime: str, device) -> str:
     """The precision ``precision`` stands for with ``runtime`` on ``device``."""
     if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        raise UsageError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}",
+                         param="precision")
     allowed = allowed_precisions(runtime, device)
     if precision == "auto":
         return allowed[0]
     if precision not in allowed:
         raise UsageError(
-            f"--precision {precision} is not available with --runtime {runtime} on "
-            f"{device_kind(device)}; valid there: {', '.join(allowed)}"
-            + (" (bf16 on CPU needs --runtime openvino and a CPU with AVX512-BF16 or AMX)"
-               if precision == "bf16" else "")
-        )
+            f"{opt('precision', precision)} is not available with {opt('runtime', runtime)} "
+            f"on {device_kind(device)}; valid there: {', '.join(allowed)}"
+            + (f" (bf16 on CPU needs {opt('runtime', 'openvino')} and a CPU with AVX512-BF16 "
+               "or AMX)" if precision == "bf16" else ""), param="precision")
     return precision
 
 
@@ -176,7 +175,7 @@ def make_runner(extractor, runtime: str, device, batch_size: int, preprocessing,
                 key: str | None = None):
     """A callable ``uint8 (N, 3, S, S) -> tuple of (N, C_tap) float tensors``.
 
-    ``extractor`` is a :class:`~pipeline.extract.TapExtractor` or a
+    ``extractor`` is a :class:`~pipeline.extraction.TapExtractor` or a
     zero-argument callable that builds one.  ``runtime`` and ``precision``
     may be ``auto``; the callable's ``runtime`` and ``precision`` attributes
     say what was chosen.  ``threads`` caps the runtime's intra-op threads
@@ -374,8 +373,8 @@ def _import_optional(runtime: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise DeviceError(
-            f"--runtime {runtime} needs the package {module!r} ({exc}); install it with "
-            f"pip install -e '.[{extra}]' or use --runtime eager"
+            f"{opt('runtime', runtime)} needs the package {module!r} ({exc}); install it with "
+            f"pip install -e '.[{extra}]' or use {opt('runtime', 'eager')}", param="runtime"
         ) from None
 
 
@@ -394,8 +393,8 @@ def _export_key(kind: str, size: int, key: str) -> str:
         except (md.PackageNotFoundError, ValueError):
             pass
     package = Path(__file__).resolve().parent.parent
-    for source in sorted([*package.glob("backbones/*.py"), package / "extract" / "forward.py",
-                          package / "extract" / "runtimes.py"]):
+    for source in sorted([*package.glob("backbones/*.py"), package / "extraction" / "forward.py",
+                          package / "extraction" / "runtimes.py"]):
         digest.update(source.read_bytes())
     return digest.hexdigest()[:32]
 

@@ -1,0 +1,173 @@
+"""The Python API: the same product as the CLI, for a notebook.
+
+Every function here joins the same workflows the CLI runs, writes the same
+files (a store under ``out``, run records under ``runs_dir``), and returns
+objects: :func:`extract` a :class:`~pipeline.store.hdf5.FeatureStore`
+(``store.xy("layer4", "train")`` gives ``(X, y)``), :func:`fit`,
+:func:`baseline` and :func:`finetune` a :class:`Run` (its record, its model,
+where both were saved), :func:`report` the path of the page.  ``import
+pipeline`` re-exports these lazily, so importing the package stays light.
+
+Example::
+
+    import pipeline as wb
+    store = wb.extract(layers=["layer3", "layer4"])          # the bundled flowers
+    X, y = store.xy("layer4", "train")                       # (n, 320) float32, (n,)
+    head = wb.fit(store, layer="layer4", clf="logreg")
+    print(head.label, head.accuracy)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runs.records import DEFAULT_RUNS_DIR
+
+
+@dataclass
+class Run:
+    """One run: its JSON ``record`` (as saved), the ``model`` it trained, and the files.
+
+    ``model`` is the fitted scikit-learn pipeline of a frozen head or pixel
+    baseline, or the trained torch network of an MLP, CNN or fine-tuning run.
+    """
+
+    record: dict
+    path: Path | None = None
+    model: object = None
+
+    @property
+    def run_id(self) -> str:
+        return self.record["run_id"]
+
+    @property
+    def label(self) -> str:
+        return self.record["label"]
+
+    @property
+    def accuracy(self) -> float:
+        """Test accuracy."""
+        return self.record["metrics"]["test"]["accuracy"]
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.record["metrics"]["val"]["accuracy"]
+
+    def predict_proba(self, X):
+        """Class probabilities ``(n, n_classes)`` of a frozen head for features ``X`` ``(n, C)``."""
+        from .heads.selection import predict_proba
+
+        return predict_proba(self.model, X)
+
+    def predict(self, X):
+        """Predicted label indices ``(n,)`` of a frozen head for features ``X`` ``(n, C)``."""
+        return self.predict_proba(X).argmax(axis=1)
+
+    def __repr__(self):
+        return f"Run({self.label!r}, test accuracy {self.accuracy:.3f}, {self.run_id})"
+
+
+def open_store(path):
+    """The feature store at ``path`` (an ``.h5`` file written by :func:`extract`)."""
+    from .store.hdf5 import FeatureStore
+
+    return FeatureStore(path)
+
+
+def extract(data=None, *, backbone: str = "efficientnet_lite0", layers=(), out="features",
+            **options):
+    """Extract the images of ``data`` (default: the bundled flowers) into a store; return it.
+
+    ``layers`` are tap names (default layer2-4; ``["all"]`` for every tap);
+    ``options`` are the other fields of :class:`pipeline.extraction.job.ExtractConfig`
+    (``weights``, ``pool``, ``runtime``, ``batch_size``, ``seed``, ...).  A
+    second call with the same options does no forward pass.  The store's
+    ``summary`` says what this call did.
+    """
+    from .extraction.job import ExtractConfig
+    from .extraction.shards import launch_extract
+
+    summary = launch_extract(ExtractConfig(data=None if data is None else str(data),
+                                           backbone=backbone, layers=tuple(layers),
+                                           out=str(out), **options))
+    store = open_store(summary.path)
+    store.summary = summary
+    return store
+
+
+def _store_path(store) -> str:
+    return str(getattr(store, "path", store))
+
+
+def fit(store, layer: str = "layer3", clf: str = "logreg", *, runs_dir=DEFAULT_RUNS_DIR,
+        seed: int = 0):
+    """Fit head ``clf`` on tap ``layer`` of ``store`` (a store or its path); a :class:`Run`.
+
+    ``layer="all"`` fits every tap of the store and returns a list of runs.
+    The hyperparameter is chosen on the validation split, the head refitted
+    on train + validation and scored once on test.
+    """
+    import joblib
+
+    from .workflows.fit import run_fit
+
+    runs = []
+    for record, path in run_fit(_store_path(store), layer, clf, runs_dir, seed=seed):
+        runs.append(Run(record, path, joblib.load(record["model_file"])["model"]))
+    return runs if layer == "all" else runs[0]
+
+
+def baseline(store, kind: str = "pixels", *, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
+             **options) -> Run:
+    """Baseline ``kind`` (pixels, mlp, cnn) on the split of ``store``; a :class:`Run`.
+
+    ``options`` override :data:`pipeline.train.baselines.DEFAULTS` (``epochs``,
+    ``size``, ...).
+    """
+    from .runs.records import save_run
+    from .store.hdf5 import FeatureStore
+    from .train.baselines import fit_baseline, model_writer
+    from .workflows.baseline import baseline_record
+
+    store = FeatureStore(_store_path(store))
+    out = fit_baseline(kind, store, seed, **options)
+    record = baseline_record(kind, out, store, seed)
+    path = save_run(record, runs_dir, *model_writer(kind, out, store)) if runs_dir else None
+    return Run(record, path, out["model"])
+
+
+def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None, **options) -> Run:
+    """Fine-tune the store's backbone on its split; a :class:`Run` with the trained network.
+
+    ``options`` are the fields of :class:`pipeline.train.finetune.FinetuneConfig`
+    (``unfreeze``, ``lr``, ``lr_factor``, ``epochs``, ``schedule``, ``gradual``, ...).
+    """
+    from .train.finetune import FinetuneConfig
+    from .train.finetune import finetune as run
+    from .workflows.finetune import finetune_record, save_finetune
+
+    result = run(FinetuneConfig(features=_store_path(store), **options), cache_dir)
+    record = finetune_record(result)
+    path = save_finetune(record, result, runs_dir) if runs_dir else None
+    return Run(record, path, result.model)
+
+
+def predict(model, images, *, runs_dir=DEFAULT_RUNS_DIR, top_k: int = 3, **options):
+    """Label image files or folders with a frozen head (a :class:`Run`, run id or ``.joblib``).
+
+    Returns a list of :class:`pipeline.workflows.predict.Prediction`.
+    """
+    from .workflows.predict import run_predict
+
+    ref = model.record.get("model_file") if isinstance(model, Run) else str(model)
+    return run_predict(ref, [str(i) for i in ([images] if isinstance(images, (str, Path))
+                                              else images)],
+                       runs_dir, top_k=top_k, **options)
+
+
+def report(runs_dir=DEFAULT_RUNS_DIR, out="reports/report.html", *, overwrite: bool = False):
+    """Write the HTML report of every run in ``runs_dir`` to ``out``; returns its path."""
+    from .workflows.report import build_report
+
+    return build_report(runs_dir, out, overwrite=overwrite)
