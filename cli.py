@@ -29,6 +29,7 @@ from pipeline.options import (
     DTYPES,
     POOLINGS,
     PRECISIONS,
+    PROTOCOLS,
     RUNTIMES,
     SCHEDULE_UNITS,
     SCHEDULES,
@@ -93,6 +94,13 @@ def device_option(fn):
 def features_option(fn):
     return click.option("--features", type=click.Path(), default=None,
                         help="Feature store (.h5); default: the newest in features/.")(fn)
+
+
+def protocol_option(fn):
+    return click.option(
+        "--protocol", type=click.Choice(PROTOCOLS), default="auto", show_default=True,
+        help="holdout: the store's fixed split; cv: its repeated stratified 5-fold x 3 "
+             "(nested selection); auto: cv below 2,000 images or 100 test images.")(fn)
 
 
 def runs_option(fn):
@@ -214,9 +222,10 @@ def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, 
               help="Tap to fit on, or 'all' for one run per stored tap.")
 @click.option("--clf", type=click.Choice(CLASSIFIERS), default="logreg", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@protocol_option
 @runs_option
 @handle_errors
-def fit(features, layer, clf, seed, runs_dir):
+def fit(features, layer, clf, seed, protocol, runs_dir):
     """Train a scikit-learn head on cached features and score it on the test split.
 
     The hyperparameter (C, k for knn, alpha for sgd-logreg) is chosen on the
@@ -226,12 +235,11 @@ def fit(features, layer, clf, seed, runs_dir):
 
     Example: python cli.py fit --layer all --clf svm
     """
-    from pipeline.workflows.fit import run_fit
+    from pipeline.workflows.fit import run_fit, summary_line
 
-    for record, path in run_fit(features, layer, clf, runs_dir, seed=seed):
-        m = record["metrics"]
-        click.echo(f"{record['label']}: {record['hyperparameters']} "
-                   f"val {m['val']['accuracy']:.4f} test {m['test']['accuracy']:.4f}  {path}")
+    for record, path in run_fit(features, layer, clf, runs_dir, seed=seed, protocol=protocol):
+        click.echo(f"{record['label']}: {record['hyperparameters']} {summary_line(record)}  "
+                   f"{path}")
 
 
 @cli.command()
@@ -240,9 +248,10 @@ def fit(features, layer, clf, seed, runs_dir):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Maximum epochs (mlp, cnn); default per kind.")
+@protocol_option
 @runs_option
 @handle_errors
-def baseline(kind, features, seed, epochs, runs_dir):
+def baseline(kind, features, seed, epochs, protocol, runs_dir):
     """Raw-pixel logistic regression, the course's MLP, or a small CNN from scratch.
 
     Uses the split stored in the feature store, so it is judged on the same
@@ -251,13 +260,12 @@ def baseline(kind, features, seed, epochs, runs_dir):
     Example: python cli.py baseline --kind cnn
     """
     from pipeline.workflows.baseline import run_baseline
-    from pipeline.workflows.fit import find_store
+    from pipeline.workflows.fit import find_store, summary_line
 
     opts = {"epochs": epochs} if epochs else {}
-    record, path = run_baseline(kind, find_store(features), runs_dir, seed=seed, **opts)
-    m = record["metrics"]
-    click.echo(f"{record['label']}: val {m['val']['accuracy']:.4f} "
-               f"test {m['test']['accuracy']:.4f}  {path}")
+    record, path = run_baseline(kind, find_store(features), runs_dir, seed=seed,
+                                protocol=protocol, **opts)
+    click.echo(f"{record['label']}: {summary_line(record)}  {path}")
 
 
 @cli.command()
@@ -309,8 +317,9 @@ def report(runs_dir, out, overwrite):
 @click.option("--out", default="reports/demo", show_default=True,
               help="Folder for this demo's runs and report (a new timestamped sub-folder).")
 @click.option("--no-progress", is_flag=True)
+@protocol_option
 @handle_errors
-def demo(out, no_progress):
+def demo(out, no_progress, protocol):
     """The whole chain on the bundled flowers subset, then the report.
 
     Extract efficientnet_lite0 layer2-4, fit logreg and svm on each tap,
@@ -321,13 +330,28 @@ def demo(out, no_progress):
     """
     from pipeline.workflows.demo import run_demo, summary_rows
 
-    result = run_demo(out_dir=out, progress=not no_progress)
-    click.echo(f"\n{'method':<38} {'val acc':>8} {'test acc':>9} {'fit s':>7}")
-    for label, val, test, secs in summary_rows(result["records"]):
-        click.echo(f"{label:<38} {val:>8.3f} {test:>9.3f} {secs:>7.1f}")
-    sizes = result["records"][0]["split_sizes"]
-    click.echo(f"\nsplit train/val/test = {sizes['train']}/{sizes['val']}/{sizes['test']} "
-               f"images; finished in {result['seconds']:.0f} s")
+    result = run_demo(out_dir=out, progress=not no_progress, protocol=protocol)
+    records = result["records"]
+    cv = records[0].get("protocol") == "cv"
+    head = ("cv acc", "95% CI") if cv else ("test acc", "95% CI")
+    click.echo(f"\n{'method':<38} {'val acc' if not cv else '':>8} {head[0]:>9} "
+               f"{head[1]:>15} {'fit s':>7}")
+    for label, select, acc, low, high, secs in summary_rows(records):
+        shown = "" if cv else f"{select:.3f}"
+        click.echo(f"{label:<38} {shown:>8} {acc:>9.3f} {f'{low:.3f}-{high:.3f}':>15} "
+                   f"{secs:>7.1f}")
+    sizes = records[0]["split_sizes"]
+    if cv:
+        r = records[0]
+        click.echo(f"\nprotocol: {r.get('protocol_reason', 'cv')}\nevery method on the same "
+                   f"{len(r['cv']['fold_scores'])} folds ({r['cv']['n_folds']}-fold x "
+                   f"{r['cv']['n_repeats']}) of all {len(r['predictions']['y_true'])} images; "
+                   "rows ranked by the cross-validated mean; finished in "
+                   f"{result['seconds']:.0f} s")
+    else:
+        click.echo(f"\nsplit train/val/test = {sizes['train']}/{sizes['val']}/{sizes['test']} "
+                   f"images (rows ranked by validation accuracy); finished in "
+                   f"{result['seconds']:.0f} s")
     click.echo(f"report: {result['report']}")
 
 
@@ -381,19 +405,20 @@ def demo(out, no_progress):
 @click.option("--label", default=None,
               help="Name of the method in tables and the report (runs with one label form "
                    "one group: e.g. more seeds of a ladder rung).")
+@protocol_option
 @runs_option
 @handle_errors
 def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, schedule_per,
              gamma, step_size, gradual, augment, views, cache, cache_dir, bn, epochs,
              batch_size, label_smoothing, patience, input_size, compile_, seed, seeds,
-             checkpoint_dir, resume, label, runs_dir):
+             checkpoint_dir, resume, label, protocol, runs_dir):
     """Fine-tune a pretrained backbone on the feature store's split.
 
     Example: python cli.py finetune --unfreeze-from layer4 --lr 1e-3 --lr-factor 0.3 --seeds 3
     """
     from pipeline.train.finetune import FinetuneConfig
     from pipeline.workflows.finetune import run_finetune_seeds
-    from pipeline.workflows.fit import find_store
+    from pipeline.workflows.fit import find_store, summary_line
 
     cfg = FinetuneConfig(
         features=str(find_store(features)), backbone=backbone, weights=weights,
@@ -403,10 +428,9 @@ def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, sch
         batch_size=batch_size, seed=seed, label_smoothing=label_smoothing, patience=patience,
         input_size=input_size, compile=compile_, checkpoint_dir=checkpoint_dir, resume=resume,
         label=label)
-    for record, path in run_finetune_seeds(cfg, seeds, runs_dir, cache_dir):
-        m = record["metrics"]
-        click.echo(f"{record['label']} (seed {record['seed']}): val {m['val']['accuracy']:.4f} "
-                   f"test {m['test']['accuracy']:.4f}  {record['fit_seconds']:.0f} s  {path}")
+    for record, path in run_finetune_seeds(cfg, seeds, runs_dir, cache_dir, protocol):
+        click.echo(f"{record['label']} (seed {record['seed']}): {summary_line(record)}  "
+                   f"{record['fit_seconds']:.0f} s  {path}")
 
 
 @cli.command()
@@ -423,9 +447,10 @@ def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, sch
               help="Comma-separated subset of rungs to run (pixels, mlp, cnn, frozen, "
                    "'fine-tune head only', 'fine-tune top groups', 'differential LR', "
                    "'gradual unfreezing'); default: all.")
+@protocol_option
 @runs_option
 @handle_errors
-def ladder(features, seeds, epochs, views, cnn_epochs, cache_dir, rungs, runs_dir):
+def ladder(features, seeds, epochs, views, cnn_epochs, cache_dir, rungs, protocol, runs_dir):
     """Run the course ladder on one store's split and print its table.
 
     pixels -> MLP -> scratch CNN -> frozen logreg (best tap) -> fine-tune head
@@ -438,7 +463,8 @@ def ladder(features, seeds, epochs, views, cnn_epochs, cache_dir, rungs, runs_di
 
     chosen = [r.strip() for r in rungs.split(",")] if rungs else None
     rows = run_ladder(str(find_store(features)), runs_dir, seeds=seeds, epochs=epochs,
-                      views=views, cnn_epochs=cnn_epochs, cache_dir=cache_dir, rungs=chosen)
+                      views=views, cnn_epochs=cnn_epochs, cache_dir=cache_dir, rungs=chosen,
+                      protocol=protocol)
     click.echo(f"\n{'method':<52} {'trainable':>10} {'train s':>8} {'val acc':>8} "
                f"{'test acc':>9} {'sd':>6}")
     for r in rows:

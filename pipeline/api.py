@@ -46,13 +46,23 @@ class Run:
         return self.record["label"]
 
     @property
-    def accuracy(self) -> float:
-        """Test accuracy."""
-        return self.record["metrics"]["test"]["accuracy"]
+    def protocol(self) -> str:
+        return self.record.get("protocol", "holdout")
 
     @property
-    def val_accuracy(self) -> float:
-        return self.record["metrics"]["val"]["accuracy"]
+    def accuracy(self) -> float:
+        """Test accuracy (holdout) or the cross-validated mean (cv)."""
+        from .runs.groups import score
+
+        return score(self.record)["value"]
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """95% interval of :attr:`accuracy` (Wilson, or corrected resampled t under cv)."""
+        from .runs.groups import score
+
+        sc = score(self.record)
+        return sc["low"], sc["high"]
 
     def predict_proba(self, X):
         """Class probabilities ``(n, n_classes)`` of a frozen head for features ``X`` ``(n, C)``."""
@@ -65,7 +75,9 @@ class Run:
         return self.predict_proba(X).argmax(axis=1)
 
     def __repr__(self):
-        return f"Run({self.label!r}, test accuracy {self.accuracy:.3f}, {self.run_id})"
+        what = "cv accuracy" if self.protocol == "cv" else "test accuracy"
+        low, high = self.interval
+        return f"Run({self.label!r}, {what} {self.accuracy:.3f} [{low:.3f}, {high:.3f}])"
 
 
 def open_store(path):
@@ -101,54 +113,53 @@ def _store_path(store) -> str:
 
 
 def fit(store, layer: str = "layer3", clf: str = "logreg", *, runs_dir=DEFAULT_RUNS_DIR,
-        seed: int = 0):
+        seed: int = 0, protocol: str = "auto"):
     """Fit head ``clf`` on tap ``layer`` of ``store`` (a store or its path); a :class:`Run`.
 
     ``layer="all"`` fits every tap of the store and returns a list of runs.
-    The hyperparameter is chosen on the validation split, the head refitted
-    on train + validation and scored once on test.
+    ``protocol`` as in the CLI: ``holdout`` (C chosen on validation, scored
+    on test), ``cv`` (repeated K-fold, nested) or ``auto`` (cv on small data).
     """
     import joblib
 
     from .workflows.fit import run_fit
 
     runs = []
-    for record, path in run_fit(_store_path(store), layer, clf, runs_dir, seed=seed):
+    for record, path in run_fit(_store_path(store), layer, clf, runs_dir, seed=seed,
+                                protocol=protocol):
         runs.append(Run(record, path, joblib.load(record["model_file"])["model"]))
     return runs if layer == "all" else runs[0]
 
 
 def baseline(store, kind: str = "pixels", *, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
-             **options) -> Run:
-    """Baseline ``kind`` (pixels, mlp, cnn) on the split of ``store``; a :class:`Run`.
+             protocol: str = "auto", **options) -> Run:
+    """Baseline ``kind`` (pixels, mlp, cnn) on ``store``; a :class:`Run`.
 
     ``options`` override :data:`pipeline.train.baselines.DEFAULTS` (``epochs``,
-    ``size``, ...).
+    ``size``, ...); ``runs_dir=None`` writes nothing.
     """
     from .runs.records import save_run
-    from .store.hdf5 import FeatureStore
-    from .train.baselines import fit_baseline, model_writer
-    from .workflows.baseline import baseline_record
+    from .train.baselines import model_writer
+    from .workflows.baseline import baseline_run
 
-    store = FeatureStore(_store_path(store))
-    out = fit_baseline(kind, store, seed, **options)
-    record = baseline_record(kind, out, store, seed)
+    record, out, store = baseline_run(kind, _store_path(store), seed, protocol, **options)
     path = save_run(record, runs_dir, *model_writer(kind, out, store)) if runs_dir else None
     return Run(record, path, out["model"])
 
 
-def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None, **options) -> Run:
-    """Fine-tune the store's backbone on its split; a :class:`Run` with the trained network.
+def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None, protocol: str = "auto",
+             **options) -> Run:
+    """Fine-tune the store's backbone; a :class:`Run` with the trained network.
 
     ``options`` are the fields of :class:`pipeline.train.finetune.FinetuneConfig`
-    (``unfreeze``, ``lr``, ``lr_factor``, ``epochs``, ``schedule``, ``gradual``, ...).
+    (``unfreeze``, ``lr``, ``lr_factor``, ``epochs``, ``schedule``, ``gradual``, ...);
+    ``runs_dir=None`` writes nothing.
     """
     from .train.finetune import FinetuneConfig
-    from .train.finetune import finetune as run
-    from .workflows.finetune import finetune_record, save_finetune
+    from .workflows.finetune import finetune_run, save_finetune
 
-    result = run(FinetuneConfig(features=_store_path(store), **options), cache_dir)
-    record = finetune_record(result)
+    record, result = finetune_run(FinetuneConfig(features=_store_path(store), **options),
+                                  cache_dir, protocol)
     path = save_finetune(record, result, runs_dir) if runs_dir else None
     return Run(record, path, result.model)
 

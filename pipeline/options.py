@@ -34,5 +34,7 @@ AUGMENTATIONS = ("standard", "none")
 BN_POLICIES = ("frozen-eval", "train")
 #: Fine-tuning's frozen-trunk cache: ``auto`` when exact, ``off`` = end to end.
 CACHE_MODES = ("auto", "off")
+#: Evaluation protocols: one fixed split, repeated stratified K-fold, or chosen by size.
+PROTOCOLS = ("auto", "holdout", "cv")
 #: Split names in the order of their codes in a store (0, 1, 2).
 SPLITS = ("train", "val", "test")

@@ -109,7 +109,7 @@ def test_extract_fit_predict_report_chain(run, tmp_path):
     assert "up to date" in again.output
 
     res = run("fit", "--features", store, "--layer", "all", "--clf", "logreg",
-              "--runs", tmp_path / "runs")
+              "--protocol", "holdout", "--runs", tmp_path / "runs")
     assert res.exit_code == 0, res.output
     records = sorted((tmp_path / "runs").glob("*.json"))
     assert len(records) == 2

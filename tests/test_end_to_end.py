@@ -19,7 +19,7 @@ from pipeline.workflows.demo import run_demo, summary_rows
 @pytest.mark.slow
 def test_demo_frozen_features_beat_pixels_by_25_points(tmp_path):
     result = run_demo(out_dir=tmp_path / "demo", features_dir=tmp_path / "features",
-                      progress=False)
+                      progress=False, protocol="holdout")
     records = result["records"]
     by_kind = {}
     for r in records:
@@ -45,3 +45,28 @@ def test_demo_frozen_features_beat_pixels_by_25_points(tmp_path):
     html = result["report"].read_text()
     assert "efficientnet_lite0" in html and "pixels" in html
     assert (result["folder"] / "runs").is_dir()
+
+
+@pytest.mark.slow
+def test_demo_cross_validates_and_finds_frozen_features_significantly_better(tmp_path):
+    """The demo's default on 150 photos is cv: every method on the same 15 folds of all
+    images, and the verdict's corrected t-test (Holm) separates the best frozen head from
+    raw pixels and from the scratch CNN."""
+    from pipeline.reporting.sections import verdict_section
+    from pipeline.runs.groups import group_runs
+
+    result = run_demo(out_dir=tmp_path / "demo", features_dir=tmp_path / "features",
+                      progress=False)
+    records = result["records"]
+    assert {r["protocol"] for r in records} == {"cv"}
+    assert "auto" in records[0]["protocol_reason"]
+    assert {len(r["predictions"]["y_true"]) for r in records} == {150}
+    assert len({tuple(map(tuple, r["cv"]["fold_ids"])) for r in records}) == 1   # same folds
+    verdict = verdict_section(group_runs(records))
+    assert verdict["best"]["kind"] == "frozen", summary_rows(records)
+    by_method = {c["group"]["method"]: c for c in verdict["comparisons"]}
+    for method in ("pixels", "cnn"):
+        assert by_method[method]["test"]["test"] == "corrected-t"
+        assert by_method[method]["p_holm"] < 0.05, (method, by_method[method])
+    html = result["report"].read_text()
+    assert "Nadeau-Bengio" in html and "cross-validated accuracy" in html

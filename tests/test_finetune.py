@@ -140,3 +140,22 @@ def test_finetune_resume_equals_uninterrupted(tiny_store, tmp_path):
              for r in (full, resumed)]
     assert len(strip[0]) == 3 and strip[0] == strip[1]
     assert full["predictions"]["proba"] == resumed["predictions"]["proba"]
+
+
+def test_cross_validated_finetune_trains_a_fresh_top_per_fold(tiny_store, tmp_path):
+    """cv: 15 outer folds on one trunk cache; every image predicted once per repeat; the
+    pretrained top is copied for each fold (a fold never starts from another's weights)."""
+    original = load_backbone("resnet18", "none").model.state_dict()
+    record, path = run_finetune(_tiny_cfg(tiny_store, unfreeze="layer4"), tmp_path / "runs",
+                                protocol="cv")
+    assert record["protocol"] == "cv" and len(record["cv"]["fold_scores"]) == 15
+    pred = record["predictions"]["y_pred_repeats"]
+    assert len(pred) == 3 and all(p >= 0 for row in pred for p in row)
+    assert all("best_epoch" in p for p in record["cv"]["fold_params"])
+    assert record["finetune"]["cached_trunk"] is True
+    # the saved (final) model starts from the pretrained layer4, and was trained
+    top = _saved_top(record)["top_state"]
+    assert not torch.equal(top["stages.0.0.conv1.weight"], original["layer4.0.conv1.weight"])
+    with pytest.raises(UsageError, match="frozen-trunk cache"):
+        run_finetune(_tiny_cfg(tiny_store, unfreeze="layer4", cache="off"), tmp_path / "r2",
+                     protocol="cv")

@@ -128,7 +128,8 @@ def test_cli_fit_sgd_logreg(tmp_path):
 
     path, *_ = make_store(tmp_path / "blobs.h5", n_per_class=100)
     res = CliRunner().invoke(cli, ["fit", "--features", str(path), "--layer", "all",
-                                   "--clf", "sgd-logreg", "--runs", str(tmp_path / "runs")])
+                                   "--clf", "sgd-logreg", "--protocol", "holdout",
+                                   "--runs", str(tmp_path / "runs")])
     assert res.exit_code == 0, res.output
     assert "synthetic feat + sgd-logreg: {'alpha'" in res.output
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]

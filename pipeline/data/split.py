@@ -1,9 +1,12 @@
-"""The fixed, stratified train/val/test split of a manifest.
+"""The fixed, stratified train/val/test split of a manifest, and its cross-validation folds.
 
 :func:`assign_split` orders each class by a hash of ``(seed, path)`` and fills
 the split quotas in that order, so the split depends on neither file order
 nor machine, and images already assigned keep their split when images are
-added.
+added.  :func:`assign_folds` does the same for repeated stratified K-fold
+cross-validation: ``n_repeats`` independent assignments of every image to one
+of ``n_folds`` folds, balanced within each class; images added later fill the
+smallest folds of their class and earlier images keep their folds.
 """
 
 from __future__ import annotations
@@ -69,3 +72,60 @@ def assign_split(paths, labels, seed: int = 0, fractions=DEFAULT_FRACTIONS,
             split[i] = code
             targets[code] -= 1
     return split
+
+
+#: Repeated stratified K-fold of every store: 5 folds x 3 repeats (README, "Protocols").
+CV_FOLDS = 5
+CV_REPEATS = 3
+
+
+def assign_folds(paths, labels, n_folds: int = CV_FOLDS, n_repeats: int = CV_REPEATS,
+                 seed: int = 0, previous: dict | None = None) -> np.ndarray:
+    """Fold ids ``(n_images, n_repeats)`` int8: repeat ``r`` puts image ``i`` in fold ``[i, r]``.
+
+    Within each class and repeat, images are ordered by a hash of ``(seed, r,
+    path)`` and dealt to the folds in turn from a class-dependent offset (so
+    small classes do not all start in fold 0).  ``previous`` maps a path to
+    its fold ids already fixed (from a store); those keep them, and new images
+    go one by one to the fold of their class with the fewest images.
+    """
+    if n_folds < 2 or n_repeats < 1:
+        raise DataError(f"cross-validation needs n_folds >= 2 and n_repeats >= 1, got "
+                        f"{n_folds} and {n_repeats}")
+    labels = np.asarray(labels)
+    previous = previous or {}
+    folds = np.full((len(paths), n_repeats), -1, dtype=np.int8)
+    for r in range(n_repeats):
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            counts = np.zeros(n_folds, dtype=np.int64)
+            fresh = []
+            for i in members:
+                old = previous.get(paths[i])
+                if old is not None and len(old) > r and 0 <= old[r] < n_folds:
+                    folds[i, r] = old[r]
+                    counts[old[r]] += 1
+                else:
+                    fresh.append(i)
+            fresh.sort(key=lambda i: _rank_key(f"{seed}/fold{r}", paths[i]))
+            offset = int(_rank_key(f"{seed}/fold{r}", f"class {label}")[:8], 16) % n_folds
+            for i in fresh:
+                # fewest images first; ties in turn from the class's offset
+                fold = min(range(n_folds), key=lambda f: (counts[f], (f - offset) % n_folds))
+                folds[i, r] = fold
+                counts[fold] += 1
+    return folds
+
+
+def inner_validation_split(labels, rows, seed: int = 0, fraction: float = 0.15):
+    """``rows`` split into ``(training rows, validation rows)``, stratified by ``labels[rows]``
+    when every class has two images there; both sorted.  For early stopping inside an
+    outer cross-validation training fold."""
+    from sklearn.model_selection import train_test_split
+
+    rows = np.asarray(rows)
+    y = np.asarray(labels)[rows]
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 else None
+    tr, va = train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
+    return np.sort(tr), np.sort(va)

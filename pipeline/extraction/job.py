@@ -28,7 +28,7 @@ import numpy as np
 from ..backbones import get_backbone, resolve_taps, weights_identity
 from ..data.decode import DECODING
 from ..data.manifest import Manifest, bundled_data_root, scan, stratified_head
-from ..data.split import DEFAULT_FRACTIONS, assign_split
+from ..data.split import DEFAULT_FRACTIONS, assign_folds, assign_split
 from ..errors import StoreError, UsageError, opt
 from ..files import sha256_file
 from ..options import DTYPES, POOLINGS
@@ -362,13 +362,31 @@ def store_attrs(cfg: ExtractConfig, spec, config: dict, manifest: Manifest, crea
 
 def write_split_store(path: Path, config: dict, attrs: dict, classes, rows, skipped,
                       taps: dict, cfg: ExtractConfig, previous_split: dict):
-    """Assign the split over ``rows`` (keeping ``previous_split``) and write the store."""
-    split = assign_split([r["path"] for r in rows], [r["label"] for r in rows],
-                         seed=cfg.seed, fractions=cfg.fractions, previous=previous_split)
-    for r, code in zip(rows, split):
-        r["split"] = int(code)
+    """Assign the split and the cross-validation folds over ``rows`` (keeping those of
+    the store at ``path`` when ``previous_split`` comes from it) and write the store."""
+    paths, labels = [r["path"] for r in rows], [r["label"] for r in rows]
+    split = assign_split(paths, labels, seed=cfg.seed, fractions=cfg.fractions,
+                         previous=previous_split)
+    previous_folds = stored_folds(path) if previous_split else {}
+    folds = assign_folds(paths, labels, seed=cfg.seed, previous=previous_folds)
+    new = sum(1 for p in paths if p not in previous_folds)
+    if previous_folds and new:
+        log.info("%d new image(s) assigned to cross-validation folds; the %d earlier images "
+                 "keep theirs", new, len(paths) - new)
+    for r, code, f in zip(rows, split, folds):
+        r["split"], r["folds"] = int(code), f
     write_store(path, config=config, attrs=attrs, classes=classes, rows=rows,
                 skipped=skipped, taps=taps, dtype=cfg.dtype)
+
+
+def stored_folds(path: Path) -> dict:
+    """``{path: fold ids}`` stored in the store at ``path`` ({} when it stores none)."""
+    if not path.is_file():
+        return {}
+    store = FeatureStore(path)
+    if not store.has_stored_folds:
+        return {}
+    return {p: tuple(int(v) for v in row) for p, row in zip(store.paths, store.folds)}
 
 
 def _sha_or_none(path):

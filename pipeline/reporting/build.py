@@ -16,13 +16,13 @@ from pathlib import Path
 from ..errors import StoreError, opt
 from ..files import atomic_write
 from ..runs.groups import group_runs
+from .fewshot import fewshot_section
 from .sections import (
     advice_section,
     comparison_rows,
     confusion_section,
     curves_section,
     depth_section,
-    efficiency_section,
     feature_map_section,
     mistakes_section,
     provenance_section,
@@ -80,7 +80,7 @@ def build_context(records: list, analysis: dict) -> dict:
         "verdict": verdict,
         "table": comparison_rows(groups),
         "depth": depth_section(groups),
-        "efficiency": efficiency_section(analysis["efficiency"]),
+        "fewshot": fewshot_section(analysis["fewshot"]),
         "curves": curves_section(records),
         "confusion": confusion_section(best),
         "mistakes": mistakes_section(best),

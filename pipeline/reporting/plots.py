@@ -72,36 +72,39 @@ def depth_plot(series: dict, references: list, taps: list) -> str:
 def _accuracy_figure(fig, ax, xlabel: str) -> str:
     """Shared finish of the test-accuracy plots: labels, 0-1 axis, grid, legend on the right."""
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return to_data_uri(fig)
 
 
-def efficiency_plot(curves: dict, levels: list, styles=None) -> str:
-    """Test accuracy against training images per class.
 
-    ``curves`` maps a name to ``[(level_index, mean, std, low, high), ...]``
-    where ``level_index`` indexes ``levels`` (labels such as ``5`` or ``"all"``);
-    ``styles`` optionally maps a name to ``(colour, linestyle)``.
+def fewshot_plot(curves: dict, colours=None) -> str:
+    """Accuracy against labelled images per class k, on a log2 axis.
+
+    ``curves`` maps a name to ``[(k, mean, low, high), ...]`` (``low``/``high``
+    the 95% band, shaded); ``colours`` optionally maps a name to a colour.
     """
     import matplotlib
 
     with matplotlib.rc_context(SVG_RC):
         fig = _figure(6.4, 3.4)
         ax = fig.add_subplot()
+        shots = sorted({p[0] for points in curves.values() for p in points})
         for name, points in curves.items():
-            xs = [p[0] for p in points]
+            ks = [p[0] for p in points]
             mean = np.array([p[1] for p in points])
-            low = np.array([p[3] for p in points])
-            high = np.array([p[4] for p in points])
-            colour, linestyle = (styles or {}).get(name, (None, "-"))
-            line, = ax.plot(xs, mean, marker="o", color=colour, linestyle=linestyle,
+            # A t band of a mean near 1 can pass 1; accuracy cannot.
+            low = np.clip([p[2] for p in points], 0, 1)
+            high = np.clip([p[3] for p in points], 0, 1)
+            line, = ax.plot(ks, mean, marker="o", color=(colours or {}).get(name),
                             label=mpl_text(name))
-            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
-        ax.set_xticks(range(len(levels)), [str(v) for v in levels])
-        return _accuracy_figure(fig, ax, "training images per class")
+            ax.fill_between(ks, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(shots, [str(k) for k in shots])
+        ax.minorticks_off()
+        return _accuracy_figure(fig, ax, "labelled images per class (k)")
 
 
 def learning_curve_plot(history: list, best_epoch=None) -> str:

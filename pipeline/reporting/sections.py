@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ..options import TAP_ORDER
-from ..runs.groups import paired_test, test_metrics, trainable_params
-from ..runs.stats import holm, wilson_interval
+from ..runs.groups import compare, is_cv, score, test_metrics, trainable_params
+from ..runs.stats import holm
 from . import plots
 
 #: Tap names from shallow to deep; the x-axis of the depth plot.
@@ -43,17 +43,14 @@ LARGE_DATA_PER_CLASS = 1000
 
 
 def _ci(record) -> tuple:
-    m = test_metrics(record)
-    return wilson_interval(round(m["accuracy"] * m["n"]), m["n"])
+    sc = score(record)
+    return sc["low"], sc["high"]
 
 
 def verdict_section(groups: list) -> dict:
+    """The best strategy (selected without test data) against every other, Holm-adjusted."""
     best = groups[0]
-    lo, hi = _ci(best["rep"])
-    comparisons = []
-    for g in groups[1:]:
-        test = paired_test(best["rep"], g["rep"])
-        comparisons.append({"group": g, "test": test})
+    comparisons = [{"group": g, "test": compare(best["rep"], g["rep"])} for g in groups[1:]]
     tested = [c for c in comparisons if c["test"] is not None]
     for c, adj in zip(tested, holm([c["test"]["p_value"] for c in tested])):
         c["p_holm"] = adj
@@ -62,10 +59,17 @@ def verdict_section(groups: list) -> dict:
         c.setdefault("p_holm", None)
         c.setdefault("significant", None)
     ranking = [{"rank": i + 1, "group": g, "ci": _ci(g["rep"])} for i, g in enumerate(groups)]
-    n_sig = sum(1 for c in tested if c["significant"])
-    return {"best": best, "ci": (lo, hi), "n_test": test_metrics(best["rep"])["n"],
-            "ranking": ranking, "comparisons": comparisons, "n_tested": len(tested),
-            "n_significant": n_sig, "alpha": SIGNIFICANCE}
+    cv = is_cv(best["rep"])
+    sc = score(best["rep"])
+    return {"best": best, "ci": _ci(best["rep"]), "n_test": sc["n"], "ranking": ranking,
+            "comparisons": comparisons, "n_tested": len(tested),
+            "n_significant": sum(1 for c in tested if c["significant"]), "alpha": SIGNIFICANCE,
+            "protocol": "cv" if cv else "holdout", "n_folds": sc["folds"],
+            "score_name": "cross-validated accuracy" if cv else "test accuracy",
+            "selected_by": "the cross-validated mean" if cv else "validation accuracy",
+            "test_name": ("corrected resampled paired t-test (Nadeau-Bengio) on the same "
+                          f"{sc['folds']} folds" if cv else
+                          "exact McNemar test on the shared test images")}
 
 
 def comparison_rows(groups: list) -> list:
@@ -83,6 +87,9 @@ def comparison_rows(groups: list) -> list:
             "head": _head_name(rep),
             "hyperparameters": _format_params(rep.get("hyperparameters") or {}),
             "ci": (lo, hi),
+            "selection": g["selection"],
+            "scored": test_metrics(rep),
+            "folds": _fold_spread(rep),
             "seconds": float(np.mean([r.get("fit_seconds") or 0.0 for r in g["runs"]])),
             "trainable_params": trainable_params(rep),
             "images_per_second": (feats.get("images_per_second")
@@ -90,6 +97,14 @@ def comparison_rows(groups: list) -> list:
             "run_ids": [r["run_id"] for r in g["runs"]],
         })
     return rows
+
+
+def _fold_spread(record):
+    """``{sd, min, max, n}`` of a cv run's per-fold accuracies (None under holdout)."""
+    if not is_cv(record):
+        return None
+    scores = record["cv"]["fold_scores"]
+    return {"sd": record["cv"]["sd"], "min": min(scores), "max": max(scores), "n": len(scores)}
 
 
 def _head_name(record) -> str:
@@ -134,16 +149,6 @@ def depth_section(groups: list) -> dict:
             "references": references, "note": None}
 
 
-def efficiency_section(efficiency: dict) -> dict:
-    """The data-efficiency section from the analysis workflow's curves (its figure drawn here)."""
-    curves = efficiency.get("curves") or {}
-    figure = None
-    if curves:
-        styles = {k: tuple(v) for k, v in (efficiency.get("styles") or {}).items()}
-        figure = plots.efficiency_plot(curves, efficiency["levels"], styles)
-    return {"repeats": 0, "store": "", "budget": 0, "has_pixels": False, "seconds": 0.0,
-            "levels": [], "table": [], **efficiency, "figure": figure}
-
 
 def _tap_rank(tap) -> int:
     return TAP_ORDER.index(tap) if tap in TAP_ORDER else len(TAP_ORDER)
@@ -160,6 +165,7 @@ def curves_section(records: list) -> list:
         best_epoch = ((r.get("finetune") or {}).get("best_epoch")
                       or (r.get("hyperparameters") or {}).get("best_epoch"))
         out.append({"record": r, "figure": plots.learning_curve_plot(history, best_epoch),
+                    "score": score(r)["value"], "score_name": "cv" if is_cv(r) else "test",
                     "trap": training_trap(history), "epochs": len(history),
                     "best_epoch": best_epoch})
     return out
@@ -252,8 +258,8 @@ def advice_section(groups: list, verdict: dict) -> dict:
 
     frozen = [g for g in groups if g["kind"] == "frozen" and g["layer"] in TAP_ORDER]
     by_tap = {}
-    for g in frozen:
-        if g["accuracy"] > by_tap.get(g["layer"], (-1, None))[0]:
+    for g in frozen:  # per tap, the head chosen without test data
+        if g["layer"] not in by_tap or g["selection"] > by_tap[g["layer"]][1]["selection"]:
             by_tap[g["layer"]] = (g["accuracy"], g)
     taps = sorted(by_tap, key=_tap_rank)
     depth_gain = similarity = None
@@ -263,7 +269,7 @@ def advice_section(groups: list, verdict: dict) -> dict:
         depth_gain = {"deep": deepest, "deep_acc": by_tap[deepest][0], "other": best_other,
                       "other_acc": by_tap[best_other][0],
                       "gain": by_tap[deepest][0] - by_tap[best_other][0],
-                      "test": paired_test(by_tap[deepest][1]["rep"], by_tap[best_other][1]["rep"])}
+                      "test": compare(by_tap[deepest][1]["rep"], by_tap[best_other][1]["rep"])}
         # The deepest tap is the most ImageNet-specific: the data look different from
         # ImageNet only when a shallower tap beats it by more than the noise.
         t = depth_gain["test"]
@@ -276,7 +282,7 @@ def advice_section(groups: list, verdict: dict) -> dict:
     baselines = [g for g in groups if g["kind"] == "baseline"]
     finetune_gain = None
     if tuned and best_frozen:
-        test = paired_test(tuned[0]["rep"], best_frozen["rep"])
+        test = compare(tuned[0]["rep"], best_frozen["rep"])
         finetune_gain = {"tuned": tuned[0], "frozen": best_frozen,
                          "gain": tuned[0]["accuracy"] - best_frozen["accuracy"], "test": test,
                          "time_ratio": ((tuned[0]["rep"].get("fit_seconds") or 0)
@@ -314,7 +320,7 @@ def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, base
     if depth_gain:
         direction = "better" if depth_gain["gain"] >= 0 else "worse"
         t = depth_gain["test"]
-        noise = (f", McNemar p = {t['p_value']:.3g}: "
+        noise = (f", {_test_label(t)} p = {t['p_value']:.3g}: "
                  f"{'significant' if t['p_value'] < SIGNIFICANCE else 'within noise'}" if t else "")
         reason = ("a shallower tap is significantly better, so the images look different "
                   "from ImageNet" if similarity == "different" else
@@ -336,7 +342,7 @@ def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, base
             f"by {baseline_gap['gap'] * 100:.1f} points.")
     if finetune_gain:
         t = finetune_gain["test"]
-        sig = (f" (McNemar p = {t['p_value']:.3g}: "
+        sig = (f" ({_test_label(t)} p = {t['p_value']:.3g}: "
                f"{'significant' if t['p_value'] < SIGNIFICANCE else 'within noise'})" if t else "")
         lines.append(
             f"The best fine-tuning run ({finetune_gain['tuned']['name']}) scores "
@@ -344,8 +350,7 @@ def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, base
             f"over the best frozen head{sig}, at {finetune_gain['time_ratio']:.0f}x its "
             "training time.")
         if t and t["p_value"] < SIGNIFICANCE and finetune_gain["gain"] > 0:
-            lines.append("Recommendation: fine-tune; the measured gain is real on these test "
-                         "images.")
+            lines.append("Recommendation: fine-tune; the measured gain is more than noise.")
         elif best_frozen:
             lines.append(f"Recommendation: use {best_frozen['name']}; fine-tuning has not "
                          "shown a gain that clears the noise.")
@@ -354,12 +359,19 @@ def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, base
                      "is not measured (`python cli.py finetune`).")
         if best_frozen:
             lines.append(f"Recommendation for now: {best_frozen['name']} "
-                         f"({best_frozen['accuracy']:.1%} test accuracy).")
+                         f"({best_frozen['accuracy']:.1%} {verdict['score_name']}).")
     best = verdict["best"]
     lo, hi = verdict["ci"]
-    lines.append(f"Overall best measured: {best['name']} at {best['accuracy']:.1%} "
-                 f"(95% CI {lo:.1%} to {hi:.1%} on {verdict['n_test']} test images).")
+    where = (f"over {verdict['n_folds']} folds of {verdict['n_test']} images"
+             if verdict["protocol"] == "cv" else f"on {verdict['n_test']} test images")
+    lines.append(f"Overall best (selected by {verdict['selected_by']}): {best['name']} at "
+                 f"{best['accuracy']:.1%} {verdict['score_name']} (95% CI {lo:.1%} to "
+                 f"{hi:.1%} {where}).")
     return lines
+
+
+def _test_label(test: dict) -> str:
+    return "corrected t-test" if test.get("test") == "corrected-t" else "McNemar"
 
 
 def provenance_section(records: list, groups: list) -> dict:

@@ -51,20 +51,12 @@ def make_run_id(method: str, layer: str | None = None) -> str:
     return "-".join(parts)
 
 
-def new_record(*, kind: str, method: str, label: str, store, classes, val_pred, test_pred,
-               test_proba=None, hyperparameters=None, search=None, fit_seconds=0.0,
-               layer=None, trainable_params=None, history=None, seed=None, group=None,
-               extra=None) -> dict:
-    """A complete run record for predictions on ``store``'s val and test splits.
-
-    ``val_pred`` / ``test_pred`` are ``(n_val,)`` / ``(n_test,)`` predicted
-    labels in store order; ``test_proba`` is ``(n_test, n_classes)`` or None.
-    """
+def _skeleton(*, kind, method, label, store, classes, hyperparameters, search, fit_seconds,
+              layer, trainable_params, history, seed, group) -> dict:
+    """The fields every run record has, whatever its protocol."""
     from ..store.hdf5 import library_versions
 
-    y_val, y_test = store.y("val"), store.y("test")
-    test_paths = store.rel_paths("test")
-    record = {
+    return {
         "schema": SCHEMA,
         "run_id": make_run_id(method, layer),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -82,11 +74,38 @@ def new_record(*, kind: str, method: str, label: str, store, classes, val_pred, 
         "classes": list(classes),
         "split_sizes": store.split_sizes(),
         "split_seed": store.attrs.get("split_seed"),
-        "split_fingerprint": split_fingerprint(test_paths),
         "seed": seed,
         "group": group or label,
         "hyperparameters": hyperparameters or {},
         "search": search or [],
+        "fit_seconds": float(fit_seconds),
+        "trainable_params": trainable_params,
+        "history": history or [],
+        "model_file": None,
+        "command": " ".join(["python", *sys.argv]) if sys.argv else "",
+        "versions": library_versions(),
+        "machine": machine_info(),
+    }
+
+
+def new_record(*, kind: str, method: str, label: str, store, classes, val_pred, test_pred,
+               test_proba=None, hyperparameters=None, search=None, fit_seconds=0.0,
+               layer=None, trainable_params=None, history=None, seed=None, group=None,
+               extra=None) -> dict:
+    """A complete holdout run record for predictions on ``store``'s val and test splits.
+
+    ``val_pred`` / ``test_pred`` are ``(n_val,)`` / ``(n_test,)`` predicted
+    labels in store order; ``test_proba`` is ``(n_test, n_classes)`` or None.
+    """
+    y_val, y_test = store.y("val"), store.y("test")
+    test_paths = store.rel_paths("test")
+    record = _skeleton(kind=kind, method=method, label=label, store=store, classes=classes,
+                       hyperparameters=hyperparameters, search=search, fit_seconds=fit_seconds,
+                       layer=layer, trainable_params=trainable_params, history=history,
+                       seed=seed, group=group)
+    record.update({
+        "protocol": "holdout",
+        "split_fingerprint": split_fingerprint(test_paths),
         "metrics": {"val": evaluate(y_val, val_pred, classes),
                     "test": evaluate(y_test, test_pred, classes)},
         "predictions": {
@@ -96,14 +115,29 @@ def new_record(*, kind: str, method: str, label: str, store, classes, val_pred, 
             "proba": (np.round(np.asarray(test_proba, dtype=float), 5).tolist()
                       if test_proba is not None else None),
         },
-        "fit_seconds": float(fit_seconds),
-        "trainable_params": trainable_params,
-        "history": history or [],
-        "model_file": None,
-        "command": " ".join(["python", *sys.argv]) if sys.argv else "",
-        "versions": library_versions(),
-        "machine": machine_info(),
-    }
+    })
+    if extra:
+        record.update(extra)
+    return record
+
+
+def new_cv_record(*, kind: str, method: str, label: str, store, classes, folds: list,
+                  hyperparameters=None, search=None, fit_seconds=0.0, layer=None,
+                  trainable_params=None, history=None, seed=None, group=None,
+                  extra=None) -> dict:
+    """A complete cross-validated run record from the outer ``folds`` of ``store``'s
+    repeated K-fold (see :func:`pipeline.runs.protocol.cv_result`): per-fold scores
+    and parameters, the corrected interval, out-of-fold predictions of every image."""
+    from .protocol import cv_result, folds_fingerprint
+
+    result = cv_result(folds, store.labels, classes, store.folds.shape[1])
+    record = _skeleton(kind=kind, method=method, label=label, store=store, classes=classes,
+                       hyperparameters=hyperparameters, search=search, fit_seconds=fit_seconds,
+                       layer=layer, trainable_params=trainable_params, history=history,
+                       seed=seed, group=group)
+    record.update({"protocol": "cv", "split_fingerprint": folds_fingerprint(store),
+                   "cv": result["cv"], "metrics": result["metrics"],
+                   "predictions": {"paths": list(store.paths), **result["predictions"]}})
     if extra:
         record.update(extra)
     return record

@@ -111,6 +111,8 @@ class FeatureStore:
                 self.split_codes = f["split"][()].astype(np.int8)
                 self.taps = list(json.loads(self.attrs["taps"]))
                 self.tap_channels = {t: f[f"taps/{t}"].shape[1] for t in self.taps}
+                self._folds = f["folds"][()].astype(np.int8) if "folds" in f else None
+                self.has_stored_folds = self._folds is not None
                 self.skipped = list(zip(
                     (s.decode() for s in f["skipped/paths"][()]),
                     (s.decode() for s in f["skipped/reasons"][()])))
@@ -175,6 +177,35 @@ class FeatureStore:
             for start in starts:
                 start = int(start)
                 yield start, dset[start:start + block].astype(np.float32)
+
+    @property
+    def folds(self) -> np.ndarray:
+        """Cross-validation fold ids ``(n_images, n_repeats)`` int8, fixed at extraction.
+
+        A store written before folds were stored gets them computed the same
+        way from its paths, labels and split seed (re-running ``extract``
+        stores them).
+        """
+        if self._folds is None:
+            from ..data.split import assign_folds
+
+            log.info("%s has no stored cross-validation folds (written by an older version); "
+                     "computing them from its paths (re-run extract to store them)", self.path)
+            self._folds = assign_folds(self.paths, self.labels,
+                                       seed=int(self.attrs.get("split_seed", 0) or 0))
+        return self._folds
+
+    def cv_splits(self):
+        """``[(repeat, fold, train rows, test rows)]`` of the stored repeated K-fold, rows
+        as index arrays into the store."""
+        folds = self.folds
+        out = []
+        for r in range(folds.shape[1]):
+            for k in range(int(folds[:, r].max()) + 1):
+                test = np.flatnonzero(folds[:, r] == k)
+                if len(test):
+                    out.append((r, k, np.flatnonzero(folds[:, r] != k), test))
+        return out
 
     def xy(self, tap: str, split=None) -> tuple[np.ndarray, np.ndarray]:
         """``(X (n, C) float32, y (n,) int64)`` of ``tap`` on ``split`` (None: every row)."""
@@ -266,6 +297,10 @@ def _write_index(f, classes, rows, skipped):
     f.create_dataset("sha256", data=_strings(r["sha256"] for r in rows), dtype=STR)
     f.create_dataset("size", data=np.asarray([r["size"] for r in rows], dtype=np.int64))
     f.create_dataset("mtime_ns", data=np.asarray([r["mtime_ns"] for r in rows], dtype=np.int64))
+    if rows and "folds" in rows[0]:
+        folds = f.create_dataset("folds", data=np.stack([np.asarray(r["folds"], dtype=np.int8)
+                                                         for r in rows]))
+        folds.attrs["n_folds"] = int(folds[()].max()) + 1
     g = f.create_group("skipped")
     for k, name in enumerate(("paths", "sha256", "reasons")):
         g.create_dataset(name, data=_strings(s[k] for s in skipped), dtype=STR)

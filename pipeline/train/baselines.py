@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.decode import ImageDecodeError, load_rgb, resize_center_crop
+from ..data.split import inner_validation_split
 from ..errors import DataError, UsageError
 from ..options import BASELINE_KINDS
 
@@ -237,3 +238,148 @@ def _fit_cnn(store, params, seed):
             "history": res.history, "chosen": {"best_epoch": res.best_epoch,
                                                "normalisation": pre.to_dict()},
             "skipped": skipped}
+
+
+# ------------------------------------------------------------------ cross-validation
+
+
+def cv_baseline(kind: str, store, seed: int = 0, **opts) -> dict:
+    """Baseline ``kind`` on every outer fold of ``store``'s repeated K-fold, nested.
+
+    pixels: C chosen by an inner CV inside each outer training fold
+    (:func:`pipeline.heads.crossval.cross_validate`); mlp and cnn: the
+    early-stopping epoch chosen on an inner validation split (15%, stratified)
+    of each outer training fold.  The outer test fold is never used for a
+    choice.  The returned ``model`` is refitted on every image (pixels: C by
+    inner CV over all; mlp/cnn: the median best epoch, no early stopping).
+    Returns ``{label, params, folds, model, seconds, trainable_params, chosen}``.
+    """
+    if kind not in BASELINE_KINDS:
+        raise UsageError(f"unknown baseline {kind!r}; valid: {', '.join(BASELINE_KINDS)}",
+                         param="kind")
+    params = {**DEFAULTS[kind], **opts}
+    t0 = time.perf_counter()
+    if kind == "cnn":
+        out = _cv_torch(store, params, seed, _fit_cnn_rows, None)
+    else:
+        X, y = _all_pixels(store, params["size"])
+        out = _cv_pixels(X, y, store, seed) if kind == "pixels" else \
+            _cv_torch(store, params, seed, _fit_mlp_rows, X)
+    return {**out, "params": params, "seconds": time.perf_counter() - t0}
+
+
+def _all_pixels(store, size):
+    """``(X (n_images, 3 * size * size) float32 in [0, 1], y)``: every image must decode."""
+    X, ok, bad = pixel_matrix(store.data_root, store.paths, size)
+    if len(ok) != len(store):
+        raise DataError(_undecodable_eval("cross-validation", bad))
+    return X.astype(np.float32) / 255.0, store.labels
+
+
+def _cv_pixels(X, y, store, seed):
+    from threadpoolctl import threadpool_limits
+
+    from ..heads.crossval import choose_param, cross_validate
+    from ..heads.selection import make_head
+
+    folds = cross_validate("logreg", X, y, store.cv_splits(), seed=seed)
+    with threadpool_limits(1):
+        chosen, search = choose_param("logreg", X, y, seed)
+        model = make_head("logreg", chosen["C"], seed).fit(X, y)
+    est = model[-1]
+    return {"label": f"pixels {int(np.sqrt(X.shape[1] / 3))}x{int(np.sqrt(X.shape[1] / 3))} "
+                     "+ logreg", "folds": folds, "model": model, "chosen": chosen,
+            "search": search, "trainable_params": int(est.coef_.size + est.intercept_.size)}
+
+
+
+def _cv_torch(store, params, seed, fit_rows, pixels):
+    """Outer folds of a torch baseline; then the final model on every image."""
+    from ..heads.crossval import FoldResult
+
+    y = store.labels
+    folds, epochs = [], []
+    for r, k, train_rows, test_rows in store.cv_splits():
+        tr, va = inner_validation_split(y, train_rows, seed + r)
+        out = fit_rows(store, params, seed, {"train": tr, "val": va, "test": test_rows},
+                       pixels)
+        epochs.append(out["best_epoch"])
+        folds.append(FoldResult(r, k, test_rows, out["proba"], {"best_epoch": out["best_epoch"]},
+                                len(train_rows), seconds=out["seconds"]))
+        log.info("%s fold %d/%d of repeat %d: accuracy %.3f (best epoch %d)", out["label"], k + 1,
+                 int(store.folds[:, r].max()) + 1, r + 1,
+                 float(np.mean(out["proba"].argmax(1) == y[test_rows])), out["best_epoch"])
+    final_epochs = max(1, int(np.median(epochs)))
+    everything = np.arange(len(y))
+    final = fit_rows(store, {**params, "epochs": final_epochs, "patience": None}, seed,
+                     {"train": everything, "val": everything, "test": everything[:0]}, pixels)
+    return {"label": final["label"], "folds": folds, "model": final["model"],
+            "chosen": {"best_epochs": epochs, "final_epochs": final_epochs},
+            "trainable_params": final["trainable_params"], "history": final["history"]}
+
+
+def _predict_or_empty(model, dataset, n_classes: int) -> np.ndarray:
+    return _predict(model, dataset) if len(dataset) else np.zeros((0, n_classes))
+
+
+def _fit_mlp_rows(store, params, seed, rows, pixels):
+    """The MLP trained on ``rows["train"]`` (early stopping on ``rows["val"]``) of the
+    ``pixels`` matrix; probabilities of ``rows["test"]``."""
+    import torch
+
+    from .datasets import TensorPairs
+    from .loop import ParamGroup, Schedule, TrainConfig, train
+
+    t0 = time.perf_counter()
+    y = store.labels
+    X_tr = pixels[rows["train"]]
+    mean, std = X_tr.mean(0), X_tr.std(0) + 1e-6   # standardised on training rows only
+    sets = {s: TensorPairs((pixels[idx] - mean) / std, y[idx]) for s, idx in rows.items()}
+    torch.manual_seed(seed)
+    model = make_mlp(pixels.shape[1], len(store.classes), params["hidden"], params["dropout"])
+    cfg = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"],
+                      optimizer="adam", weight_decay=params["l2"],
+                      schedule=Schedule("constant", per="epoch"),
+                      patience=params["patience"], seed=seed)
+    res = train(model, [ParamGroup("mlp", list(model.parameters()), params["lr"])],
+                sets["train"], sets["val"], cfg)
+    proba = _predict_or_empty(model, sets["test"], len(store.classes))
+    model.register_buffer("pixel_mean", torch.as_tensor(mean))
+    model.register_buffer("pixel_std", torch.as_tensor(std))
+    return {"label": f"MLP {params['hidden']} on {params['size']}px pixels", "model": model,
+            "proba": proba, "best_epoch": res.best_epoch, "history": res.history,
+            "trainable_params": res.trainable_params, "seconds": time.perf_counter() - t0}
+
+
+def _fit_cnn_rows(store, params, seed, rows, _pixels=None):
+    """The scratch CNN trained on ``rows["train"]`` (early stopping on ``rows["val"]``);
+    probabilities of ``rows["test"]``."""
+    import torch
+
+    from ..backbones import Preprocessing
+    from .datasets import ImageFolderDataset
+    from .loop import ParamGroup, Schedule, TrainConfig, train
+
+    t0 = time.perf_counter()
+    pre = Preprocessing(input_size=params["size"], crop_pct=0.875, interpolation="bilinear",
+                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    sets = {}
+    for split, idx in rows.items():
+        ds = ImageFolderDataset(store.data_root, [store.paths[i] for i in idx],
+                                store.labels[idx], pre,
+                                augment=params["augment"] if split == "train" else "none")
+        if ds.skipped:
+            raise DataError(_undecodable_eval("cross-validation", ds.skipped))
+        sets[split] = ds
+    torch.manual_seed(seed)
+    model = make_cnn(len(store.classes), params["width"], params["dropout"])
+    cfg = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"],
+                      weight_decay=params["weight_decay"],
+                      schedule=Schedule(params["schedule"], per="step"),
+                      patience=params["patience"], seed=seed)
+    res = train(model, [ParamGroup("cnn", list(model.parameters()), params["lr"])],
+                sets["train"], sets["val"], cfg)
+    proba = _predict_or_empty(model, sets["test"], len(store.classes))
+    return {"label": f"scratch CNN {params['size']}px", "model": model, "proba": proba,
+            "best_epoch": res.best_epoch, "history": res.history,
+            "trainable_params": res.trainable_params, "seconds": time.perf_counter() - t0}

@@ -206,11 +206,11 @@ def make_plan(spec, stage_names, cfg: FinetuneConfig) -> Plan:
 _MEMORY_CACHE: dict = {}
 
 
-def _cache_key(store, cfg, plan, weights_id, pre) -> str:
+def _cache_key(store, cfg, plan, weights_id, pre, layout: str) -> str:
     blob = json.dumps({"store": store.fingerprint, "backbone": cfg.backbone,
                        "weights": weights_id, "cut": plan.cut, "views": cfg.views,
                        "augment": cfg.augment, "pre": pre.to_dict(),
-                       "chunk": CACHE_CHUNK}, sort_keys=True)
+                       "chunk": CACHE_CHUNK, "layout": layout}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -260,30 +260,37 @@ def compute_activations(trunk, root, paths, pre, views: int, augment: str, seed:
         ok += idx
         if c0 // CACHE_CHUNK % 10 == 0:
             log.info("cached trunk outputs of %d/%d images", c0 + len(imgs), len(paths))
-    return torch.cat(out).clone(), np.asarray(ok, dtype=np.int64), skipped
+    return torch.cat(out).clone(), torch.as_tensor(ok, dtype=torch.int64), skipped
 
 
-def _cached_splits(store, loaded, cfg, plan, pre, cache_dir=None):
-    """``{split: (acts, rows_ok)}`` for the trunk ``stages[:cut]``, memoised in-process/on disk."""
+def _cached_splits(store, loaded, cfg, plan, pre, cache_dir=None, layout: str = "holdout"):
+    """``{split: (acts, rows_ok, skipped)}`` for the trunk ``stages[:cut]``, memoised
+    in-process and on disk.  ``layout="cv"``: one part ``"all"``, every image with
+    ``cfg.views`` views (any image trains in some fold; view 0 is the centre crop)."""
     import torch
 
-    key = _cache_key(store, cfg, plan, loaded.weights_id, pre)
+    key = _cache_key(store, cfg, plan, loaded.weights_id, pre, layout)
     if key in _MEMORY_CACHE:
         return _MEMORY_CACHE[key], 0.0
     disk = Path(cache_dir) / f"activations-{key}.pt" if cache_dir else None
     if disk is not None and disk.is_file():
-        data = torch.load(disk, map_location="cpu", weights_only=False)
-        _MEMORY_CACHE[key] = data
-        log.info("loaded cached trunk outputs %s", disk)
-        return data, 0.0
+        try:  # tensors, lists and strings only: nothing in it can run code
+            data = torch.load(disk, map_location="cpu", weights_only=True)
+            _MEMORY_CACHE[key] = data
+            log.info("loaded cached trunk outputs %s", disk)
+            return data, 0.0
+        except Exception as exc:  # noqa: BLE001 - a cache: an unreadable one is recomputed
+            log.warning("recomputing the trunk cache: %s cannot be loaded (%s)", disk, exc)
     t0 = time.perf_counter()
     _, nn = _torch()
     trunk = nn.Sequential(*[m for _, m in loaded.stages()[:plan.cut]]).eval()
     data = {}
-    for split in ("train", "val", "test"):
-        views = cfg.views if split == "train" else 1
+    parts = {"all": store.paths} if layout == "cv" else \
+        {s: store.rel_paths(s) for s in ("train", "val", "test")}
+    for split, paths in parts.items():
+        views = cfg.views if split in ("train", "all") else 1
         acts, ok, skipped = compute_activations(
-            trunk, store.data_root, store.rel_paths(split), pre, views, cfg.augment,
+            trunk, store.data_root, paths, pre, views, cfg.augment,
             seed=0, compile_trunk=cfg.compile)
         if split != "train" and skipped:
             raise DataError(f"{len(skipped)} {split} image(s) of the store no longer decode "
@@ -351,6 +358,7 @@ class FinetuneResult:
     weights_id: str
     skipped: list
     seconds: float
+    folds: list | None = None   # cv: one pipeline.heads.crossval.FoldResult per outer fold
 
     def model_bundle(self) -> dict:
         """What ``torch.save`` stores: enough to rebuild the network and classify."""
@@ -370,7 +378,7 @@ def _datasets(cfg, store, loaded, stages, plan, pre, cache_dir):
         top = build_network(stages[plan.cut:], n_classes, cfg.dropout,
                             channels=_out_channels(stages))
         data, cache_seconds = _cached_splits(store, loaded, cfg, plan, pre, cache_dir)
-        sets = {s: CachedViews(acts, store.y(s)[ok], random_view=(s == "train"))
+        sets = {s: CachedViews(acts, store.y(s)[ok.numpy()], random_view=(s == "train"))
                 for s, (acts, ok, _) in data.items()}
         return top, sets, data["train"][2], dict(zip(names[plan.cut:], top.stages)), \
             cache_seconds
@@ -420,6 +428,45 @@ def _hooks(cfg, plan: Plan, param_groups, model_stages):
     return on_epoch_start, set_train_mode
 
 
+def _prepare(cfg: FinetuneConfig):
+    """``(cfg, store, loaded backbone, stages, stage names, plan, preprocessing)``."""
+    from ..backbones import load_backbone
+
+    check_config(cfg)
+    store = FeatureStore(cfg.features)
+    cfg = replace(cfg, backbone=cfg.backbone or store.attrs.get("backbone"))
+    loaded = load_backbone(cfg.backbone, cfg.weights)
+    stages = loaded.stages()
+    names = [n for n, _ in stages]
+    plan = make_plan(loaded.spec, names, cfg)
+    return cfg, store, loaded, stages, names, plan, _transform_pre(loaded.spec.preprocessing,
+                                                                    cfg.input_size)
+
+
+def _train_top(cfg, plan, top, model_stages, train_set, val_set, checkpoints: bool = True):
+    """Train ``top`` (its block groups per ``plan``) on ``train_set``, early-stopping on
+    ``val_set``; returns :class:`pipeline.train.loop.TrainResult`."""
+    from .loop import Schedule, TrainConfig, train
+
+    param_groups = _param_groups(top, plan, model_stages)
+    on_epoch_start, set_train_mode = _hooks(cfg, plan, param_groups, model_stages)
+    tcfg = TrainConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer="adamw",
+        weight_decay=cfg.weight_decay,
+        schedule=Schedule(cfg.schedule, per=cfg.schedule_per, gamma=cfg.gamma,
+                          step_size=cfg.step_size),
+        label_smoothing=cfg.label_smoothing, patience=cfg.patience, seed=cfg.seed,
+        checkpoint_dir=cfg.checkpoint_dir if checkpoints else None,
+        resume=cfg.resume and checkpoints, stop_after=cfg.stop_after)
+    return train(top, param_groups, train_set, val_set, tcfg,
+                 on_epoch_start=on_epoch_start, set_train_mode=set_train_mode)
+
+
+def _trunk_state(stages, plan, use_cache: bool) -> dict:
+    return {f"trunk.{i}.{k}": v for i, (_, m) in enumerate(stages[:plan.cut])
+            for k, v in m.state_dict().items()} if use_cache else {}
+
+
 def finetune(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     """Fine-tune per ``cfg`` on the split of the store ``cfg.features``.
 
@@ -429,40 +476,93 @@ def finetune(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     """
     import torch
 
-    from ..backbones import load_backbone
-    from .loop import Schedule, TrainConfig, evaluate_model, train
+    from .loop import evaluate_model
 
-    check_config(cfg)
     t_start = time.perf_counter()
-    store = FeatureStore(cfg.features)
-    cfg = replace(cfg, backbone=cfg.backbone or store.attrs.get("backbone"))
-    loaded = load_backbone(cfg.backbone, cfg.weights)
-    stages = loaded.stages()
-    names = [n for n, _ in stages]
-    plan = make_plan(loaded.spec, names, cfg)
-    pre = _transform_pre(loaded.spec.preprocessing, cfg.input_size)
+    cfg, store, loaded, stages, names, plan, pre = _prepare(cfg)
     torch.manual_seed(cfg.seed)
     top, sets, skipped, model_stages, cache_seconds = _datasets(cfg, store, loaded, stages,
                                                                 plan, pre, cache_dir)
     use_cache = len(model_stages) < len(names)
-    param_groups = _param_groups(top, plan, model_stages)
-    on_epoch_start, set_train_mode = _hooks(cfg, plan, param_groups, model_stages)
-    tcfg = TrainConfig(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer="adamw",
-        weight_decay=cfg.weight_decay,
-        schedule=Schedule(cfg.schedule, per=cfg.schedule_per, gamma=cfg.gamma,
-                          step_size=cfg.step_size),
-        label_smoothing=cfg.label_smoothing, patience=cfg.patience, seed=cfg.seed,
-        checkpoint_dir=cfg.checkpoint_dir, resume=cfg.resume, stop_after=cfg.stop_after)
-    res = train(top, param_groups, sets["train"], sets["val"], tcfg,
-                on_epoch_start=on_epoch_start, set_train_mode=set_train_mode)
+    res = _train_top(cfg, plan, top, model_stages, sets["train"], sets["val"])
     _, _, val_proba = evaluate_model(top, sets["val"])
     _, _, test_proba = evaluate_model(top, sets["test"])
-    trunk_state = {f"trunk.{i}.{k}": v for i, (_, m) in enumerate(stages[:plan.cut])
-                   for k, v in m.state_dict().items()} if use_cache else {}
-    return FinetuneResult(cfg, store, plan, names, trunk_state, top, res, val_proba, test_proba,
-                          use_cache, cache_seconds, pre, loaded.weights_id, skipped,
-                          time.perf_counter() - t_start)
+    return FinetuneResult(cfg, store, plan, names, _trunk_state(stages, plan, use_cache), top,
+                          res, val_proba, test_proba, use_cache, cache_seconds, pre,
+                          loaded.weights_id, skipped, time.perf_counter() - t_start)
+
+
+def _check_cv_cache(cfg, plan):
+    if not (cfg.cache == "auto" and cfg.bn == "frozen-eval" and plan.cut > 0):
+        raise UsageError(f"cross-validated fine-tuning shares the frozen-trunk cache across "
+                         f"folds: it needs {opt('cache', 'auto')}, {opt('bn', 'frozen-eval')} "
+                         f"and a frozen trunk ({opt('unfreeze')} other than 'all'); or use "
+                         f"{opt('protocol', 'holdout')}", param="protocol")
+
+
+def _require_every_image(skipped):
+    if skipped:
+        raise DataError(f"{len(skipped)} image(s) of the store no longer decode ({skipped[0][0]}: "
+                        f"{skipped[0][1]}); every fold needs every image: restore or re-extract")
+
+
+def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
+    """Fine-tune on every outer fold of the store's repeated K-fold, nested.
+
+    The frozen trunk's outputs are computed once for every image (``views``
+    each) and shared by all folds; each fold trains a fresh copy of the
+    pretrained top on its training rows, the early-stopping epoch chosen on an
+    inner 15% validation split of them, and predicts its test rows (centre
+    crop).  The returned model is trained on every image for the folds'
+    median best epoch.  Needs the trunk cache (``cache="auto"``,
+    ``bn="frozen-eval"``, ``unfreeze`` other than ``"all"``); no checkpoints.
+    """
+    import copy
+
+    import torch
+
+    from ..data.split import inner_validation_split
+    from ..heads.crossval import FoldResult
+    from .loop import evaluate_model
+
+    t_start = time.perf_counter()
+    cfg, store, loaded, stages, names, plan, pre = _prepare(cfg)
+    _check_cv_cache(cfg, plan)
+    data, cache_seconds = _cached_splits(store, loaded, cfg, plan, pre, cache_dir, layout="cv")
+    acts, _ok, skipped = data["all"]
+    _require_every_image(skipped)
+    y, n_classes = store.labels, len(store.classes)
+    pristine = [m for _, m in stages[plan.cut:]]
+
+    def fresh_top():
+        torch.manual_seed(cfg.seed)
+        top = build_network(list(zip(names[plan.cut:], copy.deepcopy(pristine))), n_classes,
+                            cfg.dropout, channels=_out_channels(stages))
+        return top, dict(zip(names[plan.cut:], top.stages))
+
+    def views(rows, train):
+        return CachedViews(acts[torch.as_tensor(rows)], y[rows], random_view=train)
+
+    folds, epochs = [], []
+    for r, k, train_rows, test_rows in store.cv_splits():
+        tr, va = inner_validation_split(y, train_rows, cfg.seed + r)
+        top, model_stages = fresh_top()
+        res = _train_top(cfg, plan, top, model_stages, views(tr, True), views(va, False),
+                         checkpoints=False)
+        _, acc, proba = evaluate_model(top, views(test_rows, False))
+        epochs.append(res.best_epoch)
+        folds.append(FoldResult(r, k, test_rows, proba, {"best_epoch": res.best_epoch},
+                                len(train_rows), seconds=res.seconds))
+        log.info("fine-tune fold %d of repeat %d: accuracy %.3f (best epoch %d)", k + 1, r + 1,
+                 acc, res.best_epoch)
+    top, model_stages = fresh_top()
+    everything = np.arange(len(y))
+    final = _train_top(replace(cfg, epochs=max(1, int(np.median(epochs))), patience=None),
+                       plan, top, model_stages, views(everything, True),
+                       views(everything, False), checkpoints=False)
+    return FinetuneResult(cfg, store, plan, names, _trunk_state(stages, plan, True), top, final,
+                          None, None, True, cache_seconds, pre, loaded.weights_id, skipped,
+                          time.perf_counter() - t_start, folds)
 
 
 def method_name(cfg: FinetuneConfig) -> str:

@@ -230,7 +230,10 @@ def _one_epoch(model, train_data, cfg: TrainConfig, optimizer, scheduler, criter
     order = torch.randperm(len(train_data)).tolist()
     total_loss, correct, seen = 0.0, 0, 0
     for start in range(0, len(order), cfg.batch_size):
-        x, y = _collate([train_data[i] for i in order[start:start + cfg.batch_size]])
+        batch = order[start:start + cfg.batch_size]
+        if len(batch) == 1 and len(order) > 1:
+            continue  # BatchNorm cannot train on one image; it comes round in another epoch
+        x, y = _collate([train_data[i] for i in batch])
         logits = model(x)
         loss = criterion(logits, y)
         optimizer.zero_grad(set_to_none=True)

@@ -5,28 +5,48 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..runs.records import DEFAULT_RUNS_DIR, new_record, save_run
+from ..runs.protocol import resolve_protocol
+from ..runs.records import DEFAULT_RUNS_DIR, new_cv_record, new_record, save_run
 from ..store.hdf5 import FeatureStore
-from ..train.baselines import fit_baseline, model_writer
+from ..train.baselines import cv_baseline, fit_baseline, model_writer
 
 log = logging.getLogger(__name__)
 
 
 def run_baseline(kind: str, features_path, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
-                 **opts) -> tuple[dict, Path]:
-    """Fit baseline ``kind`` on the split of the store at ``features_path``.
+                 protocol: str = "holdout", **opts) -> tuple[dict, Path]:
+    """Fit baseline ``kind`` on the store at ``features_path`` under ``protocol``
+    (holdout: its split; cv: its repeated K-fold, nested; auto: by size).
 
     Returns the run record and the path it was saved to.  ``opts`` override
     :data:`pipeline.train.baselines.DEFAULTS` (e.g. ``epochs=5``, ``size=48``).
     """
-    store = FeatureStore(features_path)
-    out = fit_baseline(kind, store, seed, **opts)
-    record = baseline_record(kind, out, store, seed)
+    record, out, store = baseline_run(kind, features_path, seed, protocol, **opts)
     path = save_run(record, runs_dir, *model_writer(kind, out, store))
-    log.info("%s: val %.4f test %.4f in %.1f s", record["label"],
-             record["metrics"]["val"]["accuracy"], record["metrics"]["test"]["accuracy"],
-             out["seconds"])
+    log.info("%s (%s) in %.1f s", record["label"], record["protocol"], out["seconds"])
     return record, path
+
+
+def baseline_run(kind: str, features_path, seed: int = 0, protocol: str = "holdout",
+                 **opts) -> tuple[dict, dict, object]:
+    """``(record, fitted baseline, store)`` of baseline ``kind``; writes nothing."""
+    store = FeatureStore(features_path)
+    protocol, why = resolve_protocol(protocol, store)
+    log.info("protocol: %s", why)
+    if protocol == "cv":
+        out = cv_baseline(kind, store, seed, **opts)
+        record = new_cv_record(
+            kind="baseline", method=kind, label=out["label"], store=store,
+            classes=store.classes, folds=out["folds"],
+            hyperparameters={**out["params"], **out.get("chosen", {})},
+            search=out.get("search"), fit_seconds=out["seconds"],
+            trainable_params=out["trainable_params"], history=out.get("history"), seed=seed,
+            group=out["label"], extra={"final_model": "refitted on every image"})
+    else:
+        out = fit_baseline(kind, store, seed, **opts)
+        record = baseline_record(kind, out, store, seed)
+    record["protocol_reason"] = why
+    return record, out, store
 
 
 def baseline_record(kind: str, out: dict, store, seed: int) -> dict:

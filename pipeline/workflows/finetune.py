@@ -8,12 +8,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..files import sha256_text
-from ..runs.records import DEFAULT_RUNS_DIR, new_record, save_run
+from ..runs.protocol import resolve_protocol
+from ..runs.records import DEFAULT_RUNS_DIR, new_cv_record, new_record, save_run
+from ..store.hdf5 import FeatureStore
 from ..train.finetune import (
     FinetuneConfig,
     FinetuneResult,
     describe,
     finetune,
+    finetune_cv,
     method_name,
 )
 
@@ -21,43 +24,63 @@ log = logging.getLogger(__name__)
 
 
 def finetune_record(result: FinetuneResult) -> dict:
-    """The run record (``kind="finetune"``) of a finished fine-tuning run."""
-    cfg, plan, res = result.cfg, result.plan, result.train
+    """The run record (``kind="finetune"``) of a finished fine-tuning run (either protocol)."""
+    cfg, res = result.cfg, result.train
     label = cfg.label or describe(cfg)
-    record = new_record(
-        kind="finetune", method=method_name(cfg), label=label, store=result.store,
-        classes=result.store.classes, val_pred=result.val_proba.argmax(1),
-        test_pred=result.test_proba.argmax(1), test_proba=result.test_proba,
-        hyperparameters=cfg.key_dict(), fit_seconds=result.seconds, layer=cfg.unfreeze,
-        trainable_params=res.trainable_params, history=res.history, seed=cfg.seed,
-        group=cfg.group or label,
-        extra={"finetune": {
-            "block_groups": plan.groups, "trained_groups": plan.trainable,
+    common = dict(kind="finetune", method=method_name(cfg), label=label, store=result.store,
+                  classes=result.store.classes, hyperparameters=cfg.key_dict(),
+                  fit_seconds=result.seconds, layer=cfg.unfreeze,
+                  trainable_params=res.trainable_params, history=res.history, seed=cfg.seed,
+                  group=cfg.group or label, extra={"finetune": _details(result)})
+    if result.folds is not None:
+        record = new_cv_record(folds=result.folds, **common)
+    else:
+        record = new_record(val_pred=result.val_proba.argmax(1),
+                            test_pred=result.test_proba.argmax(1), test_proba=result.test_proba,
+                            **common)
+    record["backbone"], record["weights"] = cfg.backbone, result.weights_id
+    return record
+
+
+def _details(result: FinetuneResult) -> dict:
+    cfg, plan, res = result.cfg, result.plan, result.train
+    return {"block_groups": plan.groups, "trained_groups": plan.trainable,
             "group_lrs": plan.lrs, "group_start_epoch": plan.start_epoch,
             "cached_trunk": result.use_cache,
             "trunk_stages": result.stage_names[:plan.cut] if result.use_cache else [],
             "cache_seconds": result.cache_seconds, "train_seconds": res.seconds,
             "best_epoch": res.best_epoch, "stopped_early": res.stopped_early,
             "preprocessing": result.preprocessing.to_dict(), "weights_id": result.weights_id,
-            "bn_policy": cfg.bn, "skipped_images": result.skipped}})
-    record["backbone"], record["weights"] = cfg.backbone, result.weights_id
-    return record
+            "bn_policy": cfg.bn, "skipped_images": result.skipped,
+            "final_model": ("trained on every image for the folds' median best epoch"
+                            if result.folds is not None else "the best epoch on validation")}
 
 
-def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR,
-                 cache_dir=None) -> tuple[dict, Path]:
-    """Fine-tune per ``cfg`` on the split of the store ``cfg.features``; save record + model.
+def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None,
+                 protocol: str = "holdout") -> tuple[dict, Path]:
+    """Fine-tune per ``cfg`` on the store ``cfg.features``; save record + model.
 
+    ``protocol``: holdout (its split), cv (its repeated K-fold, nested: see
+    :func:`pipeline.train.finetune.finetune_cv`) or auto (by size).
     ``cache_dir`` keeps the cached trunk outputs on disk (reused by later
     runs and by ``resume``).  Returns ``(record, record_path)``.
     """
-    result = finetune(cfg, cache_dir)
-    record = finetune_record(result)
+    record, result = finetune_run(cfg, cache_dir, protocol)
     path = save_finetune(record, result, runs_dir)
-    log.info("%s: val %.4f test %.4f (cache %.0f s, train %.0f s)", record["label"],
-             record["metrics"]["val"]["accuracy"], record["metrics"]["test"]["accuracy"],
-             result.cache_seconds, result.train.seconds)
+    log.info("%s (%s): cache %.0f s, total %.0f s", record["label"], record["protocol"],
+             result.cache_seconds, result.seconds)
     return record, path
+
+
+def finetune_run(cfg: FinetuneConfig, cache_dir=None, protocol: str = "holdout"):
+    """``(record, result)`` of one fine-tuning run under ``protocol``; writes only
+    checkpoints."""
+    protocol, why = resolve_protocol(protocol, FeatureStore(cfg.features))
+    log.info("protocol: %s", why)
+    result = (finetune_cv if protocol == "cv" else finetune)(cfg, cache_dir)
+    record = finetune_record(result)
+    record["protocol_reason"] = why
+    return record, result
 
 
 def save_finetune(record: dict, result: FinetuneResult, runs_dir) -> Path:
@@ -68,7 +91,7 @@ def save_finetune(record: dict, result: FinetuneResult, runs_dir) -> Path:
 
 
 def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 3, runs_dir=DEFAULT_RUNS_DIR,
-                       cache_dir=None) -> list[tuple[dict, Path]]:
+                       cache_dir=None, protocol: str = "holdout") -> list[tuple[dict, Path]]:
     """Run ``cfg`` with seeds ``cfg.seed .. cfg.seed + seeds - 1`` under one ``group``.
 
     The cached trunk outputs are shared (they depend on the images, not on
@@ -87,5 +110,5 @@ def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 3, runs_dir=DEFAULT_RUN
         ck = str(root / f"seed{cfg.seed + k}") if root else None
         out.append(run_finetune(replace(cfg, seed=cfg.seed + k, label=label,
                                         group=cfg.group or label, checkpoint_dir=ck),
-                                runs_dir, cache_dir))
+                                runs_dir, cache_dir, protocol))
     return out

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import joblib
@@ -12,7 +13,8 @@ import numpy as np
 from ..errors import StoreError, UsageError, opt
 from ..heads.selection import predict_proba, select_and_fit
 from ..options import CLASSIFIERS, STREAMING
-from ..runs.records import DEFAULT_RUNS_DIR, new_record, save_run
+from ..runs.protocol import resolve_protocol
+from ..runs.records import DEFAULT_RUNS_DIR, new_cv_record, new_record, save_run
 from ..store.hdf5 import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -36,49 +38,93 @@ def find_store(features=None, features_dir=DEFAULT_FEATURES_DIR) -> Path:
 
 
 def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
-            group_suffix: str = "") -> list[tuple[dict, Path]]:
+            protocol: str = "holdout") -> list[tuple[dict, Path]]:
     """Fit head ``clf`` on tap ``layer`` (or every tap, ``layer='all'``) of a store.
 
-    For each tap: standardise, choose the hyperparameter on the validation
-    split, refit on train+val, score on test; write one run record and the
-    fitted head (``<run_id>.joblib``) under ``runs_dir``.
+    ``holdout``: standardise, choose the hyperparameter on the validation
+    split, refit on train+val, score on test.  ``cv``: the same on every
+    outer fold of the store's repeated K-fold, the hyperparameter chosen by
+    an inner CV inside the outer training rows (:mod:`pipeline.heads.crossval`);
+    the saved head is then refitted on every image.  ``auto`` picks by size
+    (:func:`pipeline.runs.protocol.resolve_protocol`).  One run record and the
+    fitted head (``<run_id>.joblib``) per tap under ``runs_dir``.
     """
     if clf not in CLASSIFIERS:
-        raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}")
+        raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}",
+                         param="clf")
     store = FeatureStore(find_store(features))
+    protocol, why = resolve_protocol(protocol, store)
+    log.info("protocol: %s", why)
     layers = store.taps if layer == "all" else [layer]
     out = []
     for tap in layers:
-        if clf in STREAMING:  # reads the store block by block, never a whole tap
-            from ..heads.streaming import stream_select_and_fit
-
-            res, test_pred, proba = stream_select_and_fit(store, tap, seed=seed)
-        else:
-            X_tr, y_tr = store.X(tap, "train"), store.y("train")
-            X_va, y_va = store.X(tap, "val"), store.y("val")
-            X_te = store.X(tap, "test")
-            res = select_and_fit(clf, X_tr, y_tr, X_va, y_va, seed=seed)
-            proba = predict_proba(res.model, X_te)
-            test_pred = res.model.predict(X_te)
-        backbone = store.attrs.get("backbone")
-        record = new_record(
-            kind="frozen", method=clf, label=f"{backbone} {tap} + {clf}", store=store,
-            classes=store.classes, val_pred=res.val_pred, test_pred=test_pred,
-            test_proba=proba, hyperparameters=res.params, search=res.search,
-            fit_seconds=res.fit_seconds, layer=tap, seed=seed,
-            trainable_params=_n_params(res.model),
-        )
-        bundle = {"model": res.model, "classes": store.classes, "tap": tap,
+        record, model = (_fit_cv if protocol == "cv" else _fit_holdout)(store, tap, clf, seed)
+        record["protocol_reason"] = why
+        bundle = {"model": model, "classes": store.classes, "tap": tap,
                   "store_config": store.config,
                   "weights_source": store.attrs.get("weights_source"),
                   "features_fingerprint": store.fingerprint}
         path = save_run(record, runs_dir, "joblib",
                         lambda file, bundle=bundle: joblib.dump(bundle, file))
-        log.info("%s: val %.4f test %.4f (%s)", record["label"],
-                 record["metrics"]["val"]["accuracy"], record["metrics"]["test"]["accuracy"],
-                 res.params)
+        log.info("%s: %s", record["label"], summary_line(record))
         out.append((record, path))
     return out
+
+
+def summary_line(record: dict) -> str:
+    """``val 0.9 test 0.8`` (holdout) or ``cv 0.85 [0.80, 0.90]`` (cv) of a record."""
+    if record.get("protocol") == "cv":
+        cv = record["cv"]
+        return (f"cv {cv['mean']:.4f} [{cv['ci'][0]:.4f}, {cv['ci'][1]:.4f}] over "
+                f"{len(cv['fold_scores'])} folds")
+    m = record["metrics"]
+    return f"val {m['val']['accuracy']:.4f} test {m['test']['accuracy']:.4f}"
+
+
+def _fit_holdout(store, tap: str, clf: str, seed: int):
+    if clf in STREAMING:  # reads the store block by block, never a whole tap
+        from ..heads.streaming import stream_select_and_fit
+
+        res, test_pred, proba = stream_select_and_fit(store, tap, seed=seed)
+    else:
+        X_tr, y_tr = store.X(tap, "train"), store.y("train")
+        X_va, y_va = store.X(tap, "val"), store.y("val")
+        X_te = store.X(tap, "test")
+        res = select_and_fit(clf, X_tr, y_tr, X_va, y_va, seed=seed)
+        proba = predict_proba(res.model, X_te)
+        test_pred = res.model.predict(X_te)
+    record = new_record(
+        kind="frozen", method=clf, label=f"{store.attrs.get('backbone')} {tap} + {clf}",
+        store=store, classes=store.classes, val_pred=res.val_pred, test_pred=test_pred,
+        test_proba=proba, hyperparameters=res.params, search=res.search,
+        fit_seconds=res.fit_seconds, layer=tap, seed=seed,
+        trainable_params=_n_params(res.model))
+    return record, res.model
+
+
+def _fit_cv(store, tap: str, clf: str, seed: int):
+    """Nested cross-validation of ``clf`` on ``tap``; the returned head is refitted on
+    every image with a hyperparameter chosen by inner CV on all of them."""
+    from threadpoolctl import threadpool_limits
+
+    from ..heads.crossval import choose_param, cross_validate
+    from ..heads.selection import make_head
+
+    t0 = time.perf_counter()
+    X, y = store.X(tap), store.labels
+    folds = cross_validate(clf, X, y, store.cv_splits(), seed=seed)
+    cv_seconds = time.perf_counter() - t0
+    with threadpool_limits(1):
+        params, search = choose_param(clf, X, y, seed)
+        model = make_head(clf, next(iter(params.values())), seed, calibrated=True).fit(X, y)
+    record = new_cv_record(
+        kind="frozen", method=clf, label=f"{store.attrs.get('backbone')} {tap} + {clf}",
+        store=store, classes=store.classes, folds=folds, hyperparameters=params,
+        search=search, fit_seconds=cv_seconds, layer=tap, seed=seed,
+        trainable_params=_n_params(model),
+        extra={"final_model": "refitted on every image with the hyperparameter an inner CV "
+                              "over all of them chose"})
+    return record, model
 
 
 def _n_params(model) -> int | None:

@@ -9,7 +9,10 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import UsageError
+from ..runs.groups import score
+from ..runs.protocol import resolve_protocol
 from ..runs.records import DEFAULT_RUNS_DIR
+from ..store.hdf5 import FeatureStore
 from ..train.finetune import FinetuneConfig
 from .finetune import run_finetune_seeds
 
@@ -29,10 +32,18 @@ def ladder_configs(features, epochs: int = 12, views: int = 3) -> list[tuple[str
 
 
 def summarise_group(records) -> dict:
-    """Mean and spread of a group of records (one per seed)."""
-    val = [r["metrics"]["val"]["accuracy"] for r in records]
-    test = [r["metrics"]["test"]["accuracy"] for r in records]
+    """Mean and spread of a group of records (one per seed).
+
+    Holdout: validation and test accuracy; cv: ``val_accuracy`` and
+    ``test_accuracy`` are both the cross-validated mean (there is no separate
+    test split) and ``ci`` its corrected 95% interval.
+    """
+    scores = [score(r) for r in records]
+    val = [sc["select"] for sc in scores]
+    test = [sc["value"] for sc in scores]
     return {"method": records[0]["label"], "n_seeds": len(records),
+            "protocol": records[0].get("protocol", "holdout"),
+            "ci": [scores[0]["low"], scores[0]["high"]],
             "trainable_params": records[0].get("trainable_params"),
             "train_seconds": float(np.mean([r["fit_seconds"] for r in records])),
             "val_accuracy": float(np.mean(val)), "test_accuracy": float(np.mean(test)),
@@ -42,14 +53,15 @@ def summarise_group(records) -> dict:
 
 def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1, epochs: int = 12,
                views: int = 3, cnn_epochs: int | None = None, cache_dir=None,
-               rungs=None) -> list[dict]:
+               rungs=None, protocol: str = "holdout") -> list[dict]:
     """Every rung of the course ladder on one store's split; one summary row per rung.
 
     Rungs: pixels, MLP, scratch CNN, frozen logreg on the tap with the best
     validation accuracy, then the fine-tuning rungs of :func:`ladder_configs`,
     each repeated for ``seeds`` seeds.  ``rungs`` restricts to a subset of
     rung names.  Rows: method, n_seeds, trainable_params, train_seconds,
-    val_accuracy, test_accuracy, test_std, run_ids.
+    val_accuracy, test_accuracy, test_std, run_ids (see :func:`summarise_group`).
+    Every rung runs under one ``protocol`` (resolved once, ``auto`` by size).
     """
     from .baseline import run_baseline
     from .fit import run_fit
@@ -59,6 +71,8 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1, epochs: int 
     if rungs is not None and set(rungs) - known:
         raise UsageError(f"unknown rung(s) {', '.join(sorted(set(rungs) - known))}; "
                          f"valid: {', '.join(sorted(known))}")
+    protocol, why = resolve_protocol(protocol, FeatureStore(features))
+    log.info("ladder protocol: %s", why)
     rows = []
 
     def wanted(name):
@@ -67,18 +81,19 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1, epochs: int 
     for kind in ("pixels", "mlp", "cnn"):
         if wanted(kind):
             opts = {"epochs": cnn_epochs} if kind == "cnn" and cnn_epochs else {}
-            recs = [run_baseline(kind, features, runs_dir, seed=s, **opts)[0]
+            recs = [run_baseline(kind, features, runs_dir, seed=s, protocol=protocol, **opts)[0]
                     for s in range(seeds if kind != "pixels" else 1)]
             rows.append(summarise_group(recs))
     if wanted("frozen"):
-        recs = [r for r, _ in run_fit(features, "all", "logreg", runs_dir)]
-        best = max(recs, key=lambda r: r["metrics"]["val"]["accuracy"])
+        recs = [r for r, _ in run_fit(features, "all", "logreg", runs_dir, protocol=protocol)]
+        best = max(recs, key=lambda r: score(r)["select"])
         row = summarise_group([best])
-        row["method"] = f"frozen {best['label']} (best tap on val)"
+        row["method"] = (f"frozen {best['label']} (best tap on "
+                         f"{'cv' if protocol == 'cv' else 'val'})")
         rows.append(row)
     for name, cfg in configs:
         if wanted(name):
             recs = [r for r, _ in run_finetune_seeds(replace(cfg, label=name), seeds,
-                                                     runs_dir, cache_dir)]
+                                                     runs_dir, cache_dir, protocol)]
             rows.append(summarise_group(recs))
     return rows

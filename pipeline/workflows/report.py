@@ -2,7 +2,7 @@
 
 The report package renders and fits nothing; this workflow joins the stages:
 it loads the run records of a folder, computes (or reuses) the analyses the
-page shows from the best frozen run's feature store (data-efficiency curves,
+page shows from the best frozen run's feature store (few-shot curves,
 feature map: :mod:`.analysis`), then renders the page.
 """
 
@@ -22,7 +22,7 @@ def build_report(runs_dir, out_path, overwrite: bool = False,
 
     Refuses to replace an existing ``out_path`` unless ``overwrite``.  Returns
     the path written.  ``efficiency_budget`` caps the seconds spent refitting
-    heads for the data-efficiency section.
+    heads for the few-shot curves.
     """
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:

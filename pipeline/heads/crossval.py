@@ -1,0 +1,149 @@
+"""Heads under repeated stratified K-fold cross-validation, with nested model selection.
+
+For each outer fold of the store's fixed folds (:meth:`FeatureStore.cv_splits`),
+the hyperparameter (``C``, ``k``) is chosen by an inner stratified K-fold
+*inside the outer training rows only* (:func:`choose_param`), the head is
+refitted on those rows with it and predicts the outer test rows.  The outer
+test fold is never used for any choice, and every image gets one out-of-fold
+prediction per repeat.  Many small fits: each runs on one BLAS thread, and
+the outer folds run in parallel processes on larger data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+
+from ..errors import UsageError
+from ..options import CLASSIFIERS
+from .selection import GRIDS, make_head, predict_proba
+
+log = logging.getLogger(__name__)
+
+#: Folds of the inner cross-validation that chooses the hyperparameter.
+INNER_FOLDS = 3
+#: Rows x outer folds above which the outer folds run in parallel processes.
+PARALLEL_MIN_WORK = 20_000
+
+
+@dataclass
+class FoldResult:
+    """One outer fold: its rows, the chosen hyperparameter and the predictions there."""
+
+    repeat: int
+    fold: int
+    test: np.ndarray            # (n_test,) row indices into the store
+    proba: np.ndarray           # (n_test, n_classes)
+    params: dict
+    n_train: int
+    search: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def grid_for(clf: str, n_train: int):
+    """``(name, values)`` searched for ``clf``, strongest regularisation first."""
+    if clf not in GRIDS:
+        raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}",
+                         param="clf")
+    name, values = GRIDS[clf]
+    if clf == "knn":
+        return name, sorted((k for k in values if k <= max(1, n_train)), reverse=True) or [1]
+    return name, sorted(values, reverse=(name == "alpha"))
+
+
+def _inner_scores(clf: str, X, y, values, splits, seed: int) -> np.ndarray:
+    """Mean inner-validation accuracy of each value ``(len(values),)``."""
+    scores = np.zeros(len(values))
+    for tr, va in splits:
+        if clf == "logreg":
+            # one scaler and a warm-started solver along the increasing-C path
+            scaler = StandardScaler().fit(X[tr])
+            Xtr, Xva = scaler.transform(X[tr]), scaler.transform(X[va])
+            path = LogisticRegression(max_iter=3000, random_state=seed, warm_start=True)
+            for j, value in enumerate(values):
+                scores[j] += np.mean(path.set_params(C=value).fit(Xtr, y[tr]).predict(Xva)
+                                     == y[va])
+        else:
+            for j, value in enumerate(values):
+                model = make_head(clf, value, seed).fit(X[tr], y[tr])
+                scores[j] += np.mean(model.predict(X[va]) == y[va])
+    return scores / max(len(splits), 1)
+
+
+def choose_param(clf: str, X, y, seed: int = 0, inner_folds: int = INNER_FOLDS):
+    """The grid value with the best inner cross-validated accuracy on ``(X, y)`` only.
+
+    ``X`` is ``(n, C)``.  Inner folds: ``min(inner_folds, smallest class)``;
+    with a class of one image there is nothing to validate on, and the
+    middle of the grid is taken (and said in the search).  Returns
+    ``(params, search)``; ties go to the stronger regularisation.
+    """
+    name, values = grid_for(clf, len(y))
+    counts = np.bincount(y)
+    k = min(inner_folds, int(counts[counts > 0].min()))
+    if k < 2:
+        value = values[len(values) // 2]
+        return {name: _plain(value)}, [{name: _plain(value), "note": "no inner validation: "
+                                        "a class has one training image"}]
+    if clf == "knn":  # inner training folds are smaller than the outer one
+        values = [v for v in values if v <= len(y) * (k - 1) // k] or [1]
+    splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y))
+    scores = _inner_scores(clf, X, y, values, splits, seed)
+    best = int(np.argmax(scores))  # first maximum: the strongest regularisation
+    search = [{name: _plain(v), "inner_accuracy": float(a)} for v, a in zip(values, scores)]
+    return {name: _plain(values[best])}, search
+
+
+def _plain(value):
+    return int(value) if isinstance(value, (int, np.integer)) else float(value)
+
+
+def fit_fold(clf: str, X, y, train, test, seed: int = 0, repeat: int = 0,
+             fold: int = 0) -> FoldResult:
+    """Choose the hyperparameter on ``train`` rows, refit there, predict ``test`` rows."""
+    from threadpoolctl import threadpool_limits
+
+    t0 = time.perf_counter()
+    with threadpool_limits(1):
+        params, search = choose_param(clf, X[train], y[train], seed)
+        model = make_head(clf, next(iter(params.values())), seed, calibrated=True)
+        model.fit(X[train], y[train])
+        proba = _full_proba(model, X[test], int(y.max()) + 1)
+    return FoldResult(repeat, fold, np.asarray(test), proba, params, len(train), search,
+                      time.perf_counter() - t0)
+
+
+def _full_proba(model, X, n_classes: int) -> np.ndarray:
+    """``(n, n_classes)`` probabilities even when a class was absent from the fold's training."""
+    proba = predict_proba(model, X)
+    classes = np.asarray(model.classes_)
+    if len(classes) == n_classes:
+        return proba
+    full = np.zeros((len(X), n_classes))
+    full[:, classes] = proba
+    return full
+
+
+def cross_validate(clf: str, X, y, splits, seed: int = 0, n_jobs: int | None = None) -> list:
+    """:func:`fit_fold` on every ``(repeat, fold, train, test)`` of ``splits``, in order.
+
+    ``X`` is ``(n_images, C)`` (every row of the store), ``y`` ``(n_images,)``.
+    Outer folds run in ``n_jobs`` processes (default: the cores, when the
+    work is large enough to pay for starting them).
+    """
+    if n_jobs is None:
+        big = len(y) * len(splits) >= PARALLEL_MIN_WORK
+        n_jobs = min(len(splits), os.cpu_count() or 1) if big else 1
+    if n_jobs <= 1:
+        return [fit_fold(clf, X, y, tr, te, seed, r, k) for r, k, tr, te in splits]
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=n_jobs)(delayed(fit_fold)(clf, X, y, tr, te, seed, r, k)
+                                   for r, k, tr, te in splits)
