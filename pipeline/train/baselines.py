@@ -298,12 +298,13 @@ def _cv_torch(store, params, seed, fit_rows, pixels):
     from ..heads.crossval import FoldResult
 
     y = store.labels
-    folds, epochs = [], []
+    folds, epochs, histories = [], [], []
     for r, k, train_rows, test_rows in store.cv_splits():
         tr, va = inner_validation_split(y, train_rows, seed + r)
         out = fit_rows(store, params, seed, {"train": tr, "val": va, "test": test_rows},
                        pixels)
         epochs.append(out["best_epoch"])
+        histories.append(out["history"])
         folds.append(FoldResult(r, k, test_rows, out["proba"], {"best_epoch": out["best_epoch"]},
                                 len(train_rows), seconds=out["seconds"]))
         log.info("%s fold %d/%d of repeat %d: accuracy %.3f (best epoch %d)", out["label"], k + 1,
@@ -315,7 +316,10 @@ def _cv_torch(store, params, seed, fit_rows, pixels):
                      {"train": everything, "val": everything, "test": everything[:0]}, pixels)
     return {"label": final["label"], "folds": folds, "model": final["model"],
             "chosen": {"best_epochs": epochs, "final_epochs": final_epochs},
-            "trainable_params": final["trainable_params"], "history": final["history"]}
+            "trainable_params": final["trainable_params"],
+            # the learning curves of the first outer fold: its validation is a real
+            # held-out split (the final model's has none)
+            "history": histories[0]}
 
 
 def _predict_or_empty(model, dataset, n_classes: int) -> np.ndarray:

@@ -543,7 +543,7 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     def views(rows, train):
         return CachedViews(acts[torch.as_tensor(rows)], y[rows], random_view=train)
 
-    folds, epochs = [], []
+    folds, epochs, histories = [], [], []
     for r, k, train_rows, test_rows in store.cv_splits():
         tr, va = inner_validation_split(y, train_rows, cfg.seed + r)
         top, model_stages = fresh_top()
@@ -551,6 +551,7 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
                          checkpoints=False)
         _, acc, proba = evaluate_model(top, views(test_rows, False))
         epochs.append(res.best_epoch)
+        histories.append(res.history)
         folds.append(FoldResult(r, k, test_rows, proba, {"best_epoch": res.best_epoch},
                                 len(train_rows), seconds=res.seconds))
         log.info("fine-tune fold %d of repeat %d: accuracy %.3f (best epoch %d)", k + 1, r + 1,
@@ -560,6 +561,8 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     final = _train_top(replace(cfg, epochs=max(1, int(np.median(epochs))), patience=None),
                        plan, top, model_stages, views(everything, True),
                        views(everything, False), checkpoints=False)
+    # The record's learning curves: the first outer fold's, whose validation split is real.
+    final = replace(final, history=histories[0], best_epoch=epochs[0])
     return FinetuneResult(cfg, store, plan, names, _trunk_state(stages, plan, True), top, final,
                           None, None, True, cache_seconds, pre, loaded.weights_id, skipped,
                           time.perf_counter() - t_start, folds)
