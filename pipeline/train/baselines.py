@@ -172,72 +172,34 @@ def _predict(model, dataset):
     return proba
 
 
+def _split_rows(store) -> dict:
+    return {split: np.flatnonzero(store.mask(split)) for split in ("train", "val", "test")}
+
+
+def _holdout(out: dict) -> dict:
+    """A ``*_rows`` result in the shape :func:`fit_baseline` returns."""
+    return {**out, "val_pred": out["val_proba"].argmax(1), "test_pred": out["proba"].argmax(1),
+            "test_proba": out["proba"], "chosen": {"best_epoch": out["best_epoch"],
+                                                   **out.get("chosen", {})}}
+
+
 def _fit_mlp(store, params, seed):
-    import torch
-
-    from .datasets import TensorPairs
-    from .loop import ParamGroup, Schedule, TrainConfig, train
-
-    t0 = time.perf_counter()
     data, skipped = _split_pixels(store, params["size"])
-    X_tr = data["train"][0]
-    mean, std = X_tr.mean(0), X_tr.std(0) + 1e-6   # standardised on train only
-    sets = {s: TensorPairs((X - mean) / std, y) for s, (X, y) in data.items()}
-    torch.manual_seed(seed)
-    model = make_mlp(X_tr.shape[1], len(store.classes), params["hidden"], params["dropout"])
-    cfg = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"],
-                      optimizer="adam", weight_decay=params["l2"],
-                      schedule=Schedule("constant", per="epoch"),
-                      patience=params["patience"], seed=seed)
-    res = train(model, [ParamGroup("mlp", list(model.parameters()), params["lr"])],
-                sets["train"], sets["val"], cfg)
-    val_pred = _predict(model, sets["val"]).argmax(1)
-    proba = _predict(model, sets["test"])
-    # Kept in the saved state_dict so the model can be applied to new pixels.
-    model.register_buffer("pixel_mean", torch.as_tensor(mean))
-    model.register_buffer("pixel_std", torch.as_tensor(std))
-    return {"label": f"MLP {params['hidden']} on {params['size']}px pixels", "model": model,
-            "val_pred": val_pred, "test_pred": proba.argmax(1), "test_proba": proba,
-            "seconds": time.perf_counter() - t0, "trainable_params": res.trainable_params,
-            "history": res.history, "chosen": {"best_epoch": res.best_epoch},
-            "skipped": skipped}
+    # rows that decoded, in store order; the split's rows are taken from there
+    rows, pixels, start = {}, [], 0
+    for split in ("train", "val", "test"):
+        X, _y = data[split]
+        rows[split] = np.arange(start, start + len(X))
+        pixels.append(X)
+        start += len(X)
+    labels = np.concatenate([data[s][1] for s in ("train", "val", "test")])
+    out = _fit_mlp_rows(store, params, seed, rows, np.concatenate(pixels), labels)
+    return {**_holdout(out), "skipped": skipped}
 
 
 def _fit_cnn(store, params, seed):
-    import torch
-
-    from ..backbones import Preprocessing
-    from .datasets import ImageFolderDataset
-    from .loop import ParamGroup, Schedule, TrainConfig, train
-
-    t0 = time.perf_counter()
-    # A scratch net has no weights to match: plain [0, 1] -> mean 0.5 / std 0.25 scaling.
-    pre = Preprocessing(input_size=params["size"], crop_pct=0.875, interpolation="bilinear",
-                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    sets, skipped = {}, []
-    for split in ("train", "val", "test"):
-        ds = ImageFolderDataset(store.data_root, store.rel_paths(split), store.y(split), pre,
-                                augment=params["augment"] if split == "train" else "none")
-        skipped += ds.skipped
-        if split != "train" and ds.skipped:
-            raise DataError(_undecodable_eval(split, ds.skipped))
-        sets[split] = ds
-    torch.manual_seed(seed)
-    model = make_cnn(len(store.classes), params["width"], params["dropout"])
-    cfg = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"],
-                      weight_decay=params["weight_decay"],
-                      schedule=Schedule(params["schedule"], per="step"),
-                      patience=params["patience"], seed=seed)
-    res = train(model, [ParamGroup("cnn", list(model.parameters()), params["lr"])],
-                sets["train"], sets["val"], cfg)
-    val_pred = _predict(model, sets["val"]).argmax(1)
-    proba = _predict(model, sets["test"])
-    return {"label": f"scratch CNN {params['size']}px", "model": model,
-            "val_pred": val_pred, "test_pred": proba.argmax(1), "test_proba": proba,
-            "seconds": time.perf_counter() - t0, "trainable_params": res.trainable_params,
-            "history": res.history, "chosen": {"best_epoch": res.best_epoch,
-                                               "normalisation": pre.to_dict()},
-            "skipped": skipped}
+    return _holdout(_fit_cnn_rows(store, params, seed, _split_rows(store), None,
+                                  skip_training_failures=True))
 
 
 # ------------------------------------------------------------------ cross-validation
@@ -326,16 +288,17 @@ def _predict_or_empty(model, dataset, n_classes: int) -> np.ndarray:
     return _predict(model, dataset) if len(dataset) else np.zeros((0, n_classes))
 
 
-def _fit_mlp_rows(store, params, seed, rows, pixels):
+def _fit_mlp_rows(store, params, seed, rows, pixels, labels=None):
     """The MLP trained on ``rows["train"]`` (early stopping on ``rows["val"]``) of the
-    ``pixels`` matrix; probabilities of ``rows["test"]``."""
+    ``pixels`` matrix (labels: ``labels``, default the store's); probabilities of
+    ``rows["val"]`` and ``rows["test"]``."""
     import torch
 
     from .datasets import TensorPairs
     from .loop import ParamGroup, Schedule, TrainConfig, train
 
     t0 = time.perf_counter()
-    y = store.labels
+    y = store.labels if labels is None else labels
     X_tr = pixels[rows["train"]]
     mean, std = X_tr.mean(0), X_tr.std(0) + 1e-6   # standardised on training rows only
     sets = {s: TensorPairs((pixels[idx] - mean) / std, y[idx]) for s, idx in rows.items()}
@@ -348,16 +311,21 @@ def _fit_mlp_rows(store, params, seed, rows, pixels):
     res = train(model, [ParamGroup("mlp", list(model.parameters()), params["lr"])],
                 sets["train"], sets["val"], cfg)
     proba = _predict_or_empty(model, sets["test"], len(store.classes))
+    val_proba = _predict_or_empty(model, sets["val"], len(store.classes))
+    # Kept in the saved state_dict so the model can be applied to new pixels.
     model.register_buffer("pixel_mean", torch.as_tensor(mean))
     model.register_buffer("pixel_std", torch.as_tensor(std))
     return {"label": f"MLP {params['hidden']} on {params['size']}px pixels", "model": model,
-            "proba": proba, "best_epoch": res.best_epoch, "history": res.history,
+            "proba": proba, "val_proba": val_proba, "best_epoch": res.best_epoch,
+            "history": res.history,
             "trainable_params": res.trainable_params, "seconds": time.perf_counter() - t0}
 
 
-def _fit_cnn_rows(store, params, seed, rows, _pixels=None):
+def _fit_cnn_rows(store, params, seed, rows, _pixels=None, skip_training_failures=False):
     """The scratch CNN trained on ``rows["train"]`` (early stopping on ``rows["val"]``);
-    probabilities of ``rows["test"]``."""
+    probabilities of ``rows["val"]`` and ``rows["test"]``.  Images that no longer decode
+    are an error, except training images with ``skip_training_failures`` (then listed
+    in ``skipped``)."""
     import torch
 
     from ..backbones import Preprocessing
@@ -367,13 +335,14 @@ def _fit_cnn_rows(store, params, seed, rows, _pixels=None):
     t0 = time.perf_counter()
     pre = Preprocessing(input_size=params["size"], crop_pct=0.875, interpolation="bilinear",
                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    sets = {}
+    sets, skipped = {}, []
     for split, idx in rows.items():
         ds = ImageFolderDataset(store.data_root, [store.paths[i] for i in idx],
                                 store.labels[idx], pre,
                                 augment=params["augment"] if split == "train" else "none")
-        if ds.skipped:
-            raise DataError(_undecodable_eval("cross-validation", ds.skipped))
+        skipped += ds.skipped
+        if ds.skipped and not (split == "train" and skip_training_failures):
+            raise DataError(_undecodable_eval(split, ds.skipped))
         sets[split] = ds
     torch.manual_seed(seed)
     model = make_cnn(len(store.classes), params["width"], params["dropout"])
@@ -383,7 +352,10 @@ def _fit_cnn_rows(store, params, seed, rows, _pixels=None):
                       patience=params["patience"], seed=seed)
     res = train(model, [ParamGroup("cnn", list(model.parameters()), params["lr"])],
                 sets["train"], sets["val"], cfg)
-    proba = _predict_or_empty(model, sets["test"], len(store.classes))
-    return {"label": f"scratch CNN {params['size']}px", "model": model, "proba": proba,
-            "best_epoch": res.best_epoch, "history": res.history,
+    n_classes = len(store.classes)
+    return {"label": f"scratch CNN {params['size']}px", "model": model,
+            "proba": _predict_or_empty(model, sets["test"], n_classes),
+            "val_proba": _predict_or_empty(model, sets["val"], n_classes),
+            "best_epoch": res.best_epoch, "history": res.history, "skipped": skipped,
+            "chosen": {"normalisation": pre.to_dict()},
             "trainable_params": res.trainable_params, "seconds": time.perf_counter() - t0}
