@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
+import threading
 
 import click
 
@@ -27,6 +29,7 @@ from pipeline.options import (
     CACHE_MODES,
     CLASSIFIERS,
     DTYPES,
+    MAX_SEED,
     POOLINGS,
     PRECISIONS,
     PROTOCOLS,
@@ -37,6 +40,8 @@ from pipeline.options import (
 )
 
 LAYER_CHOICES = click.Choice(list(TAP_ORDER) + ["all"])
+#: numpy and torch seeds are unsigned 32-bit integers
+SEED = click.IntRange(0, MAX_SEED)
 
 
 def command_flags(ctx) -> dict:
@@ -49,21 +54,54 @@ def command_flags(ctx) -> dict:
     return flags
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so the same clean-up as Ctrl-C runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def interrupted_message(ctx) -> str:
+    """What survived an interruption of this command, and what to run next."""
+    name = ctx.info_name if ctx is not None else ""
+    params = ctx.params if ctx is not None else {}
+    if name in ("extract", "demo"):
+        return ("completed batches are kept in the store's journal; run the same command "
+                "again to resume from them.")
+    if name == "ladder":
+        return ("rungs that finished are saved as run records; a re-run trains every rung "
+                "again and the report counts each seed once (the latest).")
+    if name == "finetune":
+        if params.get("checkpoint_dir"):
+            return ("runs that finished are saved and the unfinished one keeps its last epoch "
+                    "checkpoint; run the same command again with --resume to continue.")
+        return ("runs that finished are saved; the unfinished one kept no checkpoint (pass "
+                "--checkpoint-dir DIR to make runs resumable) and must start again.")
+    return ("runs and files that finished are saved; the unfinished one wrote nothing. "
+            "Run the same command again.")
+
+
 def handle_errors(fn):
-    """Turn library errors into a clean message (in this command's flags) and its exit code."""
+    """Turn library errors into a clean message (in this command's flags) and its exit code;
+    Ctrl-C (exit 130) and SIGTERM (exit 143) say what was kept and how to go on."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        ctx = click.get_current_context(True)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return fn(*args, **kwargs)
         except WorkbenchError as exc:
-            click.echo(f"Error: {exc.render(command_flags(click.get_current_context(True)))}",
-                       err=True)
+            click.echo(f"Error: {exc.render(command_flags(ctx))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted: completed batches are kept; run the same command "
-                       "again to resume.", err=True)
+            click.echo(f"Interrupted: {interrupted_message(ctx)}", err=True)
             sys.exit(130)
+        except Terminated:
+            click.echo(f"Terminated (SIGTERM): {interrupted_message(ctx)}", err=True)
+            sys.exit(143)
 
     return wrapper
 
@@ -166,7 +204,7 @@ def backbones():
               help="Decoding threads (default: by core count; 0 = decode between batches).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32",
               show_default=True, help="Storage dtype of the vectors.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Split seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Split seed.")
 @click.option("--out", default="features", show_default=True,
               help="Output folder (or a .h5 file path).")
 @click.option("--overwrite", is_flag=True, help="Replace a store with another configuration.")
@@ -221,7 +259,7 @@ def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, 
 @click.option("--layer", default="layer3", show_default=True, type=LAYER_CHOICES,
               help="Tap to fit on, or 'all' for one run per stored tap.")
 @click.option("--clf", type=click.Choice(CLASSIFIERS), default="logreg", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @protocol_option
 @runs_option
 @handle_errors
@@ -230,7 +268,7 @@ def fit(features, layer, clf, seed, protocol, runs_dir):
 
     The hyperparameter (C, k for knn, alpha for sgd-logreg) is chosen on the
     validation split over a log grid; the head is refitted on train+val; one
-    run record (JSON) and the fitted head (joblib) are written per tap.
+    run record (JSON) and the fitted head (skops) are written per tap.
     sgd-logreg streams the store in blocks, for features larger than memory.
 
     Example: python cli.py fit --layer all --clf svm
@@ -245,7 +283,7 @@ def fit(features, layer, clf, seed, protocol, runs_dir):
 @cli.command()
 @click.option("--kind", type=click.Choice(BASELINE_KINDS), required=True)
 @features_option
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Maximum epochs (mlp, cnn); default per kind.")
 @protocol_option
@@ -270,7 +308,7 @@ def baseline(kind, features, seed, epochs, protocol, runs_dir):
 
 @cli.command()
 @click.option("--model", "model_ref", required=True,
-              help="Run id (or prefix), run record JSON, or fitted head .joblib.")
+              help="Run id (or prefix), run record JSON, or fitted head .skops.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", "out_csv", type=click.Path(), default=None, help="Write a CSV here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
@@ -396,7 +434,7 @@ def demo(out, no_progress, protocol):
 @click.option("--input-size", type=click.IntRange(min=32), default=None,
               help="Train at a lower resolution than the weights' own.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the cached trunk.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Repeat with seeds seed..seed+N-1 (one group in the report).")
 @click.option("--checkpoint-dir", type=click.Path(), default="reports/checkpoints",

@@ -120,14 +120,13 @@ def fit(store, layer: str = "layer3", clf: str = "logreg", *, runs_dir=DEFAULT_R
     ``protocol`` as in the CLI: ``holdout`` (C chosen on validation, scored
     on test), ``cv`` (repeated K-fold, nested) or ``auto`` (cv on small data).
     """
-    import joblib
-
+    from .heads.persist import load_head
     from .workflows.fit import run_fit
 
     runs = []
     for record, path in run_fit(_store_path(store), layer, clf, runs_dir, seed=seed,
                                 protocol=protocol):
-        runs.append(Run(record, path, joblib.load(record["model_file"])["model"]))
+        runs.append(Run(record, path, load_head(record["model_file"])["model"]))
     return runs if layer == "all" else runs[0]
 
 
@@ -165,7 +164,7 @@ def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None, protocol: str 
 
 
 def predict(model, images, *, runs_dir=DEFAULT_RUNS_DIR, top_k: int = 3, **options):
-    """Label image files or folders with a frozen head (a :class:`Run`, run id or ``.joblib``).
+    """Label image files or folders with a frozen head (a :class:`Run`, run id or ``.skops`` head).
 
     Returns a list of :class:`pipeline.workflows.predict.Prediction`.
     """

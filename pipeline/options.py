@@ -38,3 +38,19 @@ CACHE_MODES = ("auto", "off")
 PROTOCOLS = ("auto", "holdout", "cv")
 #: Split names in the order of their codes in a store (0, 1, 2).
 SPLITS = ("train", "val", "test")
+#: Largest seed: numpy and torch take unsigned 32-bit seeds.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed, count: int = 1, param: str = "seed") -> int:
+    """``seed`` as an int, refusing what numpy or torch would crash on (also for
+    ``seed .. seed + count - 1`` when ``count`` seeds are run)."""
+    from .errors import UsageError, opt
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"{opt(param, seed)} is not a seed: use a whole number from 0 to "
+                         f"{MAX_SEED}", param=param)
+    if seed + count - 1 > MAX_SEED:
+        raise UsageError(f"{opt(param, seed)} with {count} seeds goes past {MAX_SEED}; "
+                         "use a smaller seed", param=param)
+    return seed

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pytest
 import torch
@@ -14,6 +13,7 @@ from PIL import Image
 
 from pipeline.errors import DataError, UsageError
 from pipeline.extraction.job import ExtractConfig, run_extract
+from pipeline.heads.persist import load_head
 from pipeline.runs.records import load_records
 from pipeline.store.hdf5 import FeatureStore
 from pipeline.train.baselines import make_cnn, make_mlp, pixel_matrix
@@ -64,10 +64,10 @@ def test_baseline_writes_a_valid_record_on_the_store_split(store_path, tmp_path,
     assert model_file.is_file()
     if kind == "pixels":
         assert "C" in saved["hyperparameters"] and saved["search"]
-        assert joblib.load(model_file)["classes"] == store.classes
+        assert load_head(model_file)["classes"] == store.classes
     else:
         assert len(saved["history"]) >= 1 and "lr" in saved["history"][0]
-        assert "state_dict" in torch.load(model_file, weights_only=False)
+        assert "state_dict" in torch.load(model_file, weights_only=True)
     assert [r["run_id"] for r in load_records(tmp_path / "runs")] == [saved["run_id"]]
 
 

@@ -118,7 +118,7 @@ def test_extract_fit_predict_report_chain(run, tmp_path):
                 "split_sizes", "features"):
         assert key in rec
     assert rec["metrics"]["test"]["accuracy"] == 1.0   # flat colours are separable
-    assert (tmp_path / "runs" / f"{rec['run_id']}.joblib").is_file()
+    assert (tmp_path / "runs" / f"{rec['run_id']}.skops").is_file()
 
     res = run("predict", "--model", rec["run_id"], folder / "red", "--out",
               tmp_path / "preds.csv", "--runs", tmp_path / "runs")

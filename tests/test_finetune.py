@@ -69,7 +69,7 @@ def _tiny_cfg(store, **kw):
 
 
 def _saved_top(record):
-    return torch.load(record["model_file"], map_location="cpu", weights_only=False)
+    return torch.load(record["model_file"], map_location="cpu", weights_only=True)
 
 
 def _stage_params(state, stage_index, prefix=""):

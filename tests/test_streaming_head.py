@@ -6,7 +6,6 @@ import json
 import tracemalloc
 
 import h5py
-import joblib
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -14,6 +13,7 @@ from click.testing import CliRunner
 from pipeline.data.split import assign_split
 from pipeline.errors import UsageError
 from pipeline.heads import streaming
+from pipeline.heads.persist import load_head
 from pipeline.store.hdf5 import FeatureStore, write_store
 from pipeline.workflows.fit import run_fit
 
@@ -53,7 +53,7 @@ def test_sgd_logreg_accuracy_close_to_in_memory_logreg(tmp_path):
     assert len(sgd["search"]) == 13 and sgd["trainable_params"] == 4 * 32 + 4
     # The saved head predicts what the record says it predicted on the test split.
     store = FeatureStore(path)
-    head = joblib.load(sgd["model_file"])["model"]
+    head = load_head(sgd["model_file"])["model"]
     np.testing.assert_array_equal(head.predict(store.X("feat", "test")),
                                   sgd["predictions"]["y_pred"])
 

@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ..errors import UsageError
 from ..options import CLASSIFIERS
-from .selection import GRIDS, make_head, predict_proba
+from .selection import GRIDS, make_head, predict_proba, smallest_class
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ def fit_fold(clf: str, X, y, train, test, seed: int = 0, repeat: int = 0,
     t0 = time.perf_counter()
     with threadpool_limits(1):
         params, search = choose_param(clf, X[train], y[train], seed)
-        model = make_head(clf, next(iter(params.values())), seed, calibrated=True)
+        model = make_head(clf, next(iter(params.values())), seed,
+                          calibrated=smallest_class(y[train]))
         model.fit(X[train], y[train])
         proba = _full_proba(model, X[test], int(y.max()) + 1)
     return FoldResult(repeat, fold, np.asarray(test), proba, params, len(train), search,

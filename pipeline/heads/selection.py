@@ -40,18 +40,23 @@ GRIDS = {
 }
 
 
-def make_head(clf: str, value, seed: int = 0, calibrated: bool = False):
+def make_head(clf: str, value, seed: int = 0, calibrated: bool | int = False):
     """An unfitted ``Pipeline(StandardScaler(), <clf>)`` with its searched parameter set.
 
     ``calibrated`` wraps the RBF SVM in ``CalibratedClassifierCV`` (sigmoid,
-    internal 5-fold) so the final head has probabilities for top-k output.
+    internal K-fold) so the final head has probabilities for top-k output:
+    ``True`` for 5 folds, or the size of the smallest class, which caps the
+    folds at that size (a class of 2-4 images still calibrates; one of a
+    single image leaves the SVM uncalibrated, its margins softmaxed by
+    :func:`predict_proba`).
     """
     if clf == "logreg":
         est = LogisticRegression(C=value, max_iter=3000, random_state=seed)
     elif clf == "svm":
         est = SVC(C=value, kernel="rbf", gamma="scale", random_state=seed)
-        if calibrated:
-            est = CalibratedClassifierCV(est, ensemble=False)
+        folds = 5 if calibrated is True else min(5, int(calibrated))
+        if calibrated and folds >= 2:
+            est = CalibratedClassifierCV(est, cv=folds, ensemble=False)
     elif clf == "linear-svm":
         est = LinearSVC(C=value, max_iter=20000, random_state=seed)
     elif clf == "knn":
@@ -63,6 +68,11 @@ def make_head(clf: str, value, seed: int = 0, calibrated: bool = False):
     else:
         raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}")
     return make_pipeline(StandardScaler(), est)
+
+
+def smallest_class(y) -> int:
+    """Images in the rarest class present in ``y`` (what an internal K-fold can split)."""
+    return int(np.bincount(np.asarray(y))[np.unique(y)].min())
 
 
 def predict_proba(model, X) -> np.ndarray:
@@ -123,7 +133,7 @@ def select_and_fit(clf: str, X_train, y_train, X_val, y_val, seed: int = 0,
         log.debug("%s %s=%g val accuracy %.4f", clf, name, value, acc)
         if acc > best_acc:
             best, best_acc, best_pred = value, acc, pred
-    final = make_head(clf, best, seed, calibrated=True).fit(np.concatenate([X_train, X_val]),
-                                           np.concatenate([y_train, y_val]))
+    X_all, y_all = np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])
+    final = make_head(clf, best, seed, calibrated=smallest_class(y_all)).fit(X_all, y_all)
     params = {name: float(best) if clf != "knn" else int(best)}
     return FitResult(final, params, best_pred, search, time.perf_counter() - t0)

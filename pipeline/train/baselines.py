@@ -2,8 +2,8 @@
 
 :func:`fit_baseline` reads a feature store only for its image list, labels
 and fixed split, so every baseline is judged on the same test images as the
-frozen heads and fine-tuning; :func:`model_writer` saves its model (joblib
-for scikit-learn, ``.pt`` for torch).  The run record is written by
+frozen heads and fine-tuning; :func:`model_writer` saves its model (skops
+for scikit-learn, a ``weights_only`` torch file for torch).  The run record is written by
 :mod:`pipeline.workflows.baseline`.
 
 - ``pixels``: images resized to ``size`` x ``size`` RGB, flattened,
@@ -69,11 +69,13 @@ def model_writer(kind: str, out: dict, store):
               "features_fingerprint": store.fingerprint}
     if kind == "pixels":
         def write(path):
-            import joblib
+            from ..heads.persist import save_head
 
-            joblib.dump({**bundle, "model": out["model"]}, path)
+            save_head({**bundle, "model": out["model"]}, path)
 
-        return "joblib", write
+        from ..heads.persist import HEAD_EXT
+
+        return HEAD_EXT, write
 
     def write_torch(path):
         import torch

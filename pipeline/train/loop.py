@@ -210,7 +210,17 @@ def _resume(ckpt: Path | None, cfg: TrainConfig, model, optimizer, scheduler) ->
     if ckpt is None or not ckpt.is_file():
         raise StoreError(f"nothing to resume: no checkpoint {ckpt}; run without "
                          f"{opt('resume')}", param="resume")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    try:  # weights_only: tensors and plain containers, never code
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise StoreError(
+            f"checkpoint {ckpt} cannot be resumed from ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); it is damaged or not a checkpoint of this "
+            f"tool. Delete it and run without {opt('resume')} to start afresh",
+            param="resume") from None
+    if not isinstance(state, dict) or not {"config", "model", "epoch"} <= set(state):
+        raise StoreError(f"checkpoint {ckpt} is not a training checkpoint of this tool; "
+                         f"delete it and run without {opt('resume')}", param="resume")
     if state["config"] != cfg.to_dict():
         raise StoreError(
             f"checkpoint {ckpt} was written with another training configuration; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..options import check_seed
 from ..runs.protocol import resolve_protocol
 from ..runs.records import DEFAULT_RUNS_DIR, new_cv_record, new_record, save_run
 from ..store.hdf5 import FeatureStore
@@ -21,6 +22,7 @@ def run_baseline(kind: str, features_path, runs_dir=DEFAULT_RUNS_DIR, seed: int 
     Returns the run record and the path it was saved to.  ``opts`` override
     :data:`pipeline.train.baselines.DEFAULTS` (e.g. ``epochs=5``, ``size=48``).
     """
+    check_seed(seed)
     record, out, store = baseline_run(kind, features_path, seed, protocol, **opts)
     path = save_run(record, runs_dir, *model_writer(kind, out, store))
     log.info("%s (%s) in %.1f s", record["label"], record["protocol"], out["seconds"])

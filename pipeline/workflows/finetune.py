@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..files import sha256_text
+from ..options import check_seed
 from ..runs.protocol import resolve_protocol
 from ..runs.records import DEFAULT_RUNS_DIR, new_cv_record, new_record, save_run
 from ..store.hdf5 import FeatureStore
@@ -98,6 +99,7 @@ def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 3, runs_dir=DEFAULT_RUN
     the training seed).  Checkpoints go to
     ``checkpoint_dir/<hash of the configuration>/seed<N>``.
     """
+    check_seed(cfg.seed, seeds)
     label = cfg.label or describe(cfg)
     root = None
     if cfg.checkpoint_dir:

@@ -7,12 +7,12 @@ import logging
 import time
 from pathlib import Path
 
-import joblib
 import numpy as np
 
 from ..errors import StoreError, UsageError, opt
+from ..heads.persist import HEAD_EXT, save_head
 from ..heads.selection import predict_proba, select_and_fit
-from ..options import CLASSIFIERS, STREAMING
+from ..options import CLASSIFIERS, STREAMING, check_seed
 from ..runs.protocol import resolve_protocol
 from ..runs.records import DEFAULT_RUNS_DIR, new_cv_record, new_record, save_run
 from ..store.hdf5 import FeatureStore
@@ -24,16 +24,22 @@ DEFAULT_FEATURES_DIR = Path("features")
 
 
 def find_store(features=None, features_dir=DEFAULT_FEATURES_DIR) -> Path:
-    """``features`` if given, else the most recently written store in ``features_dir``."""
-    if features:
+    """``features`` if it is a file; the most recently written store in the folder
+    ``features`` (or ``features_dir`` when none is given) otherwise."""
+    if features and not Path(features).is_dir():
         return Path(features)
-    candidates = sorted(Path(features_dir).glob("*.h5"), key=lambda p: p.stat().st_mtime)
+    folder = Path(features) if features else Path(features_dir)
+    candidates = sorted(folder.glob("*.h5"), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise StoreError(
-            f"no feature store in {str(features_dir)!r}; run `python cli.py extract` first "
+            f"no feature store (*.h5) in {str(folder)!r}; run `python cli.py extract` first "
             f"or pass {opt('features', 'FILE')}", param="features"
         )
-    log.info("using the newest feature store %s", candidates[-1])
+    if len(candidates) > 1:
+        log.info("%d stores in %s; using the newest, %s (pass %s to choose)", len(candidates),
+                 folder, candidates[-1].name, opt("features", "FILE"))
+    else:
+        log.info("using the feature store %s", candidates[-1])
     return candidates[-1]
 
 
@@ -47,11 +53,12 @@ def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int
     an inner CV inside the outer training rows (:mod:`pipeline.heads.crossval`);
     the saved head is then refitted on every image.  ``auto`` picks by size
     (:func:`pipeline.runs.protocol.resolve_protocol`).  One run record and the
-    fitted head (``<run_id>.joblib``) per tap under ``runs_dir``.
+    fitted head (``<run_id>.skops``, :mod:`pipeline.heads.persist`) per tap under ``runs_dir``.
     """
     if clf not in CLASSIFIERS:
         raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}",
                          param="clf")
+    check_seed(seed)
     store = FeatureStore(find_store(features))
     protocol, why = resolve_protocol(protocol, store)
     log.info("protocol: %s", why)
@@ -64,8 +71,8 @@ def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int
                   "store_config": store.config,
                   "weights_source": store.attrs.get("weights_source"),
                   "features_fingerprint": store.fingerprint}
-        path = save_run(record, runs_dir, "joblib",
-                        lambda file, bundle=bundle: joblib.dump(bundle, file))
+        path = save_run(record, runs_dir, HEAD_EXT,
+                        lambda file, bundle=bundle: save_head(bundle, file))
         log.info("%s: %s", record["label"], summary_line(record))
         out.append((record, path))
     return out
@@ -108,7 +115,7 @@ def _fit_cv(store, tap: str, clf: str, seed: int):
     from threadpoolctl import threadpool_limits
 
     from ..heads.crossval import choose_param, cross_validate
-    from ..heads.selection import make_head
+    from ..heads.selection import make_head, smallest_class
 
     t0 = time.perf_counter()
     X, y = store.X(tap), store.labels
@@ -116,7 +123,8 @@ def _fit_cv(store, tap: str, clf: str, seed: int):
     cv_seconds = time.perf_counter() - t0
     with threadpool_limits(1):
         params, search = choose_param(clf, X, y, seed)
-        model = make_head(clf, next(iter(params.values())), seed, calibrated=True).fit(X, y)
+        model = make_head(clf, next(iter(params.values())), seed,
+                          calibrated=smallest_class(y)).fit(X, y)
     record = new_cv_record(
         kind="frozen", method=clf, label=f"{store.attrs.get('backbone')} {tap} + {clf}",
         store=store, classes=store.classes, folds=folds, hyperparameters=params,

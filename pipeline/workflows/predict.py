@@ -8,10 +8,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import joblib
 import numpy as np
 
 from ..errors import StoreError, UsageError, opt
+from ..heads.persist import HEAD_EXT, PICKLE_SUFFIXES, load_head
 from ..heads.selection import predict_proba
 from ..runs.records import DEFAULT_RUNS_DIR, find_record
 
@@ -32,8 +32,9 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
                 overwrite: bool = False) -> list[Prediction]:
     """Label images with a fitted head, extracting features exactly as it was trained.
 
-    ``model_ref`` is a run id (or prefix), a run record JSON or a ``.joblib``
-    head; ``inputs`` are image files and/or folders (searched recursively).
+    ``model_ref`` is a run id (or prefix), a run record JSON or a saved head
+    (``.skops``; pickles are refused, :mod:`pipeline.heads.persist`);
+    ``inputs`` are image files and/or folders (searched recursively).
     """
     from ..data.manifest import IMAGE_EXTENSIONS
 
@@ -81,21 +82,19 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
 
 def _load_head(model_ref: str, runs_dir) -> dict:
     p = Path(model_ref)
-    if p.suffix == ".joblib":
-        if not p.is_file():
-            raise StoreError(f"no fitted head at {p}")
-        return joblib.load(p)
+    if p.suffix.lower() in (f".{HEAD_EXT}", *PICKLE_SUFFIXES):
+        return load_head(p)
     record = find_record(model_ref, runs_dir)
     if record.get("kind") != "frozen" or not record.get("model_file"):
         raise UsageError(
             f"run {record['run_id']} ({record.get('method')}) is not a frozen-feature head; "
             "predict takes runs written by `python cli.py fit`")
     model_file = Path(record["model_file"])
-    if not model_file.is_file():
-        model_file = Path(record["_file"]).with_suffix(".joblib")
+    if not model_file.is_file():      # the runs folder was moved: the head sits beside it
+        model_file = Path(record["_file"]).with_name(model_file.name)
     if not model_file.is_file():
         raise StoreError(f"the fitted head of run {record['run_id']} is missing ({model_file})")
-    return joblib.load(model_file)
+    return load_head(model_file)
 
 
 def _extract_files(bundle, files, batch_size, device):
