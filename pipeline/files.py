@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def atomic_path(path):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_regular(path) -> bytes:
+    """The bytes of ``path``, refusing (with :class:`OSError`) anything that is not a
+    regular file without blocking: a FIFO or device that took the place of a file
+    since the folder was scanned is opened non-blocking and never read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{os.fspath(path)} is not a regular file")
+        return fh.read()
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:
