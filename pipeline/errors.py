@@ -80,6 +80,11 @@ class StoreError(WorkbenchError, OSError):
     """A feature store or run record is missing, locked, stale or in the way."""
 
 
+class CorruptStoreError(StoreError):
+    """A file where a feature store should be cannot be read as a complete one
+    (truncated, damaged, a dataset missing, or not written by this tool)."""
+
+
 class WeightsError(WorkbenchError, OSError):
     """Pretrained weights cannot be found, downloaded or loaded."""
 

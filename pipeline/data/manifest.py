@@ -8,8 +8,10 @@ subset of it (benchmarks, ``limit``).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -72,26 +74,54 @@ def scan(root, min_per_class: int = 3) -> Manifest:
     is not an image extension are listed in ``ignored``.  Classes are the
     sorted names of the immediate sub-folders that hold at least one image;
     empty class folders are reported in the log and left out.  Everything
-    left out is listed with its reason in ``excluded``.
+    left out is listed with its reason in ``excluded``; nothing listed there
+    is ever opened, so nothing can block:
+
+    * entries that are not regular files (FIFOs, sockets, devices, broken
+      links, link loops);
+    * names that are not valid UTF-8 (listed with ``\\x`` escapes; the store
+      keeps UTF-8 names, so rename them to include them);
+    * a file reached twice (a hard link, or a link to a file elsewhere in the
+      tree, compared by device and inode): it keeps one place, so one label
+      and one split.  The copy reached through a link is the one left out
+      (for two hard links, the second in sorted order), its reason naming
+      the file kept;
+    * a link inside a class folder to a folder inside the data folder (its
+      images are scanned where they are), or to a folder already scanned.
+
+    A class folder that is a link to a folder outside the data folder is a
+    class like any other.  One that is a link into the data folder (to
+    another class, to the data folder itself) or to the same place as another
+    class folder raises :class:`DataError`: all its images would carry two
+    labels, and leaving the whole class out would silently change the set of
+    classes.  So does a class folder whose name is not valid UTF-8.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(
             f"image folder {str(root)!r} does not exist or is not a folder; "
             f"pass {opt('data', 'DIR')} with one sub-folder per class", param="data")
+    real_root = os.path.realpath(root)
+    if not _utf8(real_root):
+        raise DataError(f"the path of the image folder '{shown(real_root)}' is not valid "
+                        "UTF-8 (shown with \\x escapes); rename it (e.g. with convmv) or move it",
+                        param="data")
     excluded, ignored = [], []
+    class_dirs = _class_dirs(root, excluded)
+    scanned = _check_class_links(root, real_root, class_dirs)
+    found = [_class_images(root, real_root, d, excluded, ignored, scanned)
+             for d in class_dirs]
+    _drop_second_copies(found, excluded)
     classes, paths, labels, sizes, mtimes, empty = [], [], [], [], [], []
-    for class_dir in _class_dirs(root, excluded):
-        found = _class_images(root, class_dir, excluded, ignored)
-        if not found:
+    for class_dir, images in zip(class_dirs, found):
+        if not images:
             empty.append(class_dir.name)
             excluded.append((class_dir.name + "/", "class folder holds no image; left out "
                                                    "of the classes"))
             continue
         label = len(classes)
         classes.append(class_dir.name)
-        for rel, full in found:
-            st = os.stat(full)
+        for rel, _full, st, _via in images:
             paths.append(rel)
             labels.append(label)
             sizes.append(st.st_size)
@@ -103,7 +133,33 @@ def scan(root, min_per_class: int = 3) -> Manifest:
                     labels=np.asarray(labels, dtype=np.int64),
                     sizes=np.asarray(sizes, dtype=np.int64),
                     mtimes=np.asarray(mtimes, dtype=np.int64),
-                    ignored=ignored, excluded=excluded)
+                    ignored=[shown(p) for p in ignored],
+                    excluded=[(shown(p), reason) for p, reason in excluded])
+
+
+def shown(name: str) -> str:
+    """``name`` as text that can be stored and printed: bytes that are not UTF-8
+    (surrogate escapes from the file system) written as ``\\xNN``."""
+    if _utf8(name):
+        return name
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+NOT_UTF8 = ("name is not valid UTF-8 (shown with \\x escapes); rename it to UTF-8 "
+            "(e.g. with convmv) to include it")
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _class_dirs(root: Path, excluded: list) -> list:
@@ -113,20 +169,58 @@ def _class_dirs(root: Path, excluded: list) -> list:
         if entry.name.startswith("."):
             excluded.append(_hidden(entry.name, entry.is_dir()))
         elif entry.is_dir():
+            if not _utf8(entry.name):
+                raise DataError(
+                    f"class folder '{shown(entry.name)}' in '{shown(str(root))}': its name is "
+                    "not valid UTF-8 (shown with \\x escapes) and class names are stored as "
+                    "UTF-8 text; rename it to UTF-8 (e.g. with convmv)", param="data")
             class_dirs.append(entry)
         else:
-            excluded.append((entry.name, "not inside a class folder"))
+            excluded.append((entry.name, _not_regular(str(entry))
+                             or "not inside a class folder"))
     return class_dirs
 
 
-def _class_images(root: Path, class_dir: Path, excluded: list, ignored: list) -> list:
-    """``[(relative path, full path)]`` of the images in ``class_dir``, at any depth."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(class_dir):
+def _check_class_links(root: Path, real_root: str, class_dirs: list) -> dict:
+    """:class:`DataError` for a class folder that is a link into the data folder or to the
+    same place as another class; else ``{real path: relative name}`` of the class folders."""
+    real = {d.name: os.path.realpath(d) for d in class_dirs}
+    for d in class_dirs:
+        if not d.is_symlink():
+            continue
+        target = real[d.name]
+        where = None
+        if _within(target, real_root):
+            where = "inside the data folder"
+        elif _within(real_root, target):
+            where = "which holds the data folder"
+        else:
+            for other in class_dirs:
+                if other.name != d.name and (_within(target, real[other.name])
+                                             or _within(real[other.name], target)):
+                    where = f"the same folder as class {other.name!r} (or one holding it)"
+                    break
+        if where:
+            raise DataError(
+                f"class folder {d.name!r} in {str(root)!r} is a link to {target!r}, {where}: "
+                "its images would get two labels and could land in two splits; remove the "
+                "link (or replace it with a folder of that class's own images) and run again",
+                param="data")
+    return {target: name for name, target in real.items()}
+
+
+def _class_images(root: Path, real_root: str, class_dir: Path, excluded: list,
+                  ignored: list, scanned: dict) -> list:
+    """``[(relative path, full path, stat, through a folder link)]`` of the regular image
+    files in ``class_dir``, at any depth; folder links are followed once (``scanned``:
+    real path -> relative name of every folder scanned so far)."""
+    found, linked = [], []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
         rel_dir = Path(dirpath).relative_to(root).as_posix()
-        excluded.extend(_hidden(f"{rel_dir}/{d}", True)
-                        for d in sorted(dirnames) if d.startswith("."))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        via = any(_within(dirpath, p) for p in linked)
+        dirnames[:] = [d for d in sorted(dirnames)
+                       if _follow(root, real_root, dirpath, f"{rel_dir}/{d}", excluded,
+                                  scanned, linked)]
         for fname in sorted(filenames):
             if fname.startswith("."):
                 excluded.append(_hidden(f"{rel_dir}/{fname}", False))
@@ -136,14 +230,117 @@ def _class_images(root: Path, class_dir: Path, excluded: list, ignored: list) ->
             full = os.path.join(dirpath, fname)
             rel = f"{rel_dir}/{fname}"
             suffix = os.path.splitext(fname)[1].lower()
-            if suffix in IMAGE_EXTENSIONS:
-                found.append((rel, full))
-            else:
+            if suffix not in IMAGE_EXTENSIONS:
                 ignored.append(rel)
                 ext = suffix if suffix not in ("", ".") else "none"
-                excluded.append((rel, f"not an image file name (extension {ext!r}; "
+                excluded.append((rel, f"not an image file name (extension '{shown(ext)}'; "
                                       f"images are {', '.join(IMAGE_EXTENSIONS)})"))
+            elif not _utf8(fname):
+                excluded.append((rel, "file " + NOT_UTF8))
+            else:
+                st = _regular_stat(full)
+                if isinstance(st, str):
+                    excluded.append((rel, st))
+                else:
+                    found.append((rel, full, st, via))
     return found
+
+
+def _follow(root, real_root, dirpath, rel, excluded, scanned, linked) -> bool:
+    """Whether the walk enters sub-folder ``rel`` of ``dirpath``; if not, it is listed."""
+    name = rel.rsplit("/", 1)[1]
+    if name.startswith("."):
+        excluded.append(_hidden(rel, True))
+        return False
+    if not _utf8(name):
+        excluded.append((rel + "/", "folder " + NOT_UTF8 + "; not scanned"))
+        return False
+    full = os.path.join(dirpath, name)
+    if not os.path.islink(full):
+        return True
+    target = os.path.realpath(full)
+    if _within(target, real_root):
+        inside = Path(target).relative_to(real_root).as_posix()
+        excluded.append((rel + "/", f"link to '{inside}/' inside the data folder; not "
+                                    "followed (its images are scanned where they are)"))
+        return False
+    if _within(real_root, target):
+        excluded.append((rel + "/", "link to a folder that holds the data folder; not "
+                                    "followed (it would scan the data folder again)"))
+        return False
+    for done, done_rel in scanned.items():
+        if _within(target, done) or _within(done, target):
+            excluded.append((rel + "/", f"link to a folder already scanned as "
+                                        f"'{done_rel}/' (or holding it); not scanned twice"))
+            return False
+    scanned[target] = rel
+    linked.append(full)
+    return True
+
+
+def _regular_stat(full: str):
+    """``os.stat`` of a regular file, else the reason it is left out (never opens it)."""
+    try:
+        st = os.stat(full)
+    except OSError as exc:
+        return _not_regular(full, exc) or f"cannot read file ({exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return _not_regular(full, st=st)
+    return st
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISDIR, "a folder"))
+
+
+def _not_regular(full: str, exc: OSError | None = None, st=None) -> str | None:
+    """Why ``full`` is not a regular file (None when it is one)."""
+    if exc is None and st is None:
+        try:
+            st = os.stat(full)
+        except OSError as err:
+            exc = err
+    if exc is not None:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (it never reaches a file); fix or remove the link"
+        if os.path.islink(full):
+            return (f"broken link to '{shown(os.readlink(full))}' (which does not exist); "
+                    "fix or remove the link")
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return None
+    kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a file")
+    return f"not a regular file ({kind}); left out without opening it"
+
+
+def _drop_second_copies(found: list, excluded: list):
+    """Keep each file (device, inode) once across ``found`` (one list per class), in place."""
+    seen = {}
+    for c, images in enumerate(found):
+        for k, (_rel, _full, st, _via) in enumerate(images):
+            seen.setdefault((st.st_dev, st.st_ino), []).append((c, k))
+    drop = set()
+    for places in seen.values():
+        if len(places) < 2:
+            continue
+
+        def rank(place):
+            rel, full, _st, via = found[place[0]][place[1]]
+            return (os.path.islink(full) or via, place)
+
+        keep = min(places, key=rank)
+        kept = found[keep[0]][keep[1]][0]
+        for place in places:
+            if place == keep:
+                continue
+            rel, full, _st, via = found[place[0]][place[1]]
+            how = "reached through a link" if os.path.islink(full) or via else "a hard link"
+            excluded.append((rel, f"same file as '{kept}' ({how}); left out so that the "
+                                  "image has one label and one split"))
+            drop.add(place)
+    for c, images in enumerate(found):
+        images[:] = [im for k, im in enumerate(images) if (c, k) not in drop]
 
 
 def _check_classes(root: Path, classes: list, labels: list, min_per_class: int):

@@ -29,8 +29,8 @@ from ..backbones import get_backbone, resolve_taps, weights_identity
 from ..data.decode import DECODING
 from ..data.manifest import Manifest, bundled_data_root, scan, stratified_head
 from ..data.split import DEFAULT_FRACTIONS, assign_folds, assign_split
-from ..errors import StoreError, UsageError, opt
-from ..files import sha256_file
+from ..errors import CorruptStoreError, StoreError, UsageError, opt
+from ..files import free_bytes, human_bytes, output_folder, sha256_file, writing_into
 from ..options import DTYPES, POOLINGS
 from ..store.hdf5 import (
     FORMAT_VERSION,
@@ -167,8 +167,24 @@ def store_config(cfg: ExtractConfig, spec, classes) -> dict:
 
 def check_existing(path: Path, config: dict, overwrite: bool):
     """``(config, index)`` of the store at ``path`` when it has ``config``; None when
-    there is none (or ``overwrite``); :class:`StoreError` naming the difference otherwise."""
-    existing = read_index(path) if path.exists() else None
+    there is none (or ``overwrite``); :class:`StoreError` naming the difference otherwise.
+
+    A store that cannot be read (truncated, damaged, a dataset missing, not
+    written by this tool) is refused, unless ``overwrite``: it is then moved
+    aside to ``<name>.corrupt-<time>`` (never deleted) and a new one is written.
+    """
+    try:
+        existing = read_index(path) if path.exists() else None
+    except CorruptStoreError as exc:
+        detail = exc.template.split("; run `python cli.py extract`")[0]
+        if not overwrite:
+            raise StoreError(
+                f"{detail}; pass {opt('overwrite', 'True')} to move it aside "
+                f"({path.name}.corrupt-<time>) and extract anew, or {opt('out')} to write "
+                "elsewhere", param="overwrite") from None
+        aside = move_aside(path)
+        log.warning("%s; moved it aside to %s and writing a new store", detail, aside)
+        return None
     if existing is None or existing[0] == config:
         return existing
     if overwrite:
@@ -179,6 +195,26 @@ def check_existing(path: Path, config: dict, overwrite: bool):
         f"{path} exists with a different configuration (differs in: {', '.join(diff)}); "
         f"pass {opt('overwrite', 'True')} to replace it or {opt('out')} to write elsewhere",
         param="overwrite")
+
+
+def move_aside(path: Path) -> Path:
+    """Rename an unreadable store to ``<name>.corrupt-<UTC time>`` beside it; return that."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        aside, n = path.with_name(f"{path.name}.corrupt-{stamp}-{n}"), n + 1
+    os.replace(path, aside)
+    return aside
+
+
+def estimate_store_bytes(paths, taps: dict, dtype: str, skipped=()) -> int:
+    """A generous estimate of the bytes of a store of ``paths`` with ``taps`` (tap ->
+    channels): vectors, index columns, HDF5 metadata, plus a quarter for safety."""
+    vector = sum(taps.values()) * np.dtype(dtype).itemsize
+    names = sum(len(p) for p in paths) + sum(len(s[0]) + len(s[-1]) for s in skipped)
+    body = len(paths) * (vector + 200) + names + 200 * len(skipped)
+    return 64 * 1024 + int(1.25 * body)
 
 
 # ------------------------------------------------------------------ the job
@@ -198,8 +234,13 @@ def extract_manifest(cfg: ExtractConfig, manifest: Manifest, path: Path,
     t_start = time.perf_counter() if t_start is None else t_start
     cfg, spec, taps, device_kind = resolve(cfg)
     config = store_config(cfg, spec, manifest.classes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with write_lock(path):
+    output_folder(path)
+    need = estimate_store_bytes(manifest.paths, {t: spec.tap(t).channels for t in taps},
+                                cfg.dtype)
+    journal = f"{path}.partial"
+    on_full = (f"the store needs about {human_bytes(need)}; the batches already extracted "
+               f"are kept in {journal} and the next run resumes from them")
+    with writing_into(path.parent, on_full=on_full), write_lock(path):
         existing = check_existing(path, config, cfg.overwrite)
         plan = plan_reuse(existing, manifest, spec, taps, path)
         if plan.up_to_date:
@@ -291,6 +332,8 @@ def _extract_and_write(cfg, spec, manifest, config, path, plan, device_kind, t_s
                                                   journal)
         done_rows, done_failed = journal.done(stamps)
     rows, skipped = assemble_rows(manifest, plan, done_rows, done_failed, path)
+    check_free_space(path, journal, rows, skipped,
+                     {t: spec.tap(t).channels for t in plan.taps}, cfg.dtype)
     speed = (n_forward / forward_seconds) if forward_seconds else 0.0
     created = FeatureStore(path).attrs.get("created") if plan.existing else None
     attrs = store_attrs(cfg, spec, config, manifest, created or now_iso(), speed)
@@ -302,6 +345,20 @@ def _extract_and_write(cfg, spec, manifest, config, path, plan, device_kind, t_s
         n_resumed=len(resumed), skipped=[(p, r) for p, _s, r in skipped],
         seconds=time.perf_counter() - t_start, forward_seconds=forward_seconds,
         images_per_second=speed, runtime=cfg.runtime, precision=cfg.precision)
+
+
+def check_free_space(path: Path, journal: Journal, rows, skipped, taps: dict, dtype: str):
+    """:class:`StoreError` when the folder of ``path`` has less free space than the store
+    will take (a full disk while h5py writes can crash the process, not just fail)."""
+    need = estimate_store_bytes([r["path"] for r in rows], taps, dtype, skipped)
+    free = free_bytes(path.parent)
+    if free < need:
+        raise StoreError(
+            f"not enough free space in {path.parent} to write {path.name}: it needs about "
+            f"{human_bytes(need)}, {human_bytes(free)} free; free some space (or pass "
+            f"{opt('out')} on another disk) and run the same command again: the extracted "
+            f"batches are kept in {journal.dir} and the next run resumes from them (no "
+            "forward pass is repeated)", param="out")
 
 
 def assemble_rows(manifest: Manifest, plan: ReusePlan, done_rows: dict, done_failed: dict,

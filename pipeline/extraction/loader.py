@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..data.decode import ImageDecodeError, load_array, resize_center_crop
+from ..files import read_regular
 
 
 @dataclass
@@ -41,7 +42,7 @@ class ImageDataset(torch.utils.data.Dataset):
         path = self.root / self.paths[i]
         sha = ""
         try:
-            data = path.read_bytes()  # read once: hashed and decoded from memory
+            data = read_regular(path)  # read once: hashed and decoded from memory
         except OSError as exc:  # vanished or unreadable between scan and decode
             return Decoded(self.indices[i], None, sha, f"cannot read file ({exc})")
         if self.hash_files:

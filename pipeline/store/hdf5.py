@@ -25,13 +25,14 @@ import hashlib
 import json
 import logging
 import platform
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..errors import StoreError, opt
+from ..errors import CorruptStoreError, StoreError, WorkbenchError, opt
 from ..files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,30 @@ FORMAT_VERSION = 1
 
 
 STR = h5py.string_dtype("utf-8")
+
+
+#: Datasets every finished store holds (besides one ``taps/<tap>`` per tap).
+REQUIRED_DATASETS = ("paths", "labels", "split", "classes", "sha256", "size", "mtime_ns",
+                     "skipped/paths", "skipped/sha256", "skipped/reasons")
+
+#: How to get rid of a store that cannot be read.
+REPLACE_HINT = ("run `python cli.py extract` for its data folder again with --overwrite: it "
+                "moves this file aside (<name>.corrupt-<time>) and writes a new store")
+
+
+@contextmanager
+def reading(path):
+    """Errors reading the store at ``path`` (damaged, truncated, datasets or attributes
+    missing) become :class:`CorruptStoreError` naming the file and how to replace it."""
+    try:
+        yield
+    except WorkbenchError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
+        detail = str(exc).strip("'\"") or type(exc).__name__
+        raise CorruptStoreError(
+            f"feature store {path} is corrupt or incomplete ({detail}); {REPLACE_HINT}",
+            param="features") from None
 
 
 #: Rows per HDF5 chunk of a tap dataset (measured: see benchmarks/store_layout.py).
@@ -99,26 +124,36 @@ class FeatureStore:
                 f"`python cli.py extract` first or pass {opt('features', 'FILE')}",
                 param="features"
             )
-        try:
+        with reading(self.path):
             with h5py.File(self.path, "r") as f:
                 if f.attrs.get("format") != "transfer-workbench-features":
-                    raise StoreError(f"{self.path} is not a feature store written by this tool")
+                    raise CorruptStoreError(
+                        f"{self.path} is not a feature store written by this tool (no "
+                        f"'format' attribute); {REPLACE_HINT}", param="features")
+                missing = [d for d in REQUIRED_DATASETS if d not in f]
                 self.attrs = {k: _attr(v) for k, v in f.attrs.items()}
+                self.taps = list(json.loads(self.attrs["taps"]))
+                missing += [f"taps/{t}" for t in self.taps if f"taps/{t}" not in f]
+                if missing:
+                    raise KeyError(f"dataset {', '.join(missing)} missing")
                 self.classes = [s.decode() if isinstance(s, bytes) else s
                                 for s in f["classes"][()]]
                 self.paths = [s.decode() for s in f["paths"][()]]
                 self.labels = f["labels"][()].astype(np.int64)
                 self.split_codes = f["split"][()].astype(np.int8)
-                self.taps = list(json.loads(self.attrs["taps"]))
                 self.tap_channels = {t: f[f"taps/{t}"].shape[1] for t in self.taps}
+                short = [d for d in ("labels", "split", "sha256", "size", "mtime_ns",
+                                     *(f"taps/{t}" for t in self.taps))
+                         if f[d].shape[0] != len(self.paths)]
+                if short:
+                    raise ValueError(f"{', '.join(short)} not row-aligned with "
+                                     f"{len(self.paths)} paths")
                 self._folds = f["folds"][()].astype(np.int8) if "folds" in f else None
                 self.has_stored_folds = self._folds is not None
                 self.skipped = list(zip(
                     (s.decode() for s in f["skipped/paths"][()]),
                     (s.decode() for s in f["skipped/reasons"][()])))
-        except OSError as exc:
-            raise StoreError(f"cannot read feature store {self.path}: {exc}") from None
-        self.config = json.loads(self.attrs["config"])
+            self.config = json.loads(self.attrs["config"])
 
     def __len__(self):
         return len(self.paths)
@@ -151,13 +186,13 @@ class FeatureStore:
                 f"(run `python cli.py extract --layer {tap}` to add it)", param="layer"
             )
         idx = np.flatnonzero(self.mask(split))
-        with h5py.File(self.path, "r") as f:
+        with reading(self.path), h5py.File(self.path, "r") as f:
             return f[f"taps/{tap}"][()][idx].astype(np.float32)
 
     def iter_rows(self, tap: str, split=None, block: int = 4096):
         """Yield ``(X_block, y_block)`` in order, ``block`` rows at a time (bounded memory)."""
         mask = self.mask(split)
-        with h5py.File(self.path, "r") as f:
+        with reading(self.path), h5py.File(self.path, "r") as f:
             dset = f[f"taps/{tap}"]
             for start in range(0, len(self), block):
                 stop = min(start + block, len(self))
@@ -172,7 +207,7 @@ class FeatureStore:
         Only one block is read at a time; blocks aligned to ``CHUNK_ROWS`` read
         whole HDF5 chunks.
         """
-        with h5py.File(self.path, "r") as f:
+        with reading(self.path), h5py.File(self.path, "r") as f:
             dset = f[f"taps/{tap}"]
             for start in starts:
                 start = int(start)
@@ -234,7 +269,7 @@ def read_index(path: Path) -> tuple[dict, StoreIndex] | None:
     if not path.is_file():
         return None
     store = FeatureStore(path)
-    with h5py.File(path, "r") as f:
+    with reading(path), h5py.File(path, "r") as f:
         index = StoreIndex(
             paths=store.paths,
             labels=store.labels,
@@ -323,5 +358,5 @@ def _write_taps(f, rows, taps: dict, dtype: str, compression, block: int = 1024)
 
 def read_vectors(path: Path, tap_names, rows: np.ndarray) -> dict:
     """``{tap: (len(rows), C)}`` for increasing row indices of an existing store."""
-    with h5py.File(path, "r") as f:
+    with reading(path), h5py.File(path, "r") as f:
         return {t: f[f"taps/{t}"][()][rows] for t in tap_names}
