@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
@@ -82,6 +83,28 @@ def interrupted_message(ctx) -> str:
             "Run the same command again.")
 
 
+#: Options that name where a command writes, most specific first.
+OUTPUT_OPTIONS = ("out_csv", "checkpoint_dir", "cache_dir", "runs_dir", "out")
+
+
+def disk_error(exc: OSError, ctx):
+    """The message for a write refused by the file system (full, read-only, not
+    permitted), naming the option that chose the folder; None for other errors."""
+    from pathlib import Path
+
+    from pipeline.files import output_error
+
+    target = Path(os.fsdecode(exc.filename)).absolute() if exc.filename else Path.cwd()
+    param = None
+    for name in OUTPUT_OPTIONS:
+        value = (ctx.params if ctx is not None else {}).get(name)
+        if value and (target == Path(value).absolute() or
+                      Path(value).absolute() in target.parents):
+            param = name
+            break
+    return output_error(exc, target.parent if exc.filename else target, param)
+
+
 def handle_errors(fn):
     """Turn library errors into a clean message (in this command's flags) and its exit code;
     Ctrl-C (exit 130) and SIGTERM (exit 143) say what was kept and how to go on."""
@@ -96,6 +119,12 @@ def handle_errors(fn):
         except WorkbenchError as exc:
             click.echo(f"Error: {exc.render(command_flags(ctx))}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # a folder refused a write the command did not foresee
+            err = disk_error(exc, ctx)
+            if err is None:
+                raise
+            click.echo(f"Error: {err.render(command_flags(ctx))}", err=True)
+            sys.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo(f"Interrupted: {interrupted_message(ctx)}", err=True)
             sys.exit(130)

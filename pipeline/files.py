@@ -162,18 +162,20 @@ def writing_into(folder, param: str = "out", on_full: str = ""):
         raise err from None
 
 
-def output_error(exc: OSError, folder: Path, param: str = "out",
+def output_error(exc: OSError, folder: Path, param: str | None = "out",
                  on_full: str = "") -> StoreError | None:
     """The :class:`StoreError` for ``exc`` raised while writing into ``folder`` (None when
-    it is not one of the ways a folder refuses a write)."""
+    it is not one of the ways a folder refuses a write).  ``param``: the option that
+    chooses the folder, or None when no option does."""
     own = exc.filename and Path(os.fsdecode(exc.filename)) != folder
     what = f"{exc.filename} (in {folder})" if own else f"into {folder}"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         free = human_bytes(free_bytes(folder))
         return StoreError(
             f"No space left on device writing {what}, {free} free"
-            f"{': ' + on_full if on_full else ''}; free some space (or pass "
-            f"{opt(param)} on another disk) and run the same command again", param=param)
+            f"{': ' + on_full if on_full else ''}; free some space"
+            f"{f' (or pass {opt(param)} on another disk)' if param else ''} and run the same "
+            "command again", param=param)
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)
         if exc.errno == errno.EROFS:
@@ -181,13 +183,14 @@ def output_error(exc: OSError, folder: Path, param: str = "out",
         else:
             fix = f"or make {existing} writable for you (chmod u+w)"
         why = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
-        return StoreError(f"cannot write {what} ({why}); pass {opt(param)} a folder you can "
-                          f"write to, {fix}", param=param)
+        fix = f"pass {opt(param)} a folder you can write to, {fix}" if param else fix[3:]
+        return StoreError(f"cannot write {what} ({why}); {fix}", param=param)
     if exc.errno == errno.ENAMETOOLONG:
         name = str(exc.filename or folder)
         return StoreError(f"the name {name!r} is too long for the file system; pass a "
-                          f"shorter {opt(param)}", param=param)
+                          f"shorter {opt(param or 'name')}", param=param)
     if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        fix = f"pass another {opt(param)}" if param else "move it away"
         return StoreError(f"cannot write {what}: {exc.strerror}; a file is in the way of "
-                          f"the output folder {folder}: pass another {opt(param)}", param=param)
+                          f"the output folder {folder}: {fix}", param=param)
     return None

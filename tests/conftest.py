@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,9 @@ import pytest
 from PIL import Image
 
 from pipeline.backbones import BackboneSpec, Preprocessing, Tap, register_backbone
+
+#: Root ignores chmod: tests of unwritable folders mount a read-only tmpfs instead.
+IS_ROOT = os.geteuid() == 0
 
 # Each class is a flat colour, so every tap of the toy net is known by hand.
 TOY_COLOURS = {"blue": (0, 0, 200), "green": (0, 160, 0), "red": (240, 0, 0)}
@@ -67,3 +72,26 @@ TOY = BackboneSpec(
     imagenet_identity=lambda: "toy-known-weights",
 )
 register_backbone(TOY, replace=True)
+
+
+@pytest.fixture
+def tmpfs():
+    """``tmpfs(path, options)`` mounts a tmpfs (root only); unmounted at the end."""
+    mounted = []
+
+    def mount(path: Path, options: str, remount: bool = False):
+        if not IS_ROOT:
+            pytest.skip("mounting a tmpfs needs root")
+        path.mkdir(parents=True, exist_ok=True)
+        cmd = (["mount", "-o", f"remount,{options}", str(path)] if remount
+               else ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)])
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+        if not remount:
+            mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_folder
+from conftest import IS_ROOT, make_folder
 from PIL import Image
 
 import cli
@@ -34,7 +34,6 @@ from pipeline.store.hdf5 import FeatureStore
 ROOT = Path(__file__).resolve().parents[1]
 N_GOOD = 18
 STORE = "photos_toy_avg.h5"
-IS_ROOT = os.geteuid() == 0
 
 
 @pytest.fixture
@@ -89,29 +88,6 @@ def assert_clean(res, *words):
 
 def skipped_of(summary) -> dict:
     return dict(summary.skipped)
-
-
-@pytest.fixture
-def tmpfs():
-    """``tmpfs(path, options)`` mounts a tmpfs (root only); unmounted at the end."""
-    mounted = []
-
-    def mount(path: Path, options: str, remount: bool = False):
-        if not IS_ROOT:
-            pytest.skip("mounting a tmpfs needs root")
-        path.mkdir(parents=True, exist_ok=True)
-        cmd = (["mount", "-o", f"remount,{options}", str(path)] if remount
-               else ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)])
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-        if not remount:
-            mounted.append(path)
-        return path
-
-    yield mount
-    for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 # ------------------------------------------------------------ 1. aliases
