@@ -7,6 +7,8 @@ flat-colour images, so every report here takes about a second.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 
 import numpy as np
@@ -16,8 +18,9 @@ from conftest import make_folder
 from report_helpers import make_store
 
 import cli
+from pipeline.errors import StoreError
 from pipeline.reporting import plots
-from pipeline.runs.records import new_record, save_record
+from pipeline.runs.records import find_record, load_records, new_record, save_record
 from pipeline.runs.stats import wilson_interval
 from pipeline.workflows.report import build_report
 
@@ -94,3 +97,83 @@ def test_report_renders_runs_at_100_and_0_percent(stores, tmp_path):
     html = build_report(runs, tmp_path / "r.html", efficiency_budget=0).read_text()
     assert "data:image/svg" in section(html, "depth")
     assert "100.0%" in section(html, "comparison")
+
+
+# ------------------------------------------------------------------ 2. bad record files
+
+
+def _bad_files(runs, good):
+    text = json.dumps(good)
+    (runs / "array.json").write_text("[1, 2, 3]")
+    (runs / "latin1.json").write_bytes(b'{"run_id": "caf\xe9"}')
+    (runs / "truncated.json").write_text(text[: len(text) // 2])
+    old = {k: v for k, v in good.items() if k not in ("metrics", "predictions")}
+    old["run_id"] = "old-schema-run"
+    (runs / "old-schema-run.json").write_text(json.dumps(old))
+    return ["array.json", "latin1.json", "truncated.json", "old-schema-run.json"]
+
+
+def test_bad_run_records_are_skipped_with_a_warning_naming_each(stores, tmp_path, caplog):
+    store, _ = stores
+    runs = tmp_path / "runs"
+    good = frozen(store)
+    save_record(good, runs)
+    names = _bad_files(runs, good)
+    with caplog.at_level(logging.WARNING):
+        records = load_records(runs)
+    assert [r["run_id"] for r in records] == [good["run_id"]]
+    warned = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    for name in names:
+        assert name in warned, name
+    assert "metrics" in warned                           # says what the old record lacks
+    html = build_report(runs, tmp_path / "r.html", efficiency_budget=0).read_text()
+    assert "logreg on layer1" in section(html, "comparison")
+
+
+def test_another_schema_version_is_warned_about_and_loaded_when_complete(stores, tmp_path,
+                                                                        caplog):
+    store, _ = stores
+    runs = tmp_path / "runs"
+    newer = frozen(store)
+    newer["schema"] = 99
+    save_record(newer, runs)
+    older = frozen(store, "layer2")
+    del older["schema"], older["metrics"]
+    save_record(older, runs)
+    with caplog.at_level(logging.WARNING):
+        records = load_records(runs)
+    assert [r["run_id"] for r in records] == [newer["run_id"]]
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(newer["run_id"] in w and "schema 99" in w for w in warned), warned
+    assert any(older["run_id"] in w and "skipping" in w and "metrics" in w for w in warned), warned
+
+
+def test_find_record_survives_other_bad_records_and_names_a_bad_requested_one(stores,
+                                                                             tmp_path):
+    store, _ = stores
+    runs = tmp_path / "runs"
+    good = frozen(store)
+    save_record(good, runs)
+    _bad_files(runs, good)
+    assert find_record(good["run_id"], runs)["run_id"] == good["run_id"]
+    assert find_record(good["run_id"][:18], runs)["run_id"] == good["run_id"]
+    with pytest.raises(StoreError, match=r"truncated\.json.*(unreadable|not valid)"):
+        find_record("truncated", runs)
+    with pytest.raises(StoreError, match=r"array\.json.*not a run record"):
+        find_record(str(runs / "array.json"), runs)
+    with pytest.raises(StoreError, match=r"latin1\.json.*UTF-8"):
+        find_record(str(runs / "latin1.json"), runs)
+
+
+def test_predict_and_report_cli_with_bad_records_give_messages_not_tracebacks(stores,
+                                                                             tmp_path, run):
+    store, _ = stores
+    runs = tmp_path / "runs"
+    good = frozen(store, kind="baseline")
+    save_record(good, runs)
+    _bad_files(runs, good)
+    res = run("predict", "--model", "truncated", tmp_path, "--runs", runs)
+    assert res.exit_code == 1 and "truncated.json" in res.output
+    assert "Traceback" not in res.output
+    res = run("report", "--runs", runs, "--out", tmp_path / "r.html")
+    assert res.exit_code == 0, res.output
