@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -177,3 +178,73 @@ def test_predict_and_report_cli_with_bad_records_give_messages_not_tracebacks(st
     assert "Traceback" not in res.output
     res = run("report", "--runs", runs, "--out", tmp_path / "r.html")
     assert res.exit_code == 0, res.output
+
+
+# ------------------------------------------------------------------ 3. where the store is
+
+
+def test_records_keep_the_absolute_store_path_and_fingerprint(stores, tmp_path, monkeypatch):
+    store, _ = stores
+    monkeypatch.chdir(store.path.parent)
+    from pipeline.store.hdf5 import FeatureStore
+
+    rec = frozen(FeatureStore(store.path.name))
+    assert rec["features"]["path"] == str(store.path.resolve())
+    assert rec["features"]["fingerprint"] == store.fingerprint
+
+
+def _study_with_relative_store(stores, root):
+    """``root/features/s.h5`` and ``root/runs`` with records naming ``features/s.h5``
+    (as records written by ``fit`` run in ``root`` before paths were absolute)."""
+    store, _ = stores
+    (root / "features").mkdir(parents=True)
+    shutil.copy(store.path, root / "features" / "s.h5")
+    runs = root / "runs"
+    for layer in ("layer1", "layer2"):
+        rec = frozen(store, layer, right=0.8)
+        rec["features"]["path"] = "features/s.h5"
+        save_record(rec, runs)
+    return runs
+
+
+def test_report_from_another_folder_has_the_same_sections(stores, tmp_path, monkeypatch):
+    runs = _study_with_relative_store(stores, tmp_path / "project")
+    monkeypatch.chdir(tmp_path / "project")
+    here = build_report("runs", tmp_path / "here.html", efficiency_budget=0).read_text()
+    shutil.rmtree(runs / "analysis", ignore_errors=True)     # no cached analysis to reuse
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    there = build_report(runs, tmp_path / "there.html", efficiency_budget=0).read_text()
+    for html in (here, there):
+        fmap = section(html, "featuremap")
+        assert "PCA" in fmap and "data:image/svg" in fmap
+        assert 'class="empty"' not in fmap
+    def text(html):    # the page without its figures (matplotlib salts SVG ids)
+        return re.sub(r"data:image/[^\"]+", "", re.sub(r"generated [^<]+", "", html))
+
+    for name in ("featuremap", "efficiency", "depth", "provenance"):
+        assert text(section(here, name)) == text(section(there, name)), name
+
+
+def test_a_different_store_at_the_recorded_path_is_detected(stores, tmp_path, caplog):
+    a, b = stores
+    shutil.copy(a.path, tmp_path / "s.h5")
+    from pipeline.store.hdf5 import FeatureStore
+
+    runs = tmp_path / "runs"
+    for layer in ("layer1", "layer2"):
+        save_record(frozen(FeatureStore(tmp_path / "s.h5"), layer), runs)
+    shutil.copy(b.path, tmp_path / "s.h5")                 # re-extracted over other images
+    with caplog.at_level(logging.WARNING):
+        html = build_report(runs, tmp_path / "r.html", efficiency_budget=0).read_text()
+    fmap, fewshot = section(html, "featuremap"), section(html, "efficiency")
+    for part in (fmap, fewshot):
+        assert "fingerprint" in part and "not the store" in part, part
+    assert "data:image/svg" not in fmap
+    warned = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    assert "s.h5" in warned and "fingerprint" in warned
+    # ... and a store that is gone is said to be missing
+    (tmp_path / "s.h5").unlink()
+    html = build_report(runs, tmp_path / "r.html", overwrite=True,
+                        efficiency_budget=0).read_text()
+    assert "s.h5" in section(html, "featuremap") and "missing" in section(html, "featuremap")

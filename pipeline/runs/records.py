@@ -7,7 +7,7 @@ ever overwriting; :func:`load_records` reads a folder of them back.
 
 Schema (``schema: 1``; README "Run records" documents every field):
 ``run_id, created, kind (frozen|baseline|finetune), method, label, backbone,
-layer, weights, features {path, fingerprint}, data_root, classes,
+layer, weights, features {path (absolute since this version), fingerprint}, data_root, classes,
 split_sizes, split_fingerprint, seed, group, hyperparameters, search,
 metrics {val, test}, predictions {paths, y_true, y_pred, proba},
 fit_seconds, trainable_params, history, model_file, command, versions,
@@ -69,7 +69,9 @@ def _skeleton(*, kind, method, label, store, classes, hyperparameters, search, f
         "backbone": store.attrs.get("backbone") if kind != "baseline" else None,
         "layer": layer,
         "weights": store.attrs.get("weights") if kind != "baseline" else None,
-        "features": {"path": str(store.path), "fingerprint": store.fingerprint,
+        # Absolute, so the report finds the store whatever folder it runs in; the
+        # fingerprint tells it whether the file there is still this store.
+        "features": {"path": str(Path(store.path).resolve()), "fingerprint": store.fingerprint,
                      "backbone": store.attrs.get("backbone"),
                      "images_per_second": store.attrs.get("images_per_second")},
         "data_root": str(store.data_root),
@@ -162,7 +164,7 @@ def save_record(record: dict, runs_dir=DEFAULT_RUNS_DIR) -> Path:
 def save_run(record: dict, runs_dir, model_ext: str, write_model) -> Path:
     """Save ``record`` and its model: ``write_model(path)`` writes ``<run_id>.<model_ext>``
     (atomically), and ``record["model_file"]`` names it.  Returns the record's path."""
-    model_file = Path(runs_dir) / f"{record['run_id']}.{model_ext}"
+    model_file = Path(runs_dir).resolve() / f"{record['run_id']}.{model_ext}"
     record["model_file"] = str(model_file)
     path = save_record(record, runs_dir)
     with atomic_path(model_file) as tmp:
@@ -201,6 +203,27 @@ def record_problem(rec: dict) -> str | None:
         missing += ["cv"] if not isinstance(block, dict) else [
             f"cv.{k}" for k in REQUIRED_CV if k not in block]
     return "fields missing: " + ", ".join(missing) if missing else None
+
+
+def store_candidates(record: dict, runs_dir=None) -> list[Path]:
+    """Where the feature store ``record`` names may be, in the order to try.
+
+    Its path when absolute (records of this version); a relative one (older
+    records, relative to where ``fit`` ran) against the current folder, then
+    against the parent and the grandparent of ``runs_dir`` (``reports/runs`` beside
+    ``features/``).  Empty when the record names no store.
+    """
+    path = (record.get("features") or {}).get("path")
+    if not path:
+        return []
+    path = Path(path)
+    if path.is_absolute():
+        return [path]
+    out = [Path.cwd() / path]
+    if runs_dir is not None:
+        runs = Path(runs_dir).resolve()
+        out += [runs.parent / path, runs.parent.parent / path]
+    return list(dict.fromkeys(p.resolve() for p in out))
 
 
 def read_record(path) -> dict:
