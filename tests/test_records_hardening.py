@@ -21,6 +21,7 @@ from report_helpers import make_store
 import cli
 from pipeline.errors import StoreError
 from pipeline.reporting import plots
+from pipeline.runs.groups import group_runs
 from pipeline.runs.records import find_record, load_records, new_record, save_record
 from pipeline.runs.stats import wilson_interval
 from pipeline.workflows.report import build_report
@@ -248,3 +249,33 @@ def test_a_different_store_at_the_recorded_path_is_detected(stores, tmp_path, ca
     html = build_report(runs, tmp_path / "r.html", overwrite=True,
                         efficiency_budget=0).read_text()
     assert "s.h5" in section(html, "featuremap") and "missing" in section(html, "featuremap")
+
+
+# ------------------------------------------------------------------ 4. repeated seeds
+
+
+def test_a_repeated_seed_counts_once_and_the_latest_run_wins(stores, tmp_path, caplog):
+    store, _ = stores
+    runs = tmp_path / "runs"
+    first = frozen(store, right=0.5, seed=0, group="ft")
+    first["created"] = "2026-01-01T00:00:00Z"
+    second = frozen(store, right=0.8, seed=1, group="ft")
+    second["created"] = "2026-01-01T00:01:00Z"
+    again = frozen(store, right=1.0, seed=0, group="ft")      # finetune --resume: seed 0 again
+    again["created"] = "2026-01-01T00:02:00Z"
+    first_file = save_record(first, runs)
+    for rec in (second, again):
+        save_record(rec, runs)
+    with caplog.at_level(logging.INFO):
+        records = load_records(runs)
+        groups = group_runs(records)
+    (ft,) = groups
+    assert sorted(r["run_id"] for r in ft["runs"]) == sorted([second["run_id"], again["run_id"]])
+    assert ft["accuracy"] == pytest.approx(0.9, abs=0.05)
+    assert first_file.name in caplog.text and "superseded" in caplog.text
+    # the same seed in another group is another run
+    other = frozen(store, "layer2", seed=0, group="other")
+    assert len(group_runs([first, second, again, other])) == 2
+    html = build_report(runs, tmp_path / "r.html", efficiency_budget=0).read_text()
+    table = section(html, "comparison")
+    assert "2 seeds" in table and "3 seeds" not in table

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import StoreError, opt
 from ..files import atomic_write
-from ..runs.groups import group_runs
+from ..runs.groups import group_runs, latest_per_seed
 from .fewshot import fewshot_section
 from .sections import (
     advice_section,
@@ -68,7 +68,11 @@ def render(context: dict) -> str:
 
 
 def build_context(records: list, analysis: dict) -> dict:
-    """One dict per section, from ``records`` and the workflow's ``analysis`` of their store."""
+    """One dict per section, from ``records`` and the workflow's ``analysis`` of their store.
+
+    A seed run twice is shown once, as its latest run (:func:`latest_per_seed`).
+    """
+    records = latest_per_seed(records)[0]
     groups = group_runs(records)
     best = groups[0]
     verdict = verdict_section(groups)

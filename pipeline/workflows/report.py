@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import StoreError, opt
 from ..reporting.build import render_report
+from ..runs.groups import latest_per_seed
 from ..runs.records import load_records
 from .analysis import EFFICIENCY_BUDGET, load_or_analyse
 
@@ -29,7 +30,8 @@ def build_report(runs_dir, out_path, overwrite: bool = False,
         raise StoreError(f"report {str(out_path)!r} already exists; pass "
                          f"{opt('overwrite', 'True')} to replace it or {opt('out')} another file",
                          param="out")
-    records = load_records(runs_dir)
+    # A seed run twice counts once, here for the analysis and the page alike.
+    records, _superseded = latest_per_seed(load_records(runs_dir))
     if not records:
         raise StoreError(f"no run records in {str(runs_dir)!r}; run `python cli.py fit` or "
                          f"`python cli.py baseline` first, or pass {opt('runs_dir', 'DIR')}",
