@@ -20,6 +20,7 @@ from report_helpers import make_store
 
 import cli
 from pipeline.errors import StoreError
+from pipeline.files import atomic_path, atomic_write
 from pipeline.reporting import plots
 from pipeline.runs.groups import group_runs
 from pipeline.runs.records import find_record, load_records, new_record, save_record
@@ -279,3 +280,45 @@ def test_a_repeated_seed_counts_once_and_the_latest_run_wins(stores, tmp_path, c
     html = build_report(runs, tmp_path / "r.html", efficiency_budget=0).read_text()
     table = section(html, "comparison")
     assert "2 seeds" in table and "3 seeds" not in table
+
+
+# ------------------------------------------------------------------ 5. where the report goes
+
+
+def test_report_out_an_existing_folder_is_a_clear_error_leaving_nothing(stores, tmp_path, run):
+    store, _ = stores
+    runs = tmp_path / "runs"
+    save_record(frozen(store, kind="baseline"), runs)
+    (tmp_path / "out").mkdir()
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for extra in ((), ("--overwrite",)):
+        res = run("report", "--runs", runs, "--out", tmp_path / "out", *extra)
+        assert res.exit_code == 2, res.output
+        assert "is a folder" in res.output and "--out" in res.output
+        assert "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    # a file where the report's folder should be is an error too, not a traceback
+    (tmp_path / "afile").write_text("x")
+    res = run("report", "--runs", runs, "--out", tmp_path / "afile" / "r.html")
+    assert res.exit_code == 1 and "cannot write" in res.output, res.output
+
+
+@pytest.mark.parametrize("exc", [ValueError, KeyboardInterrupt])
+def test_atomic_writes_remove_their_temporary_file_on_any_error(tmp_path, exc):
+    target = tmp_path / "f.txt"
+    with pytest.raises(exc):
+        with atomic_write(target, "w", encoding="utf-8") as fh:
+            fh.write("half")
+            raise exc()
+    with pytest.raises(exc):
+        with atomic_path(tmp_path / "m.bin") as tmp:
+            tmp.write_bytes(b"half")
+            raise exc()
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(OSError):
+        with atomic_write(tmp_path / "dir", "w", encoding="utf-8") as fh:
+            fh.write("x")
+    with pytest.raises(OSError):
+        with atomic_path(tmp_path / "dir") as tmp:
+            tmp.write_bytes(b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]

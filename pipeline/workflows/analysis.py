@@ -137,9 +137,12 @@ def load_or_analyse(records: list, runs_dir, budget: float = EFFICIENCY_BUDGET) 
     result = analyse(records, budget, runs_dir)
     if result["fewshot"].get("skipped") or result["store_status"] not in (None, "ok"):
         return result  # cut short by the budget, or no store to analyse: not worth keeping
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "w", encoding="utf-8") as fh:
-        json.dump(result, fh)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "w", encoding="utf-8") as fh:
+            json.dump(result, fh)
+    except OSError as exc:  # a cache: the report does not need it
+        log.warning("the analysis is not cached: cannot write %s (%s)", path, exc)
     return result
 
 
