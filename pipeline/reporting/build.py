@@ -13,9 +13,9 @@ import logging
 import time
 from pathlib import Path
 
-from ..errors import StoreError, opt
+from ..errors import StoreError, UsageError, opt
 from ..files import atomic_write
-from ..runs.groups import group_runs
+from ..runs.groups import group_runs, latest_per_seed
 from .fewshot import fewshot_section
 from .sections import (
     advice_section,
@@ -36,23 +36,40 @@ def render_report(records: list, analysis: dict, out_path, overwrite: bool = Fal
     """Write the HTML page of ``records`` (run records) and ``analysis`` (from
     :func:`pipeline.workflows.analysis.analyse`) to ``out_path``; returns it.
 
-    Refuses to replace an existing ``out_path`` unless ``overwrite``.
+    Refuses a folder as ``out_path``, and to replace an existing file unless
+    ``overwrite``; an ``out_path`` that cannot be written is a :class:`StoreError`.
     """
-    out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise StoreError(f"report {str(out_path)!r} already exists; pass "
-                         f"{opt('overwrite', 'True')} to replace it or {opt('out')} another file",
-                         param="out")
+    out_path = check_out_path(out_path, overwrite)
     if not records:
         raise StoreError("no run records to report on; run `python cli.py fit` or "
                          "`python cli.py baseline` first", param="runs_dir")
     t0 = time.perf_counter()
     html = render(build_context(records, analysis))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out_path, "w", encoding="utf-8") as fh:
-        fh.write(html)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out_path, "w", encoding="utf-8") as fh:
+            fh.write(html)
+    except OSError as exc:  # atomic_write has removed its temporary file
+        raise StoreError(f"cannot write the report {str(out_path)!r}: "
+                         f"{exc.strerror or exc}; pass {opt('out')} a file in a folder you "
+                         "can write", param="out") from None
     log.info("report of %d runs written to %s (%.1f s, %.0f kB)", len(records), out_path,
              time.perf_counter() - t0, out_path.stat().st_size / 1e3)
+    return out_path
+
+
+def check_out_path(out_path, overwrite: bool = False) -> Path:
+    """``out_path`` as a Path if the report may be written there: not a folder, and not
+    an existing file unless ``overwrite``."""
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise UsageError(f"{opt('out', str(out_path))} is a folder, and the report is one "
+                         f"HTML file: pass a file name such as "
+                         f"{opt('out', str(out_path / 'report.html'))}", param="out")
+    if out_path.exists() and not overwrite:
+        raise StoreError(f"report {str(out_path)!r} already exists; pass "
+                         f"{opt('overwrite', 'True')} to replace it or {opt('out')} another file",
+                         param="out")
     return out_path
 
 
@@ -68,7 +85,11 @@ def render(context: dict) -> str:
 
 
 def build_context(records: list, analysis: dict) -> dict:
-    """One dict per section, from ``records`` and the workflow's ``analysis`` of their store."""
+    """One dict per section, from ``records`` and the workflow's ``analysis`` of their store.
+
+    A seed run twice is shown once, as its latest run (:func:`latest_per_seed`).
+    """
+    records = latest_per_seed(records)[0]
     groups = group_runs(records)
     best = groups[0]
     verdict = verdict_section(groups)

@@ -57,8 +57,11 @@ def depth_plot(series: dict, references: list, taps: list) -> str:
             points = sorted(points, key=lambda p: x_of[p[0]])
             xs = [x_of[p[0]] for p in points]
             acc = np.array([p[1] for p in points])
-            err = np.array([[a - p[2] for a, p in zip(acc, points)],
-                            [p[3] - a for a, p in zip(acc, points)]])
+            # The point is the seeds' mean, the bar the median run's interval: the mean can
+            # sit outside it (or a rounding hair past an end at 0% or 100%), and matplotlib
+            # refuses a negative error bar.
+            err = np.clip([[a - p[2] for a, p in zip(acc, points)],
+                           [p[3] - a for a, p in zip(acc, points)]], 0, None)
             ax.errorbar(xs, acc, yerr=err, marker="o", capsize=3, label=mpl_text(name))
         styles = ["--", ":", "-.", (0, (5, 1, 1, 1))]
         for i, (name, acc) in enumerate(references):

@@ -6,12 +6,15 @@ selected by validation accuracy; cv records by their cross-validated mean.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 
 import numpy as np
 
 from .stats import corrected_ttest, mcnemar_exact, wilson_interval
+
+log = logging.getLogger(__name__)
 
 
 def is_cv(record) -> bool:
@@ -46,6 +49,48 @@ def score(record) -> dict:
             "n": m["n"], "folds": None}
 
 
+def group_key(record) -> str:
+    """The strategy a run is a repeat of: its ``group`` (else its label, else its id)."""
+    return record.get("group") or record.get("label") or record["run_id"]
+
+
+def _repeat_key(record):
+    """Runs with the same key are the same run done again (same strategy, protocol, store
+    and seed); None when the run records no seed, so it cannot be told from a repeat."""
+    if record.get("seed") is None:
+        return None
+    return (group_key(record), record.get("protocol", "holdout"),
+            (record.get("features") or {}).get("fingerprint"), record["seed"])
+
+
+def latest_per_seed(records: list) -> tuple[list, list]:
+    """``(kept, superseded)``: each seed of a strategy once, as its latest run.
+
+    A seed run twice (``finetune --resume`` after an interrupted ``--seeds 2``
+    writes seed 0 again) is one seed, not two: the run with the latest
+    ``created`` wins (on a tie, the later in ``records``); each superseded run is
+    logged with its file.  ``kept`` keeps the order of ``records``.
+    """
+    latest = {}
+    for i, r in enumerate(records):
+        key = _repeat_key(r)
+        if key is not None and (key not in latest or (r.get("created") or "")
+                                >= (records[latest[key]].get("created") or "")):
+            latest[key] = i
+    kept, superseded = [], []
+    for i, r in enumerate(records):
+        key = _repeat_key(r)
+        if key is None or latest[key] == i:
+            kept.append(r)
+            continue
+        superseded.append(r)
+        winner = records[latest[key]]
+        log.warning("run %s (%s) is superseded by %s, a later run of %s with seed %s; "
+                    "counting that seed once", r["run_id"], r.get("_file", "not saved"),
+                    winner["run_id"], key[0], key[3])
+    return kept, superseded
+
+
 def group_runs(records: list) -> list:
     """Runs grouped into strategies (same ``group``: repeats with different seeds), best first.
 
@@ -54,11 +99,12 @@ def group_runs(records: list) -> list:
     one used for paired tests, the confusion matrix and the mistakes).
     Groups are ranked by what :func:`score` allows to select on (validation
     accuracy under holdout, the cross-validated mean under cv), never by a
-    test figure; ties go to the smaller model.
+    test figure; ties go to the smaller model.  A seed run twice counts once
+    (:func:`latest_per_seed`).
     """
     by_group = OrderedDict()
-    for r in records:
-        by_group.setdefault(r.get("group") or r.get("label") or r["run_id"], []).append(r)
+    for r in latest_per_seed(records)[0]:
+        by_group.setdefault(group_key(r), []).append(r)
     groups = []
     for name, runs in by_group.items():
         scores = [score(r) for r in runs]

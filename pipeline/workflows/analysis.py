@@ -17,6 +17,7 @@ from ..errors import StoreError
 from ..files import atomic_write, sha256_text
 from ..options import TAP_ORDER
 from ..runs.groups import group_runs
+from ..runs.records import store_candidates
 from .fewshot import FEWSHOT_BUDGET, fewshot_curves
 
 log = logging.getLogger(__name__)
@@ -35,20 +36,65 @@ EFFICIENCY_BUDGET = FEWSHOT_BUDGET
 FEATURE_MAP_MAX_POINTS = 1500
 
 
-def open_best_store(groups: list):
-    """The feature store of the best frozen run: None without one, ``{"missing": path}``
-    when it cannot be read."""
+def locate_store(record: dict, runs_dir=None) -> dict:
+    """The feature store ``record`` was fit on, found and checked.
+
+    Tries :func:`pipeline.runs.records.store_candidates` in order and takes the
+    first file whose fingerprint is the recorded one.  Returns ``{"store":
+    FeatureStore or None, "status", "path", "note"}``: status ``ok``, ``different``
+    (a store is there but it is another one: re-extracted or replaced),
+    ``unreadable`` or ``missing``; ``note`` (None when ok) is the sentence the
+    report shows, and is logged as a warning.
+    """
     from ..store.hdf5 import FeatureStore
 
+    recorded = (record.get("features") or {}).get("path")
+    want = (record.get("features") or {}).get("fingerprint")
+    candidates = store_candidates(record, runs_dir)
+    different = unreadable = None
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            store = FeatureStore(path)
+        except (StoreError, OSError) as exc:
+            unreadable = unreadable or (path, exc)
+            continue
+        if want and store.fingerprint != want:
+            different = different or (path, store.fingerprint)
+            continue
+        if not want:
+            log.warning("run %s does not record its store's fingerprint; using %s unchecked",
+                        record.get("run_id"), path)
+        elif str(path) != recorded:
+            log.info("feature store %s of run %s found at %s", recorded, record.get("run_id"),
+                     path)
+        return {"store": store, "status": "ok", "path": str(path), "note": None}
+    if different:
+        path, found = different
+        status, note = "different", (
+            f"The feature store at {path} has fingerprint {found[:16]}, not the store the "
+            f"best frozen run was fit on (fingerprint {want[:16]}): it was re-extracted or "
+            "replaced, so it is not used here. Restore that store, or fit the heads again "
+            "on this one.")
+    elif unreadable:
+        path, exc = unreadable
+        status, note = "unreadable", (f"The feature store {path} of the best frozen run "
+                                      f"cannot be read ({exc}).")
+    else:
+        path = recorded
+        looked = ", ".join(str(p) for p in candidates) or "nowhere: the run names no store"
+        status, note = "missing", (
+            f"The feature store {recorded} of the best frozen run is missing (looked at "
+            f"{looked}); restore it, or run `python cli.py extract` and `fit` again.")
+    log.warning("%s", note)
+    return {"store": None, "status": status, "path": str(path), "note": note}
+
+
+def open_best_store(groups: list, runs_dir=None):
+    """:func:`locate_store` of the best frozen run; None without one."""
     frozen = [g for g in groups if g["kind"] == "frozen"]
-    if not frozen:
-        return None
-    path = (frozen[0]["rep"].get("features") or {}).get("path")
-    try:
-        return FeatureStore(path) if path else None
-    except (StoreError, OSError) as exc:
-        log.warning("feature store of the best frozen run is unreadable: %s", exc)
-        return {"missing": str(path)}
+    return locate_store(frozen[0]["rep"], runs_dir) if frozen else None
 
 
 def _tap_rank(tap) -> int:
@@ -58,16 +104,19 @@ def _tap_rank(tap) -> int:
 # ------------------------------------------------------------------ entry point
 
 
-def analyse(records: list, budget: float = EFFICIENCY_BUDGET) -> dict:
+def analyse(records: list, budget: float = EFFICIENCY_BUDGET, runs_dir=None) -> dict:
     """The analyses of the best frozen run's store that the report shows (JSON-ready).
 
-    ``{"store": path, "fewshot": {...}, "feature_map": {...}}``; see
+    ``{"store": path, "store_status": ok | different | unreadable | missing | None,
+    "fewshot": {...}, "feature_map": {...}}``; see :func:`locate_store`,
     :func:`pipeline.workflows.fewshot.fewshot_curves` and :func:`feature_map`.
+    ``runs_dir`` is where ``records`` were read, for stores named by relative paths.
     """
     groups = group_runs(records)
-    store = open_best_store(groups)
+    found = open_best_store(groups, runs_dir)
+    store = found and (found["store"] or {"note": found["note"]})
     return {"schema": ANALYSIS_SCHEMA, "kind": "analysis",
-            "store": getattr(store, "path", None) and str(store.path),
+            "store": found and found["path"], "store_status": found and found["status"],
             "fewshot": _fewshot(store, budget),
             "feature_map": feature_map(store)}
 
@@ -79,15 +128,21 @@ def load_or_analyse(records: list, runs_dir, budget: float = EFFICIENCY_BUDGET) 
     path = Path(runs_dir) / "analysis" / f"analysis-{key}.json"
     if path.is_file():
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(cached, dict) and {"fewshot", "feature_map"} <= cached.keys():
+                return cached
+            log.warning("recomputing the analysis: %s is not an analysis record", path)
         except (OSError, ValueError) as exc:
             log.warning("recomputing the analysis: %s is unreadable (%s)", path, exc)
-    result = analyse(records, budget)
-    if result["fewshot"].get("skipped"):
-        return result  # cut short by the budget: not worth keeping
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "w", encoding="utf-8") as fh:
-        json.dump(result, fh)
+    result = analyse(records, budget, runs_dir)
+    if result["fewshot"].get("skipped") or result["store_status"] not in (None, "ok"):
+        return result  # cut short by the budget, or no store to analyse: not worth keeping
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "w", encoding="utf-8") as fh:
+            json.dump(result, fh)
+    except OSError as exc:  # a cache: the report does not need it
+        log.warning("the analysis is not cached: cannot write %s (%s)", path, exc)
     return result
 
 
@@ -95,15 +150,15 @@ def load_or_analyse(records: list, runs_dir, budget: float = EFFICIENCY_BUDGET) 
 
 
 def _fewshot(store, budget: float) -> dict:
-    """:func:`pipeline.workflows.fewshot.fewshot_curves` of ``store`` as
-    :func:`open_best_store` returns it: a note instead when there is none or it
-    cannot be read."""
+    """:func:`pipeline.workflows.fewshot.fewshot_curves` of ``store`` (None: no frozen
+    run; ``{"note"}``: :func:`locate_store` found no usable store): a note instead
+    when there is none."""
     if store is None:
         return {"curves": {}, "skipped": [], "note": "No frozen-feature runs yet, so there "
                 "are no cached features to refit heads on: run `python cli.py extract` and `fit`."}
     if isinstance(store, dict):
-        return {"curves": {}, "skipped": [], "note": f"The feature store {store['missing']} "
-                "of the best frozen run cannot be read, so the curves cannot be computed."}
+        return {"curves": {}, "skipped": [],
+                "note": f"{store['note']} The curves cannot be computed without it."}
     return fewshot_curves(store, budget=budget)
 
 
@@ -117,7 +172,7 @@ def feature_map(store) -> dict:
         return {"panels": [], "note": "No frozen-feature runs yet, so no feature store "
                 "to project: run `python cli.py extract` and `fit`."}
     if isinstance(store, dict):
-        return {"panels": [], "note": f"The feature store {store['missing']} cannot be read."}
+        return {"panels": [], "note": store["note"]}
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import StoreError, opt
-from ..reporting.build import render_report
+from ..reporting.build import check_out_path, render_report
+from ..runs.groups import latest_per_seed
 from ..runs.records import load_records
 from .analysis import EFFICIENCY_BUDGET, load_or_analyse
 
@@ -20,16 +21,13 @@ def build_report(runs_dir, out_path, overwrite: bool = False,
                  efficiency_budget: float = EFFICIENCY_BUDGET) -> Path:
     """Write the HTML report of every run record in ``runs_dir`` to ``out_path``.
 
-    Refuses to replace an existing ``out_path`` unless ``overwrite``.  Returns
+    Refuses a folder as ``out_path``, and to replace an existing file unless ``overwrite``.  Returns
     the path written.  ``efficiency_budget`` caps the seconds spent refitting
     heads for the few-shot curves.
     """
-    out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise StoreError(f"report {str(out_path)!r} already exists; pass "
-                         f"{opt('overwrite', 'True')} to replace it or {opt('out')} another file",
-                         param="out")
-    records = load_records(runs_dir)
+    out_path = check_out_path(out_path, overwrite)  # before the analysis, which takes time
+    # A seed run twice counts once, here for the analysis and the page alike.
+    records, _superseded = latest_per_seed(load_records(runs_dir))
     if not records:
         raise StoreError(f"no run records in {str(runs_dir)!r}; run `python cli.py fit` or "
                          f"`python cli.py baseline` first, or pass {opt('runs_dir', 'DIR')}",
