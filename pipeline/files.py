@@ -27,7 +27,8 @@ DERIVED_NAME_ROOM = 24
 
 
 @contextmanager
-def atomic_write(path, mode: str = "wb", encoding: str | None = None, exclusive: bool = False):
+def atomic_write(path, mode: str = "wb", encoding: str | None = None, exclusive: bool = False,
+                 newline: str | None = None):
     """``with atomic_write(path) as fh``: write ``path`` as a whole or not at all.
 
     Yields a file object on a temporary name beside ``path``; on a clean exit
@@ -38,7 +39,7 @@ def atomic_write(path, mode: str = "wb", encoding: str | None = None, exclusive:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, mode, encoding=encoding) as fh:
+        with open(tmp, mode, encoding=encoding, newline=newline) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -47,6 +48,9 @@ def atomic_write(path, mode: str = "wb", encoding: str | None = None, exclusive:
             tmp.unlink()
         else:
             os.replace(tmp, path)
+    except OSError as exc:
+        _name_file(exc, path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -62,8 +66,18 @@ def atomic_path(path):
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _name_file(exc, path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _name_file(exc: OSError, path: Path) -> None:
+    """Make ``exc`` name ``path`` when it names no file (a failed ``fsync`` or ``write``),
+    so the message of a full disk says which file could not be written."""
+    if exc.filename is None:
+        exc.filename = os.fspath(path)
 
 
 def read_regular(path) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from pipeline.backbones import BackboneSpec, Preprocessing, Tap, register_backbo
 
 #: Root ignores chmod: tests of unwritable folders mount a read-only tmpfs instead.
 IS_ROOT = os.geteuid() == 0
+TESTS = Path(__file__).resolve().parent
 
 # Each class is a flat colour, so every tap of the toy net is known by hand.
 TOY_COLOURS = {"blue": (0, 0, 200), "green": (0, 160, 0), "red": (240, 0, 0)}
@@ -95,3 +97,24 @@ def tmpfs():
     yield mount
     for path in reversed(mounted):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def run_cli(*args, timeout=120, **kw):
+    """The real CLI in a subprocess (toy backbone registered): a hang fails the test."""
+    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(TESTS.parent)!r}]; "
+            "import conftest, cli; cli.main()")
+    return subprocess.run([sys.executable, "-c", code, *[str(a) for a in args]],
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def assert_clean(res, *words):
+    """Exit 1, a message holding ``words``, no traceback; returns the output."""
+    if isinstance(res, subprocess.CompletedProcess):
+        code, out = res.returncode, res.stdout + res.stderr
+    else:
+        code, out = res.exit_code, res.output
+    assert code == 1, f"exit {code}: {out}"
+    assert "Traceback" not in out, out
+    for w in words:
+        assert w in out, f"{w!r} not in {out!r}"
+    return out

@@ -15,15 +15,13 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import IS_ROOT, make_folder
+from conftest import IS_ROOT, assert_clean, make_folder, run_cli
 from PIL import Image
 
 import cli
@@ -63,27 +61,6 @@ def _toy_args(folder, out, *extra):
     return ("extract", "--data", folder, "--backbone", "toy", "--layer", "layer1",
             "--layer", "layer2", "--batch-size", 4, "--workers", 0, "--out", out,
             "--no-progress", *extra)
-
-
-def run_cli(*args, timeout=120, **kw):
-    """The real CLI in a subprocess (toy backbone registered): a hang fails the test."""
-    code = (f"import sys; sys.path[:0] = [{str(ROOT / 'tests')!r}, {str(ROOT)!r}]; "
-            "import conftest, cli; cli.main()")
-    return subprocess.run([sys.executable, "-c", code, *[str(a) for a in args]],
-                          capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def assert_clean(res, *words):
-    """Exit 1, a message holding ``words``, no traceback; returns the output."""
-    if isinstance(res, subprocess.CompletedProcess):
-        code, out = res.returncode, res.stdout + res.stderr
-    else:
-        code, out = res.exit_code, res.output
-    assert code == 1, f"exit {code}: {out}"
-    assert "Traceback" not in out, out
-    for w in words:
-        assert w in out, f"{w!r} not in {out!r}"
-    return out
 
 
 def skipped_of(summary) -> dict:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StoreError, opt
-from ..files import atomic_path
+from ..files import atomic_path, atomic_write
 from .metrics import evaluate
 
 log = logging.getLogger(__name__)
@@ -149,12 +149,13 @@ def new_cv_record(*, kind: str, method: str, label: str, store, classes, folds: 
 
 
 def save_record(record: dict, runs_dir=DEFAULT_RUNS_DIR) -> Path:
-    """Write ``<runs_dir>/<run_id>.json``; refuses to replace an existing file."""
+    """Write ``<runs_dir>/<run_id>.json`` whole or not at all (a killed run never leaves
+    half a record); refuses to replace an existing file."""
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     path = runs_dir / f"{record['run_id']}.json"
     try:
-        with open(path, "x", encoding="utf-8") as fh:
+        with atomic_write(path, "w", encoding="utf-8", exclusive=True) as fh:
             json.dump(record, fh, indent=1)
     except FileExistsError:
         raise StoreError(f"run record {path} already exists; it is never overwritten") from None
@@ -163,13 +164,16 @@ def save_record(record: dict, runs_dir=DEFAULT_RUNS_DIR) -> Path:
 
 def save_run(record: dict, runs_dir, model_ext: str, write_model) -> Path:
     """Save ``record`` and its model: ``write_model(path)`` writes ``<run_id>.<model_ext>``
-    (atomically), and ``record["model_file"]`` names it.  Returns the record's path."""
+    (atomically), and ``record["model_file"]`` names it.  Returns the record's path.
+
+    The model is written first: a run killed in between leaves an unnamed model
+    file, never a record whose model is missing."""
     model_file = Path(runs_dir).resolve() / f"{record['run_id']}.{model_ext}"
     record["model_file"] = str(model_file)
-    path = save_record(record, runs_dir)
+    model_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(model_file) as tmp:
         write_model(tmp)
-    return path
+    return save_record(record, runs_dir)
 
 
 #: What the report reads of every record with ``[]`` (the rest have defaults); a record

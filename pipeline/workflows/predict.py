@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StoreError, UsageError, opt
+from ..files import atomic_write
 from ..heads.persist import HEAD_EXT, PICKLE_SUFFIXES, load_head
 from ..heads.selection import predict_proba
 from ..runs.records import DEFAULT_RUNS_DIR, find_record
@@ -71,7 +72,7 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
                                 [(classes[j], float(p[j])) for j in order]))
     if out_csv:
         Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(out_csv, "w", newline="", encoding="utf-8") as fh:
+        with atomic_write(out_csv, "w", encoding="utf-8", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "label", "probability", "top_k", "error"])
             for p in preds:
