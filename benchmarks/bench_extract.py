@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -287,6 +288,47 @@ def time_cli_rerun(data: Path, out: Path, runtime: str, precision: str) -> float
     return seconds
 
 
+def linked_folder(root: Path, paths, folder: Path) -> Path:
+    """An ImageFolder of links to ``paths`` (under ``root``): N images as a user's folder."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for rel in paths:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(Path(root).resolve() / rel, folder / rel)
+    return folder
+
+
+def time_cli_default(data: Path, out: Path, cache_dir: Path | None = None) -> dict:
+    """``python cli.py extract --data DATA --out OUT`` with no other flag: what a user
+    gets.  Whole-process wall time, the command's own reported time, and the
+    difference (interpreter, imports, scan before the clock of ``run_extract``)."""
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["WORKBENCH_CACHE_DIR"] = str(cache_dir)   # an empty cache: the first run ever
+    cmd = [sys.executable, str(ROOT / "cli.py"), "extract", "--data", str(data),
+           "--out", str(out), "--no-progress"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    found = re.search(r"extracted (\d+) images .* in ([\d.]+) s", proc.stdout)
+    if proc.returncode != 0 or not found:
+        raise SystemExit(f"default extract failed:\n{proc.stdout}\n{proc.stderr[-2000:]}")
+    images, inner = int(found.group(1)), float(found.group(2))
+    runtime = re.search(r"runtime (\S+)", proc.stderr + proc.stdout)
+    return {"images": images, "process_seconds": wall, "command_seconds": inner,
+            "startup_seconds": wall - inner, "images_per_second": images / wall,
+            "runtime": runtime.group(1) if runtime else "?"}
+
+
+def report_default(label: str, d: dict, a: dict | None, b: dict) -> None:
+    ratios = f"; d/b = {d['images_per_second'] / b['images_per_second']:.2f}"
+    if a is not None:
+        ratios = (f"; d/a = {d['images_per_second'] / a['images_per_second']:.2f}" + ratios)
+    print(f"(d) `python cli.py extract`, no flags, {label:<22} "
+          f"{d['images_per_second']:8.1f} img/s whole process ({d['images']} images in "
+          f"{d['process_seconds']:.1f} s, of which {d['startup_seconds']:.1f} s before the "
+          f"command's own clock){ratios}")
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -422,7 +464,21 @@ def main(argv=None):
     print(f"peak memory of (c): RSS {c['peak_rss_mib']:.0f} MiB (VmHWM of the extract "
           f"process; {c['children']} child processes)")
 
+    # (d) what a user gets with no flags: whole process, start-up included
+    users = linked_folder(manifest.root, paths, work / "user_folder")
+    cold = time_cli_default(users, work / "d_cold", cache_dir=work / "empty_cache")
+    warm = time_cli_default(users, work / "d_warm")
+    results.update(d_cold=cold, d=warm)
+    report_default("first run (no cache)", cold, results.get("a"), b)
+    report_default("cached conversion", warm, results.get("a"), b)
+    print(f"    start-up with a cached conversion: {warm['startup_seconds']:.1f} s before "
+          f"run_extract's clock; converting the network the first time adds "
+          f"{cold['command_seconds'] - warm['command_seconds']:.1f} s")
+
     if args.scale:
+        full_default = time_cli_default(data, work / "d_all")
+        results["d_all"] = full_default
+        report_default("whole folder", full_default, None, b)
         args.limit = None
         args.out_dir = str(work / "all")
         shutil.rmtree(args.out_dir, ignore_errors=True)

@@ -60,7 +60,8 @@ class ExtractConfig:
     pool: str = "avg"
     batch_size: int = 32
     device: str = "auto"
-    runtime: str = "eager"            # pipeline.options.RUNTIMES; "auto" = fastest here
+    runtime: str = "auto"             # pipeline.options.RUNTIMES; "auto" = fastest here
+    asked_runtime: str = ""           # set by resolve(): the runtime before "auto" resolved
     precision: str = "auto"           # pipeline.options.PRECISIONS; recorded in the key
     threads: int | None = None        # intra-op threads of the runtime (None: its default)
     workers: int | None = None
@@ -142,7 +143,7 @@ def resolve(cfg: ExtractConfig):
     if device_kind == "auto":
         device_kind = "cuda" if cuda_available_cheap() else "cpu"
     runtime = resolve_runtime(cfg.runtime, device_kind)
-    cfg = replace(cfg, runtime=runtime,
+    cfg = replace(cfg, runtime=runtime, asked_runtime=cfg.asked_runtime or cfg.runtime,
                   precision=resolve_precision(cfg.precision, runtime, device_kind))
     return cfg, spec, taps, device_kind
 
@@ -475,7 +476,8 @@ def _run_forward(cfg, spec, taps, manifest, remaining, journal):
         manifest.root, [manifest.paths[i] for i in remaining], spec.name, cfg.weights, taps,
         cfg.pool, indices=remaining, runtime=cfg.runtime, precision=cfg.precision,
         device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads,
-        workers=default_workers() if cfg.workers is None else cfg.workers)
+        workers=default_workers() if cfg.workers is None else cfg.workers,
+        fallback=cfg.asked_runtime == "auto")
     try:
         for res in batches:
             paths = [manifest.paths[i] for i in res.indices]

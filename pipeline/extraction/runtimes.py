@@ -40,9 +40,10 @@ import threading
 import time
 import warnings
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import DeviceError, UsageError, opt
+from ..errors import DeviceError, UsageError, WorkbenchError, opt
 from ..files import atomic_path
 from ..options import PRECISIONS, RUNTIMES
 
@@ -172,7 +173,7 @@ def default_cache_dir() -> Path:
 
 def make_runner(extractor, runtime: str, device, batch_size: int, preprocessing,
                 precision: str = "auto", cache_dir=None, threads: int | None = None,
-                key: str | None = None):
+                key: str | None = None, example=None, fallback: bool = False):
     """A callable ``uint8 (N, 3, S, S) -> tuple of (N, C_tap) float tensors``.
 
     ``extractor`` is a :class:`~pipeline.extraction.TapExtractor` or a
@@ -185,22 +186,38 @@ def make_runner(extractor, runtime: str, device, batch_size: int, preprocessing,
     module; it must then cover everything that shapes the network (backbone,
     weights identity, taps, pooling, preprocessing), and a cached export is
     used without building the module at all (no timm import, no weights load).
+    ``example``: an input of the module's dtype and shape (batch of 2) when it
+    is not uint8 images (fine-tuning's frozen trunk takes normalised floats).
+    ``auto`` (or ``fallback``) runs eager torch, with a warning saying why,
+    when the fast runtime cannot convert the network; a runtime asked for by
+    name fails instead.
     """
     import torch
 
     device = torch.device(device)
-    runtime = resolve_runtime(runtime, device)
+    requested, runtime = runtime, resolve_runtime(runtime, device)
     precision = resolve_precision(precision, runtime, device)
     get = _lazy(extractor, device)
     size = preprocessing.input_size
+    try:
+        if runtime == "onnx":
+            run = _onnx_runner(get, size, cache_dir, threads, key, example)
+        elif runtime == "openvino":
+            run = _openvino_runner(get, size, precision, cache_dir, threads, key, example)
+    except Exception as exc:  # noqa: BLE001 - converters fail in many ways
+        if not (fallback or requested == "auto") or isinstance(exc, WorkbenchError):
+            raise
+        # auto promises the fastest runtime that works: eager always does (fp32 agrees
+        # within TOLERANCE, so the vectors keep their meaning).
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if ln.startswith("--")), lines[0] if lines else "")
+        log.warning("runtime auto: %s cannot run this network (%s: %s); using eager torch",
+                    runtime, type(exc).__name__, why[:200])
+        runtime, precision = "eager", resolve_precision("auto", "eager", device)
     if runtime in ("eager", "compile"):
         if threads:
             torch.set_num_threads(threads)  # torch's intra-op pool is per process
         run = _torch_runner(get(), runtime, device, precision)
-    elif runtime == "onnx":
-        run = _onnx_runner(get, size, cache_dir, threads, key)
-    else:
-        run = _openvino_runner(get, size, precision, cache_dir, threads, key)
     run.runtime, run.precision = runtime, precision
     return run
 
@@ -239,12 +256,12 @@ def _torch_runner(extractor, runtime, device, precision):
     return run
 
 
-def _onnx_runner(get, size, cache_dir, threads, key):
+def _onnx_runner(get, size, cache_dir, threads, key, example=None):
     import numpy as np
     import torch
 
     ort = _import_optional("onnx")
-    path = export_onnx(get, size, cache_dir, key)
+    path = export_onnx(get, size, cache_dir, key, example)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -259,9 +276,9 @@ def _onnx_runner(get, size, cache_dir, threads, key):
     return run
 
 
-def _openvino_runner(get, size, precision, cache_dir, threads, key):
+def _openvino_runner(get, size, precision, cache_dir, threads, key, example=None):
     ov = _import_optional("openvino")
-    xml = export_openvino(get, size, cache_dir, key)
+    xml = export_openvino(get, size, cache_dir, key, example)
     core = ov.Core()
     # OpenVINO caches the compiled model too: a second run compiles in a third of the time.
     core.set_property({"CACHE_DIR": str(Path(cache_dir or default_cache_dir()) / "openvino"
@@ -369,6 +386,8 @@ def _import_optional(runtime: str):
     import importlib
 
     module, extra = OPTIONAL[runtime]
+    if runtime == "openvino":
+        quiet_openvino()
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -376,6 +395,34 @@ def _import_optional(runtime: str):
             f"{opt('runtime', runtime)} needs the package {module!r} ({exc}); install it with "
             f"pip install -e '.[{extra}]' or use {opt('runtime', 'eager')}", param="runtime"
         ) from None
+
+
+@contextmanager
+def _root_logger_kept():
+    """Undo what a library does to the root logger (level, filters, handlers) inside."""
+    root = logging.getLogger()
+    state = root.level, list(root.filters), list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(state[0])
+        root.filters[:], root.handlers[:] = state[1], state[2]
+
+
+def quiet_openvino() -> None:
+    """Keep OpenVINO's usage telemetry out of this process, before it is imported.
+
+    With no consent file, ``import openvino`` and every conversion send an
+    event from a forked process that waits on the network for up to its
+    timeout (offline: the whole timeout).  Besides sending data nobody agreed to, the fork
+    inherits open files, such as a store's write lock, and holds them.
+    OpenVINO falls back to its own no-op stub when ``openvino_telemetry``
+    cannot be imported; a ``None`` entry in ``sys.modules`` makes it so.
+    """
+    import sys
+
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
 
 
 # ------------------------------------------------------------------ export cache
@@ -422,13 +469,21 @@ def model_key(extractor) -> str:
     return digest.hexdigest()
 
 
-def _example_input(size: int):
+def _example_input(size: int, example=None):
+    """A batch of 2 for tracing: uint8 images unless ``example`` gives the input."""
     import torch
 
-    return torch.zeros((2, 3, size, size), dtype=torch.uint8)
+    return example if example is not None else torch.zeros((2, 3, size, size),
+                                                           dtype=torch.uint8)
 
 
-def export_onnx(extractor, size: int, cache_dir=None, key: str | None = None) -> Path:
+def _example_tag(example) -> str:
+    """What ``example`` adds to the export key (nothing for uint8 images)."""
+    return "" if example is None else f":{example.dtype}:{tuple(example.shape[1:])}"
+
+
+def export_onnx(extractor, size: int, cache_dir=None, key: str | None = None,
+                example=None) -> Path:
     """The cached ONNX file of ``extractor`` (uint8 ``(N, 3, size, size)`` in,
     one ``(N, C)`` output per tap, dynamic ``N``), exported if not there yet.
 
@@ -437,7 +492,7 @@ def export_onnx(extractor, size: int, cache_dir=None, key: str | None = None) ->
     import torch
 
     get = _lazy(extractor, "cpu")
-    key = _export_key("onnx", size, key or model_key(get()))
+    key = _export_key("onnx", size, (key or model_key(get())) + _example_tag(example))
     folder = Path(cache_dir or default_cache_dir()) / "onnx"
     path = folder / f"{key}.onnx"
     if path.is_file():
@@ -451,13 +506,14 @@ def export_onnx(extractor, size: int, cache_dir=None, key: str | None = None) ->
             torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            cpu, (_example_input(size),), str(tmp), dynamo=False, opset_version=17,
+            cpu, (_example_input(size, example),), str(tmp), dynamo=False, opset_version=17,
             input_names=["images"], output_names=taps or None,
             dynamic_axes={"images": {0: "n"}, **{t: {0: "n"} for t in taps}})
     return path
 
 
-def export_openvino(extractor, size: int, cache_dir=None, key: str | None = None) -> Path:
+def export_openvino(extractor, size: int, cache_dir=None, key: str | None = None,
+                    example=None) -> Path:
     """The cached OpenVINO IR (``model.xml`` + ``.bin``) of ``extractor``, converted if absent.
 
     ``extractor`` is a module or a getter of one; ``key`` as in :func:`make_runner`.
@@ -466,7 +522,7 @@ def export_openvino(extractor, size: int, cache_dir=None, key: str | None = None
 
     ov = _import_optional("openvino")
     get = _lazy(extractor, "cpu")
-    key = _export_key("openvino", size, key or model_key(get()))
+    key = _export_key("openvino", size, (key or model_key(get())) + _example_tag(example))
     folder = Path(cache_dir or default_cache_dir()) / "openvino"
     final = folder / key
     if (final / "model.xml").is_file():
@@ -478,8 +534,10 @@ def export_openvino(extractor, size: int, cache_dir=None, key: str | None = None
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
-            model = ov.convert_model(cpu, example_input=_example_input(size))
-        model.reshape({0: ov.PartialShape([-1, 3, size, size])})
+            with _root_logger_kept():   # the converter sets the root logger to ERROR
+                model = ov.convert_model(cpu, example_input=_example_input(size, example))
+        shape = [3, size, size] if example is None else list(example.shape[1:])
+        model.reshape({0: ov.PartialShape([-1, *shape])})
         ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
         try:
             # A folder, so not atomic_path: renamed whole; fails harmlessly if another won.

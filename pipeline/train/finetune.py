@@ -40,6 +40,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -85,6 +86,7 @@ class FinetuneConfig:
     dropout: float = 0.2
     input_size: int | None = None       # lower resolution than the weights' own
     compile: bool = False               # torch.compile the trunk used to fill the cache
+    runtime: str = "auto"               # runtime of that trunk (auto: the fastest here; eager)
     checkpoint_dir: str | None = None
     resume: bool = False
     stop_after: int | None = None       # end after this epoch as if interrupted (tests)
@@ -210,7 +212,8 @@ def _cache_key(store, cfg, plan, weights_id, pre, layout: str) -> str:
     blob = json.dumps({"store": store.fingerprint, "backbone": cfg.backbone,
                        "weights": weights_id, "cut": plan.cut, "views": cfg.views,
                        "augment": cfg.augment, "pre": pre.to_dict(),
-                       "chunk": CACHE_CHUNK, "layout": layout}, sort_keys=True)
+                       "chunk": CACHE_CHUNK, "layout": layout,
+                       "runtime": trunk_runtime(cfg)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -219,13 +222,17 @@ def _transform_pre(pre, input_size):
 
 
 def compute_activations(trunk, root, paths, pre, views: int, augment: str, seed: int = 0,
-                        compile_trunk: bool = False):
+                        compile_trunk: bool = False, runtime: str = "eager"):
     """Trunk outputs ``(n, views, C, H, W)`` float16; view 0 is the centre crop.
 
     Views 1.. are augmented (the training preset), seeded per chunk, so the
-    result depends only on the images, ``views`` and ``seed``.  Raises
-    :class:`DataError` naming files that do not decode (callers drop them
-    from training).
+    result depends only on the images, ``views``, ``seed`` and the runtime.
+    ``runtime`` runs the frozen trunk (:mod:`pipeline.extraction.runtimes`;
+    ``auto``: OpenVINO where installed, fp32, within 1e-4 of eager, which the
+    float16 cache rounds away); ``compile_trunk`` means torch.compile.
+    Images are decoded and augmented by torch as in training either way.
+    Skips files that do not decode, logging each (callers drop them from
+    training).
     """
     import torch
 
@@ -236,7 +243,7 @@ def compute_activations(trunk, root, paths, pre, views: int, augment: str, seed:
     clean = image_transform(pre, "none")
     aug = image_transform(pre, augment) if views > 1 else None
     short = int(math.ceil(pre.input_size / pre.crop_pct))
-    runner = torch.compile(trunk) if compile_trunk else trunk
+    runner = trunk_runner(trunk, pre.input_size, "compile" if compile_trunk else runtime)
     out, ok, skipped = [], [], []
     for c0 in range(0, len(paths), CACHE_CHUNK):
         imgs, idx = [], []
@@ -261,6 +268,38 @@ def compute_activations(trunk, root, paths, pre, views: int, augment: str, seed:
         if c0 // CACHE_CHUNK % 10 == 0:
             log.info("cached trunk outputs of %d/%d images", c0 + len(imgs), len(paths))
     return torch.cat(out).clone(), torch.as_tensor(ok, dtype=torch.int64), skipped
+
+
+def trunk_runtime(cfg) -> str:
+    """The runtime that fills the trunk cache of ``cfg`` on this machine (``auto`` resolved)."""
+    from ..extraction.runtimes import cuda_available_cheap, resolve_runtime
+
+    if cfg.compile:
+        return "compile"
+    return resolve_runtime(cfg.runtime, "cuda" if cuda_available_cheap() else "cpu")
+
+
+def trunk_runner(trunk, size: int, runtime: str = "auto"):
+    """``float (N, 3, size, size) -> trunk output`` on ``runtime`` (see
+    :func:`pipeline.extraction.runtimes.make_runner`: ``auto`` falls back to
+    eager torch, with a log line saying why, when the fast runtime cannot take
+    this trunk)."""
+    import torch
+
+    from ..extraction.runtimes import make_runner
+
+    device = next(trunk.parameters()).device
+    run = make_runner(trunk, runtime, device, CACHE_CHUNK, SimpleNamespace(input_size=size),
+                      example=torch.zeros((2, 3, size, size)))
+    log.info("frozen trunk outputs computed with %s (%s)", run.runtime, run.precision)
+
+    def forward(batch):
+        with torch.inference_mode():
+            out = run(batch)
+        return out[0] if isinstance(out, tuple) else out
+
+    forward.runtime = run.runtime
+    return forward
 
 
 def _cached_splits(store, loaded, cfg, plan, pre, cache_dir=None, layout: str = "holdout"):
@@ -291,7 +330,7 @@ def _cached_splits(store, loaded, cfg, plan, pre, cache_dir=None, layout: str = 
         views = cfg.views if split in ("train", "all") else 1
         acts, ok, skipped = compute_activations(
             trunk, store.data_root, paths, pre, views, cfg.augment,
-            seed=0, compile_trunk=cfg.compile)
+            seed=0, compile_trunk=cfg.compile, runtime=cfg.runtime)
         if split != "train" and skipped:
             raise DataError(f"{len(skipped)} {split} image(s) of the store no longer decode "
                             f"({skipped[0][0]}: {skipped[0][1]}); restore them or re-extract")

@@ -19,6 +19,7 @@ from ..train.finetune import (
     finetune,
     finetune_cv,
     method_name,
+    trunk_runtime,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def _details(result: FinetuneResult) -> dict:
     return {"block_groups": plan.groups, "trained_groups": plan.trainable,
             "group_lrs": plan.lrs, "group_start_epoch": plan.start_epoch,
             "cached_trunk": result.use_cache,
+            "trunk_runtime": trunk_runtime(cfg) if result.use_cache else None,
             "trunk_stages": result.stage_names[:plan.cut] if result.use_cache else [],
             "cache_seconds": result.cache_seconds, "train_seconds": res.seconds,
             "best_epoch": res.best_epoch, "stopped_early": res.stopped_early,
