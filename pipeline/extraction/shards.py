@@ -13,8 +13,10 @@ shard its own resume.  After a collective check that every rank finished,
 rank 0 merges the shards into the final store (:func:`merge_shards`): rows in
 manifest order, the split assigned over all rows exactly as a single process
 does, the same datasets and attributes, so its contents equal a
-single-process run over the same images (the eager runtime gives the same
-vectors when the intra-op thread count is the same; see README, "Scale out").
+single-process run over the same images (within the runtime's tolerance; the
+eager runtime gives the same vectors when the intra-op thread count is the
+same; see README, "Scale out").  Each rank's runtime gets the node's cores
+divided among its ranks.
 
 A shard that fails or whose rank is killed is kept as its journal; finished
 shards are kept as stores until the merge succeeds.  Re-running the same
@@ -321,6 +323,14 @@ def _rank_workers(workers, local_world: int) -> int:
     return 0 if per_rank <= 1 else 1 if per_rank <= 2 else min(8, per_rank - 1)
 
 
+def _rank_threads(threads, local_world: int) -> int | None:
+    """Runtime threads per rank: the node's cores shared among its ranks (a fast
+    runtime left to its default would run every core in every rank)."""
+    if threads is not None or local_world <= 1:
+        return threads
+    return max(1, (os.cpu_count() or 1) // local_world)
+
+
 def run_extract_torchrun(cfg: ExtractConfig, env: TorchrunEnv) -> ExtractSummary:
     """One rank of a torchrun extraction: its shard, a status exchange, rank 0 merges.
 
@@ -339,7 +349,8 @@ def run_extract_torchrun(cfg: ExtractConfig, env: TorchrunEnv) -> ExtractSummary
     dist.init_process_group(backend, timeout=_dt.timedelta(seconds=timeout))
     try:
         shard_cfg = replace(cfg, device=device, progress=cfg.progress and env.rank == 0,
-                            workers=_rank_workers(cfg.workers, env.local_world))
+                            workers=_rank_workers(cfg.workers, env.local_world),
+                            threads=_rank_threads(cfg.threads, env.local_world))
         log.info("rank %d/%d: extracting shard on %s (%s)", env.rank, env.world, device, backend)
         error = None
         try:
