@@ -112,6 +112,19 @@ def scan(root, min_per_class: int = 3) -> Manifest:
     found = [_class_images(root, real_root, d, excluded, ignored, scanned)
              for d in class_dirs]
     _drop_second_copies(found, excluded)
+    classes, paths, labels, sizes, mtimes = _rows(class_dirs, found, excluded)
+    _check_classes(root, classes, labels, min_per_class)
+    return Manifest(root=root, classes=classes, paths=paths,
+                    labels=np.asarray(labels, dtype=np.int64),
+                    sizes=np.asarray(sizes, dtype=np.int64),
+                    mtimes=np.asarray(mtimes, dtype=np.int64),
+                    ignored=[shown(p) for p in ignored],
+                    excluded=[(shown(p), reason) for p, reason in excluded])
+
+
+def _rows(class_dirs, found, excluded):
+    """``(classes, paths, labels, sizes, mtimes)`` of the scanned images; class folders
+    with no image are left out (listed in ``excluded``, named in the log)."""
     classes, paths, labels, sizes, mtimes, empty = [], [], [], [], [], []
     for class_dir, images in zip(class_dirs, found):
         if not images:
@@ -128,13 +141,7 @@ def scan(root, min_per_class: int = 3) -> Manifest:
             mtimes.append(st.st_mtime_ns)
     if empty:
         log.warning("class folders with no images, left out: %s", ", ".join(empty))
-    _check_classes(root, classes, labels, min_per_class)
-    return Manifest(root=root, classes=classes, paths=paths,
-                    labels=np.asarray(labels, dtype=np.int64),
-                    sizes=np.asarray(sizes, dtype=np.int64),
-                    mtimes=np.asarray(mtimes, dtype=np.int64),
-                    ignored=[shown(p) for p in ignored],
-                    excluded=[(shown(p), reason) for p, reason in excluded])
+    return classes, paths, labels, sizes, mtimes
 
 
 def shown(name: str) -> str:
