@@ -297,9 +297,10 @@ def hub_source(pretrained_cfg) -> tuple:
 
 def download_hub_weights(model_name: str, pretrained_cfg) -> tuple[str, str]:
     """``(local file, repo/file)`` of ``model_name``'s pretrained weights, fetched by
-    huggingface_hub into its cache (no network when the file is already there)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    huggingface_hub into its cache.  A file already in the cache is used without asking
+    the hub (so offline re-runs start at once; its SHA-256 names it in the store key)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
     repo, revision, files = hub_source(pretrained_cfg)
     offline = (f"pass {opt('weights', 'PATH')} to a local .safetensors or state_dict of "
@@ -307,22 +308,26 @@ def download_hub_weights(model_name: str, pretrained_cfg) -> tuple[str, str]:
     if not repo:
         raise WeightsError(f"timm model {model_name!r} has no pretrained weights on the "
                            f"Hugging Face hub; {offline}", param="weights")
-    last = None
+    for filename in files:
+        cached = try_to_load_from_cache(repo, filename, revision=revision)
+        if isinstance(cached, str):
+            return cached, f"{repo}/{filename}"
+    missing = []
     for filename in files:
         try:
             path = hf_hub_download(repo, filename, revision=revision, library_name="timm")
             return path, f"{repo}/{filename}"
-        except EntryNotFoundError as exc:
-            last = exc
-            continue
-        except Exception as exc:  # offline, DNS, proxy, HTTP errors: all mean "not here"
+        except RemoteEntryNotFoundError:
+            missing.append(filename)  # the repository has not this file: try the next one
+        except (LocalEntryNotFoundError, Exception) as exc:  # offline, DNS, proxy, HTTP errors
+            first = str(exc).splitlines()[0] if str(exc) else ""
             raise WeightsError(
                 f"could not download the pretrained weights of {model_name} from the Hugging "
-                f"Face hub ({repo}/{filename}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); without network access, "
-                f"{offline}", param="weights") from None
-    raise WeightsError(f"the hub repository {repo} has none of {', '.join(files)} ({last}); "
-                       f"{offline}", param="weights")
+                f"Face hub ({repo}/{filename}: {type(exc).__name__}: {first}); without network "
+                f"access, {offline} (HF_HUB_OFFLINE=1 skips the hub's retries)",
+                param="weights") from None
+    raise WeightsError(f"the hub repository {repo} has none of {', '.join(missing)}; {offline}",
+                       param="weights")
 
 
 def read_state_dict(path: str) -> tuple[dict, str]:
