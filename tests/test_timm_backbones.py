@@ -141,7 +141,8 @@ def test_token_pooling_through_a_real_vit_extractor():
     x = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
     captured = {}
     assert spec.tap("layer4").stage == "blocks.3"  # the last of the 4 blocks
-    hook = loaded.model.blocks[3].register_forward_hook(lambda m, i, o: captured.__setitem__("t", o))
+    hook = loaded.model.blocks[3].register_forward_hook(
+        lambda m, i, o: captured.__setitem__("t", o))
     try:
         with torch.no_grad():
             outs = {p: build_extractor(loaded, ["layer4"], p)(x)[0]
