@@ -449,3 +449,19 @@ def test_finetune_one_epoch_on_a_timm_model(two_stores, tmp_path, family):
     assert record["kind"] == "finetune" and len(record["history"]) == 1
     assert set(record["history"][0]["lr"]) == {"classifier", "head", "layer4"}
     assert record["metrics"]["test"]["n"] > 0
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_onnx_export_of_a_timm_network_agrees_with_eager(family, tmp_path):
+    from pipeline.extraction.runtimes import TOLERANCE, make_runner
+
+    spec = tiny(family)
+    extractor = build_extractor(load_backbone(spec.name, "none"), spec.tap_names,
+                                spec.poolings[-1])
+    size = spec.preprocessing.input_size
+    x = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8)
+    with torch.no_grad():
+        eager = extractor(x)
+    onnx = make_runner(extractor, "onnx", "cpu", 3, spec.preprocessing, cache_dir=tmp_path)(x)
+    for a, b in zip(onnx, eager):
+        assert float((a - b).abs().max()) <= TOLERANCE["fp32"] * float(b.abs().max())
