@@ -465,3 +465,24 @@ def test_onnx_export_of_a_timm_network_agrees_with_eager(family, tmp_path):
     onnx = make_runner(extractor, "onnx", "cpu", 3, spec.preprocessing, cache_dir=tmp_path)(x)
     for a, b in zip(onnx, eager):
         assert float((a - b).abs().max()) <= TOLERANCE["fp32"] * float(b.abs().max())
+
+
+def test_auto_runtime_falls_back_to_eager_in_one_logged_line(monkeypatch, tmp_path, caplog):
+    import logging
+
+    from pipeline.extraction import runtimes
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("exporter cannot trace this network\nmore detail")
+
+    monkeypatch.setattr(runtimes, "export_onnx", refuse)
+    spec = tiny("vit")
+    extractor = build_extractor(load_backbone(spec.name, "none"), ["layer1"], "cls")
+    with caplog.at_level(logging.WARNING, logger="pipeline.extraction.runtimes"):
+        run = runtimes.make_runner(extractor, "onnx", "cpu", 2, spec.preprocessing,
+                                   cache_dir=tmp_path, fallback=True)
+    assert run.runtime == "eager"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "falling back to eager" in lines[0] and "\n" not in lines[0]
+    with pytest.raises(RuntimeError, match="cannot trace"):  # asked for explicitly: no fallback
+        runtimes.make_runner(extractor, "onnx", "cpu", 2, spec.preprocessing, cache_dir=tmp_path)

@@ -85,7 +85,7 @@ def network_key(spec, weights: str, taps, pool: str) -> str:
 def extract_features(root, paths, backbone: str, weights: str, taps, pool: str = "avg", *,
                      indices=None, runtime: str = "eager", precision: str = "auto",
                      device: str = "auto", batch_size: int = 32, threads: int | None = None,
-                     workers: int = 1, hash_files: bool = True):
+                     workers: int = 1, hash_files: bool = True, fallback: bool | None = None):
     """Yield a :class:`BatchResult` per batch of the images ``root / paths[i]``.
 
     Each result holds the rows it covers (``indices[i]``, default ``i``),
@@ -108,5 +108,5 @@ def extract_features(root, paths, backbone: str, weights: str, taps, pool: str =
 
     runner = make_runner(build, runtime, dev, batch_size, spec.preprocessing,
                          precision=precision, threads=threads,
-                         key=network_key(spec, weights, taps, pool))
+                         key=network_key(spec, weights, taps, pool), fallback=fallback)
     yield from iter_features(runner, batches, dev, taps)

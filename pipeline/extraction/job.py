@@ -71,6 +71,7 @@ class ExtractConfig:
     overwrite: bool = False
     progress: bool = True
     limit: int | None = None          # about N images, the first of each class (benchmarks)
+    auto_runtime: bool = False        # runtime was "auto": an export failure falls back to eager
 
 
 @dataclass
@@ -144,7 +145,7 @@ def resolve(cfg: ExtractConfig):
     if device_kind == "auto":
         device_kind = "cuda" if cuda_available_cheap() else "cpu"
     runtime = resolve_runtime(cfg.runtime, device_kind)
-    cfg = replace(cfg, runtime=runtime,
+    cfg = replace(cfg, runtime=runtime, auto_runtime=cfg.auto_runtime or cfg.runtime == "auto",
                   precision=resolve_precision(cfg.precision, runtime, device_kind))
     return cfg, spec, taps, device_kind
 
@@ -489,6 +490,7 @@ def _run_forward(cfg, spec, taps, manifest, remaining, journal):
     batches = extract_features(
         manifest.root, [manifest.paths[i] for i in remaining], spec.name, cfg.weights, taps,
         cfg.pool, indices=remaining, runtime=cfg.runtime, precision=cfg.precision,
+        fallback=cfg.auto_runtime,
         device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads,
         workers=default_workers() if cfg.workers is None else cfg.workers)
     try:

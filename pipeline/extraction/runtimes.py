@@ -172,7 +172,7 @@ def default_cache_dir() -> Path:
 
 def make_runner(extractor, runtime: str, device, batch_size: int, preprocessing,
                 precision: str = "auto", cache_dir=None, threads: int | None = None,
-                key: str | None = None):
+                key: str | None = None, fallback: bool | None = None):
     """A callable ``uint8 (N, 3, S, S) -> tuple of (N, C_tap) float tensors``.
 
     ``extractor`` is a :class:`~pipeline.extraction.TapExtractor` or a
@@ -185,22 +185,34 @@ def make_runner(extractor, runtime: str, device, batch_size: int, preprocessing,
     module; it must then cover everything that shapes the network (backbone,
     weights identity, taps, pooling, preprocessing), and a cached export is
     used without building the module at all (no timm import, no weights load).
+    ``fallback`` (default: when ``runtime`` is ``auto``): a network the chosen
+    ONNX/OpenVINO runtime cannot export runs eager instead, the reason logged
+    in one line (an explicit ``--runtime onnx`` fails instead).
     """
     import torch
 
     device = torch.device(device)
+    fallback = runtime == "auto" if fallback is None else fallback
     runtime = resolve_runtime(runtime, device)
     precision = resolve_precision(precision, runtime, device)
     get = _lazy(extractor, device)
     size = preprocessing.input_size
-    if runtime in ("eager", "compile"):
+    run = None
+    if runtime in ("onnx", "openvino"):
+        try:
+            run = (_onnx_runner(get, size, cache_dir, threads, key) if runtime == "onnx" else
+                   _openvino_runner(get, size, precision, cache_dir, threads, key))
+        except Exception as exc:  # export or compile failures of an arbitrary network
+            if not fallback or isinstance(exc, (UsageError, DeviceError)):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            log.warning("runtime %s cannot run this network (%s: %s); falling back to eager",
+                        runtime, type(exc).__name__, first)
+            runtime, precision = "eager", "fp32" if device.type == "cpu" else precision
+    if run is None:
         if threads:
             torch.set_num_threads(threads)  # torch's intra-op pool is per process
         run = _torch_runner(get(), runtime, device, precision)
-    elif runtime == "onnx":
-        run = _onnx_runner(get, size, cache_dir, threads, key)
-    else:
-        run = _openvino_runner(get, size, precision, cache_dir, threads, key)
     run.runtime, run.precision = runtime, precision
     return run
 
