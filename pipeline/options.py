@@ -10,8 +10,14 @@ but the standard library (``extract`` re-runs and ``backbones`` stay fast).
 TAP_ORDER = ("layer1", "layer2", "layer3", "layer4", "head")
 #: Taps ``extract`` stores when none is given.
 DEFAULT_TAPS = ("layer2", "layer3", "layer4")
-#: Global pooling of a tapped feature map (implemented by pipeline.extraction.forward.pool).
-POOLINGS = ("avg", "max", "gem")
+#: Global pooling of a tapped CNN feature map ``(N, C, H, W)``.
+MAP_POOLINGS = ("avg", "max", "gem")
+#: Pooling of a transformer's tokens ``(N, L, D)``: the class token, the mean of the patch
+#: tokens (prefix and register tokens excluded), or both concatenated (2 x D wide).
+TOKEN_POOLINGS = ("cls", "mean", "cls+mean")
+#: Every pooling (implemented by pipeline.extraction.forward.pool); a backbone offers
+#: MAP_POOLINGS or TOKEN_POOLINGS (BackboneSpec.poolings).
+POOLINGS = MAP_POOLINGS + TOKEN_POOLINGS
 #: Storage dtype of the vectors in a feature store.
 DTYPES = ("float32", "float16")
 #: Inference runtimes (pipeline.extraction.runtimes); ``auto`` = the fastest installed here.

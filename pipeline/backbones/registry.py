@@ -7,7 +7,9 @@ before any forward pass) and what preprocessing its weights expect
 (:class:`Preprocessing`).  :func:`register_backbone` adds one,
 :func:`get_backbone` fails with the valid names, :func:`list_backbones` feeds
 the CLI's choices, and :func:`load_backbone` returns a :class:`LoadedBackbone`
-(model in eval mode, stages, weights identity).
+(model in eval mode, stages, weights identity).  Names with a registered
+prefix (``timm/<model>``) are resolved on demand by that prefix's resolver
+(:func:`register_resolver`) into a spec built from the model's own metadata.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Callable
 
 from ..errors import UsageError, WeightsError, opt
 from ..files import sha256_file
-from ..options import DEFAULT_TAPS
+from ..options import DEFAULT_TAPS, MAP_POOLINGS, POOLINGS
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,11 @@ class Preprocessing:
         return asdict(self)
 
 
+#: What a stage hands a tap: a CNN map ``(N, C, H, W)``, transformer tokens ``(N, L, D)``
+#: or an already pooled vector ``(N, C)`` (a pre-logits head, which no pooling changes).
+TAP_KINDS = ("map", "tokens", "vector")
+
+
 @dataclass(frozen=True)
 class Tap:
     """A depth tap: the pooled output of stage ``stage`` (``channels`` wide, at ``stride``)."""
@@ -48,6 +55,12 @@ class Tap:
     stage: str
     channels: int
     stride: int
+    kind: str = "map"    # one of TAP_KINDS
+
+    def width(self, pooling: str) -> int:
+        """Width of the stored vector under ``pooling`` (``cls+mean`` doubles tokens)."""
+        return 2 * self.channels if self.kind == "tokens" and pooling == "cls+mean" \
+            else self.channels
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,9 @@ class BackboneSpec:
     imagenet_identity: Callable[[], str] = lambda: "imagenet"  # cheap, no build
     weights_help: str = "imagenet | none | PATH"
     requires: tuple = field(default=())    # importable modules it needs
+    poolings: tuple = MAP_POOLINGS         # what its taps can be pooled with
+    num_prefix_tokens: int = 0             # class/distillation/register tokens before patches
+    family: str = "cnn"                    # cnn | vit | hierarchical (for the report, --search)
 
     def tap(self, name: str) -> Tap:
         for tap in self.taps:
@@ -78,6 +94,22 @@ class BackboneSpec:
     def tap_names(self):
         return tuple(t.name for t in self.taps)
 
+    def check_pooling(self, pooling: str) -> str:
+        """``pooling`` if this backbone offers it; :class:`UsageError` naming what it offers."""
+        if pooling in self.poolings:
+            return pooling
+        if pooling not in POOLINGS:
+            raise UsageError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}",
+                             param="pool")
+        what = ("its taps are transformer tokens" if "cls" in self.poolings or
+                "mean" in self.poolings else "its taps are CNN feature maps")
+        raise UsageError(f"pooling {pooling!r} does not apply to backbone {self.name!r}: "
+                         f"{what}; valid for it: {', '.join(self.poolings)}", param="pool")
+
+    def widths(self, taps, pooling: str) -> dict:
+        """``{tap: stored width}`` of ``taps`` under ``pooling``."""
+        return {t: self.tap(t).width(pooling) for t in taps}
+
     def available(self) -> bool:
         import importlib.util
 
@@ -85,6 +117,8 @@ class BackboneSpec:
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+_RESOLVERS: dict[str, Callable[[str], BackboneSpec]] = {}
+_RESOLVED: dict[str, BackboneSpec] = {}
 
 
 def register_backbone(spec: BackboneSpec, replace: bool = False) -> BackboneSpec:
@@ -95,19 +129,38 @@ def register_backbone(spec: BackboneSpec, replace: bool = False) -> BackboneSpec
     return spec
 
 
+def register_resolver(prefix: str, resolve: Callable[[str], BackboneSpec]):
+    """Let :func:`get_backbone` answer names ``prefix + rest`` with ``resolve(rest)``
+    (a spec built on demand, e.g. ``timm/convnext_tiny.fb_in22k``), memoised per name."""
+    _RESOLVERS[prefix] = resolve
+
+
+def resolver_prefixes() -> list[str]:
+    return sorted(_RESOLVERS)
+
+
 def list_backbones(available_only: bool = False) -> list[str]:
-    """Registered backbone names, sorted."""
+    """Registered backbone names, sorted (resolved ``prefix/`` names are not listed)."""
     return sorted(n for n, s in _REGISTRY.items() if s.available() or not available_only)
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    """The spec registered as ``name``; :class:`UsageError` lists the valid names."""
-    try:
+    """The spec registered as ``name`` or resolved from its prefix (``timm/...``);
+    :class:`UsageError` lists the valid names."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise UsageError(
-            f"unknown backbone {name!r}; valid backbones: {', '.join(list_backbones())}"
-        ) from None
+    if name in _RESOLVED:
+        return _RESOLVED[name]
+    for prefix, resolve in _RESOLVERS.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            spec = resolve(name[len(prefix):])
+            _RESOLVED[name] = spec
+            return spec
+    dynamic = "".join(f" or {p}<model> (list them with `python cli.py backbones --search "
+                      "PATTERN`)" for p in resolver_prefixes())
+    raise UsageError(
+        f"unknown backbone {name!r}; valid backbones: {', '.join(list_backbones())}{dynamic}",
+        param="backbone") from None
 
 
 def resolve_taps(spec: BackboneSpec, names) -> tuple:

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import DeviceError, UsageError, opt
-from ..options import POOLINGS
+from ..options import MAP_POOLINGS, POOLINGS, TOKEN_POOLINGS
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,29 @@ log = logging.getLogger(__name__)
 GEM_P = 3.0
 
 
-def pool(x: torch.Tensor, how: str) -> torch.Tensor:
-    """Global pooling of ``(N, C, H, W)`` to ``(N, C)``; ``gem`` is generalised mean, p=3."""
+def pool(x: torch.Tensor, how: str, prefix_tokens: int = 1) -> torch.Tensor:
+    """Global pooling of a tap to ``(N, C)``.
+
+    A CNN map ``(N, C, H, W)`` takes ``avg``, ``max`` or ``gem`` (generalised
+    mean, p=3).  Transformer tokens ``(N, L, D)`` (``prefix_tokens`` class,
+    distillation and register tokens first, then the patches) take ``cls``
+    (token 0), ``mean`` (of the patch tokens only) or ``cls+mean`` (both,
+    ``(N, 2 D)``).  A vector ``(N, C)`` (a pre-logits head) is returned as it is.
+    """
+    if x.dim() == 2:
+        return x
+    if x.dim() == 3:
+        if how == "cls":
+            return x[:, 0]
+        if how == "mean":
+            return x[:, prefix_tokens:].mean(dim=1)
+        if how == "cls+mean":
+            return torch.cat([x[:, 0], x[:, prefix_tokens:].mean(dim=1)], dim=1)
+        raise UsageError(f"pooling {how!r} is for CNN feature maps; transformer tokens take "
+                         f"{', '.join(TOKEN_POOLINGS)}", param="pool")
+    if how in TOKEN_POOLINGS:
+        raise UsageError(f"pooling {how!r} is for transformer tokens; CNN feature maps take "
+                         f"{', '.join(MAP_POOLINGS)}", param="pool")
     if how == "avg":
         return x.mean(dim=(2, 3))
     if how == "max":
@@ -40,7 +61,8 @@ class TapExtractor(nn.Module):
     returns a tuple of ``(N, C_tap)`` float tensors in the order of ``taps``.
     """
 
-    def __init__(self, stages, tap_stages: dict, preprocessing, pooling: str = "avg"):
+    def __init__(self, stages, tap_stages: dict, preprocessing, pooling: str = "avg",
+                 prefix_tokens: int = 0):
         super().__init__()
         if pooling not in POOLINGS:
             raise UsageError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
@@ -54,6 +76,7 @@ class TapExtractor(nn.Module):
         self.tap_names = list(tap_stages)
         self.tap_stages = dict(tap_stages)
         self.pooling = pooling
+        self.prefix_tokens = prefix_tokens
         mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.register_buffer("mean", mean, persistent=False)
@@ -66,16 +89,57 @@ class TapExtractor(nn.Module):
             x = stage(x)
             for tap, tap_stage in self.tap_stages.items():
                 if tap_stage == name:
-                    pooled[tap] = pool(x, self.pooling).float()
+                    pooled[tap] = pool(x, self.pooling, self.prefix_tokens).float()
         return tuple(pooled[t] for t in self.tap_names)
 
 
 def build_extractor(loaded, taps, pooling: str = "avg") -> TapExtractor:
     """A :class:`TapExtractor` for a :class:`~pipeline.backbones.LoadedBackbone`."""
     spec = loaded.spec
+    spec.check_pooling(pooling)
     tap_stages = {t: spec.tap(t).stage for t in taps}
-    extractor = TapExtractor(loaded.stages(), tap_stages, spec.preprocessing, pooling)
+    extractor = TapExtractor(loaded.stages(), tap_stages, spec.preprocessing, pooling,
+                             spec.num_prefix_tokens)
     return extractor.eval()
+
+
+def measure_cost(spec, taps, pooling: str = "avg") -> dict | None:
+    """Parameters and GFLOPs of the network cut after each of ``taps``, for one image.
+
+    ``{"params": {tap: n}, "gflops": {tap: g}, "input_size": S, "method": ...}``,
+    cumulative from the input to the tap's stage; counted by
+    :class:`torch.utils.flop_counter.FlopCounterMode` (2 FLOPs per multiply-add)
+    on the meta device, so it needs no weights and computes nothing.  None when
+    the network cannot run on the meta device (logged).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..backbones.registry import LoadedBackbone
+
+    try:
+        with torch.device("meta"):
+            model = spec.build()
+        extractor = build_extractor(LoadedBackbone(spec, model, "meta"), taps, pooling)
+        size = spec.preprocessing.input_size
+        x = torch.zeros((1, 3, size, size), device="meta")
+        x = (x - extractor.mean.to("meta")) / extractor.std.to("meta")
+        flops_at, params_at, seen, n_params = {}, {}, set(), 0
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            for name, stage in zip(extractor.stage_names, extractor.stages):
+                x = stage(x)
+                for p in stage.parameters():
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        n_params += p.numel()
+                flops_at[name], params_at[name] = counter.get_total_flops(), n_params
+    except Exception as exc:  # a model that needs real tensors: cost is informative only
+        log.info("cost of %s not measured on the meta device (%s)", spec.name, exc)
+        return None
+    return {"params": {t: int(params_at[spec.tap(t).stage]) for t in taps},
+            "gflops": {t: round(flops_at[spec.tap(t).stage] / 1e9, 4) for t in taps},
+            "input_size": size,
+            "method": "torch.utils.flop_counter.FlopCounterMode, one image, meta device"}
 
 
 def resolve_device(device: str = "auto") -> torch.device:

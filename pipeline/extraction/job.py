@@ -94,11 +94,12 @@ class ExtractSummary:
 
 
 def default_store_path(out: str, dataset: str, backbone: str, pool: str) -> Path:
-    """``out`` itself when it names an ``.h5`` file, else ``out/<dataset>_<backbone>_<pool>.h5``."""
+    """``out`` itself when it names an ``.h5`` file, else ``out/<dataset>_<backbone>_<pool>.h5``
+    (a ``/`` in the backbone name, as in ``timm/convnext_tiny``, becomes ``-``)."""
     out = Path(out)
     if out.suffix in (".h5", ".hdf5"):
         return out
-    return out / f"{dataset}_{backbone}_{pool}.h5"
+    return out / f"{dataset}_{backbone.replace('/', '-')}_{pool}.h5"
 
 
 def data_root(cfg: ExtractConfig) -> Path:
@@ -138,6 +139,7 @@ def resolve(cfg: ExtractConfig):
     """
     validate(cfg)
     spec = get_backbone(cfg.backbone)
+    spec.check_pooling(cfg.pool)
     taps = resolve_taps(spec, cfg.layers)
     device_kind = cfg.device
     if device_kind == "auto":
@@ -236,8 +238,7 @@ def extract_manifest(cfg: ExtractConfig, manifest: Manifest, path: Path,
     cfg, spec, taps, device_kind = resolve(cfg)
     config = store_config(cfg, spec, manifest.classes)
     output_folder(path)
-    need = estimate_store_bytes(manifest.paths, {t: spec.tap(t).channels for t in taps},
-                                cfg.dtype)
+    need = estimate_store_bytes(manifest.paths, spec.widths(taps, cfg.pool), cfg.dtype)
     journal = f"{path}.partial"
     on_full = (f"the store needs about {human_bytes(need)}; the batches already extracted "
                f"are kept in {journal} and the next run resumes from them")
@@ -334,18 +335,32 @@ def _extract_and_write(cfg, spec, manifest, config, path, plan, device_kind, t_s
         done_rows, done_failed = journal.done(stamps)
     rows, skipped = assemble_rows(manifest, plan, done_rows, done_failed, path)
     check_free_space(path, journal, rows, skipped,
-                     {t: spec.tap(t).channels for t in plan.taps}, cfg.dtype)
+                     spec.widths(plan.taps, cfg.pool), cfg.dtype)
     speed = (n_forward / forward_seconds) if forward_seconds else 0.0
     created = FeatureStore(path).attrs.get("created") if plan.existing else None
     attrs = store_attrs(cfg, spec, config, manifest, created or now_iso(), speed)
+    attrs["cost"] = _cost(spec, plan.taps, cfg.pool, path if plan.existing else None)
     write_split_store(path, config, attrs, manifest.classes, rows, skipped,
-                      {t: spec.tap(t).channels for t in plan.taps}, cfg, plan.previous_split)
+                      spec.widths(plan.taps, cfg.pool), cfg, plan.previous_split)
     journal.discard()
     return ExtractSummary(
         path=path, n_images=len(rows), n_extracted=n_forward, n_reused=len(plan.reuse),
         n_resumed=len(resumed), skipped=[(p, r) for p, _s, r in skipped],
         seconds=time.perf_counter() - t_start, forward_seconds=forward_seconds,
         images_per_second=speed, runtime=cfg.runtime, precision=cfg.precision)
+
+
+def _cost(spec, taps, pool: str, old_path=None) -> dict:
+    """Parameters and GFLOPs per tap (:func:`pipeline.extraction.forward.measure_cost`),
+    kept from the old store when it measured the same taps; ``{}`` when not measurable."""
+    if old_path is not None:
+        old = FeatureStore(old_path).attrs.get("cost")
+        old = json.loads(old) if isinstance(old, str) else old
+        if isinstance(old, dict) and set(taps) <= set((old.get("gflops") or {})):
+            return old
+    from .forward import measure_cost
+
+    return measure_cost(spec, taps, pool) or {}
 
 
 def check_free_space(path: Path, journal: Journal, rows, skipped, taps: dict, dtype: str):

@@ -211,7 +211,7 @@ def make_runner(extractor, runtime: str, device, batch_size: int, preprocessing,
         # within TOLERANCE, so the vectors keep their meaning).
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         why = next((ln for ln in lines if ln.startswith("--")), lines[0] if lines else "")
-        log.warning("runtime auto: %s cannot run this network (%s: %s); using eager torch",
+        log.warning("runtime %s cannot run this network (%s: %s); falling back to eager torch",
                     runtime, type(exc).__name__, why[:200])
         runtime, precision = "eager", resolve_precision("auto", "eager", device)
     if runtime in ("eager", "compile"):

@@ -19,6 +19,7 @@ from ..runs.groups import group_runs, latest_per_seed
 from .fewshot import fewshot_section
 from .sections import (
     advice_section,
+    backbones_section,
     comparison_rows,
     confusion_section,
     curves_section,
@@ -94,6 +95,9 @@ def build_context(records: list, analysis: dict) -> dict:
     best = groups[0]
     verdict = verdict_section(groups)
     advice = advice_section(groups, verdict)
+    backbones = backbones_section(groups)
+    if backbones["advice"]:
+        advice["recommendation"].append(backbones["advice"])
     return {
         "title": f"Transfer-learning report: {best['dataset'] or 'dataset'}",
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -101,6 +105,7 @@ def build_context(records: list, analysis: dict) -> dict:
         "verdict": verdict,
         "table": comparison_rows(groups),
         "depth": depth_section(groups),
+        "backbones": backbones,
         "fewshot": fewshot_section(analysis["fewshot"]),
         "curves": curves_section(records),
         "confusion": confusion_section(best),

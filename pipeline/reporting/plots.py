@@ -72,6 +72,39 @@ def depth_plot(series: dict, references: list, taps: list) -> str:
         return _accuracy_figure(fig, ax, "tap (shallow to deep)")
 
 
+def pareto_plot(points: list) -> str:
+    """Accuracy against cost, one point per backbone, on two panels: GFLOPs (log) and
+    measured extraction img/s; the Pareto front (nothing both cheaper and more accurate)
+    is joined by a line.  ``points``: ``{name, accuracy, gflops, images_per_second,
+    front_gflops, front_speed}`` (costs may be None: the point is left out of that panel).
+    """
+    import matplotlib
+
+    with matplotlib.rc_context(SVG_RC):
+        fig = _figure(7.2, 3.2)
+        panels = ((fig.add_subplot(1, 2, 1), "gflops", "front_gflops",
+                   "GFLOPs per image (to the tap)"),
+                  (fig.add_subplot(1, 2, 2), "images_per_second", "front_speed",
+                   "extraction img/s (measured)"))
+        for ax, key, front_key, label in panels:
+            shown = [p for p in points if p.get(key)]
+            for p in shown:
+                ax.scatter([p[key]], [p["accuracy"]], marker="o" if p[front_key] else "x")
+                ax.annotate(mpl_text(p["name"]), (p[key], p["accuracy"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+            front = sorted((p for p in shown if p[front_key]), key=lambda p: p[key])
+            if len(front) > 1:
+                ax.plot([p[key] for p in front], [p["accuracy"] for p in front], "--",
+                        color="0.4", linewidth=1)
+            if key == "gflops" and shown:
+                ax.set_xscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel("accuracy")
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+        return to_data_uri(fig)
+
+
 def _accuracy_figure(fig, ax, xlabel: str) -> str:
     """Shared finish of the test-accuracy plots: labels, 0-1 axis, grid, legend on the right."""
     ax.set_xlabel(xlabel)

@@ -154,6 +154,118 @@ def _tap_rank(tap) -> int:
     return TAP_ORDER.index(tap) if tap in TAP_ORDER else len(TAP_ORDER)
 
 
+def _pareto(points: list, cost: str, cheaper_is) -> None:
+    """Mark in ``front_<cost>`` whether each point is on the Pareto front: no other point
+    is at least as accurate and at least as cheap, and strictly better in one."""
+    flag = "front_gflops" if cost == "gflops" else "front_speed"
+    for p in points:
+        if p.get(cost) is None:
+            p[flag] = False
+            continue
+        p[flag] = not any(
+            q is not p and q.get(cost) is not None and q["accuracy"] >= p["accuracy"]
+            and cheaper_is(q[cost], p[cost], strict=False)
+            and (q["accuracy"] > p["accuracy"] or cheaper_is(q[cost], p[cost], strict=True))
+            for q in points)
+
+
+def _fewer(a, b, strict):
+    return a < b if strict else a <= b
+
+
+def _faster(a, b, strict):
+    return a > b if strict else a >= b
+
+
+def backbones_section(groups: list) -> dict:
+    """Backbones side by side: per backbone, accuracy at each tap (its best head there,
+    chosen without test data), its best tap with cost (parameters and GFLOPs up to the
+    tap, measured extraction speed), the Pareto front of accuracy against cost, and the
+    backbone this data is best served by.  Computed from run records only."""
+    frozen = [g for g in groups if g["kind"] == "frozen" and g["layer"] in TAP_ORDER]
+    per_backbone = OrderedDict()
+    for g in frozen:
+        per_backbone.setdefault(g["backbone"] or "?", []).append(g)
+    if len(per_backbone) < 2:
+        return {"rows": [], "figure": None, "taps": [], "depth": [], "advice": None,
+                "note": "One backbone so far: extract the same folder with another "
+                        "(`python cli.py extract --backbone timm/convnext_tiny.fb_in22k`), "
+                        "fit heads on it, and the report compares them here (same split)."}
+    rows, depth = [], []
+    for backbone, gs in per_backbone.items():
+        best_at = {}
+        for g in gs:  # per tap, the head chosen without test data
+            if g["layer"] not in best_at or g["selection"] > best_at[g["layer"]]["selection"]:
+                best_at[g["layer"]] = g
+        depth.append({"backbone": backbone,
+                      "values": {t: g["accuracy"] for t, g in best_at.items()}})
+        best = max(best_at.values(), key=lambda g: (g["selection"], -_tap_rank(g["layer"])))
+        rep = best["rep"]
+        feats = rep.get("features") or {}
+        cost = feats.get("cost") or {}
+        tap = best["layer"]
+        weights = rep.get("weights") or ""
+        rows.append({
+            "backbone": backbone, "tap": tap, "head": best["method"],
+            "accuracy": best["accuracy"], "selection": best["selection"],
+            "ci": _ci(rep), "group": best,
+            "params": (cost.get("params") or {}).get(tap),
+            "gflops": (cost.get("gflops") or {}).get(tap),
+            "images_per_second": feats.get("images_per_second") or None,
+            "weights": weights,
+            "random_weights": weights.startswith("random-init"),
+        })
+    rows.sort(key=lambda r: (-r["selection"], r["gflops"] if r["gflops"] is not None
+                             else float("inf")))
+    points = [{"name": r["backbone"], "accuracy": r["accuracy"], "gflops": r["gflops"],
+               "images_per_second": r["images_per_second"]} for r in rows]
+    _pareto(points, "gflops", _fewer)
+    _pareto(points, "images_per_second", _faster)
+    for r, p in zip(rows, points):
+        r["pareto"] = p["front_gflops"] or p["front_speed"]
+    taps = [t for t in TAP_ORDER if any(t in d["values"] for d in depth)]
+    series = OrderedDict()
+    for g in frozen:  # accuracy vs depth, one line per backbone (its best head at each tap)
+        best_here = next(d for d in depth if d["backbone"] == (g["backbone"] or "?"))
+        if best_here["values"].get(g["layer"]) == g["accuracy"]:
+            pts = series.setdefault(g["backbone"] or "?", {})
+            lo, hi = _ci(g["rep"])
+            pts.setdefault(g["layer"], (g["layer"], g["accuracy"], lo, hi))
+    depth_figure = plots.depth_plot({b: list(p.values()) for b, p in series.items()}, [], taps)
+    return {"rows": rows, "depth": depth, "taps": taps, "figure": plots.pareto_plot(points),
+            "depth_figure": depth_figure, "advice": _backbone_advice(rows), "note": None}
+
+
+def _backbone_advice(rows: list) -> str:
+    """One sentence naming the backbone this data is best served by, with its cost and how
+    it compares with the runner-up (paired test on the shared test images or folds)."""
+    best = rows[0]
+    cost = ", ".join(part for part in (
+        f"{best['gflops']:.3g} GFLOPs" if best["gflops"] is not None else "",
+        f"{best['params'] / 1e6:.3g} M parameters" if best["params"] is not None else "",
+        f"{best['images_per_second']:.0f} img/s extracting" if best["images_per_second"]
+        else "") if part)
+    text = (f"Best backbone for this data: {best['backbone']} (tap {best['tap']}, "
+            f"{best['head']}), {best['accuracy']:.1%} accuracy"
+            + (f" at {cost}" if cost else "") + ", chosen without test data.")
+    second = rows[1]
+    test = compare(best["group"]["rep"], second["group"]["rep"])
+    if test is not None:
+        verdict = ("significantly" if test["p_value"] < SIGNIFICANCE else "not significantly")
+        text += (f" It is {verdict} better than the runner-up {second['backbone']} "
+                 f"({second['accuracy']:.1%}; {_test_label(test)} p = {test['p_value']:.3g}).")
+    cheaper = [r for r in rows[1:] if r["gflops"] is not None and best["gflops"] is not None
+               and r["gflops"] < best["gflops"] and r["accuracy"] >= best["accuracy"] - 0.01]
+    if cheaper:
+        c = min(cheaper, key=lambda r: r["gflops"])
+        text += (f" {c['backbone']} comes within a point ({c['accuracy']:.1%}) at "
+                 f"{best['gflops'] / c['gflops']:.1f}x fewer GFLOPs.")
+    if any(r["random_weights"] for r in rows):
+        text += (" Some backbones here have random weights (weights 'none'): their "
+                 "accuracies show the pipeline works, they are not results.")
+    return text
+
+
 def curves_section(records: list) -> list:
     out = []
     # Seeds of one strategy next to each other, in seed order.

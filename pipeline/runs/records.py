@@ -54,6 +54,19 @@ def make_run_id(method: str, layer: str | None = None) -> str:
     return "-".join(parts)
 
 
+def _store_cost(store) -> dict | None:
+    """The store's per-tap parameters and GFLOPs (``attrs["cost"]``), None without them."""
+    import json
+
+    cost = store.attrs.get("cost")
+    if isinstance(cost, str):
+        try:
+            cost = json.loads(cost)
+        except ValueError:
+            return None
+    return cost if isinstance(cost, dict) and cost else None
+
+
 def _skeleton(*, kind, method, label, store, classes, hyperparameters, search, fit_seconds,
               layer, trainable_params, history, seed, group) -> dict:
     """The fields every run record has, whatever its protocol."""
@@ -73,7 +86,8 @@ def _skeleton(*, kind, method, label, store, classes, hyperparameters, search, f
         # fingerprint tells it whether the file there is still this store.
         "features": {"path": str(Path(store.path).resolve()), "fingerprint": store.fingerprint,
                      "backbone": store.attrs.get("backbone"),
-                     "images_per_second": store.attrs.get("images_per_second")},
+                     "images_per_second": store.attrs.get("images_per_second"),
+                     "cost": _store_cost(store)},
         "data_root": str(store.data_root),
         "dataset": store.attrs.get("dataset"),
         "classes": list(classes),

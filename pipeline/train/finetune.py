@@ -152,6 +152,15 @@ def build_network(stages, n_classes: int, dropout: float, channels: int | None =
     return Network()
 
 
+def trunk_width(spec, stages) -> int:
+    """Width of the last stage's output: the declared channels of a tap on it (a timm
+    pre-logits head, whose last layer may be an identity), else read off its layers."""
+    for tap in reversed(spec.taps):
+        if stages and tap.stage == stages[-1][0]:
+            return tap.channels
+    return _out_channels(stages)
+
+
 def _out_channels(stages) -> int:
     _, nn = _torch()
     for _, module in reversed(stages):
@@ -415,13 +424,13 @@ def _datasets(cfg, store, loaded, stages, plan, pre, cache_dir):
     n_classes = len(store.classes)
     if cfg.cache == "auto" and cfg.bn == "frozen-eval" and plan.cut > 0:
         top = build_network(stages[plan.cut:], n_classes, cfg.dropout,
-                            channels=_out_channels(stages))
+                            channels=trunk_width(loaded.spec, stages))
         data, cache_seconds = _cached_splits(store, loaded, cfg, plan, pre, cache_dir)
         sets = {s: CachedViews(acts, store.y(s)[ok.numpy()], random_view=(s == "train"))
                 for s, (acts, ok, _) in data.items()}
         return top, sets, data["train"][2], dict(zip(names[plan.cut:], top.stages)), \
             cache_seconds
-    top = build_network(stages, n_classes, cfg.dropout)
+    top = build_network(stages, n_classes, cfg.dropout, channels=trunk_width(loaded.spec, stages))
     sets, skipped = {}, []
     for s in ("train", "val", "test"):
         ds = ImageFolderDataset(store.data_root, store.rel_paths(s), store.y(s), pre,
@@ -576,7 +585,7 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     def fresh_top():
         torch.manual_seed(cfg.seed)
         top = build_network(list(zip(names[plan.cut:], copy.deepcopy(pristine))), n_classes,
-                            cfg.dropout, channels=_out_channels(stages))
+                            cfg.dropout, channels=trunk_width(loaded.spec, stages))
         return top, dict(zip(names[plan.cut:], top.stages))
 
     def views(rows, train):
