@@ -33,7 +33,8 @@ def _build_unconvertible():
 
     class SingularValues(nn.Module):
         def forward(self, x):
-            return torch.linalg.svdvals(x.flatten(2))[..., None, None].expand(-1, -1, 2, 2)
+            s = torch.linalg.svdvals(x.flatten(2))[..., None, None]
+            return s.expand(-1, -1, x.shape[2], x.shape[3])
 
     net = nn.Module()
     net.a = SingularValues()
