@@ -309,8 +309,8 @@ def baseline(kind, features, seed, epochs, protocol, runs_dir):
 def model_option(fn):
     return click.option(
         "--model", "model_ref", required=True,
-        help="Run id (or prefix), run record JSON, saved model (.skops head, .pt network) "
-             "or an exported .onnx.")(fn)
+        help="Run id (or prefix), run record JSON, or saved model (.skops head, .pt network; "
+             "predict also takes an exported .onnx).")(fn)
 
 
 @cli.command()
@@ -349,6 +349,38 @@ def predict(model_ref, images, out_csv, overwrite, top_k, batch_size, device, ru
                        f"{top}")
     if out_csv:
         click.echo(f"wrote {out_csv}")
+
+
+@cli.command()
+@model_option
+@click.option("--out", required=True, type=click.Path(),
+              help="The .onnx file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@runs_option
+@handle_errors
+def export(model_ref, out, overwrite, runs_dir):
+    """Write one run's classifier as one ONNX graph: uint8 RGB (N, H, W, 3) at the input
+    size -> class probabilities.
+
+    Normalisation, the trunk to the tap, pooling, the standardiser and the head
+    (or the fine-tuned / baseline network) are in the graph; the class names,
+    the resize/crop rule the caller applies, the run id and the tap are in its
+    metadata.  Linear heads (logreg, linear-svm, sgd-logreg), fine-tuned runs and
+    the pixels/mlp/cnn baselines export exactly; svm and knn heads are refused.
+
+    Example: python cli.py export --model 20261122T0901 --out model.onnx
+    """
+    import json
+
+    from pipeline.workflows.export import run_export
+
+    res = run_export(model_ref, out, runs_dir, overwrite=overwrite)
+    meta = res.metadata
+    click.echo(f"{meta['run_id']} ({meta['method']}): {len(json.loads(meta['classes']))} classes, "
+               f"input {meta['input']}; ONNX Runtime matches torch within "
+               f"{res.max_difference:.1e}")
+    click.echo(f"caller's preprocessing: {meta['preprocessing']}")
+    click.echo(str(res.path))
 
 
 @cli.command()
