@@ -378,12 +378,14 @@ try:
     runpy.run_path("cli.py", run_name="__main__")
 except SystemExit as exc:
     assert not exc.code, exc.code
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm"))
+heavy = sorted(m for m in sys.modules
+               if m.split(".")[0] in ("torch", "torchvision", "timm", "sklearn"))
 print("HEAVY", heavy)
 """
 
 
 def test_predict_with_an_onnx_model_never_imports_torch(world, exported):
+    """The whole CLI process: ONNX Runtime, PIL and numpy; no torch, no scikit-learn."""
     _record, out = exported
     res = subprocess.run([sys.executable, "-c", SCRIPT, str(out), str(world["files"][0]),
                           str(world["files"][1])], capture_output=True, text=True, cwd=ROOT,
