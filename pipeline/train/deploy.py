@@ -119,7 +119,9 @@ def linear_head(model, n_features: int, chunk: int = 256) -> nn.Linear:
     bias = np.asarray(decision(np.zeros((1, n_features))), dtype=np.float64)
     cols = []
     for start in range(0, n_features, chunk):
-        eye = np.eye(n_features, dtype=np.float64)[start:start + chunk]
+        rows = np.arange(start, min(start + chunk, n_features))
+        eye = np.zeros((len(rows), n_features))
+        eye[np.arange(len(rows)), rows] = 1.0
         cols.append(np.asarray(decision(eye), dtype=np.float64) - bias)
     weight, bias = np.concatenate(cols).T, bias[0]       # (n_out, n_features), (n_out,)
     if weight.ndim == 1:                                 # binary: one score
