@@ -449,3 +449,21 @@ def test_real_lite0_head_on_bundled_photos(tmp_path):
     by_onnx = _proba_of(run_predict(str(out), files, top_k=3), classes)
     assert np.abs(by_onnx - by_run).max() < 1e-3
     assert (by_onnx.argmax(1) == by_run.argmax(1)).all() and (by_run.argmax(1) == y).all()
+
+
+def test_an_onnx_file_not_written_by_export_gives_a_message(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    plain = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(plain))
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a protobuf at all")
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    for path, message in ((plain, "not written by `python cli.py export`"),
+                          (broken, "cannot be loaded by ONNX Runtime")):
+        res = CliRunner().invoke(cli.cli, ["predict", "--model", str(path), str(photo)])
+        assert res.exit_code == 1 and message in res.output and str(path) in res.output

@@ -264,6 +264,16 @@ class CropRule:
     pre_shrink: int | None = None
     draft_short_side: int | None = None
 
+    def __post_init__(self):
+        if self.interpolation not in ("bicubic", "bilinear", "nearest"):
+            raise ValueError(f"unknown interpolation {self.interpolation!r}; valid: bicubic, "
+                             "bilinear, nearest")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"unknown rounding {self.rounding!r}; valid: {', '.join(ROUNDINGS)}")
+        if not 0 < int(self.input_size) <= int(self.resize_short_side):
+            raise ValueError(f"input_size {self.input_size} must be > 0 and at most "
+                             f"resize_short_side {self.resize_short_side}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -51,7 +51,7 @@ class RunModel:
     """A run's saved model, opened: what ``predict`` and ``export`` work from.
 
     ``kind``: frozen | pixels | mlp | cnn | finetune | onnx; ``bundle`` is what
-    was saved (for onnx: ``{"session", "metadata"}``).
+    was saved (for onnx: ``{"session", "metadata", "rule"}``).
     """
 
     kind: str
@@ -201,12 +201,20 @@ def _open_onnx(path: Path) -> RunModel:
     except Exception as exc:  # noqa: BLE001 - ORT raises its own types for a bad file
         raise StoreError(f"{path} cannot be loaded by ONNX Runtime ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200]})") from None
+    from ..data.decode import CropRule
+
     meta = dict(session.get_modelmeta().custom_metadata_map)
     if "classes" not in meta or "crop_rule" not in meta:
         raise StoreError(f"{path} was not written by `python cli.py export` (its metadata has "
                          "no classes and crop rule)")
-    return RunModel(ONNX_EXT, json.loads(meta["classes"]),
-                    {"session": session, "metadata": meta}, path, meta.get("run_id", ""))
+    try:
+        classes, rule = json.loads(meta["classes"]), CropRule(**json.loads(meta["crop_rule"]))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{path}: its metadata (classes, crop_rule) cannot be used: {exc}; "
+                         "export the run again") from None
+    return RunModel(ONNX_EXT, list(classes),
+                    {"session": session, "metadata": meta, "rule": rule}, path,
+                    meta.get("run_id", ""))
 
 
 # ------------------------------------------------------------------ per kind
@@ -228,10 +236,8 @@ def _crops(files, rule):
 
 
 def _onnx_proba(model, files, batch_size):
-    from ..data.decode import CropRule
-
-    session, meta = model.bundle["session"], model.bundle["metadata"]
-    crops, errors = _crops(files, CropRule(**json.loads(meta["crop_rule"])))
+    session = model.bundle["session"]
+    crops, errors = _crops(files, model.bundle["rule"])
     name = session.get_inputs()[0].name
     out = [session.run(None, {name: crops[s:s + batch_size]})[0]
            for s in range(0, len(crops), batch_size)]
