@@ -366,7 +366,8 @@ def export(model_ref, out, overwrite, runs_dir):
     (or the fine-tuned / baseline network) are in the graph; the class names,
     the resize/crop rule the caller applies, the run id and the tap are in its
     metadata.  Linear heads (logreg, linear-svm, sgd-logreg), fine-tuned runs and
-    the pixels/mlp/cnn baselines export exactly; svm and knn heads are refused.
+    the pixels/mlp/cnn baselines are one exported torch module; svm and knn heads
+    are converted by skl2onnx and joined to the trunk.
 
     Example: python cli.py export --model 20261122T0901 --out model.onnx
     """

@@ -164,43 +164,71 @@ def _confident_head(world, record, clf, tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("clf", ["logreg", "linear-svm"])
-def test_linear_head_export_equals_predict(world, tmp_path, clf):
-    """predict = the run record's test probabilities; the exported graph = predict's
-    model parts (the eager cut network + the scikit-learn head's predict_proba) on the
-    same 32 uint8 images within 1e-5, for the run's head and a confident one; end to
-    end from files within the torch-vs-PIL resize difference."""
+@pytest.fixture(scope="module")
+def batch32(world):
+    """32 uint8 crops by the frozen heads' rule and their features from the eager cut
+    network: the model parts of predict, fed the same batch as the exported graph."""
     from pipeline.backbones import load_backbone
     from pipeline.extraction.forward import build_extractor
+    from pipeline.train.deploy import crop_rule
+
+    rule = crop_rule("frozen", {"store_config": {"backbone": "resnet18"}})
+    crops = np.stack([rule.load(f) for f in world["files"][:32]])
+    extractor = build_extractor(load_backbone("resnet18", "none"), ["layer2"], "avg")
+    with torch.inference_mode():
+        feats = extractor(torch.from_numpy(crops).permute(0, 3, 1, 2))[0].numpy()
+    return crops, feats
+
+
+def _frozen_parity(world, batch32, ref, out, classes, files) -> np.ndarray:
+    """Export ``ref``; the graph = predict's parts on the same 32 crops (1e-5); from
+    ``files``, the .onnx path vs the run's (PIL vs torch resize); the graph's output."""
     from pipeline.heads.selection import predict_proba
 
+    res = run_export(ref, out, world["runs"], overwrite=True)
+    assert res.max_difference < 1e-5
+    crops, feats = batch32
+    np.testing.assert_array_equal(_crops(out, world["files"][:32]), crops)
+    exported = _session(out).run(None, {"images": crops})[0]
+    head = load_run_model(ref, world["runs"]).bundle["model"]
+    np.testing.assert_allclose(exported, predict_proba(head, feats), atol=1e-5, rtol=0)
+    if files:
+        by_run = _proba_of(run_predict(ref, files, world["runs"], top_k=3), classes)
+        by_onnx = _proba_of(run_predict(str(out), files, top_k=3), classes)
+        assert np.abs(by_onnx - by_run).max() < 0.02
+        assert np.mean(by_onnx.argmax(1) == by_run.argmax(1)) >= 0.9
+    return exported
+
+
+@pytest.mark.parametrize("clf", ["logreg", "linear-svm"])
+def test_linear_head_export_equals_predict(world, batch32, tmp_path, clf):
+    """predict = the run record's test probabilities; the exported graph = predict's
+    model parts (eager cut network + the scikit-learn head's predict_proba) on the
+    same 32 uint8 images within 1e-5, for the run's head and a confident one; end to
+    end from files within the torch-vs-PIL resize difference."""
     record = _fit(world, clf)
     classes = record["classes"]
     test = run_predict(record["run_id"], _test_paths(record, world), world["runs"], top_k=3)
     np.testing.assert_allclose(_proba_of(test, classes), record["predictions"]["proba"],
                                atol=2e-5)
-
-    extractor = build_extractor(load_backbone("resnet18", "none"), ["layer2"], "avg")
-    files = world["files"][:32]
+    out = tmp_path / f"{clf}.onnx"
+    _frozen_parity(world, batch32, record["run_id"], out, classes, [])
     confident = str(_confident_head(world, record, clf, tmp_path))
-    for ref in (record["run_id"], confident):
-        out = tmp_path / f"{clf}.onnx"
-        res = run_export(ref, out, world["runs"], overwrite=True)
-        assert res.max_difference < 1e-5
-        crops = _crops(out, files)                               # (32, 224, 224, 3)
-        assert crops.shape == (32, 224, 224, 3)
-        exported = _session(out).run(None, {"images": crops})[0]
-        head = load_run_model(ref, world["runs"]).bundle["model"]
-        with torch.inference_mode():
-            feats = extractor(torch.from_numpy(crops).permute(0, 3, 1, 2))[0].numpy()
-        np.testing.assert_allclose(exported, predict_proba(head, feats), atol=1e-5, rtol=0)
+    exported = _frozen_parity(world, batch32, confident, out, classes, world["files"][::3])
     assert exported.max(axis=1).mean() > 0.9            # the confident head is
 
-    files = world["files"][::3]                          # from files: 12 images, every class
-    by_run = _proba_of(run_predict(confident, files, top_k=3), classes)
-    by_onnx = _proba_of(run_predict(str(out), files, top_k=3), classes)
-    assert np.abs(by_onnx - by_run).max() < 0.02
-    assert np.mean(by_onnx.argmax(1) == by_run.argmax(1)) >= 0.9
+
+@pytest.mark.parametrize("clf", ["svm", "knn"])
+def test_svm_and_knn_heads_export_through_skl2onnx(world, batch32, tmp_path, clf):
+    """The calibrated RBF SVM and kNN heads: skl2onnx's graph joined to the trunk's
+    equals predict on the same 32 crops within 1e-5, and from files."""
+    record = _fit(world, clf)
+    exported = _frozen_parity(world, batch32, record["run_id"], tmp_path / f"{clf}.onnx",
+                              record["classes"], world["files"][::6])
+    assert exported.shape == (32, 3)
+    proto = onnx.load(str(tmp_path / f"{clf}.onnx"))
+    assert [o.name for o in proto.graph.output] == ["probabilities"]
+    assert {p.key: p.value for p in proto.metadata_props}["method"] == clf
 
 
 def test_export_metadata_names_classes_rule_run_and_tap(world, tmp_path):
@@ -226,21 +254,29 @@ def test_export_metadata_names_classes_rule_run_and_tap(world, tmp_path):
         run_export(record["run_id"], out, world["runs"])
 
 
-def test_svm_and_knn_heads_predict_but_export_is_refused_with_alternatives(tmp_path):
+def test_an_uncalibrated_svm_head_is_refused_naming_the_alternatives(tmp_path):
+    """An SVM whose smallest class had one image keeps raw margins (softmaxed by predict),
+    which ONNX's SVM operator does not compute: predict works, export says what to do."""
+    from pipeline.heads.persist import load_head, save_head
+    from pipeline.heads.selection import make_head
+
     folder = make_folder(tmp_path / "toy", per_class=8)
     summary = run_extract(ExtractConfig(data=str(folder), backbone="toy", layers=("layer1",),
                                         out=str(tmp_path / "f"), progress=False, workers=0))
-    for clf in ("svm", "knn"):
-        ((record, _),) = run_fit(str(summary.path), "layer1", clf, tmp_path / "runs",
-                                 protocol="holdout")
-        preds = run_predict(record["run_id"], [folder / "red"], tmp_path / "runs")
-        assert {p.label for p in preds} == {"red"}
-        res = CliRunner().invoke(cli.cli, ["export", "--model", record["run_id"], "--out",
-                                           str(tmp_path / f"{clf}.onnx"),
-                                           "--runs", str(tmp_path / "runs")])
-        assert res.exit_code == 2, res.output
-        assert "logreg, linear-svm or sgd-logreg" in res.output and "predict" in res.output
-        assert not (tmp_path / f"{clf}.onnx").exists()
+    ((record, _),) = run_fit(str(summary.path), "layer1", "svm", tmp_path / "runs",
+                             protocol="holdout")
+    bundle = load_head(record["model_file"])
+    store = FeatureStore(summary.path)
+    raw = make_head("svm", 1.0, calibrated=False).fit(store.X("layer1"), store.labels)
+    head = tmp_path / "raw-svm.skops"
+    save_head({**bundle, "model": raw}, head)
+    preds = run_predict(str(head), [folder / "red"])
+    assert {p.label for p in preds} == {"red"}
+    res = CliRunner().invoke(cli.cli, ["export", "--model", str(head), "--out",
+                                       str(tmp_path / "svm.onnx")])
+    assert res.exit_code == 2, res.output
+    assert "uncalibrated" in res.output and "--clf logreg" in res.output
+    assert "predict --model" in res.output and not (tmp_path / "svm.onnx").exists()
 
 
 def test_sgd_head_exports_exactly(tmp_path):

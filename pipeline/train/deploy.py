@@ -12,7 +12,8 @@ runs; ``export`` writes it as one ONNX graph.
 Linear heads (logistic regression, linear SVM, the SGD head) become one
 ``nn.Linear`` with the standardiser folded in, read off the fitted
 scikit-learn pipeline and checked against its ``predict_proba``; RBF-SVM
-and kNN heads have no such form and are refused with the alternatives.
+and kNN heads have no such form: :func:`build_frozen_trunk` gives their
+backbone alone, and ``export`` converts the head with skl2onnx.
 """
 
 from __future__ import annotations
@@ -219,6 +220,33 @@ def crop_rule(kind: str, bundle: dict) -> CropRule:
                     "torchvision", None if cached_trunk else short, short)
 
 
+class Features(nn.Module):
+    """``forward(images)``: ``(N, S, S, 3)`` uint8 RGB -> ``(N, C)`` pooled features of one
+    tap (the cut backbone of a frozen head, for heads converted outside torch)."""
+
+    def __init__(self, extractor: nn.Module):
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, images):
+        return self.extractor(images.permute(0, 3, 1, 2))[0]
+
+
+def build_frozen_trunk(bundle: dict) -> tuple[Features, CropRule, dict]:
+    """``(features module in eval mode, crop rule, details)`` of a frozen head's run: the
+    backbone cut at its tap, pooled, without the head."""
+    from ..backbones import load_backbone
+    from ..extraction.forward import build_extractor
+
+    cfg, tap = bundle["store_config"], bundle["tap"]
+    loaded = load_backbone(cfg["backbone"], check_head_weights(bundle))
+    trunk = Features(build_extractor(loaded, [tap], cfg["pooling"])).eval()
+    details = {"backbone": cfg["backbone"], "tap": tap, "pooling": cfg["pooling"],
+               "weights": cfg["weights"], "head": head_name(bundle["model"]),
+               "channels": loaded.spec.tap(tap).channels}
+    return trunk, crop_rule("frozen", bundle), details
+
+
 def build_classifier(kind: str, bundle: dict) -> tuple[Classifier, CropRule, dict]:
     """``(classifier in eval mode, crop rule, details)`` of a run's saved model.
 
@@ -228,16 +256,9 @@ def build_classifier(kind: str, bundle: dict) -> tuple[Classifier, CropRule, dic
     """
     details = {"backbone": "", "tap": "", "pooling": ""}
     if kind == "frozen":
-        from ..backbones import load_backbone
-        from ..extraction.forward import build_extractor
-
-        cfg, tap = bundle["store_config"], bundle["tap"]
-        loaded = load_backbone(cfg["backbone"], check_head_weights(bundle))
-        extractor = build_extractor(loaded, [tap], cfg["pooling"])
-        head = _head_or_refusal(bundle["model"], loaded.spec.tap(tap).channels)
-        body = FrozenHead(extractor, head)
-        details = {"backbone": cfg["backbone"], "tap": tap, "pooling": cfg["pooling"],
-                   "weights": cfg["weights"], "head": head_name(bundle["model"])}
+        trunk, _rule, details = build_frozen_trunk(bundle)
+        body = FrozenHead(trunk.extractor, _head_or_refusal(bundle["model"],
+                                                            details["channels"]))
     elif kind == "pixels":
         size = int(bundle["params"]["size"])
         body = Pixels(_head_or_refusal(bundle["model"], 3 * size * size))
@@ -268,9 +289,6 @@ def build_classifier(kind: str, bundle: dict) -> tuple[Classifier, CropRule, dic
 def _head_or_refusal(model, n_features: int) -> nn.Linear:
     name = head_name(model)
     if name not in LINEAR_HEADS:
-        raise UsageError(
-            f"a {name} head (RBF SVM or kNN) has no exact linear form, so it is not exported "
-            "into one graph with the backbone; fit a logreg, linear-svm or sgd-logreg head on "
-            "the same store (python cli.py fit --clf logreg --layer TAP) and export that, or "
-            "label images with python cli.py predict --model RUN", param="model_ref")
+        raise UsageError(f"a {name} head has no exact linear form; pipeline.workflows.export "
+                         "converts it with skl2onnx", param="model_ref")
     return linear_head(model, n_features)

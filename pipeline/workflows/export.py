@@ -6,11 +6,14 @@ up to the tap, pooling, the standardiser and the head (or the fine-tuned /
 baseline network) and the softmax, all in one graph built from
 :func:`pipeline.train.deploy.build_classifier` and exported with
 ``torch.onnx.export`` as :func:`pipeline.extraction.runtimes.export_onnx`
-exports the feature extractor.  What the caller must do before (decode to
-RGB, resize the shorter side, centre-crop) and what the columns are go into
-the model's ``metadata_props`` (:func:`metadata`); the snippet in README,
+exports the feature extractor.  RBF-SVM and kNN heads, which have no
+linear form, are converted by skl2onnx and joined to the exported trunk
+with ``onnx.compose``.  What the caller must do before (decode to RGB,
+resize the shorter side, centre-crop) and what the columns are go into the
+model's ``metadata_props`` (:func:`metadata`); the snippet in README,
 "Deploy", reads them.  Before the file is written, ONNX Runtime's output on
-probe images is compared with the torch module's.
+probe images is compared with what ``predict`` computes (the torch module,
+or the trunk then scikit-learn).
 """
 
 from __future__ import annotations
@@ -48,8 +51,13 @@ def run_export(model_ref, out, runs_dir=DEFAULT_RUNS_DIR, overwrite: bool = Fals
                probe_images: int = 4) -> ExportResult:
     """Write the classifier of run ``model_ref`` (run id, prefix, record or model file)
     to ``out`` (``.onnx``) as one ONNX graph; refuses an existing ``out`` unless
-    ``overwrite``.  A head that is not linear (RBF SVM, kNN) is refused with the
-    alternatives."""
+    ``overwrite``.
+
+    Linear heads, fine-tuned runs and the baselines are one torch module,
+    exported whole.  RBF-SVM (calibrated) and kNN heads are converted by
+    skl2onnx and joined to the exported trunk (``onnx.compose``); an SVM left
+    uncalibrated (a class of one image) is refused with the alternatives.
+    """
     import time
 
     t0 = time.perf_counter()
@@ -62,14 +70,27 @@ def run_export(model_ref, out, runs_dir=DEFAULT_RUNS_DIR, overwrite: bool = Fals
     model = load_run_model(model_ref, runs_dir)
     if model.kind == "onnx":
         raise UsageError(f"{model.path} is already an exported model", param="model_ref")
-    from ..train.deploy import build_classifier
+    from ..train.deploy import LINEAR_HEADS, build_classifier, build_frozen_trunk, head_name
 
-    classifier, rule, details = build_classifier(model.kind, model.bundle)
+    converted = model.kind == "frozen" and head_name(model.bundle["model"]) not in LINEAR_HEADS
+    if converted:
+        trunk, rule, details = build_frozen_trunk(model.bundle)
+        _check_convertible(model)
+        head = model.bundle["model"]
+        reference = _trunk_then_head(trunk, head)
+    else:
+        classifier, rule, details = build_classifier(model.kind, model.bundle)
+        reference = _torch_reference(classifier)
     meta = metadata(model, rule, details)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        _write_onnx(classifier, rule.input_size, tmp, meta)
-        gap = _check(classifier, tmp, rule.input_size, probe_images)
+        if converted:
+            proto = _merge_head(_torch_to_onnx(trunk, rule.input_size, tmp, "features"), head,
+                                details["channels"])
+        else:
+            proto = _torch_to_onnx(classifier, rule.input_size, tmp, "probabilities")
+        _save(proto, meta, tmp)
+        gap = _check(reference, tmp, rule.input_size, probe_images)
     log.info("exported %s to %s (ONNX Runtime vs torch on %d probe images: %.2g)",
              model.run_id, out, probe_images, gap)
     return ExportResult(out, meta, gap, time.perf_counter() - t0)
@@ -104,17 +125,67 @@ def metadata(model, rule, details: dict) -> dict:
     }
 
 
-def _write_onnx(classifier, size: int, path, meta: dict) -> None:
+def _torch_to_onnx(module, size: int, path, output: str):
+    """``module`` (uint8 ``(N, size, size, 3)`` in) exported to ``path`` and loaded back."""
     import onnx
     import torch
 
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(classifier, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["images"], output_names=["probabilities"],
-                          dynamic_axes={"images": {0: "n"}, "probabilities": {0: "n"}})
-    proto = onnx.load(str(path))
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["images"], output_names=[output],
+                          dynamic_axes={"images": {0: "n"}, output: {0: "n"}})
+    return onnx.load(str(path))
+
+
+def _check_convertible(model) -> None:
+    from ..train.deploy import head_name
+
+    name = head_name(model.bundle["model"])
+    if name == "SVC":
+        raise UsageError(
+            f"run {model.run_id}'s SVM head was left uncalibrated (a class had one image), so "
+            "its probabilities are a softmax of one-vs-rest margins that ONNX's SVM operator "
+            "does not compute; fit a logreg or linear-svm head on the same store (python "
+            "cli.py fit --clf logreg --layer TAP) and export that, or label images with "
+            "python cli.py predict --model RUN", param="model_ref")
+    try:
+        import skl2onnx  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            f"a {name} head is converted to ONNX by skl2onnx, which is not installed: pip "
+            "install skl2onnx, or export a logreg, linear-svm or sgd-logreg head of the same "
+            "tap (python cli.py fit --clf logreg --layer TAP)", param="model_ref") from None
+
+
+def _merge_head(trunk, head, n_features: int):
+    """The trunk graph (``images`` -> ``features``) followed by ``head`` (a fitted
+    scikit-learn pipeline) converted by skl2onnx: one graph ``images`` -> ``probabilities``."""
+    import onnx
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    final = head.steps[-1][1] if hasattr(head, "steps") else head
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # it reads SVC's deprecated probA_
+        converted = convert_sklearn(
+            head, initial_types=[("features", FloatTensorType([None, n_features]))],
+            target_opset={"": OPSET, "ai.onnx.ml": 3}, options={id(final): {"zipmap": False}})
+    converted = onnx.compose.add_prefix(converted, "head/")
+    converted.ir_version = trunk.ir_version      # merge_models wants one IR version
+    merged = onnx.compose.merge_models(trunk, converted, io_map=[("features", "head/features")],
+                                       outputs=["head/probabilities"])
+    for node in merged.graph.node:
+        node.output[:] = ["probabilities" if o == "head/probabilities" else o
+                          for o in node.output]
+    merged.graph.output[0].name = "probabilities"
+    return merged
+
+
+def _save(proto, meta: dict, path) -> None:
+    import onnx
+
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -125,19 +196,39 @@ def _write_onnx(classifier, size: int, path, meta: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def _check(classifier, path, size: int, n: int) -> float:
-    """Largest difference of ONNX Runtime's probabilities from the torch module's on
-    ``n`` random images; :class:`StoreError` above :data:`EXPORT_TOLERANCE`."""
-    import onnxruntime as ort
+def _torch_reference(classifier):
     import torch
 
+    def run(images):
+        with torch.inference_mode():
+            return classifier(torch.from_numpy(images)).numpy()
+
+    return run
+
+
+def _trunk_then_head(trunk, head):
+    """What ``predict`` computes: the eager trunk's features, then scikit-learn."""
+    import torch
+
+    from ..heads.selection import predict_proba
+
+    def run(images):
+        with torch.inference_mode():
+            return predict_proba(head, trunk(torch.from_numpy(images)).numpy())
+
+    return run
+
+
+def _check(reference, path, size: int, n: int) -> float:
+    """Largest difference of ONNX Runtime's probabilities from ``reference``'s on ``n``
+    random images; :class:`StoreError` above :data:`EXPORT_TOLERANCE`."""
+    import onnxruntime as ort
+
     images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    with torch.inference_mode():
-        ref = classifier(torch.from_numpy(images)).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"images": images})[0]
-    gap = float(np.abs(got - ref).max())
+    gap = float(np.abs(got - reference(images)).max())
     if gap > EXPORT_TOLERANCE:
-        raise StoreError(f"the exported graph differs from the torch model by {gap:.2g} "
+        raise StoreError(f"the exported graph differs from the model by {gap:.2g} "
                          f"(more than {EXPORT_TOLERANCE:g}); nothing was written")
     return gap
