@@ -74,8 +74,8 @@ def run_export(model_ref, out, runs_dir=DEFAULT_RUNS_DIR, overwrite: bool = Fals
 
     converted = model.kind == "frozen" and head_name(model.bundle["model"]) not in LINEAR_HEADS
     if converted:
-        trunk, rule, details = build_frozen_trunk(model.bundle)
         _check_convertible(model)
+        trunk, rule, details = build_frozen_trunk(model.bundle)
         head = model.bundle["model"]
         reference = _trunk_then_head(trunk, head)
     else:
