@@ -391,32 +391,82 @@ def baseline(kind, features, seed, epochs, protocol, runs_dir):
     click.echo(f"{record['label']}: {summary_line(record)}  {path}")
 
 
+def model_option(fn):
+    return click.option(
+        "--model", "model_ref", required=True,
+        help="Run id (or prefix), run record JSON, or saved model (.skops head, .pt network; "
+             "predict also takes an exported .onnx).")(fn)
+
+
 @cli.command()
-@click.option("--model", "model_ref", required=True,
-              help="Run id (or prefix), run record JSON, or fitted head .skops.")
+@model_option
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", "out_csv", type=click.Path(), default=None, help="Write a CSV here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Classes listed per image, best first.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @device_option
 @runs_option
 @handle_errors
-def predict(model_ref, images, out_csv, overwrite, batch_size, device, runs_dir):
-    """Label images with a fitted head (features extracted exactly as in training).
+def predict(model_ref, images, out_csv, overwrite, top_k, batch_size, device, runs_dir):
+    """Label images with any run's model: a frozen head, fine-tuned network, the CNN,
+    MLP or pixel baseline, made as in training; or an exported .onnx (ONNX Runtime
+    alone, no torch).
 
-    Example: python cli.py predict --model 20261122T0901 photos/ --out preds.csv
+    Example: python cli.py predict --model 20261122T0901 photos/ --out preds.csv --top-k 2
+
+    Example: python cli.py predict --model model.onnx photo.jpg
     """
     from pipeline.workflows.predict import run_predict
 
-    preds = run_predict(model_ref, images, runs_dir, out_csv, batch_size, device,
+    preds = run_predict(model_ref, images, runs_dir, out_csv, batch_size, device, top_k=top_k,
                         overwrite=overwrite)
+    width = min(60, max(len("path"), *(len(p.path) for p in preds)))
+    label_width = max(len("label"), *(len(p.label) for p in preds))
+    click.echo(f"{'path':<{width}}  {'label':<{label_width}}  {'prob':>6}  top-{top_k}")
     for p in preds:
         if p.error:
-            click.echo(f"{p.path}\tSKIPPED\t{p.error}")
+            click.echo(f"{p.path:<{width}}  {'SKIPPED':<{label_width}}  {'':>6}  {p.error}")
         else:
-            click.echo(f"{p.path}\t{p.label}\t{p.probability:.4f}")
+            top = ", ".join(f"{c} {q:.3f}" for c, q in p.top)
+            click.echo(f"{p.path:<{width}}  {p.label:<{label_width}}  {p.probability:>6.4f}  "
+                       f"{top}")
     if out_csv:
         click.echo(f"wrote {out_csv}")
+
+
+@cli.command()
+@model_option
+@click.option("--out", required=True, type=click.Path(),
+              help="The .onnx file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@runs_option
+@handle_errors
+def export(model_ref, out, overwrite, runs_dir):
+    """Write one run's classifier as one ONNX graph: uint8 RGB (N, H, W, 3) at the input
+    size -> class probabilities.
+
+    Normalisation, the trunk to the tap, pooling, the standardiser and the head
+    (or the fine-tuned / baseline network) are in the graph; the class names,
+    the resize/crop rule the caller applies, the run id and the tap are in its
+    metadata.  Linear heads (logreg, linear-svm, sgd-logreg), fine-tuned runs and
+    the pixels/mlp/cnn baselines are one exported torch module; svm and knn heads
+    are converted by skl2onnx and joined to the trunk.
+
+    Example: python cli.py export --model 20261122T0901 --out model.onnx
+    """
+    import json
+
+    from pipeline.workflows.export import run_export
+
+    res = run_export(model_ref, out, runs_dir, overwrite=overwrite)
+    meta = res.metadata
+    click.echo(f"{meta['run_id']} ({meta['method']}): {len(json.loads(meta['classes']))} classes, "
+               f"input {meta['input']}; ONNX Runtime matches torch within "
+               f"{res.max_difference:.1e}")
+    click.echo(f"caller's preprocessing: {meta['preprocessing']}")
+    click.echo(str(res.path))
 
 
 @cli.command()

@@ -164,7 +164,8 @@ def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None, protocol: str 
 
 
 def predict(model, images, *, runs_dir=DEFAULT_RUNS_DIR, top_k: int = 3, **options):
-    """Label image files or folders with a frozen head (a :class:`Run`, run id or ``.skops`` head).
+    """Label image files or folders with any run's model: a :class:`Run`, a run id, a
+    saved model (``.skops``, ``.pt``) or an exported ``.onnx`` (ONNX Runtime, no torch).
 
     Returns a list of :class:`pipeline.workflows.predict.Prediction`.
     """
@@ -174,6 +175,17 @@ def predict(model, images, *, runs_dir=DEFAULT_RUNS_DIR, top_k: int = 3, **optio
     return run_predict(ref, [str(i) for i in ([images] if isinstance(images, (str, Path))
                                               else images)],
                        runs_dir, top_k=top_k, **options)
+
+
+def export(model, out="model.onnx", *, runs_dir=DEFAULT_RUNS_DIR, overwrite: bool = False):
+    """Write ``model`` (a :class:`Run` or run id) as one ONNX classifier at ``out``: uint8
+    RGB ``(N, S, S, 3)`` -> probabilities; class names and the resize/crop rule in its
+    metadata.  Returns :class:`pipeline.workflows.export.ExportResult` (``.path``,
+    ``.metadata``)."""
+    from .workflows.export import run_export
+
+    ref = model.record.get("model_file") if isinstance(model, Run) else str(model)
+    return run_export(ref, out, runs_dir, overwrite=overwrite)
 
 
 def report(runs_dir=DEFAULT_RUNS_DIR, out="reports/report.html", *, overwrite: bool = False):

@@ -3,7 +3,9 @@
 :func:`load_rgb` / :func:`load_array` decode one file (libjpeg-turbo for plain
 JPEGs, PIL for everything else), raising :class:`ImageDecodeError` with a
 reason for any file that is not a usable image; :func:`resize_center_crop`
-then makes the crop the weights expect.
+then makes the crop the weights expect.  :class:`CropRule` is the same
+resize-and-crop as data, in PIL and numpy only (no torch): what an exported
+model's caller applies, written into the model's metadata.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import math
 import warnings
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -196,19 +199,9 @@ def resize_center_crop(img, size: int, crop_pct: float, interpolation: str,
                          "bilinear, nearest")
     arr = np.asarray(img)
     h, w = arr.shape[:2]
-    scale_size = int(math.floor(size / crop_pct))
-    if w <= h:
-        new_w, new_h = scale_size, max(1, int(round(h * scale_size / w)))
-    else:
-        new_w, new_h = max(1, int(round(w * scale_size / h))), scale_size
-    left = (new_w - size) // 2
-    top = (new_h - size) // 2
+    new_w, new_h, left, top = _geometry(w, h, int(math.floor(size / crop_pct)), size, "round")
     if backend == "pil" or interpolation == "nearest":
-        from PIL import Image
-
-        resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR,
-                    "nearest": Image.NEAREST}[interpolation]
-        out = np.asarray(Image.fromarray(arr).resize((new_w, new_h), resample))
+        out = np.asarray(pil_resize(arr, (new_w, new_h), interpolation))
         return out[top:top + size, left:left + size].transpose(2, 0, 1).copy()
     import torch
     import torch.nn.functional as F
@@ -218,3 +211,100 @@ def resize_center_crop(img, size: int, crop_pct: float, interpolation: str,
     y = F.interpolate(x.unsqueeze(0), size=(new_h, new_w), mode=interpolation, antialias=True,
                       align_corners=False)
     return y[0, :, top:top + size, left:left + size].contiguous().numpy()
+
+
+#: How the long side and the crop offset are rounded: ``round`` as
+#: :func:`resize_center_crop` (long side rounded, offset floored); ``torchvision``
+#: as ``transforms.Resize(int)`` + ``CenterCrop`` (long side truncated, offset rounded).
+ROUNDINGS = ("round", "torchvision")
+
+
+def _geometry(w: int, h: int, short: int, size: int, rounding: str):
+    """``(new_w, new_h, left, top)``: the short side resized to ``short``, a centred
+    ``size`` square."""
+    if rounding == "torchvision":
+        long = int(short * max(w, h) / min(w, h))
+        new_w, new_h = (short, long) if w <= h else (long, short)
+        return new_w, new_h, int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    if w <= h:
+        new_w, new_h = short, max(1, int(round(h * short / w)))
+    else:
+        new_w, new_h = max(1, int(round(w * short / h))), short
+    return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
+
+
+def pil_resize(img, size, interpolation: str):
+    """``img`` (PIL image or ``(H, W, 3)`` uint8) resized by PIL to ``size = (w, h)``."""
+    from PIL import Image
+
+    if not isinstance(img, Image.Image):
+        img = Image.fromarray(np.asarray(img))
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR,
+                "nearest": Image.NEAREST}[interpolation]
+    return img.resize(size, resample)
+
+
+@dataclass(frozen=True)
+class CropRule:
+    """How a decoded image becomes a model's ``(S, S, 3)`` uint8 input, in PIL and numpy.
+
+    Decode with :func:`load_rgb` (``target_short_side=draft_short_side``: large
+    JPEGs decoded at a reduced DCT scale, as training did); when
+    ``pre_shrink`` is set, first shrink images whose short side is longer with
+    PIL bicubic (what :class:`pipeline.train.datasets.ImageFolderDataset`
+    keeps in memory); resize the short side to ``resize_short_side`` with PIL
+    ``interpolation``; take the centred ``input_size`` square (``rounding``:
+    :data:`ROUNDINGS`).  An exported model carries these fields as metadata.
+    """
+
+    input_size: int
+    resize_short_side: int
+    interpolation: str
+    rounding: str = "round"
+    pre_shrink: int | None = None
+    draft_short_side: int | None = None
+
+    def __post_init__(self):
+        if self.interpolation not in ("bicubic", "bilinear", "nearest"):
+            raise ValueError(f"unknown interpolation {self.interpolation!r}; valid: bicubic, "
+                             "bilinear, nearest")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"unknown rounding {self.rounding!r}; valid: {', '.join(ROUNDINGS)}")
+        if not 0 < int(self.input_size) <= int(self.resize_short_side):
+            raise ValueError(f"input_size {self.input_size} must be > 0 and at most "
+                             f"resize_short_side {self.resize_short_side}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        shrink = (f"shrink the shorter side to {self.pre_shrink} px if longer (PIL bicubic), "
+                  if self.pre_shrink else "")
+        return (f"RGB, {shrink}resize the shorter side to {self.resize_short_side} px "
+                f"(PIL {self.interpolation}), centre-crop {self.input_size}x{self.input_size}; "
+                f"uint8 (N, {self.input_size}, {self.input_size}, 3)")
+
+    def apply(self, img) -> np.ndarray:
+        """The ``(input_size, input_size, 3)`` uint8 crop of an RGB PIL image."""
+        if self.pre_shrink:
+            w, h = img.size
+            scale = self.pre_shrink / min(w, h)
+            if scale < 1:
+                img = pil_resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                   "bicubic")
+        w, h = img.size
+        new_w, new_h, left, top = _geometry(w, h, self.resize_short_side, self.input_size,
+                                            self.rounding)
+        out = np.asarray(pil_resize(img, (new_w, new_h), self.interpolation))
+        return np.ascontiguousarray(out[top:top + self.input_size,
+                                        left:left + self.input_size])
+
+    def load(self, path) -> np.ndarray:
+        """Decode ``path`` and apply the rule; :class:`ImageDecodeError` if unusable."""
+        from ..files import read_regular
+
+        try:
+            data = read_regular(path)  # never blocks on a FIFO that took a file's place
+        except OSError as exc:
+            raise ImageDecodeError(path, f"cannot read file ({exc})") from None
+        return self.apply(load_rgb(path, target_short_side=self.draft_short_side, data=data))

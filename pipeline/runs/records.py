@@ -30,7 +30,6 @@ import numpy as np
 
 from ..errors import StoreError, opt
 from ..files import atomic_path, atomic_write
-from .metrics import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +115,8 @@ def new_record(*, kind: str, method: str, label: str, store, classes, val_pred, 
     ``val_pred`` / ``test_pred`` are ``(n_val,)`` / ``(n_test,)`` predicted
     labels in store order; ``test_proba`` is ``(n_test, n_classes)`` or None.
     """
+    from .metrics import evaluate  # scikit-learn: not imported by readers of records
+
     y_val, y_test = store.y("val"), store.y("test")
     test_paths = store.rel_paths("test")
     record = _skeleton(kind=kind, method=method, label=label, store=store, classes=classes,

@@ -167,6 +167,36 @@ def make_cnn(n_classes: int, width: int = 32, dropout: float = 0.3):
     return nn.Sequential(*layers)
 
 
+def cnn_preprocessing(size: int):
+    """The scratch CNN's fixed preprocessing at ``size`` px (no pretrained weights)."""
+    from ..backbones import Preprocessing
+
+    return Preprocessing(input_size=size, crop_pct=0.875, interpolation="bilinear",
+                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def network_from_bundle(bundle: dict):
+    """The trained MLP or CNN of a saved baseline (:func:`model_writer`), in eval mode.
+
+    The MLP takes standardised pixels ``(N, 3 * size * size)`` (its buffers
+    ``pixel_mean`` and ``pixel_std`` say how); the CNN normalised ``(N, 3, size, size)``.
+    """
+    import torch
+
+    kind, params, n_classes = bundle["kind"], bundle["params"], len(bundle["classes"])
+    if kind == "cnn":
+        model = make_cnn(n_classes, params["width"], params["dropout"])
+    elif kind == "mlp":
+        n_inputs = 3 * params["size"] ** 2
+        model = make_mlp(n_inputs, n_classes, params["hidden"], params["dropout"])
+        model.register_buffer("pixel_mean", torch.zeros(n_inputs))
+        model.register_buffer("pixel_std", torch.ones(n_inputs))
+    else:
+        raise UsageError(f"baseline {kind!r} has no torch network; valid: mlp, cnn")
+    model.load_state_dict(bundle["state_dict"])
+    return model.eval()
+
+
 def _predict(model, dataset):
     from .loop import evaluate_model
 
@@ -330,13 +360,11 @@ def _fit_cnn_rows(store, params, seed, rows, _pixels=None, skip_training_failure
     in ``skipped``)."""
     import torch
 
-    from ..backbones import Preprocessing
     from .datasets import ImageFolderDataset
     from .loop import ParamGroup, Schedule, TrainConfig, train
 
     t0 = time.perf_counter()
-    pre = Preprocessing(input_size=params["size"], crop_pct=0.875, interpolation="bilinear",
-                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    pre = cnn_preprocessing(params["size"])
     sets, skipped = {}, []
     for split, idx in rows.items():
         ds = ImageFolderDataset(store.data_root, [store.paths[i] for i in idx],

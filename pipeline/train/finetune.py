@@ -416,6 +416,35 @@ class FinetuneResult:
                 "preprocessing": self.preprocessing.to_dict()}
 
 
+def network_from_bundle(bundle: dict):
+    """The trained network of a saved :meth:`FinetuneResult.model_bundle`, in eval mode:
+    normalised ``(N, 3, S, S)`` -> ``(N, n_classes)`` logits (the frozen trunk, then the
+    trained top).  Every tensor comes from the bundle, so the backbone is built on the
+    meta device (no random initialisation to compute) and the saved tensors assigned."""
+    from ..backbones import load_backbone
+
+    torch, nn = _torch()
+    cfg, cut = bundle["config"], int(bundle["cut"])
+    with torch.device("meta"):
+        stages = load_backbone(cfg["backbone"], "none").stages()
+        names = [n for n, _ in stages]
+        if names != list(bundle["stage_names"]):
+            raise UsageError(f"the saved network has stages {bundle['stage_names']} but "
+                             f"{cfg['backbone']} here has {names}; it was saved by another "
+                             "version")
+        top = build_network(stages[cut:], len(bundle["classes"]), cfg["dropout"],
+                            channels=_out_channels(stages))
+        trunk = nn.Sequential(*[m for _, m in stages[:cut]])
+    top.load_state_dict(bundle["top_state"], assign=True)
+    trunk.load_state_dict({k.removeprefix("trunk."): v for k, v in bundle["trunk_state"].items()},
+                          assign=True)
+    network = nn.Sequential(trunk, top).eval()
+    if any(t.is_meta for t in [*network.parameters(), *network.buffers()]):
+        raise UsageError("the saved network lacks some of its tensors; it was saved by another "
+                         "version")
+    return network
+
+
 def _datasets(cfg, store, loaded, stages, plan, pre, cache_dir):
     """``(top network, {split: dataset}, skipped, {stage: module}, cache seconds)``."""
     from .datasets import ImageFolderDataset
