@@ -142,3 +142,86 @@ def test_report_lists_pairs_and_scores_the_clean_test_images(planted):
             if path != "roses/15977362155_461030c196_m.jpg"]
     assert len(keep) == n_test - 1
     assert f"<strong>{sum(keep) / len(keep) * 100:.1f}%</strong> on the {n_test - 1}" in sec
+
+
+# ------------------------------------------------------------------ augmentation preview
+
+
+def _tiles(jpeg: bytes, tile: int = 112):
+    """The grid's tiles as arrays: ``[row][column]``."""
+    import io
+
+    img = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).astype(int)
+    step = tile + 16
+    return [[img[r * step:r * step + tile, c * step:c * step + tile]
+             for c in range(img.shape[1] // step)] for r in range(img.shape[0] // step)]
+
+
+def test_augmentation_preview_draws_the_preset_and_is_reproducible():
+    import torch
+
+    from pipeline.backbones import get_backbone
+    from pipeline.train.datasets import augmentation_preview
+
+    pre = get_backbone("efficientnet_lite0").preprocessing
+    paths = ["daisy/105806915_a9c13e2106_n.jpg", "roses/15186434972_e353da940a.jpg"]
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    standard = augmentation_preview(SAMPLE, paths, pre, "standard", draws=6, seed=0)
+    assert torch.rand(1) == before                 # training's RNG is left as it was
+    assert standard == augmentation_preview(SAMPLE, paths, pre, "standard", draws=6, seed=0)
+    tiles = _tiles(standard)
+    assert len(tiles) == 2 and len(tiles[0]) == 7  # original + 6 draws per image
+    draws = tiles[0][1:]
+    assert min(np.abs(a - b).mean() for k, a in enumerate(draws) for b in draws[k + 1:]) > 1
+    none = _tiles(augmentation_preview(SAMPLE, paths, pre, "none", draws=6, seed=0))[0][1:]
+    assert max(np.abs(a - none[0]).mean() for a in none) < 1   # centre crop: all the same
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """A toy store over 3 x 6 real photos, one frozen run and one (tiny) fine-tuning run."""
+    from pipeline.train.finetune import FinetuneConfig
+    from pipeline.workflows.finetune import run_finetune
+
+    root = tmp_path_factory.mktemp("aug")
+    for cls in ("daisy", "roses", "tulips"):
+        (root / "data" / cls).mkdir(parents=True)
+        for p in sorted((SAMPLE / cls).glob("*.jpg"))[:6]:
+            shutil.copy(p, root / "data" / cls / p.name)
+    summary = run_extract(ExtractConfig(data=str(root / "data"), backbone="toy",
+                                        layers=("layer1",), out=str(root / "f"),
+                                        progress=False, workers=0))
+    store = FeatureStore(summary.path)
+    add_frozen_runs(store, root / "runs", clfs=("logreg",))
+    record, path = run_finetune(FinetuneConfig(
+        features=str(summary.path), backbone="resnet18", weights="none", input_size=32,
+        epochs=1, batch_size=8, views=2, unfreeze="layer4"), root / "runs")
+    return store, record, root
+
+
+def test_finetune_run_stores_its_augmentation_preview_and_the_curves_show_it(tuned):
+    import base64
+    import json
+
+    store, record, root = tuned
+    info = json.loads((root / "runs" / f"{record['run_id']}.json").read_text())[
+        "augmentation_preview"]
+    file = Path(info["file"])
+    assert file == (root / "runs" / f"{record['run_id']}.augment.jpg").resolve()
+    assert info["preset"] == "standard" and info["draws"] == 6 and info["cached_views"] == 2
+    assert "RandomResizedCrop(size=(32, 32), scale=(0.8, 1.0)" in info["transform"]
+    assert "ColorJitter(brightness=(0.8, 1.2)" in info["transform"]
+    # three training images, one per class, each the first of its class in the store
+    train = [p for p, c in zip(store.paths, store.split_codes) if c == 0]
+    assert info["paths"] == [next(p for p in train if p.startswith(c + "/"))
+                             for c in ("daisy", "roses", "tulips")]
+    tiles = _tiles(file.read_bytes())
+    assert len(tiles) == 3 and len(tiles[0]) == 7
+    html = build_report(root / "runs", root / "report.html").read_text(encoding="utf-8")
+    curves = re.search(r'<section id="curves".*?</section>', html, re.S).group(0)
+    uri = "data:image/jpeg;base64," + base64.b64encode(file.read_bytes()).decode("ascii")
+    assert curves.count(uri) == 1 and "preset <strong>standard</strong>" in curves
+    assert "1 augmented view drawn once" in curves
+    assert len(html.encode()) < 5_000_000
