@@ -225,3 +225,50 @@ def test_finetune_run_stores_its_augmentation_preview_and_the_curves_show_it(tun
     assert curves.count(uri) == 1 and "preset <strong>standard</strong>" in curves
     assert "1 augmented view drawn once" in curves
     assert len(html.encode()) < 5_000_000
+
+
+# ------------------------------------------------------------------ feature hierarchy
+
+
+def test_hierarchy_record_by_hand_on_the_toy_net(toy_folder, tmp_path):
+    """Toy net (conftest): layer1 = (R, G) pooled 2x2, layer2 = (R+G, R-G, R/2) pooled
+    4x4, on flat-colour images (colour + 3 x index), so every number is known."""
+    from click.testing import CliRunner
+
+    from cli import cli
+    from pipeline.workflows.hierarchy import latest_hierarchy
+
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(cli, ["hierarchy", "--data", str(toy_folder), "--backbone",
+                                      "toy", "--channels", "2", "--patches", "3",
+                                      "--runs", str(runs)])
+    assert result.exit_code == 0, result.output
+    record = latest_hierarchy(runs)
+    assert Path(result.output.strip().splitlines()[-1]).is_file()
+    assert record["n_images"] == 18 and [t["tap"] for t in record["taps"]] == ["layer1",
+                                                                              "layer2"]
+    l1, l2 = record["taps"]
+    # receptive fields: 1x1 convolutions after 2x2 (layer1) and 2x2 + 2x2 (layer2) pooling
+    assert (l1["receptive_field"], l2["receptive_field"]) == (2, 4)
+    assert l1["map_size"] == [8, 8] and l2["map_size"] == [4, 4]
+    # layer1: R (0, 200, 240 + 3i) varies more than G (0, 160, 3i): R first
+    assert [u["channel"] for u in l1["units"]] == [0, 1]
+    red = l1["units"][0]["patches"]
+    assert [p["path"] for p in red] == ["red/img_05.png", "red/img_04.png", "red/img_03.png"]
+    assert [p["activation"] for p in red] == pytest.approx([255, 252, 249])
+    assert all(p["box"][2] - p["box"][0] == 2 for p in red)
+    # layer2 per class (blue, green, red): R+G 0/160/240, R-G 0/-160/240, R/2 0/0/120,
+    # so R-G varies most, then R+G
+    assert [u["channel"] for u in l2["units"]] == [1, 0]
+    assert record["filters"]["shape"] == [2, 3, 1, 1]
+    assert record["filters"]["grid"].startswith("data:image/png;base64,")
+    # the report shows the record as it is
+    from report_helpers import add_frozen_runs as add_runs
+    from report_helpers import make_store
+
+    add_runs(make_store(toy_folder, tmp_path / "features"), runs, clfs=("logreg",))
+    html = build_report(runs, tmp_path / "report.html").read_text(encoding="utf-8")
+    sec = re.search(r'<section id="hierarchy".*?</section>', html, re.S).group(0)
+    assert sec.count(l1["grid"]) == 1 and sec.count(l2["grid"]) == 1
+    assert record["filters"]["grid"] in sec and "From 18 of your images" in sec
+    assert "receptive field 2 px" in sec and "rows: channels 0, 1" in sec
