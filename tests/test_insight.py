@@ -129,7 +129,7 @@ def test_report_lists_pairs_and_scores_the_clean_test_images(planted):
     m = re.search(r'<section id="leakage".*?</section>', html, re.S)
     assert m
     sec = m.group(0)
-    assert "<strong>4</strong> exact-duplicate pairs" in sec
+    assert "<strong>4</strong> exact-duplicate pairs" in sec and "only indicative" not in sec
     assert "<strong>4</strong> near-duplicate pairs" in sec
     assert "All 8 pairs" in sec
     assert sec.count("data:image/jpeg;base64,") == 16       # two thumbnails per pair
@@ -272,3 +272,6 @@ def test_hierarchy_record_by_hand_on_the_toy_net(toy_folder, tmp_path):
     assert sec.count(l1["grid"]) == 1 and sec.count(l2["grid"]) == 1
     assert record["filters"]["grid"] in sec and "From 18 of your images" in sec
     assert "receptive field 2 px" in sec and "rows: channels 0, 1" in sec
+    # the toy store's leakage check is flagged: the threshold was calibrated on lite0 layer4
+    leak = re.search(r'<section id="leakage".*?</section>', html, re.S).group(0)
+    assert "only indicative" in leak

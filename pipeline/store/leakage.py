@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 NEAR_THRESHOLD = 0.95
 
 
-#: Tap the threshold was calibrated on; used when the store holds it.
-CALIBRATED_TAP = "layer4"
+#: Backbone and tap the threshold was calibrated on; the tap is used when the store holds it.
+CALIBRATED_BACKBONE, CALIBRATED_TAP = "efficientnet_lite0", "layer4"
 
 
 #: Near pairs kept (most similar first); the counts are always over every pair.
@@ -61,19 +61,21 @@ def near_pairs(Z: np.ndarray, threshold: float, block: int = 512, max_pairs: int
     Returns ``(pairs (m, 2) int64, similarity (m,) float32, n_total)``: the
     ``max_pairs`` most similar of the ``n_total`` found.
     """
-    found_ij, found_s = [], []
+    ij, s, n_total = np.zeros((0, 2), np.int64), np.zeros(0, np.float32), 0
     n = len(Z)
     for start in range(0, n, block):
         S = Z[start:start + block] @ Z.T                    # (b, n)
         rows, cols = np.nonzero(S >= threshold)
         keep = cols > rows + start                           # upper triangle only
         rows, cols = rows[keep], cols[keep]
-        found_ij.append(np.stack([rows + start, cols], axis=1))
-        found_s.append(S[rows, cols].astype(np.float32))
-    ij = np.concatenate(found_ij) if found_ij else np.zeros((0, 2), np.int64)
-    s = np.concatenate(found_s) if found_s else np.zeros(0, np.float32)
+        n_total += len(rows)
+        ij = np.concatenate([ij, np.stack([rows + start, cols], axis=1)])
+        s = np.concatenate([s, S[rows, cols].astype(np.float32)])
+        if len(s) > max_pairs:  # keep memory bounded by max_pairs, not by the pairs found
+            top = np.argpartition(-s, max_pairs - 1)[:max_pairs]
+            ij, s = ij[top], s[top]
     order = np.argsort(-s, kind="stable")[:max_pairs]
-    return ij[order].astype(np.int64), s[order], len(s)
+    return ij[order], s[order], n_total
 
 
 def nearest_similarity(Z: np.ndarray, block: int = 512) -> np.ndarray:
@@ -124,12 +126,23 @@ def find_duplicates(store, threshold: float = NEAR_THRESHOLD, tap: str | None = 
              + [_pair(store, i, j, s, "near") for i, j, s in near])
     kept_exact = _counts(pairs, "exact")
     out = {"tap": tap, "threshold": threshold, "n_images": len(store),
+           "calibrated": threshold == NEAR_THRESHOLD and is_calibrated(store, tap),
            "exact": kept_exact, "near": _counts(pairs, "near"),
            "n_pairs_kept": len(pairs), "pairs": pairs}
     out["near"]["total"] = n_near  # over every pair, not only the kept ones
     out["test_with_train_duplicate"] = _test_with_train(store, pairs)
     out["oof_with_train_duplicate"] = _oof_with_train(store, exact, near)
     return out
+
+
+def is_calibrated(store, tap: str) -> bool:
+    """Whether ``tap`` of ``store`` is what :data:`NEAR_THRESHOLD` was calibrated on
+    (:data:`CALIBRATED_BACKBONE` with its ImageNet weights, :data:`CALIBRATED_TAP`)."""
+    from ..backbones import get_backbone
+
+    if tap != CALIBRATED_TAP or store.config.get("backbone") != CALIBRATED_BACKBONE:
+        return False
+    return store.config.get("weights") == get_backbone(CALIBRATED_BACKBONE).imagenet_identity()
 
 
 def _pair(store, i: int, j: int, similarity: float, kind: str) -> dict:
@@ -174,8 +187,11 @@ def _oof_with_train(store, exact, near) -> list:
 def summary_line(found: dict) -> str:
     """One sentence of counts for the extract log."""
     e, n = found["exact"], found["near"]
+    caveat = ("" if found["calibrated"] else f" (threshold calibrated on {CALIBRATED_BACKBONE} "
+              f"ImageNet {CALIBRATED_TAP}: only indicative here)")
     return (f"{e['total']} exact-duplicate pair(s) ({e['cross_split']} across splits, "
             f"{e['cross_class']} across classes) and {n['total']} near-duplicate pair(s) "
             f"(cosine >= {found['threshold']} at {found['tap']}; {n['cross_split']} across "
             f"splits, {n['cross_class']} across classes); "
-            f"{len(found['test_with_train_duplicate'])} test image(s) have one in training")
+            f"{len(found['test_with_train_duplicate'])} test image(s) have one in training"
+            + caveat)
