@@ -110,7 +110,7 @@ def test_planted_duplicates_are_found_across_splits_and_classes(planted):
     assert found["near"]["total"] == 4 and found["near"]["cross_split"] == 3
     assert found["near"]["cross_class"] == 0
     assert (found["near"]["by_split"]["train-val"], found["near"]["by_split"]["val-test"]) == (2, 1)
-    assert found["test_with_train_duplicate"] == [rose]
+    assert found["test_with_train_duplicate"] == found["test_with_trainval_duplicate"] == [rose]
     # extract warned with the same counts
     warning = [m for m in messages if m.startswith("leakage check")]
     assert len(warning) == 1
@@ -135,6 +135,7 @@ def test_report_lists_pairs_and_scores_the_clean_test_images(planted):
     assert sec.count("data:image/jpeg;base64,") == 16       # two thumbnails per pair
     n_test = store.split_sizes()["test"]
     assert f"<strong>1</strong> of {n_test} test images" in sec
+    assert "<strong>1</strong> in training or validation" in sec
     # the accuracy on the test images without a duplicate in training, by hand
     rec = load_records(runs)[0]
     pred = rec["predictions"]
@@ -142,6 +143,28 @@ def test_report_lists_pairs_and_scores_the_clean_test_images(planted):
             if path != "roses/15977362155_461030c196_m.jpg"]
     assert len(keep) == n_test - 1
     assert f"<strong>{sum(keep) / len(keep) * 100:.1f}%</strong> on the {n_test - 1}" in sec
+
+
+def test_cv_run_is_rescored_on_images_without_a_duplicate_in_another_fold(planted, tmp_path):
+    from pipeline.workflows.fit import run_fit
+
+    store, _, _ = planted
+    [(record, _path)] = run_fit(str(store.path), "layer4", "logreg", tmp_path / "runs",
+                                protocol="cv")
+    html = build_report(tmp_path / "runs", tmp_path / "r.html").read_text(encoding="utf-8")
+    sec = re.search(r'<section id="leakage".*?</section>', html, re.S).group(0)
+    # by hand: a pair leaks when its two images sit in different folds of repeat 0
+    folds = dict(zip(store.paths, store.folds[:, 0]))
+    found = find_duplicates(store)
+    leaked = {x for p in found["pairs"] if folds[p["a"]["path"]] != folds[p["b"]["path"]]
+              for x in (p["a"]["path"], p["b"]["path"])}
+    assert sorted(leaked) == found["oof_with_train_duplicate"] and leaked
+    pred = record["predictions"]
+    keep = [t == p for path, t, p in zip(pred["paths"], pred["y_true"], pred["y_pred"])
+            if path not in leaked]
+    assert "is cross-validated" in sec
+    assert f"<strong>{len(leaked)}</strong> images have a duplicate in another fold" in sec
+    assert f"<strong>{sum(keep) / len(keep) * 100:.1f}%</strong> on the {len(keep)}" in sec
 
 
 # ------------------------------------------------------------------ augmentation preview

@@ -33,11 +33,14 @@ def leakage_section(found: dict | None, best: dict) -> dict:
         shown.append({**p, "thumb_a": thumbnail(root / p["a"]["path"], PAIR_THUMB),
                       "thumb_b": thumbnail(root / p["b"]["path"], PAIR_THUMB)})
     cv = is_cv(best["rep"])
-    leaked = set(found["oof_with_train_duplicate" if cv else "test_with_train_duplicate"])
+    # Holdout: train + val, since a frozen head is refitted on both (a fine-tuning run
+    # selects its epoch on val); cv: the other folds of repeat 0, whose predictions it is.
+    leaked = set(found["oof_with_train_duplicate" if cv else "test_with_trainval_duplicate"])
     return {"note": None, "found": found, "shown": shown, "cv": cv,
             "n_pairs": found["exact"]["total"] + found["near"]["total"],
             "n_test": (found.get("split_sizes") or {}).get("test"),
             "n_test_leaked": len(found["test_with_train_duplicate"]),
+            "n_test_leaked_trainval": len(found["test_with_trainval_duplicate"]),
             "n_oof_leaked": len(found["oof_with_train_duplicate"]),
             "clean": clean_accuracy(best["rep"], leaked), "group": best}
 

@@ -106,9 +106,10 @@ def find_duplicates(store, threshold: float = NEAR_THRESHOLD, tap: str | None = 
                     block: int = 512, max_pairs: int = MAX_PAIRS) -> dict:
     """Exact and near-duplicate pairs of ``store`` (a FeatureStore), JSON-ready.
 
-    ``{"tap", "threshold", "n_images", "exact": counts, "near": counts, "pairs":
-    [...], "n_pairs_kept", "test_with_train_duplicate": [test paths],
-    "oof_with_train_duplicate": [paths]}``.  A near pair is a pair of
+    ``{"tap", "threshold", "calibrated", "n_images", "exact": counts, "near": counts,
+    "pairs": [...], "n_pairs_kept", "test_with_train_duplicate": [test paths],
+    "test_with_trainval_duplicate": [test paths], "oof_with_train_duplicate":
+    [paths]}``.  A near pair is a pair of
     *different* files; counts are ``{"total", "cross_split", "cross_class",
     "by_split": {"train-test": n, ...}}``.  ``oof_with_train_duplicate`` lists
     images with a partner in another cross-validation fold (repeat 0), i.e. in
@@ -130,7 +131,9 @@ def find_duplicates(store, threshold: float = NEAR_THRESHOLD, tap: str | None = 
            "exact": kept_exact, "near": _counts(pairs, "near"),
            "n_pairs_kept": len(pairs), "pairs": pairs}
     out["near"]["total"] = n_near  # over every pair, not only the kept ones
-    out["test_with_train_duplicate"] = _test_with_train(store, pairs)
+    out["test_with_train_duplicate"] = _test_with(pairs)
+    # a holdout frozen head is refitted on train + val: both are its training images
+    out["test_with_trainval_duplicate"] = _test_with(pairs, ("train", "val"))
     out["oof_with_train_duplicate"] = _oof_with_train(store, exact, near)
     return out
 
@@ -164,12 +167,12 @@ def _counts(pairs, kind: str) -> dict:
                          for k, a in enumerate(SPLITS) for b in SPLITS[k:]}}
 
 
-def _test_with_train(store, pairs) -> list:
-    """Test images with an exact or near-duplicate in the training split."""
+def _test_with(pairs, splits=("train",)) -> list:
+    """Test images with an exact or near-duplicate in one of ``splits``."""
     out = set()
     for p in pairs:
         for x, y in ((p["a"], p["b"]), (p["b"], p["a"])):
-            if x["split"] == "test" and y["split"] == "train":
+            if x["split"] == "test" and y["split"] in splits:
                 out.add(x["path"])
     return sorted(out)
 
@@ -193,5 +196,6 @@ def summary_line(found: dict) -> str:
             f"{e['cross_class']} across classes) and {n['total']} near-duplicate pair(s) "
             f"(cosine >= {found['threshold']} at {found['tap']}; {n['cross_split']} across "
             f"splits, {n['cross_class']} across classes); "
-            f"{len(found['test_with_train_duplicate'])} test image(s) have one in training"
+            f"{len(found['test_with_train_duplicate'])} test image(s) have one in training, "
+            f"{len(found['test_with_trainval_duplicate'])} in training or validation"
             + caveat)
