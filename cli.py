@@ -487,6 +487,35 @@ def report(runs_dir, out, overwrite):
 
 
 @cli.command()
+@data_option
+@backbone_options
+@click.option("--layer", "layers", multiple=True, type=LAYER_CHOICES,
+              help="Tap to show (repeatable; default: all).")
+@click.option("--limit", type=click.IntRange(min=1), default=300, show_default=True,
+              help="About this many images, the first of each class in proportion.")
+@click.option("--channels", type=click.IntRange(min=1, max=64), default=8, show_default=True,
+              help="Channels per tap (those that vary most across the images).")
+@click.option("--patches", type=click.IntRange(min=1, max=32), default=6, show_default=True,
+              help="Top patches per channel.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@runs_option
+@handle_errors
+def hierarchy(data, backbone, weights, layers, limit, channels, patches, batch_size, runs_dir):
+    """Show what each tap responds to: for a few channels per tap, the patches of your
+    images that activate it most, and the first convolution's filters.
+
+    Writes a record under <runs>/hierarchy/ that `report` shows (section 10).
+
+    Example: python cli.py hierarchy --limit 300
+    """
+    from pipeline.workflows.hierarchy import run_hierarchy
+
+    _record, path = run_hierarchy(data, backbone, weights, layers or ("all",), limit,
+                                  channels, patches, runs_dir, batch_size)
+    click.echo(str(path))
+
+
+@cli.command()
 @click.option("--out", default="reports/demo", show_default=True,
               help="Folder for this demo's runs and report (a new timestamped sub-folder).")
 @click.option("--no-progress", is_flag=True)

@@ -228,7 +228,28 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary:
     t_start = time.perf_counter()
     validate(cfg)
     manifest = build_manifest(cfg)
-    return extract_manifest(cfg, manifest, store_path(cfg), t_start)
+    summary = extract_manifest(cfg, manifest, store_path(cfg), t_start)
+    log_leakage(summary.path)
+    return summary
+
+
+def log_leakage(path: Path) -> dict | None:
+    """Warn with the counts of exact and near-duplicate pairs of the store at ``path``
+    (:func:`pipeline.store.leakage.find_duplicates`); returns them (None if the check
+    could not run: the store is written either way)."""
+    from ..store.leakage import find_duplicates, summary_line
+
+    try:
+        found = find_duplicates(FeatureStore(path))
+    except (StoreError, OSError, ValueError) as exc:
+        log.warning("leakage check of %s not run: %s", path, exc)
+        return None
+    if found["exact"]["total"] or found["near"]["total"]:
+        log.warning("leakage check of %s: %s (`python cli.py report` lists them)", path,
+                    summary_line(found))
+    else:
+        log.info("leakage check of %s: no duplicate pairs", path)
+    return found
 
 
 def extract_manifest(cfg: ExtractConfig, manifest: Manifest, path: Path,

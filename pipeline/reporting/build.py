@@ -17,6 +17,8 @@ from ..errors import StoreError, UsageError, opt
 from ..files import atomic_write
 from ..runs.groups import group_runs, latest_per_seed
 from .fewshot import fewshot_section
+from .hierarchy import hierarchy_section
+from .leakage import leakage_section
 from .sections import (
     advice_section,
     backbones_section,
@@ -110,7 +112,9 @@ def build_context(records: list, analysis: dict) -> dict:
         "curves": curves_section(records),
         "confusion": confusion_section(best),
         "mistakes": mistakes_section(best),
+        "leakage": leakage_section(analysis.get("leakage"), best),
         "feature_map": feature_map_section(analysis["feature_map"]),
+        "hierarchy": hierarchy_section(analysis.get("hierarchy")),
         "advice": advice,
         "provenance": provenance_section(records, groups),
     }

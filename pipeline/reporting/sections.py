@@ -279,8 +279,30 @@ def curves_section(records: list) -> list:
         out.append({"record": r, "figure": plots.learning_curve_plot(history, best_epoch),
                     "score": score(r)["value"], "score_name": "cv" if is_cv(r) else "test",
                     "trap": training_trap(history), "epochs": len(history),
-                    "best_epoch": best_epoch})
+                    "best_epoch": best_epoch, "preview": augmentation_preview(r)})
     return out
+
+
+#: Largest augmentation preview embedded (bytes); a bigger file is named, not embedded.
+MAX_PREVIEW_BYTES = 400_000
+
+
+def augmentation_preview(record: dict):
+    """``{"src": data URI or None, "info": record["augmentation_preview"], "missing"}``
+    of a fine-tuning run's stored preview (written when the run was recorded), or None."""
+    info = record.get("augmentation_preview")
+    if not isinstance(info, dict) or not info.get("file"):
+        return None
+    path = Path(info["file"])
+    try:
+        data = path.read_bytes() if path.stat().st_size <= MAX_PREVIEW_BYTES else None
+    except OSError as exc:
+        log.warning("augmentation preview of run %s not shown: %s", record.get("run_id"), exc)
+        return {"src": None, "info": info, "missing": str(path)}
+    if data is None:
+        return {"src": None, "info": info, "missing": f"{path} (over {MAX_PREVIEW_BYTES:,} B)"}
+    return {"src": "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii"),
+            "info": info, "missing": None}
 
 
 def training_trap(history: list):

@@ -122,3 +122,48 @@ class TensorPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.X[i], int(self.y[i])
+
+
+def augmentation_preview(root, paths, preprocessing, augment: str, draws: int = 6,
+                         seed: int = 0, tile: int = 112, gap: int = 16) -> bytes:
+    """A JPEG grid: one row per image of ``paths`` (under ``root``), the original fitted
+    in a ``tile`` px square, then ``draws`` outputs of :func:`image_transform` with
+    ``augment`` exactly as training applies it (decoded as training decodes), with
+    the weights' normalisation undone for display.
+
+    Seeded with ``seed`` inside :func:`torch.random.fork_rng`, so training's RNG is
+    untouched.  Files that do not decode get a grey row.  Tiles sit ``tile + gap``
+    px apart, a multiple of JPEG's 16 px blocks, so equal tiles stay equal after
+    compression.  Returns the JPEG bytes.
+    """
+    import io
+
+    from PIL import Image
+
+    transform = image_transform(preprocessing, augment)
+    short = int(math.ceil(preprocessing.input_size / preprocessing.crop_pct))
+    mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
+    std = torch.tensor(preprocessing.std).view(3, 1, 1)
+    step = tile + gap
+    grid = Image.new("RGB", ((draws + 1) * step, len(paths) * step), "white")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for r, rel in enumerate(paths):
+            try:
+                img = load_rgb(Path(root) / rel, target_short_side=short)
+            except (ImageDecodeError, OSError) as exc:
+                log.warning("augmentation preview: skipped %s (%s)", rel, exc)
+                grid.paste((200, 200, 200), (0, r * step, grid.width, (r + 1) * step))
+                continue
+            original = img.copy()
+            original.thumbnail((tile, tile))
+            grid.paste(original, ((tile - original.width) // 2,
+                                  r * step + (tile - original.height) // 2))
+            for d in range(draws):
+                x = (transform(img) * std + mean).clamp(0, 1)
+                view = Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round()
+                                       .astype(np.uint8)).resize((tile, tile), Image.BILINEAR)
+                grid.paste(view, ((d + 1) * step, r * step))
+    buf = io.BytesIO()
+    grid.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()

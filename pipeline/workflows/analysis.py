@@ -1,4 +1,5 @@
-"""Analyses of a feature store that the report shows: few-shot curves, feature map.
+"""Analyses of a feature store that the report shows: few-shot curves, feature map,
+leakage check (duplicate pairs).
 
 They fit models (heads on a few images per class, a PCA), so they run here, in a workflow,
 and are saved as an analysis record beside the run records; the report only
@@ -25,11 +26,15 @@ log = logging.getLogger(__name__)
 
 #: The analysis record's layout; part of the cache key, so a record of an older
 #: layout (schema 1: "efficiency" curves) is recomputed, never read as this one.
-ANALYSIS_SCHEMA = 2
+ANALYSIS_SCHEMA = 3  # 3: adds "leakage"
 
 
 #: Seconds the few-shot fits may take (the name is older than the curves).
 EFFICIENCY_BUDGET = FEWSHOT_BUDGET
+
+
+#: Duplicate pairs kept in the analysis record (cross-split pairs first); counts cover all.
+LEAKAGE_PAIRS_KEPT = 200
 
 
 #: Test points drawn per panel of the feature map.
@@ -118,7 +123,7 @@ def analyse(records: list, budget: float = EFFICIENCY_BUDGET, runs_dir=None) -> 
     return {"schema": ANALYSIS_SCHEMA, "kind": "analysis",
             "store": found and found["path"], "store_status": found and found["status"],
             "fewshot": _fewshot(store, budget),
-            "feature_map": feature_map(store)}
+            "feature_map": feature_map(store), "leakage": leakage(store)}
 
 
 def load_or_analyse(records: list, runs_dir, budget: float = EFFICIENCY_BUDGET) -> dict:
@@ -129,7 +134,7 @@ def load_or_analyse(records: list, runs_dir, budget: float = EFFICIENCY_BUDGET) 
     if path.is_file():
         try:
             cached = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(cached, dict) and {"fewshot", "feature_map"} <= cached.keys():
+            if isinstance(cached, dict) and {"fewshot", "feature_map", "leakage"} <= cached.keys():
                 return cached
             log.warning("recomputing the analysis: %s is not an analysis record", path)
         except (OSError, ValueError) as exc:
@@ -193,3 +198,24 @@ def feature_map(store) -> dict:
     return {"panels": panels, "classes": list(store.classes), "n": len(keep),
             "store": str(store.path), "backbone": store.attrs.get("backbone"),
             "variance": variance, "note": None}
+
+
+# ------------------------------------------------------------------ leakage check
+
+
+def leakage(store) -> dict:
+    """:func:`pipeline.store.leakage.find_duplicates` of ``store``, its pairs cut to
+    :data:`LEAKAGE_PAIRS_KEPT` (those that cross a split first), or a ``note``."""
+    if store is None:
+        return {"pairs": [], "note": "No frozen-feature runs yet, so no feature store to "
+                "check for duplicates: run `python cli.py extract` and `fit`."}
+    if isinstance(store, dict):
+        return {"pairs": [], "note": store["note"]}
+    from ..store.leakage import find_duplicates
+
+    found = find_duplicates(store)
+    found["pairs"] = sorted(found["pairs"], key=lambda p: (
+        not p["cross_split"], p["kind"] != "exact", -p["similarity"]))[:LEAKAGE_PAIRS_KEPT]
+    return {**found, "data_root": str(store.data_root), "store": str(store.path),
+            "backbone": store.attrs.get("backbone"), "split_sizes": store.split_sizes(),
+            "note": None}

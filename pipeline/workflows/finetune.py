@@ -7,7 +7,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from ..files import sha256_text
+from ..files import atomic_write, sha256_text
 from ..options import check_seed
 from ..runs.protocol import resolve_protocol
 from ..runs.records import DEFAULT_RUNS_DIR, new_cv_record, new_record, save_run
@@ -86,10 +86,16 @@ def finetune_run(cfg: FinetuneConfig, cache_dir=None, protocol: str = "holdout")
     return record, result
 
 
+#: Training images (one per class, the first classes) x draws of the augmentation preview.
+PREVIEW_IMAGES, PREVIEW_DRAWS = 3, 6
+
+
 def save_finetune(record: dict, result: FinetuneResult, runs_dir) -> Path:
-    """Save ``record`` and the trained network (``<run_id>.pt``) under ``runs_dir``."""
+    """Save ``record``, its augmentation preview (``<run_id>.augment.jpg``) and the
+    trained network (``<run_id>.pt``) under ``runs_dir``."""
     import torch
 
+    write_augmentation_preview(record, result, runs_dir)
     return save_run(record, runs_dir, "pt", lambda file: torch.save(result.model_bundle(), file))
 
 
@@ -116,3 +122,38 @@ def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 3, runs_dir=DEFAULT_RUN
                                         group=cfg.group or label, checkpoint_dir=ck),
                                 runs_dir, cache_dir, protocol))
     return out
+
+
+def write_augmentation_preview(record: dict, result: FinetuneResult, runs_dir) -> Path | None:
+    """Write ``<runs_dir>/<run_id>.augment.jpg``: the run's own training augmentation
+    (:func:`pipeline.train.datasets.augmentation_preview`) on the first training image
+    of each of the first :data:`PREVIEW_IMAGES` classes, :data:`PREVIEW_DRAWS` draws
+    each, and describe it in ``record["augmentation_preview"]``.
+
+    Made here, when the run is recorded, because the report never imports torch.
+    A preview that cannot be written is logged and left out; the run is kept.
+    """
+    from ..train.datasets import augmentation_preview, image_transform
+
+    store, cfg, pre = result.store, result.cfg, result.preprocessing
+    train = [i for i in range(len(store)) if store.split_codes[i] == 0]
+    firsts = {}
+    for i in train:
+        firsts.setdefault(int(store.labels[i]), store.paths[i])
+    paths = [firsts[k] for k in sorted(firsts)][:PREVIEW_IMAGES]
+    path = Path(runs_dir).resolve() / f"{record['run_id']}.augment.jpg"
+    try:
+        jpeg = augmentation_preview(store.data_root, paths, pre, cfg.augment,
+                                    draws=PREVIEW_DRAWS, seed=cfg.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "wb") as fh:
+            fh.write(jpeg)
+    except OSError as exc:
+        log.warning("no augmentation preview for run %s: cannot write %s (%s)",
+                    record["run_id"], path, exc)
+        return None
+    record["augmentation_preview"] = {
+        "file": str(path), "preset": cfg.augment, "draws": PREVIEW_DRAWS, "paths": paths,
+        "seed": cfg.seed, "transform": repr(image_transform(pre, cfg.augment)),
+        "cached_views": cfg.views if result.use_cache else None}
+    return path

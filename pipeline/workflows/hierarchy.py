@@ -1,0 +1,82 @@
+"""``hierarchy``: the images of a folder -> a feature-hierarchy record the report shows.
+
+Runs the backbone (so it is a workflow, not part of the report): for each tap,
+the patches of the user's own images that most activate a few channels, and
+the first convolution's filters (:func:`pipeline.extraction.hierarchy.feature_hierarchy`).
+The record is one JSON file under ``<runs_dir>/hierarchy/`` (pictures inside as
+data URIs); the report shows the newest one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from ..backbones import get_backbone, load_backbone, resolve_taps
+from ..data.manifest import bundled_data_root, scan, stratified_head
+from ..files import atomic_write
+from ..runs.records import DEFAULT_RUNS_DIR, make_run_id
+from ..store.hdf5 import now_iso
+
+log = logging.getLogger(__name__)
+
+
+HIERARCHY_SCHEMA = 1
+
+
+def run_hierarchy(data=None, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+                  layers=("all",), limit: int | None = 300, channels: int = 8,
+                  patches: int = 6, runs_dir=DEFAULT_RUNS_DIR,
+                  batch_size: int = 16) -> tuple[dict, Path]:
+    """Compute the feature hierarchy of about ``limit`` images of ``data`` (the first of
+    each class, in proportion; None: every image) and save its record.
+
+    Returns ``(record, path)``.
+    """
+    import torch
+
+    from ..extraction.hierarchy import feature_hierarchy
+
+    t0 = time.perf_counter()
+    root = Path(data) if data else bundled_data_root()
+    manifest = scan(root)
+    if limit and limit < len(manifest):
+        manifest = manifest.subset(stratified_head(manifest.labels, limit))
+    spec = get_backbone(backbone)
+    taps = resolve_taps(spec, layers)
+    loaded = load_backbone(backbone, weights)
+    with torch.inference_mode(False):
+        result = feature_hierarchy(loaded, manifest.root, manifest.paths, taps,
+                                   channels=channels, patches=patches, batch_size=batch_size)
+    record = {"kind": "hierarchy", "schema": HIERARCHY_SCHEMA,
+              "run_id": make_run_id("hierarchy"), "created": now_iso(),
+              "backbone": backbone, "weights": loaded.weights_id,
+              "data_root": str(manifest.root.resolve()), "classes": manifest.classes,
+              "channels": channels, "patches": patches, "limit": limit,
+              "seconds": round(time.perf_counter() - t0, 2), **result}
+    folder = Path(runs_dir) / "hierarchy"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{record['run_id']}.json"
+    with atomic_write(path, "w", encoding="utf-8", exclusive=True) as fh:
+        json.dump(record, fh)
+    log.info("feature hierarchy of %d images, taps %s: %s (%.0f s)", result["n_images"],
+             ", ".join(taps), path, record["seconds"])
+    return record, path
+
+
+def latest_hierarchy(runs_dir) -> dict | None:
+    """The newest readable hierarchy record under ``<runs_dir>/hierarchy/``, or None."""
+    for path in sorted((Path(runs_dir) / "hierarchy").glob("*.json"), reverse=True):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("hierarchy record %s skipped: %s", path, exc)
+            continue
+        if isinstance(record, dict) and record.get("kind") == "hierarchy" \
+                and record.get("schema") == HIERARCHY_SCHEMA:
+            return record
+        log.warning("hierarchy record %s skipped: not a schema-%d hierarchy record", path,
+                    HIERARCHY_SCHEMA)
+    return None
