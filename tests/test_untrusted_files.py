@@ -154,6 +154,7 @@ def test_a_crafted_trunk_cache_is_recomputed_not_run(tmp_path, toy_store, caplog
     from pipeline.train import finetune as ft
 
     cache = tmp_path / "cache"
+    ft._MEMORY_CACHE.clear()               # another test's run of the same images: not here
     cfg = _tiny_cfg(toy_store[0], unfreeze="layer4", epochs=1)
     first, _ = run_finetune(cfg, tmp_path / "r1", cache_dir=cache)
     (cached,) = cache.glob("activations-*.pt")

@@ -12,7 +12,7 @@ from ..store.hdf5 import FeatureStore
 from .fit import DEFAULT_FEATURES_DIR, run_fit
 
 #: Maximum epochs of the scratch CNN in a cross-validated demo (its default is 30).
-DEMO_CV_CNN_EPOCHS = 15
+DEMO_CV_CNN_EPOCHS = 8
 
 
 def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress=True,
