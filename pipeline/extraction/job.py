@@ -30,7 +30,15 @@ from ..data.decode import DECODING
 from ..data.manifest import Manifest, bundled_data_root, scan, stratified_head
 from ..data.split import DEFAULT_FRACTIONS, assign_folds, assign_split
 from ..errors import CorruptStoreError, StoreError, UsageError, opt
-from ..files import free_bytes, human_bytes, output_folder, sha256_file, writing_into
+from ..files import (
+    atomic_write,
+    free_bytes,
+    human_bytes,
+    output_folder,
+    sha256_file,
+    sha256_text,
+    writing_into,
+)
 from ..options import DTYPES, POOLINGS
 from ..store.hdf5 import (
     FORMAT_VERSION,
@@ -379,9 +387,40 @@ def _cost(spec, taps, pool: str, old_path=None) -> dict:
         old = json.loads(old) if isinstance(old, str) else old
         if isinstance(old, dict) and set(taps) <= set((old.get("gflops") or {})):
             return old
+    cached = _cost_cache_file(spec, taps, pool)
+    try:
+        return json.loads(cached.read_text())
+    except (OSError, ValueError):
+        pass
     from .forward import measure_cost
 
-    return measure_cost(spec, taps, pool) or {}
+    cost = measure_cost(spec, taps, pool) or {}
+    if cost:           # counting builds the network (seconds: timm's import); do it once
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(cached, "w", encoding="utf-8") as fh:
+                json.dump(cost, fh)
+        except OSError as exc:
+            log.info("cost not cached in %s (%s)", cached.parent, exc)
+    return cost
+
+
+def _cost_cache_file(spec, taps, pool: str) -> Path:
+    """Where :func:`_cost` keeps a measured cost: the export cache folder, keyed by the
+    network (backbone, taps, pooling, preprocessing) and the library versions."""
+    from importlib import metadata
+
+    from .runtimes import default_cache_dir
+
+    versions = {}
+    for package in ("torch", "timm"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    blob = json.dumps([spec.name, list(taps), pool, spec.preprocessing.to_dict(), versions],
+                      sort_keys=True)
+    return default_cache_dir() / "cost" / f"{sha256_text(blob)[:32]}.json"
 
 
 def check_free_space(path: Path, journal: Journal, rows, skipped, taps: dict, dtype: str):
