@@ -118,3 +118,19 @@ def assert_clean(res, *words):
     for w in words:
         assert w in out, f"{w!r} not in {out!r}"
     return out
+
+
+@pytest.fixture
+def run(monkeypatch, tmp_path):
+    """The CLI in this process (click's runner), in ``tmp_path``: ``run(*args)`` -> result."""
+    from click.testing import CliRunner
+
+    import cli
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(cli.cli, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke

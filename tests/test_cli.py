@@ -11,21 +11,7 @@ import json
 
 import h5py
 import pytest
-from click.testing import CliRunner
 from conftest import make_folder
-
-import cli
-
-
-@pytest.fixture
-def run(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(cli.cli, [str(a) for a in args], catch_exceptions=False)
-
-    return invoke
 
 
 def _toy_extract(run, folder, out, *extra):

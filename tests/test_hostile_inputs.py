@@ -20,11 +20,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from conftest import IS_ROOT, assert_clean, make_folder, run_cli
 from PIL import Image
 
-import cli
 from pipeline.errors import DataError
 from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.store.hdf5 import FeatureStore
@@ -45,16 +43,6 @@ def _extract(folder, out, **kw):
         progress=False, batch_size=4, workers=0, **kw))
 
 
-@pytest.fixture
-def run(monkeypatch, tmp_path):
-    """The CLI in this process (click's runner): ``run(*args)`` -> result."""
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(cli.cli, [str(a) for a in args], catch_exceptions=False)
-
-    return invoke
 
 
 def _toy_args(folder, out, *extra):

@@ -14,11 +14,9 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from conftest import make_folder
 from report_helpers import make_store
 
-import cli
 from pipeline.errors import StoreError
 from pipeline.files import atomic_path, atomic_write
 from pipeline.reporting import plots
@@ -59,15 +57,6 @@ def section(html: str, name: str) -> str:
     return m.group(0)
 
 
-@pytest.fixture
-def run(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(cli.cli, [str(a) for a in args], catch_exceptions=False)
-
-    return invoke
 
 
 # ------------------------------------------------------------------ 1. 0% and 100% runs

@@ -82,15 +82,21 @@ class TapExtractor(nn.Module):
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
 
-    def forward(self, images):
+    def maps(self, images) -> dict:
+        """``{tap: unpooled output of its stage}`` of uint8 ``images``."""
         x = (images.float() - self.mean) / self.std
-        pooled = {}
+        out = {}
         for name, stage in zip(self.stage_names, self.stages):
             x = stage(x)
             for tap, tap_stage in self.tap_stages.items():
                 if tap_stage == name:
-                    pooled[tap] = pool(x, self.pooling, self.prefix_tokens).float()
-        return tuple(pooled[t] for t in self.tap_names)
+                    out[tap] = x
+        return out
+
+    def forward(self, images):
+        maps = self.maps(images)
+        return tuple(pool(maps[t], self.pooling, self.prefix_tokens).float()
+                     for t in self.tap_names)
 
 
 def build_extractor(loaded, taps, pooling: str = "avg") -> TapExtractor:

@@ -49,14 +49,7 @@ def decode(root, rel: str, pre) -> np.ndarray | None:
 def _maps(extractor, images: torch.Tensor) -> dict:
     """``{tap: (N, C, H, W)}`` feature maps of uint8 ``images`` (the extractor's own
     normalisation and stages, unpooled)."""
-    x = (images.float() - extractor.mean) / extractor.std
-    out = {}
-    for name, stage in zip(extractor.stage_names, extractor.stages):
-        x = stage(x)
-        for tap, tap_stage in extractor.tap_stages.items():
-            if tap_stage == name:
-                out[tap] = x
-    return out
+    return extractor.maps(images)
 
 
 def effective_receptive_field(extractor, images: torch.Tensor) -> dict:
