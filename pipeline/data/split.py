@@ -129,3 +129,22 @@ def inner_validation_split(labels, rows, seed: int = 0, fraction: float = 0.15):
     stratify = y if counts[counts > 0].min() >= 2 else None
     tr, va = train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
     return np.sort(tr), np.sort(va)
+
+
+def draw_rows(labels, k: int, draws: int, seed: int = 0) -> list:
+    """``draws`` random draws of exactly ``k`` rows per class of ``labels`` (shape (n,)).
+
+    Returns a list of ``(k * n_classes,)`` int64 row indices, sorted.  Draw
+    ``d`` gives every row a random key from ``(seed, d)`` and takes the k
+    lowest-keyed rows of each class, so the draws of one ``d`` are nested
+    across k (the 2-shot draw holds the 1-shot one) and depend only on the
+    labels, never on the features.
+    """
+    labels = np.asarray(labels)
+    out = []
+    for d in range(draws):
+        keys = np.random.default_rng([seed, d]).random(len(labels))
+        picked = [np.flatnonzero(labels == c)[np.argsort(keys[labels == c], kind="stable")[:k]]
+                  for c in np.unique(labels)]
+        out.append(np.sort(np.concatenate(picked)).astype(np.int64))
+    return out

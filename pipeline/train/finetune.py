@@ -85,6 +85,7 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     dropout: float = 0.2
     input_size: int | None = None       # lower resolution than the weights' own
+    train_per_class: int | None = None  # train on at most N images per class (seeded draw)
     compile: bool = False               # torch.compile the trunk used to fill the cache
     runtime: str = "auto"               # runtime of that trunk (auto: the fastest here; eager)
     checkpoint_dir: str | None = None
@@ -231,52 +232,83 @@ def _transform_pre(pre, input_size):
 
 
 def compute_activations(trunk, root, paths, pre, views: int, augment: str, seed: int = 0,
-                        compile_trunk: bool = False, runtime: str = "eager"):
+                        compile_trunk: bool = False, runtime: str = "eager", runner=None):
     """Trunk outputs ``(n, views, C, H, W)`` float16; view 0 is the centre crop.
 
     Views 1.. are augmented (the training preset), seeded per chunk, so the
     result depends only on the images, ``views``, ``seed`` and the runtime.
     ``runtime`` runs the frozen trunk (:mod:`pipeline.extraction.runtimes`;
     ``auto``: OpenVINO where installed, fp32, within 1e-4 of eager, which the
-    float16 cache rounds away); ``compile_trunk`` means torch.compile.
-    Images are decoded and augmented by torch as in training either way.
+    float16 cache rounds away); ``compile_trunk`` means torch.compile;
+    ``runner`` (from :func:`trunk_runner`) reuses one already built.
+    Images are decoded and augmented by torch as in training either way, by
+    one thread that works a chunk ahead of the forward pass (same draws as in
+    order: one thread takes the chunks one after the other).
     Skips files that do not decode, logging each (callers drop them from
     training).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
-    from ..data.decode import ImageDecodeError, load_rgb
-    from .datasets import image_transform
-    from .loop import epoch_seed
-
-    clean = image_transform(pre, "none")
-    aug = image_transform(pre, augment) if views > 1 else None
-    short = int(math.ceil(pre.input_size / pre.crop_pct))
-    runner = trunk_runner(trunk, pre.input_size, "compile" if compile_trunk else runtime)
+    runner = runner or trunk_runner(trunk, pre.input_size,
+                                    "compile" if compile_trunk else runtime)
+    chunk = _ChunkDecoder(root, paths, pre, views, augment, seed)
     out, ok, skipped = [], [], []
-    for c0 in range(0, len(paths), CACHE_CHUNK):
-        imgs, idx = [], []
-        for i in range(c0, min(c0 + CACHE_CHUNK, len(paths))):
+    threads = torch.get_num_threads()
+    starts = list(range(0, len(paths), CACHE_CHUNK))
+    with ThreadPoolExecutor(1, thread_name_prefix="trunk-decode",
+                            initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        pending = [pool.submit(chunk, c0) for c0 in starts[:2]]
+        for n, c0 in enumerate(starts):
+            idx, per_view, failed = pending.pop(0).result()
+            if n + 2 < len(starts):
+                pending.append(pool.submit(chunk, starts[n + 2]))
+            skipped += failed
+            if not idx:
+                continue
+            with torch.inference_mode():
+                out.append(torch.stack([runner(b).to(torch.float16) for b in per_view], dim=1))
+            ok += idx
+            if n % 10 == 0:
+                log.info("cached trunk outputs of %d/%d images", c0 + len(idx), len(paths))
+    torch.set_num_threads(threads)
+    return torch.cat(out).clone(), torch.as_tensor(ok, dtype=torch.int64), skipped
+
+
+class _ChunkDecoder:
+    """``chunk(c0) -> (indices, [one (n, 3, S, S) batch per view], [(path, reason)])`` for
+    the images ``paths[c0 : c0 + CACHE_CHUNK]``: decoded once, view 0 the centre crop,
+    views 1.. the augmentation drawn from ``epoch_seed(seed, c0 * views + v)``."""
+
+    def __init__(self, root, paths, pre, views: int, augment: str, seed: int):
+        from .datasets import image_transform
+
+        self.root, self.paths, self.views, self.seed = Path(root), paths, views, seed
+        self.clean = image_transform(pre, "none")
+        self.aug = image_transform(pre, augment) if views > 1 else None
+        self.short = int(math.ceil(pre.input_size / pre.crop_pct))
+
+    def __call__(self, c0: int):
+        import torch
+
+        from ..data.decode import ImageDecodeError, load_rgb
+        from .loop import epoch_seed
+
+        imgs, idx, failed = [], [], []
+        for i in range(c0, min(c0 + CACHE_CHUNK, len(self.paths))):
             try:
-                imgs.append(load_rgb(Path(root) / paths[i], target_short_side=short))
+                imgs.append(load_rgb(self.root / self.paths[i], target_short_side=self.short))
                 idx.append(i)
             except ImageDecodeError as exc:
-                log.warning("skipped %s: %s", paths[i], exc.reason)
-                skipped.append((paths[i], exc.reason))
-        if not imgs:
-            continue
+                log.warning("skipped %s: %s", self.paths[i], exc.reason)
+                failed.append((self.paths[i], exc.reason))
         per_view = []
-        for v in range(views):
-            torch.manual_seed(epoch_seed(seed, c0 * views + v))
-            t = clean if v == 0 else aug
-            batch = torch.stack([t(im) for im in imgs])
-            with torch.inference_mode():
-                per_view.append(runner(batch).to(torch.float16))
-        out.append(torch.stack(per_view, dim=1))
-        ok += idx
-        if c0 // CACHE_CHUNK % 10 == 0:
-            log.info("cached trunk outputs of %d/%d images", c0 + len(imgs), len(paths))
-    return torch.cat(out).clone(), torch.as_tensor(ok, dtype=torch.int64), skipped
+        for v in range(self.views if imgs else 0):
+            torch.manual_seed(epoch_seed(self.seed, c0 * self.views + v))
+            t = self.clean if v == 0 else self.aug
+            per_view.append(torch.stack([t(im) for im in imgs]))
+        return idx, per_view, failed
 
 
 def trunk_runtime(cfg) -> str:
@@ -335,11 +367,11 @@ def _cached_splits(store, loaded, cfg, plan, pre, cache_dir=None, layout: str = 
     data = {}
     parts = {"all": store.paths} if layout == "cv" else \
         {s: store.rel_paths(s) for s in ("train", "val", "test")}
+    runner = trunk_runner(trunk, pre.input_size, "compile" if cfg.compile else cfg.runtime)
     for split, paths in parts.items():
         views = cfg.views if split in ("train", "all") else 1
-        acts, ok, skipped = compute_activations(
-            trunk, store.data_root, paths, pre, views, cfg.augment,
-            seed=0, compile_trunk=cfg.compile, runtime=cfg.runtime)
+        acts, ok, skipped = compute_activations(trunk, store.data_root, paths, pre, views,
+                                                cfg.augment, seed=0, runner=runner)
         if split != "train" and skipped:
             raise DataError(f"{len(skipped)} {split} image(s) of the store no longer decode "
                             f"({skipped[0][0]}: {skipped[0][1]}); restore them or re-extract")
@@ -385,6 +417,9 @@ def check_config(cfg: FinetuneConfig):
             raise UsageError(f"{opt(name)} must be >= 1, got {getattr(cfg, name)}", param=name)
     if cfg.gradual < 0:
         raise UsageError(f"{opt('gradual')} must be >= 0, got {cfg.gradual}", param="gradual")
+    if cfg.train_per_class is not None and cfg.train_per_class < 1:
+        raise UsageError(f"{opt('train_per_class')} must be >= 1, got {cfg.train_per_class}",
+                         param="train_per_class")
 
 
 @dataclass
@@ -446,7 +481,16 @@ def network_from_bundle(bundle: dict):
 
 
 def _datasets(cfg, store, loaded, stages, plan, pre, cache_dir):
-    """``(top network, {split: dataset}, skipped, {stage: module}, cache seconds)``."""
+    """``(top network, {split: dataset}, skipped, {stage: module}, cache seconds)``.
+
+    ``cfg.train_per_class``: the training set is a draw of that many images per
+    class of the training split (:func:`pipeline.data.split.draw_rows` seeded by
+    ``cfg.seed``, nested across sizes); the trunk cache still holds every image,
+    so runs over several sizes share it.
+    """
+    import torch
+
+    from ..data.split import draw_rows
     from .datasets import ImageFolderDataset
 
     names = [n for n, _ in stages]
@@ -455,14 +499,23 @@ def _datasets(cfg, store, loaded, stages, plan, pre, cache_dir):
         top = build_network(stages[plan.cut:], n_classes, cfg.dropout,
                             channels=trunk_width(loaded.spec, stages))
         data, cache_seconds = _cached_splits(store, loaded, cfg, plan, pre, cache_dir)
-        sets = {s: CachedViews(acts, store.y(s)[ok.numpy()], random_view=(s == "train"))
-                for s, (acts, ok, _) in data.items()}
+        sets = {}
+        for s, (acts, ok, _) in data.items():
+            labels = store.y(s)[ok.numpy()]
+            if s == "train" and cfg.train_per_class:
+                rows = draw_rows(labels, cfg.train_per_class, 1, cfg.seed)[0]
+                acts, labels = acts[torch.as_tensor(rows)], labels[rows]
+            sets[s] = CachedViews(acts, labels, random_view=(s == "train"))
         return top, sets, data["train"][2], dict(zip(names[plan.cut:], top.stages)), \
             cache_seconds
     top = build_network(stages, n_classes, cfg.dropout, channels=trunk_width(loaded.spec, stages))
     sets, skipped = {}, []
     for s in ("train", "val", "test"):
-        ds = ImageFolderDataset(store.data_root, store.rel_paths(s), store.y(s), pre,
+        paths, labels = store.rel_paths(s), store.y(s)
+        if s == "train" and cfg.train_per_class:
+            rows = draw_rows(labels, cfg.train_per_class, 1, cfg.seed)[0]
+            paths, labels = [paths[i] for i in rows], labels[rows]
+        ds = ImageFolderDataset(store.data_root, paths, labels, pre,
                                 augment=cfg.augment if s == "train" else "none",
                                 cache=len(store) <= 5000)
         if s != "train" and ds.skipped:
@@ -605,6 +658,9 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     t_start = time.perf_counter()
     cfg, store, loaded, stages, names, plan, pre = _prepare(cfg)
     _check_cv_cache(cfg, plan)
+    if cfg.train_per_class:
+        raise UsageError(f"{opt('train_per_class')} subsamples the holdout training split; "
+                         f"use {opt('protocol', 'holdout')}", param="train_per_class")
     data, cache_seconds = _cached_splits(store, loaded, cfg, plan, pre, cache_dir, layout="cv")
     acts, _ok, skipped = data["all"]
     _require_every_image(skipped)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.split import draw_rows
 from ..errors import UsageError, opt
 from ..options import TAP_ORDER
 from ..runs.stats import t_interval
@@ -82,25 +83,6 @@ def shots_allowed(labels, shots=None) -> list:
         raise UsageError(f"{opt('shots')} must be positive whole numbers of images per "
                          f"class; got {list(shots)}", param="shots")
     return sorted({int(k) for k in shots if 2 * k + 1 <= smallest})
-
-
-def draw_rows(labels, k: int, draws: int, seed: int = 0) -> list:
-    """``draws`` random draws of exactly ``k`` rows per class of ``labels`` (shape (n,)).
-
-    Returns a list of ``(k * n_classes,)`` int64 row indices, sorted.  Draw
-    ``d`` gives every row a random key from ``(seed, d)`` and takes the k
-    lowest-keyed rows of each class, so the draws of one ``d`` are nested
-    across k (the 2-shot draw holds the 1-shot one) and depend only on the
-    labels, never on the features.
-    """
-    labels = np.asarray(labels)
-    out = []
-    for d in range(draws):
-        keys = np.random.default_rng([seed, d]).random(len(labels))
-        picked = [np.flatnonzero(labels == c)[np.argsort(keys[labels == c], kind="stable")[:k]]
-                  for c in np.unique(labels)]
-        out.append(np.sort(np.concatenate(picked)).astype(np.int64))
-    return out
 
 
 def _row_space(A, B):
