@@ -110,6 +110,7 @@ class TrainConfig:
     checkpoint_dir: str | None = None   # a checkpoint after every epoch goes here
     resume: bool = False                # continue from checkpoint_dir's last epoch
     stop_after: int | None = None       # end after this epoch as if interrupted (tests)
+    channels_last: bool = True          # image batches and conv weights NHWC (see _layout)
 
     def to_dict(self):
         d = asdict(self)
@@ -155,16 +156,33 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2 ** 31)
 
 
+def _layout(x, channels_last: bool):
+    """``x`` in channels-last memory order when it is an image batch ``(N, C, H, W)``.
+
+    The same arithmetic in another memory order: on this machine's CPU (oneDNN)
+    a training step of efficientnet_lite0's top groups took 123 instead of
+    168 ms per 32 cached maps, of the whole network 913 instead of 1,698 ms
+    per 32 images (float32).  Results agree to float32 rounding, not bit for
+    bit, with the contiguous order.
+    """
+    if channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def evaluate_model(model, dataset, batch_size: int = 64):
-    """Mean cross-entropy, accuracy and class probabilities ``(n, n_classes)`` of ``dataset``."""
+    """Mean cross-entropy, accuracy and class probabilities ``(n, n_classes)`` of ``dataset``
+    (batches in channels-last order when the model's conv weights are)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     was_training = model.training
     model.eval()
     losses, probas, labels = [], [], []
+    nhwc = any(p.dim() == 4 and not p.is_contiguous()
+               and p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters())
     try:
         with torch.no_grad():
             for x, y in loader:
-                logits = model(x)
+                logits = model(_layout(x, nhwc))
                 losses.append(nn.functional.cross_entropy(logits, y, reduction="sum").item())
                 probas.append(torch.softmax(logits, dim=1))
                 labels.append(y)
@@ -244,7 +262,7 @@ def _one_epoch(model, train_data, cfg: TrainConfig, optimizer, scheduler, criter
         if len(batch) == 1 and len(order) > 1:
             continue  # BatchNorm cannot train on one image; it comes round in another epoch
         x, y = _collate([train_data[i] for i in batch])
-        logits = model(x)
+        logits = model(_layout(x, cfg.channels_last))
         loss = criterion(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -273,6 +291,8 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
     epoch's weights.
     """
     t_start = time.perf_counter()
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)  # in place: the groups' tensors stay its own
     optimizer = make_optimizer(groups, cfg)
     steps = math.ceil(len(train_data) / cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs, steps)
