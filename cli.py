@@ -70,6 +70,9 @@ def interrupted_message(ctx) -> str:
     if name in ("extract", "demo"):
         return ("completed batches are kept in the store's journal; run the same command "
                 "again to resume from them.")
+    if name == "explore":
+        return ("the grid's finished cells are saved in its record under RUNS/explore/ and the "
+                "trunk caches on disk; run the same command again to resume at the next cell.")
     if name == "ladder":
         return ("rungs that finished are saved as run records; a re-run trains every rung "
                 "again and the report counts each seed once (the latest).")
@@ -525,8 +528,9 @@ def demo(out, no_progress, protocol):
     """The whole chain on the bundled flowers subset, then the report.
 
     Extract efficientnet_lite0 layer2-4, fit logreg and svm on each tap,
-    run the pixel and scratch-CNN baselines, print the summary table and
-    write the HTML report.
+    run the pixel and scratch-CNN baselines, fine-tune the top block group,
+    compute the feature hierarchy and a small transfer-explorer grid, print
+    the summary table and write the HTML report.
 
     Example: python cli.py demo
     """
@@ -643,8 +647,10 @@ def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, sch
 @cli.command()
 @features_option
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Seeds per trained rung (mean and spread in the table).")
-@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True,
+              help="Seeds per fine-tuning rung (mean and spread in the table).")
+@click.option("--baseline-seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Seeds of the MLP and scratch-CNN rungs.")
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True,
               help="Maximum epochs of each fine-tuning rung.")
 @click.option("--views", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--cnn-epochs", type=click.IntRange(min=1), default=None)
@@ -657,7 +663,8 @@ def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, sch
 @protocol_option
 @runs_option
 @handle_errors
-def ladder(features, seeds, epochs, views, cnn_epochs, cache_dir, rungs, protocol, runs_dir):
+def ladder(features, seeds, baseline_seeds, epochs, views, cnn_epochs, cache_dir, rungs,
+           protocol, runs_dir):
     """Run the course ladder on one store's split and print its table.
 
     pixels -> MLP -> scratch CNN -> frozen logreg (best tap) -> fine-tune head
@@ -665,20 +672,75 @@ def ladder(features, seeds, epochs, views, cnn_epochs, cache_dir, rungs, protoco
 
     Example: python cli.py ladder --features features/flower_photos_efficientnet_lite0_avg.h5
     """
+    import time
+
     from pipeline.workflows.fit import find_store
     from pipeline.workflows.ladder import run_ladder
 
+    t0 = time.perf_counter()
     chosen = [r.strip() for r in rungs.split(",")] if rungs else None
     rows = run_ladder(str(find_store(features)), runs_dir, seeds=seeds, epochs=epochs,
                       views=views, cnn_epochs=cnn_epochs, cache_dir=cache_dir, rungs=chosen,
-                      protocol=protocol)
+                      protocol=protocol, baseline_seeds=baseline_seeds)
     click.echo(f"\n{'method':<52} {'trainable':>10} {'train s':>8} {'val acc':>8} "
                f"{'test acc':>9} {'sd':>6}")
     for r in rows:
         click.echo(f"{r['method'][:52]:<52} {r['trainable_params'] or 0:>10,} "
                    f"{r['train_seconds']:>8.0f} {r['val_accuracy']:>8.3f} "
                    f"{r['test_accuracy']:>9.3f} {r['test_std']:>6.3f}")
-    click.echo(f"\nrun records: {runs_dir}")
+    click.echo(f"\nrun records: {runs_dir}  ({len(rows)} rungs in "
+               f"{time.perf_counter() - t0:.0f} s)")
+
+
+@cli.command()
+@features_option
+@click.option("--depth", "depths", multiple=True, default=("0", "1", "2", "all"),
+              show_default=True,
+              help="Unfreeze depths: how many top block groups train (0 = the new classifier "
+                   "only) or 'all'. Repeat the option.")
+@click.option("--per-class", "sizes", multiple=True, default=("10", "30", "100", "all"),
+              show_default=True,
+              help="Training images per class (a seeded draw from the training split) or "
+                   "'all'. Repeat the option; sizes as large as the split are left out.")
+@click.option("--lr", "lrs", multiple=True, type=click.FloatRange(min=0, min_open=True),
+              default=(3e-4, 1e-3, 3e-3), show_default=True,
+              help="Learning rates (one rate for every trained group). Repeat the option.")
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Maximum epochs per cell (the epoch kept is chosen on validation).")
+@click.option("--views", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Cached views per training image (centre crop + augmented ones).")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="Seed of the training draws and of training.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
+              help="Runtime of the frozen trunks that fill the caches (training stays torch).")
+@click.option("--cache-dir", type=click.Path(), default=None,
+              help="Keep the trunk caches here (default: RUNS/explore/cache); a resumed grid "
+                   "reuses them.")
+@runs_option
+@handle_errors
+def explore(features, depths, sizes, lrs, epochs, views, seed, runtime, cache_dir, runs_dir):
+    """Transfer explorer: fine-tune a grid of unfreeze depth x images per class x learning
+    rate on the store's split; the report draws it as an interactive chart.
+
+    Resumable: run the same command again after an interruption.
+
+    Example: python cli.py explore --depth 0 --depth 2 --per-class 10 --per-class all --lr 1e-3
+    """
+    from pipeline.workflows.explore import ExploreConfig, run_explore
+    from pipeline.workflows.fit import find_store
+
+    cfg = ExploreConfig(features=str(find_store(features)), depths=tuple(depths),
+                        sizes=tuple(sizes), lrs=tuple(lrs), epochs=epochs, views=views,
+                        seed=seed, runtime=runtime)
+    record, path = run_explore(cfg, runs_dir, cache_dir)
+    click.echo(f"{'depth':<34} {'per class':>9} {'lr':>8} {'val acc':>8} {'test acc':>9} "
+               f"{'train s':>8}")
+    for c in record["cells"]:
+        click.echo(f"{c['label'][:34]:<34} {str(c['per_class'] or 'all'):>9} {c['lr']:>8g} "
+                   f"{c['val_accuracy']:>8.3f} {c['test_accuracy']:>9.3f} "
+                   f"{c['train_seconds']:>8.1f}")
+    seconds = sum(c["seconds"] for c in record["cells"])
+    click.echo(f"\n{len(record['cells'])} cells in {seconds:.0f} s of compute; record: {path}")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})

@@ -96,12 +96,27 @@ def add_pixel_run(store, runs_dir):
     return record
 
 
-def make_study(root):
+def make_study(root, explore: bool = False):
     """The bundled flowers with toy features: 6 frozen runs, 3 seeds of a fine-tune and a
-    CNN with histories, a pixel run.  Returns ``(store, runs_dir)``."""
+    CNN with histories, a pixel run (``explore``: and a small explorer grid).  Returns
+    ``(store, runs_dir)``."""
     store = make_store(None, root / "features")
     runs = root / "runs"
     add_frozen_runs(store, runs)
     add_history_runs(store, runs)
     add_pixel_run(store, runs)
+    if explore:
+        add_explore_record(store, runs)
     return store, runs
+
+
+def add_explore_record(store, runs_dir, cache_dir=None) -> dict:
+    """A real, small transfer-explorer grid on ``store``'s split: resnet18 with random
+    weights at 32 px (a test of the machinery, not a result), 3 depths x 2 sizes x 2 rates,
+    one epoch each."""
+    from pipeline.workflows.explore import ExploreConfig, run_explore
+
+    cfg = ExploreConfig(features=str(store.path), depths=("0", "1", "all"), sizes=("4", "all"),
+                        lrs=(1e-2, 3e-2), epochs=1, views=2, backbone="resnet18",
+                        weights="none", extra={"input_size": 32, "batch_size": 16})
+    return run_explore(cfg, runs_dir, cache_dir)[0]

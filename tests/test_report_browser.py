@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from report_helpers import make_study
 
-SECTIONS = ("verdict", "comparison", "depth", "efficiency", "curves", "confusion", "mistakes",
-            "featuremap", "advice", "provenance")
+SECTIONS = ("verdict", "comparison", "depth", "efficiency", "curves", "explore", "confusion",
+            "mistakes", "featuremap", "advice", "provenance")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
@@ -216,12 +216,30 @@ SORT_CHECK = """
 """
 
 
+EXPLORER_CHECK = """
+(() => {
+  const svg = document.getElementById('explore-chart');
+  const size = document.getElementById('explore-size'), lr = document.getElementById('explore-lr');
+  const heights = () => [...svg.querySelectorAll('rect.bar')].map(r => r.getAttribute('height'));
+  const before = svg.innerHTML, h0 = heights();
+  const bars = ['accuracy', 'time'].map(
+    k => svg.querySelectorAll(`rect.bar[data-panel="${k}"]`).length);
+  size.value = '4'; size.dispatchEvent(new Event('change'));
+  const afterSize = svg.innerHTML, h1 = heights();
+  lr.value = '1'; lr.dispatchEvent(new Event('change'));
+  return {bars: bars, sizes: [...size.options].map(o => o.value), before: before,
+          afterSize: afterSize, afterLr: svg.innerHTML, heights: h0, heightsAfter: h1,
+          caption: document.getElementById('explore-caption').textContent};
+})()
+"""
+
+
 @pytest.fixture(scope="module")
 def report_file(chromium, tmp_path_factory):
     from pipeline.workflows.report import build_report
 
     root = tmp_path_factory.mktemp("browser")
-    _store, runs = make_study(root)
+    _store, runs = make_study(root, explore=True)
     return build_report(runs, root / "report.html")
 
 
@@ -237,6 +255,13 @@ def test_report_in_headless_chromium(chromium, report_file, tmp_path):
             [i["alt"] for i in state["images"] if not i["ok"]]
         sort = dev.evaluate(SORT_CHECK)
         assert sort["asc"] <= sort["desc"]
+        explorer = dev.evaluate(EXPLORER_CHECK)
+        assert explorer["bars"] == [3, 3], explorer       # accuracy and time, one per depth
+        assert explorer["sizes"] == ["4", "all"]
+        assert explorer["afterSize"] != explorer["before"], "changing the size did not redraw"
+        assert explorer["afterLr"] != explorer["afterSize"], "changing the rate did not redraw"
+        assert explorer["heights"] != explorer["heightsAfter"]
+        assert "lr 0.03" in explorer["caption"], explorer["caption"]
         dev.pump(0.5)
         assert problems(dev, report_file) == []
 

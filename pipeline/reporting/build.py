@@ -16,6 +16,7 @@ from pathlib import Path
 from ..errors import StoreError, UsageError, opt
 from ..files import atomic_write
 from ..runs.groups import group_runs, latest_per_seed
+from .explore import explore_section
 from .fewshot import fewshot_section
 from .hierarchy import hierarchy_section
 from .leakage import leakage_section
@@ -110,6 +111,7 @@ def build_context(records: list, analysis: dict) -> dict:
         "backbones": backbones,
         "fewshot": fewshot_section(analysis["fewshot"]),
         "curves": curves_section(records),
+        "explore": explore_section(analysis.get("explore")),
         "confusion": confusion_section(best),
         "mistakes": mistakes_section(best),
         "leakage": leakage_section(analysis.get("leakage"), best),

@@ -4,7 +4,8 @@ The report package renders and fits nothing; this workflow joins the stages:
 it loads the run records of a folder, computes (or reuses) the analyses the
 page shows from the best frozen run's feature store (few-shot curves,
 feature map: :mod:`.analysis`), adds the newest feature-hierarchy record
-(:mod:`.hierarchy`), then renders the page.
+(:mod:`.hierarchy`) and transfer-explorer record (:mod:`.explore`), then
+renders the page.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..reporting.build import check_out_path, render_report
 from ..runs.groups import latest_per_seed
 from ..runs.records import load_records
 from .analysis import EFFICIENCY_BUDGET, load_or_analyse
+from .explore import latest_explore
 from .hierarchy import latest_hierarchy
 
 
@@ -35,5 +37,5 @@ def build_report(runs_dir, out_path, overwrite: bool = False,
                          f"`python cli.py baseline` first, or pass {opt('runs_dir', 'DIR')}",
                          param="runs_dir")
     analysis = {**load_or_analyse(records, runs_dir, efficiency_budget),
-                "hierarchy": latest_hierarchy(runs_dir)}
+                "hierarchy": latest_hierarchy(runs_dir), "explore": latest_explore(runs_dir)}
     return render_report(records, analysis, out_path, overwrite=overwrite)
