@@ -716,9 +716,13 @@ def ladder(features, seeds, baseline_seeds, epochs, views, cnn_epochs, cache_dir
 @click.option("--cache-dir", type=click.Path(), default=None,
               help="Keep the trunk caches here (default: RUNS/explore/cache); a resumed grid "
                    "reuses them.")
+@click.option("--max-end-to-end", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Skip the 'all' depth's cells that would train end to end on more than N "
+                   "images (the dearest cells on a CPU); they show as not run.")
 @runs_option
 @handle_errors
-def explore(features, depths, sizes, lrs, epochs, views, seed, runtime, cache_dir, runs_dir):
+def explore(features, depths, sizes, lrs, epochs, views, seed, runtime, cache_dir,
+            max_end_to_end, runs_dir):
     """Transfer explorer: fine-tune a grid of unfreeze depth x images per class x learning
     rate on the store's split; the report draws it as an interactive chart.
 
@@ -731,7 +735,7 @@ def explore(features, depths, sizes, lrs, epochs, views, seed, runtime, cache_di
 
     cfg = ExploreConfig(features=str(find_store(features)), depths=tuple(depths),
                         sizes=tuple(sizes), lrs=tuple(lrs), epochs=epochs, views=views,
-                        seed=seed, runtime=runtime)
+                        seed=seed, runtime=runtime, max_end_to_end=max_end_to_end)
     record, path = run_explore(cfg, runs_dir, cache_dir)
     click.echo(f"{'depth':<34} {'per class':>9} {'lr':>8} {'val acc':>8} {'test acc':>9} "
                f"{'train s':>8}")

@@ -134,3 +134,14 @@ def run(monkeypatch, tmp_path):
         return runner.invoke(cli.cli, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def cv_demo(tmp_path_factory):
+    """One run of what ``python cli.py demo`` runs (cv on the bundled photos, with the
+    fine-tuning run, feature hierarchy and explorer grid), shared by the end-to-end
+    test and the browser test of its report."""
+    from pipeline.workflows.demo import run_demo
+
+    root = tmp_path_factory.mktemp("cv-demo")
+    return run_demo(out_dir=root / "demo", features_dir=root / "features", progress=False)

@@ -96,17 +96,14 @@ def add_pixel_run(store, runs_dir):
     return record
 
 
-def make_study(root, explore: bool = False):
+def make_study(root):
     """The bundled flowers with toy features: 6 frozen runs, 3 seeds of a fine-tune and a
-    CNN with histories, a pixel run (``explore``: and a small explorer grid).  Returns
-    ``(store, runs_dir)``."""
+    CNN with histories, a pixel run.  Returns ``(store, runs_dir)``."""
     store = make_store(None, root / "features")
     runs = root / "runs"
     add_frozen_runs(store, runs)
     add_history_runs(store, runs)
     add_pixel_run(store, runs)
-    if explore:
-        add_explore_record(store, runs)
     return store, runs
 
 

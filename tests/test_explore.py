@@ -156,3 +156,27 @@ def test_report_section_draws_the_grid_and_says_whether_gaps_are_noise(study):
         size = None if row["size"] == "all" else int(row["size"])
         here = [c for c in record["cells"] if c["per_class"] == size]
         assert row["best"]["val_accuracy"] == max(c["val_accuracy"] for c in here)
+
+
+def test_end_to_end_cells_over_the_limit_are_listed_not_run(study):
+    from pipeline.reporting.explore import explore_section
+
+    store, _runs, _full, root = study
+    cfg = ExploreConfig(features=str(store.path), depths=("0", "all"), sizes=("4", "all"),
+                        lrs=(1e-2,), epochs=1, views=2, backbone="resnet18", weights="none",
+                        max_end_to_end=30, extra={"input_size": 32, "batch_size": 16})
+    record, _ = run_explore(cfg, root / "limited", root / "cache")
+    ran = {(c["depth"], c["per_class"]) for c in record["cells"]}
+    assert ran == {("0", 4), ("0", None), ("all", 4)}   # 4 x 5 classes = 20 <= 30 images
+    assert [(k["depth"], k["per_class"], k["n_train"]) for k in record["skipped"]] == [
+        ("all", None, int(len(store.y("train"))))]
+    assert record["complete"]
+    section = explore_section(record)
+    assert section["n_cells"] == section["n_planned"] == 3 and section["skipped"]
+    # the limit is not part of the grid's identity: lifting it resumes and runs the rest
+    from dataclasses import replace
+
+    again, path = run_explore(replace(cfg, max_end_to_end=None), root / "limited", root / "cache")
+    assert len(again["cells"]) == 4 and again["skipped"] == [] and again["complete"]
+    assert again["cells"][:3] == record["cells"]
+    assert len(list(path.parent.glob("explore-*.json"))) == 1

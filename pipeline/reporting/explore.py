@@ -75,11 +75,13 @@ def explore_section(record: dict | None) -> dict:
                                 "test_low", "test_high", "train_seconds", "trainable_params",
                                 "n_train", "best_epoch", "epochs_run")}
              for c in record["cells"]]
-    total = len(grid["depths"]) * len(grid["sizes"]) * len(grid["lrs"])
+    skipped = record.get("skipped") or []
+    total = len(grid["depths"]) * len(grid["sizes"]) * len(grid["lrs"]) - len(skipped)
     data = {"depths": depths, "labels": [labels[d] for d in depths],
             "sizes": [_size_label(s) for s in grid["sizes"]], "lrs": grid["lrs"],
             "cells": [{**c, "per_class": _size_label(c["per_class"])} for c in cells]}
     return {"note": None, "record": record, "data": data, "verdicts": size_verdicts(record),
+            "skipped": skipped,
             "n_cells": len(cells), "n_planned": total,
             "compute_seconds": sum(c["seconds"] for c in record["cells"]),
             "cache_seconds": sum(c["cache_seconds"] for c in record["cells"]),

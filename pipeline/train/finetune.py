@@ -622,12 +622,15 @@ def finetune(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
                           loaded.weights_id, skipped, time.perf_counter() - t_start)
 
 
-def _check_cv_cache(cfg, plan):
+def _check_cv_config(cfg, plan):
     if not (cfg.cache == "auto" and cfg.bn == "frozen-eval" and plan.cut > 0):
         raise UsageError(f"cross-validated fine-tuning shares the frozen-trunk cache across "
                          f"folds: it needs {opt('cache', 'auto')}, {opt('bn', 'frozen-eval')} "
                          f"and a frozen trunk ({opt('unfreeze')} other than 'all'); or use "
                          f"{opt('protocol', 'holdout')}", param="protocol")
+    if cfg.train_per_class:
+        raise UsageError(f"{opt('train_per_class')} subsamples the holdout training split; "
+                         f"use {opt('protocol', 'holdout')}", param="train_per_class")
 
 
 def _require_every_image(skipped):
@@ -657,10 +660,7 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
 
     t_start = time.perf_counter()
     cfg, store, loaded, stages, names, plan, pre = _prepare(cfg)
-    _check_cv_cache(cfg, plan)
-    if cfg.train_per_class:
-        raise UsageError(f"{opt('train_per_class')} subsamples the holdout training split; "
-                         f"use {opt('protocol', 'holdout')}", param="train_per_class")
+    _check_cv_config(cfg, plan)
     data, cache_seconds = _cached_splits(store, loaded, cfg, plan, pre, cache_dir, layout="cv")
     acts, _ok, skipped = data["all"]
     _require_every_image(skipped)

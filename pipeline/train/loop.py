@@ -278,6 +278,15 @@ def _one_epoch(model, train_data, cfg: TrainConfig, optimizer, scheduler, criter
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
+def _checkpoint_file(cfg: TrainConfig) -> Path | None:
+    """Where this run's checkpoint goes (its folder made), or None without checkpoints."""
+    if not cfg.checkpoint_dir:
+        return None
+    ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    return ckpt
+
+
 def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
           on_epoch_start: Callable[[int], None] | None = None,
           set_train_mode: Callable[[nn.Module], None] | None = None) -> TrainResult:
@@ -298,9 +307,7 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
     steps = math.ceil(len(train_data) / cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs, steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
-    if ckpt is not None:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = _checkpoint_file(cfg)
     run = _resume(ckpt, cfg, model, optimizer, scheduler) if cfg.resume else _Progress()
     for epoch in range(run.next_epoch, cfg.epochs):
         t0 = time.perf_counter()

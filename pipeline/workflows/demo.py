@@ -25,7 +25,8 @@ DEMO_EXPLORE = {"depths": ("0", "1", "2", "all"), "sizes": ("5", "all"), "lrs": 
 
 
 def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress=True,
-             cnn_epochs: int | None = None, protocol: str = "auto") -> dict:
+             cnn_epochs: int | None = None, protocol: str = "auto",
+             insight: bool = True) -> dict:
     """The whole chain on the bundled flowers subset; returns table rows and the report path.
 
     Extract efficientnet_lite0 layer2-4 -> logreg and svm on each tap ->
@@ -34,7 +35,8 @@ def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress
     transfer-explorer grid (:data:`DEMO_EXPLORE`, on the store's holdout
     split) -> HTML report, all in a new timestamped folder under ``out_dir``
     (nothing is overwritten).  ``auto`` is cv on the 150 bundled photos
-    (:func:`pipeline.runs.protocol.resolve_protocol`).
+    (:func:`pipeline.runs.protocol.resolve_protocol`).  ``insight=False``
+    stops after the baselines (no fine-tuning, hierarchy or explorer).
     """
     from ..extraction.job import ExtractConfig, run_extract
     from ..train.finetune import FinetuneConfig
@@ -60,12 +62,13 @@ def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress
         opts = {"epochs": cnn_epochs} if (kind == "cnn" and cnn_epochs) else {}
         rec, _ = run_baseline(kind, summary.path, runs_dir, protocol=protocol, **opts)
         records.append(rec)
-    cache = folder / "cache"
-    rec, _ = run_finetune(FinetuneConfig(features=str(summary.path), **DEMO_FINETUNE), runs_dir,
-                          cache, protocol)
-    records.append(rec)
-    run_hierarchy(runs_dir=runs_dir)
-    run_explore(ExploreConfig(features=str(summary.path), **DEMO_EXPLORE), runs_dir, cache)
+    if insight:
+        cache = folder / "cache"
+        rec, _ = run_finetune(FinetuneConfig(features=str(summary.path), **DEMO_FINETUNE),
+                              runs_dir, cache, protocol)
+        records.append(rec)
+        run_hierarchy(runs_dir=runs_dir)
+        run_explore(ExploreConfig(features=str(summary.path), **DEMO_EXPLORE), runs_dir, cache)
     report = build_report(runs_dir, folder / "report.html")
     return {"extract": summary, "records": records, "report": report,
             "seconds": time.perf_counter() - t0, "folder": folder}

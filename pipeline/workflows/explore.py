@@ -62,11 +62,16 @@ class ExploreConfig:
     backbone: str | None = None         # default: the store's
     weights: str = "imagenet"
     runtime: str = "auto"               # of the frozen trunk that fills each cache
+    max_end_to_end: int | None = None   # skip depth-all cells with more training images
     extra: dict = field(default_factory=dict)   # more FinetuneConfig fields, same for every cell
 
     def key(self, fingerprint: str) -> str:
+        """The grid's identity: every field that shapes a cell (not ``features``, which is
+        the store's fingerprint here, nor ``max_end_to_end``, which only says which cells
+        to skip, so a grid can be resumed with another limit)."""
         d = asdict(self)
         d.pop("features")
+        d.pop("max_end_to_end")
         return sha256_text(json.dumps({**d, "store": fingerprint}, sort_keys=True))[:12]
 
 
@@ -207,16 +212,19 @@ def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -
     store = FeatureStore(cfg.features)
     backbone = cfg.backbone or store.attrs.get("backbone")
     groups = _group_names(backbone)
-    plans = {d: depth_plan(str(d), groups) for d in cfg.depths}
+    plans = {str(d): depth_plan(str(d), groups) for d in cfg.depths}
     sizes = grid_sizes(cfg.sizes, store.y("train"))
     key = cfg.key(store.fingerprint)
     path = record_path(runs_dir, key)
     cache_dir = Path(cache_dir) if cache_dir else Path(runs_dir) / "explore" / "cache"
     record = _load_previous(path, key) or _new_record(cfg, store, backbone, groups, sizes, key)
+    cells, record["skipped"] = _plan_cells(cfg, store, plans, sizes)
     done = {(c["depth"], c["per_class"], c["lr"]) for c in record["cells"]}
-    todo = [(d, s, lr) for d in cfg.depths for s in sizes for lr in cfg.lrs
-            if (str(d), s, lr) not in done]
-    total = len(cfg.depths) * len(sizes) * len(cfg.lrs)
+    todo = [cell for cell in cells if cell not in done]
+    record["skipped"] = [k for k in record["skipped"]   # run before under a higher limit
+                         if (k["depth"], k["per_class"], k["lr"]) not in done]
+    record["grid"]["max_end_to_end"] = cfg.max_end_to_end
+    total = len(todo) + len(record["cells"])
     if done:
         log.info("explore: resuming %s, %d of %d cells done", path, total - len(todo), total)
     base = FinetuneConfig(features=str(cfg.features), backbone=backbone, weights=cfg.weights,
@@ -240,6 +248,28 @@ def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -
     return record, path
 
 
+def _plan_cells(cfg, store, plans, sizes) -> tuple[list, list]:
+    """``([(depth, size, lr)] to run, [skipped cell]])``: every cell of the grid, depth by
+    depth, except the end-to-end (``all``) cells with more than ``cfg.max_end_to_end``
+    training images, which are listed with the reason."""
+    counts = np.bincount(store.y("train"))
+    cells, skipped = [], []
+    for d in cfg.depths:
+        for size in sizes:
+            n_train = int(np.minimum(counts, size).sum()) if size else int(counts.sum())
+            for lr in cfg.lrs:
+                if plans[str(d)][0] == "all" and cfg.max_end_to_end is not None \
+                        and n_train > cfg.max_end_to_end:
+                    skipped.append({"depth": str(d), "label": plans[str(d)][2],
+                                    "per_class": size,
+                                    "lr": lr, "n_train": n_train,
+                                    "reason": f"end to end on {n_train} images: more than "
+                                              f"--max-end-to-end {cfg.max_end_to_end}"})
+                else:
+                    cells.append((str(d), size, lr))
+    return cells, skipped
+
+
 def _new_record(cfg, store, backbone, groups, sizes, key) -> dict:
     counts = np.bincount(store.y("train"), minlength=len(store.classes))
     return {"kind": "explore", "schema": EXPLORE_SCHEMA, "key": key,
@@ -251,7 +281,8 @@ def _new_record(cfg, store, backbone, groups, sizes, key) -> dict:
             "split_sizes": {k: int(v) for k, v in store.split_sizes().items()},
             "grid": {"depths": [str(d) for d in cfg.depths], "sizes": sizes,
                      "lrs": list(cfg.lrs), "epochs": cfg.epochs, "views": cfg.views,
-                     "seed": cfg.seed, "lr_factor": 1.0, "extra": cfg.extra},
+                     "seed": cfg.seed, "lr_factor": 1.0, "extra": cfg.extra,
+                     "max_end_to_end": cfg.max_end_to_end},
             "cells": [], "complete": False}
 
 
