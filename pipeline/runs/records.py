@@ -373,3 +373,23 @@ def _checked(rec: dict) -> dict:
     if schema:
         log.warning("run record %s has %s; reading it as this one", rec["_file"], schema)
     return rec
+
+
+def side_records(folder, pattern: str, kind: str, schema: int) -> list[dict]:
+    """The readable records of ``kind`` and ``schema`` among ``folder/pattern`` (a
+    command's own records beside the runs: hierarchy, explore), newest file name first;
+    any other file is skipped with a warning naming it."""
+    found = []
+    for path in sorted(Path(folder).glob(pattern), reverse=True):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("%s record %s skipped: %s", kind, path, exc)
+            continue
+        if isinstance(record, dict) and record.get("kind") == kind \
+                and record.get("schema") == schema:
+            found.append(record)
+        else:
+            log.warning("%s record %s skipped: not a schema-%d %s record", kind, path, schema,
+                        kind)
+    return found

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import UsageError, opt
 from ..files import atomic_write, sha256_text
 from ..options import check_seed
-from ..runs.records import DEFAULT_RUNS_DIR, make_run_id
+from ..runs.records import DEFAULT_RUNS_DIR, make_run_id, side_records
 from ..runs.stats import wilson_interval
 from ..store.hdf5 import FeatureStore, now_iso
 
@@ -293,18 +293,8 @@ def _save(record: dict, path: Path):
 
 
 def latest_explore(runs_dir) -> dict | None:
-    """The most recently updated readable explore record under ``<runs_dir>/explore/``."""
-    found = []
-    for path in (Path(runs_dir) / "explore").glob("explore-*.json"):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            log.warning("explore record %s skipped: %s", path, exc)
-            continue
-        if isinstance(record, dict) and record.get("kind") == "explore" \
-                and record.get("schema") == EXPLORE_SCHEMA and record.get("cells"):
-            found.append(record)
-        else:
-            log.warning("explore record %s skipped: not a schema-%d explore record with cells",
-                        path, EXPLORE_SCHEMA)
+    """The most recently updated readable explore record with cells under
+    ``<runs_dir>/explore/``, or None."""
+    found = [r for r in side_records(Path(runs_dir) / "explore", "explore-*.json", "explore",
+                                     EXPLORE_SCHEMA) if r.get("cells")]
     return max(found, key=lambda r: str(r.get("updated"))) if found else None

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..backbones import get_backbone, load_backbone, resolve_taps
 from ..data.manifest import bundled_data_root, scan, stratified_head
 from ..files import atomic_write
-from ..runs.records import DEFAULT_RUNS_DIR, make_run_id
+from ..runs.records import DEFAULT_RUNS_DIR, make_run_id, side_records
 from ..store.hdf5 import now_iso
 
 log = logging.getLogger(__name__)
@@ -68,15 +68,5 @@ def run_hierarchy(data=None, backbone: str = "efficientnet_lite0", weights: str 
 
 def latest_hierarchy(runs_dir) -> dict | None:
     """The newest readable hierarchy record under ``<runs_dir>/hierarchy/``, or None."""
-    for path in sorted((Path(runs_dir) / "hierarchy").glob("*.json"), reverse=True):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            log.warning("hierarchy record %s skipped: %s", path, exc)
-            continue
-        if isinstance(record, dict) and record.get("kind") == "hierarchy" \
-                and record.get("schema") == HIERARCHY_SCHEMA:
-            return record
-        log.warning("hierarchy record %s skipped: not a schema-%d hierarchy record", path,
-                    HIERARCHY_SCHEMA)
-    return None
+    found = side_records(Path(runs_dir) / "hierarchy", "*.json", "hierarchy", HIERARCHY_SCHEMA)
+    return found[0] if found else None
