@@ -178,7 +178,7 @@ def _cell(result, depth: str, label: str, trained: list, per_class, lr: float,
     low, high = wilson_interval(int(correct.sum()), len(correct))
     return {"depth": depth, "label": label, "unfreeze": result.cfg.unfreeze,
             "groups_trained": trained, "per_class": per_class,
-            "n_train": _n_train(result),
+            "n_train": _train_count(store.y("train"), result.cfg.train_per_class),
             "lr": lr, "val_accuracy": float(np.mean(result.val_proba.argmax(1) == y_val)),
             "test_accuracy": float(correct.mean()), "test_low": low, "test_high": high,
             "n_test": int(len(correct)), "test_correct": "".join(map(str, correct)),
@@ -189,12 +189,11 @@ def _cell(result, depth: str, label: str, trained: list, per_class, lr: float,
             "val_curve": [round(h["val_accuracy"], 4) for h in res.history]}
 
 
-def _n_train(result) -> int:
-    from ..data.split import draw_rows
-
-    y = result.store.y("train")
-    n = result.cfg.train_per_class
-    return int(len(draw_rows(y, n, 1, result.cfg.seed)[0])) if n else int(len(y))
+def _train_count(labels, size) -> int:
+    """Training images in a draw of ``size`` per class (None: the whole split) of ``labels``:
+    :func:`pipeline.data.split.draw_rows` takes ``min(size, class count)`` of each class."""
+    counts = np.bincount(np.asarray(labels))
+    return int(np.minimum(counts, size).sum()) if size else int(counts.sum())
 
 
 def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -> tuple[dict, Path]:
@@ -252,11 +251,10 @@ def _plan_cells(cfg, store, plans, sizes) -> tuple[list, list]:
     """``([(depth, size, lr)] to run, [skipped cell]])``: every cell of the grid, depth by
     depth, except the end-to-end (``all``) cells with more than ``cfg.max_end_to_end``
     training images, which are listed with the reason."""
-    counts = np.bincount(store.y("train"))
     cells, skipped = [], []
     for d in cfg.depths:
         for size in sizes:
-            n_train = int(np.minimum(counts, size).sum()) if size else int(counts.sum())
+            n_train = _train_count(store.y("train"), size)
             for lr in cfg.lrs:
                 if plans[str(d)][0] == "all" and cfg.max_end_to_end is not None \
                         and n_train > cfg.max_end_to_end:
