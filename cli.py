@@ -30,6 +30,7 @@ from pipeline.options import (
     CACHE_MODES,
     CLASSIFIERS,
     DTYPES,
+    LAYOUTS,
     MAX_SEED,
     POOLINGS,
     PRECISIONS,
@@ -143,8 +144,48 @@ def handle_errors(fn):
 def data_option(fn):
     return click.option(
         "--data", type=click.Path(), default=None,
-        help="Image folder, one sub-folder per class (default: the bundled flowers subset).",
+        help="Image folder with one sub-folder per class, a folder of split folders "
+             "(train/, val/, test/, each with one sub-folder per class), or a label table "
+             "(.csv, .tsv, .jsonl, .parquet: a path and a label column, optional split and "
+             "group columns). Default: the bundled flowers subset.",
     )(fn)
+
+
+def layout_options(fn):
+    """How ``--data`` is read: its layout and a label table's columns."""
+    for name, what in (("image-root", "Folder a label table's relative paths start from "
+                                      "(default: the table's folder)."),
+                       ("group-column", "A label table's group column (default: group)."),
+                       ("split-column", "A label table's split column: train, val, test "
+                                        "(default: split, if present)."),
+                       ("label-column", "A label table's label column (default: label, "
+                                        "class, category, ...)."),
+                       ("path-column", "A label table's path column (default: path, file, "
+                                       "filename, image, ...).")):
+        fn = click.option(f"--{name}", default=None, metavar="NAME" if "column" in name
+                          else "DIR", help=what)(fn)
+    return click.option(
+        "--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
+        help="How --data is read: auto detects it (a file is a label table; a folder whose "
+             "sub-folders are all train/val/valid/validation/dev/test is split folders); "
+             "classes reads every sub-folder as a class, even one named train.")(fn)
+
+
+GROUPS_HELP = ("Keep related images on one side of every split and fold: none | table (the "
+               "label table's group column) | name:REGEX (searched in each file name; its first "
+               "group names the image's group, e.g. 'name:^(patient\\d+)_') | path:REGEX (in its "
+               "path under the data folder). Default: the store's (a table's group column, "
+               "else none).")
+
+
+def split_options(fn):
+    """Which split a command judges on: the store's, or another seed or group rule (no
+    forward pass: the split is computed from the store's index)."""
+    fn = click.option("--groups", default=None, metavar="RULE", help=GROUPS_HELP)(fn)
+    return click.option(
+        "--split-seed", type=SEED, default=None,
+        help="Seed of the holdout split and the cross-validation folds (default: the store's, "
+             "fixed by extract --seed). Another seed costs no forward pass.")(fn)
 
 
 def check_backbone(ctx, param, value):
@@ -291,7 +332,13 @@ def backbones(pattern, limit):
               help="Decoding threads (default: by core count; 0 = decode between batches).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32",
               show_default=True, help="Storage dtype of the vectors.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Split seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="Seed of the split stored with the vectors (commands can judge on another "
+                   "with --split-seed, without a forward pass).")
+@click.option("--groups", default="auto", show_default=True, metavar="RULE",
+              help=GROUPS_HELP.replace("Default: the store's (a table's group column, else "
+                                       "none).", "auto: a table's group column, else none."))
+@layout_options
 @click.option("--out", default="features", show_default=True,
               help="Output folder (or a .h5 file path).")
 @click.option("--overwrite", is_flag=True, help="Replace a store with another configuration.")
@@ -303,13 +350,23 @@ def backbones(pattern, limit):
               help="Merge the N finished shards into the store (no extraction).")
 @handle_errors
 def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, precision,
-            threads, workers, dtype, seed, out, overwrite, no_progress, shard, merge_shards):
+            threads, workers, dtype, seed, groups, layout, path_column, label_column,
+            split_column, group_column, image_root, out, overwrite, no_progress, shard,
+            merge_shards):
     """Pass every image once through a frozen backbone; store pooled taps in HDF5.
 
-    One forward pass per batch computes all requested taps; the split
-    (70/15/15, stratified, --seed) is fixed here and stored.  A re-run does
-    no forward pass; added or changed images are extracted alone; an
-    interrupted run resumes.
+    --data is a folder with one sub-folder per class, a folder of split folders
+    (train/<class>/, val/<class>/, test/<class>/: that split is kept) or a label
+    table (path and label columns, optional split and group columns).  One
+    forward pass per batch computes all requested taps; a split (the data's,
+    else 70/15/15, stratified, by --seed, keeping --groups apart) is stored
+    beside the vectors.  A re-run does no forward pass; added or changed
+    images are extracted alone; new labels, splits or groups rewrite the index
+    only; an interrupted run resumes.
+
+    Example: python cli.py extract --data photos/train_test_root
+
+    Example: python cli.py extract --data labels.csv --groups table
 
     Under torchrun each rank extracts its shard of the images on its own
     device and rank 0 merges the shards into the same store one process writes.
@@ -325,18 +382,26 @@ def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, 
         data=data, backbone=backbone, weights=weights, layers=tuple(layers), pool=pool,
         batch_size=batch_size, device=device, runtime=runtime, precision=precision,
         threads=threads, workers=workers, out=out,
-        dtype=dtype, seed=seed, overwrite=overwrite, progress=not no_progress),
+        dtype=dtype, seed=seed, overwrite=overwrite, progress=not no_progress,
+        groups=groups, layout=layout, path_column=path_column, label_column=label_column,
+        split_column=split_column, group_column=group_column, image_root=image_root),
         shard=shard, merge_world=merge_shards)
+    for line in summary.describe():
+        if not line.startswith("WARNING: "):  # warnings went to the log (stderr) already
+            click.echo(line)
     if summary.up_to_date:
         click.echo(f"up to date: {summary.n_images} images, no forward pass")
+    elif not summary.n_extracted and not summary.n_resumed:
+        click.echo(f"index rewritten (labels, split, groups or the files left out changed): "
+                   f"{summary.n_reused} images reused, no forward pass")
     else:
         click.echo(f"extracted {summary.n_extracted} images "
                    f"({summary.images_per_second:.1f} img/s), reused {summary.n_reused}, "
                    f"resumed {summary.n_resumed}, in {summary.seconds:.1f} s "
                    f"(runtime {summary.runtime}:{summary.precision})")
     if summary.skipped:
-        click.echo(f"skipped {len(summary.skipped)} file(s) (unreadable, not an image, "
-                   "hidden or outside a class folder):")
+        click.echo(f"skipped {len(summary.skipped)} file(s) or table row(s), each with its "
+                   "reason:")
         for path, reason in summary.skipped:
             click.echo(f"  {path}: {reason}")
     click.echo(str(summary.path))
@@ -349,9 +414,10 @@ def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, 
 @click.option("--clf", type=click.Choice(CLASSIFIERS), default="logreg", show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @protocol_option
+@split_options
 @runs_option
 @handle_errors
-def fit(features, layer, clf, seed, protocol, runs_dir):
+def fit(features, layer, clf, seed, protocol, split_seed, groups, runs_dir):
     """Train a scikit-learn head on cached features and score it on the test split.
 
     The hyperparameter (C, k for knn, alpha for sgd-logreg) is chosen on the
@@ -363,7 +429,8 @@ def fit(features, layer, clf, seed, protocol, runs_dir):
     """
     from pipeline.workflows.fit import run_fit, summary_line
 
-    for record, path in run_fit(features, layer, clf, runs_dir, seed=seed, protocol=protocol):
+    for record, path in run_fit(features, layer, clf, runs_dir, seed=seed, protocol=protocol,
+                                split_seed=split_seed, groups=groups):
         click.echo(f"{record['label']}: {record['hyperparameters']} {summary_line(record)}  "
                    f"{path}")
 
@@ -375,9 +442,10 @@ def fit(features, layer, clf, seed, protocol, runs_dir):
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Maximum epochs (mlp, cnn); default per kind.")
 @protocol_option
+@split_options
 @runs_option
 @handle_errors
-def baseline(kind, features, seed, epochs, protocol, runs_dir):
+def baseline(kind, features, seed, epochs, protocol, split_seed, groups, runs_dir):
     """Raw-pixel logistic regression, the course's MLP, or a small CNN from scratch.
 
     Uses the split stored in the feature store, so it is judged on the same
@@ -390,7 +458,7 @@ def baseline(kind, features, seed, epochs, protocol, runs_dir):
 
     opts = {"epochs": epochs} if epochs else {}
     record, path = run_baseline(kind, find_store(features), runs_dir, seed=seed,
-                                protocol=protocol, **opts)
+                                protocol=protocol, split_seed=split_seed, groups=groups, **opts)
     click.echo(f"{record['label']}: {summary_line(record)}  {path}")
 
 
@@ -616,13 +684,14 @@ def demo(out, no_progress, protocol):
               help="Name of the method in tables and the report (runs with one label form "
                    "one group: e.g. more seeds of a ladder rung).")
 @protocol_option
+@split_options
 @runs_option
 @handle_errors
 def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, schedule_per,
              gamma, step_size, gradual, augment, views, cache, cache_dir, bn, epochs,
              batch_size, label_smoothing, patience, input_size, compile_, trunk_runtime, seed,
              seeds,
-             checkpoint_dir, resume, label, protocol, runs_dir):
+             checkpoint_dir, resume, label, protocol, split_seed, groups, runs_dir):
     """Fine-tune a pretrained backbone on the feature store's split.
 
     Example: python cli.py finetune --unfreeze-from layer4 --lr 1e-3 --lr-factor 0.3 --seeds 3
@@ -638,7 +707,8 @@ def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, sch
         augment=augment, views=views, cache=cache, bn=bn, epochs=epochs,
         batch_size=batch_size, seed=seed, label_smoothing=label_smoothing, patience=patience,
         input_size=input_size, compile=compile_, runtime=trunk_runtime,
-        checkpoint_dir=checkpoint_dir, resume=resume, label=label)
+        checkpoint_dir=checkpoint_dir, resume=resume, label=label, split_seed=split_seed,
+        groups=groups)
     for record, path in run_finetune_seeds(cfg, seeds, runs_dir, cache_dir, protocol):
         click.echo(f"{record['label']} (seed {record['seed']}): {summary_line(record)}  "
                    f"{record['fit_seconds']:.0f} s  {path}")
@@ -661,10 +731,11 @@ def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, sch
                    "'fine-tune head only', 'fine-tune top groups', 'differential LR', "
                    "'gradual unfreezing'); default: all.")
 @protocol_option
+@split_options
 @runs_option
 @handle_errors
 def ladder(features, seeds, baseline_seeds, epochs, views, cnn_epochs, cache_dir, rungs,
-           protocol, runs_dir):
+           protocol, split_seed, groups, runs_dir):
     """Run the course ladder on one store's split and print its table.
 
     pixels -> MLP -> scratch CNN -> frozen logreg (best tap) -> fine-tune head
@@ -681,7 +752,8 @@ def ladder(features, seeds, baseline_seeds, epochs, views, cnn_epochs, cache_dir
     chosen = [r.strip() for r in rungs.split(",")] if rungs else None
     rows = run_ladder(str(find_store(features)), runs_dir, seeds=seeds, epochs=epochs,
                       views=views, cnn_epochs=cnn_epochs, cache_dir=cache_dir, rungs=chosen,
-                      protocol=protocol, baseline_seeds=baseline_seeds)
+                      protocol=protocol, baseline_seeds=baseline_seeds,
+                      split_seed=split_seed, groups=groups)
     click.echo(f"\n{'method':<52} {'trainable':>10} {'train s':>8} {'val acc':>8} "
                f"{'test acc':>9} {'sd':>6}")
     for r in rows:

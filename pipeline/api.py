@@ -80,11 +80,12 @@ class Run:
         return f"Run({self.label!r}, {what} {self.accuracy:.3f} [{low:.3f}, {high:.3f}])"
 
 
-def open_store(path):
-    """The feature store at ``path`` (an ``.h5`` file written by :func:`extract`)."""
-    from .store.hdf5 import FeatureStore
+def open_store(path, split_seed: int | None = None, groups: str | None = None):
+    """The feature store at ``path`` (an ``.h5`` file written by :func:`extract`), seen with
+    the split of ``split_seed`` and group rule ``groups`` (None: the stored ones)."""
+    from .store.hdf5 import open_store as _open
 
-    return FeatureStore(path)
+    return _open(path, split_seed, groups)
 
 
 def extract(data=None, *, backbone: str = "efficientnet_lite0", layers=(), out="features",
@@ -113,25 +114,29 @@ def _store_path(store) -> str:
 
 
 def fit(store, layer: str = "layer3", clf: str = "logreg", *, runs_dir=DEFAULT_RUNS_DIR,
-        seed: int = 0, protocol: str = "auto"):
+        seed: int = 0, protocol: str = "auto", split_seed: int | None = None,
+        groups: str | None = None):
     """Fit head ``clf`` on tap ``layer`` of ``store`` (a store or its path); a :class:`Run`.
 
     ``layer="all"`` fits every tap of the store and returns a list of runs.
     ``protocol`` as in the CLI: ``holdout`` (C chosen on validation, scored
     on test), ``cv`` (repeated K-fold, nested) or ``auto`` (cv on small data).
+    ``split_seed`` and ``groups`` judge on another split or group rule than the store's
+    (no forward pass), as ``--split-seed`` and ``--groups``.
     """
     from .heads.persist import load_head
     from .workflows.fit import run_fit
 
     runs = []
     for record, path in run_fit(_store_path(store), layer, clf, runs_dir, seed=seed,
-                                protocol=protocol):
+                                protocol=protocol, split_seed=split_seed, groups=groups):
         runs.append(Run(record, path, load_head(record["model_file"])["model"]))
     return runs if layer == "all" else runs[0]
 
 
 def baseline(store, kind: str = "pixels", *, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
-             protocol: str = "auto", **options) -> Run:
+             protocol: str = "auto", split_seed: int | None = None, groups: str | None = None,
+             **options) -> Run:
     """Baseline ``kind`` (pixels, mlp, cnn) on ``store``; a :class:`Run`.
 
     ``options`` override :data:`pipeline.train.baselines.DEFAULTS` (``epochs``,
@@ -141,7 +146,8 @@ def baseline(store, kind: str = "pixels", *, runs_dir=DEFAULT_RUNS_DIR, seed: in
     from .train.baselines import model_writer
     from .workflows.baseline import baseline_run
 
-    record, out, store = baseline_run(kind, _store_path(store), seed, protocol, **options)
+    record, out, store = baseline_run(kind, _store_path(store), seed, protocol,
+                                      split_seed=split_seed, groups=groups, **options)
     path = save_run(record, runs_dir, *model_writer(kind, out, store)) if runs_dir else None
     return Run(record, path, out["model"])
 

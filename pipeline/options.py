@@ -42,6 +42,8 @@ BN_POLICIES = ("frozen-eval", "train")
 CACHE_MODES = ("auto", "off")
 #: Evaluation protocols: one fixed split, repeated stratified K-fold, or chosen by size.
 PROTOCOLS = ("auto", "holdout", "cv")
+#: Dataset layouts ``--data`` is read as (pipeline.data.layouts); ``auto`` = detected.
+LAYOUTS = ("auto", "classes", "splits", "table")
 #: Split names in the order of their codes in a store (0, 1, 2).
 SPLITS = ("train", "val", "test")
 #: Largest seed: numpy and torch take unsigned 32-bit seeds.

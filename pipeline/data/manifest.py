@@ -1,9 +1,12 @@
-"""Image folders into manifests: the ImageFolder scan and the bundled subset.
+"""Image folders into manifests: the ImageFolder scan, split folders and the bundled subset.
 
 :func:`scan` turns a folder (one sub-folder per class) into a :class:`Manifest`
 (relative paths, integer labels, class names, file identities, and every
-entry left out with its reason); :func:`stratified_head` takes a proportional
-subset of it (benchmarks, ``limit``).
+entry left out with its reason); :func:`scan_split_folders` does the same for a
+folder of split folders (``train/<class>/``, ``val/<class>/``, ``test/<class>/``),
+keeping each image's split as ``given_split``; :func:`stratified_head` takes a
+proportional subset of a manifest (benchmarks, ``limit``).  Label tables are read
+by :mod:`.table`, and :mod:`.layouts` tells the layouts apart.
 """
 
 from __future__ import annotations
@@ -47,19 +50,45 @@ class Manifest:
     mtimes: np.ndarray
     ignored: list[str] = field(default_factory=list)
     excluded: list[tuple[str, str]] = field(default_factory=list)
+    #: ``classes`` (one folder per class), ``splits`` (split folders) or ``table``
+    layout: str = "classes"
+    #: ``(n_images,)`` int8 split codes the data gives (0 train, 1 val, 2 test; -1 none),
+    #: or None when the layout gives no split
+    given_split: np.ndarray | None = None
+    #: one group name per image (a label table's group column), or None
+    groups: list[str] | None = None
+    #: the label table a ``table`` manifest was read from, with its SHA-256
+    source: Path | None = None
+    source_sha256: str | None = None
+    #: ``{path: line}``: the table line each image came from (``table`` layout)
+    lines: dict = field(default_factory=dict)
+    #: what the layout found that the user should know (a class missing from a split, ...)
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self):
         return len(self.paths)
 
     @property
     def name(self):
+        """The dataset's name in store file names: the folder's, or for a table
+        ``<folder>_<table stem>`` (a table called labels.csv is not a dataset name)."""
+        if self.source is not None:
+            return f"{self.root.name}_{self.source.stem}"
         return self.root.name
 
     def subset(self, keep) -> "Manifest":
         """The manifest of rows ``keep`` (indices, in the order given); same root and classes."""
         keep = np.asarray(keep, dtype=np.int64)
         return replace(self, paths=[self.paths[i] for i in keep], labels=self.labels[keep],
-                       sizes=self.sizes[keep], mtimes=self.mtimes[keep])
+                       sizes=self.sizes[keep], mtimes=self.mtimes[keep],
+                       given_split=(None if self.given_split is None
+                                    else self.given_split[keep]),
+                       groups=None if self.groups is None else [self.groups[i] for i in keep])
+
+    def class_counts(self) -> dict:
+        """``{class: images}`` in class order."""
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts)}
 
 
 def bundled_data_root() -> Path:
@@ -96,6 +125,22 @@ def scan(root, min_per_class: int = 3) -> Manifest:
     labels, and leaving the whole class out would silently change the set of
     classes.  So does a class folder whose name is not valid UTF-8.
     """
+    root, real_root = _data_folder(root)
+    excluded, ignored = [], []
+    class_dirs, found = _scan_classes(root, real_root, root, "", excluded, ignored, {})
+    _drop_second_copies(found, excluded)
+    classes, paths, labels, sizes, mtimes = _rows(class_dirs, found, excluded)
+    check_classes(root, classes, labels, min_per_class)
+    return Manifest(root=root, classes=classes, paths=paths,
+                    labels=np.asarray(labels, dtype=np.int64),
+                    sizes=np.asarray(sizes, dtype=np.int64),
+                    mtimes=np.asarray(mtimes, dtype=np.int64),
+                    ignored=[shown(p) for p in ignored],
+                    excluded=[(shown(p), reason) for p, reason in excluded])
+
+
+def _data_folder(root) -> tuple[Path, str]:
+    """``(root, its real path)``; :class:`DataError` unless it is a folder with a UTF-8 path."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(
@@ -106,20 +151,104 @@ def scan(root, min_per_class: int = 3) -> Manifest:
         raise DataError(f"the path of the image folder '{shown(real_root)}' is not valid "
                         "UTF-8 (shown with \\x escapes); rename it (e.g. with convmv) or move it",
                         param="data")
-    excluded, ignored = [], []
-    class_dirs = _class_dirs(root, excluded)
-    scanned = _check_class_links(root, real_root, class_dirs)
+    return root, real_root
+
+
+def _scan_classes(root: Path, real_root: str, base: Path, prefix: str, excluded: list,
+                  ignored: list, scanned: dict) -> tuple[list, list]:
+    """``(class folders, [images of each])`` of the class folders directly under ``base``
+    (``root`` itself, or one split folder of it named by ``prefix``, e.g. ``"train/"``);
+    image paths are relative to ``root``.  ``scanned`` (real path -> relative name of every
+    folder scanned so far) is shared across the split folders of one root."""
+    class_dirs = _class_dirs(base, excluded, prefix)
+    scanned.update(_check_class_links(base, real_root, class_dirs, prefix))
     found = [_class_images(root, real_root, d, excluded, ignored, scanned)
              for d in class_dirs]
+    return class_dirs, found
+
+
+#: Folder names read as a split (any case), and the split code each stands for.
+SPLIT_FOLDERS = {"train": 0, "val": 1, "valid": 1, "validation": 1, "dev": 1, "test": 2}
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def split_folder_code(name: str):
+    """The split code (0 train, 1 val, 2 test) of a folder called ``name``, else None."""
+    return SPLIT_FOLDERS.get(name.lower())
+
+
+def scan_split_folders(root, min_per_class: int = 3) -> Manifest:
+    """Scan a folder of split folders (``train/``, ``val/``|``valid/``|``validation/``|``dev/``,
+    ``test/``, any case), each holding one sub-folder per class, into one
+    :class:`Manifest`: the classes are the union of the class folders, paths keep
+    their split folder (``train/daisy/1.jpg``) and ``given_split`` each image's split.
+
+    A class missing from a split is a note (and a log warning) naming it; two folders of
+    one split (``val/`` and ``valid/``) raise :class:`DataError`.  Everything else is as
+    :func:`scan` (links, hidden files, non-images, duplicates across splits are left out
+    with their reason).
+    """
+    root, real_root = _data_folder(root)
+    excluded, ignored, scanned = [], [], {}
+    splits = {}
+    for entry in sorted(root.iterdir()):
+        code = split_folder_code(entry.name) if entry.is_dir() else None
+        if code is None:
+            if entry.name.startswith("."):
+                excluded.append(_hidden(entry.name, entry.is_dir()))
+            elif entry.is_dir():
+                excluded.append((entry.name + "/", "not a split folder (train, val, test); "
+                                                   "not scanned"))
+            else:
+                excluded.append((entry.name, _not_regular(str(entry))
+                                 or "not inside a split folder's class folder"))
+            continue
+        if code in splits:
+            raise DataError(
+                f"{str(root)!r} has two folders for the {SPLIT_NAMES[code]} split "
+                f"({splits[code][0].name}/ and {entry.name}/); merge them into one",
+                param="data")
+        splits[code] = (entry, *_scan_classes(root, real_root, entry, entry.name + "/",
+                                              excluded, ignored, scanned))
+    found = [images for _entry, _dirs, per_class in splits.values() for images in per_class]
     _drop_second_copies(found, excluded)
-    classes, paths, labels, sizes, mtimes = _rows(class_dirs, found, excluded)
-    _check_classes(root, classes, labels, min_per_class)
-    return Manifest(root=root, classes=classes, paths=paths,
-                    labels=np.asarray(labels, dtype=np.int64),
-                    sizes=np.asarray(sizes, dtype=np.int64),
-                    mtimes=np.asarray(mtimes, dtype=np.int64),
+    names = sorted({d.name for _e, dirs, per_class in splits.values()
+                    for d, images in zip(dirs, per_class) if images})
+    rows = []
+    for code, (entry, dirs, per_class) in sorted(splits.items()):
+        for d, images in zip(dirs, per_class):
+            if not images:
+                excluded.append((f"{entry.name}/{d.name}/", "class folder holds no image"))
+            for rel, _full, st, _via in images:
+                rows.append((rel, names.index(d.name), code, st.st_size, st.st_mtime_ns))
+    rows.sort()
+    labels = np.asarray([r[1] for r in rows], dtype=np.int64)
+    check_classes(root, names, labels, min_per_class)
+    given = np.asarray([r[2] for r in rows], dtype=np.int8)
+    notes = _missing_from_splits(names, labels, given, {c: e.name for c, (e, *_r)
+                                                         in splits.items()})
+    return Manifest(root=root, classes=names, paths=[r[0] for r in rows], labels=labels,
+                    sizes=np.asarray([r[3] for r in rows], dtype=np.int64),
+                    mtimes=np.asarray([r[4] for r in rows], dtype=np.int64),
                     ignored=[shown(p) for p in ignored],
-                    excluded=[(shown(p), reason) for p, reason in excluded])
+                    excluded=[(shown(p), reason) for p, reason in excluded],
+                    layout="splits", given_split=given, notes=notes)
+
+
+def _missing_from_splits(classes, labels, given, folder_of: dict) -> list:
+    """A note for each class with no image in one of the split folders (``extract``
+    warns with it)."""
+    notes = []
+    for code, folder in sorted(folder_of.items()):
+        present = set(labels[given == code].tolist())
+        missing = [c for k, c in enumerate(classes) if k not in present]
+        if missing:
+            what = ("it cannot be learned" if code == 0 else
+                    "it is not validated there" if code == 1 else "it is not tested")
+            notes.append(f"class(es) {', '.join(missing)} have no images in {folder}/: "
+                         f"{what}; add images of them to {folder}/ or remove the class "
+                         "folders elsewhere")
+    return notes
 
 
 def _rows(class_dirs, found, excluded):
@@ -169,12 +298,13 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _class_dirs(root: Path, excluded: list) -> list:
-    """The candidate class folders directly under ``root``; the rest goes to ``excluded``."""
+def _class_dirs(root: Path, excluded: list, prefix: str = "") -> list:
+    """The candidate class folders directly under ``root``; the rest goes to ``excluded``
+    (named ``prefix`` + name: relative to the data folder)."""
     class_dirs = []
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
-            excluded.append(_hidden(entry.name, entry.is_dir()))
+            excluded.append(_hidden(prefix + entry.name, entry.is_dir()))
         elif entry.is_dir():
             if not _utf8(entry.name):
                 raise DataError(
@@ -183,12 +313,12 @@ def _class_dirs(root: Path, excluded: list) -> list:
                     "UTF-8 text; rename it to UTF-8 (e.g. with convmv)", param="data")
             class_dirs.append(entry)
         else:
-            excluded.append((entry.name, _not_regular(str(entry))
+            excluded.append((prefix + entry.name, _not_regular(str(entry))
                              or "not inside a class folder"))
     return class_dirs
 
 
-def _check_class_links(root: Path, real_root: str, class_dirs: list) -> dict:
+def _check_class_links(root: Path, real_root: str, class_dirs: list, prefix: str = "") -> dict:
     """:class:`DataError` for a class folder that is a link into the data folder or to the
     same place as another class; else ``{real path: relative name}`` of the class folders."""
     real = {d.name: os.path.realpath(d) for d in class_dirs}
@@ -213,7 +343,7 @@ def _check_class_links(root: Path, real_root: str, class_dirs: list) -> dict:
                 "its images would get two labels and could land in two splits; remove the "
                 "link (or replace it with a folder of that class's own images) and run again",
                 param="data")
-    return {target: name for name, target in real.items()}
+    return {target: prefix + name for name, target in real.items()}
 
 
 def _class_images(root: Path, real_root: str, class_dir: Path, excluded: list,
@@ -245,7 +375,7 @@ def _class_images(root: Path, real_root: str, class_dir: Path, excluded: list,
             elif not _utf8(fname):
                 excluded.append((rel, "file " + NOT_UTF8))
             else:
-                st = _regular_stat(full)
+                st = regular_stat(full)
                 if isinstance(st, str):
                     excluded.append((rel, st))
                 else:
@@ -285,7 +415,7 @@ def _follow(root, real_root, dirpath, rel, excluded, scanned, linked) -> bool:
     return True
 
 
-def _regular_stat(full: str):
+def regular_stat(full: str):
     """``os.stat`` of a regular file, else the reason it is left out (never opens it)."""
     try:
         st = os.stat(full)
@@ -350,7 +480,7 @@ def _drop_second_copies(found: list, excluded: list):
         images[:] = [im for k, im in enumerate(images) if (c, k) not in drop]
 
 
-def _check_classes(root: Path, classes: list, labels: list, min_per_class: int):
+def check_classes(root: Path, classes: list, labels, min_per_class: int):
     """:class:`DataError` unless there are 2 classes with ``min_per_class`` images each."""
     if len(classes) < 2:
         raise DataError(

@@ -27,9 +27,10 @@ DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
 
 
 def _split_counts(n: int, fractions) -> tuple[int, int, int]:
-    """Train/val/test counts for a class of ``n`` images; val and test get >= 1."""
-    n_val = max(1, int(round(n * fractions[1])))
-    n_test = max(1, int(round(n * fractions[2])))
+    """Train/val/test counts for a class of ``n`` images; val and test get >= 1 (none when
+    their fraction is 0: validation drawn from a given training split)."""
+    n_val = max(1, int(round(n * fractions[1]))) if fractions[1] > 0 else 0
+    n_test = max(1, int(round(n * fractions[2]))) if fractions[2] > 0 else 0
     return n - n_val - n_test, n_val, n_test
 
 

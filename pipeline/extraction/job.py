@@ -26,9 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from ..backbones import get_backbone, resolve_taps, weights_identity
+from ..data.balance import IMBALANCE_RATIO, imbalance_ratio
 from ..data.decode import DECODING
-from ..data.manifest import Manifest, bundled_data_root, scan, stratified_head
-from ..data.split import DEFAULT_FRACTIONS, assign_folds, assign_split
+from ..data.layouts import TableColumns, load
+from ..data.manifest import Manifest, bundled_data_root, stratified_head
+from ..data.partition import SplitSpec, group_ids, partition
+from ..data.split import DEFAULT_FRACTIONS
 from ..errors import CorruptStoreError, StoreError, UsageError, opt
 from ..files import (
     atomic_write,
@@ -75,8 +78,21 @@ class ExtractConfig:
     workers: int | None = None
     out: str = "features"
     dtype: str = "float32"
-    seed: int = 0
+    seed: int = 0                     # seed of the split stored with the vectors (default)
     fractions: tuple = DEFAULT_FRACTIONS
+    layout: str = "auto"              # pipeline.options.LAYOUTS
+    groups: str = "auto"              # group rule of the stored split (auto: the table's)
+    # a label table's columns (None: found among the usual names) and the folder its
+    # relative paths start from (None: the table's own)
+    path_column: str | None = None
+    label_column: str | None = None
+    split_column: str | None = None
+    group_column: str | None = None
+    image_root: str | None = None
+
+    def columns(self) -> TableColumns:
+        return TableColumns(self.path_column, self.label_column, self.split_column,
+                            self.group_column, self.image_root)
     overwrite: bool = False
     progress: bool = True
     limit: int | None = None          # about N images, the first of each class (benchmarks)
@@ -96,6 +112,42 @@ class ExtractSummary:
     up_to_date: bool = False
     runtime: str = ""
     precision: str = ""
+    notes: list = field(default_factory=list)        # what the layout and split found
+    class_counts: dict = field(default_factory=dict)  # class -> [train, val, test] images
+    split: dict = field(default_factory=dict)          # the stored split (partition info)
+
+    def describe(self) -> list[str]:
+        """Lines saying what data was found: layout, classes with their images per split,
+        class balance, the stored split and groups, and any warning about them."""
+        lines = [n for n in self.notes if n.startswith("layout:")]
+        totals = {c: sum(v) for c, v in self.class_counts.items()}
+        if totals:
+            width = max(len("class"), *(len(c) for c in totals))
+            lines.append(f"  {'class':<{width}} {'images':>7} {'train':>6} {'val':>5} "
+                         f"{'test':>5}")
+            for c, (tr, va, te) in self.class_counts.items():
+                lines.append(f"  {c:<{width}} {tr + va + te:>7} {tr:>6} {va:>5} {te:>5}")
+            ratio = imbalance_ratio(list(totals.values()), counts=True)
+            if ratio > IMBALANCE_RATIO:
+                big, small = max(totals, key=totals.get), min(totals, key=totals.get)
+                lines.append(f"WARNING: imbalanced classes: {big} has {ratio:.1f}x the images "
+                             f"of {small} ({totals[big]} vs {totals[small]}); accuracy "
+                             "rewards answering the large class: read balanced accuracy "
+                             "and macro-F1")
+        split = self.split or {}
+        if split:
+            groups = split.get("groups") or "none"
+            apart = (", each on one side of the split and of every fold"
+                     if split.get("groups_apart", True) else "")
+            lines.append(f"split: {split.get('source', '?')}"
+                         + ("" if groups == "none" else
+                            f"; groups: {groups} ({split.get('n_groups')} groups{apart})")
+                         + ("; cross-validation folds train + val and leaves the given test "
+                            "split out" if split.get("test_given") else ""))
+        lines += [f"WARNING: {n}" for n in self.notes if not n.startswith(("layout:",
+                                                                           "columns:"))]
+        lines += [n for n in self.notes if n.startswith("columns:")]
+        return lines
 
 
 # ------------------------------------------------------------------ configuration
@@ -114,18 +166,36 @@ def data_root(cfg: ExtractConfig) -> Path:
     return Path(cfg.data) if cfg.data else bundled_data_root()
 
 
+def dataset_name(cfg: ExtractConfig) -> str:
+    """The data's name in the store's file name: the folder's, or ``<folder>_<stem>`` of a
+    label table (as :attr:`Manifest.name`)."""
+    root = data_root(cfg)
+    if root.is_file():
+        return f"{root.resolve().parent.name}_{root.stem}"
+    return root.name
+
+
 def store_path(cfg: ExtractConfig) -> Path:
     """The store :func:`run_extract` writes for ``cfg`` (without scanning the folder)."""
-    return default_store_path(cfg.out, data_root(cfg).name, get_backbone(cfg.backbone).name,
+    return default_store_path(cfg.out, dataset_name(cfg), get_backbone(cfg.backbone).name,
                               cfg.pool)
 
 
 def build_manifest(cfg: ExtractConfig) -> Manifest:
-    """The folder's manifest (``cfg.limit``: its stratified head)."""
-    manifest = scan(data_root(cfg))
+    """The data's manifest in its layout (``cfg.limit``: its stratified head)."""
+    manifest = load(data_root(cfg), cfg.layout, cfg.columns())
     if cfg.limit:
         manifest = manifest.subset(stratified_head(manifest.labels, cfg.limit))
     return manifest
+
+
+def split_spec(cfg: ExtractConfig, manifest: Manifest) -> SplitSpec:
+    """The spec of the split stored with the vectors: ``cfg``'s seed and group rule
+    (``auto``: the label table's group column when it has one, else none)."""
+    rule = cfg.groups
+    if rule == "auto":
+        rule = "table" if manifest.groups is not None else "none"
+    return SplitSpec(seed=cfg.seed, groups=rule, fractions=tuple(cfg.fractions))
 
 
 def validate(cfg: ExtractConfig):
@@ -158,8 +228,12 @@ def resolve(cfg: ExtractConfig):
     return cfg, spec, taps, device_kind
 
 
-def store_config(cfg: ExtractConfig, spec, classes) -> dict:
-    """Everything that shapes the stored vectors and split: the store's cache key."""
+def store_config(cfg: ExtractConfig, spec) -> dict:
+    """Everything that shapes the stored vectors: the store's cache key.
+
+    Not the labels, classes, split or groups: they come from the data's layout and
+    a seed, and changing them rewrites the store's index without a forward pass.
+    """
     config = {
         "format_version": FORMAT_VERSION,
         "backbone": spec.name,
@@ -170,10 +244,18 @@ def store_config(cfg: ExtractConfig, spec, classes) -> dict:
         "dtype": cfg.dtype,
         "runtime": cfg.runtime,
         "precision": cfg.precision,
-        "classes": list(classes),
-        "split": {"seed": cfg.seed, "fractions": list(cfg.fractions)},
     }
     return json.loads(json.dumps(config))  # the form it takes once stored
+
+
+#: Keys of the cache key of stores written before the split left it (version 0.1 of
+#: the store); ignored when such a store is compared, so it is reused, not re-extracted.
+FORMER_KEYS = ("classes", "split")
+
+
+def comparable(config: dict) -> dict:
+    """``config`` without the keys older stores had in their key (:data:`FORMER_KEYS`)."""
+    return {k: v for k, v in config.items() if k not in FORMER_KEYS}
 
 
 def check_existing(path: Path, config: dict, overwrite: bool):
@@ -196,11 +278,11 @@ def check_existing(path: Path, config: dict, overwrite: bool):
         aside = move_aside(path)
         log.warning("%s; moved it aside to %s and writing a new store", detail, aside)
         return None
-    if existing is None or existing[0] == config:
+    if existing is None or comparable(existing[0]) == config:
         return existing
     if overwrite:
         return None
-    old = existing[0]
+    old = comparable(existing[0])
     diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
     raise StoreError(
         f"{path} exists with a different configuration (differs in: {', '.join(diff)}); "
@@ -237,6 +319,9 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary:
     validate(cfg)
     manifest = build_manifest(cfg)
     summary = extract_manifest(cfg, manifest, store_path(cfg), t_start)
+    for line in summary.describe():
+        if line.startswith("WARNING: "):
+            log.warning("%s", line[len("WARNING: "):])
     log_leakage(summary.path)
     return summary
 
@@ -265,7 +350,7 @@ def extract_manifest(cfg: ExtractConfig, manifest: Manifest, path: Path,
     """Bring the store at ``path`` up to date with the images of ``manifest`` under ``cfg``."""
     t_start = time.perf_counter() if t_start is None else t_start
     cfg, spec, taps, device_kind = resolve(cfg)
-    config = store_config(cfg, spec, manifest.classes)
+    config = store_config(cfg, spec)
     output_folder(path)
     need = estimate_store_bytes(manifest.paths, spec.widths(taps, cfg.pool), cfg.dtype)
     journal = f"{path}.partial"
@@ -274,13 +359,41 @@ def extract_manifest(cfg: ExtractConfig, manifest: Manifest, path: Path,
     with writing_into(path.parent, on_full=on_full), write_lock(path):
         existing = check_existing(path, config, cfg.overwrite)
         plan = plan_reuse(existing, manifest, spec, taps, path)
-        if plan.up_to_date:
+        if plan.up_to_date and not _labels_changed(path, manifest, split_spec(cfg, manifest)):
             log.info("%s is up to date (%d images)", path, len(plan.reuse))
             store = FeatureStore(path)
             return ExtractSummary(path, len(store), 0, len(plan.reuse), 0, store.skipped,
                                   time.perf_counter() - t_start, up_to_date=True,
-                                  runtime=cfg.runtime, precision=cfg.precision)
+                                  runtime=cfg.runtime, precision=cfg.precision,
+                                  notes=list(manifest.notes)
+                                  + list(store.split_info.get("notes") or []),
+                                  class_counts=store.split_class_counts(),
+                                  split=store.split_info)
         return _extract_and_write(cfg, spec, manifest, config, path, plan, device_kind, t_start)
+
+
+def _labels_changed(path: Path, manifest: Manifest, spec: SplitSpec) -> bool:
+    """Whether the store's labels, classes, given split, groups, table or split spec differ
+    from the data's (its index is then rewritten; no vector changes)."""
+    store = FeatureStore(path)
+    label_of = dict(zip(manifest.paths, (manifest.classes[k] for k in manifest.labels)))
+    if any(label_of.get(p) != store.classes[k] for p, k in zip(store.paths, store.labels)):
+        return True
+    if store.classes != manifest.classes or store.stored_spec != spec:
+        return True
+    if (store.attrs.get("source_sha256") or None) != manifest.source_sha256 \
+            or store.attrs.get("layout", "classes") != manifest.layout:
+        return True
+    given = None if manifest.given_split is None else dict(zip(manifest.paths,
+                                                               manifest.given_split.tolist()))
+    if (given is None) != (store.given_split is None) or (
+            given is not None and any(given.get(p) != int(c) for p, c in
+                                      zip(store.paths, store.given_split))):
+        return True
+    groups = None if manifest.groups is None else dict(zip(manifest.paths, manifest.groups))
+    return (groups is None) != (store.groups is None) or (
+        groups is not None and any(groups.get(p) != g for p, g in zip(store.paths,
+                                                                      store.groups)))
 
 
 @dataclass
@@ -369,14 +482,17 @@ def _extract_and_write(cfg, spec, manifest, config, path, plan, device_kind, t_s
     created = FeatureStore(path).attrs.get("created") if plan.existing else None
     attrs = store_attrs(cfg, spec, config, manifest, created or now_iso(), speed)
     attrs["cost"] = _cost(spec, plan.taps, cfg.pool, path if plan.existing else None)
-    write_split_store(path, config, attrs, manifest.classes, rows, skipped,
+    write_split_store(path, config, attrs, manifest, rows, skipped,
                       spec.widths(plan.taps, cfg.pool), cfg, plan.previous_split)
     journal.discard()
+    store = FeatureStore(path)
     return ExtractSummary(
         path=path, n_images=len(rows), n_extracted=n_forward, n_reused=len(plan.reuse),
         n_resumed=len(resumed), skipped=[(p, r) for p, _s, r in skipped],
         seconds=time.perf_counter() - t_start, forward_seconds=forward_seconds,
-        images_per_second=speed, runtime=cfg.runtime, precision=cfg.precision)
+        images_per_second=speed, runtime=cfg.runtime, precision=cfg.precision,
+        notes=list(manifest.notes) + list(store.split_info.get("notes") or []),
+        class_counts=store.split_class_counts(), split=store.split_info)
 
 
 def _cost(spec, taps, pool: str, old_path=None) -> dict:
@@ -484,6 +600,9 @@ def store_attrs(cfg: ExtractConfig, spec, config: dict, manifest: Manifest, crea
         "runtime": cfg.runtime,
         "data_root": str(manifest.root.resolve()),
         "dataset": manifest.name,
+        "layout": manifest.layout,
+        "source": str(manifest.source.resolve()) if manifest.source else "",
+        "source_sha256": manifest.source_sha256 or "",
         "split_seed": cfg.seed,
         "split_fractions": list(cfg.fractions),
         "versions": library_versions(),
@@ -493,22 +612,38 @@ def store_attrs(cfg: ExtractConfig, spec, config: dict, manifest: Manifest, crea
     }
 
 
-def write_split_store(path: Path, config: dict, attrs: dict, classes, rows, skipped,
-                      taps: dict, cfg: ExtractConfig, previous_split: dict):
-    """Assign the split and the cross-validation folds over ``rows`` (keeping those of
-    the store at ``path`` when ``previous_split`` comes from it) and write the store."""
+def write_split_store(path: Path, config: dict, attrs: dict, manifest: Manifest, rows,
+                      skipped, taps: dict, cfg: ExtractConfig, previous_split: dict):
+    """Fix the stored split and cross-validation folds over ``rows`` (:func:`partition`
+    of the data's given split and groups under the spec of ``cfg``) and write the store.
+
+    The codes of the store at ``path`` (``previous_split`` from it) are kept for the
+    images it had when it was split under the same spec, so adding images never moves
+    an earlier image to another split."""
     paths, labels = [r["path"] for r in rows], [r["label"] for r in rows]
-    split = assign_split(paths, labels, seed=cfg.seed, fractions=cfg.fractions,
-                         previous=previous_split)
-    previous_folds = stored_folds(path) if previous_split else {}
-    folds = assign_folds(paths, labels, seed=cfg.seed, previous=previous_folds)
+    spec = split_spec(cfg, manifest)
+    row_of = {p: i for i, p in enumerate(manifest.paths)}
+    keep = [row_of[p] for p in paths]
+    given = None if manifest.given_split is None else manifest.given_split[keep]
+    stored = None if manifest.groups is None else [manifest.groups[i] for i in keep]
+    same_spec = bool(previous_split) and path.is_file() and FeatureStore(path).stored_spec == spec
+    previous_folds = stored_folds(path) if same_spec else {}
+    part = partition(paths, labels, spec, given=given, groups=group_ids(spec.groups, paths, stored),
+                     previous_split=previous_split if same_spec else None,
+                     previous_folds=previous_folds)
     new = sum(1 for p in paths if p not in previous_folds)
     if previous_folds and new:
         log.info("%d new image(s) assigned to cross-validation folds; the %d earlier images "
                  "keep theirs", new, len(paths) - new)
-    for r, code, f in zip(rows, split, folds):
+    for r, i, code, f in zip(rows, keep, part.split, part.folds):
         r["split"], r["folds"] = int(code), f
-    write_store(path, config=config, attrs=attrs, classes=classes, rows=rows,
+        if given is not None:
+            r["given"] = int(manifest.given_split[i])
+        if stored is not None:
+            r["group"] = manifest.groups[i]
+    attrs = dict(attrs, split_seed=spec.seed, split_fractions=list(spec.fractions),
+                 group_rule=spec.groups, partition=part.describe())
+    write_store(path, config=config, attrs=attrs, classes=manifest.classes, rows=rows,
                 skipped=skipped, taps=taps, dtype=cfg.dtype)
 
 

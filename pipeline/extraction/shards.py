@@ -206,7 +206,7 @@ def merge_shards(cfg: ExtractConfig, world: int, shard_summaries=None) -> Extrac
         reader = _RowReader(files, taps)
         for r in rows:
             r["vectors"] = (lambda kr=r.pop("shard"): reader.get(*kr))
-        write_split_store(final, config, attrs, manifest.classes, rows, skipped,
+        write_split_store(final, config, attrs, manifest, rows, skipped,
                           dict(stores[0].tap_channels), replace(cfg, dtype=config["dtype"]),
                           previous)
     for p in shards:

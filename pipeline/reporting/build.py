@@ -26,6 +26,7 @@ from .sections import (
     comparison_rows,
     confusion_section,
     curves_section,
+    data_section,
     depth_section,
     feature_map_section,
     mistakes_section,
@@ -119,6 +120,7 @@ def build_context(records: list, analysis: dict) -> dict:
         "hierarchy": hierarchy_section(analysis.get("hierarchy")),
         "advice": advice,
         "provenance": provenance_section(records, groups),
+        "data": data_section(records, groups),
     }
 
 

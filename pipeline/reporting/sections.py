@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.balance import IMBALANCE_RATIO
 from ..options import TAP_ORDER
-from ..runs.groups import compare, is_cv, score, test_metrics, trainable_params
+from ..runs.groups import compare, is_cv, score, split_label, test_metrics, trainable_params
 from ..runs.stats import holm
 from . import plots
 
@@ -540,3 +541,35 @@ def provenance_section(records: list, groups: list) -> dict:
         "versions": versions, "machines": machines,
         "first": created[0], "last": created[-1],
     }
+
+
+#: What each data layout is called in the report.
+LAYOUT_WORDS = {"classes": "one folder per class", "splits": "split folders (train/val/test)",
+                "table": "a label table"}
+
+
+def data_section(records: list, groups: list) -> dict:
+    """The data the best strategy was judged on: layout, classes with their images per
+    split, the split's source, groups and notes; and every other split among the runs
+    (runs on another split are shown, never pooled, and not compared with the best)."""
+    rep = groups[0]["rep"]
+    split = rep.get("split") or {}
+    sizes = split.get("class_sizes") or {}
+    rows = [{"name": c, "train": v[0], "val": v[1], "test": v[2], "total": sum(v)}
+            for c, v in sizes.items()]
+    totals = [r["total"] for r in rows if r["total"]]
+    others = OrderedDict()
+    for r in records:
+        fp = r.get("split_fingerprint")
+        if fp != rep.get("split_fingerprint"):
+            others.setdefault(fp, {"label": split_label(r), "runs": 0})["runs"] += 1
+    return {"layout": LAYOUT_WORDS.get(rep.get("layout") or "classes", rep.get("layout")),
+            "dataset": rep.get("dataset"), "source": split.get("source"),
+            "seed": split.get("seed", rep.get("split_seed")),
+            "groups": split.get("groups") or "none", "n_groups": split.get("n_groups"),
+            "groups_apart": split.get("groups_apart", True),
+            "test_given": bool(split.get("test_given")), "notes": split.get("notes") or [],
+            "protocol": rep.get("protocol", "holdout"), "rows": rows,
+            "ratio": (max(totals) / min(totals)) if totals else None,
+            "imbalanced": bool(totals) and max(totals) / min(totals) > IMBALANCE_RATIO,
+            "other_splits": list(others.values())}

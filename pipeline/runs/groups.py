@@ -60,7 +60,8 @@ def _repeat_key(record):
     if record.get("seed") is None:
         return None
     return (group_key(record), record.get("protocol", "holdout"),
-            (record.get("features") or {}).get("fingerprint"), record["seed"])
+            (record.get("features") or {}).get("fingerprint"), record["seed"],
+            record.get("split_fingerprint"))
 
 
 def latest_per_seed(records: list) -> tuple[list, list]:
@@ -104,9 +105,15 @@ def group_runs(records: list) -> list:
     """
     by_group = OrderedDict()
     for r in latest_per_seed(records)[0]:
-        by_group.setdefault(group_key(r), []).append(r)
+        by_group.setdefault((group_key(r), r.get("split_fingerprint")), []).append(r)
+    splits_of = {}
+    for key, split in by_group:
+        splits_of.setdefault(key, []).append(split)
     groups = []
-    for name, runs in by_group.items():
+    for (key, _split), runs in by_group.items():
+        # runs of one strategy on another split (seed, group rule) are not its repeats:
+        # their test images differ; each split is a row of its own, named by its split
+        name = key if len(splits_of[key]) == 1 else f"{key} [{split_label(runs[0])}]"
         scores = [score(r) for r in runs]
         accs = np.array([sc["value"] for sc in scores])
         order = np.argsort(accs, kind="stable")
@@ -133,6 +140,15 @@ def group_runs(records: list) -> list:
 
     groups.sort(key=lambda g: (-g["selection"], -g["selection_balanced"], size(g)))
     return groups
+
+
+def split_label(record) -> str:
+    """The split a run was judged on, in words: protocol, seed and group rule."""
+    split = record.get("split") or {}
+    seed = split.get("seed", record.get("split_seed"))
+    groups = split.get("groups") or "none"
+    return (f"{record.get('protocol', 'holdout')}, split seed {seed}"
+            + ("" if groups == "none" else f", groups {groups}"))
 
 
 def _correct_by_path(record) -> dict:

@@ -50,7 +50,8 @@ def resolve_protocol(protocol: str, store) -> tuple[str, str]:
 
 
 def folds_fingerprint(store) -> str:
-    """Identity of a store's cross-validation: SHA-256 of its paths and fold ids."""
+    """Identity of a store's cross-validation: SHA-256 of its paths and fold ids (as in
+    use: :meth:`~pipeline.store.hdf5.FeatureStore.use_split` may have changed them)."""
     digest = hashlib.sha256()
     for path, row in zip(store.paths, store.folds):
         digest.update(f"{path}\0{','.join(map(str, row))}\n".encode())
@@ -64,7 +65,8 @@ def cv_result(folds: list, y, classes, n_repeats: int) -> dict:
     n_classes), params, n_train`` (e.g. :class:`pipeline.heads.crossval.FoldResult`);
     ``y`` is ``(n_images,)``.  Returns ``{"cv": ..., "metrics": ..., "predictions": ...}``
     where predictions hold the out-of-fold labels of every repeat and the
-    probabilities of repeat 0, in store row order.
+    probabilities of repeat 0, in store row order, for the rows some fold scored
+    (``rows``: a given test split is in no fold and not scored here).
     """
     y = np.asarray(y)
     n = len(y)
@@ -80,13 +82,15 @@ def cv_result(folds: list, y, classes, n_repeats: int) -> dict:
         n_train.append(int(f.n_train))
         n_test.append(len(f.test))
     mean, lo, hi = corrected_interval(scores, float(np.mean(n_train)), float(np.mean(n_test)))
+    rows = np.flatnonzero(pred[0] >= 0)
+    pred, proba0, y = pred[:, rows], proba0[rows], y[rows]
     per_repeat = [float(np.mean(pred[r] == y)) for r in range(n_repeats)]
     cv = {"n_folds": int(max(f.fold for f in folds)) + 1, "n_repeats": n_repeats,
           "fold_ids": [[int(f.repeat), int(f.fold)] for f in folds], "fold_scores": scores,
           "fold_n_train": n_train, "fold_n_test": n_test, "mean": mean, "ci": [lo, hi],
           "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
           "repeat_accuracy": per_repeat, "fold_params": [f.params for f in folds]}
-    return {"cv": cv,
+    return {"cv": cv, "rows": rows,
             "metrics": {"oof": evaluate(y, pred[0], classes)},
             "predictions": {"y_true": [int(v) for v in y], "y_pred": pred[0].tolist(),
                             "y_pred_repeats": pred.tolist(),

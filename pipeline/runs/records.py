@@ -8,7 +8,8 @@ ever overwriting; :func:`load_records` reads a folder of them back.
 Schema (``schema: 1``; README "Run records" documents every field):
 ``run_id, created, kind (frozen|baseline|finetune), method, label, backbone,
 layer, weights, features {path (absolute since this version), fingerprint}, data_root, classes,
-split_sizes, split_fingerprint, seed, group, hyperparameters, search,
+split_sizes, split_seed, split {seed, groups, fractions, source, test_given, n_groups, sizes,
+notes, stored}, split_fingerprint, seed, group, hyperparameters, search,
 metrics {val, test}, predictions {paths, y_true, y_pred, proba},
 fit_seconds, trainable_params, history, model_file, command, versions,
 machine``.
@@ -89,9 +90,12 @@ def _skeleton(*, kind, method, label, store, classes, hyperparameters, search, f
                      "cost": _store_cost(store)},
         "data_root": str(store.data_root),
         "dataset": store.attrs.get("dataset"),
+        "layout": store.attrs.get("layout", "classes"),
         "classes": list(classes),
         "split_sizes": store.split_sizes(),
-        "split_seed": store.attrs.get("split_seed"),
+        "split_seed": store.split_info.get("seed"),
+        # how the split was made: seed, group rule and groups, given by the data or drawn
+        "split": {**store.split_info, "class_sizes": store.split_class_counts()},
         "seed": seed,
         "group": group or label,
         "hyperparameters": hyperparameters or {},
@@ -157,7 +161,8 @@ def new_cv_record(*, kind: str, method: str, label: str, store, classes, folds: 
                        seed=seed, group=group)
     record.update({"protocol": "cv", "split_fingerprint": folds_fingerprint(store),
                    "cv": result["cv"], "metrics": result["metrics"],
-                   "predictions": {"paths": list(store.paths), **result["predictions"]}})
+                   "predictions": {"paths": [store.paths[i] for i in result["rows"]],
+                                   **result["predictions"]}})
     if extra:
         record.update(extra)
     return record

@@ -5,14 +5,21 @@ configuration (backbone, weights, preprocessing, pooling, storage dtype,
 runtime precision).  Layout (all datasets row-aligned, rows in manifest
 order; see README "HDF5 layout")::
 
-    /paths (N,) str       relative to the data root
+    /paths (N,) str       relative to the data root (absolute for a table's outside files)
     /labels (N,) int64    index into /classes
-    /split (N,) int8      0 train, 1 val, 2 test (fixed at first extraction)
+    /split (N,) int8      0 train, 1 val, 2 test: the stored (default) split
+    /folds (N, R) int8    cross-validation fold per repeat (-1: in no fold)
+    /given_split (N,) int8  the split the data's layout gives (-1: none); optional
+    /groups (N,) str      a label table's group column; optional
     /classes (K,) str
     /sha256, /size, /mtime_ns (N,)   each file's identity when extracted
     /taps/<tap> (N, C)    float32 or float16
     /skipped/paths, /skipped/reasons, /skipped/sha256 (M,)
     attrs: config (JSON), config_key, fingerprint, versions, created, ...
+
+The split is not part of the cache key: labels, groups and the split come from
+the data and a seed, and :meth:`FeatureStore.use_split` computes another split
+or group rule's partition from the index alone (no forward pass).
 
 A finished file is never edited in place: :func:`write_store` assembles it
 into a temporary file and renames it over the old one.
@@ -150,14 +157,89 @@ class FeatureStore:
                                      f"{len(self.paths)} paths")
                 self._folds = f["folds"][()].astype(np.int8) if "folds" in f else None
                 self.has_stored_folds = self._folds is not None
+                self.given_split = (f["given_split"][()].astype(np.int8)
+                                    if "given_split" in f else None)
+                self.groups = ([g.decode() for g in f["groups"][()]] if "groups" in f
+                               else None)
                 self.skipped = list(zip(
                     (s.decode() for s in f["skipped/paths"][()]),
                     (s.decode() for s in f["skipped/reasons"][()])))
             self.config = json.loads(self.attrs["config"])
+        self.split_info = self._stored_info()
 
     def __len__(self):
         return len(self.paths)
 
+    @property
+    def stored_spec(self):
+        """The :class:`~pipeline.data.partition.SplitSpec` of the split stored in the file."""
+        from ..data.partition import SplitSpec
+        from ..data.split import DEFAULT_FRACTIONS
+
+        fractions = self.attrs.get("split_fractions") or DEFAULT_FRACTIONS
+        if isinstance(fractions, str):
+            fractions = json.loads(fractions)
+        return SplitSpec(seed=int(self.attrs.get("split_seed", 0) or 0),
+                         groups=str(self.attrs.get("group_rule") or "none"),
+                         fractions=tuple(float(f) for f in fractions))
+
+    def _stored_info(self) -> dict:
+        """``split_info`` of the stored split (stores of older versions: seeded, no groups)."""
+        info = self.attrs.get("partition")
+        info = json.loads(info) if isinstance(info, str) else None
+        if not isinstance(info, dict):
+            info = {"source": f"stratified split (seed {self.stored_spec.seed})",
+                    "test_given": False, "n_groups": None, "notes": []}
+        return {**info, **self.stored_spec.to_dict(), "stored": True,
+                "sizes": self.split_sizes()}
+
+    def use_split(self, seed=None, groups=None) -> "FeatureStore":
+        """Switch this view to the split and folds of ``seed`` and group rule ``groups``
+        (None: the stored ones); returns ``self``.
+
+        The stored split is used as it is when both match it; otherwise the partition
+        is computed from the paths, labels, given split and groups
+        (:func:`pipeline.data.partition.partition`): no vector is read.
+        """
+        from ..data.partition import SplitSpec, group_ids, partition
+
+        stored = self.stored_spec
+        spec = SplitSpec(seed=stored.seed if seed is None else int(seed),
+                         groups=stored.groups if groups in (None, "auto") else groups,
+                         fractions=stored.fractions)
+        if spec == stored:
+            return self
+        part = partition(self.paths, self.labels, spec, given=self.given_split,
+                         groups=group_ids(spec.groups, self.paths, self.groups),
+                         n_repeats=self.folds.shape[1])
+        if part.source == "given" and spec.seed != stored.seed:
+            part.notes.append("the data gives its train, val and test split: another split "
+                              "seed changes only the cross-validation folds")
+        self.split_codes, self._folds = part.split, part.folds
+        self.split_info = {**part.describe(), **spec.to_dict(), "stored": False}
+        for note in part.notes:
+            log.warning("%s", note)
+        return self
+
+    @property
+    def row_groups(self) -> list | None:
+        """The group of each row under the split in use (None: no groups)."""
+        from ..data.partition import group_ids
+
+        rule = self.split_info.get("groups") or "none"
+        if getattr(self, "_row_groups", (None,))[0] != rule:
+            self._row_groups = (rule, group_ids(rule, self.paths, self.groups))
+        return self._row_groups[1]
+
+    def split_class_counts(self) -> dict:
+        """``{class: [train, val, test]}`` images of the split in use."""
+        return {c: [int(((self.labels == k) & (self.split_codes == code)).sum())
+                    for code in range(3)] for k, c in enumerate(self.classes)}
+
+    def class_counts(self) -> dict:
+        """``{class: images}`` in class order."""
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts)}
     @property
     def fingerprint(self) -> str:
         return self.attrs["fingerprint"]
@@ -238,8 +320,9 @@ class FeatureStore:
         for r in range(folds.shape[1]):
             for k in range(int(folds[:, r].max()) + 1):
                 test = np.flatnonzero(folds[:, r] == k)
-                if len(test):
-                    out.append((r, k, np.flatnonzero(folds[:, r] != k), test))
+                if len(test):  # rows in no fold (-1: a given test split) never train
+                    out.append((r, k, np.flatnonzero((folds[:, r] != k) & (folds[:, r] >= 0)),
+                                test))
         return out
 
     def xy(self, tap: str, split=None) -> tuple[np.ndarray, np.ndarray]:
@@ -254,6 +337,12 @@ class FeatureStore:
 
     def split_sizes(self) -> dict:
         return {name: int((self.split_codes == i).sum()) for i, name in enumerate(self.SPLITS)}
+
+
+def open_store(path, split_seed=None, groups=None) -> FeatureStore:
+    """The store at ``path`` seen with the split of ``split_seed`` and group rule ``groups``
+    (None: the stored ones; :meth:`FeatureStore.use_split`)."""
+    return FeatureStore(path).use_split(split_seed, groups)
 
 
 def _attr(value):
@@ -311,10 +400,11 @@ def write_store(path: Path, *, config: dict, attrs: dict, classes, rows, skipped
 
 
 def store_fingerprint(config: dict, rows) -> str:
-    """SHA-256 of the configuration and every row's identity, label and split."""
+    """SHA-256 of the configuration and every row's identity and label (not its split:
+    a run record keeps the identity of the split it used, ``split_fingerprint``)."""
     digest = hashlib.sha256(config_key(config).encode())
     for r in rows:
-        digest.update(f"{r['path']}\0{r['sha256']}\0{r['label']}\0{r['split']}\n".encode())
+        digest.update(f"{r['path']}\0{r['sha256']}\0{r['label']}\n".encode())
     return digest.hexdigest()
 
 
@@ -332,6 +422,12 @@ def _write_index(f, classes, rows, skipped):
     f.create_dataset("sha256", data=_strings(r["sha256"] for r in rows), dtype=STR)
     f.create_dataset("size", data=np.asarray([r["size"] for r in rows], dtype=np.int64))
     f.create_dataset("mtime_ns", data=np.asarray([r["mtime_ns"] for r in rows], dtype=np.int64))
+    if rows and "given" in rows[0]:
+        given = f.create_dataset("given_split",
+                                 data=np.asarray([r["given"] for r in rows], dtype=np.int8))
+        given.attrs["codes"] = json.dumps({"-1": "none", "0": "train", "1": "val", "2": "test"})
+    if rows and "group" in rows[0]:
+        f.create_dataset("groups", data=_strings(r["group"] for r in rows), dtype=STR)
     if rows and "folds" in rows[0]:
         folds = f.create_dataset("folds", data=np.stack([np.asarray(r["folds"], dtype=np.int8)
                                                          for r in rows]))

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.decode import ImageDecodeError, load_rgb, resize_center_crop
-from ..data.split import inner_validation_split
+from ..data.partition import inner_split
 from ..errors import DataError, UsageError
 from ..options import BASELINE_KINDS
 
@@ -294,7 +294,7 @@ def _cv_torch(store, params, seed, fit_rows, pixels):
     y = store.labels
     folds, epochs, histories = [], [], []
     for r, k, train_rows, test_rows in store.cv_splits():
-        tr, va = inner_validation_split(y, train_rows, seed + r)
+        tr, va = inner_split(y, train_rows, seed + r, groups=store.row_groups)
         out = fit_rows(store, params, seed, {"train": tr, "val": va, "test": test_rows},
                        pixels)
         epochs.append(out["best_epoch"])

@@ -47,7 +47,7 @@ import numpy as np
 from ..errors import DataError, UsageError, opt
 from ..files import atomic_path
 from ..options import BN_POLICIES, CACHE_MODES
-from ..store.hdf5 import FeatureStore
+from ..store.hdf5 import open_store
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class FinetuneConfig:
     epochs: int = 12
     batch_size: int = 32
     seed: int = 0
+    split_seed: int | None = None       # the split's seed (None: the store's)
+    groups: str | None = None           # group rule of the split (None: the store's)
     label_smoothing: float = 0.1
     patience: int | None = 4
     weight_decay: float = 1e-4
@@ -563,7 +565,7 @@ def _prepare(cfg: FinetuneConfig):
     from ..backbones import load_backbone
 
     check_config(cfg)
-    store = FeatureStore(cfg.features)
+    store = open_store(cfg.features, cfg.split_seed, cfg.groups)
     cfg = replace(cfg, backbone=cfg.backbone or store.attrs.get("backbone"))
     loaded = load_backbone(cfg.backbone, cfg.weights)
     stages = loaded.stages()
@@ -654,7 +656,7 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
 
     import torch
 
-    from ..data.split import inner_validation_split
+    from ..data.partition import inner_split
     from ..heads.crossval import FoldResult
     from .loop import evaluate_model
 
@@ -678,7 +680,7 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
 
     folds, epochs, histories = [], [], []
     for r, k, train_rows, test_rows in store.cv_splits():
-        tr, va = inner_validation_split(y, train_rows, cfg.seed + r)
+        tr, va = inner_split(y, train_rows, cfg.seed + r, groups=store.row_groups)
         top, model_stages = fresh_top()
         res = _train_top(cfg, plan, top, model_stages, views(tr, True), views(va, False),
                          checkpoints=False)

@@ -8,31 +8,35 @@ from pathlib import Path
 from ..options import check_seed
 from ..runs.protocol import resolve_protocol
 from ..runs.records import DEFAULT_RUNS_DIR, new_cv_record, new_record, save_run
-from ..store.hdf5 import FeatureStore
+from ..store.hdf5 import open_store
 from ..train.baselines import cv_baseline, fit_baseline, model_writer
 
 log = logging.getLogger(__name__)
 
 
 def run_baseline(kind: str, features_path, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
-                 protocol: str = "holdout", **opts) -> tuple[dict, Path]:
+                 protocol: str = "holdout", split_seed: int | None = None,
+                 groups: str | None = None, **opts) -> tuple[dict, Path]:
     """Fit baseline ``kind`` on the store at ``features_path`` under ``protocol``
     (holdout: its split; cv: its repeated K-fold, nested; auto: by size).
 
+    ``split_seed`` / ``groups``: another split or group rule than the store's.
     Returns the run record and the path it was saved to.  ``opts`` override
     :data:`pipeline.train.baselines.DEFAULTS` (e.g. ``epochs=5``, ``size=48``).
     """
     check_seed(seed)
-    record, out, store = baseline_run(kind, features_path, seed, protocol, **opts)
+    record, out, store = baseline_run(kind, features_path, seed, protocol,
+                                      split_seed=split_seed, groups=groups, **opts)
     path = save_run(record, runs_dir, *model_writer(kind, out, store))
     log.info("%s (%s) in %.1f s", record["label"], record["protocol"], out["seconds"])
     return record, path
 
 
 def baseline_run(kind: str, features_path, seed: int = 0, protocol: str = "holdout",
+                 split_seed: int | None = None, groups: str | None = None,
                  **opts) -> tuple[dict, dict, object]:
     """``(record, fitted baseline, store)`` of baseline ``kind``; writes nothing."""
-    store = FeatureStore(features_path)
+    store = open_store(features_path, split_seed, groups)
     protocol, why = resolve_protocol(protocol, store)
     log.info("protocol: %s", why)
     if protocol == "cv":

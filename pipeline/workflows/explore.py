@@ -35,7 +35,7 @@ from ..files import atomic_write, sha256_text
 from ..options import check_seed
 from ..runs.records import DEFAULT_RUNS_DIR, make_run_id, side_records
 from ..runs.stats import wilson_interval
-from ..store.hdf5 import FeatureStore, now_iso
+from ..store.hdf5 import now_iso, open_store
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -
     from ..train.finetune import FinetuneConfig, finetune
 
     _check(cfg)
-    store = FeatureStore(cfg.features)
+    store = open_store(cfg.features, cfg.extra.get("split_seed"), cfg.extra.get("groups"))
     backbone = cfg.backbone or store.attrs.get("backbone")
     groups = _group_names(backbone)
     plans = {str(d): depth_plan(str(d), groups) for d in cfg.depths}

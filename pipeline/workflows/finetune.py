@@ -11,7 +11,7 @@ from ..files import atomic_write, sha256_text
 from ..options import check_seed
 from ..runs.protocol import resolve_protocol
 from ..runs.records import DEFAULT_RUNS_DIR, new_cv_record, new_record, save_run
-from ..store.hdf5 import FeatureStore
+from ..store.hdf5 import open_store
 from ..train.finetune import (
     FinetuneConfig,
     FinetuneResult,
@@ -78,7 +78,8 @@ def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None,
 def finetune_run(cfg: FinetuneConfig, cache_dir=None, protocol: str = "holdout"):
     """``(record, result)`` of one fine-tuning run under ``protocol``; writes only
     checkpoints."""
-    protocol, why = resolve_protocol(protocol, FeatureStore(cfg.features))
+    protocol, why = resolve_protocol(protocol, open_store(cfg.features, cfg.split_seed,
+                                                          cfg.groups))
     log.info("protocol: %s", why)
     result = (finetune_cv if protocol == "cv" else finetune)(cfg, cache_dir)
     record = finetune_record(result)

@@ -15,7 +15,7 @@ from ..heads.selection import predict_proba, select_and_fit
 from ..options import CLASSIFIERS, STREAMING, check_seed
 from ..runs.protocol import resolve_protocol
 from ..runs.records import DEFAULT_RUNS_DIR, new_cv_record, new_record, save_run
-from ..store.hdf5 import FeatureStore
+from ..store.hdf5 import open_store
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def find_store(features=None, features_dir=DEFAULT_FEATURES_DIR) -> Path:
 
 
 def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
-            protocol: str = "holdout") -> list[tuple[dict, Path]]:
+            protocol: str = "holdout", split_seed: int | None = None,
+            groups: str | None = None) -> list[tuple[dict, Path]]:
     """Fit head ``clf`` on tap ``layer`` (or every tap, ``layer='all'``) of a store.
 
     ``holdout``: standardise, choose the hyperparameter on the validation
@@ -52,14 +53,16 @@ def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int
     outer fold of the store's repeated K-fold, the hyperparameter chosen by
     an inner CV inside the outer training rows (:mod:`pipeline.heads.crossval`);
     the saved head is then refitted on every image.  ``auto`` picks by size
-    (:func:`pipeline.runs.protocol.resolve_protocol`).  One run record and the
+    (:func:`pipeline.runs.protocol.resolve_protocol`).  ``split_seed`` and ``groups``
+    choose another split or group rule than the store's (no forward pass:
+    :meth:`pipeline.store.hdf5.FeatureStore.use_split`).  One run record and the
     fitted head (``<run_id>.skops``, :mod:`pipeline.heads.persist`) per tap under ``runs_dir``.
     """
     if clf not in CLASSIFIERS:
         raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}",
                          param="clf")
     check_seed(seed)
-    store = FeatureStore(find_store(features))
+    store = open_store(find_store(features), split_seed, groups)
     protocol, why = resolve_protocol(protocol, store)
     log.info("protocol: %s", why)
     layers = store.taps if layer == "all" else [layer]

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from ..backbones import get_backbone, load_backbone, resolve_taps
-from ..data.manifest import bundled_data_root, scan, stratified_head
+from ..data.layouts import load
+from ..data.manifest import bundled_data_root, stratified_head
 from ..files import atomic_write
 from ..runs.records import DEFAULT_RUNS_DIR, make_run_id, side_records
 from ..store.hdf5 import now_iso
@@ -41,7 +42,7 @@ def run_hierarchy(data=None, backbone: str = "efficientnet_lite0", weights: str 
 
     t0 = time.perf_counter()
     root = Path(data) if data else bundled_data_root()
-    manifest = scan(root)
+    manifest = load(root)
     if limit and limit < len(manifest):
         manifest = manifest.subset(stratified_head(manifest.labels, limit))
     spec = get_backbone(backbone)

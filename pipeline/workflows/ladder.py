@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..runs.groups import score
 from ..runs.protocol import resolve_protocol
 from ..runs.records import DEFAULT_RUNS_DIR
-from ..store.hdf5 import FeatureStore
+from ..store.hdf5 import open_store
 from ..train.finetune import FinetuneConfig
 from .finetune import run_finetune_seeds
 
@@ -60,7 +60,8 @@ def summarise_group(records) -> dict:
 def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
                epochs: int = LADDER_EPOCHS, views: int = 3, cnn_epochs: int | None = None,
                cache_dir=None, rungs=None, protocol: str = "holdout",
-               baseline_seeds: int = 1) -> list[dict]:
+               baseline_seeds: int = 1, split_seed: int | None = None,
+               groups: str | None = None) -> list[dict]:
     """Every rung of the course ladder on one store's split; one summary row per rung.
 
     Rungs: pixels, MLP, scratch CNN, frozen logreg on the tap with the best
@@ -70,17 +71,20 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
     split: one run each).  ``rungs`` restricts to a subset of
     rung names.  Rows: method, n_seeds, trainable_params, train_seconds,
     val_accuracy, test_accuracy, test_std, run_ids (see :func:`summarise_group`).
-    Every rung runs under one ``protocol`` (resolved once, ``auto`` by size).
+    Every rung runs under one ``protocol`` (resolved once, ``auto`` by size) and on one
+    split (``split_seed`` and ``groups``: the store's when None).
     """
     from .baseline import run_baseline
     from .fit import run_fit
 
-    configs = ladder_configs(features, epochs, views)
+    configs = [(name, replace(cfg, split_seed=split_seed, groups=groups))
+               for name, cfg in ladder_configs(features, epochs, views)]
+    split = {"split_seed": split_seed, "groups": groups}
     known = {"pixels", "mlp", "cnn", "frozen"} | {name for name, _ in configs}
     if rungs is not None and set(rungs) - known:
         raise UsageError(f"unknown rung(s) {', '.join(sorted(set(rungs) - known))}; "
                          f"valid: {', '.join(sorted(known))}")
-    protocol, why = resolve_protocol(protocol, FeatureStore(features))
+    protocol, why = resolve_protocol(protocol, open_store(features, split_seed, groups))
     log.info("ladder protocol: %s", why)
     rows = []
 
@@ -90,11 +94,13 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
     for kind in ("pixels", "mlp", "cnn"):
         if wanted(kind):
             opts = {"epochs": cnn_epochs} if kind == "cnn" and cnn_epochs else {}
-            recs = [run_baseline(kind, features, runs_dir, seed=s, protocol=protocol, **opts)[0]
+            recs = [run_baseline(kind, features, runs_dir, seed=s, protocol=protocol,
+                                 **split, **opts)[0]
                     for s in range(baseline_seeds if kind != "pixels" else 1)]
             rows.append(summarise_group(recs))
     if wanted("frozen"):
-        recs = [r for r, _ in run_fit(features, "all", "logreg", runs_dir, protocol=protocol)]
+        recs = [r for r, _ in run_fit(features, "all", "logreg", runs_dir, protocol=protocol,
+                                      **split)]
         best = max(recs, key=lambda r: score(r)["select"])
         row = summarise_group([best])
         row["method"] = (f"frozen {best['label']} (best tap on "
