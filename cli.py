@@ -791,10 +791,11 @@ def ladder(features, seeds, baseline_seeds, epochs, views, cnn_epochs, cache_dir
 @click.option("--max-end-to-end", type=click.IntRange(min=1), default=None, metavar="N",
               help="Skip the 'all' depth's cells that would train end to end on more than N "
                    "images (the dearest cells on a CPU); they show as not run.")
+@split_options
 @runs_option
 @handle_errors
 def explore(features, depths, sizes, lrs, epochs, views, seed, runtime, cache_dir,
-            max_end_to_end, runs_dir):
+            max_end_to_end, split_seed, groups, runs_dir):
     """Transfer explorer: fine-tune a grid of unfreeze depth x images per class x learning
     rate on the store's split; the report draws it as an interactive chart.
 
@@ -807,7 +808,9 @@ def explore(features, depths, sizes, lrs, epochs, views, seed, runtime, cache_di
 
     cfg = ExploreConfig(features=str(find_store(features)), depths=tuple(depths),
                         sizes=tuple(sizes), lrs=tuple(lrs), epochs=epochs, views=views,
-                        seed=seed, runtime=runtime, max_end_to_end=max_end_to_end)
+                        seed=seed, runtime=runtime, max_end_to_end=max_end_to_end,
+                        extra={k: v for k, v in (("split_seed", split_seed),
+                                                 ("groups", groups)) if v is not None})
     record, path = run_explore(cfg, runs_dir, cache_dir)
     click.echo(f"{'depth':<34} {'per class':>9} {'lr':>8} {'val acc':>8} {'test acc':>9} "
                f"{'train s':>8}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -363,3 +364,50 @@ def test_split_folders_with_the_real_backbone(tmp_path):
     assert store.classes == CLASSES and store.split_sizes() == {"train": 30, "val": 10,
                                                                 "test": 10}
     assert store.X("layer4").shape == (50, 320)
+
+
+# ------------------------------------------------------------------ hostile tables
+
+
+def test_hostile_tables_give_a_message_or_a_listed_row_never_a_traceback(tmp_path, run):
+    from conftest import assert_clean
+
+    photo = _photos("daisy", 1)[0]
+    img = tmp_path / "img"
+    img.mkdir()
+    for cls in CLASSES[:2]:
+        for p in _photos(cls, 3):
+            shutil.copy(p, img / p.name)
+    good = "".join(f"img/{p.name},{cls}\n" for cls in CLASSES[:2] for p in _photos(cls, 3))
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    cases = {
+        "binary.csv": (b"\xff\xfe\x00garbage\x00\n", "not UTF-8"),
+        "nul.csv": ("path,label\n" + good + "img/a\x00b.jpg,daisy\n", "NUL"),
+        "deep.jsonl": ("[" * 100000 + "\n", "not JSON"),
+        "huge.csv": ("path,label\n" + good + "\"" + "x" * 200000 + "\",daisy\n", "field larger"),
+        "empty.csv": ("", "empty"),
+        "nocolumn.csv": ("file_name_x,kind\n" + good, "no path column"),
+    }
+    for name, (content, words) in cases.items():
+        table = tmp_path / name
+        table.write_bytes(content if isinstance(content, bytes) else content.encode())
+        res = run("extract", "--data", table, "--backbone", "toy", "--layer", "layer1",
+                  "--out", tmp_path / "f", "--no-progress")
+        if res.exit_code == 0:  # the bad line was left out and listed, the rest extracted
+            assert "line " in res.output, (name, res.output)
+        else:
+            assert_clean(res, words)
+    res = run("extract", "--data", fifo, "--out", tmp_path / "f")
+    assert_clean(res, "not a file")
+    dev = tmp_path / "dev.csv"
+    dev.write_text("path,label\n" + good + "/dev/zero.jpg,daisy\n/dev/null,daisy\n")
+    manifest = load(dev)
+    assert len(manifest) == 6 and len(manifest.excluded) == 2
+    jsonl = tmp_path / "odd.jsonl"
+    jsonl.write_text(json.dumps({"path": "img/\ud800.jpg", "label": "daisy"}) + "\n"
+                     + "".join(json.dumps({"path": f"img/{p.name}", "label": c}) + "\n"
+                               for c in CLASSES[:2] for p in _photos(c, 3)))
+    manifest = load(jsonl)
+    assert len(manifest) == 6 and "UTF-8" in manifest.excluded[0][1]
+    assert photo.exists()

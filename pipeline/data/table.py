@@ -188,7 +188,7 @@ def _read_jsonl(table: Path, text: str) -> tuple[list, list]:
             continue
         try:
             obj = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise DataError(f"label table {str(table)!r}, line {line}: not JSON ({exc}); each "
                             "line holds one object such as "
                             '{"path": "a.jpg", "label": "cat"}', param="data") from None
@@ -259,6 +259,12 @@ def _rows(table: Path, root: Path, records: list, cols: dict) -> tuple[list, lis
         problem, rel, st = _file_problem(root, raw)
         if problem is None and not label:
             problem = f"empty label (column {cols['label']!r}); give the image its class"
+        group = None
+        if cols["group"] is not None:
+            group = (rec.get(cols["group"]) or "").strip() or f"(no group: line {line})"
+        for what, text in (("label", label), ("group", group or "")):
+            if problem is None and _unstorable(text):
+                problem = f"the {what} {_safe(text)!r} holds a NUL character or is not UTF-8"
         split = -1
         if problem is None and cols["split"] is not None:
             split, problem = _split_code(rec.get(cols["split"]), cols["split"])
@@ -269,22 +275,38 @@ def _rows(table: Path, root: Path, records: list, cols: dict) -> tuple[list, lis
             problem = (f"same file as line {files[(st.st_dev, st.st_ino)]} (a link or a "
                        "second spelling); left out so that the image has one label")
         if problem is not None:
-            excluded.append((rel or raw or f"line {line}", f"line {line} of {where}: {problem}"))
+            excluded.append((_safe(rel or raw or f"line {line}"),
+                             f"line {line} of {where}: {problem}"))
             continue
         seen[rel], files[(st.st_dev, st.st_ino)] = line, line
-        group = None
-        if cols["group"] is not None:
-            group = (rec.get(cols["group"]) or "").strip() or f"(no group: line {line})"
         rows.append({"path": rel, "label": label, "split": split, "group": group,
                      "line": line, "size": st.st_size, "mtime": st.st_mtime_ns})
     _log_excluded(table, excluded)
     return rows, excluded
 
 
+def _unstorable(text: str) -> bool:
+    """Whether ``text`` cannot be stored as HDF5 UTF-8 text (a NUL, a lone surrogate)."""
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _safe(text: str) -> str:
+    """``text`` as storable, printable UTF-8: NUL and what is not UTF-8 as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 def _file_problem(root: Path, raw: str):
     """``(problem or None, path as stored, stat)`` of a table's path cell."""
     if not raw:
         return "empty path", None, None
+    if _unstorable(raw):
+        return "the path holds a NUL character or is not valid UTF-8 text", None, None
     # a table written on Windows: backslashes as separators (when no slash is used)
     posix = raw.replace("\\", "/") if "/" not in raw else raw
     if posixpath.isabs(posix):
