@@ -411,3 +411,23 @@ def test_hostile_tables_give_a_message_or_a_listed_row_never_a_traceback(tmp_pat
     manifest = load(jsonl)
     assert len(manifest) == 6 and "UTF-8" in manifest.excluded[0][1]
     assert photo.exists()
+
+
+def test_the_trunk_cache_of_a_holdout_run_is_keyed_by_the_split_in_use(tmp_path):
+    """Fine-tuning caches trunk outputs per split part: another split seed must not read
+    the parts cut for the stored split (cv caches every image: one key for any split)."""
+    from types import SimpleNamespace
+
+    from pipeline.train.finetune import FinetuneConfig, _cache_key
+
+    root = split_folders(tmp_path / "ds", names=("train",), per=(10,))
+    path = _extract(root, tmp_path / "f").path
+    cfg = FinetuneConfig(features=str(path), backbone="toy", runtime="eager")
+    plan, pre = SimpleNamespace(cut=1), SimpleNamespace(to_dict=lambda: {"size": 16})
+
+    def key(layout, **split):
+        return _cache_key(open_store(path, **split), cfg, plan, "w", pre, layout)
+
+    assert key("holdout") == key("holdout", split_seed=0)
+    assert key("holdout") != key("holdout", split_seed=1)
+    assert key("cv") == key("cv", split_seed=1)

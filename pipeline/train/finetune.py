@@ -221,10 +221,14 @@ _MEMORY_CACHE: dict = {}
 
 
 def _cache_key(store, cfg, plan, weights_id, pre, layout: str) -> str:
+    # the holdout cache is one part per split, so the split in use is part of its key
+    # (the store's fingerprint is not: another split seed reads the same store)
+    split = (hashlib.sha256(store.split_codes.astype(np.int8).tobytes()).hexdigest()
+             if layout == "holdout" else None)
     blob = json.dumps({"store": store.fingerprint, "backbone": cfg.backbone,
                        "weights": weights_id, "cut": plan.cut, "views": cfg.views,
                        "augment": cfg.augment, "pre": pre.to_dict(),
-                       "chunk": CACHE_CHUNK, "layout": layout,
+                       "chunk": CACHE_CHUNK, "layout": layout, "split": split,
                        "runtime": trunk_runtime(cfg)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

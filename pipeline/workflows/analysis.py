@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import StoreError, WorkbenchError
 from ..files import atomic_write, sha256_text
 from ..options import TAP_ORDER
 from ..runs.groups import group_runs
@@ -74,6 +74,12 @@ def locate_store(record: dict, runs_dir=None) -> dict:
         elif str(path) != recorded:
             log.info("feature store %s of run %s found at %s", recorded, record.get("run_id"),
                      path)
+        split = record.get("split") or {}
+        try:  # the split the run was judged on (its seed and group rule), not the stored one
+            store.use_split(split.get("seed"), split.get("groups"))
+        except WorkbenchError as exc:
+            log.warning("the split of run %s cannot be rebuilt (%s); using the stored split",
+                        record.get("run_id"), exc)
         return {"store": store, "status": "ok", "path": str(path), "note": None}
     if different:
         path, found = different
