@@ -78,6 +78,13 @@ def perceptual_hashes(root, paths, workers: int | None = None):
     Files are decoded on ``workers`` threads (default: up to 4; the decoders
     release the GIL).
     """
+    try:
+        import imagehash  # noqa: F401  (checked here, once, not in every thread)
+    except ImportError as exc:
+        raise ImportError(
+            f"the leakage check's perceptual hash needs the imagehash package ({exc}); "
+            "install it with pip install 'imagehash>=4.3,<5' (or pip install -e . again)"
+        ) from exc
     root = Path(root)
     workers = workers or min(4, os.cpu_count() or 1)
     hashes = np.zeros((len(paths), HASH_BITS // 8), dtype=np.uint8)

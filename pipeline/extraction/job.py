@@ -249,7 +249,7 @@ def log_leakage(path: Path) -> dict | None:
 
     try:
         found = find_duplicates(FeatureStore(path))
-    except (StoreError, OSError, ValueError) as exc:
+    except (StoreError, OSError, ValueError, ImportError) as exc:
         log.warning("leakage check of %s not run: %s", path, exc)
         return None
     if found["exact"]["total"] or found["near"]["total"] or found.get("near_caveat"):
