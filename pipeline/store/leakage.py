@@ -25,7 +25,7 @@ rule adapts to the store (README, "Leakage check"):
      which no global hash matches.
 
 Only the images of candidate pairs are decoded: the most similar pairs first,
-:data:`MAX_HASHED` images at most (about 2 ms each).
+:data:`MAX_HASHED` images at most (about 1 ms each on 4 threads).
 Features of a backbone without pretrained weights (``random-init``) mean
 nothing: there every pair of images is compared by hash alone, at
 :data:`HASH_MIN`, the distance plain copies always meet.  Similarities are
@@ -89,7 +89,7 @@ OUTLIER_Z = 4.0
 MIN_REFERENCE = 20
 
 
-#: Images decoded and hashed at most (about 2 ms each): the most similar candidate
+#: Images decoded and hashed at most (about 1 ms each on 4 threads): the most similar
 #: pairs first; beyond, the check says how many pairs were left unconfirmed.
 MAX_HASHED = 20_000
 
