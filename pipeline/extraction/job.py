@@ -330,18 +330,20 @@ def log_leakage(path: Path) -> dict | None:
     """Warn with the counts of exact and near-duplicate pairs of the store at ``path``
     (:func:`pipeline.store.leakage.find_duplicates`); returns them (None if the check
     could not run: the store is written either way)."""
-    from ..store.leakage import find_duplicates, summary_line
+    from ..store.leakage import find_duplicates, near_rule_text, summary_line
 
     try:
         found = find_duplicates(FeatureStore(path))
-    except (StoreError, OSError, ValueError) as exc:
+    except (StoreError, OSError, ValueError, ImportError) as exc:
         log.warning("leakage check of %s not run: %s", path, exc)
         return None
-    if found["exact"]["total"] or found["near"]["total"]:
+    if found["exact"]["total"] or found["near"]["total"] or found.get("near_caveat"):
+        # a caveat (random weights, images not hashed) is worth a warning without pairs too
         log.warning("leakage check of %s: %s (`python cli.py report` lists them)", path,
                     summary_line(found))
     else:
-        log.info("leakage check of %s: no duplicate pairs", path)
+        log.info("leakage check of %s: no duplicate pairs (%s)", path,
+                 near_rule_text(found))
     return found
 
 

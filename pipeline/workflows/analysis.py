@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 #: The analysis record's layout; part of the cache key, so a record of an older
 #: layout (schema 1: "efficiency" curves) is recomputed, never read as this one.
-ANALYSIS_SCHEMA = 3  # 3: adds "leakage"
+ANALYSIS_SCHEMA = 4  # 3: adds "leakage"; 4: its store-adaptive near rule
 
 
 #: Seconds the few-shot fits may take (the name is older than the curves).
@@ -220,8 +220,9 @@ def leakage(store) -> dict:
     from ..store.leakage import find_duplicates
 
     found = find_duplicates(store)
+    # the order find_duplicates gave (exact, then near by hash distance) within each group
     found["pairs"] = sorted(found["pairs"], key=lambda p: (
-        not p["cross_split"], p["kind"] != "exact", -p["similarity"]))[:LEAKAGE_PAIRS_KEPT]
+        not p["cross_split"], p["kind"] != "exact"))[:LEAKAGE_PAIRS_KEPT]
     return {**found, "data_root": str(store.data_root), "store": str(store.path),
             "backbone": store.attrs.get("backbone"), "split_sizes": store.split_sizes(),
             "note": None}
