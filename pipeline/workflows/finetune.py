@@ -41,6 +41,8 @@ def finetune_record(result: FinetuneResult) -> dict:
                             test_pred=result.test_proba.argmax(1), test_proba=result.test_proba,
                             **common)
     record["backbone"], record["weights"] = cfg.backbone, result.weights_id
+    if result.selection is not None:
+        record.update(result.selection.record_fields())
     return record
 
 
