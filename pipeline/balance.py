@@ -174,6 +174,17 @@ class Selection:
             return None
         return balanced_weights(labels, len(self.classes))
 
+    @property
+    def suffix(self) -> str:
+        """What a run's label adds so runs of one method with other choices stay apart:
+        ``""`` for accuracy without weights (the balanced-data default), else e.g.
+        ``" [bal. acc., balanced weights]"``."""
+        if (self.metric, self.class_weight) == ("accuracy", "none"):
+            return ""
+        short = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "macro_f1": "macro-F1"}
+        weights = "balanced weights" if self.class_weight == "balanced" else "no weights"
+        return f" [{short[self.metric]}, {weights}]"
+
     def record_fields(self) -> dict:
         return {"selection_metric": self.metric, "selection_metric_reason": self.metric_reason,
                 "class_weight": self.class_weight,

@@ -94,16 +94,21 @@ def verdict_section(groups: list, reason: str | None = None) -> dict:
     for c in comparisons:
         c.setdefault("p_holm", None)
         c.setdefault("significant", None)
-    ranking = [{"rank": i + 1, "group": g, "ci": g["ci"]} for i, g in enumerate(groups)]
     cv = is_cv(best["rep"])
     sc = score(best["rep"], metric)
     info = metric_section(groups, reason)
     majority = info["majority"]
+    # a run that learned yet does not clear the majority-class reference is no better than it
+    ranking = [{"rank": i + 1, "group": g, "ci": g["ci"],
+                "below_majority": bool(majority and not g["collapsed"]
+                                       and g["value"] <= majority["value"])}
+               for i, g in enumerate(groups)]
     return {"best": best, "ci": best["ci"], "n_test": sc["n"], "ranking": ranking,
             "comparisons": comparisons, "n_tested": len(tested),
             "n_significant": sum(1 for c in tested if c["significant"]), "alpha": SIGNIFICANCE,
             "protocol": "cv" if cv else "holdout", "n_folds": sc["folds"],
             "metric": info, "no_learner": bool(best["collapsed"]),
+            "below_majority": [r["group"] for r in ranking if r["below_majority"]],
             "margin": (best["value"] - majority["value"]) if majority else None,
             "score_name": f"cross-validated {label}" if cv else f"test {label}",
             "selected_by": (f"the cross-validated mean {label}" if cv
@@ -310,7 +315,7 @@ def _backbone_advice(rows: list, label: str = "accuracy") -> str:
         else "") if part)
     if best["collapsed"]:
         return ("No backbone's heads learned here: every one answers one class "
-                f"({best['collapsed']}); no backbone is recommended.")
+                f"(e.g. it {best['collapsed']}); no backbone is recommended.")
     text = (f"Best backbone for this data: {best['backbone']} (tap {best['tap']}, "
             f"{best['head']}), {best['accuracy']:.1%} {label}"
             + (f" at {cost}" if cost else "") + ", chosen without test data.")
@@ -631,8 +636,12 @@ def _imbalance_advice(groups: list, verdict: dict) -> list:
                      f"image) scores {majority['value']:.1%} {info['label']} "
                      f"({majority['accuracy']:.1%} accuracy); the best run is "
                      f"{verdict['margin'] * 100:+.1f} points from it.")
+    for g in verdict["below_majority"]:
+        lines.append(f"{g['name']} ({g['value']:.1%} {info['label']}) does not beat the "
+                     "majority-class reference: it is no better than answering "
+                     f"{majority['class_name']} for every image.")
     for g in info["collapsed"]:
-        lines.append(f"{g['name']} is not a method that learned: {g['collapsed_text']}. It is "
+        lines.append(f"{g['name']} is not a method that learned: it {g['collapsed_text']}. It is "
                      "ranked after every run that learned and never recommended; class "
                      "weights (`--class-weight balanced`) or a smaller learning rate are the "
                      "usual fixes.")

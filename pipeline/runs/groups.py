@@ -312,14 +312,13 @@ def _shown(record, metric: str) -> float:
 
 
 def _collapsed_text(collapsed: list, n_runs: int) -> str | None:
-    """``collapsed: answers daisy for ...`` (``2 of 3 seeds collapsed: ...``), or None."""
+    """``answers daisy for ...`` (``in 2 of 3 seeds answers ...``), or None."""
     if not collapsed:
         return None
     first = collapsed[0][1]["text"]
     if n_runs == 1:
-        return f"collapsed: {first}"
-    return f"{len(collapsed)} of {n_runs} seeds collapsed (e.g. run {collapsed[0][0]['run_id']} " \
-           f"{first})"
+        return first
+    return f"in {len(collapsed)} of {n_runs} seeds {first} (e.g. run {collapsed[0][0]['run_id']})"
 
 
 def majority_reference(record, metric: str) -> dict | None:

@@ -46,6 +46,7 @@ def baseline_run(kind: str, features_path, seed: int = 0, protocol: str = "holdo
     choice = {"metric": selection.metric, "class_weight": selection.class_weight}
     if protocol == "cv":
         out = cv_baseline(kind, store, seed, **choice, **opts)
+        out["label"] += selection.suffix
         record = new_cv_record(
             kind="baseline", method=kind, label=out["label"], store=store,
             classes=store.classes, folds=out["folds"],
@@ -55,6 +56,7 @@ def baseline_run(kind: str, features_path, seed: int = 0, protocol: str = "holdo
             group=out["label"], extra={"final_model": "refitted on every image"})
     else:
         out = fit_baseline(kind, store, seed, **choice, **opts)
+        out["label"] += selection.suffix
         record = baseline_record(kind, out, store, seed)
     record["protocol_reason"] = why
     record.update(selection.record_fields())

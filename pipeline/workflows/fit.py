@@ -138,7 +138,8 @@ def _fit_holdout(store, tap: str, clf: str, seed: int, selection):
         proba = predict_proba(res.model, X_te)
         test_pred = res.model.predict(X_te)
     record = new_record(
-        kind="frozen", method=clf, label=f"{store.attrs.get('backbone')} {tap} + {clf}",
+        kind="frozen", method=clf,
+        label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
         store=store, classes=store.classes, val_pred=res.val_pred, test_pred=test_pred,
         test_proba=proba, hyperparameters={**res.params, "class_weight": res.class_weight},
         search=res.search, fit_seconds=res.fit_seconds, layer=tap, seed=seed,
@@ -166,7 +167,8 @@ def _fit_cv(store, tap: str, clf: str, seed: int, selection):
                                    class_weight=selection.class_weight), X, y,
                          selection.class_weight)
     record = new_cv_record(
-        kind="frozen", method=clf, label=f"{store.attrs.get('backbone')} {tap} + {clf}",
+        kind="frozen", method=clf,
+        label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
         store=store, classes=store.classes, folds=folds,
         hyperparameters={**params, "class_weight": selection.class_weight},
         search=search, fit_seconds=cv_seconds, layer=tap, seed=seed,
