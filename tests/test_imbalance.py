@@ -392,3 +392,40 @@ def test_old_records_without_the_new_fields_still_load_and_report(study95, tmp_p
     assert "Recorded before per-fold balanced accuracy was kept" in verdict
     assert "majority class (other), reference" in verdict
     assert group_runs(records)[-1]["name"] == "always other"
+
+
+def test_streamed_sgd_head_weights_classes_and_selects_by_the_metric(tmp_path):
+    from pipeline.heads.streaming import stream_select_and_fit
+
+    store = imbalanced_store(tmp_path / "s.h5", counts=(380, 20), sep=1.2)
+    y_test = store.y("test")
+    recall = {}
+    for weight in ("none", "balanced"):
+        res, pred, _ = stream_select_and_fit(store, "feat", epochs=5, metric="balanced_accuracy",
+                                             class_weight=weight)
+        assert res.metric == "balanced_accuracy" and res.class_weight == weight
+        chosen = next(s for s in res.search if s["alpha"] == res.params["alpha"])
+        assert chosen["val_balanced_accuracy"] == max(s["val_balanced_accuracy"]
+                                                      for s in res.search)
+        recall[weight] = float(np.mean(pred[y_test == 1] == 1))
+    assert recall["balanced"] > recall["none"], recall
+
+
+def test_demo_and_ladder_tables_end_with_the_majority_row_and_flag_collapse(study95, capsys):
+    import cli
+    from pipeline.workflows.demo import summary_rows
+    from pipeline.workflows.ladder import reference_row, summarise_group
+
+    records = load_records(study95["runs"])
+    rows = summary_rows(records)
+    assert rows[-1]["reference"] and rows[-1]["label"] == "majority class (other), reference"
+    assert rows[-2]["label"] == "always other" and "answers other" in rows[-2]["collapsed"]
+    assert rows[0]["metric"] == "balanced_accuracy" and rows[0]["collapsed"] is None
+    cli.print_rows(rows, "balanced_accuracy", imbalanced=True, cv=True)
+    out = capsys.readouterr().out
+    assert "cv bal acc" in out and "acc" in out and "macro-F1" in out
+    assert "COLLAPSED: answers other for 100%" in out
+    assert out.strip().splitlines()[-2].startswith("majority class (other), reference")
+    ladder = summarise_group([r for r in records if r["label"] == "always other"])
+    assert ladder["metric"] == "balanced_accuracy" and ladder["test_score"] == 0.5
+    assert ladder["collapsed"] and reference_row(records[0], "balanced_accuracy")["reference"]
