@@ -356,6 +356,7 @@ def test_95_5_tables_show_the_majority_row_balanced_accuracy_and_macro_f1(study9
     verdict, table = section(page, "verdict"), section(page, "comparison")
     for html in (verdict, table, section(page, "depth")):
         assert "majority class (other), reference" in html
+    assert re.search(r"acc \d+\.\d% · macro-F1 \d+\.\d%", section(page, "depth"))
     head = table.split("<tbody>")[0]
     assert "balanced accuracy (selects)" in head and "accuracy" in head and "macro-F1" in head
     assert "accuracy" in verdict.split("<tbody>")[0] and "macro-F1" in verdict.split("<tbody>")[0]
