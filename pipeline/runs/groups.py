@@ -118,8 +118,12 @@ def class_counts_of(record) -> np.ndarray | None:
     classes = record.get("classes") or []
     counts = record.get("class_counts")
     if isinstance(counts, dict) and counts:
-        return np.array([int(counts.get(c, 0)) for c in classes] if classes
-                        else [int(v) for v in counts.values()])
+        try:
+            return np.array([int(counts.get(c, 0)) for c in classes] if classes
+                            else [int(v) for v in counts.values()])
+        except (TypeError, ValueError):   # an edited record: count its scored labels instead
+            log.warning("run %s: class_counts %r are not counts; counting its scored labels",
+                        record.get("run_id"), counts)
     y_true, _ = _scored_labels(record)
     if not len(y_true):
         return None
@@ -148,7 +152,8 @@ def resolve_report_metric(records: list, metric: str = "auto") -> tuple[str, str
         return metric, f"{metric} (asked for)"
     recorded = OrderedDict()
     for r in records:
-        recorded.setdefault(r.get("selection_metric"), []).append(r)
+        name = r.get("selection_metric")
+        recorded.setdefault(name if name in METRICS else None, []).append(r)
     if len(recorded) == 1 and None not in recorded:
         (name, runs), = recorded.items()
         reason = runs[0].get("selection_metric_reason") or name
@@ -188,7 +193,10 @@ def collapse_of(record) -> dict | None:
         m = metrics.get(part)
         if not isinstance(m, dict) or "confusion_matrix" not in m:
             continue
-        found = collapse(m["confusion_matrix"])
+        try:
+            found = collapse(m["confusion_matrix"])
+        except (TypeError, ValueError):       # not a matrix of counts: nothing to judge
+            found = None
         if found:
             name = classes[found["class"]] if found["class"] < len(classes) else found["class"]
             n = int(np.sum(m["confusion_matrix"]))
