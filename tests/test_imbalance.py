@@ -98,6 +98,9 @@ def test_collapse_is_one_class_for_nearly_everything_not_a_large_class():
     # 96% of the answers are class 0, yet it finds 4 of the 5 others: not collapsed
     finds = np.array([0] * 95 + [1] * 4 + [0])
     assert collapse(confusion(y, finds)) is None
+    # 99% of the answers class 0, 1 of the 5 others found: nearly all one class
+    nearly = np.array([0] * 95 + [1] + [0] * 4)
+    assert collapse(confusion(y, nearly))["others_as_class"] == pytest.approx(0.8)
     assert collapse(confusion(np.zeros(10, int), np.zeros(10, int))) is None  # truth is one class
     # balanced data, one class for 97% of the answers: collapsed
     y = np.repeat([0, 1, 2], 20)
