@@ -21,6 +21,7 @@ from .fewshot import fewshot_section
 from .hierarchy import hierarchy_section
 from .leakage import leakage_section
 from .sections import (
+    TRAP_TRAIN_MIN,
     advice_section,
     backbones_section,
     comparison_rows,
@@ -118,6 +119,7 @@ def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
         "backbones": backbones,
         "fewshot": fewshot_section(analysis["fewshot"]),
         "curves": curves_section(records, metric),
+        "trap_train_min": TRAP_TRAIN_MIN,
         "explore": explore_section(analysis.get("explore")),
         "confusion": confusion_section(best),
         "mistakes": mistakes_section(best),

@@ -418,8 +418,7 @@ def training_trap(history: list, collapsed: dict | None = None, best_epoch=None)
     kept = next((h for h in rows if h.get("epoch") == best_epoch), rows[-1] if rows else None)
     if collapsed or (kept is not None and kept.get("val_collapsed")):
         text = (collapsed["text"] if collapsed else
-                f"at the epoch kept ({kept.get('epoch')}) it answers one class for nearly "
-                "every validation image")
+                "answers one class for nearly every validation image at the epoch kept")
         return entry("collapse", kept, text=text) if kept else {
             "kind": "collapse", "epoch": None, "train": None, "val": None, "gap": None,
             "text": text}
