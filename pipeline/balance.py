@@ -143,6 +143,17 @@ def sample_weights(labels, n_classes: int) -> np.ndarray:
     return balanced_weights(labels, n_classes)[labels]
 
 
+def choice_suffix(metric: str | None, class_weight: str | None) -> str:
+    """``""`` for accuracy without weights (the balanced-data default, and records made
+    before either was kept), else e.g. ``" [bal. acc., balanced weights]"``."""
+    metric, class_weight = metric or "accuracy", class_weight or "none"
+    if (metric, class_weight) == ("accuracy", "none"):
+        return ""
+    short = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "macro_f1": "macro-F1"}
+    weights = "balanced weights" if class_weight == "balanced" else "no weights"
+    return f" [{short.get(metric, metric)}, {weights}]"
+
+
 @dataclass(frozen=True)
 class Selection:
     """The selection metric and class weighting of one run, resolved from its data.
@@ -179,14 +190,9 @@ class Selection:
 
     @property
     def suffix(self) -> str:
-        """What a run's label adds so runs of one method with other choices stay apart:
-        ``""`` for accuracy without weights (the balanced-data default), else e.g.
-        ``" [bal. acc., balanced weights]"``."""
-        if (self.metric, self.class_weight) == ("accuracy", "none"):
-            return ""
-        short = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "macro_f1": "macro-F1"}
-        weights = "balanced weights" if self.class_weight == "balanced" else "no weights"
-        return f" [{short[self.metric]}, {weights}]"
+        """What a run's label adds so runs of one method with other choices stay apart
+        (:func:`choice_suffix`)."""
+        return choice_suffix(self.metric, self.class_weight)
 
     def record_fields(self) -> dict:
         return {"selection_metric": self.metric, "selection_metric_reason": self.metric_reason,

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..balance import IMBALANCE_RATIO, METRIC_LABELS, class_ratio, describe_balance
+from ..balance import (
+    IMBALANCE_RATIO,
+    METRIC_LABELS,
+    choice_suffix,
+    class_ratio,
+    describe_balance,
+)
 from ..options import TAP_ORDER
 from ..runs.groups import (
     class_counts_of,
@@ -184,7 +190,9 @@ def depth_section(groups: list) -> dict:
     series, collapsed, others = OrderedDict(), {}, {}
     for g in sorted(frozen, key=lambda g: (g["backbone"] or "", g["method"] or "")):
         lo, hi = g["ci"]
-        name = f"{g['method']} ({g['backbone']})"
+        rep = g["rep"]
+        name = f"{g['method']} ({g['backbone']})" + choice_suffix(rep.get("selection_metric"),
+                                                                  rep.get("class_weight"))
         series.setdefault(name, []).append((g["layer"], g["value"], lo, hi))
         others.setdefault(name, {})[g["layer"]] = _others(g)
         if g["collapsed"]:
@@ -638,7 +646,7 @@ def _imbalance_advice(groups: list, verdict: dict) -> list:
         lines.append(f"The classes are imbalanced ({info['balance']}, more than "
                      f"{info['ratio']}x): a classifier that always answers the largest class "
                      "scores that class's share in accuracy, so runs are ranked and tested on "
-                     f"{info['label']} ({info['reason']}).")
+                     f"{info['label']} (the verdict says why).")
     majority = info["majority"]
     if majority and not verdict["no_learner"]:
         lines.append(f"The majority-class reference ({majority['class_name']} for every "
