@@ -106,13 +106,26 @@ def pareto_plot(points: list, ylabel: str = "accuracy") -> str:
         return to_data_uri(fig)
 
 
+#: Legend entries drawn beside an accuracy plot; more go underneath it.
+LEGEND_BESIDE = 8
+
+
 def _accuracy_figure(fig, ax, xlabel: str, ylabel: str = "accuracy") -> str:
     """Shared finish of the test-accuracy plots: labels, 0-1 axis, grid, legend on the right."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    n = len(ax.get_legend_handles_labels()[1])
+    if n > LEGEND_BESIDE:
+        # a long legend beside the axes squeezes them to a sliver: one column underneath,
+        # the figure made taller by its lines (constrained layout keeps it inside)
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width, height + 0.16 * n)
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize=7,
+                   ncol=1, frameon=False)
+    else:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return to_data_uri(fig)
 
 
