@@ -764,7 +764,8 @@ def ladder(features, seeds, baseline_seeds, epochs, views, cnn_epochs, cache_dir
                       class_weight=class_weight)
     record = find_record(rows[0]["run_ids"][0], runs_dir)
     print_rows([{**r, "label": r["method"], "select": r["val_score"], "value": r["test_score"],
-                 "low": r["ci"][0], "high": r["ci"][1], "seconds": r["train_seconds"]}
+                 "low": r["ci"][0], "high": r["ci"][1], "seconds": r["train_seconds"],
+                 "accuracy": r["test_accuracy"]}
                 for r in rows], rows[0]["metric"], imbalanced(record),
                rows[0]["protocol"] == "cv", width=52, ladder=True)
     click.echo(selection_note(record))

@@ -433,3 +433,19 @@ def test_demo_and_ladder_tables_end_with_the_majority_row_and_flag_collapse(stud
     ladder = summarise_group([r for r in records if r["label"] == "always other"])
     assert ladder["metric"] == "balanced_accuracy" and ladder["test_score"] == 0.5
     assert ladder["collapsed"] and reference_row(records[0], "balanced_accuracy")["reference"]
+
+
+def test_ladder_cli_prints_the_metric_the_other_scores_and_the_majority_row(study95, tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    res = CliRunner().invoke(cli.cli, ["ladder", "--features", str(study95["store"].path),
+                                       "--rungs", "frozen", "--runs", str(tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    head = next(line for line in lines if line.startswith("method"))
+    assert "cv bal acc" in head and "macro-F1" in head and "acc" in head
+    assert any(line.startswith("frozen toy") for line in lines)
+    assert any(line.startswith("majority class (other), reference") for line in lines)
+    assert "selection metric: balanced_accuracy (auto" in res.output

@@ -116,8 +116,9 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
     store = FeatureStore(features)
     protocol, why = resolve_protocol(protocol, store)
     log.info("ladder protocol: %s", why)
-    selection = resolve_selection(store, metric, class_weight)
-    choice = {"metric": selection.metric, "class_weight": selection.class_weight}
+    selection = resolve_selection(store, metric, class_weight)   # checked once, up front
+    # each rung resolves the same store the same way, and its record keeps why (auto: ...)
+    choice = {"metric": metric, "class_weight": class_weight}
     rows, last = [], None
 
     def wanted(name):
