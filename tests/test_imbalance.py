@@ -449,3 +449,23 @@ def test_ladder_cli_prints_the_metric_the_other_scores_and_the_majority_row(stud
     assert any(line.startswith("frozen toy") for line in lines)
     assert any(line.startswith("majority class (other), reference") for line in lines)
     assert "selection metric: balanced_accuracy (auto" in res.output
+
+
+def test_demo_cli_prints_the_table_with_the_metric_and_the_majority_row(study95, monkeypatch):
+    """The demo command's printing, on the 95:5 study's records (the demo itself is the
+    slow end-to-end test)."""
+    from click.testing import CliRunner
+
+    import cli
+    from pipeline.workflows import demo
+
+    records = load_records(study95["runs"])
+    monkeypatch.setattr(demo, "run_demo", lambda **kw: {
+        "records": records, "seconds": 1.0, "report": study95["root"] / "report.html"})
+    res = CliRunner().invoke(cli.cli, ["demo", "--metric", "auto"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert "cv bal acc" in next(line for line in lines if line.startswith("method"))
+    assert any(line.startswith("majority class (other), reference") for line in lines)
+    assert any(line.startswith("always other") and "COLLAPSED" in line for line in lines)
+    assert "selection metric: balanced_accuracy (auto" in res.output
