@@ -225,9 +225,9 @@ def print_rows(rows, metric: str, imbalanced: bool, cv: bool, first: str = "meth
     metric selects, seconds (``ladder``: trainable parameters first, the seeds' s.d.
     after); ``COLLAPSED`` beside a run that answers one class; the majority-class
     reference last."""
-    from pipeline.balance import METRIC_LABELS, METRICS
+    from pipeline.balance import METRIC_LABELS, METRIC_SHORT, METRICS
 
-    short = {"accuracy": "acc", "balanced_accuracy": "bal acc", "macro_f1": "macro-F1"}
+    short = METRIC_SHORT
     others = [m for m in METRICS if m != metric] if (imbalanced or metric != "accuracy") else []
     name = short[metric]
     head = (f"{first:<{width}}" + (f" {'trainable':>10}" if ladder else "")

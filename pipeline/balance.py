@@ -47,6 +47,8 @@ METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy
                  "macro_f1": "macro-F1"}
 #: The concrete metrics (``auto`` resolved), in the order tables show them.
 METRICS = tuple(METRIC_LABELS)
+#: Short names for table headers, cells and run labels.
+METRIC_SHORT = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "macro_f1": "macro-F1"}
 #: Heads without class weights in scikit-learn (KNeighborsClassifier takes none).
 UNWEIGHTED_HEADS = ("knn",)
 
@@ -149,9 +151,8 @@ def choice_suffix(metric: str | None, class_weight: str | None) -> str:
     metric, class_weight = metric or "accuracy", class_weight or "none"
     if (metric, class_weight) == ("accuracy", "none"):
         return ""
-    short = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "macro_f1": "macro-F1"}
     weights = "balanced weights" if class_weight == "balanced" else "no weights"
-    return f" [{short.get(metric, metric)}, {weights}]"
+    return f" [{METRIC_SHORT.get(metric, metric)}, {weights}]"
 
 
 @dataclass(frozen=True)

@@ -359,7 +359,7 @@ def test_95_5_tables_show_the_majority_row_balanced_accuracy_and_macro_f1(study9
     verdict, table = section(page, "verdict"), section(page, "comparison")
     for html in (verdict, table, section(page, "depth")):
         assert "majority class (other), reference" in html
-    assert re.search(r"acc \d+\.\d% · macro-F1 \d+\.\d%", section(page, "depth"))
+    assert re.search(r"acc\. \d+\.\d% · macro-F1 \d+\.\d%", section(page, "depth"))
     head = table.split("<tbody>")[0]
     assert "balanced accuracy (selects)" in head and "accuracy" in head and "macro-F1" in head
     assert "accuracy" in verdict.split("<tbody>")[0] and "macro-F1" in verdict.split("<tbody>")[0]
@@ -427,7 +427,7 @@ def test_demo_and_ladder_tables_end_with_the_majority_row_and_flag_collapse(stud
     assert rows[0]["metric"] == "balanced_accuracy" and rows[0]["collapsed"] is None
     cli.print_rows(rows, "balanced_accuracy", imbalanced=True, cv=True)
     out = capsys.readouterr().out
-    assert "cv bal acc" in out and "acc" in out and "macro-F1" in out
+    assert "cv bal. acc." in out and "acc" in out and "macro-F1" in out
     assert "COLLAPSED: answers other for 100%" in out
     assert out.strip().splitlines()[-2].startswith("majority class (other), reference")
     ladder = summarise_group([r for r in records if r["label"] == "always other"])
@@ -445,7 +445,7 @@ def test_ladder_cli_prints_the_metric_the_other_scores_and_the_majority_row(stud
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()
     head = next(line for line in lines if line.startswith("method"))
-    assert "cv bal acc" in head and "macro-F1" in head and "acc" in head
+    assert "cv bal. acc." in head and "macro-F1" in head and "acc" in head
     assert any(line.startswith("frozen toy") for line in lines)
     assert any(line.startswith("majority class (other), reference") for line in lines)
     assert "selection metric: balanced_accuracy (auto" in res.output
@@ -465,7 +465,7 @@ def test_demo_cli_prints_the_table_with_the_metric_and_the_majority_row(study95,
     res = CliRunner().invoke(cli.cli, ["demo", "--metric", "auto"])
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()
-    assert "cv bal acc" in next(line for line in lines if line.startswith("method"))
+    assert "cv bal. acc." in next(line for line in lines if line.startswith("method"))
     assert any(line.startswith("majority class (other), reference") for line in lines)
     assert any(line.startswith("always other") and "COLLAPSED" in line for line in lines)
     assert "selection metric: balanced_accuracy (auto" in res.output

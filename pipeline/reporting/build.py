@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from ..balance import METRIC_SHORT
 from ..errors import StoreError, UsageError, opt
 from ..files import atomic_write
 from ..runs.groups import group_runs, latest_per_seed, resolve_report_metric
@@ -120,6 +121,7 @@ def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
         "fewshot": fewshot_section(analysis["fewshot"]),
         "curves": curves_section(records, metric),
         "trap_train_min": TRAP_TRAIN_MIN,
+        "metric_short": METRIC_SHORT,
         "explore": explore_section(analysis.get("explore")),
         "confusion": confusion_section(best),
         "mistakes": mistakes_section(best),

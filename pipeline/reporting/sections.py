@@ -20,6 +20,7 @@ import numpy as np
 from ..balance import (
     IMBALANCE_RATIO,
     METRIC_LABELS,
+    METRIC_SHORT,
     choice_suffix,
     class_ratio,
     describe_balance,
@@ -215,10 +216,10 @@ def depth_section(groups: list) -> dict:
 
 
 def _others(g) -> str:
-    """``acc 98.2% · bal. acc. 95.9% · macro-F1 91.7%`` without the group's own metric: what
+    """``acc. 98.2% · bal. acc. 95.9% · macro-F1 91.7%`` without the group's own metric: what
     a table cell adds beside it when classes are imbalanced."""
-    short = {"accuracy": "acc", "balanced_accuracy": "bal. acc.", "macro_f1": "macro-F1"}
-    return " · ".join(f"{short[m]} {g[m]:.1%}" for m in short if m != g["metric"])
+    return " · ".join(f"{METRIC_SHORT[m]} {g[m]:.1%}" for m in METRIC_SHORT
+                      if m != g["metric"])
 
 
 def _tap_rank(tap) -> int:
