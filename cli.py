@@ -28,6 +28,7 @@ from pipeline.options import (
     BASELINE_KINDS,
     BN_POLICIES,
     CACHE_MODES,
+    CLASS_WEIGHTS,
     CLASSIFIERS,
     DTYPES,
     LAYOUTS,
@@ -38,6 +39,7 @@ from pipeline.options import (
     RUNTIMES,
     SCHEDULE_UNITS,
     SCHEDULES,
+    SELECTION_METRICS,
     TAP_ORDER,
 )
 
@@ -236,6 +238,59 @@ def protocol_option(fn):
              "(nested selection); auto: cv below 2,000 images or 100 test images.")(fn)
 
 
+def metric_option(fn):
+    return click.option(
+        "--metric", type=click.Choice(SELECTION_METRICS), default="auto", show_default=True,
+        help="Selection metric: what chooses C/k/the epoch, ranks runs and drives the "
+             "verdict's tests. auto: balanced_accuracy when the largest class has more than "
+             "1.5x the images of the smallest, else accuracy.")(fn)
+
+
+def class_weight_option(fn):
+    return click.option(
+        "--class-weight", type=click.Choice(CLASS_WEIGHTS), default="auto", show_default=True,
+        help="Weight each class's loss: balanced = n / (K * n_class); auto: balanced when "
+             "classes are imbalanced (more than 1.5x), else none. knn takes no class weights.")(fn)
+
+
+def selection_note(record) -> str:
+    """``selection metric: ...; class weights: ...`` of a record (what the run was chosen by)."""
+    return (f"selection metric: {record.get('selection_metric_reason', 'accuracy')}\n"
+            f"class weights: {record.get('class_weight_reason', 'none')}")
+
+
+def print_rows(rows, metric: str, imbalanced: bool, cv: bool, first: str = "method",
+               width: int = 44, ladder: bool = False):
+    """The demo's and ladder's table: the selection metric (validation, then test or cv,
+    and its 95% interval), the other metrics when classes are imbalanced or another
+    metric selects, seconds (``ladder``: trainable parameters first, the seeds' s.d.
+    after); ``COLLAPSED`` beside a run that answers one class; the majority-class
+    reference last."""
+    from pipeline.balance import METRIC_LABELS, METRIC_SHORT, METRICS
+
+    short = METRIC_SHORT
+    others = [m for m in METRICS if m != metric] if (imbalanced or metric != "accuracy") else []
+    name = short[metric]
+    head = (f"{first:<{width}}" + (f" {'trainable':>10}" if ladder else "")
+            + f" {'' if cv else 'val ' + name:>12} {('cv ' if cv else 'test ') + name:>13}"
+            f" {'95% CI':>13}" + (f" {'sd':>6}" if ladder else "")
+            + "".join(f" {short[m]:>9}" for m in others) + f" {'s':>7}")
+    click.echo("\n" + head)
+    for r in rows:
+        select = "" if cv or r["select"] is None else f"{r['select']:.3f}"
+        ci = f"{r['low']:.3f}-{r['high']:.3f}"
+        line = (f"{r['label'][:width]:<{width}}"
+                + (f" {r.get('trainable_params') or 0:>10,}" if ladder else "")
+                + f" {select:>12} {r['value']:>13.3f} {ci:>13}"
+                + (f" {r.get('score_std') or 0:>6.3f}" if ladder else "")
+                + "".join(f" {r[m]:>9.3f}" for m in others) + f" {r['seconds']:>7.1f}")
+        if r.get("collapsed"):
+            line += f"  COLLAPSED: {r['collapsed']}"
+        click.echo(line)
+    click.echo(f"(ranked by {'cv' if cv else 'validation'} {METRIC_LABELS[metric]}; the last "
+               "row answers the largest class for every image: a method must beat it)")
+
+
 def runs_option(fn):
     return click.option("--runs", "runs_dir", type=click.Path(), default="reports/runs",
                         show_default=True, help="Folder of run records.")(fn)
@@ -415,24 +470,31 @@ def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, 
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @protocol_option
 @split_options
+@metric_option
+@class_weight_option
 @runs_option
 @handle_errors
-def fit(features, layer, clf, seed, protocol, split_seed, groups, runs_dir):
+def fit(features, layer, clf, seed, protocol, split_seed, groups, metric, class_weight,
+        runs_dir):
     """Train a scikit-learn head on cached features and score it on the test split.
 
     The hyperparameter (C, k for knn, alpha for sgd-logreg) is chosen on the
     validation split over a log grid; the head is refitted on train+val; one
     run record (JSON) and the fitted head (skops) are written per tap.
     sgd-logreg streams the store in blocks, for features larger than memory.
+    On imbalanced classes (largest > 1.5x smallest) --metric auto selects by
+    balanced accuracy and --class-weight auto weights classes (balanced).
 
     Example: python cli.py fit --layer all --clf svm
     """
     from pipeline.workflows.fit import run_fit, summary_line
 
-    for record, path in run_fit(features, layer, clf, runs_dir, seed=seed, protocol=protocol,
-                                split_seed=split_seed, groups=groups):
+    out = run_fit(features, layer, clf, runs_dir, seed=seed, protocol=protocol, metric=metric,
+                  class_weight=class_weight, split_seed=split_seed, groups=groups)
+    for record, path in out:
         click.echo(f"{record['label']}: {record['hyperparameters']} {summary_line(record)}  "
                    f"{path}")
+    click.echo(selection_note(out[0][0]))
 
 
 @cli.command()
@@ -443,9 +505,12 @@ def fit(features, layer, clf, seed, protocol, split_seed, groups, runs_dir):
               help="Maximum epochs (mlp, cnn); default per kind.")
 @protocol_option
 @split_options
+@metric_option
+@class_weight_option
 @runs_option
 @handle_errors
-def baseline(kind, features, seed, epochs, protocol, split_seed, groups, runs_dir):
+def baseline(kind, features, seed, epochs, protocol, split_seed, groups, metric, class_weight,
+             runs_dir):
     """Raw-pixel logistic regression, the course's MLP, or a small CNN from scratch.
 
     Uses the split stored in the feature store, so it is judged on the same
@@ -458,8 +523,10 @@ def baseline(kind, features, seed, epochs, protocol, split_seed, groups, runs_di
 
     opts = {"epochs": epochs} if epochs else {}
     record, path = run_baseline(kind, find_store(features), runs_dir, seed=seed,
-                                protocol=protocol, split_seed=split_seed, groups=groups, **opts)
+                                protocol=protocol, metric=metric, class_weight=class_weight,
+                                split_seed=split_seed, groups=groups, **opts)
     click.echo(f"{record['label']}: {summary_line(record)}  {path}")
+    click.echo(selection_note(record))
 
 
 def model_option(fn):
@@ -545,15 +612,19 @@ def export(model_ref, out, overwrite, runs_dir):
 @click.option("--out", default="reports/report.html", show_default=True,
               type=click.Path(), help="HTML file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report file.")
+@click.option("--metric", type=click.Choice(SELECTION_METRICS), default="auto",
+              show_default=True,
+              help="Metric that ranks and tests the runs; auto: the one they were selected "
+                   "by, or (when they disagree) balanced_accuracy on imbalanced classes.")
 @handle_errors
-def report(runs_dir, out, overwrite):
+def report(runs_dir, out, overwrite, metric):
     """Write one self-contained HTML page comparing every run in --runs.
 
     Example: python cli.py report --runs reports/runs --out reports/flowers.html
     """
     from pipeline.workflows.report import build_report
 
-    path = build_report(runs_dir, out, overwrite=overwrite)
+    path = build_report(runs_dir, out, overwrite=overwrite, metric=metric)
     click.echo(str(path))
 
 
@@ -591,8 +662,10 @@ def hierarchy(data, backbone, weights, layers, limit, channels, patches, batch_s
               help="Folder for this demo's runs and report (a new timestamped sub-folder).")
 @click.option("--no-progress", is_flag=True)
 @protocol_option
+@metric_option
+@class_weight_option
 @handle_errors
-def demo(out, no_progress, protocol):
+def demo(out, no_progress, protocol, metric, class_weight):
     """The whole chain on the bundled flowers subset, then the report.
 
     Extract efficientnet_lite0 layer2-4, fit logreg and svm on each tap,
@@ -602,18 +675,15 @@ def demo(out, no_progress, protocol):
 
     Example: python cli.py demo
     """
+    from pipeline.runs.groups import imbalanced
     from pipeline.workflows.demo import run_demo, summary_rows
 
-    result = run_demo(out_dir=out, progress=not no_progress, protocol=protocol)
+    result = run_demo(out_dir=out, progress=not no_progress, protocol=protocol, metric=metric,
+                      class_weight=class_weight)
     records = result["records"]
     cv = records[0].get("protocol") == "cv"
-    head = ("cv acc", "95% CI") if cv else ("test acc", "95% CI")
-    click.echo(f"\n{'method':<38} {'val acc' if not cv else '':>8} {head[0]:>9} "
-               f"{head[1]:>15} {'fit s':>7}")
-    for label, select, acc, low, high, secs in summary_rows(records):
-        shown = "" if cv else f"{select:.3f}"
-        click.echo(f"{label:<38} {shown:>8} {acc:>9.3f} {f'{low:.3f}-{high:.3f}':>15} "
-                   f"{secs:>7.1f}")
+    rows = summary_rows(records)
+    print_rows(rows, rows[0]["metric"], imbalanced(records[0]), cv)
     sizes = records[0]["split_sizes"]
     if cv:
         r = records[0]
@@ -624,8 +694,9 @@ def demo(out, no_progress, protocol):
                    f"{result['seconds']:.0f} s")
     else:
         click.echo(f"\nsplit train/val/test = {sizes['train']}/{sizes['val']}/{sizes['test']} "
-                   f"images (rows ranked by validation accuracy); finished in "
+                   f"images (rows ranked on validation); finished in "
                    f"{result['seconds']:.0f} s")
+    click.echo(selection_note(records[0]))
     click.echo(f"report: {result['report']}")
 
 
@@ -685,13 +756,16 @@ def demo(out, no_progress, protocol):
                    "one group: e.g. more seeds of a ladder rung).")
 @protocol_option
 @split_options
+@metric_option
+@class_weight_option
 @runs_option
 @handle_errors
 def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, schedule_per,
              gamma, step_size, gradual, augment, views, cache, cache_dir, bn, epochs,
              batch_size, label_smoothing, patience, input_size, compile_, trunk_runtime, seed,
              seeds,
-             checkpoint_dir, resume, label, protocol, split_seed, groups, runs_dir):
+             checkpoint_dir, resume, label, protocol, split_seed, groups, metric, class_weight,
+             runs_dir):
     """Fine-tune a pretrained backbone on the feature store's split.
 
     Example: python cli.py finetune --unfreeze-from layer4 --lr 1e-3 --lr-factor 0.3 --seeds 3
@@ -707,11 +781,13 @@ def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, sch
         augment=augment, views=views, cache=cache, bn=bn, epochs=epochs,
         batch_size=batch_size, seed=seed, label_smoothing=label_smoothing, patience=patience,
         input_size=input_size, compile=compile_, runtime=trunk_runtime,
-        checkpoint_dir=checkpoint_dir, resume=resume, label=label, split_seed=split_seed,
-        groups=groups)
-    for record, path in run_finetune_seeds(cfg, seeds, runs_dir, cache_dir, protocol):
+        checkpoint_dir=checkpoint_dir, resume=resume, label=label, metric=metric,
+        class_weight=class_weight, split_seed=split_seed, groups=groups)
+    out = run_finetune_seeds(cfg, seeds, runs_dir, cache_dir, protocol)
+    for record, path in out:
         click.echo(f"{record['label']} (seed {record['seed']}): {summary_line(record)}  "
                    f"{record['fit_seconds']:.0f} s  {path}")
+    click.echo(selection_note(out[0][0]))
 
 
 @cli.command()
@@ -732,10 +808,12 @@ def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, sch
                    "'gradual unfreezing'); default: all.")
 @protocol_option
 @split_options
+@metric_option
+@class_weight_option
 @runs_option
 @handle_errors
 def ladder(features, seeds, baseline_seeds, epochs, views, cnn_epochs, cache_dir, rungs,
-           protocol, split_seed, groups, runs_dir):
+           protocol, split_seed, groups, metric, class_weight, runs_dir):
     """Run the course ladder on one store's split and print its table.
 
     pixels -> MLP -> scratch CNN -> frozen logreg (best tap) -> fine-tune head
@@ -745,6 +823,8 @@ def ladder(features, seeds, baseline_seeds, epochs, views, cnn_epochs, cache_dir
     """
     import time
 
+    from pipeline.runs.groups import imbalanced
+    from pipeline.runs.records import find_record
     from pipeline.workflows.fit import find_store
     from pipeline.workflows.ladder import run_ladder
 
@@ -752,15 +832,16 @@ def ladder(features, seeds, baseline_seeds, epochs, views, cnn_epochs, cache_dir
     chosen = [r.strip() for r in rungs.split(",")] if rungs else None
     rows = run_ladder(str(find_store(features)), runs_dir, seeds=seeds, epochs=epochs,
                       views=views, cnn_epochs=cnn_epochs, cache_dir=cache_dir, rungs=chosen,
-                      protocol=protocol, baseline_seeds=baseline_seeds,
-                      split_seed=split_seed, groups=groups)
-    click.echo(f"\n{'method':<52} {'trainable':>10} {'train s':>8} {'val acc':>8} "
-               f"{'test acc':>9} {'sd':>6}")
-    for r in rows:
-        click.echo(f"{r['method'][:52]:<52} {r['trainable_params'] or 0:>10,} "
-                   f"{r['train_seconds']:>8.0f} {r['val_accuracy']:>8.3f} "
-                   f"{r['test_accuracy']:>9.3f} {r['test_std']:>6.3f}")
-    click.echo(f"\nrun records: {runs_dir}  ({len(rows)} rungs in "
+                      protocol=protocol, baseline_seeds=baseline_seeds, metric=metric,
+                      class_weight=class_weight, split_seed=split_seed, groups=groups)
+    record = find_record(rows[0]["run_ids"][0], runs_dir)
+    print_rows([{**r, "label": r["method"], "select": r["val_score"], "value": r["test_score"],
+                 "low": r["ci"][0], "high": r["ci"][1], "seconds": r["train_seconds"],
+                 "accuracy": r["test_accuracy"]}
+                for r in rows], rows[0]["metric"], imbalanced(record),
+               rows[0]["protocol"] == "cv", width=52, ladder=True)
+    click.echo(selection_note(record))
+    click.echo(f"\nrun records: {runs_dir}  ({len(rows) - 1} rungs in "
                f"{time.perf_counter() - t0:.0f} s)")
 
 

@@ -54,15 +54,29 @@ class Run:
         """Test accuracy (holdout) or the cross-validated mean (cv)."""
         from .runs.groups import score
 
-        return score(self.record)["value"]
+        return score(self.record, "accuracy")["value"]
 
     @property
     def interval(self) -> tuple[float, float]:
         """95% interval of :attr:`accuracy` (Wilson, or corrected resampled t under cv)."""
         from .runs.groups import score
 
-        sc = score(self.record)
+        sc = score(self.record, "accuracy")
         return sc["low"], sc["high"]
+
+    @property
+    def metric(self) -> str:
+        """The selection metric the run was chosen by (accuracy, balanced_accuracy, macro_f1)."""
+        from .runs.groups import record_metric
+
+        return record_metric(self.record)
+
+    @property
+    def score(self) -> float:
+        """The run's figure in :attr:`metric`: test (holdout) or cross-validated mean (cv)."""
+        from .runs.groups import score
+
+        return score(self.record)["value"]
 
     def predict_proba(self, X):
         """Class probabilities ``(n, n_classes)`` of a frozen head for features ``X`` ``(n, C)``."""
@@ -115,7 +129,7 @@ def _store_path(store) -> str:
 
 def fit(store, layer: str = "layer3", clf: str = "logreg", *, runs_dir=DEFAULT_RUNS_DIR,
         seed: int = 0, protocol: str = "auto", split_seed: int | None = None,
-        groups: str | None = None):
+        groups: str | None = None, metric: str = "auto", class_weight: str = "auto"):
     """Fit head ``clf`` on tap ``layer`` of ``store`` (a store or its path); a :class:`Run`.
 
     ``layer="all"`` fits every tap of the store and returns a list of runs.
@@ -123,31 +137,37 @@ def fit(store, layer: str = "layer3", clf: str = "logreg", *, runs_dir=DEFAULT_R
     on test), ``cv`` (repeated K-fold, nested) or ``auto`` (cv on small data).
     ``split_seed`` and ``groups`` judge on another split or group rule than the store's
     (no forward pass), as ``--split-seed`` and ``--groups``.
+    ``metric`` (accuracy, balanced_accuracy, macro_f1) chooses C; ``class_weight``
+    (none, balanced) weights the loss; ``auto`` for both decides by the class balance.
     """
     from .heads.persist import load_head
     from .workflows.fit import run_fit
 
     runs = []
     for record, path in run_fit(_store_path(store), layer, clf, runs_dir, seed=seed,
-                                protocol=protocol, split_seed=split_seed, groups=groups):
+                                protocol=protocol, split_seed=split_seed, groups=groups,
+                                metric=metric, class_weight=class_weight):
         runs.append(Run(record, path, load_head(record["model_file"])["model"]))
     return runs if layer == "all" else runs[0]
 
 
 def baseline(store, kind: str = "pixels", *, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
              protocol: str = "auto", split_seed: int | None = None, groups: str | None = None,
+             metric: str = "auto", class_weight: str = "auto",
              **options) -> Run:
     """Baseline ``kind`` (pixels, mlp, cnn) on ``store``; a :class:`Run`.
 
     ``options`` override :data:`pipeline.train.baselines.DEFAULTS` (``epochs``,
-    ``size``, ...); ``runs_dir=None`` writes nothing.
+    ``size``, ...); ``metric`` and ``class_weight`` as for :func:`fit`;
+    ``runs_dir=None`` writes nothing.
     """
     from .runs.records import save_run
     from .train.baselines import model_writer
     from .workflows.baseline import baseline_run
 
     record, out, store = baseline_run(kind, _store_path(store), seed, protocol,
-                                      split_seed=split_seed, groups=groups, **options)
+                                      split_seed=split_seed, groups=groups, metric=metric,
+                                      class_weight=class_weight, **options)
     path = save_run(record, runs_dir, *model_writer(kind, out, store)) if runs_dir else None
     return Run(record, path, out["model"])
 
@@ -157,7 +177,8 @@ def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None, protocol: str 
     """Fine-tune the store's backbone; a :class:`Run` with the trained network.
 
     ``options`` are the fields of :class:`pipeline.train.finetune.FinetuneConfig`
-    (``unfreeze``, ``lr``, ``lr_factor``, ``epochs``, ``schedule``, ``gradual``, ...);
+    (``unfreeze``, ``lr``, ``lr_factor``, ``epochs``, ``schedule``, ``gradual``,
+    ``metric``, ``class_weight``, ...);
     ``runs_dir=None`` writes nothing.
     """
     from .train.finetune import FinetuneConfig
@@ -194,8 +215,10 @@ def export(model, out="model.onnx", *, runs_dir=DEFAULT_RUNS_DIR, overwrite: boo
     return run_export(ref, out, runs_dir, overwrite=overwrite)
 
 
-def report(runs_dir=DEFAULT_RUNS_DIR, out="reports/report.html", *, overwrite: bool = False):
-    """Write the HTML report of every run in ``runs_dir`` to ``out``; returns its path."""
+def report(runs_dir=DEFAULT_RUNS_DIR, out="reports/report.html", *, overwrite: bool = False,
+           metric: str = "auto"):
+    """Write the HTML report of every run in ``runs_dir`` to ``out``; returns its path.
+    ``metric`` ranks and tests the runs (``auto``: the one they were selected by)."""
     from .workflows.report import build_report
 
-    return build_report(runs_dir, out, overwrite=overwrite)
+    return build_report(runs_dir, out, overwrite=overwrite, metric=metric)

@@ -44,6 +44,14 @@ CACHE_MODES = ("auto", "off")
 PROTOCOLS = ("auto", "holdout", "cv")
 #: Dataset layouts ``--data`` is read as (pipeline.data.layouts); ``auto`` = detected.
 LAYOUTS = ("auto", "classes", "splits", "table")
+#: What chooses hyperparameters and epochs, ranks runs and drives the verdict's tests;
+#: ``auto`` = balanced accuracy when the classes are imbalanced, else accuracy
+#: (pipeline.balance.resolve_metric).
+SELECTION_METRICS = ("auto", "accuracy", "balanced_accuracy", "macro_f1")
+#: Class weighting of every head's and network's loss; ``balanced`` weights class c by
+#: n / (K * n_c); ``auto`` = balanced when the classes are imbalanced, else none
+#: (pipeline.balance.resolve_class_weight).
+CLASS_WEIGHTS = ("auto", "none", "balanced")
 #: Split names in the order of their codes in a store (0, 1, 2).
 SPLITS = ("train", "val", "test")
 #: Largest seed: numpy and torch take unsigned 32-bit seeds.

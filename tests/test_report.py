@@ -55,8 +55,9 @@ def test_every_section_is_filled_from_the_records(study, page):
     verdict = section(page, "verdict")
     assert "Best strategy" in verdict and "95% CI" in verdict and "McNemar" in verdict
     table = section(page, "comparison")
-    # header, 2 taps x 2 heads, the fine-tune group, the CNN, pixels
-    assert table.count("<tr") == 1 + 4 + 3
+    # header, 2 taps x 2 heads, the fine-tune group, the CNN, pixels, the majority reference
+    assert table.count("<tr") == 1 + 4 + 3 + 1
+    assert table.count('class="reference"') == 1 and "majority class (" in table
     assert "3 seeds" in table                    # ... with the seeds folded into one row
     fewshot = section(page, "efficiency")        # few-shot curves (issue 12)
     assert "Computed by this report from the cached" in fewshot

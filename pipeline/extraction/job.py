@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backbones import get_backbone, resolve_taps, weights_identity
-from ..data.balance import IMBALANCE_RATIO, imbalance_ratio
+from ..balance import IMBALANCE_RATIO, class_ratio
 from ..data.decode import DECODING
 from ..data.layouts import TableColumns, load
 from ..data.manifest import Manifest, bundled_data_root, stratified_head
@@ -127,7 +127,7 @@ class ExtractSummary:
                          f"{'test':>5}")
             for c, (tr, va, te) in self.class_counts.items():
                 lines.append(f"  {c:<{width}} {tr + va + te:>7} {tr:>6} {va:>5} {te:>5}")
-            ratio = imbalance_ratio(list(totals.values()), counts=True)
+            ratio = class_ratio(list(totals.values()))
             if ratio > IMBALANCE_RATIO:
                 big, small = max(totals, key=totals.get), min(totals, key=totals.get)
                 lines.append(f"WARNING: imbalanced classes: {big} has {ratio:.1f}x the images "

@@ -5,8 +5,10 @@ the hyperparameter (``C``, ``k``) is chosen by an inner stratified K-fold
 *inside the outer training rows only* (:func:`choose_param`), the head is
 refitted on those rows with it and predicts the outer test rows.  The outer
 test fold is never used for any choice, and every image gets one out-of-fold
-prediction per repeat.  Many small fits: each runs on one BLAS thread, and
-the outer folds run in parallel processes on larger data.
+prediction per repeat.  The inner CV chooses by the selection metric
+(:mod:`pipeline.balance`), and every fit carries the run's class weights.
+Many small fits: each runs on one BLAS thread, and the outer folds run in
+parallel processes on larger data.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
+from ..balance import METRICS, metric_values
 from ..errors import UsageError
 from ..options import CLASSIFIERS
-from .selection import GRIDS, make_head, predict_proba, smallest_class
+from .selection import GRIDS, fit_head, make_head, predict_proba, resolve_choice, smallest_class
 
 log = logging.getLogger(__name__)
 
@@ -58,33 +61,45 @@ def grid_for(clf: str, n_train: int):
     return name, sorted(values, reverse=(name == "alpha"))
 
 
-def _inner_scores(clf: str, X, y, values, splits, seed: int) -> np.ndarray:
-    """Mean inner-validation accuracy of each value ``(len(values),)``."""
-    scores = np.zeros(len(values))
+def _inner_scores(clf: str, X, y, values, splits, seed: int,
+                  class_weight: str = "none") -> dict:
+    """``{metric: (len(values),)}``: each value's mean inner-validation score of every metric."""
+    scores = {m: np.zeros(len(values)) for m in METRICS}
+    n_classes = int(np.max(y)) + 1
+    weight = "balanced" if class_weight == "balanced" else None
+
+    def add(j, pred, va):
+        for m, v in metric_values(y[va], pred, n_classes).items():
+            scores[m][j] += v
+
     for tr, va in splits:
         if clf == "logreg":
             # one scaler and a warm-started solver along the increasing-C path
             scaler = StandardScaler().fit(X[tr])
             Xtr, Xva = scaler.transform(X[tr]), scaler.transform(X[va])
-            path = LogisticRegression(max_iter=3000, random_state=seed, warm_start=True)
+            path = LogisticRegression(max_iter=3000, random_state=seed, warm_start=True,
+                                      class_weight=weight)
             for j, value in enumerate(values):
-                scores[j] += np.mean(path.set_params(C=value).fit(Xtr, y[tr]).predict(Xva)
-                                     == y[va])
+                add(j, path.set_params(C=value).fit(Xtr, y[tr]).predict(Xva), va)
         else:
             for j, value in enumerate(values):
-                model = make_head(clf, value, seed).fit(X[tr], y[tr])
-                scores[j] += np.mean(model.predict(X[va]) == y[va])
-    return scores / max(len(splits), 1)
+                model = fit_head(make_head(clf, value, seed, class_weight=class_weight),
+                                 X[tr], y[tr], class_weight)
+                add(j, model.predict(X[va]), va)
+    return {m: s / max(len(splits), 1) for m, s in scores.items()}
 
 
-def choose_param(clf: str, X, y, seed: int = 0, inner_folds: int = INNER_FOLDS):
-    """The grid value with the best inner cross-validated accuracy on ``(X, y)`` only.
+def choose_param(clf: str, X, y, seed: int = 0, inner_folds: int = INNER_FOLDS,
+                 metric: str = "accuracy", class_weight: str = "none"):
+    """The grid value with the best inner cross-validated ``metric`` on ``(X, y)`` only.
 
     ``X`` is ``(n, C)``.  Inner folds: ``min(inner_folds, smallest class)``;
     with a class of one image there is nothing to validate on, and the
     middle of the grid is taken (and said in the search).  Returns
-    ``(params, search)``; ties go to the stronger regularisation.
+    ``(params, search)``; ties go to the stronger regularisation.  ``metric``
+    and ``class_weight`` as in :func:`pipeline.heads.select_and_fit`.
     """
+    metric, class_weight = resolve_choice(clf, y, metric, class_weight)
     name, values = grid_for(clf, len(y))
     counts = np.bincount(y)
     k = min(inner_folds, int(counts[counts > 0].min()))
@@ -95,9 +110,10 @@ def choose_param(clf: str, X, y, seed: int = 0, inner_folds: int = INNER_FOLDS):
     if clf == "knn":  # inner training folds are smaller than the outer one
         values = [v for v in values if v <= len(y) * (k - 1) // k] or [1]
     splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y))
-    scores = _inner_scores(clf, X, y, values, splits, seed)
-    best = int(np.argmax(scores))  # first maximum: the strongest regularisation
-    search = [{name: _plain(v), "inner_accuracy": float(a)} for v, a in zip(values, scores)]
+    scores = _inner_scores(clf, X, y, values, splits, seed, class_weight)
+    best = int(np.argmax(scores[metric]))  # first maximum: the strongest regularisation
+    search = [{name: _plain(v), **{f"inner_{m}": float(scores[m][j]) for m in METRICS}}
+              for j, v in enumerate(values)]
     return {name: _plain(values[best])}, search
 
 
@@ -106,16 +122,20 @@ def _plain(value):
 
 
 def fit_fold(clf: str, X, y, train, test, seed: int = 0, repeat: int = 0,
-             fold: int = 0) -> FoldResult:
-    """Choose the hyperparameter on ``train`` rows, refit there, predict ``test`` rows."""
+             fold: int = 0, metric: str = "accuracy",
+             class_weight: str = "none") -> FoldResult:
+    """Choose the hyperparameter on ``train`` rows (by ``metric``), refit there (with
+    ``class_weight``), predict ``test`` rows."""
     from threadpoolctl import threadpool_limits
 
     t0 = time.perf_counter()
+    metric, class_weight = resolve_choice(clf, y[train], metric, class_weight)
     with threadpool_limits(1):
-        params, search = choose_param(clf, X[train], y[train], seed)
+        params, search = choose_param(clf, X[train], y[train], seed, metric=metric,
+                                      class_weight=class_weight)
         model = make_head(clf, next(iter(params.values())), seed,
-                          calibrated=smallest_class(y[train]))
-        model.fit(X[train], y[train])
+                          calibrated=smallest_class(y[train]), class_weight=class_weight)
+        fit_head(model, X[train], y[train], class_weight)
         proba = _full_proba(model, X[test], int(y.max()) + 1)
     return FoldResult(repeat, fold, np.asarray(test), proba, params, len(train), search,
                       time.perf_counter() - t0)
@@ -132,19 +152,22 @@ def _full_proba(model, X, n_classes: int) -> np.ndarray:
     return full
 
 
-def cross_validate(clf: str, X, y, splits, seed: int = 0, n_jobs: int | None = None) -> list:
+def cross_validate(clf: str, X, y, splits, seed: int = 0, n_jobs: int | None = None,
+                   metric: str = "accuracy", class_weight: str = "none") -> list:
     """:func:`fit_fold` on every ``(repeat, fold, train, test)`` of ``splits``, in order.
 
     ``X`` is ``(n_images, C)`` (every row of the store), ``y`` ``(n_images,)``.
     Outer folds run in ``n_jobs`` processes (default: the cores, when the
-    work is large enough to pay for starting them).
+    work is large enough to pay for starting them).  ``metric`` chooses the
+    hyperparameter inside each fold; ``class_weight`` weights every fit.
     """
     if n_jobs is None:
         big = len(y) * len(splits) >= PARALLEL_MIN_WORK
         n_jobs = min(len(splits), os.cpu_count() or 1) if big else 1
+    kw = {"metric": metric, "class_weight": class_weight}
     if n_jobs <= 1:
-        return [fit_fold(clf, X, y, tr, te, seed, r, k) for r, k, tr, te in splits]
+        return [fit_fold(clf, X, y, tr, te, seed, r, k, **kw) for r, k, tr, te in splits]
     from joblib import Parallel, delayed
 
-    return Parallel(n_jobs=n_jobs)(delayed(fit_fold)(clf, X, y, tr, te, seed, r, k)
+    return Parallel(n_jobs=n_jobs)(delayed(fit_fold)(clf, X, y, tr, te, seed, r, k, **kw)
                                    for r, k, tr, te in splits)

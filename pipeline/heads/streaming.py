@@ -11,11 +11,14 @@ the store's row blocks in a new random order, mixes ``buffer_blocks`` of them
 ``partial_fit``.  The ``alpha`` grid is in-memory logreg's C grid mapped by
 ``alpha = 1 / (C * n_train)``, so both choose among the same models; all
 values are trained side by side on the same reads; the one with the best
-validation accuracy is refitted (same C) on
+validation score (the selection metric, :mod:`pipeline.balance`) is refitted (same C) on
 train + validation and judged once on the test split, as
 :func:`pipeline.heads.select_and_fit` does in memory.  Memory is bounded by
 ``block * buffer_blocks`` rows whatever the number of rows; only the per-row
 index columns (paths, labels, split) and the test predictions grow with N.
+Balanced class weights are counted on those in-memory label columns (training
+rows for the search, training + validation rows for the refit) and handed to
+every ``partial_fit``.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import numpy as np
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ..balance import METRICS, balanced_weights, metric_values
 from ..errors import UsageError
-from .selection import GRIDS, FitResult, make_head
+from .selection import GRIDS, FitResult, make_head, resolve_choice
 from .sgd import SGD_EPOCHS
 
 log = logging.getLogger(__name__)
@@ -46,9 +50,11 @@ def _check_tap(store, tap):
             f"(run `python cli.py extract --layer {tap}` to add it)", param="layer")
 
 
-def _sgd(alpha, seed, eta0):
-    """The ``sgd-logreg`` estimator of :func:`pipeline.heads.make_head` with step ``eta0``."""
-    return make_head("sgd-logreg", alpha, seed)[-1].set_params(eta0=eta0)
+def _sgd(alpha, seed, eta0, class_weights=None):
+    """The ``sgd-logreg`` estimator of :func:`pipeline.heads.make_head` with step ``eta0``
+    and per-class weights ``(K,)`` (None: unweighted)."""
+    return make_head("sgd-logreg", alpha, seed)[-1].set_params(
+        eta0=eta0, class_weight=None if class_weights is None else list(class_weights))
 
 
 def fit_scalers(store, tap, codes_sets, block: int = BLOCK_ROWS * BUFFER_BLOCKS,
@@ -144,19 +150,25 @@ def predict_split(models, scaler, store, tap, split, proba: bool = False,
 
 
 def stream_select_and_fit(store, tap: str, seed: int = 0, grid=None, epochs: int = SGD_EPOCHS,
-                          block: int = BLOCK_ROWS, buffer_blocks: int = BUFFER_BLOCKS):
+                          block: int = BLOCK_ROWS, buffer_blocks: int = BUFFER_BLOCKS,
+                          metric: str = "accuracy", class_weight: str = "none"):
     """The streaming counterpart of :func:`pipeline.heads.select_and_fit` for ``sgd-logreg``.
 
-    Chooses ``alpha`` on the validation split (ties go to the larger alpha,
+    Chooses ``alpha`` by the validation ``metric`` (ties go to the larger alpha,
     the stronger regularisation), refits on train + val, predicts the test
-    split.  Returns ``(FitResult, test_pred (n_test,), test_proba (n_test, n_classes))``;
-    the result's model is a fitted ``Pipeline(StandardScaler(), SGDClassifier())``.
+    split; ``class_weight="balanced"`` weights every fit.  Returns ``(FitResult,
+    test_pred (n_test,), test_proba (n_test, n_classes))``; the result's model is a
+    fitted ``Pipeline(StandardScaler(), SoftmaxSGD())``.
     """
     _check_tap(store, tap)
     if epochs < 1 or block < 1 or buffer_blocks < 1:
         raise UsageError(f"epochs, block and buffer_blocks must be >= 1, got "
                          f"{epochs}, {block}, {buffer_blocks}")
     name, _ = GRIDS["sgd-logreg"]
+    n_classes = len(store.classes)
+    y_train, y_val = store.y("train"), store.y("val")
+    metric, class_weight = resolve_choice("sgd-logreg", y_train, metric, class_weight)
+    balanced = class_weight == "balanced"
     sizes = store.split_sizes()
     n_train, n_fit = sizes["train"], sizes["train"] + sizes["val"]
     if grid is None:   # logreg's C grid: alpha = 1 / (C * n_train)
@@ -166,19 +178,21 @@ def stream_select_and_fit(store, tap: str, seed: int = 0, grid=None, epochs: int
     window = block * buffer_blocks   # rows in memory at once, in every pass
     (scaler_train, scaler_all), eta0 = fit_scalers(store, tap, [(0,), (0, 1)], window,
                                                     steps=True)
-    models = [_sgd(a, seed, eta0) for a in values]
+    weights = balanced_weights(y_train, n_classes) if balanced else None
+    models = [_sgd(a, seed, eta0, weights) for a in values]
     train_epochs(models, scaler_train, store, tap, (0,), epochs, seed, block, buffer_blocks)
-    y_val = store.y("val")
-    search, best, best_acc, best_pred = [], None, -1.0, None
+    search, best, best_score, best_pred = [], None, -1.0, None
     val_preds = predict_split(models, scaler_train, store, tap, "val", block=window)
     for alpha, pred in zip(values, val_preds):
-        acc = float(np.mean(pred == y_val))
-        search.append({name: float(alpha), "val_accuracy": acc})
-        log.debug("sgd-logreg alpha=%g val accuracy %.4f", alpha, acc)
-        if acc > best_acc:
-            best, best_acc, best_pred = alpha, acc, pred
+        scores = metric_values(y_val, pred, n_classes)
+        search.append({name: float(alpha), **{f"val_{m}": scores[m] for m in METRICS}})
+        log.debug("sgd-logreg alpha=%g val %s %.4f", alpha, metric, scores[metric])
+        if scores[metric] > best_score:
+            best, best_score, best_pred = alpha, scores[metric], pred
     # the same C on train + val, as select_and_fit refits logreg
-    final = _sgd(best * n_train / n_fit, seed, eta0)
+    fit_weights = (balanced_weights(np.concatenate([y_train, y_val]), n_classes)
+                   if balanced else None)
+    final = _sgd(best * n_train / n_fit, seed, eta0, fit_weights)
     train_epochs([final], scaler_all, store, tap, (0, 1), epochs, seed, block, buffer_blocks)
     model = make_pipeline(scaler_all, final)
     fit_seconds = time.perf_counter() - t0
@@ -189,4 +203,5 @@ def stream_select_and_fit(store, tap: str, seed: int = 0, grid=None, epochs: int
               "epochs": int(epochs),
               "block_rows": int(block),
               "buffer_blocks": int(buffer_blocks)}
-    return FitResult(model, params, best_pred, search, fit_seconds), test_pred, proba
+    return (FitResult(model, params, best_pred, search, fit_seconds, metric, class_weight),
+            test_pred, proba)

@@ -13,14 +13,16 @@ import logging
 import time
 from pathlib import Path
 
+from ..balance import METRIC_SHORT
 from ..errors import StoreError, UsageError, opt
 from ..files import atomic_write
-from ..runs.groups import group_runs, latest_per_seed
+from ..runs.groups import group_runs, latest_per_seed, resolve_report_metric
 from .explore import explore_section
 from .fewshot import fewshot_section
 from .hierarchy import hierarchy_section
 from .leakage import leakage_section
 from .sections import (
+    TRAP_TRAIN_MIN,
     advice_section,
     backbones_section,
     comparison_rows,
@@ -37,9 +39,12 @@ from .sections import (
 log = logging.getLogger(__name__)
 
 
-def render_report(records: list, analysis: dict, out_path, overwrite: bool = False) -> Path:
+def render_report(records: list, analysis: dict, out_path, overwrite: bool = False,
+                  metric: str = "auto") -> Path:
     """Write the HTML page of ``records`` (run records) and ``analysis`` (from
     :func:`pipeline.workflows.analysis.analyse`) to ``out_path``; returns it.
+    ``metric``: the selection metric that ranks and tests the runs (``auto``:
+    :func:`pipeline.runs.groups.resolve_report_metric`).
 
     Refuses a folder as ``out_path``, and to replace an existing file unless
     ``overwrite``; an ``out_path`` that cannot be written is a :class:`StoreError`.
@@ -49,7 +54,7 @@ def render_report(records: list, analysis: dict, out_path, overwrite: bool = Fal
         raise StoreError("no run records to report on; run `python cli.py fit` or "
                          "`python cli.py baseline` first", param="runs_dir")
     t0 = time.perf_counter()
-    html = render(build_context(records, analysis))
+    html = render(build_context(records, analysis, metric))
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(out_path, "w", encoding="utf-8") as fh:
@@ -89,15 +94,19 @@ def render(context: dict) -> str:
     return env.get_template("report.html").render(**context)
 
 
-def build_context(records: list, analysis: dict) -> dict:
+def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
     """One dict per section, from ``records`` and the workflow's ``analysis`` of their store.
 
     A seed run twice is shown once, as its latest run (:func:`latest_per_seed`).
+    Every section ranks and tests in one selection metric (``metric``, ``auto``
+    resolved from the records and said in the verdict).
     """
     records = latest_per_seed(records)[0]
-    groups = group_runs(records)
+    metric, reason = resolve_report_metric(records, metric)
+    log.info("report metric: %s", reason)
+    groups = group_runs(records, metric)
     best = groups[0]
-    verdict = verdict_section(groups)
+    verdict = verdict_section(groups, reason)
     advice = advice_section(groups, verdict)
     backbones = backbones_section(groups)
     if backbones["advice"]:
@@ -111,7 +120,9 @@ def build_context(records: list, analysis: dict) -> dict:
         "depth": depth_section(groups),
         "backbones": backbones,
         "fewshot": fewshot_section(analysis["fewshot"]),
-        "curves": curves_section(records),
+        "curves": curves_section(records, metric),
+        "trap_train_min": TRAP_TRAIN_MIN,
+        "metric_short": METRIC_SHORT,
         "explore": explore_section(analysis.get("explore")),
         "confusion": confusion_section(best),
         "mistakes": mistakes_section(best),

@@ -40,12 +40,13 @@ def to_data_uri(fig) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def depth_plot(series: dict, references: list, taps: list) -> str:
-    """Test accuracy against tap depth, one line per head.
+def depth_plot(series: dict, references: list, taps: list, ylabel: str = "accuracy") -> str:
+    """Test accuracy (or another metric, ``ylabel``) against tap depth, one line per head.
 
     ``series`` maps a line name to ``[(tap, accuracy, ci_low, ci_high), ...]``;
     ``references`` is ``[(name, accuracy)]`` drawn as horizontal lines (the
-    baselines and fine-tuning runs); ``taps`` is the x-axis order.
+    baselines, fine-tuning runs, the majority-class reference); ``taps`` is the
+    x-axis order.
     """
     import matplotlib
 
@@ -69,10 +70,10 @@ def depth_plot(series: dict, references: list, taps: list) -> str:
                        label=mpl_text(f"{name} ({acc:.3f})"))
         ax.set_xticks(range(len(taps)), [mpl_text(t) for t in taps])
         ax.set_xlim(-0.3, len(taps) - 0.7)
-        return _accuracy_figure(fig, ax, "tap (shallow to deep)")
+        return _accuracy_figure(fig, ax, "tap (shallow to deep)", ylabel)
 
 
-def pareto_plot(points: list) -> str:
+def pareto_plot(points: list, ylabel: str = "accuracy") -> str:
     """Accuracy against cost, one point per backbone, on two panels: GFLOPs (log) and
     measured extraction img/s; the Pareto front (nothing both cheaper and more accurate)
     is joined by a line.  ``points``: ``{name, accuracy, gflops, images_per_second,
@@ -99,19 +100,32 @@ def pareto_plot(points: list) -> str:
             if key == "gflops" and shown:
                 ax.set_xscale("log")
             ax.set_xlabel(label)
-            ax.set_ylabel("accuracy")
+            ax.set_ylabel(ylabel)
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
         return to_data_uri(fig)
 
 
-def _accuracy_figure(fig, ax, xlabel: str) -> str:
+#: Legend entries drawn beside an accuracy plot; more go underneath it.
+LEGEND_BESIDE = 8
+
+
+def _accuracy_figure(fig, ax, xlabel: str, ylabel: str = "accuracy") -> str:
     """Shared finish of the test-accuracy plots: labels, 0-1 axis, grid, legend on the right."""
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    n = len(ax.get_legend_handles_labels()[1])
+    if n > LEGEND_BESIDE:
+        # a long legend beside the axes squeezes them to a sliver: one column underneath,
+        # the figure made taller by its lines (constrained layout keeps it inside)
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width, height + 0.16 * n)
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize=7,
+                   ncol=1, frameon=False)
+    else:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return to_data_uri(fig)
 
 

@@ -1,4 +1,10 @@
 """The report's sections, each a dict computed from run records (no model is fitted).
+
+Every section ranks, plots and tests in the one selection metric of the report
+(the groups' ``metric``: :func:`pipeline.runs.groups.resolve_report_metric`),
+shows the majority-class reference beside the runs, and flags a collapsed
+run (one that answers one class) wherever it appears; a collapsed run is never
+the best nor the recommendation.
 """
 
 from __future__ import annotations
@@ -11,9 +17,27 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.balance import IMBALANCE_RATIO
+from ..balance import (
+    IMBALANCE_RATIO,
+    METRIC_LABELS,
+    METRIC_SHORT,
+    choice_suffix,
+    class_ratio,
+    describe_balance,
+)
 from ..options import TAP_ORDER
-from ..runs.groups import compare, is_cv, score, split_label, test_metrics, trainable_params
+from ..runs.groups import (
+    class_counts_of,
+    collapse_of,
+    compare,
+    describe_test,
+    is_cv,
+    majority_reference,
+    score,
+    split_label,
+    test_metrics,
+    trainable_params,
+)
 from ..runs.stats import holm
 from . import plots
 
@@ -31,8 +55,11 @@ THUMB_SIZE = 128
 SIGNIFICANCE = 0.05
 
 
-#: "100% training accuracy trap": train accuracy this far above validation accuracy.
+#: "100% training accuracy trap": train accuracy this far above validation accuracy ...
 TRAP_GAP = 0.15
+#: ... while training accuracy is at least this high (below it the model has not
+#: memorised its training images, whatever the gap says).
+TRAP_TRAIN_MIN = 0.9
 
 
 #: The decision grid's boundary between small and large data (training images per class).
@@ -43,15 +70,31 @@ LARGE_DATA_PER_CLASS = 1000
 
 
 
-def _ci(record) -> tuple:
-    sc = score(record)
-    return sc["low"], sc["high"]
-
-
-def verdict_section(groups: list) -> dict:
-    """The best strategy (selected without test data) against every other, Holm-adjusted."""
+def metric_section(groups: list, reason: str | None = None) -> dict:
+    """The report's selection metric and why, the class balance it was judged on, and
+    the majority-class reference row (on the best run's scored images)."""
     best = groups[0]
-    comparisons = [{"group": g, "test": compare(best["rep"], g["rep"])} for g in groups[1:]]
+    metric = best["metric"]
+    counts = class_counts_of(best["rep"])
+    classes = best["rep"].get("classes")
+    fallback = [g["name"] for g in groups if g["fallback"]]
+    return {"metric": metric, "label": METRIC_LABELS[metric], "reason": reason or metric,
+            "imbalanced": counts is not None and class_ratio(counts) > IMBALANCE_RATIO,
+            "balance": describe_balance(counts, classes) if counts is not None else None,
+            "ratio": IMBALANCE_RATIO,
+            "majority": majority_reference(best["rep"], metric),
+            "fallback": fallback,
+            "collapsed": [g for g in groups if g["collapsed"]]}
+
+
+def verdict_section(groups: list, reason: str | None = None) -> dict:
+    """The best strategy (selected without test data, never a collapsed one while one that
+    learned is there) against every other, in the report's metric, Holm-adjusted."""
+    best = groups[0]
+    metric = best["metric"]
+    label = METRIC_LABELS[metric]
+    comparisons = [{"group": g, "test": compare(best["rep"], g["rep"], metric)}
+                   for g in groups[1:]]
     tested = [c for c in comparisons if c["test"] is not None]
     for c, adj in zip(tested, holm([c["test"]["p_value"] for c in tested])):
         c["p_holm"] = adj
@@ -59,25 +102,33 @@ def verdict_section(groups: list) -> dict:
     for c in comparisons:
         c.setdefault("p_holm", None)
         c.setdefault("significant", None)
-    ranking = [{"rank": i + 1, "group": g, "ci": _ci(g["rep"])} for i, g in enumerate(groups)]
     cv = is_cv(best["rep"])
-    sc = score(best["rep"])
-    return {"best": best, "ci": _ci(best["rep"]), "n_test": sc["n"], "ranking": ranking,
+    sc = score(best["rep"], metric)
+    info = metric_section(groups, reason)
+    majority = info["majority"]
+    # a run that learned yet does not clear the majority-class reference is no better than it
+    ranking = [{"rank": i + 1, "group": g, "ci": g["ci"],
+                "below_majority": bool(majority and not g["collapsed"]
+                                       and g["value"] <= majority["value"])}
+               for i, g in enumerate(groups)]
+    return {"best": best, "ci": best["ci"], "n_test": sc["n"], "ranking": ranking,
             "comparisons": comparisons, "n_tested": len(tested),
             "n_significant": sum(1 for c in tested if c["significant"]), "alpha": SIGNIFICANCE,
             "protocol": "cv" if cv else "holdout", "n_folds": sc["folds"],
-            "score_name": "cross-validated accuracy" if cv else "test accuracy",
-            "selected_by": "the cross-validated mean" if cv else "validation accuracy",
-            "test_name": ("corrected resampled paired t-test (Nadeau-Bengio) on the same "
-                          f"{sc['folds']} folds" if cv else
-                          "exact McNemar test on the shared test images")}
+            "metric": info, "no_learner": bool(best["collapsed"]),
+            "below_majority": [r["group"] for r in ranking if r["below_majority"]],
+            "margin": (best["value"] - majority["value"]) if majority else None,
+            "score_name": f"cross-validated {label}" if cv else f"test {label}",
+            "selected_by": (f"the cross-validated mean {label}" if cv
+                            else f"validation {label}"),
+            "test_name": describe_test("cv" if cv else "holdout", metric, sc["folds"])}
 
 
 def comparison_rows(groups: list) -> list:
     rows = []
     for g in groups:
         rep = g["rep"]
-        lo, hi = _ci(rep)
+        lo, hi = g["ci"]
         feats = rep.get("features") or {}
         rows.append({
             "group": g,
@@ -90,7 +141,7 @@ def comparison_rows(groups: list) -> list:
             "ci": (lo, hi),
             "selection": g["selection"],
             "scored": test_metrics(rep),
-            "folds": _fold_spread(rep),
+            "folds": _fold_spread(rep, g["metric"]),
             "seconds": float(np.mean([r.get("fit_seconds") or 0.0 for r in g["runs"]])),
             "trainable_params": trainable_params(rep),
             "images_per_second": (feats.get("images_per_second")
@@ -100,12 +151,14 @@ def comparison_rows(groups: list) -> list:
     return rows
 
 
-def _fold_spread(record):
-    """``{sd, min, max, n}`` of a cv run's per-fold accuracies (None under holdout)."""
+def _fold_spread(record, metric: str = "accuracy"):
+    """``{sd, min, max, n}`` of a cv run's per-fold ``metric`` (accuracy when the record
+    has no per-fold values of it; None under holdout)."""
     if not is_cv(record):
         return None
-    scores = record["cv"]["fold_scores"]
-    return {"sd": record["cv"]["sd"], "min": min(scores), "max": max(scores), "n": len(scores)}
+    scores = (record["cv"].get("fold_metrics") or {}).get(metric) or record["cv"]["fold_scores"]
+    sd = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
+    return {"sd": sd, "min": min(scores), "max": max(scores), "n": len(scores)}
 
 
 def _head_name(record) -> str:
@@ -133,22 +186,41 @@ def _format_params(params: dict, limit: int = 8) -> str:
 def depth_section(groups: list) -> dict:
     frozen = [g for g in groups if g["kind"] == "frozen" and g["layer"] in TAP_ORDER]
     if not frozen:
-        return {"figure": None, "rows": [],
+        return {"figure": None, "rows": [], "metric_label": METRIC_LABELS[groups[0]["metric"]],
                 "note": "No frozen-feature runs yet: run `python cli.py fit --layer all`."}
-    series = OrderedDict()
+    metric = groups[0]["metric"]
+    series, collapsed, others = OrderedDict(), {}, {}
     for g in sorted(frozen, key=lambda g: (g["backbone"] or "", g["method"] or "")):
-        lo, hi = _ci(g["rep"])
-        name = f"{g['method']} ({g['backbone']})"
-        series.setdefault(name, []).append((g["layer"], g["accuracy"], lo, hi))
+        lo, hi = g["ci"]
+        rep = g["rep"]
+        name = f"{g['method']} ({g['backbone']})" + choice_suffix(rep.get("selection_metric"),
+                                                                  rep.get("class_weight"))
+        series.setdefault(name, []).append((g["layer"], g["value"], lo, hi))
+        others.setdefault(name, {})[g["layer"]] = _others(g)
+        if g["collapsed"]:
+            collapsed.setdefault(name, set()).add(g["layer"])
     taps = [t for t in TAP_ORDER if any(p[0] == t for pts in series.values() for p in pts)]
-    references = [(g["name"], g["accuracy"]) for g in groups if g["kind"] == "baseline"]
-    tuned = [g for g in groups if g["kind"] == "finetune"]
+    references = [(g["name"] + (" (collapsed)" if g["collapsed"] else ""), g["value"])
+                  for g in groups if g["kind"] == "baseline"]
+    tuned = [g for g in groups if g["kind"] == "finetune" and not g["collapsed"]]
     if tuned:
-        references.append((f"best fine-tune: {tuned[0]['name']}", tuned[0]["accuracy"]))
-    rows = [{"name": name, "values": {p[0]: p[1] for p in pts}} for name, pts in series.items()]
-    return {"figure": plots.depth_plot(series, references, taps), "rows": rows, "taps": taps,
-            "references": references, "note": None}
+        references.append((f"best fine-tune: {tuned[0]['name']}", tuned[0]["value"]))
+    majority = majority_reference(groups[0]["rep"], metric)
+    lines = references + ([(majority["name"], majority["value"])] if majority else [])
+    rows = [{"name": name, "values": {p[0]: p[1] for p in pts}, "others": others[name],
+             "collapsed": sorted(collapsed.get(name, ()), key=_tap_rank)}
+            for name, pts in series.items()]
+    return {"figure": plots.depth_plot(series, lines, taps, METRIC_LABELS[metric]),
+            "rows": rows, "taps": taps, "references": references, "majority": majority,
+            "metric_label": METRIC_LABELS[metric], "note": None}
 
+
+
+def _others(g) -> str:
+    """``acc. 98.2% · bal. acc. 95.9% · macro-F1 91.7%`` without the group's own metric: what
+    a table cell adds beside it when classes are imbalanced."""
+    return " · ".join(f"{METRIC_SHORT[m]} {g[m]:.1%}" for m in METRIC_SHORT
+                      if m != g["metric"])
 
 
 def _tap_rank(tap) -> int:
@@ -195,12 +267,14 @@ def backbones_section(groups: list) -> dict:
     rows, depth = [], []
     for backbone, gs in per_backbone.items():
         best_at = {}
-        for g in gs:  # per tap, the head chosen without test data
-            if g["layer"] not in best_at or g["selection"] > best_at[g["layer"]]["selection"]:
+        for g in gs:  # per tap, the head chosen without test data (one that learned first)
+            if g["layer"] not in best_at or _before(g, best_at[g["layer"]]):
                 best_at[g["layer"]] = g
         depth.append({"backbone": backbone,
-                      "values": {t: g["accuracy"] for t, g in best_at.items()}})
-        best = max(best_at.values(), key=lambda g: (g["selection"], -_tap_rank(g["layer"])))
+                      "values": {t: g["value"] for t, g in best_at.items()},
+                      "others": {t: _others(g) for t, g in best_at.items()}})
+        best = max(best_at.values(), key=lambda g: (not g["collapsed"], g["selection"],
+                                                     -_tap_rank(g["layer"])))
         rep = best["rep"]
         feats = rep.get("features") or {}
         cost = feats.get("cost") or {}
@@ -208,16 +282,17 @@ def backbones_section(groups: list) -> dict:
         weights = rep.get("weights") or ""
         rows.append({
             "backbone": backbone, "tap": tap, "head": best["method"],
-            "accuracy": best["accuracy"], "selection": best["selection"],
-            "ci": _ci(rep), "group": best,
+            "accuracy": best["value"], "selection": best["selection"],
+            "ci": best["ci"], "group": best, "collapsed": best["collapsed_text"],
+            "others": _others(best),
             "params": (cost.get("params") or {}).get(tap),
             "gflops": (cost.get("gflops") or {}).get(tap),
             "images_per_second": feats.get("images_per_second") or None,
             "weights": weights,
             "random_weights": weights.startswith("random-init"),
         })
-    rows.sort(key=lambda r: (-r["selection"], r["gflops"] if r["gflops"] is not None
-                             else float("inf")))
+    rows.sort(key=lambda r: (bool(r["collapsed"]), -r["selection"],
+                             r["gflops"] if r["gflops"] is not None else float("inf")))
     points = [{"name": r["backbone"], "accuracy": r["accuracy"], "gflops": r["gflops"],
                "images_per_second": r["images_per_second"]} for r in rows]
     _pareto(points, "gflops", _fewer)
@@ -228,16 +303,28 @@ def backbones_section(groups: list) -> dict:
     series = OrderedDict()
     for g in frozen:  # accuracy vs depth, one line per backbone (its best head at each tap)
         best_here = next(d for d in depth if d["backbone"] == (g["backbone"] or "?"))
-        if best_here["values"].get(g["layer"]) == g["accuracy"]:
+        if best_here["values"].get(g["layer"]) == g["value"]:
             pts = series.setdefault(g["backbone"] or "?", {})
-            lo, hi = _ci(g["rep"])
-            pts.setdefault(g["layer"], (g["layer"], g["accuracy"], lo, hi))
-    depth_figure = plots.depth_plot({b: list(p.values()) for b, p in series.items()}, [], taps)
-    return {"rows": rows, "depth": depth, "taps": taps, "figure": plots.pareto_plot(points),
-            "depth_figure": depth_figure, "advice": _backbone_advice(rows), "note": None}
+            lo, hi = g["ci"]
+            pts.setdefault(g["layer"], (g["layer"], g["value"], lo, hi))
+    label = METRIC_LABELS[groups[0]["metric"]]
+    majority = majority_reference(groups[0]["rep"], groups[0]["metric"])
+    depth_figure = plots.depth_plot({b: list(p.values()) for b, p in series.items()},
+                                    [(majority["name"], majority["value"])] if majority else [],
+                                    taps, label)
+    return {"rows": rows, "depth": depth, "taps": taps,
+            "figure": plots.pareto_plot(points, label), "majority": majority,
+            "metric_label": label, "depth_figure": depth_figure,
+            "advice": _backbone_advice(rows, label), "note": None}
 
 
-def _backbone_advice(rows: list) -> str:
+def _before(g, other) -> bool:
+    """Whether group ``g`` is chosen over ``other`` without test data: one that learned
+    before a collapsed one, then the higher selection score."""
+    return (not g["collapsed"], g["selection"]) > (not other["collapsed"], other["selection"])
+
+
+def _backbone_advice(rows: list, label: str = "accuracy") -> str:
     """One sentence naming the backbone this data is best served by, with its cost and how
     it compares with the runner-up (paired test on the shared test images or folds)."""
     best = rows[0]
@@ -246,11 +333,14 @@ def _backbone_advice(rows: list) -> str:
         f"{best['params'] / 1e6:.3g} M parameters" if best["params"] is not None else "",
         f"{best['images_per_second']:.0f} img/s extracting" if best["images_per_second"]
         else "") if part)
+    if best["collapsed"]:
+        return ("No backbone's heads learned here: every one answers one class "
+                f"(e.g. it {best['collapsed']}); no backbone is recommended.")
     text = (f"Best backbone for this data: {best['backbone']} (tap {best['tap']}, "
-            f"{best['head']}), {best['accuracy']:.1%} accuracy"
+            f"{best['head']}), {best['accuracy']:.1%} {label}"
             + (f" at {cost}" if cost else "") + ", chosen without test data.")
     second = rows[1]
-    test = compare(best["group"]["rep"], second["group"]["rep"])
+    test = compare(best["group"]["rep"], second["group"]["rep"], best["group"]["metric"])
     if test is not None:
         verdict = ("significantly" if test["p_value"] < SIGNIFICANCE else "not significantly")
         text += (f" It is {verdict} better than the runner-up {second['backbone']} "
@@ -267,7 +357,7 @@ def _backbone_advice(rows: list) -> str:
     return text
 
 
-def curves_section(records: list) -> list:
+def curves_section(records: list, metric: str = "accuracy") -> list:
     out = []
     # Seeds of one strategy next to each other, in seed order.
     order = {g: i for i, g in enumerate(OrderedDict.fromkeys(r.get("group") for r in records))}
@@ -277,9 +367,12 @@ def curves_section(records: list) -> list:
             continue
         best_epoch = ((r.get("finetune") or {}).get("best_epoch")
                       or (r.get("hyperparameters") or {}).get("best_epoch"))
+        collapsed = collapse_of(r)
         out.append({"record": r, "figure": plots.learning_curve_plot(history, best_epoch),
-                    "score": score(r)["value"], "score_name": "cv" if is_cv(r) else "test",
-                    "trap": training_trap(history), "epochs": len(history),
+                    "score": score(r, metric)["value"],
+                    "score_name": ("cv " if is_cv(r) else "test ") + METRIC_LABELS[metric],
+                    "trap": training_trap(history, collapsed, best_epoch),
+                    "collapsed": collapsed, "epochs": len(history),
                     "best_epoch": best_epoch, "preview": augmentation_preview(r)})
     return out
 
@@ -306,23 +399,51 @@ def augmentation_preview(record: dict):
             "info": info, "missing": None}
 
 
-def training_trap(history: list):
-    """The epoch where training accuracy runs furthest above validation accuracy, if far.
+def training_trap(history: list, collapsed: dict | None = None, best_epoch=None):
+    """What a run's learning curves warn of, with the right explanation, or None.
 
-    Returns ``{epoch, train, val, gap}`` when the gap reaches :data:`TRAP_GAP`
-    (or training accuracy reaches 99% while validation trails by 5 points),
-    else None.
+    ``kind``:
+
+    - ``"collapse"``: the run answers one class (``collapsed``, from
+      :func:`pipeline.runs.groups.collapse_of`, or its kept epoch's validation
+      predictions, ``val_collapsed`` in the history): whatever the gap between
+      training and validation accuracy, it did not memorise, it gave up;
+    - ``"memorising"``: the "100% training accuracy trap", training accuracy at
+      least :data:`TRAP_TRAIN_MIN` and :data:`TRAP_GAP` above validation (or 99%
+      with validation 5 points behind), at the epoch with the largest gap;
+    - ``"gap"``: training accuracy that far above validation while itself low
+      (under :data:`TRAP_TRAIN_MIN`): not memorising; the two splits differ (class
+      mix, augmentation) more than the model fits either.
+
+    Returns ``{kind, epoch, train, val, gap}`` (``text`` for a collapse).
     """
-    worst = None
-    for h in history:
-        tr, va = h.get("train_accuracy"), h.get("val_accuracy")
-        if tr is None or va is None:
-            continue
-        gap = tr - va
-        if gap >= TRAP_GAP or (tr >= 0.99 and gap >= 0.05):
-            if worst is None or gap > worst["gap"]:
-                worst = {"epoch": h.get("epoch"), "train": tr, "val": va, "gap": gap}
-    return worst
+    rows = [h for h in history if h.get("train_accuracy") is not None
+            and h.get("val_accuracy") is not None]
+
+    def entry(kind, h, **extra):
+        return {"kind": kind, "epoch": h.get("epoch"), "train": h["train_accuracy"],
+                "val": h["val_accuracy"], "gap": h["train_accuracy"] - h["val_accuracy"],
+                **extra}
+
+    kept = next((h for h in rows if h.get("epoch") == best_epoch), rows[-1] if rows else None)
+    if collapsed or (kept is not None and kept.get("val_collapsed")):
+        text = (collapsed["text"] if collapsed else
+                "answers one class for nearly every validation image at the epoch kept")
+        return entry("collapse", kept, text=text) if kept else {
+            "kind": "collapse", "epoch": None, "train": None, "val": None, "gap": None,
+            "text": text}
+    memorising = [h for h in rows
+                  if (h["train_accuracy"] >= TRAP_TRAIN_MIN
+                      and h["train_accuracy"] - h["val_accuracy"] >= TRAP_GAP)
+                  or (h["train_accuracy"] >= 0.99 and h["train_accuracy"] - h["val_accuracy"]
+                      >= 0.05)]
+    if memorising:
+        return entry("memorising", max(memorising,
+                                       key=lambda h: h["train_accuracy"] - h["val_accuracy"]))
+    gaps = [h for h in rows if h["train_accuracy"] - h["val_accuracy"] >= TRAP_GAP]
+    if gaps:
+        return entry("gap", max(gaps, key=lambda h: h["train_accuracy"] - h["val_accuracy"]))
+    return None
 
 
 def confusion_section(best: dict) -> dict:
@@ -391,11 +512,13 @@ def advice_section(groups: list, verdict: dict) -> dict:
     per_class = n_train / n_classes
     size = "large" if per_class >= LARGE_DATA_PER_CLASS else "small"
 
-    frozen = [g for g in groups if g["kind"] == "frozen" and g["layer"] in TAP_ORDER]
+    # a collapsed run learned nothing: it says nothing of a tap and is never recommended
+    learned = [g for g in groups if not g["collapsed"]]
+    frozen = [g for g in learned if g["kind"] == "frozen" and g["layer"] in TAP_ORDER]
     by_tap = {}
     for g in frozen:  # per tap, the head chosen without test data
         if g["layer"] not in by_tap or g["selection"] > by_tap[g["layer"]][1]["selection"]:
-            by_tap[g["layer"]] = (g["accuracy"], g)
+            by_tap[g["layer"]] = (g["value"], g)
     taps = sorted(by_tap, key=_tap_rank)
     depth_gain = similarity = None
     if len(taps) >= 2:
@@ -404,7 +527,8 @@ def advice_section(groups: list, verdict: dict) -> dict:
         depth_gain = {"deep": deepest, "deep_acc": by_tap[deepest][0], "other": best_other,
                       "other_acc": by_tap[best_other][0],
                       "gain": by_tap[deepest][0] - by_tap[best_other][0],
-                      "test": compare(by_tap[deepest][1]["rep"], by_tap[best_other][1]["rep"])}
+                      "test": compare(by_tap[deepest][1]["rep"], by_tap[best_other][1]["rep"],
+                                      by_tap[deepest][1]["metric"])}
         # The deepest tap is the most ImageNet-specific: the data look different from
         # ImageNet only when a shallower tap beats it by more than the noise.
         t = depth_gain["test"]
@@ -413,23 +537,24 @@ def advice_section(groups: list, verdict: dict) -> dict:
         similarity = "different" if shallower_wins else "similar"
 
     best_frozen = frozen[0] if frozen else None
-    tuned = [g for g in groups if g["kind"] == "finetune"]
-    baselines = [g for g in groups if g["kind"] == "baseline"]
+    tuned = [g for g in learned if g["kind"] == "finetune"]
+    baselines = [g for g in learned if g["kind"] == "baseline"]
     finetune_gain = None
     if tuned and best_frozen:
-        test = compare(tuned[0]["rep"], best_frozen["rep"])
+        test = compare(tuned[0]["rep"], best_frozen["rep"], tuned[0]["metric"])
         finetune_gain = {"tuned": tuned[0], "frozen": best_frozen,
-                         "gain": tuned[0]["accuracy"] - best_frozen["accuracy"], "test": test,
+                         "gain": tuned[0]["value"] - best_frozen["value"], "test": test,
                          "time_ratio": ((tuned[0]["rep"].get("fit_seconds") or 0)
                                         / max(best_frozen["rep"].get("fit_seconds") or 0, 1e-3))}
     baseline_gap = None
     if baselines and best_frozen:
         baseline_gap = {"baseline": baselines[0], "frozen": best_frozen,
-                        "gap": best_frozen["accuracy"] - baselines[0]["accuracy"]}
+                        "gap": best_frozen["value"] - baselines[0]["value"]}
 
     cell = (size, similarity) if similarity else None
     text = _recommendation(size, similarity, per_class, depth_gain, finetune_gain,
                            baseline_gap, best_frozen, verdict)
+    text += _imbalance_advice(groups, verdict)
     return {"per_class": per_class, "n_train": n_train, "n_classes": n_classes, "size": size,
             "similarity": similarity, "depth_gain": depth_gain, "finetune_gain": finetune_gain,
             "baseline_gap": baseline_gap, "cell": cell, "threshold": LARGE_DATA_PER_CLASS,
@@ -448,7 +573,8 @@ GRID = {
 
 def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, baseline_gap,
                     best_frozen, verdict) -> list:
-    """Plain-language sentences that cite the measured numbers."""
+    """Plain-language sentences that cite the measured numbers (in the report's metric)."""
+    label = verdict["metric"]["label"]
     lines = [f"This dataset has about {per_class:.0f} training images per class: "
              f"{size} data by the grid's rule (large means at least "
              f"{LARGE_DATA_PER_CLASS:,} per class)."]
@@ -462,7 +588,8 @@ def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, base
                   "no shallower tap is significantly better, so the ImageNet-specific deep "
                   "features transfer: the images look similar to ImageNet")
         lines.append(
-            f"The deepest tap {depth_gain['deep']} scores {depth_gain['deep_acc']:.1%} against "
+            f"The deepest tap {depth_gain['deep']} scores {depth_gain['deep_acc']:.1%} {label} "
+            "against "
             f"{depth_gain['other_acc']:.1%} for the best shallower tap {depth_gain['other']} "
             f"({abs(depth_gain['gain']) * 100:.1f} points {direction}{noise}); {reason}.")
         lines.append(f"The grid says: {GRID[(size, similarity)]}")
@@ -472,8 +599,8 @@ def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, base
     if baseline_gap:
         lines.append(
             f"Frozen pretrained features ({baseline_gap['frozen']['name']}, "
-            f"{baseline_gap['frozen']['accuracy']:.1%}) beat the best baseline "
-            f"({baseline_gap['baseline']['name']}, {baseline_gap['baseline']['accuracy']:.1%}) "
+            f"{baseline_gap['frozen']['value']:.1%}) beat the best baseline "
+            f"({baseline_gap['baseline']['name']}, {baseline_gap['baseline']['value']:.1%}) "
             f"by {baseline_gap['gap'] * 100:.1f} points.")
     if finetune_gain:
         t = finetune_gain["test"]
@@ -481,7 +608,8 @@ def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, base
                f"{'significant' if t['p_value'] < SIGNIFICANCE else 'within noise'})" if t else "")
         lines.append(
             f"The best fine-tuning run ({finetune_gain['tuned']['name']}) scores "
-            f"{finetune_gain['tuned']['accuracy']:.1%}, {finetune_gain['gain'] * 100:+.1f} points "
+            f"{finetune_gain['tuned']['value']:.1%} {label}, "
+            f"{finetune_gain['gain'] * 100:+.1f} points "
             f"over the best frozen head{sig}, at {finetune_gain['time_ratio']:.0f}x its "
             "training time.")
         if t and t["p_value"] < SIGNIFICANCE and finetune_gain["gain"] > 0:
@@ -494,19 +622,54 @@ def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, base
                      "is not measured (`python cli.py finetune`).")
         if best_frozen:
             lines.append(f"Recommendation for now: {best_frozen['name']} "
-                         f"({best_frozen['accuracy']:.1%} {verdict['score_name']}).")
+                         f"({best_frozen['value']:.1%} {verdict['score_name']}).")
+        elif verdict["no_learner"]:
+            lines.append("Recommendation: none; no run here learned more than one class.")
     best = verdict["best"]
     lo, hi = verdict["ci"]
     where = (f"over {verdict['n_folds']} folds of {verdict['n_test']} images"
              if verdict["protocol"] == "cv" else f"on {verdict['n_test']} test images")
+    if verdict["no_learner"]:
+        lines.append(f"No strategy learned: every run answers one class ({best['name']} "
+                     f"{best['collapsed_text']}).")
+        return lines
     lines.append(f"Overall best (selected by {verdict['selected_by']}): {best['name']} at "
-                 f"{best['accuracy']:.1%} {verdict['score_name']} (95% CI {lo:.1%} to "
+                 f"{best['value']:.1%} {verdict['score_name']} (95% CI {lo:.1%} to "
                  f"{hi:.1%} {where}).")
     return lines
 
 
+def _imbalance_advice(groups: list, verdict: dict) -> list:
+    """Sentences on the class balance: the metric and why, the majority-class reference
+    the best has to beat, and the runs that collapsed (never recommended)."""
+    info = verdict["metric"]
+    lines = []
+    if info["imbalanced"]:
+        lines.append(f"The classes are imbalanced ({info['balance']}, more than "
+                     f"{info['ratio']}x): a classifier that always answers the largest class "
+                     "scores that class's share in accuracy, so runs are ranked and tested on "
+                     f"{info['label']} (the verdict says why).")
+    majority = info["majority"]
+    if majority and not verdict["no_learner"]:
+        lines.append(f"The majority-class reference ({majority['class_name']} for every "
+                     f"image) scores {majority['value']:.1%} {info['label']} "
+                     f"({majority['accuracy']:.1%} accuracy); the best run is "
+                     f"{verdict['margin'] * 100:+.1f} points from it.")
+    for g in verdict["below_majority"]:
+        lines.append(f"{g['name']} ({g['value']:.1%} {info['label']}) does not beat the "
+                     "majority-class reference: it is no better than answering "
+                     f"{majority['class_name']} for every image.")
+    for g in info["collapsed"]:
+        lines.append(f"{g['name']} is not a method that learned: it {g['collapsed_text']}. It is "
+                     "ranked after every run that learned and never recommended; class "
+                     "weights (`--class-weight balanced`) or a smaller learning rate are the "
+                     "usual fixes.")
+    return lines
+
+
 def _test_label(test: dict) -> str:
-    return "corrected t-test" if test.get("test") == "corrected-t" else "McNemar"
+    return {"corrected-t": "corrected t-test", "bootstrap": "paired bootstrap"}.get(
+        test.get("test"), "McNemar")
 
 
 def provenance_section(records: list, groups: list) -> dict:

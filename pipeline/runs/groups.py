@@ -1,7 +1,12 @@
-"""Run records grouped into strategies (repeats of one method), and paired tests between them.
+"""Run records grouped into strategies (repeats of one method), scored by one selection
+metric, flagged when collapsed, and paired tests between them.
 
 Works for both protocols: holdout records are scored on the test split and
-selected by validation accuracy; cv records by their cross-validated mean.
+selected by their validation score; cv records by their cross-validated mean.
+The metric (accuracy, balanced accuracy or macro-F1, :mod:`pipeline.balance`)
+is one for the whole comparison: :func:`resolve_report_metric`.  A run that
+answers (nearly) one class for every image is *collapsed* (:func:`collapse_of`):
+its group is ranked after every group that learned and can never be the best.
 """
 
 from __future__ import annotations
@@ -12,7 +17,27 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .stats import corrected_ttest, mcnemar_exact, wilson_interval
+from ..balance import (
+    IMBALANCE_RATIO,
+    METRIC_LABELS,
+    METRICS,
+    class_ratio,
+    collapse,
+    majority_class,
+    metric_values,
+    resolve_metric,
+)
+from ..errors import UsageError
+from ..options import SELECTION_METRICS
+from .stats import (
+    N_BOOT,
+    bootstrap_interval,
+    corrected_interval,
+    corrected_ttest,
+    mcnemar_exact,
+    paired_bootstrap,
+    wilson_interval,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +53,162 @@ def test_metrics(record) -> dict:
     return m["oof"] if is_cv(record) else m["test"]
 
 
-def score(record) -> dict:
-    """What a run scored and what it may be selected by.
+def record_metric(record) -> str:
+    """The metric a run was selected by (records before it was recorded: accuracy)."""
+    metric = record.get("selection_metric")
+    return metric if metric in METRICS else "accuracy"
 
-    ``value`` with its 95% interval ``low``-``high`` (cv: the fold mean with the
-    Nadeau-Bengio corrected interval; holdout: test accuracy with the Wilson
-    interval) over ``n`` images; ``select`` is never a test figure: the
-    cross-validated mean (cv) or the validation accuracy (holdout).
+
+def _scored_labels(record):
+    """``(y_true, y_pred)`` ``(n,)`` of a run's scored predictions (empty without them)."""
+    p = record.get("predictions") or {}
+    return (np.asarray(p.get("y_true") or [], dtype=np.int64),
+            np.asarray(p.get("y_pred") or [], dtype=np.int64))
+
+
+def score(record, metric: str | None = None) -> dict:
+    """What a run scored in ``metric`` (default: the one it was selected by) and what it
+    may be selected by.
+
+    ``value`` with its 95% interval ``low``-``high`` over ``n`` images: under cv the
+    mean over folds with the Nadeau-Bengio corrected interval (from the record's
+    per-fold values of the metric, ``cv.fold_metrics``); under holdout the test
+    figure with the Wilson interval (accuracy) or a bootstrap over the test images
+    (balanced accuracy, macro-F1).  ``select`` is never a test figure: the
+    cross-validated mean (cv) or the validation score (holdout).  ``metric`` is the
+    one used: a cv record written before per-fold metrics were kept falls back to
+    accuracy (``fallback`` says so).
     """
+    metric = metric or record_metric(record)
+    if metric not in METRICS:
+        raise UsageError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}",
+                         param="metric")
     if is_cv(record):
         cv = record["cv"]
-        return {"value": cv["mean"], "low": cv["ci"][0], "high": cv["ci"][1],
-                "select": cv["mean"], "select_balanced": test_metrics(record)["balanced_accuracy"],
-                "n": len(record["predictions"]["y_true"]), "folds": len(cv["fold_scores"])}
+        per_fold = (cv.get("fold_metrics") or {}).get(metric)
+        used = metric if metric == "accuracy" or per_fold else "accuracy"
+        if used == "accuracy":
+            mean, low, high = cv["mean"], cv["ci"][0], cv["ci"][1]
+        else:
+            mean, low, high = corrected_interval(per_fold, float(np.mean(cv["fold_n_train"])),
+                                                 float(np.mean(cv["fold_n_test"])))
+        return {"value": mean, "low": low, "high": high, "select": mean, "metric": used,
+                "fallback": used != metric, "n": len(record["predictions"]["y_true"]),
+                "folds": len(cv["fold_scores"])}
     m, val = record["metrics"]["test"], record["metrics"].get("val") or {}
-    low, high = wilson_interval(round(m["accuracy"] * m["n"]), m["n"])
-    return {"value": m["accuracy"], "low": low, "high": high,
-            "select": val.get("accuracy", 0.0),
-            "select_balanced": val.get("balanced_accuracy", 0.0),
-            "n": m["n"], "folds": None}
+    used = metric if metric in m else "accuracy"
+    if used == "accuracy":
+        low, high = wilson_interval(round(m["accuracy"] * m["n"]), m["n"])
+    else:
+        y_true, y_pred = _scored_labels(record)
+        low, high = (bootstrap_interval(used, y_true, y_pred) if len(y_true) == len(y_pred) > 0
+                     else (m[used], m[used]))
+    return {"value": m[used], "low": low, "high": high,
+            "select": val.get(used, val.get("accuracy", 0.0)), "metric": used,
+            "fallback": used != metric, "n": m["n"], "folds": None}
+
+
+# ------------------------------------------------------------------ the report's metric
+
+
+def class_counts_of(record) -> np.ndarray | None:
+    """Images per class of the data a run was fitted on ``(n_classes,)``: the record's
+    ``class_counts`` (every image of the store), else its scored images' labels (cv:
+    every image; holdout: the test split, stratified like the rest); None without."""
+    classes = record.get("classes") or []
+    counts = record.get("class_counts")
+    if isinstance(counts, dict) and counts:
+        try:
+            return np.array([int(counts.get(c, 0)) for c in classes] if classes
+                            else [int(v) for v in counts.values()])
+        except (TypeError, ValueError):   # an edited record: count its scored labels instead
+            log.warning("run %s: class_counts %r are not counts; counting its scored labels",
+                        record.get("run_id"), counts)
+    y_true, _ = _scored_labels(record)
+    if not len(y_true):
+        return None
+    return np.bincount(y_true, minlength=len(classes))
+
+
+def imbalanced(record) -> bool:
+    """Whether the data a run was fitted on are imbalanced (:func:`class_counts_of`,
+    :data:`pipeline.balance.IMBALANCE_RATIO`)."""
+    counts = class_counts_of(record)
+    return counts is not None and class_ratio(counts) > IMBALANCE_RATIO
+
+
+def resolve_report_metric(records: list, metric: str = "auto") -> tuple[str, str]:
+    """``(metric, why)``: the one selection metric a comparison of ``records`` uses.
+
+    ``metric`` other than ``auto`` is taken as asked.  ``auto``: the metric every run
+    was selected by, when they agree; otherwise (runs selected by different metrics,
+    or recorded before the metric was) resolved from the data's class counts like a
+    run's ``auto`` (:func:`pipeline.balance.resolve_metric`).
+    """
+    if metric not in SELECTION_METRICS:
+        raise UsageError(f"unknown metric {metric!r}; valid: {', '.join(SELECTION_METRICS)}",
+                         param="metric")
+    if metric != "auto":
+        return metric, f"{metric} (asked for)"
+    recorded = OrderedDict()
+    for r in records:
+        name = r.get("selection_metric")
+        recorded.setdefault(name if name in METRICS else None, []).append(r)
+    if len(recorded) == 1 and None not in recorded:
+        (name, runs), = recorded.items()
+        reason = runs[0].get("selection_metric_reason") or name
+        return name, f"{reason}; every run was selected by it"
+    counts = next((c for c in (class_counts_of(r) for r in records) if c is not None), None)
+    classes = next((r.get("classes") for r in records if r.get("classes")), None)
+    name, why = resolve_metric("auto", counts if counts is not None else [1], classes)
+    if set(recorded) == {None}:
+        note = "the runs predate the selection metric, so the report resolved it from the data"
+    else:
+        note = ("the runs were selected by different metrics ("
+                + ", ".join(f"{k or 'not recorded'}: {len(v)}" for k, v in recorded.items())
+                + "), so the report resolved one from the data")
+    return name, f"{why}; {note}"
+
+
+# ------------------------------------------------------------------ collapse
+
+
+def _where(record, part: str) -> str:
+    if part == "val":
+        return "validation"
+    return "out-of-fold" if is_cv(record) else "test"
+
+
+def collapse_of(record) -> dict | None:
+    """Whether a run answers (nearly) one class for every image: on its selection data
+    (validation under holdout) or its scored predictions (test, or out-of-fold under cv).
+
+    Returns ``{class, share, others_as_class, where, text}`` (the first of validation,
+    then scored, that collapsed) or None; see :func:`pipeline.balance.collapse`.
+    """
+    metrics = record.get("metrics") or {}
+    classes = record.get("classes") or []
+    parts = ("oof",) if is_cv(record) else ("val", "test")
+    for part in parts:
+        m = metrics.get(part)
+        if not isinstance(m, dict) or "confusion_matrix" not in m:
+            continue
+        try:
+            found = collapse(m["confusion_matrix"])
+        except (TypeError, ValueError):       # not a matrix of counts: nothing to judge
+            found = None
+        if found:
+            name = classes[found["class"]] if found["class"] < len(classes) else found["class"]
+            n = int(np.sum(m["confusion_matrix"]))
+            where = _where(record, part)
+            return {**found, "class_name": name, "where": where,
+                    "text": (f"answers {name} for {found['share']:.0%} of the {n} {where} "
+                             f"images, including {found['others_as_class']:.0%} of those of "
+                             "the other classes")}
+    return None
+
+
+# ------------------------------------------------------------------ groups
 
 
 def group_key(record) -> str:
@@ -92,17 +254,28 @@ def latest_per_seed(records: list) -> tuple[list, list]:
     return kept, superseded
 
 
-def group_runs(records: list) -> list:
+#: Ties on the selection metric go to the next of these (the metric itself left out).
+TIEBREAK = ("balanced_accuracy", "macro_f1", "accuracy")
+
+
+def group_runs(records: list, metric: str | None = None) -> list:
     """Runs grouped into strategies (same ``group``: repeats with different seeds), best first.
 
-    Each group dict holds its runs, the mean and spread of their accuracy
-    (:func:`score`), and ``rep``: the run whose accuracy is the median (the
-    one used for paired tests, the confusion matrix and the mistakes).
-    Groups are ranked by what :func:`score` allows to select on (validation
-    accuracy under holdout, the cross-validated mean under cv), never by a
-    test figure; ties go to the smaller model.  A seed run twice counts once
-    (:func:`latest_per_seed`).
+    ``metric``: the selection metric of the comparison (None: resolved by
+    :func:`resolve_report_metric`).  Each group dict holds its runs, the mean and
+    spread of their score in it (``value``, ``spread``; :func:`score`), their mean
+    accuracy, balanced accuracy and macro-F1, ``collapsed`` (the runs that answer
+    one class, :func:`collapse_of`), and ``rep``: the run whose score is the median
+    (the one used for paired tests, the confusion matrix and the mistakes).
+    Groups are ranked by what :func:`score` allows to select on (validation score
+    under holdout, the cross-validated mean under cv), never by a test figure;
+    ties go to the next metric of :data:`TIEBREAK`, then the smaller model.  A
+    group with a collapsed run is ranked after every group without one: it did
+    not learn, and it never comes first while one that did is there.  A seed
+    run twice counts once (:func:`latest_per_seed`).
     """
+    metric = metric or resolve_report_metric(records)[0]
+    tiebreak = next(m for m in TIEBREAK if m != metric)
     by_group = OrderedDict()
     for r in latest_per_seed(records)[0]:
         by_group.setdefault((group_key(r), r.get("split_fingerprint")), []).append(r)
@@ -114,31 +287,35 @@ def group_runs(records: list) -> list:
         # runs of one strategy on another split (seed, group rule) are not its repeats:
         # their test images differ; each split is a row of its own, named by its split
         name = key if len(splits_of[key]) == 1 else f"{key} [{split_label(runs[0])}]"
-        scores = [score(r) for r in runs]
-        accs = np.array([sc["value"] for sc in scores])
-        order = np.argsort(accs, kind="stable")
+        scores = [score(r, metric) for r in runs]
+        values = np.array([sc["value"] for sc in scores])
+        order = np.argsort(values, kind="stable")
         rep = runs[int(order[(len(runs) - 1) // 2])]
+        rep_score = scores[int(order[(len(runs) - 1) // 2])]
+        collapsed = [(r, c) for r, c in ((r, collapse_of(r)) for r in runs) if c]
         groups.append({
             "name": name, "runs": runs, "rep": rep, "kind": rep.get("kind"),
             "method": rep.get("method"), "layer": rep.get("layer"),
             "backbone": rep.get("backbone"), "dataset": rep.get("dataset"),
-            "protocol": rep.get("protocol", "holdout"),
-            "accuracy": float(accs.mean()),
-            "spread": float(accs.std(ddof=1)) if len(runs) > 1 else None,
-            "accuracies": accs.tolist(),
-            "ci": (score(rep)["low"], score(rep)["high"]),
+            "protocol": rep.get("protocol", "holdout"), "metric": metric,
+            "value": float(values.mean()),
+            "spread": float(values.std(ddof=1)) if len(runs) > 1 else None,
+            "values": values.tolist(),
+            "ci": (rep_score["low"], rep_score["high"]),
+            "fallback": any(sc["fallback"] for sc in scores),
+            **{m: float(np.mean([_shown(r, m) for r in runs])) for m in METRICS},
             "selection": float(np.mean([sc["select"] for sc in scores])),
-            "selection_balanced": float(np.mean([sc["select_balanced"] for sc in scores])),
-            "balanced_accuracy": float(np.mean([test_metrics(r)["balanced_accuracy"]
-                                                for r in runs])),
-            "macro_f1": float(np.mean([test_metrics(r)["macro_f1"] for r in runs])),
+            "selection_tiebreak": float(np.mean([score(r, tiebreak)["select"] for r in runs])),
+            "collapsed": [{"run_id": r["run_id"], **c} for r, c in collapsed],
+            "collapsed_text": _collapsed_text(collapsed, len(runs)),
         })
 
     def size(g):
         n = trainable_params(g["rep"])
         return math.inf if n is None else n
 
-    groups.sort(key=lambda g: (-g["selection"], -g["selection_balanced"], size(g)))
+    groups.sort(key=lambda g: (bool(g["collapsed"]), -g["selection"], -g["selection_tiebreak"],
+                               size(g)))
     return groups
 
 
@@ -149,6 +326,49 @@ def split_label(record) -> str:
     groups = split.get("groups") or "none"
     return (f"{record.get('protocol', 'holdout')}, split seed {seed}"
             + ("" if groups == "none" else f", groups {groups}"))
+
+
+def _shown(record, metric: str) -> float:
+    """A run's figure in ``metric`` for a table: its :func:`score` (the cv mean over folds),
+    or the pooled out-of-fold figure of a cv record without per-fold values of it."""
+    sc = score(record, metric)
+    return test_metrics(record)[metric] if sc["fallback"] else sc["value"]
+
+
+def _collapsed_text(collapsed: list, n_runs: int) -> str | None:
+    """``answers daisy for ...`` (``in 2 of 3 seeds answers ...``), or None."""
+    if not collapsed:
+        return None
+    first = collapsed[0][1]["text"]
+    if n_runs == 1:
+        return first
+    return f"in {len(collapsed)} of {n_runs} seeds {first} (e.g. run {collapsed[0][0]['run_id']})"
+
+
+def majority_reference(record, metric: str) -> dict | None:
+    """The majority-class reference on a run's scored images: a classifier that answers
+    the class with the most images (in training, as in the whole data: the split and
+    the folds are stratified) for every image.  Its accuracy is that class's share,
+    its balanced accuracy 1/K, its macro-F1 that of one class's F1 over K classes.
+
+    Returns ``{name, class_name, value, low, high, accuracy, balanced_accuracy,
+    macro_f1, n}`` (``value`` in ``metric``, Wilson interval for accuracy), or None
+    when the run has no scored labels.
+    """
+    counts = class_counts_of(record)
+    y_true, _ = _scored_labels(record)
+    if counts is None or not len(y_true):
+        return None
+    classes = record.get("classes") or [str(i) for i in range(len(counts))]
+    c = majority_class(counts)
+    values = metric_values(y_true, np.full(len(y_true), c), max(len(classes), c + 1))
+    low, high = ((wilson_interval(round(values["accuracy"] * len(y_true)), len(y_true)))
+                 if metric == "accuracy" else (values[metric], values[metric]))
+    return {"name": f"majority class ({classes[c]}), reference", "class_name": classes[c],
+            "value": values[metric], "low": low, "high": high, "n": len(y_true), **values}
+
+
+# ------------------------------------------------------------------ paired tests
 
 
 def _correct_by_path(record) -> dict:
@@ -172,25 +392,62 @@ def paired_test(rec_a, rec_b):
     return res
 
 
-def compare(rec_a, rec_b):
-    """The paired test of two runs judged on the same images, or None.
+def _paired_predictions(rec_a, rec_b):
+    """``(y_true, pred_a, pred_b)`` ``(n,)`` on the scored images both runs share, by path."""
+    pa, pb = rec_a.get("predictions") or {}, rec_b.get("predictions") or {}
+    index_b = {path: i for i, path in enumerate(pb.get("paths") or [])}
+    rows = [(i, index_b[path]) for i, path in enumerate(pa.get("paths") or []) if path in index_b]
+    y = [pa["y_true"][i] for i, _ in rows]
+    return (np.asarray(y, dtype=np.int64), np.asarray([pa["y_pred"][i] for i, _ in rows]),
+            np.asarray([pb["y_pred"][j] for _, j in rows]))
 
-    cv: the corrected resampled paired t-test of their per-fold accuracies on
-    the same folds (``p_value``), with McNemar on the pooled out-of-fold
-    predictions as a second view (``mcnemar``).  holdout: exact McNemar on
-    the test images.
+
+def compare(rec_a, rec_b, metric: str = "accuracy"):
+    """The paired test of two runs judged on the same images, in ``metric``, or None.
+
+    cv: the corrected resampled paired t-test of their per-fold values of
+    ``metric`` on the same folds (``p_value``; records without per-fold values of
+    it fall back to accuracy, ``metric`` says which was tested), with McNemar on
+    the pooled out-of-fold predictions as a second view (``mcnemar``).  holdout:
+    exact McNemar on the test images for accuracy; for balanced accuracy and
+    macro-F1 a paired bootstrap over the shared test images
+    (:func:`pipeline.runs.stats.paired_bootstrap`: ``mean`` difference a - b, its
+    ``ci`` and ``p_value``), McNemar's counts kept for the table.
     """
     mcnemar = paired_test(rec_a, rec_b)
-    if mcnemar is None or not (is_cv(rec_a) and is_cv(rec_b)):
-        return mcnemar
+    if mcnemar is None:
+        return None
+    if not (is_cv(rec_a) and is_cv(rec_b)):
+        if metric == "accuracy" or is_cv(rec_a) or is_cv(rec_b):
+            return {**mcnemar, "metric": "accuracy"}
+        boot = paired_bootstrap(metric, *_paired_predictions(rec_a, rec_b))
+        return {**boot, "test": "bootstrap", "metric": metric, "mcnemar": mcnemar,
+                "a_only": mcnemar["a_only"], "b_only": mcnemar["b_only"]}
     fa, fb = rec_a["cv"], rec_b["cv"]
     if fa["fold_ids"] != fb["fold_ids"]:
         return None
-    diffs = np.asarray(fa["fold_scores"]) - np.asarray(fb["fold_scores"])
+    va = (fa.get("fold_metrics") or {}).get(metric)
+    vb = (fb.get("fold_metrics") or {}).get(metric)
+    used = metric if (metric != "accuracy" and va and vb) else "accuracy"
+    if used == "accuracy":
+        va, vb = fa["fold_scores"], fb["fold_scores"]
+    diffs = np.asarray(va) - np.asarray(vb)
     t = corrected_ttest(diffs, float(np.mean(fa["fold_n_train"])),
                         float(np.mean(fa["fold_n_test"])))
-    return {**t, "test": "corrected-t", "mcnemar": mcnemar, "a_only": mcnemar["a_only"],
-            "b_only": mcnemar["b_only"], "n": mcnemar["n"]}
+    return {**t, "test": "corrected-t", "metric": used, "mcnemar": mcnemar,
+            "a_only": mcnemar["a_only"], "b_only": mcnemar["b_only"], "n": mcnemar["n"]}
+
+
+def describe_test(protocol: str, metric: str, n_folds=None) -> str:
+    """How the verdict's paired tests were made, in words."""
+    label = METRIC_LABELS.get(metric, metric)
+    if protocol == "cv":
+        return (f"corrected resampled paired t-test (Nadeau-Bengio) of the per-fold {label} "
+                f"on the same {n_folds} folds")
+    if metric == "accuracy":
+        return "exact McNemar test on the shared test images"
+    return (f"paired bootstrap of the {label} difference over the shared test images "
+            f"({N_BOOT:,} resamples)")
 
 
 def trainable_params(record):

@@ -11,7 +11,9 @@ or a holdout test split under :data:`AUTO_CV_MIN_TEST` images.
 
 A cv record's accuracy is the mean over folds with the Nadeau-Bengio
 corrected 95% interval (the folds' training sets overlap, so the plain t
-interval is too narrow); see :mod:`pipeline.runs.stats`.
+interval is too narrow); see :mod:`pipeline.runs.stats`.  The record also
+keeps every fold's balanced accuracy and macro-F1 (``cv.fold_metrics``), so
+the report can rank and test runs on whichever of them selects.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 
 import numpy as np
 
+from ..balance import METRICS, metric_values
 from ..errors import UsageError
 from ..options import PROTOCOLS
 from .metrics import evaluate
@@ -73,12 +76,15 @@ def cv_result(folds: list, y, classes, n_repeats: int) -> dict:
     pred = np.full((n_repeats, n), -1, dtype=np.int64)
     proba0 = np.zeros((n, len(classes)))
     scores, n_train, n_test = [], [], []
+    fold_metrics = {m: [] for m in METRICS}
     for f in folds:
         p = np.asarray(f.proba).argmax(axis=1)
         pred[f.repeat, f.test] = p
         if f.repeat == 0:
             proba0[f.test] = f.proba
         scores.append(float(np.mean(p == y[f.test])))
+        for m, v in metric_values(y[f.test], p, len(classes)).items():
+            fold_metrics[m].append(v)
         n_train.append(int(f.n_train))
         n_test.append(len(f.test))
     mean, lo, hi = corrected_interval(scores, float(np.mean(n_train)), float(np.mean(n_test)))
@@ -89,7 +95,8 @@ def cv_result(folds: list, y, classes, n_repeats: int) -> dict:
           "fold_ids": [[int(f.repeat), int(f.fold)] for f in folds], "fold_scores": scores,
           "fold_n_train": n_train, "fold_n_test": n_test, "mean": mean, "ci": [lo, hi],
           "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
-          "repeat_accuracy": per_repeat, "fold_params": [f.params for f in folds]}
+          "repeat_accuracy": per_repeat, "fold_params": [f.params for f in folds],
+          "fold_metrics": fold_metrics}
     return {"cv": cv, "rows": rows,
             "metrics": {"oof": evaluate(y, pred[0], classes)},
             "predictions": {"y_true": [int(v) for v in y], "y_pred": pred[0].tolist(),

@@ -14,6 +14,11 @@ for scikit-learn, a ``weights_only`` torch file for torch).  The run record is w
   :func:`pipeline.training.train`).
 - ``cnn``: four conv-BN-ReLU-pool blocks trained from scratch on ``size``-px
   crops with the standard augmentation and early stopping (same loop).
+
+Every kind takes the run's selection metric (``metric``: what chooses C or
+the epoch kept) and class weighting (``class_weight``: none or balanced,
+weighting logistic regression's loss or the networks' cross-entropy); both are
+resolved by the workflow and kept in the run's ``params``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..balance import METRICS
 from ..data.decode import ImageDecodeError, load_rgb, resize_center_crop
 from ..data.partition import inner_split
 from ..errors import DataError, UsageError
@@ -44,13 +50,9 @@ DEFAULTS = {
 PIXEL_CROP_PCT = 1.0
 
 
-def fit_baseline(kind: str, store, seed: int = 0, **opts) -> dict:
-    """Fit baseline ``kind`` on the split of ``store`` (a :class:`FeatureStore`).
-
-    ``opts`` override :data:`DEFAULTS` (e.g. ``epochs=5``, ``size=48``).
-    Returns ``{label, model, params, val_pred, test_pred, test_proba, chosen,
-    search, seconds, trainable_params, history, skipped}``.
-    """
+def _params(kind: str, opts: dict, metric: str, class_weight: str) -> dict:
+    """:data:`DEFAULTS` of ``kind`` overridden by ``opts``, with the selection metric and
+    class weighting (both resolved: ``auto`` is the workflow's to decide)."""
     if kind not in BASELINE_KINDS:
         raise UsageError(f"unknown baseline {kind!r}; valid: {', '.join(BASELINE_KINDS)}",
                          param="kind")
@@ -58,7 +60,26 @@ def fit_baseline(kind: str, store, seed: int = 0, **opts) -> dict:
     if unknown:
         raise UsageError(f"baseline {kind!r} has no option(s) {', '.join(sorted(unknown))}; "
                          f"valid: {', '.join(sorted(DEFAULTS[kind]))}")
-    params = {**DEFAULTS[kind], **opts}
+    if metric not in METRICS:
+        raise UsageError(f"metric {metric!r} is not valid here; valid: {', '.join(METRICS)} "
+                         "(resolve auto first: pipeline.balance.resolve_metric)", param="metric")
+    if class_weight not in ("none", "balanced"):
+        raise UsageError(f"class_weight {class_weight!r} is not valid here; valid: none, "
+                         "balanced", param="class_weight")
+    return {**DEFAULTS[kind], **opts, "metric": metric, "class_weight": class_weight}
+
+
+def fit_baseline(kind: str, store, seed: int = 0, metric: str = "accuracy",
+                 class_weight: str = "none", **opts) -> dict:
+    """Fit baseline ``kind`` on the split of ``store`` (a :class:`FeatureStore`).
+
+    ``opts`` override :data:`DEFAULTS` (e.g. ``epochs=5``, ``size=48``);
+    ``metric`` chooses C (pixels) or the epoch kept (mlp, cnn) on validation,
+    ``class_weight`` (none | balanced) weights the loss.
+    Returns ``{label, model, params, val_pred, test_pred, test_proba, chosen,
+    search, seconds, trainable_params, history, skipped}``.
+    """
+    params = _params(kind, opts, metric, class_weight)
     runner = {"pixels": _fit_pixels, "mlp": _fit_mlp, "cnn": _fit_cnn}[kind]
     return {**runner(store, params, seed), "params": params}
 
@@ -131,7 +152,8 @@ def _fit_pixels(store, params, seed):
     t0 = time.perf_counter()
     data, skipped = _split_pixels(store, params["size"])
     (X_tr, y_tr), (X_va, y_va), (X_te, _) = data["train"], data["val"], data["test"]
-    res = select_and_fit("logreg", X_tr, y_tr, X_va, y_va, seed=seed)
+    res = select_and_fit("logreg", X_tr, y_tr, X_va, y_va, seed=seed, metric=params["metric"],
+                         class_weight=params["class_weight"])
     est = res.model[-1]
     return {"label": f"pixels {params['size']}x{params['size']} + logreg", "model": res.model,
             "val_pred": res.val_pred, "test_pred": res.model.predict(X_te),
@@ -237,7 +259,8 @@ def _fit_cnn(store, params, seed):
 # ------------------------------------------------------------------ cross-validation
 
 
-def cv_baseline(kind: str, store, seed: int = 0, **opts) -> dict:
+def cv_baseline(kind: str, store, seed: int = 0, metric: str = "accuracy",
+                class_weight: str = "none", **opts) -> dict:
     """Baseline ``kind`` on every outer fold of ``store``'s repeated K-fold, nested.
 
     pixels: C chosen by an inner CV inside each outer training fold
@@ -246,18 +269,17 @@ def cv_baseline(kind: str, store, seed: int = 0, **opts) -> dict:
     of each outer training fold.  The outer test fold is never used for a
     choice.  The returned ``model`` is refitted on every image (pixels: C by
     inner CV over all; mlp/cnn: the median best epoch, no early stopping).
+    ``metric`` chooses C or the epoch inside each outer training fold;
+    ``class_weight`` (none | balanced) weights every fit's loss.
     Returns ``{label, params, folds, model, seconds, trainable_params, chosen}``.
     """
-    if kind not in BASELINE_KINDS:
-        raise UsageError(f"unknown baseline {kind!r}; valid: {', '.join(BASELINE_KINDS)}",
-                         param="kind")
-    params = {**DEFAULTS[kind], **opts}
+    params = _params(kind, opts, metric, class_weight)
     t0 = time.perf_counter()
     if kind == "cnn":
         out = _cv_torch(store, params, seed, _fit_cnn_rows, None)
     else:
         X, y = _all_pixels(store, params["size"])
-        out = _cv_pixels(X, y, store, seed) if kind == "pixels" else \
+        out = _cv_pixels(X, y, store, seed, params) if kind == "pixels" else \
             _cv_torch(store, params, seed, _fit_mlp_rows, X)
     return {**out, "params": params, "seconds": time.perf_counter() - t0}
 
@@ -270,16 +292,19 @@ def _all_pixels(store, size):
     return X.astype(np.float32) / 255.0, store.labels
 
 
-def _cv_pixels(X, y, store, seed):
+def _cv_pixels(X, y, store, seed, params):
     from threadpoolctl import threadpool_limits
 
     from ..heads.crossval import choose_param, cross_validate
-    from ..heads.selection import make_head
+    from ..heads.selection import fit_head, make_head
 
-    folds = cross_validate("logreg", X, y, store.cv_splits(), seed=seed)
+    choice = {"metric": params["metric"], "class_weight": params["class_weight"]}
+    folds = cross_validate("logreg", X, y, store.cv_splits(), seed=seed, **choice)
     with threadpool_limits(1):
-        chosen, search = choose_param("logreg", X, y, seed)
-        model = make_head("logreg", chosen["C"], seed).fit(X, y)
+        chosen, search = choose_param("logreg", X, y, seed, **choice)
+        model = fit_head(make_head("logreg", chosen["C"], seed,
+                                   class_weight=params["class_weight"]), X, y,
+                         params["class_weight"])
     est = model[-1]
     return {"label": f"pixels {int(np.sqrt(X.shape[1] / 3))}x{int(np.sqrt(X.shape[1] / 3))} "
                      "+ logreg", "folds": folds, "model": model, "chosen": chosen,
@@ -327,7 +352,7 @@ def _fit_mlp_rows(store, params, seed, rows, pixels, labels=None):
     import torch
 
     from .datasets import TensorPairs
-    from .loop import ParamGroup, Schedule, TrainConfig, train
+    from .loop import ParamGroup, Schedule, TrainConfig, loss_weights, select_by_for, train
 
     t0 = time.perf_counter()
     y = store.labels if labels is None else labels
@@ -339,7 +364,10 @@ def _fit_mlp_rows(store, params, seed, rows, pixels, labels=None):
     cfg = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"],
                       optimizer="adam", weight_decay=params["l2"],
                       schedule=Schedule("constant", per="epoch"),
-                      patience=params["patience"], seed=seed)
+                      patience=params["patience"], seed=seed,
+                      class_weights=loss_weights(params["class_weight"], sets["train"],
+                                                 len(store.classes)),
+                      select_by=select_by_for(params["metric"]))
     res = train(model, [ParamGroup("mlp", list(model.parameters()), params["lr"])],
                 sets["train"], sets["val"], cfg)
     proba = _predict_or_empty(model, sets["test"], len(store.classes))
@@ -361,7 +389,7 @@ def _fit_cnn_rows(store, params, seed, rows, _pixels=None, skip_training_failure
     import torch
 
     from .datasets import ImageFolderDataset
-    from .loop import ParamGroup, Schedule, TrainConfig, train
+    from .loop import ParamGroup, Schedule, TrainConfig, loss_weights, select_by_for, train
 
     t0 = time.perf_counter()
     pre = cnn_preprocessing(params["size"])
@@ -379,7 +407,10 @@ def _fit_cnn_rows(store, params, seed, rows, _pixels=None, skip_training_failure
     cfg = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"],
                       weight_decay=params["weight_decay"],
                       schedule=Schedule(params["schedule"], per="step"),
-                      patience=params["patience"], seed=seed)
+                      patience=params["patience"], seed=seed,
+                      class_weights=loss_weights(params["class_weight"], sets["train"],
+                                                 len(store.classes)),
+                      select_by=select_by_for(params["metric"]))
     res = train(model, [ParamGroup("cnn", list(model.parameters()), params["lr"])],
                 sets["train"], sets["val"], cfg)
     n_classes = len(store.classes)

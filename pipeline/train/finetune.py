@@ -83,6 +83,8 @@ class FinetuneConfig:
     split_seed: int | None = None       # the split's seed (None: the store's)
     groups: str | None = None           # group rule of the split (None: the store's)
     label_smoothing: float = 0.1
+    metric: str = "auto"                # selection metric of the epoch kept (auto: by balance)
+    class_weight: str = "auto"          # none | balanced | auto (balanced when imbalanced)
     patience: int | None = 4
     weight_decay: float = 1e-4
     dropout: float = 0.2
@@ -448,6 +450,7 @@ class FinetuneResult:
     skipped: list
     seconds: float
     folds: list | None = None   # cv: one pipeline.heads.crossval.FoldResult per outer fold
+    selection: object = None    # pipeline.balance.Selection: metric and class weights, and why
 
     def model_bundle(self) -> dict:
         """What ``torch.save`` stores: enough to rebuild the network and classify."""
@@ -565,24 +568,30 @@ def _hooks(cfg, plan: Plan, param_groups, model_stages):
 
 
 def _prepare(cfg: FinetuneConfig):
-    """``(cfg, store, loaded backbone, stages, stage names, plan, preprocessing)``."""
+    """``(cfg, store, loaded backbone, stages, stage names, plan, preprocessing, selection)``;
+    ``cfg`` with its backbone, metric and class weighting resolved (``auto``: from the
+    store's class counts, :class:`pipeline.balance.Selection`)."""
     from ..backbones import load_backbone
+    from ..balance import Selection
 
     check_config(cfg)
     store = open_store(cfg.features, cfg.split_seed, cfg.groups)
-    cfg = replace(cfg, backbone=cfg.backbone or store.attrs.get("backbone"))
+    selection = Selection.resolve(cfg.metric, cfg.class_weight, store.labels, store.classes)
+    cfg = replace(cfg, backbone=cfg.backbone or store.attrs.get("backbone"),
+                  metric=selection.metric, class_weight=selection.class_weight)
     loaded = load_backbone(cfg.backbone, cfg.weights)
     stages = loaded.stages()
     names = [n for n, _ in stages]
     plan = make_plan(loaded.spec, names, cfg)
     return cfg, store, loaded, stages, names, plan, _transform_pre(loaded.spec.preprocessing,
-                                                                    cfg.input_size)
+                                                                    cfg.input_size), selection
 
 
 def _train_top(cfg, plan, top, model_stages, train_set, val_set, checkpoints: bool = True):
     """Train ``top`` (its block groups per ``plan``) on ``train_set``, early-stopping on
-    ``val_set``; returns :class:`pipeline.train.loop.TrainResult`."""
-    from .loop import Schedule, TrainConfig, train
+    ``val_set`` (the epoch kept by ``cfg.metric``, the loss weighted by ``cfg.class_weight``
+    counted on ``train_set``); returns :class:`pipeline.train.loop.TrainResult`."""
+    from .loop import Schedule, TrainConfig, loss_weights, select_by_for, train
 
     param_groups = _param_groups(top, plan, model_stages)
     on_epoch_start, set_train_mode = _hooks(cfg, plan, param_groups, model_stages)
@@ -593,7 +602,9 @@ def _train_top(cfg, plan, top, model_stages, train_set, val_set, checkpoints: bo
                           step_size=cfg.step_size),
         label_smoothing=cfg.label_smoothing, patience=cfg.patience, seed=cfg.seed,
         checkpoint_dir=cfg.checkpoint_dir if checkpoints else None,
-        resume=cfg.resume and checkpoints, stop_after=cfg.stop_after)
+        resume=cfg.resume and checkpoints, stop_after=cfg.stop_after,
+        class_weights=loss_weights(cfg.class_weight, train_set, top.fc.out_features),
+        select_by=select_by_for(cfg.metric))
     return train(top, param_groups, train_set, val_set, tcfg,
                  on_epoch_start=on_epoch_start, set_train_mode=set_train_mode)
 
@@ -615,7 +626,7 @@ def finetune(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     from .loop import evaluate_model
 
     t_start = time.perf_counter()
-    cfg, store, loaded, stages, names, plan, pre = _prepare(cfg)
+    cfg, store, loaded, stages, names, plan, pre, selection = _prepare(cfg)
     torch.manual_seed(cfg.seed)
     top, sets, skipped, model_stages, cache_seconds = _datasets(cfg, store, loaded, stages,
                                                                 plan, pre, cache_dir)
@@ -625,7 +636,8 @@ def finetune(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     _, _, test_proba = evaluate_model(top, sets["test"])
     return FinetuneResult(cfg, store, plan, names, _trunk_state(stages, plan, use_cache), top,
                           res, val_proba, test_proba, use_cache, cache_seconds, pre,
-                          loaded.weights_id, skipped, time.perf_counter() - t_start)
+                          loaded.weights_id, skipped, time.perf_counter() - t_start,
+                          selection=selection)
 
 
 def _check_cv_config(cfg, plan):
@@ -665,7 +677,7 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     from .loop import evaluate_model
 
     t_start = time.perf_counter()
-    cfg, store, loaded, stages, names, plan, pre = _prepare(cfg)
+    cfg, store, loaded, stages, names, plan, pre, selection = _prepare(cfg)
     _check_cv_config(cfg, plan)
     data, cache_seconds = _cached_splits(store, loaded, cfg, plan, pre, cache_dir, layout="cv")
     acts, _ok, skipped = data["all"]
@@ -704,7 +716,7 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     final = replace(final, history=histories[0], best_epoch=epochs[0])
     return FinetuneResult(cfg, store, plan, names, _trunk_state(stages, plan, True), top, final,
                           None, None, True, cache_seconds, pre, loaded.weights_id, skipped,
-                          time.perf_counter() - t_start, folds)
+                          time.perf_counter() - t_start, folds, selection)
 
 
 def method_name(cfg: FinetuneConfig) -> str:

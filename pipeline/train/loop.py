@@ -4,8 +4,10 @@ Every torch model in the workbench (the MLP and scratch-CNN baselines and
 fine-tuning) is trained by :func:`train`: named parameter groups each with
 their own learning rate (:class:`ParamGroup`), a learning-rate schedule
 (:func:`schedule_factor`: constant, exponential, step, cosine, onecycle;
-stepped per epoch or per batch), label smoothing, early stopping on the
-validation loss with the best epoch's weights restored, a checkpoint after
+stepped per epoch or per batch), label smoothing, class weights in the loss
+(training and validation alike), early stopping on the validation loss or,
+for a balanced selection metric, on that metric (``TrainConfig.select_by``)
+with the best epoch's weights restored, a checkpoint after
 every epoch (model, optimizer, scheduler, RNG state, history) and resume from
 it.  Each epoch reseeds torch from ``(seed, epoch)``, so a run on CPU is
 deterministic and a resumed run equals an uninterrupted one.
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..balance import METRICS, balanced_weights, collapse, confusion, metric_values
 from ..errors import StoreError, UsageError, opt
 from ..files import atomic_path
 from ..options import SCHEDULES
@@ -111,6 +114,18 @@ class TrainConfig:
     resume: bool = False                # continue from checkpoint_dir's last epoch
     stop_after: int | None = None       # end after this epoch as if interrupted (tests)
     channels_last: bool = True          # image batches and conv weights NHWC (see _layout)
+    # (n_classes,) weight of each class in the training and validation loss; None: unweighted
+    class_weights: tuple | None = None
+    # the epoch kept (and early stopping): "val_loss", or a metric of pipeline.balance.METRICS
+    # on validation, ties going to the lower validation loss
+    select_by: str = "val_loss"
+
+    def __post_init__(self):
+        if self.select_by not in ("val_loss", *METRICS):
+            raise UsageError(f"select_by {self.select_by!r} is not valid; valid: val_loss, "
+                             f"{', '.join(METRICS)}")
+        if self.class_weights is not None:
+            self.class_weights = tuple(float(w) for w in self.class_weights)
 
     def to_dict(self):
         d = asdict(self)
@@ -171,28 +186,69 @@ def _layout(x, channels_last: bool):
     return x
 
 
-def evaluate_model(model, dataset, batch_size: int = 64):
+def select_by_for(metric: str) -> str:
+    """The epoch rule of a selection metric: the validation loss for accuracy (the loss is
+    the smoother criterion, and unweighted it is accuracy's own), the metric itself on
+    validation for balanced accuracy and macro-F1 (so an epoch where the model answers
+    one class is not kept because its loss happens to be low), ties to the lower loss."""
+    if metric not in METRICS:
+        raise UsageError(f"metric {metric!r} is not valid here; valid: {', '.join(METRICS)} "
+                         "(resolve auto first: pipeline.balance.resolve_metric)", param="metric")
+    return "val_loss" if metric == "accuracy" else metric
+
+
+def dataset_labels(dataset) -> np.ndarray:
+    """The labels ``(n,)`` of a training dataset of this package (items ``(x, label)``)."""
+    if hasattr(dataset, "y"):                               # TensorPairs
+        return np.asarray(dataset.y)
+    labels = np.asarray(dataset.labels)
+    kept = getattr(dataset, "kept", None)                   # ImageFolderDataset drops files
+    return labels[np.asarray(kept, dtype=np.int64)] if kept is not None else labels
+
+
+def loss_weights(class_weight: str, dataset, n_classes: int) -> tuple | None:
+    """``TrainConfig.class_weights`` for ``class_weight`` (none | balanced) on the training
+    ``dataset``: balanced ``n / (K * n_c)`` of its labels, or None."""
+    if class_weight not in ("none", "balanced"):
+        raise UsageError(f"class_weight {class_weight!r} is not valid here; valid: none, "
+                         "balanced (resolve auto first: pipeline.balance.resolve_class_weight)",
+                         param="class_weight")
+    if class_weight == "none":
+        return None
+    return tuple(float(w) for w in balanced_weights(dataset_labels(dataset), n_classes))
+
+
+def evaluate_model(model, dataset, batch_size: int = 64, class_weights=None,
+                   return_labels: bool = False):
     """Mean cross-entropy, accuracy and class probabilities ``(n, n_classes)`` of ``dataset``
-    (batches in channels-last order when the model's conv weights are)."""
+    (batches in channels-last order when the model's conv weights are); with
+    ``return_labels`` also the labels ``(n,)``.  ``class_weights`` ``(n_classes,)``
+    weight each image's loss by its class (the mean is over the weights, as
+    ``CrossEntropyLoss(weight=)`` takes it)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    weight = None if class_weights is None else torch.as_tensor(class_weights,
+                                                                dtype=torch.float32)
     was_training = model.training
     model.eval()
-    losses, probas, labels = [], [], []
+    losses, probas, labels, total_weight = [], [], [], 0.0
     nhwc = any(p.dim() == 4 and not p.is_contiguous()
                and p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters())
     try:
         with torch.no_grad():
             for x, y in loader:
                 logits = model(_layout(x, nhwc))
-                losses.append(nn.functional.cross_entropy(logits, y, reduction="sum").item())
+                losses.append(nn.functional.cross_entropy(logits, y, weight=weight,
+                                                          reduction="sum").item())
+                total_weight += float(weight[y].sum()) if weight is not None else len(y)
                 probas.append(torch.softmax(logits, dim=1))
                 labels.append(y)
     finally:
         model.train(was_training)
     proba = torch.cat(probas).numpy()
     y = torch.cat(labels).numpy()
-    n = max(len(y), 1)
-    return sum(losses) / n, float(np.mean(proba.argmax(1) == y)), proba
+    loss = sum(losses) / max(total_weight, 1e-12)
+    acc = float(np.mean(proba.argmax(1) == y))
+    return (loss, acc, proba, y) if return_labels else (loss, acc, proba)
 
 
 def count_trainable(groups) -> int:
@@ -205,7 +261,8 @@ def _save_checkpoint(path: Path, epoch: int, run, cfg, model, optimizer, schedul
     state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "history": run.history,
              "best_state": run.best_state, "best_loss": run.best_loss,
-             "best_epoch": run.best_epoch, "bad": run.bad, "torch_rng": torch.get_rng_state(),
+             "best_score": run.best_score, "best_epoch": run.best_epoch, "bad": run.bad,
+             "torch_rng": torch.get_rng_state(),
              "config": cfg.to_dict(), "stopped": run.stopped}
     with atomic_path(path) as tmp:  # a killed save never leaves a half-written checkpoint
         torch.save(state, tmp)
@@ -218,6 +275,7 @@ class _Progress:
     history: list = field(default_factory=list)
     best_state: dict | None = None
     best_loss: float = math.inf
+    best_score: float = -math.inf       # the validation metric of the kept epoch (select_by)
     best_epoch: int = -1
     bad: int = 0
     next_epoch: int = 0
@@ -250,14 +308,15 @@ def _resume(ckpt: Path | None, cfg: TrainConfig, model, optimizer, scheduler) ->
     torch.set_rng_state(state["torch_rng"])
     log.info("resumed from %s after epoch %d", ckpt, state["epoch"] + 1)
     return _Progress(state["history"], state["best_state"], state["best_loss"],
-                     state["best_epoch"], state["bad"],
+                     state.get("best_score", -math.inf), state["best_epoch"], state["bad"],
                      cfg.epochs if state.get("stopped") else state["epoch"] + 1)
 
 
 def _one_epoch(model, train_data, cfg: TrainConfig, optimizer, scheduler, criterion):
-    """One pass over ``train_data`` in a seeded random order: ``(mean loss, accuracy)``."""
+    """One pass over ``train_data`` in a seeded random order: ``(mean loss, accuracy,
+    share of the predictions that went to the most predicted class)``."""
     order = torch.randperm(len(train_data)).tolist()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, predicted = 0.0, 0, 0, {}
     for start in range(0, len(order), cfg.batch_size):
         batch = order[start:start + cfg.batch_size]
         if len(batch) == 1 and len(order) > 1:
@@ -271,11 +330,15 @@ def _one_epoch(model, train_data, cfg: TrainConfig, optimizer, scheduler, criter
         if cfg.schedule.per == "step":
             scheduler.step()
         total_loss += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        pred = logits.argmax(1)
+        correct += int((pred == y).sum())
+        for c, k in zip(*np.unique(pred.numpy(), return_counts=True)):
+            predicted[int(c)] = predicted.get(int(c), 0) + int(k)
         seen += len(y)
     if cfg.schedule.per == "epoch":
         scheduler.step()
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+    return (total_loss / max(seen, 1), correct / max(seen, 1),
+            max(predicted.values(), default=0) / max(seen, 1))
 
 
 def _checkpoint_file(cfg: TrainConfig) -> Path | None:
@@ -298,7 +361,10 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
     only, so resume stays exact.  ``set_train_mode(model)`` puts the model in
     training mode each epoch (default ``model.train()``; fine-tuning keeps
     frozen BatchNorm in eval mode there).  Returns the model with the best
-    epoch's weights.
+    epoch's weights: the lowest validation loss (``cfg.select_by="val_loss"``), or
+    the best validation balanced accuracy / macro-F1 / accuracy with ties going to
+    the lower loss; early stopping counts epochs without such a better epoch.
+    ``cfg.class_weights`` weight both the training and the validation loss.
     """
     t_start = time.perf_counter()
     if cfg.channels_last:
@@ -306,7 +372,9 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
     optimizer = make_optimizer(groups, cfg)
     steps = math.ceil(len(train_data) / cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs, steps)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    weight = (None if cfg.class_weights is None
+              else torch.as_tensor(cfg.class_weights, dtype=torch.float32))
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     ckpt = _checkpoint_file(cfg)
     run = _resume(ckpt, cfg, model, optimizer, scheduler) if cfg.resume else _Progress()
     for epoch in range(run.next_epoch, cfg.epochs):
@@ -316,11 +384,22 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
             on_epoch_start(epoch)
         (set_train_mode or (lambda m: m.train()))(model)
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-        train_loss, train_acc = _one_epoch(model, train_data, cfg, optimizer, scheduler,
-                                           criterion)
-        val_loss, val_acc, _ = evaluate_model(model, val_data, max(cfg.batch_size, 64))
+        train_loss, train_acc, train_share = _one_epoch(model, train_data, cfg, optimizer,
+                                                        scheduler, criterion)
+        val_loss, val_acc, val_proba, val_y = evaluate_model(
+            model, val_data, max(cfg.batch_size, 64), cfg.class_weights, return_labels=True)
+        n_classes = val_proba.shape[1]
+        val_pred = val_proba.argmax(1)
+        val_scores = metric_values(val_y, val_pred, n_classes) if len(val_y) else {}
         entry = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
-                 "val_loss": val_loss, "val_accuracy": val_acc, "lr": lrs,
+                 "val_loss": val_loss, "val_accuracy": val_acc,
+                 "val_balanced_accuracy": val_scores.get("balanced_accuracy"),
+                 "val_macro_f1": val_scores.get("macro_f1"),
+                 # a run answering one class, told apart from one that memorises (report)
+                 "train_top_share": train_share,
+                 "val_collapsed": bool(len(val_y) and collapse(confusion(val_y, val_pred,
+                                                                          n_classes))),
+                 "lr": lrs,
                  "trainable_params": sum(p.numel() for g in groups for p in g.params
                                          if p.requires_grad),
                  "seconds": time.perf_counter() - t0}
@@ -328,8 +407,11 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
         log.info("epoch %d/%d train loss %.4f acc %.3f  val loss %.4f acc %.3f  (%.1f s)",
                  epoch + 1, cfg.epochs, train_loss, train_acc, val_loss, val_acc,
                  entry["seconds"])
-        if val_loss < run.best_loss:
-            run.best_loss, run.best_epoch, run.bad = val_loss, epoch + 1, 0
+        score = (-math.inf if cfg.select_by == "val_loss"
+                 else val_scores.get(cfg.select_by, -math.inf))
+        if score > run.best_score or (score == run.best_score and val_loss < run.best_loss):
+            run.best_loss, run.best_score, run.best_epoch, run.bad = (val_loss, score,
+                                                                      epoch + 1, 0)
             run.best_state = copy.deepcopy(model.state_dict())
         else:
             run.bad += 1
@@ -337,8 +419,9 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
         if ckpt is not None:
             _save_checkpoint(ckpt, epoch, run, cfg, model, optimizer, scheduler)
         if run.stopped:
-            log.info("early stop after epoch %d: best val loss %.4f at epoch %d",
-                     epoch + 1, run.best_loss, run.best_epoch)
+            log.info("early stop after epoch %d: best val %s at epoch %d", epoch + 1,
+                     f"loss {run.best_loss:.4f}" if cfg.select_by == "val_loss"
+                     else f"{cfg.select_by} {run.best_score:.4f}", run.best_epoch)
         if run.stopped or (cfg.stop_after is not None and epoch + 1 >= cfg.stop_after):
             break
     if run.best_state is not None:

@@ -16,17 +16,21 @@ log = logging.getLogger(__name__)
 
 def run_baseline(kind: str, features_path, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
                  protocol: str = "holdout", split_seed: int | None = None,
-                 groups: str | None = None, **opts) -> tuple[dict, Path]:
+                 groups: str | None = None, metric: str = "auto", class_weight: str = "auto",
+                 **opts) -> tuple[dict, Path]:
     """Fit baseline ``kind`` on the store at ``features_path`` under ``protocol``
     (holdout: its split; cv: its repeated K-fold, nested; auto: by size).
 
     ``split_seed`` / ``groups``: another split or group rule than the store's.
     Returns the run record and the path it was saved to.  ``opts`` override
-    :data:`pipeline.train.baselines.DEFAULTS` (e.g. ``epochs=5``, ``size=48``).
+    :data:`pipeline.train.baselines.DEFAULTS` (e.g. ``epochs=5``, ``size=48``);
+    ``metric`` chooses C or the epoch kept, ``class_weight`` weights the loss
+    (``auto`` for both: by the store's class balance, :mod:`pipeline.balance`).
     """
     check_seed(seed)
     record, out, store = baseline_run(kind, features_path, seed, protocol,
-                                      split_seed=split_seed, groups=groups, **opts)
+                                      split_seed=split_seed, groups=groups, metric=metric,
+                                      class_weight=class_weight, **opts)
     path = save_run(record, runs_dir, *model_writer(kind, out, store))
     log.info("%s (%s) in %.1f s", record["label"], record["protocol"], out["seconds"])
     return record, path
@@ -34,13 +38,19 @@ def run_baseline(kind: str, features_path, runs_dir=DEFAULT_RUNS_DIR, seed: int 
 
 def baseline_run(kind: str, features_path, seed: int = 0, protocol: str = "holdout",
                  split_seed: int | None = None, groups: str | None = None,
+                 metric: str = "auto", class_weight: str = "auto",
                  **opts) -> tuple[dict, dict, object]:
     """``(record, fitted baseline, store)`` of baseline ``kind``; writes nothing."""
+    from .fit import resolve_selection
+
     store = open_store(features_path, split_seed, groups)
     protocol, why = resolve_protocol(protocol, store)
     log.info("protocol: %s", why)
+    selection = resolve_selection(store, metric, class_weight)
+    choice = {"metric": selection.metric, "class_weight": selection.class_weight}
     if protocol == "cv":
-        out = cv_baseline(kind, store, seed, **opts)
+        out = cv_baseline(kind, store, seed, **choice, **opts)
+        out["label"] += selection.suffix
         record = new_cv_record(
             kind="baseline", method=kind, label=out["label"], store=store,
             classes=store.classes, folds=out["folds"],
@@ -49,9 +59,11 @@ def baseline_run(kind: str, features_path, seed: int = 0, protocol: str = "holdo
             trainable_params=out["trainable_params"], history=out.get("history"), seed=seed,
             group=out["label"], extra={"final_model": "refitted on every image"})
     else:
-        out = fit_baseline(kind, store, seed, **opts)
+        out = fit_baseline(kind, store, seed, **choice, **opts)
+        out["label"] += selection.suffix
         record = baseline_record(kind, out, store, seed)
     record["protocol_reason"] = why
+    record.update(selection.record_fields())
     return record, out, store
 
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..runs.groups import score
+from ..runs.groups import (
+    collapse_of,
+    majority_reference,
+    resolve_report_metric,
+    score,
+    test_metrics,
+)
 from ..runs.protocol import resolve_protocol
 from ..store.hdf5 import FeatureStore
 from .fit import DEFAULT_FEATURES_DIR, run_fit
@@ -26,7 +32,7 @@ DEMO_EXPLORE = {"depths": ("0", "1", "2", "all"), "sizes": ("5", "all"), "lrs": 
 
 def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress=True,
              cnn_epochs: int | None = None, protocol: str = "auto",
-             insight: bool = True) -> dict:
+             insight: bool = True, metric: str = "auto", class_weight: str = "auto") -> dict:
     """The whole chain on the bundled flowers subset; returns table rows and the report path.
 
     Extract efficientnet_lite0 layer2-4 -> logreg and svm on each tap ->
@@ -37,6 +43,8 @@ def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress
     (nothing is overwritten).  ``auto`` is cv on the 150 bundled photos
     (:func:`pipeline.runs.protocol.resolve_protocol`).  ``insight=False``
     stops after the baselines (no fine-tuning, hierarchy or explorer).
+    ``metric`` and ``class_weight`` as for ``fit`` (``auto``: by the class balance;
+    the bundled flowers are balanced: accuracy, no weights).
     """
     from ..extraction.job import ExtractConfig, run_extract
     from ..train.finetune import FinetuneConfig
@@ -55,17 +63,19 @@ def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress
     if cnn_epochs is None and resolve_protocol(protocol, FeatureStore(summary.path))[0] == "cv":
         cnn_epochs = DEMO_CV_CNN_EPOCHS  # 15 trainings + the final one: keep the demo short
     records = []
+    choice = {"metric": metric, "class_weight": class_weight}
     for clf in ("logreg", "svm"):
         records += [r for r, _ in run_fit(summary.path, "all", clf, runs_dir,
-                                          protocol=protocol)]
+                                          protocol=protocol, **choice)]
     for kind in ("pixels", "cnn"):
         opts = {"epochs": cnn_epochs} if (kind == "cnn" and cnn_epochs) else {}
-        rec, _ = run_baseline(kind, summary.path, runs_dir, protocol=protocol, **opts)
+        rec, _ = run_baseline(kind, summary.path, runs_dir, protocol=protocol, **choice,
+                              **opts)
         records.append(rec)
     if insight:
         cache = folder / "cache"
-        rec, _ = run_finetune(FinetuneConfig(features=str(summary.path), **DEMO_FINETUNE),
-                              runs_dir, cache, protocol)
+        rec, _ = run_finetune(FinetuneConfig(features=str(summary.path), **DEMO_FINETUNE,
+                                             **choice), runs_dir, cache, protocol)
         records.append(rec)
         run_hierarchy(runs_dir=runs_dir)
         run_explore(ExploreConfig(features=str(summary.path), **DEMO_EXPLORE), runs_dir, cache)
@@ -74,17 +84,35 @@ def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress
             "seconds": time.perf_counter() - t0, "folder": folder}
 
 
-def summary_rows(records) -> list[tuple]:
-    """``(label, selected by, accuracy, low, high, fit seconds)`` best first.
+def summary_rows(records, metric: str | None = None) -> list[dict]:
+    """One row per run, best first, then the majority-class reference.
 
-    ``selected by`` is what ranks the rows and never a test figure: the
-    validation accuracy (holdout) or the cross-validated mean (cv);
-    ``accuracy`` with its 95% interval is the test accuracy (holdout, Wilson)
-    or the cross-validated mean (cv, corrected resampled t).
+    Rows: ``label, metric, select, value, low, high, accuracy, balanced_accuracy,
+    macro_f1, seconds, collapsed`` (text, or None), ``reference`` (the last row).
+    ``metric`` is the selection metric (default: resolved from the records as the
+    report does); ``select`` ranks the rows and is never a test figure: the
+    validation score (holdout) or the cross-validated mean (cv); ``value`` with
+    its 95% interval is the test figure (holdout) or the cross-validated mean (cv).
+    A run that answers one class (``collapsed``) is ranked after every run that
+    learned.  The other metrics are the scored predictions' (test or out-of-fold).
     """
+    metric = metric or resolve_report_metric(records)[0]
     rows = []
     for r in records:
-        sc = score(r)
-        rows.append((r["label"], sc["select"], sc["value"], sc["low"], sc["high"],
-                     r["fit_seconds"]))
-    return sorted(rows, key=lambda row: -row[1])
+        sc, scored, collapsed = score(r, metric), test_metrics(r), collapse_of(r)
+        rows.append({"label": r["label"], "metric": metric, "select": sc["select"],
+                     "value": sc["value"], "low": sc["low"], "high": sc["high"],
+                     "accuracy": scored["accuracy"],
+                     "balanced_accuracy": scored["balanced_accuracy"],
+                     "macro_f1": scored["macro_f1"], "seconds": r["fit_seconds"],
+                     "collapsed": collapsed["text"] if collapsed else None,
+                     "reference": False})
+    rows.sort(key=lambda row: (row["collapsed"] is not None, -row["select"]))
+    ref = majority_reference(records[0], metric) if records else None
+    if ref:
+        rows.append({"label": ref["name"], "metric": metric, "select": None,
+                     "value": ref["value"], "low": ref["low"], "high": ref["high"],
+                     "accuracy": ref["accuracy"], "balanced_accuracy": ref["balanced_accuracy"],
+                     "macro_f1": ref["macro_f1"], "seconds": 0.0, "collapsed": None,
+                     "reference": True})
+    return rows

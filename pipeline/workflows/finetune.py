@@ -28,12 +28,15 @@ log = logging.getLogger(__name__)
 def finetune_record(result: FinetuneResult) -> dict:
     """The run record (``kind="finetune"``) of a finished fine-tuning run (either protocol)."""
     cfg, res = result.cfg, result.train
+    # runs of one configuration with another metric or weighting stay apart in tables
+    suffix = result.selection.suffix if result.selection is not None else ""
     label = cfg.label or describe(cfg)
-    common = dict(kind="finetune", method=method_name(cfg), label=label, store=result.store,
-                  classes=result.store.classes, hyperparameters=cfg.key_dict(),
-                  fit_seconds=result.seconds, layer=cfg.unfreeze,
-                  trainable_params=res.trainable_params, history=res.history, seed=cfg.seed,
-                  group=cfg.group or label, extra={"finetune": _details(result)})
+    common = dict(kind="finetune", method=method_name(cfg), label=label + suffix,
+                  store=result.store, classes=result.store.classes,
+                  hyperparameters=cfg.key_dict(), fit_seconds=result.seconds,
+                  layer=cfg.unfreeze, trainable_params=res.trainable_params,
+                  history=res.history, seed=cfg.seed, group=(cfg.group or label) + suffix,
+                  extra={"finetune": _details(result)})
     if result.folds is not None:
         record = new_cv_record(folds=result.folds, **common)
     else:
@@ -41,6 +44,8 @@ def finetune_record(result: FinetuneResult) -> dict:
                             test_pred=result.test_proba.argmax(1), test_proba=result.test_proba,
                             **common)
     record["backbone"], record["weights"] = cfg.backbone, result.weights_id
+    if result.selection is not None:
+        record.update(result.selection.record_fields())
     return record
 
 

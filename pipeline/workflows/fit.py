@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..balance import METRIC_LABELS, Selection
 from ..errors import StoreError, UsageError, opt
 from ..heads.persist import HEAD_EXT, save_head
 from ..heads.selection import predict_proba, select_and_fit
@@ -43,9 +44,18 @@ def find_store(features=None, features_dir=DEFAULT_FEATURES_DIR) -> Path:
     return candidates[-1]
 
 
+def resolve_selection(store, metric: str, class_weight: str, clf: str | None = None):
+    """The run's :class:`pipeline.balance.Selection` from the store's class counts, logged."""
+    selection = Selection.resolve(metric, class_weight, store.labels, store.classes, clf)
+    log.info("selection metric: %s; class weights: %s", selection.metric_reason,
+             selection.class_weight_reason)
+    return selection
+
+
 def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
             protocol: str = "holdout", split_seed: int | None = None,
-            groups: str | None = None) -> list[tuple[dict, Path]]:
+            groups: str | None = None, metric: str = "auto",
+            class_weight: str = "auto") -> list[tuple[dict, Path]]:
     """Fit head ``clf`` on tap ``layer`` (or every tap, ``layer='all'``) of a store.
 
     ``holdout``: standardise, choose the hyperparameter on the validation
@@ -57,6 +67,9 @@ def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int
     choose another split or group rule than the store's (no forward pass:
     :meth:`pipeline.store.hdf5.FeatureStore.use_split`).  One run record and the
     fitted head (``<run_id>.skops``, :mod:`pipeline.heads.persist`) per tap under ``runs_dir``.
+    ``metric`` chooses the hyperparameter (``auto``: balanced accuracy on imbalanced
+    classes, else accuracy) and ``class_weight`` weights the head's loss (``auto``:
+    balanced on imbalanced classes; knn has none): :mod:`pipeline.balance`.
     """
     if clf not in CLASSIFIERS:
         raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}",
@@ -65,11 +78,14 @@ def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int
     store = open_store(find_store(features), split_seed, groups)
     protocol, why = resolve_protocol(protocol, store)
     log.info("protocol: %s", why)
+    selection = resolve_selection(store, metric, class_weight, clf)
     layers = store.taps if layer == "all" else [layer]
     out = []
     for tap in layers:
-        record, model = (_fit_cv if protocol == "cv" else _fit_holdout)(store, tap, clf, seed)
+        record, model = (_fit_cv if protocol == "cv" else _fit_holdout)(store, tap, clf, seed,
+                                                                        selection)
         record["protocol_reason"] = why
+        record.update(selection.record_fields())
         bundle = {"model": model, "classes": store.classes, "tap": tap,
                   "store_config": store.config,
                   "weights_source": store.attrs.get("weights_source"),
@@ -82,55 +98,82 @@ def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int
 
 
 def summary_line(record: dict) -> str:
-    """``val 0.9 test 0.8`` (holdout) or ``cv 0.85 [0.80, 0.90]`` (cv) of a record."""
+    """``val 0.9 test 0.8`` (holdout) or ``cv 0.85 [0.80, 0.90]`` (cv) of a record's
+    accuracy; then, when it was selected by another metric, that metric the same way,
+    and what selected it; ``COLLAPSED`` when it answers one class."""
+    from ..runs.groups import collapse_of, score
+
+    metric = record.get("selection_metric") or "accuracy"
     if record.get("protocol") == "cv":
         cv = record["cv"]
-        return (f"cv {cv['mean']:.4f} [{cv['ci'][0]:.4f}, {cv['ci'][1]:.4f}] over "
+        line = (f"cv {cv['mean']:.4f} [{cv['ci'][0]:.4f}, {cv['ci'][1]:.4f}] over "
                 f"{len(cv['fold_scores'])} folds")
-    m = record["metrics"]
-    return f"val {m['val']['accuracy']:.4f} test {m['test']['accuracy']:.4f}"
+        if metric != "accuracy":
+            sc = score(record, metric)
+            line += (f"; {METRIC_LABELS[metric]} cv {sc['value']:.4f} "
+                     f"[{sc['low']:.4f}, {sc['high']:.4f}]")
+    else:
+        m = record["metrics"]
+        line = f"val {m['val']['accuracy']:.4f} test {m['test']['accuracy']:.4f}"
+        if metric != "accuracy":
+            line += (f"; {METRIC_LABELS[metric]} val {m['val'][metric]:.4f} "
+                     f"test {m['test'][metric]:.4f}")
+    if record.get("selection_metric"):
+        line += (f" (selected by {METRIC_LABELS[metric]}, class weights "
+                 f"{record.get('class_weight', 'none')})")
+    collapsed = collapse_of(record)
+    if collapsed:
+        line += f"  COLLAPSED: {collapsed['text']}"
+    return line
 
 
-def _fit_holdout(store, tap: str, clf: str, seed: int):
+def _fit_holdout(store, tap: str, clf: str, seed: int, selection):
+    choice = {"metric": selection.metric, "class_weight": selection.class_weight}
     if clf in STREAMING:  # reads the store block by block, never a whole tap
         from ..heads.streaming import stream_select_and_fit
 
-        res, test_pred, proba = stream_select_and_fit(store, tap, seed=seed)
+        res, test_pred, proba = stream_select_and_fit(store, tap, seed=seed, **choice)
     else:
         X_tr, y_tr = store.X(tap, "train"), store.y("train")
         X_va, y_va = store.X(tap, "val"), store.y("val")
         X_te = store.X(tap, "test")
-        res = select_and_fit(clf, X_tr, y_tr, X_va, y_va, seed=seed)
+        res = select_and_fit(clf, X_tr, y_tr, X_va, y_va, seed=seed, **choice)
         proba = predict_proba(res.model, X_te)
         test_pred = res.model.predict(X_te)
     record = new_record(
-        kind="frozen", method=clf, label=f"{store.attrs.get('backbone')} {tap} + {clf}",
+        kind="frozen", method=clf,
+        label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
         store=store, classes=store.classes, val_pred=res.val_pred, test_pred=test_pred,
-        test_proba=proba, hyperparameters=res.params, search=res.search,
-        fit_seconds=res.fit_seconds, layer=tap, seed=seed,
+        test_proba=proba, hyperparameters={**res.params, "class_weight": res.class_weight},
+        search=res.search, fit_seconds=res.fit_seconds, layer=tap, seed=seed,
         trainable_params=_n_params(res.model))
     return record, res.model
 
 
-def _fit_cv(store, tap: str, clf: str, seed: int):
+def _fit_cv(store, tap: str, clf: str, seed: int, selection):
     """Nested cross-validation of ``clf`` on ``tap``; the returned head is refitted on
     every image with a hyperparameter chosen by inner CV on all of them."""
     from threadpoolctl import threadpool_limits
 
     from ..heads.crossval import choose_param, cross_validate
-    from ..heads.selection import make_head, smallest_class
+    from ..heads.selection import fit_head, make_head, smallest_class
 
+    choice = {"metric": selection.metric, "class_weight": selection.class_weight}
     t0 = time.perf_counter()
     X, y = store.X(tap), store.labels
-    folds = cross_validate(clf, X, y, store.cv_splits(), seed=seed)
+    folds = cross_validate(clf, X, y, store.cv_splits(), seed=seed, **choice)
     cv_seconds = time.perf_counter() - t0
     with threadpool_limits(1):
-        params, search = choose_param(clf, X, y, seed)
-        model = make_head(clf, next(iter(params.values())), seed,
-                          calibrated=smallest_class(y)).fit(X, y)
+        params, search = choose_param(clf, X, y, seed, **choice)
+        model = fit_head(make_head(clf, next(iter(params.values())), seed,
+                                   calibrated=smallest_class(y),
+                                   class_weight=selection.class_weight), X, y,
+                         selection.class_weight)
     record = new_cv_record(
-        kind="frozen", method=clf, label=f"{store.attrs.get('backbone')} {tap} + {clf}",
-        store=store, classes=store.classes, folds=folds, hyperparameters=params,
+        kind="frozen", method=clf,
+        label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
+        store=store, classes=store.classes, folds=folds,
+        hyperparameters={**params, "class_weight": selection.class_weight},
         search=search, fit_seconds=cv_seconds, layer=tap, seed=seed,
         trainable_params=_n_params(model),
         extra={"final_model": "refitted on every image with the hyperparameter an inner CV "

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import UsageError
-from ..runs.groups import score
+from ..runs.groups import collapse_of, majority_reference, record_metric, score, test_metrics
 from ..runs.protocol import resolve_protocol
 from ..runs.records import DEFAULT_RUNS_DIR
 from ..store.hdf5 import open_store
@@ -37,31 +37,60 @@ def ladder_configs(features, epochs: int = LADDER_EPOCHS,
     ]
 
 
-def summarise_group(records) -> dict:
+def summarise_group(records, metric: str | None = None) -> dict:
     """Mean and spread of a group of records (one per seed).
 
     Holdout: validation and test accuracy; cv: ``val_accuracy`` and
     ``test_accuracy`` are both the cross-validated mean (there is no separate
-    test split) and ``ci`` its corrected 95% interval.
+    test split) and ``ci`` its corrected 95% interval.  The same in the selection
+    ``metric`` (default: the one the runs were selected by) as ``metric``,
+    ``val_score``, ``test_score``, ``score_std`` (``ci`` is its interval); the
+    scored predictions' ``balanced_accuracy`` and ``macro_f1``; ``collapsed``:
+    what a run that answers one class does (None when none does).
     """
-    scores = [score(r) for r in records]
-    val = [sc["select"] for sc in scores]
-    test = [sc["value"] for sc in scores]
+    metric = metric or record_metric(records[0])
+    accuracy = [score(r, "accuracy") for r in records]
+    scores = [score(r, metric) for r in records]
+    test = [sc["value"] for sc in accuracy]
+    values = [sc["value"] for sc in scores]
+    collapsed = next((c["text"] for c in map(collapse_of, records) if c), None)
     return {"method": records[0]["label"], "n_seeds": len(records),
             "protocol": records[0].get("protocol", "holdout"),
             "ci": [scores[0]["low"], scores[0]["high"]],
             "trainable_params": records[0].get("trainable_params"),
             "train_seconds": float(np.mean([r["fit_seconds"] for r in records])),
-            "val_accuracy": float(np.mean(val)), "test_accuracy": float(np.mean(test)),
+            "val_accuracy": float(np.mean([sc["select"] for sc in accuracy])),
+            "test_accuracy": float(np.mean(test)),
             "test_std": float(np.std(test, ddof=1)) if len(test) > 1 else 0.0,
-            "run_ids": [r["run_id"] for r in records]}
+            "metric": metric, "val_score": float(np.mean([sc["select"] for sc in scores])),
+            "test_score": float(np.mean(values)),
+            "score_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "balanced_accuracy": float(np.mean([test_metrics(r)["balanced_accuracy"]
+                                                for r in records])),
+            "macro_f1": float(np.mean([test_metrics(r)["macro_f1"] for r in records])),
+            "collapsed": collapsed, "run_ids": [r["run_id"] for r in records]}
+
+
+def reference_row(record, metric: str) -> dict | None:
+    """The majority-class reference (:func:`pipeline.runs.groups.majority_reference`) on
+    ``record``'s scored images, as a row of :func:`summarise_group`'s shape."""
+    ref = majority_reference(record, metric)
+    if ref is None:
+        return None
+    return {"method": ref["name"], "n_seeds": 0, "protocol": record.get("protocol", "holdout"),
+            "ci": [ref["low"], ref["high"]], "trainable_params": 0, "train_seconds": 0.0,
+            "val_accuracy": None, "test_accuracy": ref["accuracy"], "test_std": 0.0,
+            "metric": metric, "val_score": None, "test_score": ref["value"], "score_std": 0.0,
+            "balanced_accuracy": ref["balanced_accuracy"], "macro_f1": ref["macro_f1"],
+            "collapsed": None, "reference": True, "run_ids": []}
 
 
 def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
                epochs: int = LADDER_EPOCHS, views: int = 3, cnn_epochs: int | None = None,
                cache_dir=None, rungs=None, protocol: str = "holdout",
                baseline_seeds: int = 1, split_seed: int | None = None,
-               groups: str | None = None) -> list[dict]:
+               groups: str | None = None, metric: str = "auto",
+               class_weight: str = "auto") -> list[dict]:
     """Every rung of the course ladder on one store's split; one summary row per rung.
 
     Rungs: pixels, MLP, scratch CNN, frozen logreg on the tap with the best
@@ -70,12 +99,16 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
     ``baseline_seeds``; pixels and frozen heads are deterministic given the
     split: one run each).  ``rungs`` restricts to a subset of
     rung names.  Rows: method, n_seeds, trainable_params, train_seconds,
-    val_accuracy, test_accuracy, test_std, run_ids (see :func:`summarise_group`).
-    Every rung runs under one ``protocol`` (resolved once, ``auto`` by size) and on one
-    split (``split_seed`` and ``groups``: the store's when None).
+    val_accuracy, test_accuracy, test_std, run_ids, and the same in the selection
+    metric (see :func:`summarise_group`); the last row is the majority-class
+    reference (``reference: True``).  Every rung runs under one ``protocol``
+    (resolved once, ``auto`` by size) and one selection ``metric`` and
+    ``class_weight`` (resolved once from the store's classes; ``auto``: balanced
+    accuracy and balanced weights when they are imbalanced), on one split
+    (``split_seed`` and ``groups``: the store's when None).
     """
     from .baseline import run_baseline
-    from .fit import run_fit
+    from .fit import resolve_selection, run_fit
 
     configs = [(name, replace(cfg, split_seed=split_seed, groups=groups))
                for name, cfg in ladder_configs(features, epochs, views)]
@@ -84,9 +117,13 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
     if rungs is not None and set(rungs) - known:
         raise UsageError(f"unknown rung(s) {', '.join(sorted(set(rungs) - known))}; "
                          f"valid: {', '.join(sorted(known))}")
-    protocol, why = resolve_protocol(protocol, open_store(features, split_seed, groups))
+    store = open_store(features, split_seed, groups)
+    protocol, why = resolve_protocol(protocol, store)
     log.info("ladder protocol: %s", why)
-    rows = []
+    selection = resolve_selection(store, metric, class_weight)   # checked once, up front
+    # each rung resolves the same store the same way, and its record keeps why (auto: ...)
+    choice = {"metric": metric, "class_weight": class_weight}
+    rows, last = [], None
 
     def wanted(name):
         return rungs is None or name in rungs
@@ -95,20 +132,25 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
         if wanted(kind):
             opts = {"epochs": cnn_epochs} if kind == "cnn" and cnn_epochs else {}
             recs = [run_baseline(kind, features, runs_dir, seed=s, protocol=protocol,
-                                 **split, **opts)[0]
+                                 **split, **choice, **opts)[0]
                     for s in range(baseline_seeds if kind != "pixels" else 1)]
             rows.append(summarise_group(recs))
+            last = recs[0]
     if wanted("frozen"):
         recs = [r for r, _ in run_fit(features, "all", "logreg", runs_dir, protocol=protocol,
-                                      **split)]
-        best = max(recs, key=lambda r: score(r)["select"])
+                                      **split, **choice)]
+        # the tap chosen without test data: one that learned before a collapsed one
+        best = max(recs, key=lambda r: (collapse_of(r) is None, score(r)["select"]))
+        last = best
         row = summarise_group([best])
         row["method"] = (f"frozen {best['label']} (best tap on "
                          f"{'cv' if protocol == 'cv' else 'val'})")
         rows.append(row)
     for name, cfg in configs:
         if wanted(name):
-            recs = [r for r, _ in run_finetune_seeds(replace(cfg, label=name), seeds,
+            recs = [r for r, _ in run_finetune_seeds(replace(cfg, label=name, **choice), seeds,
                                                      runs_dir, cache_dir, protocol)]
             rows.append(summarise_group(recs))
-    return rows
+            last = recs[0]
+    reference = reference_row(last, selection.metric) if last else None
+    return rows + ([reference] if reference else [])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import StoreError, opt
 from ..reporting.build import check_out_path, render_report
-from ..runs.groups import latest_per_seed
+from ..runs.groups import latest_per_seed, resolve_report_metric
 from ..runs.records import load_records
 from .analysis import EFFICIENCY_BUDGET, load_or_analyse
 from .explore import latest_explore
@@ -22,14 +22,16 @@ from .hierarchy import latest_hierarchy
 
 
 def build_report(runs_dir, out_path, overwrite: bool = False,
-                 efficiency_budget: float = EFFICIENCY_BUDGET) -> Path:
+                 efficiency_budget: float = EFFICIENCY_BUDGET, metric: str = "auto") -> Path:
     """Write the HTML report of every run record in ``runs_dir`` to ``out_path``.
 
     Refuses a folder as ``out_path``, and to replace an existing file unless ``overwrite``.  Returns
     the path written.  ``efficiency_budget`` caps the seconds spent refitting
-    heads for the few-shot curves.
+    heads for the few-shot curves.  ``metric`` ranks and tests the runs (``auto``: the
+    one they were selected by, or resolved from the data when they disagree).
     """
     out_path = check_out_path(out_path, overwrite)  # before the analysis, which takes time
+    resolve_report_metric([], metric)                 # an unknown metric, before it too
     # A seed run twice counts once, here for the analysis and the page alike.
     records, _superseded = latest_per_seed(load_records(runs_dir))
     if not records:
@@ -38,4 +40,4 @@ def build_report(runs_dir, out_path, overwrite: bool = False,
                          param="runs_dir")
     analysis = {**load_or_analyse(records, runs_dir, efficiency_budget),
                 "hierarchy": latest_hierarchy(runs_dir), "explore": latest_explore(runs_dir)}
-    return render_report(records, analysis, out_path, overwrite=overwrite)
+    return render_report(records, analysis, out_path, overwrite=overwrite, metric=metric)
