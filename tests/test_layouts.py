@@ -431,3 +431,26 @@ def test_the_trunk_cache_of_a_holdout_run_is_keyed_by_the_split_in_use(tmp_path)
     assert key("holdout") == key("holdout", split_seed=0)
     assert key("holdout") != key("holdout", split_seed=1)
     assert key("cv") == key("cv", split_seed=1)
+
+
+def test_inner_folds_that_choose_hyperparameters_or_epochs_keep_groups_apart():
+    from pipeline.data.partition import inner_split
+    from pipeline.heads.crossval import _inner_folds, cross_validate
+
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], [40, 20])
+    groups = np.asarray([f"g{i // 4}" for i in range(60)], dtype=object)
+    X = rng.normal(size=(60, 5)) + y[:, None]
+    for tr, va in _inner_folds(X, y, 3, 0, groups):
+        assert not set(groups[tr]) & set(groups[va])
+    rows = np.arange(10, 60)
+    tr, va = inner_split(y, rows, seed=3, groups=groups)
+    assert len(va) and not set(groups[tr]) & set(groups[va])
+    assert sorted(np.concatenate([tr, va]).tolist()) == rows.tolist()
+    part = partition([f"{g}_{i}.jpg" for i, g in enumerate(groups)], y,
+                     SplitSpec(groups="name:x"), groups=list(groups))
+    splits = [(r, k, np.flatnonzero((part.folds[:, r] != k) & (part.folds[:, r] >= 0)),
+               np.flatnonzero(part.folds[:, r] == k))
+              for r in range(3) for k in range(part.folds[:, r].max() + 1)]
+    folds = cross_validate("logreg", X, y, splits, groups=groups)
+    assert len(folds) == len(splits) and all(f.search for f in folds)

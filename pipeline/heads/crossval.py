@@ -90,31 +90,49 @@ def _inner_scores(clf: str, X, y, values, splits, seed: int,
 
 
 def choose_param(clf: str, X, y, seed: int = 0, inner_folds: int = INNER_FOLDS,
-                 metric: str = "accuracy", class_weight: str = "none"):
+                 metric: str = "accuracy", class_weight: str = "none", groups=None):
     """The grid value with the best inner cross-validated ``metric`` on ``(X, y)`` only.
 
     ``X`` is ``(n, C)``.  Inner folds: ``min(inner_folds, smallest class)``;
     with a class of one image there is nothing to validate on, and the
     middle of the grid is taken (and said in the search).  Returns
     ``(params, search)``; ties go to the stronger regularisation.  ``metric``
-    and ``class_weight`` as in :func:`pipeline.heads.select_and_fit`.
+    and ``class_weight`` as in :func:`pipeline.heads.select_and_fit`.  ``groups``
+    (one name per row): the inner folds are stratified group folds, so a group's
+    images never validate a value chosen on its other images.
     """
     metric, class_weight = resolve_choice(clf, y, metric, class_weight)
     name, values = grid_for(clf, len(y))
     counts = np.bincount(y)
     k = min(inner_folds, int(counts[counts > 0].min()))
+    if groups is not None:
+        k = min(inner_folds, len(set(np.asarray(groups).tolist())))
     if k < 2:
         value = values[len(values) // 2]
         return {name: _plain(value)}, [{name: _plain(value), "note": "no inner validation: "
                                         "a class has one training image"}]
     if clf == "knn":  # inner training folds are smaller than the outer one
         values = [v for v in values if v <= len(y) * (k - 1) // k] or [1]
-    splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y))
+    splits = _inner_folds(X, y, k, seed, groups)
     scores = _inner_scores(clf, X, y, values, splits, seed, class_weight)
     best = int(np.argmax(scores[metric]))  # first maximum: the strongest regularisation
     search = [{name: _plain(v), **{f"inner_{m}": float(scores[m][j]) for m in METRICS}}
               for j, v in enumerate(values)]
     return {name: _plain(values[best])}, search
+
+
+def _inner_folds(X, y, k: int, seed: int, groups=None) -> list:
+    """``[(train, validation)]`` of a stratified (group) K-fold of ``(X, y)``."""
+    if groups is None:
+        return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y))
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    with warnings.catch_warnings():  # "least populated class": stratification is best effort
+        warnings.simplefilter("ignore", UserWarning)
+        return list(StratifiedGroupKFold(k, shuffle=True, random_state=seed % 2**32)
+                    .split(X, y, np.asarray(groups, dtype=object)))
 
 
 def _plain(value):
@@ -123,16 +141,18 @@ def _plain(value):
 
 def fit_fold(clf: str, X, y, train, test, seed: int = 0, repeat: int = 0,
              fold: int = 0, metric: str = "accuracy",
-             class_weight: str = "none") -> FoldResult:
-    """Choose the hyperparameter on ``train`` rows (by ``metric``), refit there (with
-    ``class_weight``), predict ``test`` rows."""
+             class_weight: str = "none", groups=None) -> FoldResult:
+    """Choose the hyperparameter on ``train`` rows (by ``metric``; inner folds by
+    ``groups`` when given), refit there (with ``class_weight``), predict ``test`` rows."""
     from threadpoolctl import threadpool_limits
 
     t0 = time.perf_counter()
     metric, class_weight = resolve_choice(clf, y[train], metric, class_weight)
     with threadpool_limits(1):
         params, search = choose_param(clf, X[train], y[train], seed, metric=metric,
-                                      class_weight=class_weight)
+                                      class_weight=class_weight,
+                                      groups=None if groups is None
+                                      else np.asarray(groups, dtype=object)[train])
         model = make_head(clf, next(iter(params.values())), seed,
                           calibrated=smallest_class(y[train]), class_weight=class_weight)
         fit_head(model, X[train], y[train], class_weight)
@@ -153,18 +173,20 @@ def _full_proba(model, X, n_classes: int) -> np.ndarray:
 
 
 def cross_validate(clf: str, X, y, splits, seed: int = 0, n_jobs: int | None = None,
-                   metric: str = "accuracy", class_weight: str = "none") -> list:
+                   metric: str = "accuracy", class_weight: str = "none",
+                   groups=None) -> list:
     """:func:`fit_fold` on every ``(repeat, fold, train, test)`` of ``splits``, in order.
 
     ``X`` is ``(n_images, C)`` (every row of the store), ``y`` ``(n_images,)``.
     Outer folds run in ``n_jobs`` processes (default: the cores, when the
     work is large enough to pay for starting them).  ``metric`` chooses the
-    hyperparameter inside each fold; ``class_weight`` weights every fit.
+    hyperparameter inside each fold; ``class_weight`` weights every fit; ``groups``
+    (one name per row, or None) keeps each group on one side of the inner folds.
     """
     if n_jobs is None:
         big = len(y) * len(splits) >= PARALLEL_MIN_WORK
         n_jobs = min(len(splits), os.cpu_count() or 1) if big else 1
-    kw = {"metric": metric, "class_weight": class_weight}
+    kw = {"metric": metric, "class_weight": class_weight, "groups": groups}
     if n_jobs <= 1:
         return [fit_fold(clf, X, y, tr, te, seed, r, k, **kw) for r, k, tr, te in splits]
     from joblib import Parallel, delayed

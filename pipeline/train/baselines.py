@@ -298,7 +298,8 @@ def _cv_pixels(X, y, store, seed, params):
     from ..heads.crossval import choose_param, cross_validate
     from ..heads.selection import fit_head, make_head
 
-    choice = {"metric": params["metric"], "class_weight": params["class_weight"]}
+    choice = {"metric": params["metric"], "class_weight": params["class_weight"],
+              "groups": store.row_groups}
     folds = cross_validate("logreg", X, y, store.cv_splits(), seed=seed, **choice)
     with threadpool_limits(1):
         chosen, search = choose_param("logreg", X, y, seed, **choice)

@@ -158,7 +158,8 @@ def _fit_cv(store, tap: str, clf: str, seed: int, selection):
     from ..heads.crossval import choose_param, cross_validate
     from ..heads.selection import fit_head, make_head, smallest_class
 
-    choice = {"metric": selection.metric, "class_weight": selection.class_weight}
+    choice = {"metric": selection.metric, "class_weight": selection.class_weight,
+              "groups": store.row_groups}
     t0 = time.perf_counter()
     X, y = store.X(tap), store.labels
     folds = cross_validate(clf, X, y, store.cv_splits(), seed=seed, **choice)
