@@ -322,7 +322,11 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary:
     for line in summary.describe():
         if line.startswith("WARNING: "):
             log.warning("%s", line[len("WARNING: "):])
-    log_leakage(summary.path)
+    if summary.up_to_date:  # the files are the ones checked when the store was written
+        log.info("leakage check not repeated: %s is unchanged (`python cli.py report` lists "
+                 "its duplicate pairs)", summary.path)
+    else:
+        log_leakage(summary.path)
     return summary
 
 
