@@ -73,11 +73,11 @@ def test_auto_protocol_is_cv_on_small_data_and_says_why(tmp_path):
         def split_sizes(self):
             return {"train": 0, "val": 0, "test": self.n_test}
 
-    assert resolve_protocol("auto", Sized(150, 20))[0] == "cv"
-    assert resolve_protocol("auto", Sized(3670, 551))[0] == "holdout"
-    assert resolve_protocol("auto", Sized(5000, 60))[0] == "cv"      # too few test images
-    assert resolve_protocol("holdout", Sized(150, 20))[0] == "holdout"
-    assert "2,000" in resolve_protocol("auto", Sized(150, 20))[1]
+    assert resolve_protocol("auto", Sized(150, 20)).name == "cv"
+    assert resolve_protocol("auto", Sized(3670, 551)).name == "holdout"
+    assert resolve_protocol("auto", Sized(5000, 60)).name == "cv"      # too few test images
+    assert resolve_protocol("holdout", Sized(150, 20)).name == "holdout"
+    assert "2,000" in resolve_protocol("auto", Sized(150, 20)).why
     with pytest.raises(UsageError, match="valid: auto, holdout, cv"):
         resolve_protocol("kfold", Sized(1, 1))
 
@@ -139,13 +139,20 @@ def test_cv_fit_records_folds_intervals_and_out_of_fold_predictions(tmp_path):
     assert len(cv["fold_params"]) == 15 and all("C" in p for p in cv["fold_params"])
 
 
+def scored(accuracy, n, correct, balanced, macro_f1):
+    """The metrics of scored predictions on ``n`` images of class 0, ``correct`` of them
+    right (the rest class 1): what a record needs of them for the report."""
+    return {"accuracy": accuracy, "n": n, "balanced_accuracy": balanced, "macro_f1": macro_f1,
+            "per_class": {}, "confusion_matrix": [[correct, n - correct], [0, 0]]}
+
+
 def holdout_record(name, val, test, n=100):
     y = [0] * n
     pred = [0] * round(test * n) + [1] * (n - round(test * n))
     return {"run_id": name, "label": name, "group": name, "kind": "frozen", "protocol": "holdout",
             "split_fingerprint": "f", "metrics": {
                 "val": {"accuracy": val, "balanced_accuracy": val},
-                "test": {"accuracy": test, "n": n, "balanced_accuracy": test, "macro_f1": test}},
+                "test": scored(test, n, round(test * n), test, test)},
             "predictions": {"paths": [f"p{i}" for i in range(n)], "y_true": y, "y_pred": pred}}
 
 
@@ -169,8 +176,7 @@ def cv_record(name, fold_scores, n=50):
                    "fold_scores": scores, "fold_n_train": [40] * len(scores),
                    "fold_n_test": [10] * len(scores), "mean": float(np.mean(scores)),
                    "ci": [0.0, 1.0], "sd": float(np.std(scores, ddof=1))},
-            "metrics": {"oof": {"accuracy": correct / n, "n": n, "balanced_accuracy": 0.5,
-                                "macro_f1": 0.5}},
+            "metrics": {"oof": scored(correct / n, n, correct, 0.5, 0.5)},
             "predictions": {"paths": [f"p{i}" for i in range(n)], "y_true": y, "y_pred": pred,
                             "y_pred_repeats": [pred]}}
 

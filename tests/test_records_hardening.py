@@ -95,7 +95,7 @@ def test_report_renders_runs_at_100_and_0_percent(stores, tmp_path):
 
 
 def _bad_files(runs, good):
-    text = json.dumps(good)
+    text = json.dumps(good.to_dict())
     (runs / "array.json").write_text("[1, 2, 3]")
     (runs / "latin1.json").write_bytes(b'{"run_id": "caf\xe9"}')
     (runs / "truncated.json").write_text(text[: len(text) // 2])
@@ -127,11 +127,11 @@ def test_another_schema_version_is_warned_about_and_loaded_when_complete(stores,
     store, _ = stores
     runs = tmp_path / "runs"
     newer = frozen(store)
-    newer["schema"] = 99
+    newer.schema = 99
     save_record(newer, runs)
-    older = frozen(store, "layer2")
+    older = frozen(store, "layer2").to_dict()          # as an older version wrote it
     del older["schema"], older["metrics"]
-    save_record(older, runs)
+    (runs / f"{older['run_id']}.json").write_text(json.dumps(older))
     with caplog.at_level(logging.WARNING):
         records = load_records(runs)
     assert [r["run_id"] for r in records] == [newer["run_id"]]
@@ -248,11 +248,11 @@ def test_a_repeated_seed_counts_once_and_the_latest_run_wins(stores, tmp_path, c
     store, _ = stores
     runs = tmp_path / "runs"
     first = frozen(store, right=0.5, seed=0, group="ft")
-    first["created"] = "2026-01-01T00:00:00Z"
+    first.created = "2026-01-01T00:00:00Z"
     second = frozen(store, right=0.8, seed=1, group="ft")
-    second["created"] = "2026-01-01T00:01:00Z"
+    second.created = "2026-01-01T00:01:00Z"
     again = frozen(store, right=1.0, seed=0, group="ft")      # finetune --resume: seed 0 again
-    again["created"] = "2026-01-01T00:02:00Z"
+    again.created = "2026-01-01T00:02:00Z"
     first_file = save_record(first, runs)
     for rec in (second, again):
         save_record(rec, runs)
