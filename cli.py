@@ -841,7 +841,7 @@ def ladder(features, seeds, baseline_seeds, epochs, views, cnn_epochs, cache_dir
                  "low": r["ci"][0], "high": r["ci"][1], "seconds": r["train_seconds"],
                  "accuracy": r["test_accuracy"]}
                 for r in rows], rows[0]["metric"], imbalanced(record),
-               rows[0]["protocol"], width=52, ladder=True)
+               record.protocol, width=52, ladder=True)
     click.echo(selection_note(record))
     click.echo(f"\nrun records: {runs_dir}  ({len(rows) - 1} rungs in "
                f"{time.perf_counter() - t0:.0f} s)")

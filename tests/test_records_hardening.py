@@ -386,7 +386,13 @@ def test_from_dict_refuses_a_record_missing_a_field_naming_the_file_and_the_fiel
 
 
 def test_keys_this_version_does_not_know_are_kept_and_written_back(stores, tmp_path):
-    from pipeline.runs.records import RunRecord
+    from dataclasses import fields
+
+    from pipeline.runs.records import LAYOUT, RunRecord
+
+    # every field is written (the file's order is LAYOUT), nothing else is
+    assert set(LAYOUT) == {f.name for f in fields(RunRecord)} - {"extra", "file"} | {
+        "protocol_reason"}
 
     store, _ = stores
     rec = frozen(store)

@@ -47,7 +47,7 @@ def summarise_group(records, metric: str | None = None) -> dict:
     ``val_score``, ``test_score``, ``score_std`` (``ci`` is its interval); the
     scored predictions' ``balanced_accuracy`` and ``macro_f1``; ``collapsed``:
     what a run that answers one class does (None when none does); ``protocol``: the
-    runs' :class:`~pipeline.runs.protocol.Protocol`.
+    name of the runs' protocol (rows are JSON-ready).
     """
     records = [as_record(r) for r in records]
     metric = metric or record_metric(records[0])
@@ -57,7 +57,7 @@ def summarise_group(records, metric: str | None = None) -> dict:
     values = [sc["value"] for sc in scores]
     collapsed = next((c["text"] for c in map(collapse_of, records) if c), None)
     return {"method": records[0].label, "n_seeds": len(records),
-            "protocol": records[0].protocol,
+            "protocol": records[0].protocol.name,
             "ci": [scores[0]["low"], scores[0]["high"]],
             "trainable_params": records[0].trainable_params,
             "train_seconds": float(np.mean([r.fit_seconds for r in records])),
@@ -80,7 +80,7 @@ def reference_row(record, metric: str) -> dict | None:
     ref = majority_reference(record, metric)
     if ref is None:
         return None
-    return {"method": ref["name"], "n_seeds": 0, "protocol": record.protocol,
+    return {"method": ref["name"], "n_seeds": 0, "protocol": record.protocol.name,
             "ci": [ref["low"], ref["high"]], "trainable_params": 0, "train_seconds": 0.0,
             "val_accuracy": None, "test_accuracy": ref["accuracy"], "test_std": 0.0,
             "metric": metric, "val_score": None, "test_score": ref["value"], "score_std": 0.0,
