@@ -71,7 +71,8 @@ class Protocol:
       ``oof``); ``judged``: the blocks a collapse is looked for in, in order;
     - words: ``short`` (the scored figure's column head: ``test`` / ``cv``),
       ``select_short`` (the selecting figure's: ``val`` / ``cv``), ``selects_on``
-      (``validation`` / ``cv``), ``score_words`` (``test`` / ``cross-validated``).
+      (``validation`` / ``cv``), ``score_words`` (``test`` / ``cross-validated``),
+      ``scored_where`` (``test`` / ``out-of-fold``).
 
     A protocol equals another of its kind, and its own name (as a ``str`` enum
     member would), whatever its ``why``.
