@@ -255,24 +255,27 @@ def class_weight_option(fn):
 
 def selection_note(record) -> str:
     """``selection metric: ...; class weights: ...`` of a record (what the run was chosen by)."""
-    return (f"selection metric: {record.get('selection_metric_reason', 'accuracy')}\n"
-            f"class weights: {record.get('class_weight_reason', 'none')}")
+    return (f"selection metric: {record.selection_metric_reason or 'accuracy'}\n"
+            f"class weights: {record.class_weight_reason or 'none'}")
 
 
-def print_rows(rows, metric: str, imbalanced: bool, cv: bool, first: str = "method",
+def print_rows(rows, metric: str, imbalanced: bool, protocol, first: str = "method",
                width: int = 44, ladder: bool = False):
     """The demo's and ladder's table: the selection metric (validation, then test or cv,
-    and its 95% interval), the other metrics when classes are imbalanced or another
-    metric selects, seconds (``ladder``: trainable parameters first, the seeds' s.d.
-    after); ``COLLAPSED`` beside a run that answers one class; the majority-class
-    reference last."""
+    and its 95% interval; ``protocol``'s words), the other metrics when classes are
+    imbalanced or another metric selects, seconds (``ladder``: trainable parameters
+    first, the seeds' s.d. after); ``COLLAPSED`` beside a run that answers one class;
+    the majority-class reference last."""
     from pipeline.balance import METRIC_LABELS, METRIC_SHORT, METRICS
 
     short = METRIC_SHORT
     others = [m for m in METRICS if m != metric] if (imbalanced or metric != "accuracy") else []
     name = short[metric]
+    # under cv the selecting figure is the scored one: one column says it
+    cv = protocol.cross_validated
     head = (f"{first:<{width}}" + (f" {'trainable':>10}" if ladder else "")
-            + f" {'' if cv else 'val ' + name:>12} {('cv ' if cv else 'test ') + name:>13}"
+            + f" {'' if cv else protocol.select_short + ' ' + name:>12}"
+            f" {protocol.short + ' ' + name:>13}"
             f" {'95% CI':>13}" + (f" {'sd':>6}" if ladder else "")
             + "".join(f" {short[m]:>9}" for m in others) + f" {'s':>7}")
     click.echo("\n" + head)
@@ -287,7 +290,7 @@ def print_rows(rows, metric: str, imbalanced: bool, cv: bool, first: str = "meth
         if r.get("collapsed"):
             line += f"  COLLAPSED: {r['collapsed']}"
         click.echo(line)
-    click.echo(f"(ranked by {'cv' if cv else 'validation'} {METRIC_LABELS[metric]}; the last "
+    click.echo(f"(ranked by {protocol.selects_on} {METRIC_LABELS[metric]}; the last "
                "row answers the largest class for every image: a method must beat it)")
 
 
@@ -492,7 +495,7 @@ def fit(features, layer, clf, seed, protocol, split_seed, groups, metric, class_
     out = run_fit(features, layer, clf, runs_dir, seed=seed, protocol=protocol, metric=metric,
                   class_weight=class_weight, split_seed=split_seed, groups=groups)
     for record, path in out:
-        click.echo(f"{record['label']}: {record['hyperparameters']} {summary_line(record)}  "
+        click.echo(f"{record.label}: {record.hyperparameters} {summary_line(record)}  "
                    f"{path}")
     click.echo(selection_note(out[0][0]))
 
@@ -525,7 +528,7 @@ def baseline(kind, features, seed, epochs, protocol, split_seed, groups, metric,
     record, path = run_baseline(kind, find_store(features), runs_dir, seed=seed,
                                 protocol=protocol, metric=metric, class_weight=class_weight,
                                 split_seed=split_seed, groups=groups, **opts)
-    click.echo(f"{record['label']}: {summary_line(record)}  {path}")
+    click.echo(f"{record.label}: {summary_line(record)}  {path}")
     click.echo(selection_note(record))
 
 
@@ -681,22 +684,21 @@ def demo(out, no_progress, protocol, metric, class_weight):
     result = run_demo(out_dir=out, progress=not no_progress, protocol=protocol, metric=metric,
                       class_weight=class_weight)
     records = result["records"]
-    cv = records[0].get("protocol") == "cv"
+    r = records[0]
     rows = summary_rows(records)
-    print_rows(rows, rows[0]["metric"], imbalanced(records[0]), cv)
-    sizes = records[0]["split_sizes"]
-    if cv:
-        r = records[0]
-        click.echo(f"\nprotocol: {r.get('protocol_reason', 'cv')}\nevery method on the same "
-                   f"{len(r['cv']['fold_scores'])} folds ({r['cv']['n_folds']}-fold x "
-                   f"{r['cv']['n_repeats']}) of all {len(r['predictions']['y_true'])} images; "
+    print_rows(rows, rows[0]["metric"], imbalanced(r), r.protocol)
+    sizes = r.split_sizes
+    if r.protocol.cross_validated:
+        click.echo(f"\nprotocol: {r.protocol.why or r.protocol}\nevery method on the same "
+                   f"{len(r.cv['fold_scores'])} folds ({r.cv['n_folds']}-fold x "
+                   f"{r.cv['n_repeats']}) of all {len(r.predictions['y_true'])} images; "
                    "rows ranked by the cross-validated mean; finished in "
                    f"{result['seconds']:.0f} s")
     else:
         click.echo(f"\nsplit train/val/test = {sizes['train']}/{sizes['val']}/{sizes['test']} "
                    f"images (rows ranked on validation); finished in "
                    f"{result['seconds']:.0f} s")
-    click.echo(selection_note(records[0]))
+    click.echo(selection_note(r))
     click.echo(f"report: {result['report']}")
 
 
@@ -785,8 +787,8 @@ def finetune(features, backbone, weights, unfreeze, lr, lr_factor, schedule, sch
         class_weight=class_weight, split_seed=split_seed, groups=groups)
     out = run_finetune_seeds(cfg, seeds, runs_dir, cache_dir, protocol)
     for record, path in out:
-        click.echo(f"{record['label']} (seed {record['seed']}): {summary_line(record)}  "
-                   f"{record['fit_seconds']:.0f} s  {path}")
+        click.echo(f"{record.label} (seed {record.seed}): {summary_line(record)}  "
+                   f"{record.fit_seconds:.0f} s  {path}")
     click.echo(selection_note(out[0][0]))
 
 
@@ -839,7 +841,7 @@ def ladder(features, seeds, baseline_seeds, epochs, views, cnn_epochs, cache_dir
                  "low": r["ci"][0], "high": r["ci"][1], "seconds": r["train_seconds"],
                  "accuracy": r["test_accuracy"]}
                 for r in rows], rows[0]["metric"], imbalanced(record),
-               rows[0]["protocol"] == "cv", width=52, ladder=True)
+               record.protocol, width=52, ladder=True)
     click.echo(selection_note(record))
     click.echo(f"\nrun records: {runs_dir}  ({len(rows) - 1} rungs in "
                f"{time.perf_counter() - t0:.0f} s)")

@@ -22,32 +22,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runs.records import DEFAULT_RUNS_DIR
+from .runs.records import DEFAULT_RUNS_DIR, RunRecord
 
 
 @dataclass
 class Run:
-    """One run: its JSON ``record`` (as saved), the ``model`` it trained, and the files.
+    """One run: its ``record`` (a :class:`~pipeline.runs.records.RunRecord`, as saved),
+    the ``model`` it trained, and the files.
 
     ``model`` is the fitted scikit-learn pipeline of a frozen head or pixel
     baseline, or the trained torch network of an MLP, CNN or fine-tuning run.
     """
 
-    record: dict
+    record: RunRecord
     path: Path | None = None
     model: object = None
 
     @property
     def run_id(self) -> str:
-        return self.record["run_id"]
+        return self.record.run_id
 
     @property
     def label(self) -> str:
-        return self.record["label"]
+        return self.record.label
 
     @property
-    def protocol(self) -> str:
-        return self.record.get("protocol", "holdout")
+    def protocol(self):
+        """The :class:`~pipeline.runs.protocol.Protocol` it was judged under (equal to its
+        name, ``"holdout"`` or ``"cv"``)."""
+        return self.record.protocol
 
     @property
     def accuracy(self) -> float:
@@ -89,7 +92,7 @@ class Run:
         return self.predict_proba(X).argmax(axis=1)
 
     def __repr__(self):
-        what = "cv accuracy" if self.protocol == "cv" else "test accuracy"
+        what = f"{self.protocol.short} accuracy"
         low, high = self.interval
         return f"Run({self.label!r}, {what} {self.accuracy:.3f} [{low:.3f}, {high:.3f}])"
 
@@ -147,7 +150,7 @@ def fit(store, layer: str = "layer3", clf: str = "logreg", *, runs_dir=DEFAULT_R
     for record, path in run_fit(_store_path(store), layer, clf, runs_dir, seed=seed,
                                 protocol=protocol, split_seed=split_seed, groups=groups,
                                 metric=metric, class_weight=class_weight):
-        runs.append(Run(record, path, load_head(record["model_file"])["model"]))
+        runs.append(Run(record, path, load_head(record.model_file)["model"]))
     return runs if layer == "all" else runs[0]
 
 
@@ -198,7 +201,7 @@ def predict(model, images, *, runs_dir=DEFAULT_RUNS_DIR, top_k: int = 3, **optio
     """
     from .workflows.predict import run_predict
 
-    ref = model.record.get("model_file") if isinstance(model, Run) else str(model)
+    ref = model.record.model_file if isinstance(model, Run) else str(model)
     return run_predict(ref, [str(i) for i in ([images] if isinstance(images, (str, Path))
                                               else images)],
                        runs_dir, top_k=top_k, **options)
@@ -211,7 +214,7 @@ def export(model, out="model.onnx", *, runs_dir=DEFAULT_RUNS_DIR, overwrite: boo
     ``.metadata``)."""
     from .workflows.export import run_export
 
-    ref = model.record.get("model_file") if isinstance(model, Run) else str(model)
+    ref = model.record.model_file if isinstance(model, Run) else str(model)
     return run_export(ref, out, runs_dir, overwrite=overwrite)
 
 

@@ -238,3 +238,75 @@ def test_cli_choices_come_from_the_library_options():
     assert tuple(params["runtime"].type.choices) == options.RUNTIMES
     assert tuple({p.name: p for p in cli.fit.params}["clf"].type.choices) == options.CLASSIFIERS
     assert not os.path.exists(PACKAGE / "names.py")
+
+
+# ------------------------------------------------------------------ typed results
+
+#: The protocols' names: written in records and parsed in pipeline/runs/protocol.py only.
+PROTOCOL_NAMES = {"holdout", "cv"}
+
+
+def protocol_name_checks(source: str) -> list[int]:
+    """Lines of ``source`` (Python) that compare a value with a protocol's name (``==``,
+    ``!=``, ``in``, ``not in``; also against a tuple, list or set of names)."""
+    def names(node):
+        if isinstance(node, ast.Constant):
+            return {node.value} if isinstance(node.value, str) else set()
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return set().union(*[names(e) for e in node.elts] or [set()])
+        return set()
+
+    return [node.lineno for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Compare)
+            and any(names(side) & PROTOCOL_NAMES for side in (node.left, *node.comparators))]
+
+
+def test_protocol_names_are_compared_only_where_the_protocol_object_is_defined():
+    """The holdout/cv decision is one object that is asked (pipeline.runs.protocol), not a
+    string compared in the workflows, the report or the CLI."""
+    files = [p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "runs" / "protocol.py"]
+    found = {str(p.relative_to(ROOT)): lines for p in [*files, ROOT / "cli.py"]
+             if (lines := protocol_name_checks(p.read_text(encoding="utf-8")))}
+    assert found == {}
+    template = (PACKAGE / "reporting" / "templates" / "report.html").read_text(encoding="utf-8")
+    assert re.findall(r"""(?:==|!=)\s*["'](?:cv|holdout)["']""", template) == []
+    # the checker sees what it is for
+    planted = ('if record.get("protocol") == "cv":\n    pass\n'
+               'x = "a" if p != "holdout" else "b"\n'
+               'y = name in ("cv", "other")\nz = kind == "frozen"\n')
+    assert sorted(protocol_name_checks(planted)) == [1, 3, 4]
+
+
+def test_the_report_and_the_tables_read_records_by_attribute(tmp_path, monkeypatch, capsys):
+    """Built with the record's JSON view (``record["metrics"]``) switched off: the package
+    reads the typed fields, never string keys of a record."""
+    import shutil
+
+    import cli
+    from pipeline.api import Run
+    from pipeline.runs.records import RunRecord, load_records
+    from pipeline.workflows.demo import summary_rows
+    from pipeline.workflows.fit import summary_line
+    from pipeline.workflows.ladder import summarise_group
+    from pipeline.workflows.report import build_report
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for f in (ROOT / "tests" / "data" / "records").glob("schema1-*.json"):
+        shutil.copy(f, runs / f.name)
+
+    def no_key_lookups(self, *args):
+        raise AssertionError("a run record was read by key, not by attribute")
+
+    monkeypatch.setattr(RunRecord, "__getitem__", no_key_lookups)
+    monkeypatch.setattr(RunRecord, "__iter__", no_key_lookups)
+    records = load_records(runs)
+    html = build_report(runs, tmp_path / "report.html", efficiency_budget=0).read_text()
+    assert "cross-validated accuracy" in html or "test accuracy" in html
+    rows = summary_rows(records)
+    cli.print_rows(rows, rows[0]["metric"], False, records[0].protocol)
+    for rec in records:
+        assert summarise_group([rec])["protocol"] == rec.protocol.name
+        assert summary_line(rec) and cli.selection_note(rec)
+        assert repr(Run(rec)).startswith("Run(")
+    assert "ranked by" in capsys.readouterr().out

@@ -234,7 +234,7 @@ def test_cv_records_keep_every_folds_metrics_and_the_t_test_uses_the_chosen_one(
     assert t["metric"] == "balanced_accuracy" and t["t"] == pytest.approx(by_hand["t"])
     assert compare(fitted, majority, "accuracy")["metric"] == "accuracy"
     # an older record without per-fold metrics: tested on accuracy, and said so
-    old = json.loads(json.dumps(fitted))
+    old = json.loads(json.dumps(fitted.to_dict()))
     del old["cv"]["fold_metrics"]
     assert compare(fitted, old, "balanced_accuracy")["metric"] == "accuracy"
     assert score(old, "balanced_accuracy")["fallback"] is True
@@ -425,7 +425,7 @@ def test_demo_and_ladder_tables_end_with_the_majority_row_and_flag_collapse(stud
     assert rows[-1]["reference"] and rows[-1]["label"] == "majority class (other), reference"
     assert rows[-2]["label"] == "always other" and "answers other" in rows[-2]["collapsed"]
     assert rows[0]["metric"] == "balanced_accuracy" and rows[0]["collapsed"] is None
-    cli.print_rows(rows, "balanced_accuracy", imbalanced=True, cv=True)
+    cli.print_rows(rows, "balanced_accuracy", imbalanced=True, protocol=records[0].protocol)
     out = capsys.readouterr().out
     assert "cv bal. acc." in out and "acc" in out and "macro-F1" in out
     assert "COLLAPSED: answers other for 100%" in out

@@ -73,11 +73,11 @@ def test_auto_protocol_is_cv_on_small_data_and_says_why(tmp_path):
         def split_sizes(self):
             return {"train": 0, "val": 0, "test": self.n_test}
 
-    assert resolve_protocol("auto", Sized(150, 20))[0] == "cv"
-    assert resolve_protocol("auto", Sized(3670, 551))[0] == "holdout"
-    assert resolve_protocol("auto", Sized(5000, 60))[0] == "cv"      # too few test images
-    assert resolve_protocol("holdout", Sized(150, 20))[0] == "holdout"
-    assert "2,000" in resolve_protocol("auto", Sized(150, 20))[1]
+    assert resolve_protocol("auto", Sized(150, 20)).name == "cv"
+    assert resolve_protocol("auto", Sized(3670, 551)).name == "holdout"
+    assert resolve_protocol("auto", Sized(5000, 60)).name == "cv"      # too few test images
+    assert resolve_protocol("holdout", Sized(150, 20)).name == "holdout"
+    assert "2,000" in resolve_protocol("auto", Sized(150, 20)).why
     with pytest.raises(UsageError, match="valid: auto, holdout, cv"):
         resolve_protocol("kfold", Sized(1, 1))
 
@@ -139,13 +139,20 @@ def test_cv_fit_records_folds_intervals_and_out_of_fold_predictions(tmp_path):
     assert len(cv["fold_params"]) == 15 and all("C" in p for p in cv["fold_params"])
 
 
+def scored(accuracy, n, correct, balanced, macro_f1):
+    """The metrics of scored predictions on ``n`` images of class 0, ``correct`` of them
+    right (the rest class 1): what a record needs of them for the report."""
+    return {"accuracy": accuracy, "n": n, "balanced_accuracy": balanced, "macro_f1": macro_f1,
+            "per_class": {}, "confusion_matrix": [[correct, n - correct], [0, 0]]}
+
+
 def holdout_record(name, val, test, n=100):
     y = [0] * n
     pred = [0] * round(test * n) + [1] * (n - round(test * n))
     return {"run_id": name, "label": name, "group": name, "kind": "frozen", "protocol": "holdout",
             "split_fingerprint": "f", "metrics": {
                 "val": {"accuracy": val, "balanced_accuracy": val},
-                "test": {"accuracy": test, "n": n, "balanced_accuracy": test, "macro_f1": test}},
+                "test": scored(test, n, round(test * n), test, test)},
             "predictions": {"paths": [f"p{i}" for i in range(n)], "y_true": y, "y_pred": pred}}
 
 
@@ -169,8 +176,7 @@ def cv_record(name, fold_scores, n=50):
                    "fold_scores": scores, "fold_n_train": [40] * len(scores),
                    "fold_n_test": [10] * len(scores), "mean": float(np.mean(scores)),
                    "ci": [0.0, 1.0], "sd": float(np.std(scores, ddof=1))},
-            "metrics": {"oof": {"accuracy": correct / n, "n": n, "balanced_accuracy": 0.5,
-                                "macro_f1": 0.5}},
+            "metrics": {"oof": scored(correct / n, n, correct, 0.5, 0.5)},
             "predictions": {"paths": [f"p{i}" for i in range(n)], "y_true": y, "y_pred": pred,
                             "y_pred_repeats": [pred]}}
 
@@ -210,3 +216,75 @@ def test_cli_protocol_option_runs_cv_and_says_so(tmp_path):
     assert res.exit_code == 0 and "val " in res.output and "test " in res.output
     res = CliRunner().invoke(cli.cli, ["fit", "--protocol", "loo"])
     assert res.exit_code == 2 and "holdout" in res.output
+
+
+# ------------------------------------------------------------------ the protocol object
+
+
+def test_the_protocol_object_answers_for_holdout_and_cv():
+    from pipeline.runs.protocol import (
+        CrossValidation,
+        Holdout,
+        protocol_named,
+        protocol_of,
+    )
+    from pipeline.runs.records import RunRecord
+
+    holdout, cv = protocol_named("holdout", "asked"), protocol_named("cv")
+    assert isinstance(holdout, Holdout) and isinstance(cv, CrossValidation)
+    assert (holdout.name, holdout.why, cv.why) == ("holdout", "asked", None)
+    # one object decides the path, the builder, the key: whichever belongs to it
+    assert holdout.pick(holdout=1, cv=2) == 1 and cv.pick(holdout=1, cv=2) == 2
+    assert not holdout.cross_validated and cv.cross_validated
+    assert (holdout.scored, cv.scored) == ("test", "oof")
+    assert (holdout.judged, cv.judged) == (("val", "test"), ("oof",))
+    assert [holdout.part_words(p) for p in ("val", "test")] == ["validation", "test"]
+    assert cv.part_words("oof") == "out-of-fold"
+    # the words the report and the CLI print
+    assert holdout.score_name("accuracy") == "test accuracy"
+    assert cv.score_name("balanced accuracy") == "cross-validated balanced accuracy"
+    assert holdout.selected_by("accuracy") == "validation accuracy"
+    assert cv.selected_by("accuracy") == "the cross-validated mean accuracy"
+    assert (holdout.short, cv.short, holdout.select_short, cv.select_short) == (
+        "test", "cv", "val", "cv")
+    assert (holdout.selects_on, cv.selects_on) == ("validation", "cv")
+    assert holdout.where(551) == "on 551 test images"
+    assert cv.where(150, 15) == "over 15 folds of 150 images"
+    assert holdout.describe_test("accuracy") == "exact McNemar test on the shared test images"
+    assert "paired bootstrap of the macro-F1" in holdout.describe_test("macro_f1")
+    assert "Nadeau-Bengio" in cv.describe_test("accuracy", 15) and "15 folds" in cv.describe_test(
+        "accuracy", 15)
+    assert [holdout.interval_name(m) for m in ("accuracy", "macro_f1")] == [
+        "Wilson CI", "bootstrap interval"]
+    assert cv.interval_name("accuracy") == "corrected resampled-t interval"
+    # equal to its kind and to its name, whatever its why; never to the other
+    assert holdout == Holdout() == "holdout" and cv == "cv" and holdout != cv
+    assert {holdout, Holdout("other why")} == {"holdout"} and str(cv) == "cv"
+    # what a record must hold: the scored block, and the cv block under cv
+    assert holdout.missing({"metrics": {"val": {}}}) == ["metrics.test"]
+    assert cv.missing({"metrics": {"oof": {}}})[-1] == "cv"
+    # a record's protocol: the typed record's own, or read from a parsed one
+    rec = RunRecord.from_dict(cv_record("r", [0.8, 0.9]))
+    assert protocol_of(rec) is rec.protocol and rec.protocol == "cv"
+    assert protocol_of({"protocol": "cv", "protocol_reason": "why"}).why == "why"
+    assert protocol_of({}) == "holdout"
+    with pytest.raises(UsageError, match="valid: holdout, cv"):
+        protocol_named("kfold")
+
+
+def test_each_protocol_scores_and_tests_its_own_records():
+    from pipeline.runs.records import RunRecord
+
+    h = RunRecord.from_dict(holdout_record("h", val=0.8, test=0.9))
+    sc = h.protocol.score(h, "accuracy")
+    assert (sc["value"], sc["select"], sc["n"], sc["folds"]) == (0.9, 0.8, 100, None)
+    assert h.protocol.fold_spread(h) is None and h.scored_metrics is h.metrics["test"]
+    c = RunRecord.from_dict(cv_record("c", [0.8, 0.9, 1.0]))
+    sc = c.protocol.score(c, "accuracy")
+    assert sc["value"] == pytest.approx(0.9) and sc["select"] == sc["value"] and sc["folds"] == 3
+    assert c.protocol.fold_spread(c)["n"] == 3 and c.scored_metrics is c.metrics["oof"]
+    # runs of two protocols on the same images: McNemar on accuracy, neither's own test
+    other = RunRecord.from_dict({**holdout_record("x", 0.8, 0.9), "protocol": "cv",
+                                 "metrics": {"oof": h.metrics["test"]}, "cv": c.cv})
+    mixed = compare(h, other, "balanced_accuracy")
+    assert (mixed["test"], mixed["metric"]) == ("mcnemar", "accuracy")

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,7 +96,7 @@ def test_report_renders_runs_at_100_and_0_percent(stores, tmp_path):
 
 
 def _bad_files(runs, good):
-    text = json.dumps(good)
+    text = json.dumps(good.to_dict())
     (runs / "array.json").write_text("[1, 2, 3]")
     (runs / "latin1.json").write_bytes(b'{"run_id": "caf\xe9"}')
     (runs / "truncated.json").write_text(text[: len(text) // 2])
@@ -127,11 +128,11 @@ def test_another_schema_version_is_warned_about_and_loaded_when_complete(stores,
     store, _ = stores
     runs = tmp_path / "runs"
     newer = frozen(store)
-    newer["schema"] = 99
+    newer.schema = 99
     save_record(newer, runs)
-    older = frozen(store, "layer2")
+    older = frozen(store, "layer2").to_dict()          # as an older version wrote it
     del older["schema"], older["metrics"]
-    save_record(older, runs)
+    (runs / f"{older['run_id']}.json").write_text(json.dumps(older))
     with caplog.at_level(logging.WARNING):
         records = load_records(runs)
     assert [r["run_id"] for r in records] == [newer["run_id"]]
@@ -248,11 +249,11 @@ def test_a_repeated_seed_counts_once_and_the_latest_run_wins(stores, tmp_path, c
     store, _ = stores
     runs = tmp_path / "runs"
     first = frozen(store, right=0.5, seed=0, group="ft")
-    first["created"] = "2026-01-01T00:00:00Z"
+    first.created = "2026-01-01T00:00:00Z"
     second = frozen(store, right=0.8, seed=1, group="ft")
-    second["created"] = "2026-01-01T00:01:00Z"
+    second.created = "2026-01-01T00:01:00Z"
     again = frozen(store, right=1.0, seed=0, group="ft")      # finetune --resume: seed 0 again
-    again["created"] = "2026-01-01T00:02:00Z"
+    again.created = "2026-01-01T00:02:00Z"
     first_file = save_record(first, runs)
     for rec in (second, again):
         save_record(rec, runs)
@@ -311,3 +312,94 @@ def test_atomic_writes_remove_their_temporary_file_on_any_error(tmp_path, exc):
         with atomic_path(tmp_path / "dir") as tmp:
             tmp.write_bytes(b"x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]
+
+
+# ------------------------------------------------------------------ 5. the typed record
+
+OLD_RECORDS = Path(__file__).parent / "data" / "records"
+
+
+def test_records_written_before_the_typed_record_load_and_write_back_unchanged(tmp_path,
+                                                                              caplog):
+    """Schema-1 files as ``fit`` wrote them before RunRecord existed (tests/data/records)."""
+    from pipeline.runs.groups import score
+    from pipeline.runs.records import RunRecord, read_record
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for f in OLD_RECORDS.glob("schema1-*.json"):
+        shutil.copy(f, runs / f.name)
+    with caplog.at_level(logging.WARNING):
+        records = {r.protocol.name: r for r in load_records(runs)}
+    assert caplog.text == ""                                # read as this version's
+    assert set(records) == {"holdout", "cv"}
+    for name, rec in records.items():
+        data = json.loads((OLD_RECORDS / f"schema1-{name}.json").read_text())
+        assert isinstance(rec, RunRecord) and rec.file == str(runs / f"schema1-{name}.json")
+        assert (rec.run_id, rec.kind, rec.layer, rec.classes) == (
+            data["run_id"], "frozen", "layer1", ["blue", "red"])
+        assert rec.protocol.why == data["protocol_reason"] and rec.extra == {}
+        assert rec.split["class_sizes"] == data["split"]["class_sizes"]
+        assert rec.split_fingerprint == data["split_fingerprint"]
+        assert rec.selection_metric == data["selection_metric"] == "accuracy"
+        # the same JSON back, keys in the same order; and the JSON view reads like it
+        assert list(rec.to_dict().items()) == list(data.items())
+        assert rec["metrics"] is rec.metrics and rec.get("protocol") == name
+        assert score(rec)["value"] == pytest.approx(
+            data["cv"]["mean"] if name == "cv" else data["metrics"]["test"]["accuracy"])
+        assert read_record(runs / f"schema1-{name}.json").to_dict() == data
+
+
+def test_a_record_from_before_the_split_and_selection_fields_still_loads(tmp_path):
+    from pipeline.runs.records import RunRecord
+
+    data = json.loads((OLD_RECORDS / "schema1-holdout.json").read_text())
+    for key in ("dataset", "layout", "split", "split_fingerprint", "protocol",
+                "protocol_reason", "selection_metric", "selection_metric_reason",
+                "class_weight", "class_weight_reason", "class_counts"):
+        del data[key]
+    data["features"] = None                                  # null reads as empty
+    rec = RunRecord.from_dict(data)
+    assert rec.protocol == "holdout" and rec.protocol.why is None
+    assert rec.split == {} and rec.features == {} and rec.selection_metric is None
+    assert "protocol_reason" not in rec.to_dict() and "class_counts" not in rec.to_dict()
+
+
+def test_from_dict_refuses_a_record_missing_a_field_naming_the_file_and_the_field(tmp_path):
+    from pipeline.runs.records import RunRecord, read_record
+
+    data = json.loads((OLD_RECORDS / "schema1-cv.json").read_text())
+    del data["predictions"], data["cv"]["fold_scores"]
+    with pytest.raises(StoreError, match=r"run record /some/run\.json: fields missing: "
+                                         r"predictions, cv\.fold_scores"):
+        RunRecord.from_dict(data, file="/some/run.json")
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({**data, "predictions": {}, "kind": "frozen",
+                                "metrics": {"test": {}}}))
+    with pytest.raises(StoreError, match=rf"{re.escape(str(path))}: fields missing: "
+                                         r"metrics\.oof, cv\.fold_scores"):
+        read_record(path)
+    bad = {**json.loads((OLD_RECORDS / "schema1-holdout.json").read_text()),
+           "protocol": "kfold", "history": "none"}
+    with pytest.raises(StoreError, match=r"'kfold'.*history \(a JSON array, not str\)"):
+        RunRecord.from_dict(bad)
+
+
+def test_keys_this_version_does_not_know_are_kept_and_written_back(stores, tmp_path):
+    from dataclasses import fields
+
+    from pipeline.runs.records import LAYOUT, RunRecord
+
+    # every field is written (the file's order is LAYOUT), nothing else is
+    assert set(LAYOUT) == {f.name for f in fields(RunRecord)} - {"extra", "file"} | {
+        "protocol_reason"}
+
+    store, _ = stores
+    rec = frozen(store)
+    rec.update({"written_by_a_later_version": {"x": 1}, "protocol_reason": "holdout (test)"})
+    assert rec.extra == {"written_by_a_later_version": {"x": 1}}
+    assert rec.protocol.why == "holdout (test)"
+    path = save_record(rec, tmp_path / "runs")
+    back = load_records(tmp_path / "runs")[0]
+    assert back.extra == rec.extra and back.to_dict() == json.loads(path.read_text())
+    assert RunRecord.from_dict(back.to_dict()).to_dict() == back.to_dict()

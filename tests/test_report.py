@@ -198,7 +198,10 @@ def test_paired_test_needs_the_same_test_images():
     paths = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
 
     def rec(pred, fingerprint="f"):
-        return {"split_fingerprint": fingerprint,
+        scored = {"accuracy": 0.5, "n": 4, "balanced_accuracy": 0.5, "macro_f1": 0.5,
+                  "per_class": {}, "confusion_matrix": [[2, 0], [0, 2]]}
+        return {"run_id": "r", "kind": "frozen", "split_fingerprint": fingerprint,
+                "metrics": {"test": scored},
                 "predictions": {"paths": paths, "y_true": [0, 1, 0, 1], "y_pred": pred}}
 
     res = paired_test(rec([0, 1, 0, 1]), rec([1, 0, 0, 1]))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runs.groups import is_cv
 from .sections import thumbnail
 
 #: Pairs shown with thumbnails (the section says how many there are in all).
@@ -32,11 +31,12 @@ def leakage_section(found: dict | None, best: dict) -> dict:
     for p in found["pairs"][:MAX_PAIRS_SHOWN]:
         shown.append({**p, "thumb_a": thumbnail(root / p["a"]["path"], PAIR_THUMB),
                       "thumb_b": thumbnail(root / p["b"]["path"], PAIR_THUMB)})
-    cv = is_cv(best["rep"])
+    protocol = best["rep"].protocol
     # Holdout: train + val, since a frozen head is refitted on both (a fine-tuning run
     # selects its epoch on val); cv: the other folds of repeat 0, whose predictions it is.
-    leaked = set(found["oof_with_train_duplicate" if cv else "test_with_trainval_duplicate"])
-    return {"note": None, "found": found, "shown": shown, "cv": cv,
+    leaked = set(found[protocol.pick(holdout="test_with_trainval_duplicate",
+                                     cv="oof_with_train_duplicate")])
+    return {"note": None, "found": found, "shown": shown, "cv": protocol.cross_validated,
             "n_pairs": found["exact"]["total"] + found["near"]["total"],
             "n_test": (found.get("split_sizes") or {}).get("test"),
             "n_test_leaked": len(found["test_with_train_duplicate"]),
@@ -45,10 +45,10 @@ def leakage_section(found: dict | None, best: dict) -> dict:
             "clean": clean_accuracy(best["rep"], leaked), "group": best}
 
 
-def clean_accuracy(record: dict, leaked: set) -> dict:
+def clean_accuracy(record, leaked: set) -> dict:
     """``{"n", "accuracy", "n_leaked", "leaked_accuracy"}`` of ``record``'s scored
     predictions split by whether the image's path is in ``leaked``."""
-    pred = record.get("predictions") or {}
+    pred = record.predictions
     rows = list(zip(pred.get("paths", []), pred.get("y_true", []), pred.get("y_pred", [])))
     clean = [t == p for path, t, p in rows if path not in leaked]
     dirty = [t == p for path, t, p in rows if path in leaked]

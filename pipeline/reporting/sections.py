@@ -30,8 +30,6 @@ from ..runs.groups import (
     class_counts_of,
     collapse_of,
     compare,
-    describe_test,
-    is_cv,
     majority_reference,
     score,
     split_label,
@@ -76,7 +74,7 @@ def metric_section(groups: list, reason: str | None = None) -> dict:
     best = groups[0]
     metric = best["metric"]
     counts = class_counts_of(best["rep"])
-    classes = best["rep"].get("classes")
+    classes = best["rep"].classes
     fallback = [g["name"] for g in groups if g["fallback"]]
     return {"metric": metric, "label": METRIC_LABELS[metric], "reason": reason or metric,
             "imbalanced": counts is not None and class_ratio(counts) > IMBALANCE_RATIO,
@@ -102,7 +100,7 @@ def verdict_section(groups: list, reason: str | None = None) -> dict:
     for c in comparisons:
         c.setdefault("p_holm", None)
         c.setdefault("significant", None)
-    cv = is_cv(best["rep"])
+    protocol = best["rep"].protocol
     sc = score(best["rep"], metric)
     info = metric_section(groups, reason)
     majority = info["majority"]
@@ -114,14 +112,13 @@ def verdict_section(groups: list, reason: str | None = None) -> dict:
     return {"best": best, "ci": best["ci"], "n_test": sc["n"], "ranking": ranking,
             "comparisons": comparisons, "n_tested": len(tested),
             "n_significant": sum(1 for c in tested if c["significant"]), "alpha": SIGNIFICANCE,
-            "protocol": "cv" if cv else "holdout", "n_folds": sc["folds"],
+            "protocol": protocol, "n_folds": sc["folds"],
             "metric": info, "no_learner": bool(best["collapsed"]),
             "below_majority": [r["group"] for r in ranking if r["below_majority"]],
             "margin": (best["value"] - majority["value"]) if majority else None,
-            "score_name": f"cross-validated {label}" if cv else f"test {label}",
-            "selected_by": (f"the cross-validated mean {label}" if cv
-                            else f"validation {label}"),
-            "test_name": describe_test("cv" if cv else "holdout", metric, sc["folds"])}
+            "score_name": protocol.score_name(label),
+            "selected_by": protocol.selected_by(label),
+            "test_name": protocol.describe_test(metric, sc["folds"])}
 
 
 def comparison_rows(groups: list) -> list:
@@ -129,45 +126,31 @@ def comparison_rows(groups: list) -> list:
     for g in groups:
         rep = g["rep"]
         lo, hi = g["ci"]
-        feats = rep.get("features") or {}
         rows.append({
             "group": g,
-            "kind": rep.get("kind"),
-            "method": rep.get("method"),
-            "backbone": rep.get("backbone") or "",
-            "depth": rep.get("layer") or "",
+            "kind": rep.kind,
+            "method": rep.method,
+            "backbone": rep.backbone or "",
+            "depth": rep.layer or "",
             "head": _head_name(rep),
-            "hyperparameters": _format_params(rep.get("hyperparameters") or {}),
+            "hyperparameters": _format_params(rep.hyperparameters),
             "ci": (lo, hi),
             "selection": g["selection"],
             "scored": test_metrics(rep),
-            "folds": _fold_spread(rep, g["metric"]),
-            "seconds": float(np.mean([r.get("fit_seconds") or 0.0 for r in g["runs"]])),
+            "folds": rep.protocol.fold_spread(rep, g["metric"]),
+            "seconds": float(np.mean([r.fit_seconds or 0.0 for r in g["runs"]])),
             "trainable_params": trainable_params(rep),
-            "images_per_second": (feats.get("images_per_second")
-                                  if rep.get("kind") == "frozen" else None),
-            "run_ids": [r["run_id"] for r in g["runs"]],
+            "images_per_second": (rep.features.get("images_per_second")
+                                  if rep.kind == "frozen" else None),
+            "run_ids": [r.run_id for r in g["runs"]],
         })
     return rows
 
 
-def _fold_spread(record, metric: str = "accuracy"):
-    """``{sd, min, max, n}`` of a cv run's per-fold ``metric`` (accuracy when the record
-    has no per-fold values of it; None under holdout)."""
-    if not is_cv(record):
-        return None
-    scores = (record["cv"].get("fold_metrics") or {}).get(metric) or record["cv"]["fold_scores"]
-    sd = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
-    return {"sd": sd, "min": min(scores), "max": max(scores), "n": len(scores)}
-
-
 def _head_name(record) -> str:
-    kind = record.get("kind")
-    if kind == "frozen":
-        return record.get("method") or ""
-    if kind == "finetune":
+    if record.kind == "finetune":
         return "linear, end to end"
-    return record.get("method") or ""
+    return record.method or ""
 
 
 def _format_params(params: dict, limit: int = 8) -> str:
@@ -193,8 +176,8 @@ def depth_section(groups: list) -> dict:
     for g in sorted(frozen, key=lambda g: (g["backbone"] or "", g["method"] or "")):
         lo, hi = g["ci"]
         rep = g["rep"]
-        name = f"{g['method']} ({g['backbone']})" + choice_suffix(rep.get("selection_metric"),
-                                                                  rep.get("class_weight"))
+        name = f"{g['method']} ({g['backbone']})" + choice_suffix(rep.selection_metric,
+                                                                  rep.class_weight)
         series.setdefault(name, []).append((g["layer"], g["value"], lo, hi))
         others.setdefault(name, {})[g["layer"]] = _others(g)
         if g["collapsed"]:
@@ -276,10 +259,10 @@ def backbones_section(groups: list) -> dict:
         best = max(best_at.values(), key=lambda g: (not g["collapsed"], g["selection"],
                                                      -_tap_rank(g["layer"])))
         rep = best["rep"]
-        feats = rep.get("features") or {}
+        feats = rep.features
         cost = feats.get("cost") or {}
         tap = best["layer"]
-        weights = rep.get("weights") or ""
+        weights = rep.weights or ""
         rows.append({
             "backbone": backbone, "tap": tap, "head": best["method"],
             "accuracy": best["value"], "selection": best["selection"],
@@ -360,17 +343,17 @@ def _backbone_advice(rows: list, label: str = "accuracy") -> str:
 def curves_section(records: list, metric: str = "accuracy") -> list:
     out = []
     # Seeds of one strategy next to each other, in seed order.
-    order = {g: i for i, g in enumerate(OrderedDict.fromkeys(r.get("group") for r in records))}
-    for r in sorted(records, key=lambda r: (order[r.get("group")], r.get("seed") or 0)):
-        history = r.get("history") or []
+    order = {g: i for i, g in enumerate(OrderedDict.fromkeys(r.group for r in records))}
+    for r in sorted(records, key=lambda r: (order[r.group], r.seed or 0)):
+        history = r.history
         if not history:
             continue
-        best_epoch = ((r.get("finetune") or {}).get("best_epoch")
-                      or (r.get("hyperparameters") or {}).get("best_epoch"))
+        best_epoch = ((r.finetune or {}).get("best_epoch")
+                      or r.hyperparameters.get("best_epoch"))
         collapsed = collapse_of(r)
         out.append({"record": r, "figure": plots.learning_curve_plot(history, best_epoch),
                     "score": score(r, metric)["value"],
-                    "score_name": ("cv " if is_cv(r) else "test ") + METRIC_LABELS[metric],
+                    "score_name": f"{r.protocol.short} {METRIC_LABELS[metric]}",
                     "trap": training_trap(history, collapsed, best_epoch),
                     "collapsed": collapsed, "epochs": len(history),
                     "best_epoch": best_epoch, "preview": augmentation_preview(r)})
@@ -381,17 +364,17 @@ def curves_section(records: list, metric: str = "accuracy") -> list:
 MAX_PREVIEW_BYTES = 400_000
 
 
-def augmentation_preview(record: dict):
-    """``{"src": data URI or None, "info": record["augmentation_preview"], "missing"}``
+def augmentation_preview(record):
+    """``{"src": data URI or None, "info": record.augmentation_preview, "missing"}``
     of a fine-tuning run's stored preview (written when the run was recorded), or None."""
-    info = record.get("augmentation_preview")
+    info = record.augmentation_preview
     if not isinstance(info, dict) or not info.get("file"):
         return None
     path = Path(info["file"])
     try:
         data = path.read_bytes() if path.stat().st_size <= MAX_PREVIEW_BYTES else None
     except OSError as exc:
-        log.warning("augmentation preview of run %s not shown: %s", record.get("run_id"), exc)
+        log.warning("augmentation preview of run %s not shown: %s", record.run_id, exc)
         return {"src": None, "info": info, "missing": str(path)}
     if data is None:
         return {"src": None, "info": info, "missing": f"{path} (over {MAX_PREVIEW_BYTES:,} B)"}
@@ -449,7 +432,7 @@ def training_trap(history: list, collapsed: dict | None = None, best_epoch=None)
 def confusion_section(best: dict) -> dict:
     rep = best["rep"]
     m = test_metrics(rep)
-    classes = rep.get("classes") or list(m["per_class"])
+    classes = rep.classes or list(m["per_class"])
     per_class = [{"name": c, **m["per_class"][c]} for c in classes if c in m["per_class"]]
     return {"group": best, "figure": plots.confusion_plot(m["confusion_matrix"], classes),
             "per_class": per_class, "classes": classes, "matrix": m["confusion_matrix"]}
@@ -457,15 +440,15 @@ def confusion_section(best: dict) -> dict:
 
 def mistakes_section(best: dict) -> dict:
     rep = best["rep"]
-    pred = rep.get("predictions") or {}
-    classes = rep.get("classes") or []
+    pred = rep.predictions
+    classes = rep.classes
     paths, y_true, y_pred = pred.get("paths", []), pred.get("y_true", []), pred.get("y_pred", [])
     proba = pred.get("proba")
     wrong = [i for i, (t, p) in enumerate(zip(y_true, y_pred)) if t != p]
     if proba is not None:
         # Most confident mistakes first: they say the most about the model.
         wrong.sort(key=lambda i: -max(proba[i]))
-    root = Path(rep.get("data_root") or ".")
+    root = Path(rep.data_root or ".")
     items = []
     for i in wrong[:MAX_MISTAKES]:
         top = []
@@ -507,8 +490,8 @@ def feature_map_section(fmap: dict) -> dict:
 def advice_section(groups: list, verdict: dict) -> dict:
     """Place the dataset on the data-size x similarity grid from measured quantities."""
     rep = groups[0]["rep"]
-    n_classes = len(rep.get("classes") or []) or 1
-    n_train = (rep.get("split_sizes") or {}).get("train", 0)
+    n_classes = len(rep.classes) or 1
+    n_train = rep.split_sizes.get("train", 0)
     per_class = n_train / n_classes
     size = "large" if per_class >= LARGE_DATA_PER_CLASS else "small"
 
@@ -544,8 +527,8 @@ def advice_section(groups: list, verdict: dict) -> dict:
         test = compare(tuned[0]["rep"], best_frozen["rep"], tuned[0]["metric"])
         finetune_gain = {"tuned": tuned[0], "frozen": best_frozen,
                          "gain": tuned[0]["value"] - best_frozen["value"], "test": test,
-                         "time_ratio": ((tuned[0]["rep"].get("fit_seconds") or 0)
-                                        / max(best_frozen["rep"].get("fit_seconds") or 0, 1e-3))}
+                         "time_ratio": ((tuned[0]["rep"].fit_seconds or 0)
+                                        / max(best_frozen["rep"].fit_seconds or 0, 1e-3))}
     baseline_gap = None
     if baselines and best_frozen:
         baseline_gap = {"baseline": baselines[0], "frozen": best_frozen,
@@ -627,8 +610,7 @@ def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, base
             lines.append("Recommendation: none; no run here learned more than one class.")
     best = verdict["best"]
     lo, hi = verdict["ci"]
-    where = (f"over {verdict['n_folds']} folds of {verdict['n_test']} images"
-             if verdict["protocol"] == "cv" else f"on {verdict['n_test']} test images")
+    where = verdict["protocol"].where(verdict["n_test"], verdict["n_folds"])
     if verdict["no_learner"]:
         lines.append(f"No strategy learned: every run answers one class ({best['name']} "
                      f"{best['collapsed_text']}).")
@@ -676,31 +658,30 @@ def provenance_section(records: list, groups: list) -> dict:
     rep = groups[0]["rep"]
     stores = OrderedDict()
     for r in records:
-        f = r.get("features") or {}
+        f = r.features
         if f.get("path"):
             stores.setdefault(f["path"], {"path": f["path"], "fingerprint": f.get("fingerprint"),
                                           "backbone": f.get("backbone")})
     backbones = OrderedDict()
     for r in records:
-        if r.get("backbone"):
-            backbones.setdefault((r["backbone"], r.get("weights")), 0)
-            backbones[(r["backbone"], r.get("weights"))] += 1
+        if r.backbone:
+            backbones.setdefault((r.backbone, r.weights), 0)
+            backbones[(r.backbone, r.weights)] += 1
     versions = OrderedDict()
     for r in records:
-        for k, v in (r.get("versions") or {}).items():
+        for k, v in r.versions.items():
             versions.setdefault(k, [])
             if v not in versions[k]:
                 versions[k].append(v)
     machines = list(OrderedDict.fromkeys(
-        ", ".join(f"{k}: {v}" for k, v in (r.get("machine") or {}).items()) for r in records))
-    created = sorted(r.get("created", "") for r in records)
+        ", ".join(f"{k}: {v}" for k, v in r.machine.items()) for r in records))
+    created = sorted(r.created or "" for r in records)
     return {
         "runs": records, "stores": list(stores.values()),
         "backbones": [{"backbone": b, "weights": w, "runs": n} for (b, w), n in backbones.items()],
-        "data_roots": list(OrderedDict.fromkeys(r.get("data_root") for r in records)),
-        "split_seed": rep.get("split_seed"), "split_sizes": rep.get("split_sizes") or {},
-        "split_fingerprints": list(OrderedDict.fromkeys(r.get("split_fingerprint")
-                                                        for r in records)),
+        "data_roots": list(OrderedDict.fromkeys(r.data_root for r in records)),
+        "split_seed": rep.split_seed, "split_sizes": rep.split_sizes,
+        "split_fingerprints": list(OrderedDict.fromkeys(r.split_fingerprint for r in records)),
         "versions": versions, "machines": machines,
         "first": created[0], "last": created[-1],
     }
@@ -716,23 +697,23 @@ def data_section(records: list, groups: list) -> dict:
     split, the split's source, groups and notes; and every other split among the runs
     (runs on another split are shown, never pooled, and not compared with the best)."""
     rep = groups[0]["rep"]
-    split = rep.get("split") or {}
+    split = rep.split
     sizes = split.get("class_sizes") or {}
     rows = [{"name": c, "train": v[0], "val": v[1], "test": v[2], "total": sum(v)}
             for c, v in sizes.items()]
     totals = [r["total"] for r in rows if r["total"]]
     others = OrderedDict()
     for r in records:
-        fp = r.get("split_fingerprint")
-        if fp != rep.get("split_fingerprint"):
+        fp = r.split_fingerprint
+        if fp != rep.split_fingerprint:
             others.setdefault(fp, {"label": split_label(r), "runs": 0})["runs"] += 1
-    return {"layout": LAYOUT_WORDS.get(rep.get("layout") or "classes", rep.get("layout")),
-            "dataset": rep.get("dataset"), "source": split.get("source"),
-            "seed": split.get("seed", rep.get("split_seed")),
+    return {"layout": LAYOUT_WORDS.get(rep.layout or "classes", rep.layout),
+            "dataset": rep.dataset, "source": split.get("source"),
+            "seed": split.get("seed", rep.split_seed),
             "groups": split.get("groups") or "none", "n_groups": split.get("n_groups"),
             "groups_apart": split.get("groups_apart", True),
             "test_given": bool(split.get("test_given")), "notes": split.get("notes") or [],
-            "protocol": rep.get("protocol", "holdout"), "rows": rows,
+            "protocol": rep.protocol, "rows": rows,
             "ratio": (max(totals) / min(totals)) if totals else None,
             "imbalanced": bool(totals) and max(totals) / min(totals) > IMBALANCE_RATIO,
             "other_splits": list(others.values())}

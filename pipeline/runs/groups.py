@@ -19,7 +19,6 @@ import numpy as np
 
 from ..balance import (
     IMBALANCE_RATIO,
-    METRIC_LABELS,
     METRICS,
     class_ratio,
     collapse,
@@ -29,46 +28,28 @@ from ..balance import (
 )
 from ..errors import UsageError
 from ..options import SELECTION_METRICS
-from .stats import (
-    N_BOOT,
-    bootstrap_interval,
-    corrected_interval,
-    corrected_ttest,
-    mcnemar_exact,
-    paired_bootstrap,
-    wilson_interval,
-)
+from .records import RunRecord, as_record
+from .stats import mcnemar_exact, wilson_interval
 
 log = logging.getLogger(__name__)
-
-
-def is_cv(record) -> bool:
-    return record.get("protocol") == "cv"
 
 
 def test_metrics(record) -> dict:
     """The metrics of a run's scored predictions: the test split (holdout) or the
     out-of-fold predictions of repeat 0 (cv)."""
-    m = record["metrics"]
-    return m["oof"] if is_cv(record) else m["test"]
+    return as_record(record).scored_metrics
 
 
 def record_metric(record) -> str:
     """The metric a run was selected by (records before it was recorded: accuracy)."""
-    metric = record.get("selection_metric")
+    metric = as_record(record).selection_metric
     return metric if metric in METRICS else "accuracy"
-
-
-def _scored_labels(record):
-    """``(y_true, y_pred)`` ``(n,)`` of a run's scored predictions (empty without them)."""
-    p = record.get("predictions") or {}
-    return (np.asarray(p.get("y_true") or [], dtype=np.int64),
-            np.asarray(p.get("y_pred") or [], dtype=np.int64))
 
 
 def score(record, metric: str | None = None) -> dict:
     """What a run scored in ``metric`` (default: the one it was selected by) and what it
-    may be selected by.
+    may be selected by: its protocol's answer
+    (:meth:`pipeline.runs.protocol.Protocol.score`).
 
     ``value`` with its 95% interval ``low``-``high`` over ``n`` images: under cv the
     mean over folds with the Nadeau-Bengio corrected interval (from the record's
@@ -77,35 +58,14 @@ def score(record, metric: str | None = None) -> dict:
     (balanced accuracy, macro-F1).  ``select`` is never a test figure: the
     cross-validated mean (cv) or the validation score (holdout).  ``metric`` is the
     one used: a cv record written before per-fold metrics were kept falls back to
-    accuracy (``fallback`` says so).
+    accuracy (``fallback`` says so).  ``record``: a :class:`RunRecord` (or a parsed one).
     """
+    record = as_record(record)
     metric = metric or record_metric(record)
     if metric not in METRICS:
         raise UsageError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}",
                          param="metric")
-    if is_cv(record):
-        cv = record["cv"]
-        per_fold = (cv.get("fold_metrics") or {}).get(metric)
-        used = metric if metric == "accuracy" or per_fold else "accuracy"
-        if used == "accuracy":
-            mean, low, high = cv["mean"], cv["ci"][0], cv["ci"][1]
-        else:
-            mean, low, high = corrected_interval(per_fold, float(np.mean(cv["fold_n_train"])),
-                                                 float(np.mean(cv["fold_n_test"])))
-        return {"value": mean, "low": low, "high": high, "select": mean, "metric": used,
-                "fallback": used != metric, "n": len(record["predictions"]["y_true"]),
-                "folds": len(cv["fold_scores"])}
-    m, val = record["metrics"]["test"], record["metrics"].get("val") or {}
-    used = metric if metric in m else "accuracy"
-    if used == "accuracy":
-        low, high = wilson_interval(round(m["accuracy"] * m["n"]), m["n"])
-    else:
-        y_true, y_pred = _scored_labels(record)
-        low, high = (bootstrap_interval(used, y_true, y_pred) if len(y_true) == len(y_pred) > 0
-                     else (m[used], m[used]))
-    return {"value": m[used], "low": low, "high": high,
-            "select": val.get(used, val.get("accuracy", 0.0)), "metric": used,
-            "fallback": used != metric, "n": m["n"], "folds": None}
+    return record.protocol.score(record, metric)
 
 
 # ------------------------------------------------------------------ the report's metric
@@ -115,16 +75,17 @@ def class_counts_of(record) -> np.ndarray | None:
     """Images per class of the data a run was fitted on ``(n_classes,)``: the record's
     ``class_counts`` (every image of the store), else its scored images' labels (cv:
     every image; holdout: the test split, stratified like the rest); None without."""
-    classes = record.get("classes") or []
-    counts = record.get("class_counts")
+    record = as_record(record)
+    classes = record.classes
+    counts = record.class_counts
     if isinstance(counts, dict) and counts:
         try:
             return np.array([int(counts.get(c, 0)) for c in classes] if classes
                             else [int(v) for v in counts.values()])
         except (TypeError, ValueError):   # an edited record: count its scored labels instead
             log.warning("run %s: class_counts %r are not counts; counting its scored labels",
-                        record.get("run_id"), counts)
-    y_true, _ = _scored_labels(record)
+                        record.run_id, counts)
+    y_true, _ = record.scored_labels()
     if not len(y_true):
         return None
     return np.bincount(y_true, minlength=len(classes))
@@ -150,16 +111,17 @@ def resolve_report_metric(records: list, metric: str = "auto") -> tuple[str, str
                          param="metric")
     if metric != "auto":
         return metric, f"{metric} (asked for)"
+    records = [as_record(r) for r in records]
     recorded = OrderedDict()
     for r in records:
-        name = r.get("selection_metric")
+        name = r.selection_metric
         recorded.setdefault(name if name in METRICS else None, []).append(r)
     if len(recorded) == 1 and None not in recorded:
         (name, runs), = recorded.items()
-        reason = runs[0].get("selection_metric_reason") or name
+        reason = runs[0].selection_metric_reason or name
         return name, f"{reason}; every run was selected by it"
     counts = next((c for c in (class_counts_of(r) for r in records) if c is not None), None)
-    classes = next((r.get("classes") for r in records if r.get("classes")), None)
+    classes = next((r.classes for r in records if r.classes), None)
     name, why = resolve_metric("auto", counts if counts is not None else [1], classes)
     if set(recorded) == {None}:
         note = "the runs predate the selection metric, so the report resolved it from the data"
@@ -173,12 +135,6 @@ def resolve_report_metric(records: list, metric: str = "auto") -> tuple[str, str
 # ------------------------------------------------------------------ collapse
 
 
-def _where(record, part: str) -> str:
-    if part == "val":
-        return "validation"
-    return "out-of-fold" if is_cv(record) else "test"
-
-
 def collapse_of(record) -> dict | None:
     """Whether a run answers (nearly) one class for every image: on its selection data
     (validation under holdout) or its scored predictions (test, or out-of-fold under cv).
@@ -186,11 +142,10 @@ def collapse_of(record) -> dict | None:
     Returns ``{class, share, others_as_class, where, text}`` (the first of validation,
     then scored, that collapsed) or None; see :func:`pipeline.balance.collapse`.
     """
-    metrics = record.get("metrics") or {}
-    classes = record.get("classes") or []
-    parts = ("oof",) if is_cv(record) else ("val", "test")
-    for part in parts:
-        m = metrics.get(part)
+    record = as_record(record)
+    classes = record.classes
+    for part in record.protocol.judged:
+        m = record.metrics.get(part)
         if not isinstance(m, dict) or "confusion_matrix" not in m:
             continue
         try:
@@ -200,7 +155,7 @@ def collapse_of(record) -> dict | None:
         if found:
             name = classes[found["class"]] if found["class"] < len(classes) else found["class"]
             n = int(np.sum(m["confusion_matrix"]))
-            where = _where(record, part)
+            where = record.protocol.part_words(part)
             return {**found, "class_name": name, "where": where,
                     "text": (f"answers {name} for {found['share']:.0%} of the {n} {where} "
                              f"images, including {found['others_as_class']:.0%} of those of "
@@ -213,17 +168,16 @@ def collapse_of(record) -> dict | None:
 
 def group_key(record) -> str:
     """The strategy a run is a repeat of: its ``group`` (else its label, else its id)."""
-    return record.get("group") or record.get("label") or record["run_id"]
+    return record.group or record.label or record.run_id
 
 
 def _repeat_key(record):
     """Runs with the same key are the same run done again (same strategy, protocol, store
     and seed); None when the run records no seed, so it cannot be told from a repeat."""
-    if record.get("seed") is None:
+    if record.seed is None:
         return None
-    return (group_key(record), record.get("protocol", "holdout"),
-            (record.get("features") or {}).get("fingerprint"), record["seed"],
-            record.get("split_fingerprint"))
+    return (group_key(record), record.protocol.name, record.features.get("fingerprint"),
+            record.seed, record.split_fingerprint)
 
 
 def latest_per_seed(records: list) -> tuple[list, list]:
@@ -234,11 +188,12 @@ def latest_per_seed(records: list) -> tuple[list, list]:
     ``created`` wins (on a tie, the later in ``records``); each superseded run is
     logged with its file.  ``kept`` keeps the order of ``records``.
     """
+    records = [as_record(r) for r in records]
     latest = {}
     for i, r in enumerate(records):
         key = _repeat_key(r)
-        if key is not None and (key not in latest or (r.get("created") or "")
-                                >= (records[latest[key]].get("created") or "")):
+        if key is not None and (key not in latest or (r.created or "")
+                                >= (records[latest[key]].created or "")):
             latest[key] = i
     kept, superseded = [], []
     for i, r in enumerate(records):
@@ -249,8 +204,8 @@ def latest_per_seed(records: list) -> tuple[list, list]:
         superseded.append(r)
         winner = records[latest[key]]
         log.warning("run %s (%s) is superseded by %s, a later run of %s with seed %s; "
-                    "counting that seed once", r["run_id"], r.get("_file", "not saved"),
-                    winner["run_id"], key[0], key[3])
+                    "counting that seed once", r.run_id, r.file or "not saved",
+                    winner.run_id, key[0], key[3])
     return kept, superseded
 
 
@@ -274,11 +229,12 @@ def group_runs(records: list, metric: str | None = None) -> list:
     not learn, and it never comes first while one that did is there.  A seed
     run twice counts once (:func:`latest_per_seed`).
     """
+    records = [as_record(r) for r in records]
     metric = metric or resolve_report_metric(records)[0]
     tiebreak = next(m for m in TIEBREAK if m != metric)
     by_group = OrderedDict()
     for r in latest_per_seed(records)[0]:
-        by_group.setdefault((group_key(r), r.get("split_fingerprint")), []).append(r)
+        by_group.setdefault((group_key(r), r.split_fingerprint), []).append(r)
     splits_of = {}
     for key, split in by_group:
         splits_of.setdefault(key, []).append(split)
@@ -294,10 +250,10 @@ def group_runs(records: list, metric: str | None = None) -> list:
         rep_score = scores[int(order[(len(runs) - 1) // 2])]
         collapsed = [(r, c) for r, c in ((r, collapse_of(r)) for r in runs) if c]
         groups.append({
-            "name": name, "runs": runs, "rep": rep, "kind": rep.get("kind"),
-            "method": rep.get("method"), "layer": rep.get("layer"),
-            "backbone": rep.get("backbone"), "dataset": rep.get("dataset"),
-            "protocol": rep.get("protocol", "holdout"), "metric": metric,
+            "name": name, "runs": runs, "rep": rep, "kind": rep.kind,
+            "method": rep.method, "layer": rep.layer,
+            "backbone": rep.backbone, "dataset": rep.dataset,
+            "protocol": rep.protocol, "metric": metric,
             "value": float(values.mean()),
             "spread": float(values.std(ddof=1)) if len(runs) > 1 else None,
             "values": values.tolist(),
@@ -306,7 +262,7 @@ def group_runs(records: list, metric: str | None = None) -> list:
             **{m: float(np.mean([_shown(r, m) for r in runs])) for m in METRICS},
             "selection": float(np.mean([sc["select"] for sc in scores])),
             "selection_tiebreak": float(np.mean([score(r, tiebreak)["select"] for r in runs])),
-            "collapsed": [{"run_id": r["run_id"], **c} for r, c in collapsed],
+            "collapsed": [{"run_id": r.run_id, **c} for r, c in collapsed],
             "collapsed_text": _collapsed_text(collapsed, len(runs)),
         })
 
@@ -321,10 +277,10 @@ def group_runs(records: list, metric: str | None = None) -> list:
 
 def split_label(record) -> str:
     """The split a run was judged on, in words: protocol, seed and group rule."""
-    split = record.get("split") or {}
-    seed = split.get("seed", record.get("split_seed"))
-    groups = split.get("groups") or "none"
-    return (f"{record.get('protocol', 'holdout')}, split seed {seed}"
+    record = as_record(record)
+    seed = record.split.get("seed", record.split_seed)
+    groups = record.split.get("groups") or "none"
+    return (f"{record.protocol.name}, split seed {seed}"
             + ("" if groups == "none" else f", groups {groups}"))
 
 
@@ -342,7 +298,7 @@ def _collapsed_text(collapsed: list, n_runs: int) -> str | None:
     first = collapsed[0][1]["text"]
     if n_runs == 1:
         return first
-    return f"in {len(collapsed)} of {n_runs} seeds {first} (e.g. run {collapsed[0][0]['run_id']})"
+    return f"in {len(collapsed)} of {n_runs} seeds {first} (e.g. run {collapsed[0][0].run_id})"
 
 
 def majority_reference(record, metric: str) -> dict | None:
@@ -355,11 +311,12 @@ def majority_reference(record, metric: str) -> dict | None:
     macro_f1, n}`` (``value`` in ``metric``, Wilson interval for accuracy), or None
     when the run has no scored labels.
     """
+    record = as_record(record)
     counts = class_counts_of(record)
-    y_true, _ = _scored_labels(record)
+    y_true, _ = record.scored_labels()
     if counts is None or not len(y_true):
         return None
-    classes = record.get("classes") or [str(i) for i in range(len(counts))]
+    classes = record.classes or [str(i) for i in range(len(counts))]
     c = majority_class(counts)
     values = metric_values(y_true, np.full(len(y_true), c), max(len(classes), c + 1))
     low, high = ((wilson_interval(round(values["accuracy"] * len(y_true)), len(y_true)))
@@ -373,7 +330,7 @@ def majority_reference(record, metric: str) -> dict | None:
 
 def _correct_by_path(record) -> dict:
     """``{(repeat, path): correct}`` of every scored prediction (cv: every repeat)."""
-    p = record.get("predictions") or {}
+    p = record.predictions
     rows = p.get("y_pred_repeats") or [p.get("y_pred", [])]
     return {(r, path): t == q for r, preds in enumerate(rows)
             for path, t, q in zip(p.get("paths", []), p.get("y_true", []), preds)}
@@ -382,9 +339,10 @@ def _correct_by_path(record) -> dict:
 def paired_test(rec_a, rec_b):
     """Exact McNemar on the predictions both runs made of the same images (cv: the
     out-of-fold predictions of every repeat, pooled), or None if they share none."""
+    rec_a, rec_b = as_record(rec_a), as_record(rec_b)
     a, b = _correct_by_path(rec_a), _correct_by_path(rec_b)
     shared = [p for p in a if p in b]
-    if not shared or rec_a.get("split_fingerprint") != rec_b.get("split_fingerprint"):
+    if not shared or rec_a.split_fingerprint != rec_b.split_fingerprint:
         return None
     res = mcnemar_exact([a[p] for p in shared], [b[p] for p in shared])
     res["n"] = len(shared)
@@ -392,18 +350,9 @@ def paired_test(rec_a, rec_b):
     return res
 
 
-def _paired_predictions(rec_a, rec_b):
-    """``(y_true, pred_a, pred_b)`` ``(n,)`` on the scored images both runs share, by path."""
-    pa, pb = rec_a.get("predictions") or {}, rec_b.get("predictions") or {}
-    index_b = {path: i for i, path in enumerate(pb.get("paths") or [])}
-    rows = [(i, index_b[path]) for i, path in enumerate(pa.get("paths") or []) if path in index_b]
-    y = [pa["y_true"][i] for i, _ in rows]
-    return (np.asarray(y, dtype=np.int64), np.asarray([pa["y_pred"][i] for i, _ in rows]),
-            np.asarray([pb["y_pred"][j] for _, j in rows]))
-
-
 def compare(rec_a, rec_b, metric: str = "accuracy"):
-    """The paired test of two runs judged on the same images, in ``metric``, or None.
+    """The paired test of two runs judged on the same images, in ``metric``, or None:
+    their protocol's (:meth:`pipeline.runs.protocol.Protocol.paired`).
 
     cv: the corrected resampled paired t-test of their per-fold values of
     ``metric`` on the same folds (``p_value``; records without per-fold values of
@@ -412,44 +361,18 @@ def compare(rec_a, rec_b, metric: str = "accuracy"):
     exact McNemar on the test images for accuracy; for balanced accuracy and
     macro-F1 a paired bootstrap over the shared test images
     (:func:`pipeline.runs.stats.paired_bootstrap`: ``mean`` difference a - b, its
-    ``ci`` and ``p_value``), McNemar's counts kept for the table.
+    ``ci`` and ``p_value``), McNemar's counts kept for the table.  Runs of two
+    protocols: McNemar on accuracy.
     """
+    rec_a, rec_b = as_record(rec_a), as_record(rec_b)
     mcnemar = paired_test(rec_a, rec_b)
     if mcnemar is None:
         return None
-    if not (is_cv(rec_a) and is_cv(rec_b)):
-        if metric == "accuracy" or is_cv(rec_a) or is_cv(rec_b):
-            return {**mcnemar, "metric": "accuracy"}
-        boot = paired_bootstrap(metric, *_paired_predictions(rec_a, rec_b))
-        return {**boot, "test": "bootstrap", "metric": metric, "mcnemar": mcnemar,
-                "a_only": mcnemar["a_only"], "b_only": mcnemar["b_only"]}
-    fa, fb = rec_a["cv"], rec_b["cv"]
-    if fa["fold_ids"] != fb["fold_ids"]:
-        return None
-    va = (fa.get("fold_metrics") or {}).get(metric)
-    vb = (fb.get("fold_metrics") or {}).get(metric)
-    used = metric if (metric != "accuracy" and va and vb) else "accuracy"
-    if used == "accuracy":
-        va, vb = fa["fold_scores"], fb["fold_scores"]
-    diffs = np.asarray(va) - np.asarray(vb)
-    t = corrected_ttest(diffs, float(np.mean(fa["fold_n_train"])),
-                        float(np.mean(fa["fold_n_test"])))
-    return {**t, "test": "corrected-t", "metric": used, "mcnemar": mcnemar,
-            "a_only": mcnemar["a_only"], "b_only": mcnemar["b_only"], "n": mcnemar["n"]}
+    if rec_a.protocol != rec_b.protocol:
+        return {**mcnemar, "metric": "accuracy"}
+    return rec_a.protocol.paired(rec_a, rec_b, metric, mcnemar)
 
 
-def describe_test(protocol: str, metric: str, n_folds=None) -> str:
-    """How the verdict's paired tests were made, in words."""
-    label = METRIC_LABELS.get(metric, metric)
-    if protocol == "cv":
-        return (f"corrected resampled paired t-test (Nadeau-Bengio) of the per-fold {label} "
-                f"on the same {n_folds} folds")
-    if metric == "accuracy":
-        return "exact McNemar test on the shared test images"
-    return (f"paired bootstrap of the {label} difference over the shared test images "
-            f"({N_BOOT:,} resamples)")
-
-
-def trainable_params(record):
+def trainable_params(record: RunRecord):
     """Trainable parameters of a run (None when not counted)."""
-    return record.get("trainable_params")
+    return record.trainable_params

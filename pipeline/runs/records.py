@@ -1,18 +1,24 @@
-"""Run records: one JSON file per fit, baseline or fine-tune run.
+"""Run records: one JSON file per fit, baseline or fine-tune run, read and written here.
 
-A run record is the only thing the report reads.  :func:`new_record` builds
-the common skeleton (identity, provenance, split, scores, predictions on the
-test images); :func:`save_record` writes it under ``reports/runs/`` without
-ever overwriting; :func:`load_records` reads a folder of them back.
+A run record is the only thing the report reads.  In memory it is a
+:class:`RunRecord`, a dataclass with a typed field per key of the JSON file and
+its :class:`~pipeline.runs.protocol.Protocol` (``protocol``, ``protocol_reason``);
+:meth:`RunRecord.from_dict` reads and validates a parsed record (keys this
+version does not know are kept in ``extra`` and written back), and
+:meth:`RunRecord.to_dict` writes the JSON layout.  :func:`new_record` and
+:func:`new_cv_record` build one from a fit (identity, provenance, split, scores,
+predictions); :func:`save_record` writes it under ``reports/runs/`` without ever
+overwriting; :func:`load_records` and :func:`find_record` read them back.
 
 Schema (``schema: 1``; README "Run records" documents every field):
 ``run_id, created, kind (frozen|baseline|finetune), method, label, backbone,
 layer, weights, features {path (absolute since this version), fingerprint}, data_root, classes,
 split_sizes, split_seed, split {seed, groups, fractions, source, test_given, n_groups, sizes,
 notes, stored}, split_fingerprint, seed, group, hyperparameters, search,
-metrics {val, test}, predictions {paths, y_true, y_pred, proba},
+metrics {val, test} (cv: {oof}), predictions {paths, y_true, y_pred, proba}, cv (cv runs),
 fit_seconds, trainable_params, history, model_file, command, versions,
-machine``.
+machine, protocol, protocol_reason``, the selection fields and the details of a kind
+(``final_model``, ``skipped_images``, ``finetune``, ``augmentation_preview``).
 """
 
 from __future__ import annotations
@@ -25,12 +31,15 @@ import platform
 import secrets
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import StoreError, opt
 from ..files import atomic_path, atomic_write
+from .protocol import PROTOCOL_TYPES, CrossValidation, Holdout, Protocol, protocol_named
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +63,237 @@ def make_run_id(method: str, layer: str | None = None) -> str:
     return "-".join(parts)
 
 
+#: The fields every record has (the rest have defaults); a file without one of them,
+#: whatever its schema, is not read (:func:`record_problem`).
+REQUIRED_FIELDS = ("run_id", "kind", "metrics", "predictions")
+#: The JSON type of each block the code reads into; ``null`` reads as empty.
+BLOCK_TYPES = {"features": dict, "split": dict, "split_sizes": dict, "classes": list,
+               "hyperparameters": dict, "history": list, "predictions": dict,
+               "versions": dict, "machine": dict}
+#: The order of the keys in the file (schema 1); keys a record reads that are not here are
+#: kept in ``extra`` and written after them.
+LAYOUT = ("schema", "run_id", "created", "kind", "method", "label", "backbone", "layer",
+          "weights", "features", "data_root", "dataset", "layout", "classes", "split_sizes",
+          "split_seed", "split", "seed", "group", "hyperparameters", "search", "fit_seconds",
+          "trainable_params", "history", "model_file", "command", "versions", "machine",
+          "protocol", "split_fingerprint", "cv", "metrics", "predictions", "final_model",
+          "skipped_images", "finetune", "protocol_reason", "selection_metric",
+          "selection_metric_reason", "class_weight", "class_weight_reason", "class_counts",
+          "augmentation_preview")
+#: Keys written only when set (a run of another kind or protocol, or an older version,
+#: has none).
+OPTIONAL = frozenset({"schema", "cv", "final_model", "skipped_images", "finetune",
+                      "selection_metric", "selection_metric_reason", "class_weight",
+                      "class_weight_reason", "class_counts", "augmentation_preview"})
+_JSON_TYPE = {dict: "object", list: "array"}
+
+
+@dataclass(kw_only=True, eq=False)
+class RunRecord(Mapping):
+    """One run: what a fit, baseline or fine-tune measured, with its full configuration
+    and provenance.  Read from JSON with :meth:`from_dict` (validated), written with
+    :meth:`to_dict` (the same keys, schema 1).
+
+    ``protocol`` is the :class:`~pipeline.runs.protocol.Protocol` the run was judged
+    under (its ``why`` is the file's ``protocol_reason``); ``metrics`` maps a block
+    (``val``, ``test``; ``oof`` under cv) to its metrics dict; nested blocks
+    (``features``, ``split``, ``predictions``, ``cv``, ``hyperparameters``, ...) stay
+    dicts as in the file.  ``extra`` keeps keys this version does not know; ``file`` is
+    where the record was read from (not written).
+
+    The record reads like the JSON object too (``record["metrics"]``,
+    ``record.get("seed")``: :meth:`to_dict`'s keys), for notebooks and scripts written
+    against the files; the package itself reads the attributes.
+    """
+
+    run_id: str
+    kind: str
+    metrics: dict
+    predictions: dict
+    protocol: Protocol = field(default_factory=Holdout)
+    schema: int | None = SCHEMA
+    created: str = ""
+    method: str | None = None
+    label: str | None = None
+    backbone: str | None = None
+    layer: str | None = None
+    weights: str | None = None
+    features: dict = field(default_factory=dict)
+    data_root: str | None = None
+    dataset: str | None = None
+    layout: str | None = None
+    classes: list = field(default_factory=list)
+    split_sizes: dict = field(default_factory=dict)
+    split_seed: int | None = None
+    split: dict = field(default_factory=dict)
+    split_fingerprint: str | None = None
+    seed: int | None = None
+    group: str | None = None
+    hyperparameters: dict = field(default_factory=dict)
+    search: list = field(default_factory=list)
+    fit_seconds: float = 0.0
+    trainable_params: int | None = None
+    history: list = field(default_factory=list)
+    model_file: str | None = None
+    command: str = ""
+    versions: dict = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)
+    cv: dict | None = None
+    final_model: str | None = None
+    skipped_images: list | None = None
+    finetune: dict | None = None
+    selection_metric: str | None = None
+    selection_metric_reason: str | None = None
+    class_weight: str | None = None
+    class_weight_reason: str | None = None
+    class_counts: dict | None = None
+    augmentation_preview: dict | None = None
+    extra: dict = field(default_factory=dict)
+    file: str | None = None
+
+    # ---------------------------------------------------------------- reading, writing
+
+    @classmethod
+    def from_dict(cls, data: Mapping, file=None) -> RunRecord:
+        """The record in ``data`` (a parsed JSON object), validated.
+
+        Raises :class:`StoreError` naming the file (``file``, else ``data["_file"]``,
+        else the run id) and every field it lacks or holds in the wrong type
+        (:func:`record_problem`).  Keys this version does not know are kept in
+        ``extra``; a ``null`` block reads as an empty one.
+        """
+        file = file if file is not None else data.get("_file")
+        problem = record_problem(data)
+        if problem:
+            # a file says where it is and of which schema; a record in memory, its id
+            note = _schema_note(data.get("schema")) if file is not None else None
+            where = str(file) if file is not None else repr(data.get("run_id", "(no run_id)"))
+            raise StoreError(f"run record {where}{f' ({note})' if note else ''}: {problem}")
+        known, extra = {}, {}
+        for key, value in data.items():
+            if key in _NOT_FIELDS:
+                continue
+            if key in _FIELDS:
+                known[key] = BLOCK_TYPES[key]() if value is None and key in BLOCK_TYPES \
+                    else value
+            else:
+                extra[key] = value
+        known.setdefault("schema", None)     # read as it is: a file without one has none
+        protocol = protocol_named(data.get("protocol", Holdout.name), data.get("protocol_reason"))
+        return cls(**known, protocol=protocol, extra=extra,
+                   file=str(file) if file is not None else None)
+
+    def to_dict(self) -> dict:
+        """The record as its JSON object: the keys of :data:`LAYOUT` in order (optional
+        ones when set), then ``extra``."""
+        out = {}
+        for key in LAYOUT:
+            if key == "protocol":
+                out[key] = self.protocol.name
+            elif key == "protocol_reason":
+                if self.protocol.why is not None:
+                    out[key] = self.protocol.why
+            else:
+                value = getattr(self, key)
+                if value is not None or key not in OPTIONAL:
+                    out[key] = value
+        out.update(self.extra)
+        return out
+
+    def update(self, values: Mapping = (), /, **more) -> None:
+        """Set fields by their JSON keys (``record.update(selection.record_fields())``):
+        ``protocol`` takes a protocol or its name, ``protocol_reason`` its ``why``; a key
+        that is no field goes to ``extra``."""
+        for key, value in {**dict(values), **more}.items():
+            if key == "protocol":
+                self.protocol = value if isinstance(value, Protocol) else \
+                    protocol_named(value, self.protocol.why)
+            elif key == "protocol_reason":
+                self.protocol = protocol_named(self.protocol.name, value)
+            elif key == "_file":
+                self.file = value
+            elif key in _FIELDS:
+                setattr(self, key, value)
+            else:
+                self.extra[key] = value
+
+    # ---------------------------------------------------------------- the JSON view
+
+    def __getitem__(self, key):
+        return self.to_dict()[key]
+
+    def __iter__(self):
+        return iter(self.to_dict())
+
+    def __len__(self):
+        return len(self.to_dict())
+
+    # ---------------------------------------------------------------- what it scored
+
+    @property
+    def scored_metrics(self) -> dict:
+        """The metrics of the scored predictions: the test split (holdout) or the
+        out-of-fold predictions of repeat 0 (cv)."""
+        return self.metrics[self.protocol.scored]
+
+    def scored_labels(self):
+        """``(y_true, y_pred)`` ``(n,)`` of the scored predictions (empty without them)."""
+        p = self.predictions
+        return (np.asarray(p.get("y_true") or [], dtype=np.int64),
+                np.asarray(p.get("y_pred") or [], dtype=np.int64))
+
+    @property
+    def schema_note(self) -> str | None:
+        """None for a record of this schema, else how it differs."""
+        return _schema_note(self.schema)
+
+    def __repr__(self):
+        return (f"RunRecord({self.run_id!r}, {self.kind}, {self.label!r}, "
+                f"protocol={self.protocol.name})")
+
+
+_FIELDS = frozenset(f.name for f in fields(RunRecord)) - {"extra", "file", "protocol"}
+_NOT_FIELDS = frozenset({"protocol", "protocol_reason", "_file"})
+
+
+def _schema_note(schema) -> str | None:
+    if schema == SCHEMA:
+        return None
+    return (f"schema {schema}" if schema is not None else "no schema field") \
+        + f" (this version writes schema {SCHEMA})"
+
+
+def record_problem(data: Mapping) -> str | None:
+    """What ``data`` (a parsed record) lacks to be a :class:`RunRecord` the report can
+    read, or None when it has it all: :data:`REQUIRED_FIELDS`, a string ``run_id``, a
+    known protocol with the metrics (and cv) blocks it scores
+    (:meth:`~pipeline.runs.protocol.Protocol.missing`), and blocks of the right JSON
+    type (:data:`BLOCK_TYPES`)."""
+    missing = [k for k in REQUIRED_FIELDS if k not in data]
+    if not isinstance(data.get("run_id", ""), str):
+        missing.append("run_id (a string)")
+    name = data.get("protocol", Holdout.name)
+    wrong = []
+    if name in PROTOCOL_TYPES:
+        missing += PROTOCOL_TYPES[name]().missing(data)
+    else:
+        wrong.append(f"protocol ({name!r}; valid: {', '.join(PROTOCOL_TYPES)})")
+    wrong += [f"{k} (a JSON {_JSON_TYPE[t]}, not {type(data[k]).__name__})"
+              for k, t in BLOCK_TYPES.items() if data.get(k) is not None
+              and not isinstance(data[k], t)]
+    parts = (["fields missing: " + ", ".join(missing)] if missing else []) \
+        + (["fields of the wrong type: " + ", ".join(wrong)] if wrong else [])
+    return "; ".join(parts) or None
+
+
+def as_record(record) -> RunRecord:
+    """``record`` as a :class:`RunRecord`: itself, or a parsed record (a mapping) read by
+    :meth:`RunRecord.from_dict`."""
+    return record if isinstance(record, RunRecord) else RunRecord.from_dict(record)
+
+
 def _store_cost(store) -> dict | None:
     """The store's per-tap parameters and GFLOPs (``attrs["cost"]``), None without them."""
-    import json
-
     cost = store.attrs.get("cost")
     if isinstance(cost, str):
         try:
@@ -72,164 +308,135 @@ def _skeleton(*, kind, method, label, store, classes, hyperparameters, search, f
     """The fields every run record has, whatever its protocol."""
     from ..store.hdf5 import library_versions
 
-    return {
-        "schema": SCHEMA,
-        "run_id": make_run_id(method, layer),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "kind": kind,
-        "method": method,
-        "label": label,
-        "backbone": store.attrs.get("backbone") if kind != "baseline" else None,
-        "layer": layer,
-        "weights": store.attrs.get("weights") if kind != "baseline" else None,
+    pretrained = kind != "baseline"
+    return dict(
+        run_id=make_run_id(method, layer),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        kind=kind, method=method, label=label,
+        backbone=store.attrs.get("backbone") if pretrained else None,
+        layer=layer,
+        weights=store.attrs.get("weights") if pretrained else None,
         # Absolute, so the report finds the store whatever folder it runs in; the
         # fingerprint tells it whether the file there is still this store.
-        "features": {"path": str(Path(store.path).resolve()), "fingerprint": store.fingerprint,
-                     "backbone": store.attrs.get("backbone"),
-                     "images_per_second": store.attrs.get("images_per_second"),
-                     "cost": _store_cost(store)},
-        "data_root": str(store.data_root),
-        "dataset": store.attrs.get("dataset"),
-        "layout": store.attrs.get("layout", "classes"),
-        "classes": list(classes),
-        "split_sizes": store.split_sizes(),
-        "split_seed": store.split_info.get("seed"),
+        features={"path": str(Path(store.path).resolve()), "fingerprint": store.fingerprint,
+                  "backbone": store.attrs.get("backbone"),
+                  "images_per_second": store.attrs.get("images_per_second"),
+                  "cost": _store_cost(store)},
+        data_root=str(store.data_root),
+        dataset=store.attrs.get("dataset"),
+        layout=store.attrs.get("layout", "classes"),
+        classes=list(classes),
+        split_sizes=store.split_sizes(),
+        split_seed=store.split_info.get("seed"),
         # how the split was made: seed, group rule and groups, given by the data or drawn
-        "split": {**store.split_info, "class_sizes": store.split_class_counts()},
-        "seed": seed,
-        "group": group or label,
-        "hyperparameters": hyperparameters or {},
-        "search": search or [],
-        "fit_seconds": float(fit_seconds),
-        "trainable_params": trainable_params,
-        "history": history or [],
-        "model_file": None,
-        "command": " ".join(["python", *sys.argv]) if sys.argv else "",
-        "versions": library_versions(),
-        "machine": machine_info(),
-    }
+        split={**store.split_info, "class_sizes": store.split_class_counts()},
+        seed=seed,
+        group=group or label,
+        hyperparameters=hyperparameters or {},
+        search=search or [],
+        fit_seconds=float(fit_seconds),
+        trainable_params=trainable_params,
+        history=history or [],
+        model_file=None,
+        command=" ".join(["python", *sys.argv]) if sys.argv else "",
+        versions=library_versions(),
+        machine=machine_info(),
+    )
 
 
 def new_record(*, kind: str, method: str, label: str, store, classes, val_pred, test_pred,
                test_proba=None, hyperparameters=None, search=None, fit_seconds=0.0,
                layer=None, trainable_params=None, history=None, seed=None, group=None,
-               extra=None) -> dict:
+               extra=None, protocol: Holdout | None = None) -> RunRecord:
     """A complete holdout run record for predictions on ``store``'s val and test splits.
 
     ``val_pred`` / ``test_pred`` are ``(n_val,)`` / ``(n_test,)`` predicted
     labels in store order; ``test_proba`` is ``(n_test, n_classes)`` or None.
+    ``protocol``: the resolved :class:`~pipeline.runs.protocol.Holdout` (its ``why`` is
+    recorded); ``extra``: more fields by their JSON keys.
     """
     from .metrics import evaluate  # scikit-learn: not imported by readers of records
 
     y_val, y_test = store.y("val"), store.y("test")
     test_paths = store.rel_paths("test")
-    record = _skeleton(kind=kind, method=method, label=label, store=store, classes=classes,
-                       hyperparameters=hyperparameters, search=search, fit_seconds=fit_seconds,
-                       layer=layer, trainable_params=trainable_params, history=history,
-                       seed=seed, group=group)
-    record.update({
-        "protocol": "holdout",
-        "split_fingerprint": split_fingerprint(test_paths),
-        "metrics": {"val": evaluate(y_val, val_pred, classes),
-                    "test": evaluate(y_test, test_pred, classes)},
-        "predictions": {
+    record = RunRecord(
+        **_skeleton(kind=kind, method=method, label=label, store=store, classes=classes,
+                    hyperparameters=hyperparameters, search=search, fit_seconds=fit_seconds,
+                    layer=layer, trainable_params=trainable_params, history=history,
+                    seed=seed, group=group),
+        protocol=protocol or Holdout(),
+        split_fingerprint=split_fingerprint(test_paths),
+        metrics={"val": evaluate(y_val, val_pred, classes),
+                 Holdout.scored: evaluate(y_test, test_pred, classes)},
+        predictions={
             "paths": test_paths,
             "y_true": [int(v) for v in y_test],
             "y_pred": [int(v) for v in np.asarray(test_pred)],
             "proba": (np.round(np.asarray(test_proba, dtype=float), 5).tolist()
                       if test_proba is not None else None),
-        },
-    })
-    if extra:
-        record.update(extra)
+        })
+    record.update(extra or {})
     return record
 
 
 def new_cv_record(*, kind: str, method: str, label: str, store, classes, folds: list,
                   hyperparameters=None, search=None, fit_seconds=0.0, layer=None,
                   trainable_params=None, history=None, seed=None, group=None,
-                  extra=None) -> dict:
+                  extra=None, protocol: CrossValidation | None = None) -> RunRecord:
     """A complete cross-validated run record from the outer ``folds`` of ``store``'s
     repeated K-fold (see :func:`pipeline.runs.protocol.cv_result`): per-fold scores
-    and parameters, the corrected interval, out-of-fold predictions of every image."""
+    and parameters, the corrected interval, out-of-fold predictions of every image.
+    ``protocol``: the resolved :class:`~pipeline.runs.protocol.CrossValidation`."""
     from .protocol import cv_result, folds_fingerprint
 
     result = cv_result(folds, store.labels, classes, store.folds.shape[1])
-    record = _skeleton(kind=kind, method=method, label=label, store=store, classes=classes,
-                       hyperparameters=hyperparameters, search=search, fit_seconds=fit_seconds,
-                       layer=layer, trainable_params=trainable_params, history=history,
-                       seed=seed, group=group)
-    record.update({"protocol": "cv", "split_fingerprint": folds_fingerprint(store),
-                   "cv": result["cv"], "metrics": result["metrics"],
-                   "predictions": {"paths": [store.paths[i] for i in result["rows"]],
-                                   **result["predictions"]}})
-    if extra:
-        record.update(extra)
+    record = RunRecord(
+        **_skeleton(kind=kind, method=method, label=label, store=store, classes=classes,
+                    hyperparameters=hyperparameters, search=search, fit_seconds=fit_seconds,
+                    layer=layer, trainable_params=trainable_params, history=history,
+                    seed=seed, group=group),
+        protocol=protocol or CrossValidation(), split_fingerprint=folds_fingerprint(store),
+        cv=result["cv"], metrics=result["metrics"],
+        predictions={"paths": [store.paths[i] for i in result["rows"]],
+                     **result["predictions"]})
+    record.update(extra or {})
     return record
 
 
-def save_record(record: dict, runs_dir=DEFAULT_RUNS_DIR) -> Path:
+def save_record(record: RunRecord, runs_dir=DEFAULT_RUNS_DIR) -> Path:
     """Write ``<runs_dir>/<run_id>.json`` whole or not at all (a killed run never leaves
-    half a record); refuses to replace an existing file."""
+    half a record); refuses to replace an existing file.  ``record``: a
+    :class:`RunRecord` (a parsed record is read by :meth:`RunRecord.from_dict`)."""
+    record = as_record(record)
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    path = runs_dir / f"{record['run_id']}.json"
+    path = runs_dir / f"{record.run_id}.json"
     try:
         with atomic_write(path, "w", encoding="utf-8", exclusive=True) as fh:
-            json.dump(record, fh, indent=1)
+            json.dump(record.to_dict(), fh, indent=1)
     except FileExistsError:
         raise StoreError(f"run record {path} already exists; it is never overwritten") from None
     return path
 
 
-def save_run(record: dict, runs_dir, model_ext: str, write_model) -> Path:
+def save_run(record: RunRecord, runs_dir, model_ext: str, write_model) -> Path:
     """Save ``record`` and its model: ``write_model(path)`` writes ``<run_id>.<model_ext>``
-    (atomically), and ``record["model_file"]`` names it.  Returns the record's path.
+    (atomically), and ``record.model_file`` names it.  Returns the record's path.
 
     The model is written first: a run killed in between leaves an unnamed model
     file, never a record whose model is missing."""
-    model_file = Path(runs_dir).resolve() / f"{record['run_id']}.{model_ext}"
-    record["model_file"] = str(model_file)
+    model_file = Path(runs_dir).resolve() / f"{record.run_id}.{model_ext}"
+    record.model_file = str(model_file)
     model_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(model_file) as tmp:
         write_model(tmp)
     return save_record(record, runs_dir)
 
 
-#: What the report reads of every record with ``[]`` (the rest have defaults); a record
-#: without one of them, whatever its schema, is skipped with a warning.
-REQUIRED_FIELDS = ("run_id", "kind", "metrics", "predictions")
-#: ... of the metrics of its scored predictions (``metrics.test``; cv: ``metrics.oof``).
-REQUIRED_METRICS = ("accuracy", "n", "balanced_accuracy", "macro_f1", "per_class",
-                    "confusion_matrix")
-#: ... of the ``cv`` block of a cross-validated record.
-REQUIRED_CV = ("mean", "ci", "fold_scores")
-
 _FIX = "move it out of the runs folder, or restore it from a backup, to silence this"
 
 
-def record_problem(rec: dict) -> str | None:
-    """What ``rec`` (a parsed record) lacks for the report, or None when it has it all."""
-    missing = [k for k in REQUIRED_FIELDS if k not in rec]
-    if not isinstance(rec.get("run_id", ""), str):
-        missing.append("run_id (a string)")
-    cv = rec.get("protocol") == "cv"
-    scored = "oof" if cv else "test"
-    metrics = rec.get("metrics")
-    if "metrics" in rec:
-        if not isinstance(metrics, dict) or not isinstance(metrics.get(scored), dict):
-            missing.append(f"metrics.{scored}")
-        else:
-            missing += [f"metrics.{scored}.{k}" for k in REQUIRED_METRICS
-                        if k not in metrics[scored]]
-    if cv:
-        block = rec.get("cv")
-        missing += ["cv"] if not isinstance(block, dict) else [
-            f"cv.{k}" for k in REQUIRED_CV if k not in block]
-    return "fields missing: " + ", ".join(missing) if missing else None
-
-
-def store_candidates(record: dict, runs_dir=None) -> list[Path]:
+def store_candidates(record: RunRecord, runs_dir=None) -> list[Path]:
     """Where the feature store ``record`` names may be, in the order to try.
 
     Its path when absolute (records of this version); a relative one (older
@@ -237,7 +444,7 @@ def store_candidates(record: dict, runs_dir=None) -> list[Path]:
     against the parent and the grandparent of ``runs_dir`` (``reports/runs`` beside
     ``features/``).  Empty when the record names no store.
     """
-    path = (record.get("features") or {}).get("path")
+    path = record.features.get("path")
     if not path:
         return []
     path = Path(path)
@@ -250,12 +457,12 @@ def store_candidates(record: dict, runs_dir=None) -> list[Path]:
     return list(dict.fromkeys(p.resolve() for p in out))
 
 
-def read_record(path) -> dict:
-    """The run record in the JSON file ``path``, with ``_file`` set to it.
+def read_record(path) -> RunRecord:
+    """The run record in the JSON file ``path`` (``file`` set to it), validated.
 
     Raises :class:`StoreError` naming the file and what is wrong with it (unreadable,
-    not UTF-8, not JSON, or JSON but not an object); fields are not checked here
-    (:func:`record_problem`).
+    not UTF-8, not JSON, JSON but not an object, or an object without a field a record
+    needs: :meth:`RunRecord.from_dict`).
     """
     path = Path(path)
     try:
@@ -268,15 +475,14 @@ def read_record(path) -> dict:
         raise StoreError(f"run record {path} is not UTF-8 text (byte {exc.start} is "
                          f"0x{raw[exc.start]:02x}); it was not written by this tool") from None
     try:
-        rec = json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise StoreError(f"run record {path} is not valid JSON ({exc.msg} at line "
                          f"{exc.lineno}, column {exc.colno}): truncated or edited?") from None
-    if not isinstance(rec, dict):
+    if not isinstance(data, dict):
         raise StoreError(f"run record {path} is not a run record: it holds a JSON "
-                         f"{type(rec).__name__.replace('list', 'array')}, not an object")
-    rec["_file"] = str(path)
-    return rec
+                         f"{type(data).__name__.replace('list', 'array')}, not an object")
+    return RunRecord.from_dict(data, file=str(path))
 
 
 def _runs_folder(runs_dir) -> Path:
@@ -290,7 +496,7 @@ def _runs_folder(runs_dir) -> Path:
 
 
 def _scan(runs_dir) -> tuple[list, list]:
-    """``(records, bad)``: every ``*.json`` of ``runs_dir`` parsed (:func:`read_record`),
+    """``(records, bad)``: every ``*.json`` of ``runs_dir`` read (:func:`read_record`),
     and ``[(path, StoreError)]`` of the files that could not be."""
     records, bad = [], []
     for path in sorted(_runs_folder(runs_dir).glob("*.json")):
@@ -301,16 +507,7 @@ def _scan(runs_dir) -> tuple[list, list]:
     return records, bad
 
 
-def _schema_note(rec: dict) -> str | None:
-    """None for a record of this schema, else how it differs."""
-    schema = rec.get("schema")
-    if schema == SCHEMA:
-        return None
-    return (f"schema {schema}" if schema is not None else "no schema field") \
-        + f" (this version writes schema {SCHEMA})"
-
-
-def load_records(runs_dir=DEFAULT_RUNS_DIR) -> list[dict]:
+def load_records(runs_dir=DEFAULT_RUNS_DIR) -> list[RunRecord]:
     """Every run record in ``runs_dir``, oldest first (by ``created``).
 
     A file that cannot be a record (unreadable, not UTF-8, not JSON, not an
@@ -318,25 +515,18 @@ def load_records(runs_dir=DEFAULT_RUNS_DIR) -> list[dict]:
     skipped with a warning naming it; a record of another schema version is
     read, with a warning, when it has every needed field.
     """
-    parsed, bad = _scan(runs_dir)
+    records, bad = _scan(runs_dir)
     for _path, exc in bad:
         log.warning("%s; skipping it (%s)", exc, _FIX)
-    records = []
-    for rec in parsed:
-        problem, schema = record_problem(rec), _schema_note(rec)
-        if problem:
-            log.warning("skipping run record %s%s: %s (%s)", rec["_file"],
-                        f" ({schema})" if schema else "", problem, _FIX)
-            continue
-        if schema:
+    for rec in records:
+        if rec.schema_note:
             log.warning("run record %s has %s; reading it, as it has every field the "
-                        "report needs", rec["_file"], schema)
-        records.append(rec)
-    records.sort(key=lambda r: (r.get("created", ""), r["run_id"]))
+                        "report needs", rec.file, rec.schema_note)
+    records.sort(key=lambda r: (r.created or "", r.run_id))
     return records
 
 
-def find_record(ref: str, runs_dir=DEFAULT_RUNS_DIR) -> dict:
+def find_record(ref: str, runs_dir=DEFAULT_RUNS_DIR) -> RunRecord:
     """A record by run id, id prefix, or path to its JSON file.
 
     A bad file among the others is ignored (logged at debug level); when the
@@ -346,15 +536,10 @@ def find_record(ref: str, runs_dir=DEFAULT_RUNS_DIR) -> dict:
     if p.suffix == ".json" and p.is_file():
         return _checked(read_record(p))
     parsed, bad = _scan(runs_dir)
-    for rec in parsed:
-        if not isinstance(rec.get("run_id"), str):
-            bad.append((Path(rec["_file"]), StoreError(
-                f"run record {rec['_file']} is not a run record: it has no run_id")))
-    parsed = [r for r in parsed if isinstance(r.get("run_id"), str)]
-    exact = [r for r in parsed if r["run_id"] == ref]
+    exact = [r for r in parsed if r.run_id == ref]
     if len(exact) == 1:
         return _checked(exact[0])
-    matches = [r for r in parsed if r["run_id"].startswith(ref)]
+    matches = [r for r in parsed if r.run_id.startswith(ref)]
     bad_matches = [(path, exc) for path, exc in bad if path.stem.startswith(ref)]
     for path, exc in bad:
         if (path, exc) not in bad_matches:
@@ -366,17 +551,14 @@ def find_record(ref: str, runs_dir=DEFAULT_RUNS_DIR) -> dict:
     if not matches and not bad_matches:
         raise StoreError(f"no run {ref!r} in {runs_dir}; list them with `ls {runs_dir}`")
     raise StoreError(f"run id {ref!r} is ambiguous in {runs_dir}: "
-                     + ", ".join([r["run_id"] for r in matches[:5]]
+                     + ", ".join([r.run_id for r in matches[:5]]
                                  + [f"{path.name} (unreadable)" for path, _ in bad_matches[:5]]))
 
 
-def _checked(rec: dict) -> dict:
-    """``rec`` if it names its run; a warning when its schema differs from this version's."""
-    if not isinstance(rec.get("run_id"), str):
-        raise StoreError(f"run record {rec['_file']} is not a run record: it has no run_id")
-    schema = _schema_note(rec)
-    if schema:
-        log.warning("run record %s has %s; reading it as this one", rec["_file"], schema)
+def _checked(rec: RunRecord) -> RunRecord:
+    """``rec``, with a warning when its schema differs from this version's."""
+    if rec.schema_note:
+        log.warning("run record %s has %s; reading it as this one", rec.file, rec.schema_note)
     return rec
 
 

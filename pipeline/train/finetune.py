@@ -221,12 +221,17 @@ def make_plan(spec, stage_names, cfg: FinetuneConfig) -> Plan:
 
 _MEMORY_CACHE: dict = {}
 
+#: The two layouts of the trunk cache: one part per split (train, val, test; the holdout
+#: run's), or one part of every image (the cross-validated run's).  Their values are part
+#: of the cache key, so they keep the names earlier versions wrote.
+PER_SPLIT, ALL_IMAGES = "holdout", "cv"
+
 
 def _cache_key(store, cfg, plan, weights_id, pre, layout: str) -> str:
-    # the holdout cache is one part per split, so the split in use is part of its key
+    # the per-split cache is one part per split, so the split in use is part of its key
     # (the store's fingerprint is not: another split seed reads the same store)
     split = (hashlib.sha256(store.split_codes.astype(np.int8).tobytes()).hexdigest()
-             if layout == "holdout" else None)
+             if layout == PER_SPLIT else None)
     blob = json.dumps({"store": store.fingerprint, "backbone": cfg.backbone,
                        "weights": weights_id, "cut": plan.cut, "views": cfg.views,
                        "augment": cfg.augment, "pre": pre.to_dict(),
@@ -351,9 +356,9 @@ def trunk_runner(trunk, size: int, runtime: str = "auto"):
     return forward
 
 
-def _cached_splits(store, loaded, cfg, plan, pre, cache_dir=None, layout: str = "holdout"):
+def _cached_splits(store, loaded, cfg, plan, pre, cache_dir=None, layout: str = PER_SPLIT):
     """``{split: (acts, rows_ok, skipped)}`` for the trunk ``stages[:cut]``, memoised
-    in-process and on disk.  ``layout="cv"``: one part ``"all"``, every image with
+    in-process and on disk.  ``layout=ALL_IMAGES``: one part ``"all"``, every image with
     ``cfg.views`` views (any image trains in some fold; view 0 is the centre crop)."""
     import torch
 
@@ -373,7 +378,7 @@ def _cached_splits(store, loaded, cfg, plan, pre, cache_dir=None, layout: str = 
     _, nn = _torch()
     trunk = nn.Sequential(*[m for _, m in loaded.stages()[:plan.cut]]).eval()
     data = {}
-    parts = {"all": store.paths} if layout == "cv" else \
+    parts = {"all": store.paths} if layout == ALL_IMAGES else \
         {s: store.rel_paths(s) for s in ("train", "val", "test")}
     runner = trunk_runner(trunk, pre.input_size, "compile" if cfg.compile else cfg.runtime)
     for split, paths in parts.items():
@@ -679,7 +684,8 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     t_start = time.perf_counter()
     cfg, store, loaded, stages, names, plan, pre, selection = _prepare(cfg)
     _check_cv_config(cfg, plan)
-    data, cache_seconds = _cached_splits(store, loaded, cfg, plan, pre, cache_dir, layout="cv")
+    data, cache_seconds = _cached_splits(store, loaded, cfg, plan, pre, cache_dir,
+                                           layout=ALL_IMAGES)
     acts, _ok, skipped = data["all"]
     _require_every_image(skipped)
     y, n_classes = store.labels, len(store.classes)

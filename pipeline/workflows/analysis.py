@@ -41,7 +41,7 @@ LEAKAGE_PAIRS_KEPT = 200
 FEATURE_MAP_MAX_POINTS = 1500
 
 
-def locate_store(record: dict, runs_dir=None) -> dict:
+def locate_store(record, runs_dir=None) -> dict:
     """The feature store ``record`` was fit on, found and checked.
 
     Tries :func:`pipeline.runs.records.store_candidates` in order and takes the
@@ -53,8 +53,8 @@ def locate_store(record: dict, runs_dir=None) -> dict:
     """
     from ..store.hdf5 import FeatureStore
 
-    recorded = (record.get("features") or {}).get("path")
-    want = (record.get("features") or {}).get("fingerprint")
+    recorded = record.features.get("path")
+    want = record.features.get("fingerprint")
     candidates = store_candidates(record, runs_dir)
     different = unreadable = None
     for path in candidates:
@@ -70,16 +70,15 @@ def locate_store(record: dict, runs_dir=None) -> dict:
             continue
         if not want:
             log.warning("run %s does not record its store's fingerprint; using %s unchecked",
-                        record.get("run_id"), path)
+                        record.run_id, path)
         elif str(path) != recorded:
-            log.info("feature store %s of run %s found at %s", recorded, record.get("run_id"),
-                     path)
-        split = record.get("split") or {}
+            log.info("feature store %s of run %s found at %s", recorded, record.run_id, path)
+        split = record.split
         try:  # the split the run was judged on (its seed and group rule), not the stored one
             store.use_split(split.get("seed"), split.get("groups"))
         except WorkbenchError as exc:
             log.warning("the split of run %s cannot be rebuilt (%s); using the stored split",
-                        record.get("run_id"), exc)
+                        record.run_id, exc)
         return {"store": store, "status": "ok", "path": str(path), "note": None}
     if different:
         path, found = different
@@ -134,7 +133,7 @@ def analyse(records: list, budget: float = EFFICIENCY_BUDGET, runs_dir=None) -> 
 
 def load_or_analyse(records: list, runs_dir, budget: float = EFFICIENCY_BUDGET) -> dict:
     """:func:`analyse`, cached as ``<runs_dir>/analysis/<key>.json`` for these runs and budget."""
-    key = sha256_text(json.dumps([sorted(r["run_id"] for r in records), budget,
+    key = sha256_text(json.dumps([sorted(r.run_id for r in records), budget,
                                   ANALYSIS_SCHEMA]))[:16]
     path = Path(runs_dir) / "analysis" / f"analysis-{key}.json"
     if path.is_file():

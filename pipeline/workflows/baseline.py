@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..options import check_seed
 from ..runs.protocol import resolve_protocol
-from ..runs.records import DEFAULT_RUNS_DIR, new_cv_record, new_record, save_run
+from ..runs.records import DEFAULT_RUNS_DIR, RunRecord, new_cv_record, new_record, save_run
 from ..store.hdf5 import open_store
 from ..train.baselines import cv_baseline, fit_baseline, model_writer
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def run_baseline(kind: str, features_path, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
                  protocol: str = "holdout", split_seed: int | None = None,
                  groups: str | None = None, metric: str = "auto", class_weight: str = "auto",
-                 **opts) -> tuple[dict, Path]:
+                 **opts) -> tuple[RunRecord, Path]:
     """Fit baseline ``kind`` on the store at ``features_path`` under ``protocol``
     (holdout: its split; cv: its repeated K-fold, nested; auto: by size).
 
@@ -32,42 +32,31 @@ def run_baseline(kind: str, features_path, runs_dir=DEFAULT_RUNS_DIR, seed: int 
                                       split_seed=split_seed, groups=groups, metric=metric,
                                       class_weight=class_weight, **opts)
     path = save_run(record, runs_dir, *model_writer(kind, out, store))
-    log.info("%s (%s) in %.1f s", record["label"], record["protocol"], out["seconds"])
+    log.info("%s (%s) in %.1f s", record.label, record.protocol, out["seconds"])
     return record, path
 
 
 def baseline_run(kind: str, features_path, seed: int = 0, protocol: str = "holdout",
                  split_seed: int | None = None, groups: str | None = None,
                  metric: str = "auto", class_weight: str = "auto",
-                 **opts) -> tuple[dict, dict, object]:
+                 **opts) -> tuple[RunRecord, dict, object]:
     """``(record, fitted baseline, store)`` of baseline ``kind``; writes nothing."""
     from .fit import resolve_selection
 
     store = open_store(features_path, split_seed, groups)
-    protocol, why = resolve_protocol(protocol, store)
-    log.info("protocol: %s", why)
+    protocol = resolve_protocol(protocol, store)
+    log.info("protocol: %s", protocol.why)
     selection = resolve_selection(store, metric, class_weight)
     choice = {"metric": selection.metric, "class_weight": selection.class_weight}
-    if protocol == "cv":
-        out = cv_baseline(kind, store, seed, **choice, **opts)
-        out["label"] += selection.suffix
-        record = new_cv_record(
-            kind="baseline", method=kind, label=out["label"], store=store,
-            classes=store.classes, folds=out["folds"],
-            hyperparameters={**out["params"], **out.get("chosen", {})},
-            search=out.get("search"), fit_seconds=out["seconds"],
-            trainable_params=out["trainable_params"], history=out.get("history"), seed=seed,
-            group=out["label"], extra={"final_model": "refitted on every image"})
-    else:
-        out = fit_baseline(kind, store, seed, **choice, **opts)
-        out["label"] += selection.suffix
-        record = baseline_record(kind, out, store, seed)
-    record["protocol_reason"] = why
-    record.update(selection.record_fields())
+    fit = protocol.pick(holdout=fit_baseline, cv=cv_baseline)
+    out = fit(kind, store, seed, **choice, **opts)
+    out["label"] += selection.suffix
+    record = protocol.pick(holdout=baseline_record, cv=_cv_record)(kind, out, store, seed)
+    record.update(protocol=protocol, **selection.record_fields())
     return record, out, store
 
 
-def baseline_record(kind: str, out: dict, store, seed: int) -> dict:
+def baseline_record(kind: str, out: dict, store, seed: int) -> RunRecord:
     """The run record (``kind="baseline"``) of a
     :func:`pipeline.train.baselines.fit_baseline` result."""
     return new_record(
@@ -77,3 +66,14 @@ def baseline_record(kind: str, out: dict, store, seed: int) -> dict:
         fit_seconds=out["seconds"], trainable_params=out["trainable_params"],
         history=out.get("history"), seed=seed, group=out["label"],
         extra={"skipped_images": out.get("skipped", [])})
+
+
+def _cv_record(kind: str, out: dict, store, seed: int) -> RunRecord:
+    """The run record of a :func:`pipeline.train.baselines.cv_baseline` result."""
+    return new_cv_record(
+        kind="baseline", method=kind, label=out["label"], store=store,
+        classes=store.classes, folds=out["folds"],
+        hyperparameters={**out["params"], **out.get("chosen", {})},
+        search=out.get("search"), fit_seconds=out["seconds"],
+        trainable_params=out["trainable_params"], history=out.get("history"), seed=seed,
+        group=out["label"], extra={"final_model": "refitted on every image"})

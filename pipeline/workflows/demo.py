@@ -14,6 +14,7 @@ from ..runs.groups import (
     test_metrics,
 )
 from ..runs.protocol import resolve_protocol
+from ..runs.records import as_record
 from ..store.hdf5 import FeatureStore
 from .fit import DEFAULT_FEATURES_DIR, run_fit
 
@@ -60,8 +61,9 @@ def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress
     runs_dir = folder / "runs"
     summary = run_extract(ExtractConfig(out=str(features_dir), progress=progress,
                                         layers=("layer2", "layer3", "layer4")))
-    if cnn_epochs is None and resolve_protocol(protocol, FeatureStore(summary.path))[0] == "cv":
-        cnn_epochs = DEMO_CV_CNN_EPOCHS  # 15 trainings + the final one: keep the demo short
+    if cnn_epochs is None:  # under cv, 15 trainings + the final one: keep the demo short
+        cnn_epochs = resolve_protocol(protocol, FeatureStore(summary.path)).pick(
+            holdout=None, cv=DEMO_CV_CNN_EPOCHS)
     records = []
     choice = {"metric": metric, "class_weight": class_weight}
     for clf in ("logreg", "svm"):
@@ -96,15 +98,16 @@ def summary_rows(records, metric: str | None = None) -> list[dict]:
     A run that answers one class (``collapsed``) is ranked after every run that
     learned.  The other metrics are the scored predictions' (test or out-of-fold).
     """
+    records = [as_record(r) for r in records]
     metric = metric or resolve_report_metric(records)[0]
     rows = []
     for r in records:
         sc, scored, collapsed = score(r, metric), test_metrics(r), collapse_of(r)
-        rows.append({"label": r["label"], "metric": metric, "select": sc["select"],
+        rows.append({"label": r.label, "metric": metric, "select": sc["select"],
                      "value": sc["value"], "low": sc["low"], "high": sc["high"],
                      "accuracy": scored["accuracy"],
                      "balanced_accuracy": scored["balanced_accuracy"],
-                     "macro_f1": scored["macro_f1"], "seconds": r["fit_seconds"],
+                     "macro_f1": scored["macro_f1"], "seconds": r.fit_seconds,
                      "collapsed": collapsed["text"] if collapsed else None,
                      "reference": False})
     rows.sort(key=lambda row: (row["collapsed"] is not None, -row["select"]))

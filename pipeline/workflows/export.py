@@ -105,6 +105,7 @@ def metadata(model, rule, details: dict) -> dict:
     except md.PackageNotFoundError:
         version = "unknown"
     record = model.record
+    method, label = (record.method, record.label) if record is not None else (None, None)
     return {
         "classes": json.dumps(list(model.classes)),
         "input": f"images: uint8 RGB (N, {rule.input_size}, {rule.input_size}, 3)",
@@ -116,8 +117,8 @@ def metadata(model, rule, details: dict) -> dict:
         "crop_rule": json.dumps(rule.to_dict()),
         "run_id": model.run_id,
         "kind": model.kind,
-        "method": str(record.get("method") or details.get("head") or model.kind),
-        "label": str(record.get("label") or ""),
+        "method": str(method or details.get("head") or model.kind),
+        "label": str(label or ""),
         "backbone": details.get("backbone", ""),
         "tap": details.get("tap", ""),
         "pooling": details.get("pooling", ""),

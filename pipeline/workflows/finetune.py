@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..files import atomic_write, sha256_text
 from ..options import check_seed
-from ..runs.protocol import resolve_protocol
-from ..runs.records import DEFAULT_RUNS_DIR, new_cv_record, new_record, save_run
+from ..runs.protocol import Protocol, resolve_protocol
+from ..runs.records import DEFAULT_RUNS_DIR, RunRecord, new_cv_record, new_record, save_run
 from ..store.hdf5 import open_store
 from ..train.finetune import (
     FinetuneConfig,
@@ -25,8 +25,9 @@ from ..train.finetune import (
 log = logging.getLogger(__name__)
 
 
-def finetune_record(result: FinetuneResult) -> dict:
-    """The run record (``kind="finetune"``) of a finished fine-tuning run (either protocol)."""
+def finetune_record(result: FinetuneResult, protocol: Protocol) -> RunRecord:
+    """The run record (``kind="finetune"``) of a finished fine-tuning run under
+    ``protocol`` (the one it was run by: :func:`finetune_run`)."""
     cfg, res = result.cfg, result.train
     # runs of one configuration with another metric or weighting stay apart in tables
     suffix = result.selection.suffix if result.selection is not None else ""
@@ -36,20 +37,19 @@ def finetune_record(result: FinetuneResult) -> dict:
                   hyperparameters=cfg.key_dict(), fit_seconds=result.seconds,
                   layer=cfg.unfreeze, trainable_params=res.trainable_params,
                   history=res.history, seed=cfg.seed, group=(cfg.group or label) + suffix,
-                  extra={"finetune": _details(result)})
-    if result.folds is not None:
-        record = new_cv_record(folds=result.folds, **common)
-    else:
-        record = new_record(val_pred=result.val_proba.argmax(1),
-                            test_pred=result.test_proba.argmax(1), test_proba=result.test_proba,
-                            **common)
-    record["backbone"], record["weights"] = cfg.backbone, result.weights_id
+                  extra={"finetune": _details(result, protocol)}, protocol=protocol)
+    record = protocol.pick(
+        holdout=lambda: new_record(val_pred=result.val_proba.argmax(1),
+                                   test_pred=result.test_proba.argmax(1),
+                                   test_proba=result.test_proba, **common),
+        cv=lambda: new_cv_record(folds=result.folds, **common))()
+    record.backbone, record.weights = cfg.backbone, result.weights_id
     if result.selection is not None:
         record.update(result.selection.record_fields())
     return record
 
 
-def _details(result: FinetuneResult) -> dict:
+def _details(result: FinetuneResult, protocol: Protocol) -> dict:
     cfg, plan, res = result.cfg, result.plan, result.train
     return {"block_groups": plan.groups, "trained_groups": plan.trainable,
             "group_lrs": plan.lrs, "group_start_epoch": plan.start_epoch,
@@ -60,12 +60,13 @@ def _details(result: FinetuneResult) -> dict:
             "best_epoch": res.best_epoch, "stopped_early": res.stopped_early,
             "preprocessing": result.preprocessing.to_dict(), "weights_id": result.weights_id,
             "bn_policy": cfg.bn, "skipped_images": result.skipped,
-            "final_model": ("trained on every image for the folds' median best epoch"
-                            if result.folds is not None else "the best epoch on validation")}
+            "final_model": protocol.pick(
+                holdout="the best epoch on validation",
+                cv="trained on every image for the folds' median best epoch")}
 
 
 def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None,
-                 protocol: str = "holdout") -> tuple[dict, Path]:
+                 protocol: str = "holdout") -> tuple[RunRecord, Path]:
     """Fine-tune per ``cfg`` on the store ``cfg.features``; save record + model.
 
     ``protocol``: holdout (its split), cv (its repeated K-fold, nested: see
@@ -75,7 +76,7 @@ def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None,
     """
     record, result = finetune_run(cfg, cache_dir, protocol)
     path = save_finetune(record, result, runs_dir)
-    log.info("%s (%s): cache %.0f s, total %.0f s", record["label"], record["protocol"],
+    log.info("%s (%s): cache %.0f s, total %.0f s", record.label, record.protocol,
              result.cache_seconds, result.seconds)
     return record, path
 
@@ -83,20 +84,17 @@ def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None,
 def finetune_run(cfg: FinetuneConfig, cache_dir=None, protocol: str = "holdout"):
     """``(record, result)`` of one fine-tuning run under ``protocol``; writes only
     checkpoints."""
-    protocol, why = resolve_protocol(protocol, open_store(cfg.features, cfg.split_seed,
-                                                          cfg.groups))
-    log.info("protocol: %s", why)
-    result = (finetune_cv if protocol == "cv" else finetune)(cfg, cache_dir)
-    record = finetune_record(result)
-    record["protocol_reason"] = why
-    return record, result
+    protocol = resolve_protocol(protocol, open_store(cfg.features, cfg.split_seed, cfg.groups))
+    log.info("protocol: %s", protocol.why)
+    result = protocol.pick(holdout=finetune, cv=finetune_cv)(cfg, cache_dir)
+    return finetune_record(result, protocol), result
 
 
 #: Training images (one per class, the first classes) x draws of the augmentation preview.
 PREVIEW_IMAGES, PREVIEW_DRAWS = 3, 6
 
 
-def save_finetune(record: dict, result: FinetuneResult, runs_dir) -> Path:
+def save_finetune(record: RunRecord, result: FinetuneResult, runs_dir) -> Path:
     """Save ``record``, its augmentation preview (``<run_id>.augment.jpg``) and the
     trained network (``<run_id>.pt``) under ``runs_dir``."""
     import torch
@@ -106,7 +104,7 @@ def save_finetune(record: dict, result: FinetuneResult, runs_dir) -> Path:
 
 
 def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 3, runs_dir=DEFAULT_RUNS_DIR,
-                       cache_dir=None, protocol: str = "holdout") -> list[tuple[dict, Path]]:
+                       cache_dir=None, protocol: str = "holdout") -> list[tuple[RunRecord, Path]]:
     """Run ``cfg`` with seeds ``cfg.seed .. cfg.seed + seeds - 1`` under one ``group``.
 
     The cached trunk outputs are shared (they depend on the images, not on
@@ -130,11 +128,12 @@ def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 3, runs_dir=DEFAULT_RUN
     return out
 
 
-def write_augmentation_preview(record: dict, result: FinetuneResult, runs_dir) -> Path | None:
+def write_augmentation_preview(record: RunRecord, result: FinetuneResult,
+                               runs_dir) -> Path | None:
     """Write ``<runs_dir>/<run_id>.augment.jpg``: the run's own training augmentation
     (:func:`pipeline.train.datasets.augmentation_preview`) on the first training image
     of each of the first :data:`PREVIEW_IMAGES` classes, :data:`PREVIEW_DRAWS` draws
-    each, and describe it in ``record["augmentation_preview"]``.
+    each, and describe it in ``record.augmentation_preview``.
 
     Made here, when the run is recorded, because the report never imports torch.
     A preview that cannot be written is logged and left out; the run is kept.
@@ -147,7 +146,7 @@ def write_augmentation_preview(record: dict, result: FinetuneResult, runs_dir) -
     for i in train:
         firsts.setdefault(int(store.labels[i]), store.paths[i])
     paths = [firsts[k] for k in sorted(firsts)][:PREVIEW_IMAGES]
-    path = Path(runs_dir).resolve() / f"{record['run_id']}.augment.jpg"
+    path = Path(runs_dir).resolve() / f"{record.run_id}.augment.jpg"
     try:
         jpeg = augmentation_preview(store.data_root, paths, pre, cfg.augment,
                                     draws=PREVIEW_DRAWS, seed=cfg.seed)
@@ -156,9 +155,9 @@ def write_augmentation_preview(record: dict, result: FinetuneResult, runs_dir) -
             fh.write(jpeg)
     except OSError as exc:
         log.warning("no augmentation preview for run %s: cannot write %s (%s)",
-                    record["run_id"], path, exc)
+                    record.run_id, path, exc)
         return None
-    record["augmentation_preview"] = {
+    record.augmentation_preview = {
         "file": str(path), "preset": cfg.augment, "draws": PREVIEW_DRAWS, "paths": paths,
         "seed": cfg.seed, "transform": repr(image_transform(pre, cfg.augment)),
         "cached_views": cfg.views if result.use_cache else None}

@@ -15,7 +15,7 @@ from ..heads.persist import HEAD_EXT, save_head
 from ..heads.selection import predict_proba, select_and_fit
 from ..options import CLASSIFIERS, STREAMING, check_seed
 from ..runs.protocol import resolve_protocol
-from ..runs.records import DEFAULT_RUNS_DIR, new_cv_record, new_record, save_run
+from ..runs.records import DEFAULT_RUNS_DIR, RunRecord, new_cv_record, new_record, save_run
 from ..store.hdf5 import open_store
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def resolve_selection(store, metric: str, class_weight: str, clf: str | None = N
 def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
             protocol: str = "holdout", split_seed: int | None = None,
             groups: str | None = None, metric: str = "auto",
-            class_weight: str = "auto") -> list[tuple[dict, Path]]:
+            class_weight: str = "auto") -> list[tuple[RunRecord, Path]]:
     """Fit head ``clf`` on tap ``layer`` (or every tap, ``layer='all'``) of a store.
 
     ``holdout``: standardise, choose the hyperparameter on the validation
@@ -76,15 +76,14 @@ def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int
                          param="clf")
     check_seed(seed)
     store = open_store(find_store(features), split_seed, groups)
-    protocol, why = resolve_protocol(protocol, store)
-    log.info("protocol: %s", why)
+    protocol = resolve_protocol(protocol, store)
+    log.info("protocol: %s", protocol.why)
     selection = resolve_selection(store, metric, class_weight, clf)
     layers = store.taps if layer == "all" else [layer]
+    fit_tap = protocol.pick(holdout=_fit_holdout, cv=_fit_cv)
     out = []
     for tap in layers:
-        record, model = (_fit_cv if protocol == "cv" else _fit_holdout)(store, tap, clf, seed,
-                                                                        selection)
-        record["protocol_reason"] = why
+        record, model = fit_tap(store, tap, clf, seed, selection, protocol)
         record.update(selection.record_fields())
         bundle = {"model": model, "classes": store.classes, "tap": tap,
                   "store_config": store.config,
@@ -92,42 +91,48 @@ def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int
                   "features_fingerprint": store.fingerprint}
         path = save_run(record, runs_dir, HEAD_EXT,
                         lambda file, bundle=bundle: save_head(bundle, file))
-        log.info("%s: %s", record["label"], summary_line(record))
+        log.info("%s: %s", record.label, summary_line(record))
         out.append((record, path))
     return out
 
 
-def summary_line(record: dict) -> str:
+def summary_line(record: RunRecord) -> str:
     """``val 0.9 test 0.8`` (holdout) or ``cv 0.85 [0.80, 0.90]`` (cv) of a record's
     accuracy; then, when it was selected by another metric, that metric the same way,
     and what selected it; ``COLLAPSED`` when it answers one class."""
     from ..runs.groups import collapse_of, score
 
-    metric = record.get("selection_metric") or "accuracy"
-    if record.get("protocol") == "cv":
-        cv = record["cv"]
-        line = (f"cv {cv['mean']:.4f} [{cv['ci'][0]:.4f}, {cv['ci'][1]:.4f}] over "
-                f"{len(cv['fold_scores'])} folds")
-        if metric != "accuracy":
-            sc = score(record, metric)
-            line += (f"; {METRIC_LABELS[metric]} cv {sc['value']:.4f} "
-                     f"[{sc['low']:.4f}, {sc['high']:.4f}]")
-    else:
-        m = record["metrics"]
-        line = f"val {m['val']['accuracy']:.4f} test {m['test']['accuracy']:.4f}"
-        if metric != "accuracy":
-            line += (f"; {METRIC_LABELS[metric]} val {m['val'][metric]:.4f} "
-                     f"test {m['test'][metric]:.4f}")
-    if record.get("selection_metric"):
+    metric = record.selection_metric or "accuracy"
+    line = record.protocol.pick(holdout=_holdout_line, cv=_cv_line)(record, metric, score)
+    if record.selection_metric:
         line += (f" (selected by {METRIC_LABELS[metric]}, class weights "
-                 f"{record.get('class_weight', 'none')})")
+                 f"{record.class_weight or 'none'})")
     collapsed = collapse_of(record)
     if collapsed:
         line += f"  COLLAPSED: {collapsed['text']}"
     return line
 
 
-def _fit_holdout(store, tap: str, clf: str, seed: int, selection):
+def _cv_line(record: RunRecord, metric: str, score) -> str:
+    cv = record.cv
+    line = (f"cv {cv['mean']:.4f} [{cv['ci'][0]:.4f}, {cv['ci'][1]:.4f}] over "
+            f"{len(cv['fold_scores'])} folds")
+    if metric != "accuracy":
+        sc = score(record, metric)
+        line += (f"; {METRIC_LABELS[metric]} cv {sc['value']:.4f} "
+                 f"[{sc['low']:.4f}, {sc['high']:.4f}]")
+    return line
+
+
+def _holdout_line(record: RunRecord, metric: str, score) -> str:
+    val, test = record.metrics["val"], record.scored_metrics
+    line = f"val {val['accuracy']:.4f} test {test['accuracy']:.4f}"
+    if metric != "accuracy":
+        line += f"; {METRIC_LABELS[metric]} val {val[metric]:.4f} test {test[metric]:.4f}"
+    return line
+
+
+def _fit_holdout(store, tap: str, clf: str, seed: int, selection, protocol):
     choice = {"metric": selection.metric, "class_weight": selection.class_weight}
     if clf in STREAMING:  # reads the store block by block, never a whole tap
         from ..heads.streaming import stream_select_and_fit
@@ -146,11 +151,11 @@ def _fit_holdout(store, tap: str, clf: str, seed: int, selection):
         store=store, classes=store.classes, val_pred=res.val_pred, test_pred=test_pred,
         test_proba=proba, hyperparameters={**res.params, "class_weight": res.class_weight},
         search=res.search, fit_seconds=res.fit_seconds, layer=tap, seed=seed,
-        trainable_params=_n_params(res.model))
+        trainable_params=_n_params(res.model), protocol=protocol)
     return record, res.model
 
 
-def _fit_cv(store, tap: str, clf: str, seed: int, selection):
+def _fit_cv(store, tap: str, clf: str, seed: int, selection, protocol):
     """Nested cross-validation of ``clf`` on ``tap``; the returned head is refitted on
     every image with a hyperparameter chosen by inner CV on all of them."""
     from threadpoolctl import threadpool_limits
@@ -176,7 +181,7 @@ def _fit_cv(store, tap: str, clf: str, seed: int, selection):
         store=store, classes=store.classes, folds=folds,
         hyperparameters={**params, "class_weight": selection.class_weight},
         search=search, fit_seconds=cv_seconds, layer=tap, seed=seed,
-        trainable_params=_n_params(model),
+        trainable_params=_n_params(model), protocol=protocol,
         extra={"final_model": "refitted on every image with the hyperparameter an inner CV "
                               "over all of them chose"})
     return record, model

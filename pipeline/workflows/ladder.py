@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import UsageError
 from ..runs.groups import collapse_of, majority_reference, record_metric, score, test_metrics
 from ..runs.protocol import resolve_protocol
-from ..runs.records import DEFAULT_RUNS_DIR
+from ..runs.records import DEFAULT_RUNS_DIR, as_record
 from ..store.hdf5 import open_store
 from ..train.finetune import FinetuneConfig
 from .finetune import run_finetune_seeds
@@ -46,19 +46,21 @@ def summarise_group(records, metric: str | None = None) -> dict:
     ``metric`` (default: the one the runs were selected by) as ``metric``,
     ``val_score``, ``test_score``, ``score_std`` (``ci`` is its interval); the
     scored predictions' ``balanced_accuracy`` and ``macro_f1``; ``collapsed``:
-    what a run that answers one class does (None when none does).
+    what a run that answers one class does (None when none does); ``protocol``: the
+    name of the runs' protocol (rows are JSON-ready).
     """
+    records = [as_record(r) for r in records]
     metric = metric or record_metric(records[0])
     accuracy = [score(r, "accuracy") for r in records]
     scores = [score(r, metric) for r in records]
     test = [sc["value"] for sc in accuracy]
     values = [sc["value"] for sc in scores]
     collapsed = next((c["text"] for c in map(collapse_of, records) if c), None)
-    return {"method": records[0]["label"], "n_seeds": len(records),
-            "protocol": records[0].get("protocol", "holdout"),
+    return {"method": records[0].label, "n_seeds": len(records),
+            "protocol": records[0].protocol.name,
             "ci": [scores[0]["low"], scores[0]["high"]],
-            "trainable_params": records[0].get("trainable_params"),
-            "train_seconds": float(np.mean([r["fit_seconds"] for r in records])),
+            "trainable_params": records[0].trainable_params,
+            "train_seconds": float(np.mean([r.fit_seconds for r in records])),
             "val_accuracy": float(np.mean([sc["select"] for sc in accuracy])),
             "test_accuracy": float(np.mean(test)),
             "test_std": float(np.std(test, ddof=1)) if len(test) > 1 else 0.0,
@@ -68,16 +70,17 @@ def summarise_group(records, metric: str | None = None) -> dict:
             "balanced_accuracy": float(np.mean([test_metrics(r)["balanced_accuracy"]
                                                 for r in records])),
             "macro_f1": float(np.mean([test_metrics(r)["macro_f1"] for r in records])),
-            "collapsed": collapsed, "run_ids": [r["run_id"] for r in records]}
+            "collapsed": collapsed, "run_ids": [r.run_id for r in records]}
 
 
 def reference_row(record, metric: str) -> dict | None:
     """The majority-class reference (:func:`pipeline.runs.groups.majority_reference`) on
     ``record``'s scored images, as a row of :func:`summarise_group`'s shape."""
+    record = as_record(record)
     ref = majority_reference(record, metric)
     if ref is None:
         return None
-    return {"method": ref["name"], "n_seeds": 0, "protocol": record.get("protocol", "holdout"),
+    return {"method": ref["name"], "n_seeds": 0, "protocol": record.protocol.name,
             "ci": [ref["low"], ref["high"]], "trainable_params": 0, "train_seconds": 0.0,
             "val_accuracy": None, "test_accuracy": ref["accuracy"], "test_std": 0.0,
             "metric": metric, "val_score": None, "test_score": ref["value"], "score_std": 0.0,
@@ -118,8 +121,8 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
         raise UsageError(f"unknown rung(s) {', '.join(sorted(set(rungs) - known))}; "
                          f"valid: {', '.join(sorted(known))}")
     store = open_store(features, split_seed, groups)
-    protocol, why = resolve_protocol(protocol, store)
-    log.info("ladder protocol: %s", why)
+    protocol = resolve_protocol(protocol, store)
+    log.info("ladder protocol: %s", protocol.why)
     selection = resolve_selection(store, metric, class_weight)   # checked once, up front
     # each rung resolves the same store the same way, and its record keeps why (auto: ...)
     choice = {"metric": metric, "class_weight": class_weight}
@@ -131,25 +134,24 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
     for kind in ("pixels", "mlp", "cnn"):
         if wanted(kind):
             opts = {"epochs": cnn_epochs} if kind == "cnn" and cnn_epochs else {}
-            recs = [run_baseline(kind, features, runs_dir, seed=s, protocol=protocol,
+            recs = [run_baseline(kind, features, runs_dir, seed=s, protocol=protocol.name,
                                  **split, **choice, **opts)[0]
                     for s in range(baseline_seeds if kind != "pixels" else 1)]
             rows.append(summarise_group(recs))
             last = recs[0]
     if wanted("frozen"):
-        recs = [r for r, _ in run_fit(features, "all", "logreg", runs_dir, protocol=protocol,
-                                      **split, **choice)]
+        recs = [r for r, _ in run_fit(features, "all", "logreg", runs_dir,
+                                      protocol=protocol.name, **split, **choice)]
         # the tap chosen without test data: one that learned before a collapsed one
         best = max(recs, key=lambda r: (collapse_of(r) is None, score(r)["select"]))
         last = best
         row = summarise_group([best])
-        row["method"] = (f"frozen {best['label']} (best tap on "
-                         f"{'cv' if protocol == 'cv' else 'val'})")
+        row["method"] = f"frozen {best.label} (best tap on {protocol.select_short})"
         rows.append(row)
     for name, cfg in configs:
         if wanted(name):
             recs = [r for r, _ in run_finetune_seeds(replace(cfg, label=name, **choice), seeds,
-                                                     runs_dir, cache_dir, protocol)]
+                                                     runs_dir, cache_dir, protocol.name)]
             rows.append(summarise_group(recs))
             last = recs[0]
     reference = reference_row(last, selection.metric) if last else None

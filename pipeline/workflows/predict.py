@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import DeviceError, StoreError, UsageError, opt
 from ..files import atomic_write
 from ..heads.persist import HEAD_EXT, PICKLE_SUFFIXES, load_head
-from ..runs.records import DEFAULT_RUNS_DIR, find_record
+from ..runs.records import DEFAULT_RUNS_DIR, RunRecord, find_record
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class RunModel:
     """A run's saved model, opened: what ``predict`` and ``export`` work from.
 
     ``kind``: frozen | pixels | mlp | cnn | finetune | onnx; ``bundle`` is what
-    was saved (for onnx: ``{"session", "metadata", "rule"}``).
+    was saved (for onnx: ``{"session", "metadata", "rule"}``); ``record``: the run's
+    record when one was found beside the model, else None.
     """
 
     kind: str
@@ -60,7 +61,7 @@ class RunModel:
     bundle: dict
     path: Path
     run_id: str = ""
-    record: dict = field(default_factory=dict)
+    record: RunRecord | None = None
 
 
 def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
@@ -150,27 +151,27 @@ def load_run_model(model_ref, runs_dir=DEFAULT_RUNS_DIR) -> RunModel:
     if suffix == f".{ONNX_EXT}":
         return _open_onnx(p)
     if suffix in (f".{HEAD_EXT}", f".{TORCH_EXT}", *PICKLE_SUFFIXES):
-        return _open_model_file(p, {})
+        return _open_model_file(p, None)
     record = find_record(str(model_ref), runs_dir)
-    if not record.get("model_file"):
-        raise UsageError(f"run {record['run_id']} ({record.get('method')}) saved no model; "
+    if not record.model_file:
+        raise UsageError(f"run {record.run_id} ({record.method}) saved no model; "
                          "predict and export take runs written by fit, baseline or finetune")
-    model_file = Path(record["model_file"])
+    model_file = Path(record.model_file)
     if not model_file.is_file():      # the runs folder was moved: the model sits beside it
-        model_file = Path(record["_file"]).with_name(model_file.name)
+        model_file = Path(record.file).with_name(model_file.name)
     if not model_file.is_file():
-        raise StoreError(f"the saved model of run {record['run_id']} is missing ({model_file})")
+        raise StoreError(f"the saved model of run {record.run_id} is missing ({model_file})")
     return _open_model_file(model_file, record)
 
 
-def _open_model_file(path: Path, record: dict) -> RunModel:
+def _open_model_file(path: Path, record: RunRecord | None) -> RunModel:
     sibling = path.with_name(f"{path.stem}.json")  # save_run writes <run_id>.json beside it
-    if not record and sibling.is_file():
+    if record is None and sibling.is_file():
         try:
             record = find_record(str(sibling))
         except (OSError, ValueError):
-            record = {}
-    run_id = record.get("run_id") or path.stem
+            record = None
+    run_id = record.run_id if record is not None else path.stem
     if path.suffix.lower() == f".{TORCH_EXT}":
         if not path.is_file():
             raise StoreError(f"no saved model at {path}")
