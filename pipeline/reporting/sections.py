@@ -258,22 +258,7 @@ def backbones_section(groups: list) -> dict:
                       "others": {t: _others(g) for t, g in best_at.items()}})
         best = max(best_at.values(), key=lambda g: (not g["collapsed"], g["selection"],
                                                      -_tap_rank(g["layer"])))
-        rep = best["rep"]
-        feats = rep.features
-        cost = feats.get("cost") or {}
-        tap = best["layer"]
-        weights = rep.weights or ""
-        rows.append({
-            "backbone": backbone, "tap": tap, "head": best["method"],
-            "accuracy": best["value"], "selection": best["selection"],
-            "ci": best["ci"], "group": best, "collapsed": best["collapsed_text"],
-            "others": _others(best),
-            "params": (cost.get("params") or {}).get(tap),
-            "gflops": (cost.get("gflops") or {}).get(tap),
-            "images_per_second": feats.get("images_per_second") or None,
-            "weights": weights,
-            "random_weights": weights.startswith("random-init"),
-        })
+        rows.append(_backbone_row(backbone, best))
     rows.sort(key=lambda r: (bool(r["collapsed"]), -r["selection"],
                              r["gflops"] if r["gflops"] is not None else float("inf")))
     points = [{"name": r["backbone"], "accuracy": r["accuracy"], "gflops": r["gflops"],
@@ -299,6 +284,23 @@ def backbones_section(groups: list) -> dict:
             "figure": plots.pareto_plot(points, label), "majority": majority,
             "metric_label": label, "depth_figure": depth_figure,
             "advice": _backbone_advice(rows, label), "note": None}
+
+
+def _backbone_row(backbone: str, best: dict) -> dict:
+    """One backbone's row: its best tap and head (group ``best``) with their cost."""
+    rep = best["rep"]
+    feats = rep.features
+    cost = feats.get("cost") or {}
+    tap = best["layer"]
+    weights = rep.weights or ""
+    return {"backbone": backbone, "tap": tap, "head": best["method"],
+            "accuracy": best["value"], "selection": best["selection"],
+            "ci": best["ci"], "group": best, "collapsed": best["collapsed_text"],
+            "others": _others(best),
+            "params": (cost.get("params") or {}).get(tap),
+            "gflops": (cost.get("gflops") or {}).get(tap),
+            "images_per_second": feats.get("images_per_second") or None,
+            "weights": weights, "random_weights": weights.startswith("random-init")}
 
 
 def _before(g, other) -> bool:
@@ -554,6 +556,27 @@ GRID = {
 }
 
 
+def _depth_sentences(depth_gain, size, similarity, label: str) -> list:
+    """What the deepest tap against the best shallower one says about the data's similarity
+    to ImageNet, and the grid's advice for it."""
+    if not depth_gain:
+        return ["Similarity to ImageNet is not measured yet: fit heads on at least two "
+                "taps (`python cli.py fit --layer all`)."]
+    direction = "better" if depth_gain["gain"] >= 0 else "worse"
+    t = depth_gain["test"]
+    noise = (f", {_test_label(t)} p = {t['p_value']:.3g}: "
+             f"{'significant' if t['p_value'] < SIGNIFICANCE else 'within noise'}" if t else "")
+    reason = ("a shallower tap is significantly better, so the images look different "
+              "from ImageNet" if similarity == "different" else
+              "no shallower tap is significantly better, so the ImageNet-specific deep "
+              "features transfer: the images look similar to ImageNet")
+    return [f"The deepest tap {depth_gain['deep']} scores {depth_gain['deep_acc']:.1%} {label} "
+            f"against {depth_gain['other_acc']:.1%} for the best shallower tap "
+            f"{depth_gain['other']} ({abs(depth_gain['gain']) * 100:.1f} points "
+            f"{direction}{noise}); {reason}.",
+            f"The grid says: {GRID[(size, similarity)]}"]
+
+
 def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, baseline_gap,
                     best_frozen, verdict) -> list:
     """Plain-language sentences that cite the measured numbers (in the report's metric)."""
@@ -561,24 +584,7 @@ def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, base
     lines = [f"This dataset has about {per_class:.0f} training images per class: "
              f"{size} data by the grid's rule (large means at least "
              f"{LARGE_DATA_PER_CLASS:,} per class)."]
-    if depth_gain:
-        direction = "better" if depth_gain["gain"] >= 0 else "worse"
-        t = depth_gain["test"]
-        noise = (f", {_test_label(t)} p = {t['p_value']:.3g}: "
-                 f"{'significant' if t['p_value'] < SIGNIFICANCE else 'within noise'}" if t else "")
-        reason = ("a shallower tap is significantly better, so the images look different "
-                  "from ImageNet" if similarity == "different" else
-                  "no shallower tap is significantly better, so the ImageNet-specific deep "
-                  "features transfer: the images look similar to ImageNet")
-        lines.append(
-            f"The deepest tap {depth_gain['deep']} scores {depth_gain['deep_acc']:.1%} {label} "
-            "against "
-            f"{depth_gain['other_acc']:.1%} for the best shallower tap {depth_gain['other']} "
-            f"({abs(depth_gain['gain']) * 100:.1f} points {direction}{noise}); {reason}.")
-        lines.append(f"The grid says: {GRID[(size, similarity)]}")
-    else:
-        lines.append("Similarity to ImageNet is not measured yet: fit heads on at least two "
-                     "taps (`python cli.py fit --layer all`).")
+    lines += _depth_sentences(depth_gain, size, similarity, label)
     if baseline_gap:
         lines.append(
             f"Frozen pretrained features ({baseline_gap['frozen']['name']}, "

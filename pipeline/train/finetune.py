@@ -677,10 +677,6 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
 
     import torch
 
-    from ..data.partition import inner_split
-    from ..heads.crossval import FoldResult
-    from .loop import evaluate_model
-
     t_start = time.perf_counter()
     cfg, store, loaded, stages, names, plan, pre, selection = _prepare(cfg)
     _check_cv_config(cfg, plan)
@@ -700,6 +696,28 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     def views(rows, train):
         return CachedViews(acts[torch.as_tensor(rows)], y[rows], random_view=train)
 
+    folds, epochs, histories = _train_folds(cfg, plan, store, fresh_top, views)
+    top, model_stages = fresh_top()
+    everything = np.arange(len(y))
+    final = _train_top(replace(cfg, epochs=max(1, int(np.median(epochs))), patience=None),
+                       plan, top, model_stages, views(everything, True),
+                       views(everything, False), checkpoints=False)
+    # The record's learning curves: the first outer fold's, whose validation split is real.
+    final = replace(final, history=histories[0], best_epoch=epochs[0])
+    return FinetuneResult(cfg, store, plan, names, _trunk_state(stages, plan, True), top, final,
+                          None, None, True, cache_seconds, pre, loaded.weights_id, skipped,
+                          time.perf_counter() - t_start, folds, selection)
+
+
+def _train_folds(cfg, plan, store, fresh_top, views) -> tuple[list, list, list]:
+    """``(fold results, best epochs, histories)``: a fresh top per outer fold of the store's
+    cv, trained on its training rows with the epoch chosen on an inner validation split
+    (group-aware when the split has groups), scored on its test rows."""
+    from ..data.partition import inner_split
+    from ..heads.crossval import FoldResult
+    from .loop import evaluate_model
+
+    y = store.labels
     folds, epochs, histories = [], [], []
     for r, k, train_rows, test_rows in store.cv_splits():
         tr, va = inner_split(y, train_rows, cfg.seed + r, groups=store.row_groups)
@@ -713,16 +731,7 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
                                 len(train_rows), seconds=res.seconds))
         log.info("fine-tune fold %d of repeat %d: accuracy %.3f (best epoch %d)", k + 1, r + 1,
                  acc, res.best_epoch)
-    top, model_stages = fresh_top()
-    everything = np.arange(len(y))
-    final = _train_top(replace(cfg, epochs=max(1, int(np.median(epochs))), patience=None),
-                       plan, top, model_stages, views(everything, True),
-                       views(everything, False), checkpoints=False)
-    # The record's learning curves: the first outer fold's, whose validation split is real.
-    final = replace(final, history=histories[0], best_epoch=epochs[0])
-    return FinetuneResult(cfg, store, plan, names, _trunk_state(stages, plan, True), top, final,
-                          None, None, True, cache_seconds, pre, loaded.weights_id, skipped,
-                          time.perf_counter() - t_start, folds, selection)
+    return folds, epochs, histories
 
 
 def method_name(cfg: FinetuneConfig) -> str:

@@ -386,20 +386,13 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
         train_loss, train_acc, train_share = _one_epoch(model, train_data, cfg, optimizer,
                                                         scheduler, criterion)
-        val_loss, val_acc, val_proba, val_y = evaluate_model(
-            model, val_data, max(cfg.batch_size, 64), cfg.class_weights, return_labels=True)
-        n_classes = val_proba.shape[1]
-        val_pred = val_proba.argmax(1)
-        val_scores = metric_values(val_y, val_pred, n_classes) if len(val_y) else {}
+        val_loss, val_acc, val_scores, collapsed = _validate(model, val_data, cfg)
         entry = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
                  "val_loss": val_loss, "val_accuracy": val_acc,
                  "val_balanced_accuracy": val_scores.get("balanced_accuracy"),
                  "val_macro_f1": val_scores.get("macro_f1"),
                  # a run answering one class, told apart from one that memorises (report)
-                 "train_top_share": train_share,
-                 "val_collapsed": bool(len(val_y) and collapse(confusion(val_y, val_pred,
-                                                                          n_classes))),
-                 "lr": lrs,
+                 "train_top_share": train_share, "val_collapsed": collapsed, "lr": lrs,
                  "trainable_params": sum(p.numel() for g in groups for p in g.params
                                          if p.requires_grad),
                  "seconds": time.perf_counter() - t0}
@@ -407,21 +400,9 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
         log.info("epoch %d/%d train loss %.4f acc %.3f  val loss %.4f acc %.3f  (%.1f s)",
                  epoch + 1, cfg.epochs, train_loss, train_acc, val_loss, val_acc,
                  entry["seconds"])
-        score = (-math.inf if cfg.select_by == "val_loss"
-                 else val_scores.get(cfg.select_by, -math.inf))
-        if score > run.best_score or (score == run.best_score and val_loss < run.best_loss):
-            run.best_loss, run.best_score, run.best_epoch, run.bad = (val_loss, score,
-                                                                      epoch + 1, 0)
-            run.best_state = copy.deepcopy(model.state_dict())
-        else:
-            run.bad += 1
-        run.stopped = cfg.patience is not None and run.bad >= cfg.patience
+        _keep_best(run, cfg, model, epoch, val_loss, val_scores)
         if ckpt is not None:
             _save_checkpoint(ckpt, epoch, run, cfg, model, optimizer, scheduler)
-        if run.stopped:
-            log.info("early stop after epoch %d: best val %s at epoch %d", epoch + 1,
-                     f"loss {run.best_loss:.4f}" if cfg.select_by == "val_loss"
-                     else f"{cfg.select_by} {run.best_score:.4f}", run.best_epoch)
         if run.stopped or (cfg.stop_after is not None and epoch + 1 >= cfg.stop_after):
             break
     if run.best_state is not None:
@@ -429,6 +410,35 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
     model.eval()
     return TrainResult(model, run.history, run.best_epoch, time.perf_counter() - t_start,
                        run.stopped, count_trainable(groups))
+
+
+def _validate(model, val_data, cfg: TrainConfig):
+    """``(loss, accuracy, {metric: value}, collapsed)`` of ``model`` on ``val_data``."""
+    val_loss, val_acc, val_proba, val_y = evaluate_model(
+        model, val_data, max(cfg.batch_size, 64), cfg.class_weights, return_labels=True)
+    n_classes = val_proba.shape[1]
+    val_pred = val_proba.argmax(1)
+    if not len(val_y):
+        return val_loss, val_acc, {}, False
+    return (val_loss, val_acc, metric_values(val_y, val_pred, n_classes),
+            bool(collapse(confusion(val_y, val_pred, n_classes))))
+
+
+def _keep_best(run, cfg: TrainConfig, model, epoch: int, val_loss: float, val_scores: dict):
+    """Keep ``model``'s weights when this epoch is the best so far (``cfg.select_by``, ties
+    to the lower loss); else count it towards early stopping (``run.stopped``)."""
+    score = (-math.inf if cfg.select_by == "val_loss"
+             else val_scores.get(cfg.select_by, -math.inf))
+    if score > run.best_score or (score == run.best_score and val_loss < run.best_loss):
+        run.best_loss, run.best_score, run.best_epoch, run.bad = val_loss, score, epoch + 1, 0
+        run.best_state = copy.deepcopy(model.state_dict())
+    else:
+        run.bad += 1
+    run.stopped = cfg.patience is not None and run.bad >= cfg.patience
+    if run.stopped:
+        log.info("early stop after epoch %d: best val %s at epoch %d", epoch + 1,
+                 f"loss {run.best_loss:.4f}" if cfg.select_by == "val_loss"
+                 else f"{cfg.select_by} {run.best_score:.4f}", run.best_epoch)
 
 
 def _collate(items):

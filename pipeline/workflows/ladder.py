@@ -88,6 +88,22 @@ def reference_row(record, metric: str) -> dict | None:
             "collapsed": None, "reference": True, "run_ids": []}
 
 
+def _check_rungs(rungs, known: set):
+    if rungs is not None and set(rungs) - known:
+        raise UsageError(f"unknown rung(s) {', '.join(sorted(set(rungs) - known))}; "
+                         f"valid: {', '.join(sorted(known))}", param="rungs")
+
+
+def _frozen_row(fitted: list, protocol) -> tuple[dict, object]:
+    """``(row, record)`` of the frozen rung: logreg on the tap chosen without test data
+    (one that learned before a collapsed one), from ``fitted`` ``[(record, path)]``."""
+    best = max((r for r, _ in fitted), key=lambda r: (collapse_of(r) is None,
+                                                       score(r)["select"]))
+    row = summarise_group([best])
+    row["method"] = f"frozen {best.label} (best tap on {protocol.select_short})"
+    return row, best
+
+
 def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
                epochs: int = LADDER_EPOCHS, views: int = 3, cnn_epochs: int | None = None,
                cache_dir=None, rungs=None, protocol: str = "holdout",
@@ -116,10 +132,7 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
     configs = [(name, replace(cfg, split_seed=split_seed, groups=groups))
                for name, cfg in ladder_configs(features, epochs, views)]
     split = {"split_seed": split_seed, "groups": groups}
-    known = {"pixels", "mlp", "cnn", "frozen"} | {name for name, _ in configs}
-    if rungs is not None and set(rungs) - known:
-        raise UsageError(f"unknown rung(s) {', '.join(sorted(set(rungs) - known))}; "
-                         f"valid: {', '.join(sorted(known))}")
+    _check_rungs(rungs, {"pixels", "mlp", "cnn", "frozen"} | {name for name, _ in configs})
     store = open_store(features, split_seed, groups)
     protocol = resolve_protocol(protocol, store)
     log.info("ladder protocol: %s", protocol.why)
@@ -140,13 +153,8 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
             rows.append(summarise_group(recs))
             last = recs[0]
     if wanted("frozen"):
-        recs = [r for r, _ in run_fit(features, "all", "logreg", runs_dir,
-                                      protocol=protocol.name, **split, **choice)]
-        # the tap chosen without test data: one that learned before a collapsed one
-        best = max(recs, key=lambda r: (collapse_of(r) is None, score(r)["select"]))
-        last = best
-        row = summarise_group([best])
-        row["method"] = f"frozen {best.label} (best tap on {protocol.select_short})"
+        row, last = _frozen_row(run_fit(features, "all", "logreg", runs_dir,
+                                        protocol=protocol.name, **split, **choice), protocol)
         rows.append(row)
     for name, cfg in configs:
         if wanted(name):
