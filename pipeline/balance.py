@@ -82,6 +82,8 @@ def describe_balance(counts, classes=None) -> str:
         return f"{len(present)} class with images"
     big = present[np.argmax(counts[present])]
     small = present[np.argmin(counts[present])]
+    if counts[big] == counts[small]:
+        return f"every class has {counts[big]:,} images: 1.00x"
     return (f"largest class {names[big]} ({counts[big]:,} images), smallest {names[small]} "
             f"({counts[small]:,}): {class_ratio(counts):.2f}x")
 
