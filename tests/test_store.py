@@ -110,3 +110,23 @@ def test_second_writer_is_refused(toy_folder, tmp_path):
     with write_lock(path):
         with pytest.raises(StoreError, match="being written by pid"):
             _extract(toy_folder, tmp_path / "f")
+
+
+def test_a_run_opens_the_old_store_once_and_the_new_one_once(toy_folder, tmp_path, monkeypatch):
+    """extract reads the existing store once (config, index, vectors to reuse, split) and
+    the store it wrote once (summary, leakage check), not once per question."""
+    from pipeline.store import hdf5
+
+    _extract(toy_folder, tmp_path / "f")
+    make_folder(toy_folder, per_class=7)
+    opened, real = [], hdf5.FeatureStore.__init__
+
+    def counted(self, *args, **kw):
+        opened.append(args[0])
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(hdf5.FeatureStore, "__init__", counted)
+    more = _extract(toy_folder, tmp_path / "f")
+    assert more.n_extracted == 3 and len(opened) == 2
+    opened.clear()
+    assert _extract(toy_folder, tmp_path / "f").up_to_date and len(opened) == 1

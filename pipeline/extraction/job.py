@@ -49,8 +49,6 @@ from ..store.hdf5 import (
     config_key,
     library_versions,
     now_iso,
-    read_index,
-    read_vectors,
     write_store,
 )
 from ..store.journal import Journal
@@ -115,6 +113,8 @@ class ExtractSummary:
     notes: list = field(default_factory=list)        # what the layout and split found
     class_counts: dict = field(default_factory=dict)  # class -> [train, val, test] images
     split: dict = field(default_factory=dict)          # the stored split (partition info)
+    #: the finished store, opened (not compared, not shown)
+    store: object = field(default=None, compare=False, repr=False)
 
     def describe(self) -> list[str]:
         """Lines saying what data was found: layout, classes with their images per split,
@@ -258,16 +258,19 @@ def comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in FORMER_KEYS}
 
 
-def check_existing(path: Path, config: dict, overwrite: bool):
-    """``(config, index)`` of the store at ``path`` when it has ``config``; None when
-    there is none (or ``overwrite``); :class:`StoreError` naming the difference otherwise.
+def check_existing(path: Path, config: dict, overwrite: bool) -> FeatureStore | None:
+    """The store at ``path`` (opened once for the whole run) when it has ``config``; None
+    when there is none (or ``overwrite``); :class:`StoreError` naming the difference
+    otherwise.
 
     A store that cannot be read (truncated, damaged, a dataset missing, not
     written by this tool) is refused, unless ``overwrite``: it is then moved
     aside to ``<name>.corrupt-<time>`` (never deleted) and a new one is written.
     """
     try:
-        existing = read_index(path) if path.exists() else None
+        existing = FeatureStore(path) if path.exists() else None
+        if existing is not None:
+            existing.index()
     except CorruptStoreError as exc:
         detail = exc.template.split("; run `python cli.py extract`")[0]
         if not overwrite:
@@ -278,11 +281,11 @@ def check_existing(path: Path, config: dict, overwrite: bool):
         aside = move_aside(path)
         log.warning("%s; moved it aside to %s and writing a new store", detail, aside)
         return None
-    if existing is None or comparable(existing[0]) == config:
+    if existing is None or comparable(existing.config) == config:
         return existing
     if overwrite:
         return None
-    old = comparable(existing[0])
+    old = comparable(existing.config)
     diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
     raise StoreError(
         f"{path} exists with a different configuration (differs in: {', '.join(diff)}); "
@@ -326,18 +329,19 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary:
         log.info("leakage check not repeated: %s is unchanged (`python cli.py report` lists "
                  "its duplicate pairs)", summary.path)
     else:
-        log_leakage(summary.path)
+        log_leakage(summary.store)
     return summary
 
 
-def log_leakage(path: Path) -> dict | None:
-    """Warn with the counts of exact and near-duplicate pairs of the store at ``path``
+def log_leakage(store: FeatureStore) -> dict | None:
+    """Warn with the counts of exact and near-duplicate pairs of ``store``
     (:func:`pipeline.store.leakage.find_duplicates`); returns them (None if the check
     could not run: the store is written either way)."""
     from ..store.leakage import find_duplicates, near_rule_text, summary_line
 
+    path = store.path
     try:
-        found = find_duplicates(FeatureStore(path))
+        found = find_duplicates(store)
     except (StoreError, OSError, ValueError, ImportError) as exc:
         log.warning("leakage check of %s not run: %s", path, exc)
         return None
@@ -363,25 +367,30 @@ def extract_manifest(cfg: ExtractConfig, manifest: Manifest, path: Path,
     on_full = (f"the store needs about {human_bytes(need)}; the batches already extracted "
                f"are kept in {journal} and the next run resumes from them")
     with writing_into(path.parent, on_full=on_full), write_lock(path):
-        existing = check_existing(path, config, cfg.overwrite)
-        plan = plan_reuse(existing, manifest, spec, taps, path)
-        if plan.up_to_date and not _labels_changed(path, manifest, split_spec(cfg, manifest)):
+        old = check_existing(path, config, cfg.overwrite)
+        plan = plan_reuse(old, manifest, spec, taps)
+        if plan.up_to_date and not _labels_changed(old, manifest, split_spec(cfg, manifest)):
             log.info("%s is up to date (%d images)", path, len(plan.reuse))
-            store = FeatureStore(path)
-            return ExtractSummary(path, len(store), 0, len(plan.reuse), 0, store.skipped,
-                                  time.perf_counter() - t_start, up_to_date=True,
-                                  runtime=cfg.runtime, precision=cfg.precision,
-                                  notes=list(manifest.notes)
-                                  + list(store.split_info.get("notes") or []),
-                                  class_counts=store.split_class_counts(),
-                                  split=store.split_info)
-        return _extract_and_write(cfg, spec, manifest, config, path, plan, device_kind, t_start)
+            return _summary(old, manifest, t_start, cfg, up_to_date=True,
+                            n_reused=len(plan.reuse))  # the store as it is, opened once
+        return _extract_and_write(cfg, spec, manifest, config, path, plan, device_kind, t_start,
+                                  old)
 
 
-def _labels_changed(path: Path, manifest: Manifest, spec: SplitSpec) -> bool:
+def _summary(store: FeatureStore, manifest: Manifest, t_start: float, cfg, **counts):
+    """The :class:`ExtractSummary` of the finished ``store`` (which it keeps, opened)."""
+    fields = {"n_extracted": 0, "n_reused": 0, "n_resumed": 0, **counts}
+    return ExtractSummary(
+        path=store.path, n_images=len(store), skipped=fields.pop("skipped", store.skipped),
+        seconds=time.perf_counter() - t_start, runtime=cfg.runtime, precision=cfg.precision,
+        notes=list(manifest.notes) + list(store.split_info.get("notes") or []),
+        class_counts=store.split_class_counts(), split=store.split_info, store=store,
+        **fields)
+
+
+def _labels_changed(store: FeatureStore, manifest: Manifest, spec: SplitSpec) -> bool:
     """Whether the store's labels, classes, given split, groups, table or split spec differ
     from the data's (its index is then rewritten; no vector changes)."""
-    store = FeatureStore(path)
     label_of = dict(zip(manifest.paths, (manifest.classes[k] for k in manifest.labels)))
     if any(label_of.get(p) != store.classes[k] for p, k in zip(store.paths, store.labels)):
         return True
@@ -415,12 +424,12 @@ class ReusePlan:
     up_to_date: bool = False
 
 
-def plan_reuse(existing, manifest: Manifest, spec, taps, path: Path) -> ReusePlan:
-    """Decide, image by image, what can be reused from the existing store."""
-    if existing is None:
+def plan_reuse(old: FeatureStore | None, manifest: Manifest, spec, taps) -> ReusePlan:
+    """Decide, image by image, what can be reused from the existing store ``old``."""
+    if old is None:
         return ReusePlan(tuple(taps), {}, {}, list(range(len(manifest))), {})
-    _, index = existing
-    old_taps = list(FeatureStore(path).taps)
+    index = old.index()
+    old_taps = list(old.taps)
     all_taps = tuple(t for t in spec.tap_names if t in set(old_taps) | set(taps))
     previous = {p: int(c) for p, c in zip(index.paths, index.split)}
     if not set(taps) <= set(old_taps):  # a new tap: every image runs again
@@ -463,7 +472,8 @@ def _index_changed(index, manifest: Manifest, plan: ReusePlan) -> bool:
     return listed != expected
 
 
-def _extract_and_write(cfg, spec, manifest, config, path, plan, device_kind, t_start):
+def _extract_and_write(cfg, spec, manifest, config, path, plan, device_kind, t_start,
+                       old: FeatureStore | None):
     """Journal the forward passes of ``plan.todo``, then write the finished store."""
     journal = Journal(path, config_key(dict(config, taps=list(plan.taps))))
     journal.open(overwrite=cfg.overwrite)
@@ -481,31 +491,27 @@ def _extract_and_write(cfg, spec, manifest, config, path, plan, device_kind, t_s
         forward_seconds, n_forward = _run_forward(cfg, spec, plan.taps, manifest, remaining,
                                                   journal)
         done_rows, done_failed = journal.done(stamps)
-    rows, skipped = assemble_rows(manifest, plan, done_rows, done_failed, path)
+    rows, skipped = assemble_rows(manifest, plan, done_rows, done_failed, old)
     check_free_space(path, journal, rows, skipped,
                      spec.widths(plan.taps, cfg.pool), cfg.dtype)
     speed = (n_forward / forward_seconds) if forward_seconds else 0.0
-    created = FeatureStore(path).attrs.get("created") if plan.existing else None
+    created = old.attrs.get("created") if old is not None else None
     attrs = store_attrs(cfg, spec, config, manifest, created or now_iso(), speed)
-    attrs["cost"] = _cost(spec, plan.taps, cfg.pool, path if plan.existing else None)
+    attrs["cost"] = _cost(spec, plan.taps, cfg.pool, old)
     write_split_store(path, config, attrs, manifest, rows, skipped,
-                      spec.widths(plan.taps, cfg.pool), cfg, plan.previous_split)
+                      spec.widths(plan.taps, cfg.pool), cfg, plan.previous_split, old)
     journal.discard()
-    store = FeatureStore(path)
-    return ExtractSummary(
-        path=path, n_images=len(rows), n_extracted=n_forward, n_reused=len(plan.reuse),
-        n_resumed=len(resumed), skipped=[(p, r) for p, _s, r in skipped],
-        seconds=time.perf_counter() - t_start, forward_seconds=forward_seconds,
-        images_per_second=speed, runtime=cfg.runtime, precision=cfg.precision,
-        notes=list(manifest.notes) + list(store.split_info.get("notes") or []),
-        class_counts=store.split_class_counts(), split=store.split_info)
+    return _summary(FeatureStore(path), manifest, t_start, cfg, n_extracted=n_forward,
+                    n_reused=len(plan.reuse), n_resumed=len(resumed),
+                    skipped=[(p, r) for p, _s, r in skipped],
+                    forward_seconds=forward_seconds, images_per_second=speed)
 
 
-def _cost(spec, taps, pool: str, old_path=None) -> dict:
+def _cost(spec, taps, pool: str, old_store=None) -> dict:
     """Parameters and GFLOPs per tap (:func:`pipeline.extraction.forward.measure_cost`),
     kept from the old store when it measured the same taps; ``{}`` when not measurable."""
-    if old_path is not None:
-        old = FeatureStore(old_path).attrs.get("cost")
+    if old_store is not None:
+        old = old_store.attrs.get("cost")
         old = json.loads(old) if isinstance(old, str) else old
         if isinstance(old, dict) and set(taps) <= set((old.get("gflops") or {})):
             return old
@@ -560,10 +566,10 @@ def check_free_space(path: Path, journal: Journal, rows, skipped, taps: dict, dt
 
 
 def assemble_rows(manifest: Manifest, plan: ReusePlan, done_rows: dict, done_failed: dict,
-                  path: Path):
+                  old: FeatureStore | None):
     """``(rows, skipped)`` of the finished store in manifest order (see :func:`write_store`)."""
     old_rows = np.asarray(sorted(r for r, _ in plan.reuse.values()), dtype=np.int64)
-    old_vectors = read_vectors(path, plan.taps, old_rows) if len(old_rows) else {}
+    old_vectors = old.read_rows(plan.taps, old_rows) if len(old_rows) else {}
     old_pos = {int(r): k for k, r in enumerate(old_rows)}
     rows, skipped = [], []
     for i, rel in enumerate(manifest.paths):
@@ -619,7 +625,8 @@ def store_attrs(cfg: ExtractConfig, spec, config: dict, manifest: Manifest, crea
 
 
 def write_split_store(path: Path, config: dict, attrs: dict, manifest: Manifest, rows,
-                      skipped, taps: dict, cfg: ExtractConfig, previous_split: dict):
+                      skipped, taps: dict, cfg: ExtractConfig, previous_split: dict,
+                      old: FeatureStore | None = None):
     """Fix the stored split and cross-validation folds over ``rows`` (:func:`partition`
     of the data's given split and groups under the spec of ``cfg``) and write the store.
 
@@ -632,8 +639,8 @@ def write_split_store(path: Path, config: dict, attrs: dict, manifest: Manifest,
     keep = [row_of[p] for p in paths]
     given = None if manifest.given_split is None else manifest.given_split[keep]
     stored = None if manifest.groups is None else [manifest.groups[i] for i in keep]
-    same_spec = bool(previous_split) and path.is_file() and FeatureStore(path).stored_spec == spec
-    previous_folds = stored_folds(path) if same_spec else {}
+    same_spec = bool(previous_split) and old is not None and old.stored_spec == spec
+    previous_folds = old.stored_folds() if same_spec else {}
     part = partition(paths, labels, spec, given=given, groups=group_ids(spec.groups, paths, stored),
                      previous_split=previous_split if same_spec else None,
                      previous_folds=previous_folds)
@@ -651,16 +658,6 @@ def write_split_store(path: Path, config: dict, attrs: dict, manifest: Manifest,
                  group_rule=spec.groups, partition=part.describe())
     write_store(path, config=config, attrs=attrs, classes=manifest.classes, rows=rows,
                 skipped=skipped, taps=taps, dtype=cfg.dtype)
-
-
-def stored_folds(path: Path) -> dict:
-    """``{path: fold ids}`` stored in the store at ``path`` ({} when it stores none)."""
-    if not path.is_file():
-        return {}
-    store = FeatureStore(path)
-    if not store.has_stored_folds:
-        return {}
-    return {p: tuple(int(v) for v in row) for p, row in zip(store.paths, store.folds)}
 
 
 def _sha_or_none(path):

@@ -42,12 +42,11 @@ import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..data.manifest import Manifest
 from ..errors import StoreError, UsageError, WorkbenchError, opt
-from ..store.hdf5 import CHUNK_ROWS, FeatureStore, now_iso, read_index, write_store
+from ..store.hdf5 import FeatureStore, RowReader, now_iso, write_store
 from ..store.lock import write_lock
 from .job import (
     ExtractConfig,
@@ -107,27 +106,6 @@ def shard_store_path(store_path: Path, rank: int, world: int) -> Path:
 
 
 
-class _RowReader:
-    """Tap vectors of several stores by (store, row), one cached block per store.
-
-    Rows of each store must be asked for in increasing order (a merge in
-    manifest order does), so memory is one block per store, not N rows.
-    """
-
-    def __init__(self, files, taps, block: int = 2 * CHUNK_ROWS):
-        self.files, self.taps, self.block = files, list(taps), block
-        self.start = [None] * len(files)
-        self.data = [None] * len(files)
-
-    def get(self, k: int, row: int) -> dict:
-        start = row - row % self.block
-        if self.start[k] != start:
-            f = self.files[k]
-            self.data[k] = {t: f[f"taps/{t}"][start:start + self.block] for t in self.taps}
-            self.start[k] = start
-        return {t: self.data[k][t][row - start] for t in self.taps}
-
-
 def _store_attrs(store: FeatureStore) -> dict:
     return {k: v for k, v in store.attrs.items() if k not in _OWN_ATTRS}
 
@@ -139,23 +117,22 @@ def _seed_shard(final: Path, shard: Path, paths) -> int:
     shard's own incremental extraction only computes new or changed images.
     Returns the number of rows copied.
     """
-    config, index = read_index(final)
     store = FeatureStore(final)
+    config, index = store.config, store.index()
     wanted = set(paths)
     keep = [r for r, p in enumerate(index.paths) if p in wanted]
     skipped = [(p, sha, reason) for p, (sha, reason) in index.skipped.items() if p in wanted]
     if not keep and not skipped:
         return 0
-    with h5py.File(final, "r") as f:
-        reader = _RowReader([f], store.taps)
+    with RowReader([final], store.taps) as reader:
         rows = [{"path": index.paths[r], "label": int(index.labels[r]),
                  "split": int(index.split[r]), "sha256": index.sha256[r],
                  "size": int(index.size[r]), "mtime_ns": int(index.mtime_ns[r]),
                  "vectors": (lambda r=r: reader.get(0, r))} for r in keep]
         shard.parent.mkdir(parents=True, exist_ok=True)
         write_store(shard, config=config, attrs=_store_attrs(store), classes=store.classes,
-                       rows=rows, skipped=skipped, taps=dict(store.tap_channels),
-                       dtype=str(f[f"taps/{store.taps[0]}"].dtype))
+                    rows=rows, skipped=skipped, taps=dict(store.tap_channels),
+                    dtype=reader.dtype(0))
     return len(keep)
 
 
@@ -191,24 +168,22 @@ def merge_shards(cfg: ExtractConfig, world: int, shard_summaries=None) -> Extrac
     stores = _finished_shards(final, shards, world)
     config, taps = stores[0].config, stores[0].taps
     existing = check_existing(final, config, cfg.overwrite)
-    previous = {p: int(c) for p, c in zip(existing[1].paths, existing[1].split)} \
+    previous = {p: int(c) for p, c in zip(existing.paths, existing.split_codes)} \
         if existing else {}
-    created = FeatureStore(final).attrs.get("created") if existing else None
+    created = existing.attrs.get("created") if existing else None
     manifest = build_manifest(cfg)
-    indexes = [read_index(p)[1] for p in shards]
+    indexes = [s.index() for s in stores]
     rows, skipped = _merged_rows(manifest, indexes)
     attrs = _store_attrs(stores[0])
     attrs.update(created=created or min(s.attrs.get("created", now_iso()) for s in stores),
                  updated=now_iso(), images_per_second=float(
                      sum(s.attrs.get("images_per_second", 0.0) or 0.0 for s in stores)))
-    with write_lock(final), contextlib.ExitStack() as stack:
-        files = [stack.enter_context(h5py.File(p, "r")) for p in shards]
-        reader = _RowReader(files, taps)
+    with write_lock(final), RowReader(shards, taps) as reader:
         for r in rows:
             r["vectors"] = (lambda kr=r.pop("shard"): reader.get(*kr))
         write_split_store(final, config, attrs, manifest, rows, skipped,
                           dict(stores[0].tap_channels), replace(cfg, dtype=config["dtype"]),
-                          previous)
+                          previous, existing)
     for p in shards:
         p.unlink()
         Path(str(p) + ".lock").unlink(missing_ok=True)

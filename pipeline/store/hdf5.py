@@ -236,6 +236,29 @@ class FeatureStore:
         return {c: [int(((self.labels == k) & (self.split_codes == code)).sum())
                     for code in range(3)] for k, c in enumerate(self.classes)}
 
+    def index(self) -> StoreIndex:
+        """The identity columns of the stored rows (read once, then kept)."""
+        if getattr(self, "_index", None) is None:
+            with reading(self.path), h5py.File(self.path, "r") as f:
+                self._index = StoreIndex(
+                    paths=self.paths, labels=self.labels, split=self.split_codes,
+                    sha256=[s.decode() for s in f["sha256"][()]], size=f["size"][()],
+                    mtime_ns=f["mtime_ns"][()],
+                    skipped={p.decode(): (s.decode(), r.decode()) for p, s, r in zip(
+                        f["skipped/paths"][()], f["skipped/sha256"][()],
+                        f["skipped/reasons"][()])})
+        return self._index
+
+    def stored_folds(self) -> dict:
+        """``{path: fold ids}`` of the folds stored in the file ({} when it stores none)."""
+        if not self.has_stored_folds:
+            return {}
+        return {p: tuple(int(v) for v in row) for p, row in zip(self.paths, self.folds)}
+
+    def read_rows(self, taps, rows) -> dict:
+        """``{tap: (len(rows), C)}`` for increasing row indices ``rows``."""
+        return read_vectors(self.path, taps, rows)
+
     def class_counts(self) -> dict:
         """``{class: images}`` in class order."""
         counts = np.bincount(self.labels, minlength=len(self.classes))
@@ -339,6 +362,44 @@ class FeatureStore:
         return {name: int((self.split_codes == i).sum()) for i, name in enumerate(self.SPLITS)}
 
 
+class RowReader:
+    """Tap vectors of several store files by ``(file k, row)``, one cached block per file.
+
+    Rows of each file must be asked for in increasing order (a merge in manifest
+    order does), so memory is one block per file, not N rows.  A context manager:
+    the files are open inside ``with``.
+    """
+
+    def __init__(self, paths, taps, block: int = 2 * CHUNK_ROWS):
+        self.paths, self.taps, self.block = [Path(p) for p in paths], list(taps), block
+        self.start = [None] * len(self.paths)
+        self.data = [None] * len(self.paths)
+        self.files = []
+
+    def __enter__(self):
+        from contextlib import ExitStack
+
+        self._stack = ExitStack()
+        self.files = [self._stack.enter_context(h5py.File(p, "r")) for p in self.paths]
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+        self.files = []
+
+    def dtype(self, k: int) -> str:
+        """The storage dtype of file ``k``'s vectors."""
+        return str(self.files[k][f"taps/{self.taps[0]}"].dtype)
+
+    def get(self, k: int, row: int) -> dict:
+        start = row - row % self.block
+        if self.start[k] != start:
+            f = self.files[k]
+            self.data[k] = {t: f[f"taps/{t}"][start:start + self.block] for t in self.taps}
+            self.start[k] = start
+        return {t: self.data[k][t][row - start] for t in self.taps}
+
+
 def open_store(path, split_seed=None, groups=None) -> FeatureStore:
     """The store at ``path`` seen with the split of ``split_seed`` and group rule ``groups``
     (None: the stored ones; :meth:`FeatureStore.use_split`)."""
@@ -351,25 +412,6 @@ def _attr(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def read_index(path: Path) -> tuple[dict, StoreIndex] | None:
-    """The config and identity columns of an existing store, or None if absent."""
-    if not path.is_file():
-        return None
-    store = FeatureStore(path)
-    with reading(path), h5py.File(path, "r") as f:
-        index = StoreIndex(
-            paths=store.paths,
-            labels=store.labels,
-            split=store.split_codes,
-            sha256=[s.decode() for s in f["sha256"][()]],
-            size=f["size"][()],
-            mtime_ns=f["mtime_ns"][()],
-            skipped={p.decode(): (s.decode(), r.decode()) for p, s, r in zip(
-                f["skipped/paths"][()], f["skipped/sha256"][()], f["skipped/reasons"][()])},
-        )
-    return store.config, index
 
 
 def write_store(path: Path, *, config: dict, attrs: dict, classes, rows, skipped,
