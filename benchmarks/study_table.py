@@ -1,4 +1,4 @@
-"""Print the README's results table (markdown) from a folder of run records.
+"""Print the results table of docs/results.md (markdown) from a folder of run records.
 
 Groups runs by their label (seeds of one method share it), in ladder order,
 with mean and sample standard deviation over seeds.

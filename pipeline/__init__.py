@@ -1,5 +1,5 @@
 """Transfer-learning workbench: frozen pretrained features, scikit-learn heads,
-baselines, fine-tuning and an HTML comparison report (see README.md).
+baselines, fine-tuning and an HTML comparison report (see README.md and docs/).
 
 The public API (:mod:`pipeline.api`), imported on first use so that
 ``import pipeline`` loads neither torch nor scikit-learn::
@@ -10,7 +10,7 @@ The public API (:mod:`pipeline.api`), imported on first use so that
     head = wb.fit(store, layer="layer4", clf="logreg")   # a Run: record, model, files
     page = wb.report()
 
-The package's layout follows the data (README, "Module map"):
+The package's layout follows the data (docs/module-map.md):
 ``data -> backbones -> store -> extraction -> heads | train -> runs -> reporting``,
 and ``workflows`` join the stages; imports point one way, down that list.
 """

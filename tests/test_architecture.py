@@ -1,4 +1,5 @@
-"""The package's structure and its Python API: one-way imports, the README session, the CLI.
+"""The package's structure and its Python API: one-way imports, the docs' session, the CLI,
+the test command (.ci/run = the README's = the docs').
 
 The import graph is read with ``ast`` (nothing is imported): every import in
 ``pipeline/``, function bodies included, becomes an edge between modules.
@@ -144,17 +145,18 @@ def test_the_checker_finds_a_planted_cycle_and_a_private_import(tmp_path):
         ["pipeline.a.x", "pipeline.a.y"]]
 
 
-def readme_session() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("## From Python", 1)[1]
+def python_api_session() -> str:
+    """The session of the docs' Python API page (docs/python-api.md), as written there."""
+    text = (ROOT / "docs" / "python-api.md").read_text(encoding="utf-8")
+    section = text.split("# From Python", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 @pytest.mark.slow
-def test_readme_from_python_session_runs_as_written(tmp_path, monkeypatch, capsys):
+def test_docs_from_python_session_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(readme_session(), "README.md: From Python", "exec"), namespace)
+    exec(compile(python_api_session(), "docs/python-api.md: From Python", "exec"), namespace)
     store, head, pixels, tuned = (namespace[k] for k in ("store", "head", "pixels", "tuned"))
     X, y = namespace["X"], namespace["y"]
     assert X.shape == (110, 320) and X.dtype == np.float32 and len(y) == 110
@@ -310,3 +312,27 @@ def test_the_report_and_the_tables_read_records_by_attribute(tmp_path, monkeypat
         assert summary_line(rec) and cli.selection_note(rec)
         assert repr(Run(rec)).startswith("Run(")
     assert "ranked by" in capsys.readouterr().out
+
+
+def bash_blocks(path: Path) -> list[str]:
+    """The ```bash blocks of a Markdown file, as written."""
+    return re.findall(r"```bash\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
+
+
+def test_ci_runs_exactly_the_readme_test_command_and_builds_the_docs():
+    """.ci/run's command is the README's test command and the docs' (Getting started):
+    lint, the documentation site with --strict, then the tests."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    assert "pip install -e '.[test]'" in ci and "ruff check . && mkdocs build --strict && " \
+        "python -m pytest" in ci
+    for page in (ROOT / "README.md", ROOT / "docs" / "getting-started.md"):
+        assert ci + "\n" in bash_blocks(page), f"{page.name} shows another test command"
+
+
+def test_readme_links_point_to_files_that_exist():
+    """The README's relative links (docs pages, the photos' attribution) resolve on GitHub."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = [m for m in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+             if "://" not in m]
+    assert any(link.startswith("docs/") for link in links)
+    assert [link for link in links if not (ROOT / link).exists()] == []

@@ -51,7 +51,7 @@ def test_cli_dtype_option_reaches_the_store(tmp_path):
 
 
 def test_tap_datasets_use_the_measured_layout(tmp_path):
-    """Uncompressed, chunks of CHUNK_ROWS rows (README "Store layout")."""
+    """Uncompressed, chunks of CHUNK_ROWS rows (docs/performance.md, "Store layout")."""
     folder = make_folder(tmp_path / "img", per_class=3)
     with h5py.File(_extract(folder, tmp_path / "f").path) as f:
         for tap in ("layer1", "layer2"):

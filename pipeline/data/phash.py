@@ -6,7 +6,7 @@ orientation), small, and keeps its 256-bit DCT hash
 (``imagehash.phash(image, hash_size=16)``) packed into 32 bytes;
 :func:`hamming` and :func:`close_pairs` count the bits two hashes differ in.
 A re-encoded, resized or recoloured copy stays within a few bits of its
-original, whatever the images show (README, "Leakage check").  A file that
+original, whatever the images show (docs/leakage.md).  A file that
 cannot be decoded, or is flat (nothing to hash), gets no hash and a reason
 instead: the caller decides what that means, nothing raises.
 """

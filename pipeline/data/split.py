@@ -75,7 +75,7 @@ def assign_split(paths, labels, seed: int = 0, fractions=DEFAULT_FRACTIONS,
     return split
 
 
-#: Repeated stratified K-fold of every store: 5 folds x 3 repeats (README, "Protocols").
+#: Repeated stratified K-fold of every store: 5 folds x 3 repeats (docs/protocols.md).
 CV_FOLDS = 5
 CV_REPEATS = 3
 

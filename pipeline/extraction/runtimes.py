@@ -13,7 +13,7 @@ target device) to the tuple of pooled tap tensors, computed by one of:
     OpenVINO on an IR converted from the cut network (``pip install -e '.[openvino]'``);
 ``auto``
     on CPU the fastest one installed, in the order measured on a 2-core
-    CPU (README, "Extraction speed"): openvino, onnx, compile, eager; on CUDA eager.
+    CPU (docs/performance.md, "Extraction speed"): openvino, onnx, compile, eager; on CUDA eager.
 
 Each runs at a *precision*: ``fp32`` everywhere; on CUDA, eager and compile
 also run under autocast at ``fp16`` (the ``auto`` choice there) or ``bf16``;
@@ -60,7 +60,7 @@ OPTIONAL = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino"
 #: mantissa bits (OpenVINO bf16 measured: up to 5e-2, cosine >= 0.996).
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 1e-1}
 CACHE_ENV = "WORKBENCH_CACHE_DIR"
-#: OpenVINO performance hint (README, "Extraction speed"): THROUGHPUT runs one
+#: OpenVINO performance hint (docs/performance.md, "Extraction speed"): THROUGHPUT runs one
 #: stream per few cores, each batch split among them; LATENCY one stream.
 OPENVINO_HINT = os.environ.get("WORKBENCH_OPENVINO_HINT", "THROUGHPUT")
 #: Images per OpenVINO request: smaller requests keep activations small (fp32,
@@ -284,7 +284,7 @@ def _openvino_runner(get, size, precision, cache_dir, threads, key, example=None
     core.set_property({"CACHE_DIR": str(Path(cache_dir or default_cache_dir()) / "openvino"
                                         / "compiled")})
     # THROUGHPUT: several streams, each on its own cores, each fed part of the
-    # batch.  Measured on 2 cores (README, "Extraction speed"): as fast as or
+    # batch.  Measured on 2 cores (docs/performance.md, "Extraction speed"): as fast as or
     # faster than LATENCY (one stream using every thread): 215 against 165 img/s
     # in fp32 in one quiet run, equal in another, 88 against 75 under load.  It
     # needs no barrier between threads, so decoding on the same cores stalls

@@ -15,7 +15,7 @@ manifest order, the split assigned over all rows exactly as a single process
 does, the same datasets and attributes, so its contents equal a
 single-process run over the same images (within the runtime's tolerance; the
 eager runtime gives the same vectors when the intra-op thread count is the
-same; see README, "Scale out").  Each rank's runtime gets the node's cores
+same; see docs/scale-out.md).  Each rank's runtime gets the node's cores
 divided among its ranks.
 
 A shard that fails or whose rank is killed is kept as its journal; finished

@@ -10,7 +10,7 @@ version does not know are kept in ``extra`` and written back), and
 predictions); :func:`save_record` writes it under ``reports/runs/`` without ever
 overwriting; :func:`load_records` and :func:`find_record` read them back.
 
-Schema (``schema: 1``; README "Run records" documents every field):
+Schema (``schema: 1``; docs/formats.md, "Run records", documents every field):
 ``run_id, created, kind (frozen|baseline|finetune), method, label, backbone,
 layer, weights, features {path (absolute since this version), fingerprint}, data_root, classes,
 split_sizes, split_seed, split {seed, groups, fractions, source, test_given, n_groups, sizes,

@@ -3,7 +3,7 @@
 One store file holds the pooled tap vectors of one image folder under one
 configuration (backbone, weights, preprocessing, pooling, storage dtype,
 runtime precision).  Layout (all datasets row-aligned, rows in manifest
-order; see README "HDF5 layout")::
+order; see docs/formats.md, "HDF5 layout")::
 
     /paths (N,) str       relative to the data root (absolute for a table's outside files)
     /labels (N,) int64    index into /classes

@@ -5,7 +5,7 @@ column).  Near-duplicates are two different files showing one picture
 (re-encoded, resized, recoloured, edited, re-framed).  No single cosine
 threshold tells those apart from look-alikes on every kind of image (brain
 MRI slices are as close at layer4 as copies of a flower photo are), so the
-rule adapts to the store (README, "Leakage check"):
+rule adapts to the store (docs/leakage.md):
 
 1. **candidates, from the features**: each image's :data:`NEIGHBOURS` nearest
    other files by cosine of the L2-normalised pooled vectors at the store's
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 #: Nearest other images per image that may become candidates.  A copy's original was
 #: among the 5 nearest of each of 600 planted copies (re-encoded, resized, brightened,
-#: cropped by 5%; flowers and brain MRI), the nearest of 598 of them (README).
+#: cropped by 5%; flowers and brain MRI), the nearest of 598 of them (docs/leakage.md).
 NEIGHBOURS = 5
 
 

@@ -10,8 +10,8 @@ exports the feature extractor.  RBF-SVM and kNN heads, which have no
 linear form, are converted by skl2onnx and joined to the exported trunk
 with ``onnx.compose``.  What the caller must do before (decode to RGB,
 resize the shorter side, centre-crop) and what the columns are go into the
-model's ``metadata_props`` (:func:`metadata`); the snippet in README,
-"Deploy", reads them.  Before the file is written, ONNX Runtime's output on
+model's ``metadata_props`` (:func:`metadata`); the snippet in docs/deploy.md
+reads them.  Before the file is written, ONNX Runtime's output on
 probe images is compared with what ``predict`` computes (the torch module,
 or the trunk then scikit-learn).
 """

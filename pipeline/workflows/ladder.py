@@ -20,13 +20,13 @@ log = logging.getLogger(__name__)
 
 
 #: Maximum epochs of each fine-tuning rung: on the full flowers, 3 epochs of the top groups
-#: reached 0.953 +- 0.002 (3 seeds) and 12 gave no better (README, "Results").
+#: reached 0.953 +- 0.002 (3 seeds) and 12 gave no better (docs/results.md).
 LADDER_EPOCHS = 3
 
 
 def ladder_configs(features, epochs: int = LADDER_EPOCHS,
                    views: int = 3) -> list[tuple[str, FinetuneConfig]]:
-    """The fine-tuning rungs of the ladder, with the defaults we tuned (see README)."""
+    """The fine-tuning rungs of the ladder, with the defaults we tuned (see docs/results.md)."""
     base = FinetuneConfig(features=features, epochs=epochs, views=views, cache_at="layer3")
     return [
         ("fine-tune head only", replace(base, unfreeze="none", lr=3e-3)),
