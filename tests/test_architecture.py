@@ -30,6 +30,9 @@ LAYERS = [
     {"pipeline.heads"},
     {"pipeline.train"},
     {"pipeline.runs"},
+    # a run's saved model of any kind, opened from its record (runs) and rebuilt from heads
+    # and train; asked by the predict and export workflows, never by the report
+    {"pipeline.models"},
     {"pipeline.reporting"},
     {"pipeline.workflows"},
     {"pipeline.api", "pipeline"},

@@ -1,0 +1,112 @@
+"""The baselines without pretrained features (``baseline --kind``): ``pixels``, ``mlp``, ``cnn``.
+
+``pixels``: logistic regression on raw pixels, a skops head bundle; predicted
+from :func:`pipeline.train.baselines.pixel_matrix`.  ``mlp`` and ``cnn``: torch
+networks saved ``.pt`` (:func:`pipeline.train.baselines.model_writer`),
+predicted eagerly on crops made by their training's rule.  Each is exported as
+one torch module: the pixel head folded into one ``nn.Linear``, or the network
+behind its own input scaling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..heads.registry import head_name
+from .base import SavedHead, SavedNetwork
+from .registry import register_model_kind
+
+
+@register_model_kind
+class PixelsModel(SavedHead):
+    """``bundle``: ``{kind: pixels, model, params: {size, ...}, classes, ...}``."""
+
+    kind = "pixels"
+    title = "pixel baseline"
+
+    @classmethod
+    def claims(cls, bundle):
+        return bundle.get("kind") == "pixels"
+
+    @property
+    def size(self) -> int:
+        return int(self.bundle["params"]["size"])
+
+    def parts(self):
+        return {"head": head_name(self.bundle["model"])}
+
+    def crop_rule(self):
+        from ..train.deploy import pixel_rule
+
+        return pixel_rule(self.size)
+
+    def predict_proba(self, files, batch_size=32, device="auto"):
+        from ..heads.selection import predict_proba
+        from ..train.baselines import pixel_matrix
+
+        X, ok, skipped = pixel_matrix(".", [str(f) for f in files], self.size)
+        failed = sorted(set(range(len(files))) - set(ok.tolist()))
+        errors = {i: reason for i, (_path, reason) in zip(failed, skipped)}
+        proba = (predict_proba(self.bundle["model"], X.astype(np.float32) / 255.0) if len(X)
+                 else np.zeros((0, len(self.classes))))
+        return proba, errors
+
+    def body(self):
+        from ..train.deploy import Pixels, linear_head
+
+        return Pixels(linear_head(self.bundle["model"], 3 * self.size * self.size))
+
+
+@register_model_kind
+class MlpModel(SavedNetwork):
+    """``bundle``: ``{kind: mlp, params: {size, hidden, dropout, ...}, state_dict, classes}``."""
+
+    kind = "mlp"
+    title = "MLP baseline"
+
+    @classmethod
+    def claims(cls, bundle):
+        return bundle.get("kind") == "mlp"
+
+    def crop_rule(self):
+        """:func:`pipeline.train.baselines.pixel_matrix`'s pixels, as the pixel baseline."""
+        from ..train.deploy import pixel_rule
+
+        return pixel_rule(int(self.bundle["params"]["size"]))
+
+    def body(self):
+        from ..train.baselines import mlp_from_bundle
+        from ..train.deploy import Pixels
+
+        net = mlp_from_bundle(self.bundle)
+        return Pixels(net, net.pixel_mean, net.pixel_std)
+
+
+@register_model_kind
+class CnnModel(SavedNetwork):
+    """``bundle``: ``{kind: cnn, params: {size, width, dropout, ...}, state_dict, classes}``."""
+
+    kind = "cnn"
+    title = "CNN baseline"
+
+    @classmethod
+    def claims(cls, bundle):
+        return bundle.get("kind") == "cnn"
+
+    def preprocessing(self):
+        from ..train.baselines import cnn_preprocessing
+
+        return cnn_preprocessing(int(self.bundle["params"]["size"]))
+
+    def crop_rule(self):
+        """:class:`pipeline.train.datasets.ImageFolderDataset`'s crops (bicubic pre-shrink)."""
+        from ..train.deploy import transform_rule
+
+        return transform_rule(self.preprocessing(), pre_shrink=True)
+
+    def body(self):
+        from ..train.baselines import cnn_from_bundle
+        from ..train.deploy import Normalise
+
+        pre = self.preprocessing()
+        return Normalise(cnn_from_bundle(self.bundle), pre.mean, pre.std)
