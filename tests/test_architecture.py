@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "pipeline"
 #: The flow, bottom to top: a module may import only from its own layer or those before it.
 LAYERS = [
-    {"pipeline.errors", "pipeline.options", "pipeline.files", "pipeline.balance"},
+    {"pipeline.errors", "pipeline.options", "pipeline.files", "pipeline.balance",
+     "pipeline.registry"},
     {"pipeline.data"},
     {"pipeline.backbones"},
     {"pipeline.store"},

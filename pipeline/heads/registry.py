@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..errors import UsageError, opt
+from ..registry import Registry
 
 
 class HeadKind:
@@ -130,7 +131,7 @@ class HeadKind:
         cannot be written as ONNX; a kind whose every head exports says nothing."""
 
 
-_HEADS: dict[str, HeadKind] = {}
+_HEADS = Registry("classifier", param="clf")
 
 
 def register_head(kind: HeadKind | type, replace: bool = False) -> HeadKind:
@@ -138,34 +139,26 @@ def register_head(kind: HeadKind | type, replace: bool = False) -> HeadKind:
     kind = kind() if isinstance(kind, type) else kind
     if not isinstance(kind, HeadKind):
         raise TypeError(f"{kind!r} is not a HeadKind")
-    if kind.name in _HEADS and not replace:
-        raise ValueError(f"head {kind.name!r} is already registered (pass replace=True)")
     if kind.export not in ("linear", "skl2onnx"):
         raise ValueError(f"head {kind.name!r}: export must be 'linear' or 'skl2onnx', "
                          f"not {kind.export!r}")
-    _HEADS[kind.name] = kind
-    return kind
+    return _HEADS.add(kind.name, kind, replace)
 
 
 def unregister_head(name: str) -> None:
     """Forget head ``name`` (a test's own head, once the test is done)."""
-    _HEADS.pop(name, None)
+    _HEADS.remove(name)
 
 
 def list_heads() -> list[str]:
     """Names of the registered heads, in the order they were registered."""
-    return list(_HEADS)
+    return _HEADS.names()
 
 
-def get_head(name: str) -> HeadKind:
-    """The head kind called ``name``; :class:`UsageError` listing the valid names."""
-    if isinstance(name, HeadKind):
-        return name
-    try:
-        return _HEADS[name]
-    except (KeyError, TypeError):
-        raise UsageError(f"unknown classifier {name!r}; valid: {', '.join(_HEADS)}",
-                         param="clf") from None
+def get_head(name) -> HeadKind:
+    """The head kind called ``name`` (or ``name`` itself when it is one);
+    :class:`UsageError` listing the valid names."""
+    return name if isinstance(name, HeadKind) else _HEADS.get(name)
 
 
 def final_estimator(model):
@@ -181,14 +174,14 @@ def head_name(model) -> str:
 def head_of_model(model) -> HeadKind | None:
     """The registered kind that builds ``model``'s final estimator, or None."""
     name = head_name(model)
-    return next((k for k in _HEADS.values() if name in k.estimators), None)
+    return next((k for k in _HEADS.items() if name in k.estimators), None)
 
 
 def trusted_types() -> tuple[str, ...]:
     """Every type a saved head of a registered kind may hold beyond skops' defaults."""
-    return tuple(sorted({t for k in _HEADS.values() for t in k.trusted}))
+    return tuple(sorted({t for k in _HEADS.items() for t in k.trusted}))
 
 
 def linear_heads() -> list[str]:
     """Names of the heads ``export`` writes as one linear layer."""
-    return [name for name, k in _HEADS.items() if k.export == "linear"]
+    return [k.name for k in _HEADS.items() if k.export == "linear"]

@@ -17,20 +17,30 @@ from .base import SavedHead, SavedNetwork
 from .registry import register_model_kind
 
 
-@register_model_kind
-class PixelsModel(SavedHead):
-    """``bundle``: ``{kind: pixels, model, params: {size, ...}, classes, ...}``."""
+class Baseline:
+    """What the three share: a bundle that names its kind and holds its input size
+    (``{kind, params: {size, ...}, classes, ...}``,
+    :func:`pipeline.train.baselines.model_writer`)."""
 
-    kind = "pixels"
-    title = "pixel baseline"
+    kind: str
+    bundle: dict
 
     @classmethod
     def claims(cls, bundle):
-        return bundle.get("kind") == "pixels"
+        return bundle.get("kind") == cls.kind
 
     @property
     def size(self) -> int:
+        """Side of the (square) input, in pixels."""
         return int(self.bundle["params"]["size"])
+
+
+@register_model_kind
+class PixelsModel(Baseline, SavedHead):
+    """Logistic regression on raw pixels: ``bundle["model"]`` is its fitted head."""
+
+    kind = "pixels"
+    title = "pixel baseline"
 
     def parts(self):
         return {"head": head_name(self.bundle["model"])}
@@ -58,21 +68,17 @@ class PixelsModel(SavedHead):
 
 
 @register_model_kind
-class MlpModel(SavedNetwork):
-    """``bundle``: ``{kind: mlp, params: {size, hidden, dropout, ...}, state_dict, classes}``."""
+class MlpModel(Baseline, SavedNetwork):
+    """The MLP on standardised pixels (``params``: size, hidden, dropout; ``state_dict``)."""
 
     kind = "mlp"
     title = "MLP baseline"
-
-    @classmethod
-    def claims(cls, bundle):
-        return bundle.get("kind") == "mlp"
 
     def crop_rule(self):
         """:func:`pipeline.train.baselines.pixel_matrix`'s pixels, as the pixel baseline."""
         from ..train.deploy import pixel_rule
 
-        return pixel_rule(int(self.bundle["params"]["size"]))
+        return pixel_rule(self.size)
 
     def body(self):
         from ..train.baselines import mlp_from_bundle
@@ -83,20 +89,16 @@ class MlpModel(SavedNetwork):
 
 
 @register_model_kind
-class CnnModel(SavedNetwork):
-    """``bundle``: ``{kind: cnn, params: {size, width, dropout, ...}, state_dict, classes}``."""
+class CnnModel(Baseline, SavedNetwork):
+    """The scratch CNN (``params``: size, width, dropout; ``state_dict``)."""
 
     kind = "cnn"
     title = "CNN baseline"
 
-    @classmethod
-    def claims(cls, bundle):
-        return bundle.get("kind") == "cnn"
-
     def preprocessing(self):
         from ..train.baselines import cnn_preprocessing
 
-        return cnn_preprocessing(int(self.bundle["params"]["size"]))
+        return cnn_preprocessing(self.size)
 
     def crop_rule(self):
         """:class:`pipeline.train.datasets.ImageFolderDataset`'s crops (bicubic pre-shrink)."""

@@ -13,49 +13,44 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import StoreError, UsageError
+from ..registry import Registry
 from ..runs.records import DEFAULT_RUNS_DIR, find_record
 
-_KINDS: dict = {}
+_KINDS = Registry("model kind")
 
 
 def register_model_kind(cls, replace: bool = False):
     """Register a :class:`~pipeline.models.base.TrainedModel` subclass (usable as a class
     decorator); returns it.  Kinds saved with one suffix must share one reader, so a
     file is read once whichever of them it holds."""
-    if cls.kind in _KINDS and not replace:
-        raise ValueError(f"model kind {cls.kind!r} is already registered (pass replace=True)")
-    for other in _KINDS.values():
+    for other in _KINDS.items():
         if other.kind != cls.kind and set(other.suffixes) & set(cls.suffixes) \
                 and other.read is not cls.read:
             raise ValueError(f"model kind {cls.kind!r} reads .{cls.suffixes[0]} files "
                              f"otherwise than {other.kind!r}; kinds saved with one suffix "
                              "share one reader")
-    _KINDS[cls.kind] = cls
-    return cls
+    return _KINDS.add(cls.kind, cls, replace)
 
 
 def unregister_model_kind(kind: str) -> None:
     """Forget model kind ``kind`` (a test's own kind, once the test is done)."""
-    _KINDS.pop(kind, None)
+    _KINDS.remove(kind)
 
 
 def list_model_kinds() -> list[str]:
     """Names of the registered kinds, in the order they were registered."""
-    return list(_KINDS)
+    return _KINDS.names()
 
 
 def get_model_kind(kind: str):
     """The registered class of model kind ``kind``."""
-    try:
-        return _KINDS[kind]
-    except KeyError:
-        raise UsageError(f"unknown model kind {kind!r}; valid: {', '.join(_KINDS)}") from None
+    return _KINDS.get(kind)
 
 
 def kinds_reading(path) -> list:
     """The kinds whose files have ``path``'s suffix (empty: not a model file)."""
     suffix = Path(path).suffix.lower().lstrip(".")
-    return [k for k in _KINDS.values() if suffix and suffix in k.suffixes]
+    return [k for k in _KINDS.items() if suffix and suffix in k.suffixes]
 
 
 def model_kind_for(path, bundle: dict):
@@ -74,7 +69,7 @@ def open_model_file(path, record=None):
     path = Path(path)
     kinds = kinds_reading(path)
     if not kinds:
-        suffixes = sorted({s for k in _KINDS.values() for s in k.suffixes})
+        suffixes = sorted({s for k in _KINDS.items() for s in k.suffixes})
         raise UsageError(f"{path} is not a model file; models are saved as "
                          f"{', '.join('.' + s for s in suffixes)}", param="model_ref")
     bundle = kinds[0].read(path)          # kinds of one suffix share its reader
