@@ -3,10 +3,10 @@
 
 Each command parses its options, builds a config, calls ONE workflow
 function from ``pipeline`` and prints where its output went.  The choice
-lists come from :mod:`pipeline.options`.  Library errors
-(:class:`pipeline.errors.WorkbenchError`) become a one-line message, with
-each parameter the library names written as this command's flag, and exit
-code 2 (usage) or 1 (everything else); no traceback.  Installed as the
+lists come from :mod:`pipeline.options` and the registries (backbones,
+heads).  Library errors (:class:`pipeline.errors.WorkbenchError`) become a
+one-line message, with each parameter the library names written as this
+command's flag, and exit code 2 (usage) or 1 (everything else); no traceback.  Installed as the
 ``workbench`` console script too (``workbench --help``).
 """
 
@@ -23,13 +23,13 @@ import click
 
 from pipeline.backbones import list_backbones
 from pipeline.errors import WorkbenchError
+from pipeline.heads import list_heads
 from pipeline.options import (
     AUGMENTATIONS,
     BASELINE_KINDS,
     BN_POLICIES,
     CACHE_MODES,
     CLASS_WEIGHTS,
-    CLASSIFIERS,
     DTYPES,
     LAYOUTS,
     MAX_SEED,
@@ -469,7 +469,7 @@ def extract(data, backbone, weights, layers, pool, batch_size, device, runtime, 
 @features_option
 @click.option("--layer", default="layer3", show_default=True, type=LAYER_CHOICES,
               help="Tap to fit on, or 'all' for one run per stored tap.")
-@click.option("--clf", type=click.Choice(CLASSIFIERS), default="logreg", show_default=True)
+@click.option("--clf", type=click.Choice(list_heads()), default="logreg", show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @protocol_option
 @split_options

@@ -49,8 +49,6 @@ METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy
 METRICS = tuple(METRIC_LABELS)
 #: Short names for table headers, cells and run labels.
 METRIC_SHORT = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "macro_f1": "macro-F1"}
-#: Heads without class weights in scikit-learn (KNeighborsClassifier takes none).
-UNWEIGHTED_HEADS = ("knn",)
 
 
 def class_counts(labels, n_classes: int | None = None) -> np.ndarray:
@@ -108,26 +106,24 @@ def resolve_metric(metric: str, counts, classes=None) -> tuple[str, str]:
 
 
 def resolve_class_weight(class_weight: str, counts, classes=None,
-                         clf: str | None = None) -> tuple[str, str]:
+                         head=None) -> tuple[str, str]:
     """``(none | balanced, why)`` for data with per-class ``counts`` (``auto``: balanced when
-    imbalanced, else none).  ``clf`` in :data:`UNWEIGHTED_HEADS` (knn) cannot weight classes:
-    ``balanced`` is refused with the fix, ``auto`` resolves to none and says why."""
+    imbalanced, else none).  ``head``: the head kind being fitted
+    (:class:`pipeline.heads.registry.HeadKind`), or None; one that takes no class weights
+    (knn: ``head.class_weights`` false) refuses ``balanced`` with the fix
+    (``head.class_weight_refusal()``), and ``auto`` resolves to none and says why."""
     _check(class_weight, CLASS_WEIGHTS, "class_weight")
-    unweighted = clf in UNWEIGHTED_HEADS
+    unweighted = head is not None and not head.class_weights
     if class_weight == "balanced" and unweighted:
-        raise UsageError(
-            f"{opt('class_weight', 'balanced')} is not possible with {opt('clf', clf)}: "
-            "scikit-learn's KNeighborsClassifier takes no class weights (it votes among "
-            f"neighbours); use {opt('class_weight', 'none')}, or a head that weights classes "
-            f"({opt('clf', 'logreg')}, svm, linear-svm, sgd-logreg)", param="class_weight")
+        raise UsageError(head.class_weight_refusal(), param="class_weight")
     if class_weight != "auto":
         return class_weight, f"{class_weight} (asked for)"
     balance = describe_balance(counts, classes)
     if class_ratio(counts) <= IMBALANCE_RATIO:
         return "none", f"none (auto: balanced classes, {balance} <= {IMBALANCE_RATIO}x)"
     if unweighted:
-        return "none", (f"none (auto: imbalanced classes, {balance}, but {clf} takes no class "
-                        "weights)")
+        return "none", (f"none (auto: imbalanced classes, {balance}, but {head.name} takes no "
+                        "class weights)")
     return "balanced", f"balanced (auto: imbalanced classes, {balance} > {IMBALANCE_RATIO}x)"
 
 
@@ -174,11 +170,12 @@ class Selection:
 
     @classmethod
     def resolve(cls, metric: str, class_weight: str, labels, classes,
-                clf: str | None = None) -> Selection:
-        """Resolve ``auto`` of both from ``labels`` ``(n,)`` (all images of the data)."""
+                head=None) -> Selection:
+        """Resolve ``auto`` of both from ``labels`` ``(n,)`` (all images of the data);
+        ``head``: the head kind fitted, if any (:func:`resolve_class_weight`)."""
         counts = class_counts(labels, len(classes))
         m, m_why = resolve_metric(metric, counts, classes)
-        w, w_why = resolve_class_weight(class_weight, counts, classes, clf)
+        w, w_why = resolve_class_weight(class_weight, counts, classes, head)
         return cls(m, m_why, w, w_why, tuple(int(c) for c in counts), tuple(classes))
 
     @property

@@ -2,8 +2,10 @@
 
 The library validates against these tuples and the CLI builds its
 ``click.Choice`` options from them, so a name added here is offered, checked
-and documented everywhere at once.  Importing this module imports nothing
-but the standard library (``extract`` re-runs and ``backbones`` stay fast).
+and documented everywhere at once.  Heads are not listed here: each is one
+module registered in :mod:`pipeline.heads.registry`, which the CLI reads.
+Importing this module imports nothing but the standard library (``extract``
+re-runs and ``backbones`` stay fast).
 """
 
 #: Depth taps, shallow to deep; every backbone names its stages by these.
@@ -24,10 +26,6 @@ DTYPES = ("float32", "float16")
 RUNTIMES = ("auto", "eager", "compile", "onnx", "openvino")
 #: Compute precisions; ``auto`` = fp32 on CPU, fp16 autocast on CUDA.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-#: scikit-learn heads that ``fit`` can train (pipeline.heads).
-CLASSIFIERS = ("logreg", "svm", "linear-svm", "knn", "sgd-logreg")
-#: Heads ``fit`` trains by streaming store blocks (pipeline.heads.streaming), not in memory.
-STREAMING = ("sgd-logreg",)
 #: Baselines without pretrained features (pipeline.train.baselines).
 BASELINE_KINDS = ("pixels", "mlp", "cnn")
 #: Learning-rate schedules of the training loop (pipeline.train.loop).

@@ -103,9 +103,12 @@ def test_crop_rules_reproduce_the_training_transforms(tmp_path):
     """The PIL+numpy rule an exported model carries makes the pixels training made."""
     from pipeline.backbones import Preprocessing
     from pipeline.extraction.loader import ImageDataset
+    from pipeline.models import get_model_kind
     from pipeline.train.baselines import cnn_preprocessing, pixel_matrix
     from pipeline.train.datasets import ImageFolderDataset, image_transform
-    from pipeline.train.deploy import crop_rule
+
+    def crop_rule(kind, bundle):
+        return get_model_kind(kind)(bundle).crop_rule()
 
     folder = textured_folder(tmp_path / "img", per_class=4)
     files = image_files(folder)
@@ -170,9 +173,9 @@ def batch32(world):
     network: the model parts of predict, fed the same batch as the exported graph."""
     from pipeline.backbones import load_backbone
     from pipeline.extraction.forward import build_extractor
-    from pipeline.train.deploy import crop_rule
+    from pipeline.models import get_model_kind
 
-    rule = crop_rule("frozen", {"store_config": {"backbone": "resnet18"}})
+    rule = get_model_kind("frozen")({"store_config": {"backbone": "resnet18"}}).crop_rule()
     crops = np.stack([rule.load(f) for f in world["files"][:32]])
     extractor = build_extractor(load_backbone("resnet18", "none"), ["layer2"], "avg")
     with torch.inference_mode():
@@ -331,10 +334,7 @@ def test_finetuned_export_equals_predict(world, tmp_path, cache, tolerance):
     files = world["files"][:32]
     crops = _crops(out, files)
     assert crops.shape == (32, 32, 32, 3)
-    from pipeline.train.deploy import build_classifier
-
-    model = load_run_model(record["run_id"], world["runs"])
-    classifier, _rule, _ = build_classifier(model.kind, model.bundle)
+    classifier = load_run_model(record["run_id"], world["runs"]).classifier()
     with torch.inference_mode():
         eager = classifier(torch.from_numpy(crops)).numpy()
     exported = _session(out).run(None, {"images": crops})[0]

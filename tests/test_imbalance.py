@@ -27,6 +27,7 @@ from pipeline.balance import (
 )
 from pipeline.data.split import assign_folds, assign_split
 from pipeline.errors import UsageError
+from pipeline.heads import get_head
 from pipeline.heads.crossval import FoldResult
 from pipeline.heads.selection import fit_head, make_head, select_and_fit
 from pipeline.reporting.sections import training_trap, verdict_section
@@ -67,11 +68,11 @@ def test_imbalance_rule_metric_and_weights_resolve_from_class_counts():
 
 def test_knn_refuses_class_weights_and_says_the_fix():
     with pytest.raises(UsageError) as exc:
-        resolve_class_weight("balanced", [380, 20], clf="knn")
+        resolve_class_weight("balanced", [380, 20], head=get_head("knn"))
     message = exc.value.render()
     assert "--class-weight none" in message and "--clf logreg" in message
     assert "KNeighborsClassifier" in message
-    weight, why = resolve_class_weight("auto", [380, 20], clf="knn")
+    weight, why = resolve_class_weight("auto", [380, 20], head=get_head("knn"))
     assert weight == "none" and "knn takes no class weights" in why
     with pytest.raises(UsageError, match="class_weight"):
         make_head("knn", 5, class_weight="balanced")

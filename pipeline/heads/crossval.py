@@ -19,14 +19,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
-from sklearn.preprocessing import StandardScaler
 
 from ..balance import METRICS, metric_values
-from ..errors import UsageError
-from ..options import CLASSIFIERS
-from .selection import GRIDS, fit_head, make_head, predict_proba, resolve_choice, smallest_class
+from .registry import get_head
+from .selection import fit_head, make_head, predict_proba, resolve_choice, smallest_class
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +48,10 @@ class FoldResult:
 
 
 def grid_for(clf: str, n_train: int):
-    """``(name, values)`` searched for ``clf``, strongest regularisation first."""
-    if clf not in GRIDS:
-        raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}",
-                         param="clf")
-    name, values = GRIDS[clf]
-    if clf == "knn":
-        return name, sorted((k for k in values if k <= max(1, n_train)), reverse=True) or [1]
-    return name, sorted(values, reverse=(name == "alpha"))
+    """``(name, values)`` searched for ``clf`` on ``n_train`` rows, strongest
+    regularisation first."""
+    head = get_head(clf)
+    return head.param, head.values(n_train)
 
 
 def _inner_scores(clf: str, X, y, values, splits, seed: int,
@@ -66,26 +59,12 @@ def _inner_scores(clf: str, X, y, values, splits, seed: int,
     """``{metric: (len(values),)}``: each value's mean inner-validation score of every metric."""
     scores = {m: np.zeros(len(values)) for m in METRICS}
     n_classes = int(np.max(y)) + 1
-    weight = "balanced" if class_weight == "balanced" else None
-
-    def add(j, pred, va):
-        for m, v in metric_values(y[va], pred, n_classes).items():
-            scores[m][j] += v
-
+    head = get_head(clf)
     for tr, va in splits:
-        if clf == "logreg":
-            # one scaler and a warm-started solver along the increasing-C path
-            scaler = StandardScaler().fit(X[tr])
-            Xtr, Xva = scaler.transform(X[tr]), scaler.transform(X[va])
-            path = LogisticRegression(max_iter=3000, random_state=seed, warm_start=True,
-                                      class_weight=weight)
-            for j, value in enumerate(values):
-                add(j, path.set_params(C=value).fit(Xtr, y[tr]).predict(Xva), va)
-        else:
-            for j, value in enumerate(values):
-                model = fit_head(make_head(clf, value, seed, class_weight=class_weight),
-                                 X[tr], y[tr], class_weight)
-                add(j, model.predict(X[va]), va)
+        preds = head.search(X[tr], y[tr], X[va], values, seed, class_weight)
+        for j, pred in enumerate(preds):
+            for m, v in metric_values(y[va], pred, n_classes).items():
+                scores[m][j] += v
     return {m: s / max(len(splits), 1) for m, s in scores.items()}
 
 
@@ -102,23 +81,24 @@ def choose_param(clf: str, X, y, seed: int = 0, inner_folds: int = INNER_FOLDS,
     images never validate a value chosen on its other images.
     """
     metric, class_weight = resolve_choice(clf, y, metric, class_weight)
-    name, values = grid_for(clf, len(y))
+    head = get_head(clf)
+    name = head.param
     counts = np.bincount(y)
     k = min(inner_folds, int(counts[counts > 0].min()))
     if groups is not None:
         k = min(inner_folds, len(set(np.asarray(groups).tolist())))
     if k < 2:
+        values = head.values(len(y))
         value = values[len(values) // 2]
-        return {name: _plain(value)}, [{name: _plain(value), "note": "no inner validation: "
-                                        "a class has one training image"}]
-    if clf == "knn":  # inner training folds are smaller than the outer one
-        values = [v for v in values if v <= len(y) * (k - 1) // k] or [1]
+        return {name: head.plain(value)}, [{name: head.plain(value), "note": "no inner "
+                                            "validation: a class has one training image"}]
+    values = head.values(len(y) * (k - 1) // k)   # the rows of an inner training fold
     splits = _inner_folds(X, y, k, seed, groups)
     scores = _inner_scores(clf, X, y, values, splits, seed, class_weight)
     best = int(np.argmax(scores[metric]))  # first maximum: the strongest regularisation
-    search = [{name: _plain(v), **{f"inner_{m}": float(scores[m][j]) for m in METRICS}}
+    search = [{name: head.plain(v), **{f"inner_{m}": float(scores[m][j]) for m in METRICS}}
               for j, v in enumerate(values)]
-    return {name: _plain(values[best])}, search
+    return {name: head.plain(values[best])}, search
 
 
 def _inner_folds(X, y, k: int, seed: int, groups=None) -> list:
@@ -133,10 +113,6 @@ def _inner_folds(X, y, k: int, seed: int, groups=None) -> list:
         warnings.simplefilter("ignore", UserWarning)
         return list(StratifiedGroupKFold(k, shuffle=True, random_state=seed % 2**32)
                     .split(X, y, np.asarray(groups, dtype=object)))
-
-
-def _plain(value):
-    return int(value) if isinstance(value, (int, np.integer)) else float(value)
 
 
 def fit_fold(clf: str, X, y, train, test, seed: int = 0, repeat: int = 0,

@@ -4,8 +4,9 @@ A fitted head travels with run records, and a runs folder is often shared:
 unpickling it (joblib, pickle, ``torch.load`` without ``weights_only``)
 would run whatever a crafted file asks for.  Heads are written with
 ``skops.io``, whose loader only rebuilds the types it is told to trust:
-scikit-learn's own estimators are trusted by skops, and :data:`TRUSTED`
-lists the few more our heads contain.  A file that needs any other type, a
+scikit-learn's own estimators are trusted by skops, and each head kind lists
+the few more its heads contain (``HeadKind.trusted``,
+:func:`pipeline.heads.registry.trusted_types`).  A file that needs any other type, a
 pickle, or bytes that are not a skops archive, is refused with a message.
 """
 
@@ -15,19 +16,10 @@ import zipfile
 from pathlib import Path
 
 from ..errors import StoreError
+from .registry import trusted_types
 
 #: Extension of a saved head.
 HEAD_EXT = "skops"
-
-#: Types beyond skops' defaults that heads contain (calibrated SVM, kNN trees, SGD head).
-TRUSTED = (
-    "pipeline.heads.sgd.SoftmaxSGD",
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
-    "sklearn.metrics._dist_metrics.EuclideanDistance64",
-    "sklearn.neighbors._kd_tree.KDTree",
-    "sklearn.neighbors._ball_tree.BallTree",
-)
 
 #: Suffixes of formats that unpickle on load: refused, never opened.
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -57,7 +49,7 @@ def load_head(path) -> dict:
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise StoreError(f"{path} is not a saved head (a skops archive): {exc}. "
                          "Refit with `python cli.py fit` to write it again") from None
-    refused = sorted(set(untrusted) - set(TRUSTED))
+    refused = sorted(set(untrusted) - set(trusted_types()))
     if refused:
         raise StoreError(f"{path} asks to build types a head never contains "
                          f"({', '.join(refused)}); it was not loaded")

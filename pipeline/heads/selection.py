@@ -6,8 +6,9 @@ for nearest neighbours) is chosen on the validation split over a log grid;
 the chosen head is then refitted on train + validation and judged once on
 the test split.  The grid value is chosen by the selection metric
 (accuracy, balanced accuracy or macro-F1: :mod:`pipeline.balance`), and every
-head but knn can weight classes (``class_weight="balanced"``).  This package
-never imports torch.
+head that takes class weights can weight classes (``class_weight="balanced"``).  What
+differs between heads (estimator, grid, weights) is asked of their kind
+(:mod:`pipeline.heads.registry`).  This package never imports torch.
 """
 
 from __future__ import annotations
@@ -17,50 +18,23 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC, LinearSVC
 
-from ..balance import (
-    METRICS,
-    UNWEIGHTED_HEADS,
-    class_counts,
-    metric_values,
-    resolve_class_weight,
-    resolve_metric,
-    sample_weights,
-)
-from ..errors import UsageError, opt
-from ..options import CLASSIFIERS
-from .sgd import SoftmaxSGD
+from ..balance import METRICS, class_counts, metric_values, resolve_class_weight, resolve_metric
+from .registry import get_head, head_of_model
 
 log = logging.getLogger(__name__)
-
-
-#: Hyperparameter searched on the validation split, and its grid.
-GRIDS = {
-    "logreg": ("C", [10.0 ** e for e in np.arange(-4, 2.01, 0.5)]),
-    "svm": ("C", [10.0 ** e for e in np.arange(-1, 3.01, 0.5)]),
-    "linear-svm": ("C", [10.0 ** e for e in np.arange(-5, 1.01, 0.5)]),
-    "knn": ("n_neighbors", [1, 3, 5, 9, 15, 25, 41]),
-    # alpha = 1 / (C * n_train); large to small, so ties go to the stronger regularisation.
-    # pipeline.streaming maps the logreg C grid onto alpha with the store's n_train.
-    "sgd-logreg": ("alpha", [10.0 ** e for e in np.arange(0, -5.01, -0.5)]),
-}
 
 
 def make_head(clf: str, value, seed: int = 0, calibrated: bool | int = False,
               class_weight: str = "none"):
     """An unfitted ``Pipeline(StandardScaler(), <clf>)`` with its searched parameter set.
 
+    ``clf`` names a registered head (:mod:`pipeline.heads.registry`).
     ``class_weight="balanced"`` weights each class by ``n / (K * n_c)`` in the loss
     (the estimator's own ``class_weight``; a calibrated SVM gets the same weights
     as sample weights in :func:`fit_head`, so its calibration is weighted too).
-    knn has no class weights in scikit-learn: asking for them is refused.  Fit
-    the result with :func:`fit_head`.
+    A head without class weights (knn) refuses them.  Fit the result with
+    :func:`fit_head`.
 
     ``calibrated`` wraps the RBF SVM in ``CalibratedClassifierCV`` (sigmoid,
     internal K-fold) so the final head has probabilities for top-k output:
@@ -69,59 +43,25 @@ def make_head(clf: str, value, seed: int = 0, calibrated: bool | int = False,
     single image leaves the SVM uncalibrated, its margins softmaxed by
     :func:`predict_proba`).
     """
-    if class_weight not in ("none", "balanced"):
-        raise UsageError(f"{opt('class_weight', repr(class_weight))} is not valid here; "
-                         "valid: none, balanced (resolve auto first: "
-                         "pipeline.balance.resolve_class_weight)", param="class_weight")
-    if class_weight == "balanced" and clf in UNWEIGHTED_HEADS:
-        resolve_class_weight("balanced", [1], clf=clf)   # raises, naming the fix
-    weight = "balanced" if class_weight == "balanced" else None
-    if clf == "logreg":
-        est = LogisticRegression(C=value, max_iter=3000, random_state=seed, class_weight=weight)
-    elif clf == "svm":
-        folds = 5 if calibrated is True else min(5, int(calibrated))
-        if calibrated and folds >= 2:
-            # weighted through fit_head's sample weights, which reach both the SVM and the
-            # sigmoid calibration (an unweighted calibration would learn the majority's prior
-            # back and undo the weighting at the argmax)
-            est = CalibratedClassifierCV(SVC(C=value, kernel="rbf", gamma="scale",
-                                             random_state=seed), cv=folds, ensemble=False)
-        else:
-            est = SVC(C=value, kernel="rbf", gamma="scale", random_state=seed,
-                      class_weight=weight)
-    elif clf == "linear-svm":
-        est = LinearSVC(C=value, max_iter=20000, random_state=seed, class_weight=weight)
-    elif clf == "knn":
-        est = KNeighborsClassifier(n_neighbors=value)
-    elif clf == "sgd-logreg":
-        # Multinomial, like logreg; pipeline.streaming sets eta0 from the store and
-        # feeds it shuffled store blocks through partial_fit.
-        est = SoftmaxSGD(alpha=value, random_state=seed, class_weight=weight)
-    else:
-        raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}")
-    return make_pipeline(StandardScaler(), est)
+    return get_head(clf).make(value, seed, calibrated, class_weight)
 
 
 def fit_head(model, X, y, class_weight: str = "none"):
     """Fit a :func:`make_head` pipeline on ``X`` ``(n, C)``, ``y`` ``(n,)``; returns it.
 
-    A calibrated SVM with ``class_weight="balanced"`` is fitted with each row's
-    balanced weight as its sample weight (the only way scikit-learn weights the
+    Its head kind fits it (a calibrated SVM with ``class_weight="balanced"`` takes each
+    row's balanced weight as its sample weight, the only way scikit-learn weights the
     calibration as well as the SVM); every other head carries its weights itself.
     """
-    est = model.steps[-1]
-    if class_weight == "balanced" and isinstance(est[1], CalibratedClassifierCV):
-        y = np.asarray(y)
-        return model.fit(X, y, **{f"{est[0]}__sample_weight":
-                                  sample_weights(y, int(y.max()) + 1)})
-    return model.fit(X, y)
+    head = head_of_model(model)
+    return head.fit(model, X, y, class_weight) if head is not None else model.fit(X, y)
 
 
 def resolve_choice(clf: str, y, metric: str, class_weight: str) -> tuple[str, str]:
     """``(metric, class_weight)`` with ``auto`` resolved from the labels ``y`` ``(n,)``."""
     counts = class_counts(y)
     return (resolve_metric(metric, counts)[0],
-            resolve_class_weight(class_weight, counts, clf=clf)[0])
+            resolve_class_weight(class_weight, counts, head=get_head(clf))[0])
 
 
 def smallest_class(y) -> int:
@@ -160,49 +100,28 @@ def select_and_fit(clf: str, X_train, y_train, X_val, y_val, seed: int = 0,
                    class_weight: str = "none") -> FitResult:
     """Choose the grid value with the best validation ``metric``, then refit on train+val.
 
-    ``X_*`` are ``(n, n_features)``.  Ties go to the smaller ``C`` (stronger
-    regularisation) or larger ``k``.  ``grid`` overrides the default grid.
+    ``X_*`` are ``(n, n_features)``.  Ties go to the stronger regularisation (the
+    smaller ``C``, the larger ``k`` or ``alpha``).  ``grid`` overrides the head's grid.
     ``metric``: accuracy, balanced_accuracy or macro_f1 (``auto``: resolved from
     ``y_train``, :func:`pipeline.balance.resolve_metric`); ``class_weight``: none
     or balanced (``auto`` likewise) for every fit, the search's and the final one.
     """
-    if clf not in GRIDS:
-        raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}")
+    head = get_head(clf)
     metric, class_weight = resolve_choice(clf, y_train, metric, class_weight)
-    weight = "balanced" if class_weight == "balanced" else None
-    name, values = GRIDS[clf]
-    values = list(grid) if grid is not None else list(values)
-    if clf == "knn":
-        values = [k for k in values if k <= len(y_train)] or [1]
-        values = sorted(values, reverse=True)
-    else:
-        # strongest regularisation first, so ties go to it: small C, large alpha
-        values = sorted(values, reverse=(name == "alpha"))
+    values = head.values(len(y_train), grid)
     t0 = time.perf_counter()
     search, best, best_score, best_pred = [], None, -1.0, None
     n_classes = int(max(np.max(y_train), np.max(y_val))) + 1
-    if clf == "logreg":
-        # one scaler and a warm-started solver along the increasing-C path:
-        # the same optima as independent fits, several times faster on wide inputs
-        scaler = StandardScaler().fit(X_train)
-        Xs_train, Xs_val = scaler.transform(X_train), scaler.transform(X_val)
-        path_model = LogisticRegression(max_iter=3000, random_state=seed, warm_start=True,
-                                        class_weight=weight)
-    for value in values:
-        if clf == "logreg":
-            pred = path_model.set_params(C=value).fit(Xs_train, y_train).predict(Xs_val)
-        else:
-            pred = fit_head(make_head(clf, value, seed, class_weight=class_weight), X_train,
-                            y_train, class_weight).predict(X_val)
+    preds = head.search(X_train, y_train, X_val, values, seed, class_weight)
+    for value, pred in zip(values, preds):
         scores = metric_values(y_val, pred, n_classes)
-        search.append({name: float(value) if clf != "knn" else int(value),
+        search.append({head.param: head.plain(value),
                        **{f"val_{m}": scores[m] for m in METRICS}})
-        log.debug("%s %s=%g val %s %.4f", clf, name, value, metric, scores[metric])
+        log.debug("%s %s=%g val %s %.4f", clf, head.param, value, metric, scores[metric])
         if scores[metric] > best_score:
             best, best_score, best_pred = value, scores[metric], pred
     X_all, y_all = np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])
     final = fit_head(make_head(clf, best, seed, calibrated=smallest_class(y_all),
                                class_weight=class_weight), X_all, y_all, class_weight)
-    params = {name: float(best) if clf != "knn" else int(best)}
-    return FitResult(final, params, best_pred, search, time.perf_counter() - t0, metric,
-                     class_weight)
+    return FitResult(final, {head.param: head.plain(best)}, best_pred, search,
+                     time.perf_counter() - t0, metric, class_weight)

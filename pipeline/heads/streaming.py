@@ -32,7 +32,8 @@ from sklearn.preprocessing import StandardScaler
 
 from ..balance import METRICS, balanced_weights, metric_values
 from ..errors import UsageError
-from .selection import GRIDS, FitResult, make_head, resolve_choice
+from .registry import get_head
+from .selection import FitResult, make_head, resolve_choice
 from .sgd import SGD_EPOCHS
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def stream_select_and_fit(store, tap: str, seed: int = 0, grid=None, epochs: int
     if epochs < 1 or block < 1 or buffer_blocks < 1:
         raise UsageError(f"epochs, block and buffer_blocks must be >= 1, got "
                          f"{epochs}, {block}, {buffer_blocks}")
-    name, _ = GRIDS["sgd-logreg"]
+    name = get_head("sgd-logreg").param
     n_classes = len(store.classes)
     y_train, y_val = store.y("train"), store.y("val")
     metric, class_weight = resolve_choice("sgd-logreg", y_train, metric, class_weight)
@@ -172,7 +173,7 @@ def stream_select_and_fit(store, tap: str, seed: int = 0, grid=None, epochs: int
     sizes = store.split_sizes()
     n_train, n_fit = sizes["train"], sizes["train"] + sizes["val"]
     if grid is None:   # logreg's C grid: alpha = 1 / (C * n_train)
-        grid = [1.0 / (C * n_train) for C in GRIDS["logreg"][1]]
+        grid = [1.0 / (C * n_train) for C in get_head("logreg").grid]
     values = sorted(grid, reverse=True)
     t0 = time.perf_counter()
     window = block * buffer_blocks   # rows in memory at once, in every pass

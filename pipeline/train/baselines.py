@@ -197,24 +197,26 @@ def cnn_preprocessing(size: int):
                          mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
-def network_from_bundle(bundle: dict):
-    """The trained MLP or CNN of a saved baseline (:func:`model_writer`), in eval mode.
-
-    The MLP takes standardised pixels ``(N, 3 * size * size)`` (its buffers
-    ``pixel_mean`` and ``pixel_std`` say how); the CNN normalised ``(N, 3, size, size)``.
-    """
+def mlp_from_bundle(bundle: dict):
+    """The trained MLP of a saved baseline (:func:`model_writer`), in eval mode: standardised
+    pixels ``(N, 3 * size * size)`` -> logits (its buffers ``pixel_mean`` and ``pixel_std``
+    say how to standardise)."""
     import torch
 
-    kind, params, n_classes = bundle["kind"], bundle["params"], len(bundle["classes"])
-    if kind == "cnn":
-        model = make_cnn(n_classes, params["width"], params["dropout"])
-    elif kind == "mlp":
-        n_inputs = 3 * params["size"] ** 2
-        model = make_mlp(n_inputs, n_classes, params["hidden"], params["dropout"])
-        model.register_buffer("pixel_mean", torch.zeros(n_inputs))
-        model.register_buffer("pixel_std", torch.ones(n_inputs))
-    else:
-        raise UsageError(f"baseline {kind!r} has no torch network; valid: mlp, cnn")
+    params = bundle["params"]
+    n_inputs = 3 * params["size"] ** 2
+    model = make_mlp(n_inputs, len(bundle["classes"]), params["hidden"], params["dropout"])
+    model.register_buffer("pixel_mean", torch.zeros(n_inputs))
+    model.register_buffer("pixel_std", torch.ones(n_inputs))
+    model.load_state_dict(bundle["state_dict"])
+    return model.eval()
+
+
+def cnn_from_bundle(bundle: dict):
+    """The trained scratch CNN of a saved baseline (:func:`model_writer`), in eval mode:
+    normalised ``(N, 3, size, size)`` (:func:`cnn_preprocessing`) -> logits."""
+    params = bundle["params"]
+    model = make_cnn(len(bundle["classes"]), params["width"], params["dropout"])
     model.load_state_dict(bundle["state_dict"])
     return model.eval()
 

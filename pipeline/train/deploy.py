@@ -1,24 +1,26 @@
-"""A trained run as one torch module: uint8 RGB crops in, class probabilities out.
+"""The torch modules a run's saved model is rebuilt from: uint8 RGB crops in, probabilities out.
 
-:func:`build_classifier` rebuilds the model a run saved (a frozen head on
-its backbone's tap, a fine-tuned network, the scratch CNN, the MLP or the
-pixel logistic regression) as a :class:`Classifier` taking ``(N, S, S, 3)``
-uint8 RGB crops, and returns it with the
+Each kind of trained model (:mod:`pipeline.models`: a frozen head on its
+backbone's tap, a fine-tuned network, the scratch CNN, the MLP or the pixel
+logistic regression) assembles its :class:`Classifier` from these parts: it takes
+``(N, S, S, 3)`` uint8 RGB crops, and comes with the
 :class:`~pipeline.data.decode.CropRule` that makes those crops the way the
-run's training made them (tests/test_export.py compares the rule with the
-training transforms pixel for pixel).  ``predict`` runs it eagerly for torch
+run's training made them (:func:`loader_rule`, :func:`pixel_rule`,
+:func:`transform_rule`; tests/test_export.py compares each rule with its
+training transform pixel for pixel).  ``predict`` runs it eagerly for torch
 runs; ``export`` writes it as one ONNX graph.
 
-Linear heads (logistic regression, linear SVM, the SGD head) become one
-``nn.Linear`` with the standardiser folded in, read off the fitted
-scikit-learn pipeline and checked against its ``predict_proba``; RBF-SVM
-and kNN heads have no such form: :func:`build_frozen_trunk` gives their
-backbone alone, and ``export`` converts the head with skl2onnx.
+Heads whose kind exports as ``linear`` (logistic regression, linear SVM, the
+SGD head: :mod:`pipeline.heads.registry`) become one ``nn.Linear`` with the
+standardiser folded in, read off the fitted scikit-learn pipeline and checked
+against its ``predict_proba`` (:func:`linear_head`); the others (RBF-SVM, kNN)
+have no such form, and ``export`` converts them with skl2onnx.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,9 +28,8 @@ import torch.nn as nn
 
 from ..data.decode import CropRule
 from ..errors import StoreError, UsageError
+from ..heads.registry import head_name, head_of_model, linear_heads
 
-#: Final estimators of a head that are an affine map of the features (then a softmax).
-LINEAR_HEADS = ("LogisticRegression", "LinearSVC", "SoftmaxSGD")
 #: Largest difference from scikit-learn's probabilities a converted head may show.
 HEAD_TOLERANCE = 1e-5
 
@@ -93,29 +94,24 @@ class FrozenHead(nn.Module):
         return self.linear(self.extractor(x)[0])
 
 
-def head_name(model) -> str:
-    """Class name of a head's final estimator (``LogisticRegression``, ``SVC`` ...)."""
-    est = model.steps[-1][1] if hasattr(model, "steps") else model
-    return type(est).__name__
-
-
 def linear_head(model, n_features: int, chunk: int = 256) -> nn.Linear:
     """An ``nn.Linear`` whose softmax equals ``predict_proba(model, X)`` of a linear head.
 
-    ``model`` is a fitted ``Pipeline(StandardScaler(), LogisticRegression |
-    LinearSVC | SoftmaxSGD)`` (or a bare estimator): its decision function is
-    affine, so it is read off exactly (float64) at 0 and the unit vectors,
-    the standardiser included.  Binary heads give one score ``z``: logistic
-    regression's probabilities are ``softmax([0, z])``, the linear SVM's (as
-    :func:`pipeline.heads.selection.predict_proba` makes them) ``softmax([-z, z])``.
-    The result is checked against ``predict_proba`` on probe features.
+    ``model`` is a fitted ``Pipeline(StandardScaler(), estimator)`` (or a bare
+    estimator) of a head kind that exports as ``linear``: its decision function is
+    affine (up to a term common to every class, which the softmax drops), so it is
+    read off exactly (float64) at 0 and the unit vectors, the standardiser included.
+    Binary heads give one score ``z``: probabilities ``softmax([0, z])`` (logistic
+    regression) or ``softmax([-z, z])`` (margins, as
+    :func:`pipeline.heads.selection.predict_proba` makes them); the form that matches
+    ``predict_proba`` on probe features is kept, and a head matching neither is refused.
     """
     from ..heads.selection import predict_proba
 
-    name = head_name(model)
-    if name not in LINEAR_HEADS:
-        raise UsageError(f"a {name} head is not linear; only logistic regression, linear SVM "
-                         "and SGD heads become one linear layer")
+    name, head = head_name(model), head_of_model(model)
+    if head is None or head.export != "linear":
+        raise UsageError(f"a {name} head is not linear; only {', '.join(linear_heads())} "
+                         "heads become one linear layer")
     decision = model.decision_function
     bias = np.asarray(decision(np.zeros((1, n_features))), dtype=np.float64)
     cols = []
@@ -125,21 +121,23 @@ def linear_head(model, n_features: int, chunk: int = 256) -> nn.Linear:
         eye[np.arange(len(rows)), rows] = 1.0
         cols.append(np.asarray(decision(eye), dtype=np.float64) - bias)
     weight, bias = np.concatenate(cols).T, bias[0]       # (n_out, n_features), (n_out,)
+    forms = [(weight, bias)]
     if weight.ndim == 1:                                 # binary: one score
-        sign = 0.0 if name == "LogisticRegression" else -1.0
-        weight, bias = np.stack([sign * weight, weight]), np.array([sign * bias, bias])
-    linear = nn.Linear(n_features, weight.shape[0])
-    with torch.no_grad():
-        linear.weight.copy_(torch.from_numpy(weight))
-        linear.bias.copy_(torch.from_numpy(bias))
+        forms = [(np.stack([sign * weight, weight]), np.array([sign * bias, bias]))
+                 for sign in (0.0, -1.0)]
     probe = _probe_features(model, n_features)
-    with torch.no_grad():
-        ours = torch.softmax(linear(torch.from_numpy(probe)), dim=1).numpy()
-    gap = float(np.abs(ours - predict_proba(model, probe)).max())
-    if gap > HEAD_TOLERANCE:
-        raise UsageError(f"the {name} head's probabilities are not a softmax of its decision "
-                         f"function (differ by {gap:.2g}); it cannot be converted")
-    return linear.eval()
+    want, gaps = predict_proba(model, probe), []
+    for w, b in forms:
+        linear = nn.Linear(n_features, w.shape[0])
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(w))
+            linear.bias.copy_(torch.from_numpy(b))
+            ours = torch.softmax(linear(torch.from_numpy(probe)), dim=1).numpy()
+        gaps.append(float(np.abs(ours - want).max()))
+        if gaps[-1] <= HEAD_TOLERANCE:
+            return linear.eval()
+    raise UsageError(f"the {name} head's probabilities are not a softmax of its decision "
+                     f"function (differ by {min(gaps):.2g}); it cannot be converted")
 
 
 def _probe_features(model, n_features: int) -> np.ndarray:
@@ -168,7 +166,10 @@ def check_head_weights(bundle: dict) -> str:
 
 def load_torch_model(path) -> dict:
     """The bundle of a saved torch run (fine-tuning, MLP, CNN), loaded ``weights_only``:
-    tensors and plain data only, so a crafted file cannot run code."""
+    tensors and plain data only, so a crafted file cannot run code.  Which kind of
+    model it holds is for :mod:`pipeline.models` to recognise."""
+    if not Path(path).is_file():
+        raise StoreError(f"no saved model at {path}")
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
@@ -177,47 +178,40 @@ def load_torch_model(path) -> dict:
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); it is damaged or holds "
             "more than tensors and plain data (it is never unpickled). Train the run again"
         ) from None
-    if not isinstance(bundle, dict) or not ("top_state" in bundle
-                                            or bundle.get("kind") in ("mlp", "cnn")):
-        raise StoreError(f"{path} holds no fine-tuned network or baseline of this tool")
     return bundle
 
 
-def crop_rule(kind: str, bundle: dict) -> CropRule:
-    """How run ``kind``'s training made its (eval) crops, as a :class:`CropRule`.
-
-    frozen: :class:`pipeline.extraction.loader.ImageDataset` (short side
+def loader_rule(pre) -> CropRule:
+    """The crops :class:`pipeline.extraction.loader.ImageDataset` makes with
+    preprocessing ``pre`` (a frozen head's features): short side
     ``floor(S / crop_pct)``, long side rounded, offset floored; resized there by
-    torch's antialiased kernels, which implement PIL's: within 2/255);
-    pixels, mlp: :func:`pipeline.train.baselines.pixel_matrix` (PIL bilinear, no
-    crop margin); finetune: ``image_transform(pre, "none")`` (torchvision
-    Resize + CenterCrop) after ``load_rgb``; cnn and fine-tuning without the
-    trunk cache: :class:`pipeline.train.datasets.ImageFolderDataset`, which
-    first shrinks large images with bicubic.
-    """
-    if kind == "frozen":
-        from ..backbones import get_backbone
+    torch's antialiased kernels, which implement PIL's: within 2/255."""
+    return CropRule(pre.input_size, int(math.floor(pre.input_size / pre.crop_pct)),
+                    pre.interpolation, "round", None, int(pre.input_size / pre.crop_pct))
 
-        pre = get_backbone(bundle["store_config"]["backbone"]).preprocessing
-        return CropRule(pre.input_size, int(math.floor(pre.input_size / pre.crop_pct)),
-                        pre.interpolation, "round", None, int(pre.input_size / pre.crop_pct))
-    if kind in ("pixels", "mlp"):
-        size = int(bundle["params"]["size"])
-        return CropRule(size, size, "bilinear", "round", None, size)
-    if kind == "cnn":
-        from .baselines import cnn_preprocessing
 
-        pre, cached_trunk = cnn_preprocessing(int(bundle["params"]["size"])), False
-    elif kind == "finetune":
-        from ..backbones import Preprocessing
+def pixel_rule(size: int) -> CropRule:
+    """The pixels of :func:`pipeline.train.baselines.pixel_matrix` at ``size`` px (PIL
+    bilinear, no crop margin): the pixel and MLP baselines."""
+    return CropRule(size, size, "bilinear", "round", None, size)
 
-        pre = Preprocessing(**bundle["preprocessing"])
-        cached_trunk = int(bundle["cut"]) > 0
-    else:
-        raise UsageError(f"unknown model kind {kind!r}")
+
+def transform_rule(pre, pre_shrink: bool) -> CropRule:
+    """``image_transform(pre, "none")`` (torchvision Resize + CenterCrop) after ``load_rgb``
+    (fine-tuning with the trunk cache), or, with ``pre_shrink``, after
+    :class:`pipeline.train.datasets.ImageFolderDataset` first shrinks large images with
+    bicubic (the CNN, fine-tuning without the cache)."""
     short = int(math.ceil(pre.input_size / pre.crop_pct))
     return CropRule(pre.input_size, int(pre.input_size / pre.crop_pct), pre.interpolation,
-                    "torchvision", None if cached_trunk else short, short)
+                    "torchvision", short if pre_shrink else None, short)
+
+
+def as_classifier(body: nn.Module) -> Classifier:
+    """``body`` (uint8 ``(N, 3, S, S)`` -> logits) as a :class:`Classifier` in eval mode,
+    its parameters frozen."""
+    for p in body.parameters():
+        p.requires_grad_(False)
+    return Classifier(body).eval()
 
 
 class Features(nn.Module):
@@ -230,65 +224,3 @@ class Features(nn.Module):
 
     def forward(self, images):
         return self.extractor(images.permute(0, 3, 1, 2))[0]
-
-
-def build_frozen_trunk(bundle: dict) -> tuple[Features, CropRule, dict]:
-    """``(features module in eval mode, crop rule, details)`` of a frozen head's run: the
-    backbone cut at its tap, pooled, without the head."""
-    from ..backbones import load_backbone
-    from ..extraction.forward import build_extractor
-
-    cfg, tap = bundle["store_config"], bundle["tap"]
-    loaded = load_backbone(cfg["backbone"], check_head_weights(bundle))
-    trunk = Features(build_extractor(loaded, [tap], cfg["pooling"])).eval()
-    details = {"backbone": cfg["backbone"], "tap": tap, "pooling": cfg["pooling"],
-               "weights": cfg["weights"], "head": head_name(bundle["model"]),
-               "channels": loaded.spec.tap(tap).channels}
-    return trunk, crop_rule("frozen", bundle), details
-
-
-def build_classifier(kind: str, bundle: dict) -> tuple[Classifier, CropRule, dict]:
-    """``(classifier in eval mode, crop rule, details)`` of a run's saved model.
-
-    ``kind``: frozen (a head bundle of :func:`pipeline.heads.persist.load_head`),
-    pixels (the pixel baseline's head bundle), mlp, cnn, finetune (bundles of
-    :func:`load_torch_model`).  ``details`` names the backbone, tap and pooling.
-    """
-    details = {"backbone": "", "tap": "", "pooling": ""}
-    if kind == "frozen":
-        trunk, _rule, details = build_frozen_trunk(bundle)
-        body = FrozenHead(trunk.extractor, _head_or_refusal(bundle["model"],
-                                                            details["channels"]))
-    elif kind == "pixels":
-        size = int(bundle["params"]["size"])
-        body = Pixels(_head_or_refusal(bundle["model"], 3 * size * size))
-        details["head"] = head_name(bundle["model"])
-    elif kind == "mlp":
-        from .baselines import network_from_bundle
-
-        net = network_from_bundle(bundle)
-        body = Pixels(net, net.pixel_mean, net.pixel_std)
-    elif kind == "cnn":
-        from .baselines import cnn_preprocessing, network_from_bundle
-
-        pre = cnn_preprocessing(int(bundle["params"]["size"]))
-        body = Normalise(network_from_bundle(bundle), pre.mean, pre.std)
-    elif kind == "finetune":
-        from .finetune import network_from_bundle
-
-        pre = bundle["preprocessing"]
-        body = Normalise(network_from_bundle(bundle), pre["mean"], pre["std"])
-        details["backbone"] = bundle["config"]["backbone"]
-    else:
-        raise UsageError(f"unknown model kind {kind!r}")
-    for p in body.parameters():
-        p.requires_grad_(False)
-    return Classifier(body).eval(), crop_rule(kind, bundle), details
-
-
-def _head_or_refusal(model, n_features: int) -> nn.Linear:
-    name = head_name(model)
-    if name not in LINEAR_HEADS:
-        raise UsageError(f"a {name} head has no exact linear form; pipeline.workflows.export "
-                         "converts it with skl2onnx", param="model_ref")
-    return linear_head(model, n_features)

@@ -42,7 +42,7 @@ FEWSHOT_DRAWS = 5
 
 
 #: C searched by the inner cross-validation: the decades of the middle of the
-#: logreg grid of :data:`pipeline.heads.selection.GRIDS`, small to large (on
+#: logreg head's grid (:mod:`pipeline.heads.kinds.logreg`), small to large (on
 #: the bundled flowers 1e-4 and 100 chose the same predictions as 1e-3 and 10).
 FEWSHOT_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 

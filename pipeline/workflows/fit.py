@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from ..balance import METRIC_LABELS, Selection
-from ..errors import StoreError, UsageError, opt
+from ..errors import StoreError, opt
 from ..heads.persist import HEAD_EXT, save_head
+from ..heads.registry import get_head
 from ..heads.selection import predict_proba, select_and_fit
-from ..options import CLASSIFIERS, STREAMING, check_seed
+from ..options import check_seed
 from ..runs.protocol import resolve_protocol
 from ..runs.records import DEFAULT_RUNS_DIR, RunRecord, new_cv_record, new_record, save_run
 from ..store.hdf5 import open_store
@@ -45,8 +46,10 @@ def find_store(features=None, features_dir=DEFAULT_FEATURES_DIR) -> Path:
 
 
 def resolve_selection(store, metric: str, class_weight: str, clf: str | None = None):
-    """The run's :class:`pipeline.balance.Selection` from the store's class counts, logged."""
-    selection = Selection.resolve(metric, class_weight, store.labels, store.classes, clf)
+    """The run's :class:`pipeline.balance.Selection` from the store's class counts, logged
+    (``clf``: the head fitted, which may take no class weights)."""
+    selection = Selection.resolve(metric, class_weight, store.labels, store.classes,
+                                  get_head(clf) if clf is not None else None)
     log.info("selection metric: %s; class weights: %s", selection.metric_reason,
              selection.class_weight_reason)
     return selection
@@ -71,9 +74,7 @@ def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int
     classes, else accuracy) and ``class_weight`` weights the head's loss (``auto``:
     balanced on imbalanced classes; knn has none): :mod:`pipeline.balance`.
     """
-    if clf not in CLASSIFIERS:
-        raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}",
-                         param="clf")
+    get_head(clf)       # an unknown name is refused before the store is opened
     check_seed(seed)
     store = open_store(find_store(features), split_seed, groups)
     protocol = resolve_protocol(protocol, store)
@@ -134,7 +135,7 @@ def _holdout_line(record: RunRecord, metric: str, score) -> str:
 
 def _fit_holdout(store, tap: str, clf: str, seed: int, selection, protocol):
     choice = {"metric": selection.metric, "class_weight": selection.class_weight}
-    if clf in STREAMING:  # reads the store block by block, never a whole tap
+    if get_head(clf).streaming:  # reads the store block by block, never a whole tap
         from ..heads.streaming import stream_select_and_fit
 
         res, test_pred, proba = stream_select_and_fit(store, tap, seed=seed, **choice)

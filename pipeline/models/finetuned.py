@@ -1,0 +1,38 @@
+"""``finetune``: a fine-tuned network (``finetune``), saved ``.pt``: the frozen trunk (when
+its activations were cached) and the trained top, with the backbone's preprocessing."""
+
+from __future__ import annotations
+
+from .base import SavedNetwork
+from .registry import register_model_kind
+
+
+@register_model_kind
+class FinetunedModel(SavedNetwork):
+    """``bundle``: :meth:`pipeline.train.finetune.FinetuneResult.model_bundle`."""
+
+    kind = "finetune"
+    title = "fine-tuned network"
+
+    @classmethod
+    def claims(cls, bundle):
+        return "top_state" in bundle
+
+    def parts(self):
+        return {"backbone": self.bundle["config"]["backbone"]}
+
+    def crop_rule(self):
+        """``image_transform(pre, "none")`` after ``load_rgb`` with the trunk cache; without
+        it, :class:`pipeline.train.datasets.ImageFolderDataset` (bicubic pre-shrink) first."""
+        from ..backbones import Preprocessing
+        from ..train.deploy import transform_rule
+
+        return transform_rule(Preprocessing(**self.bundle["preprocessing"]),
+                              pre_shrink=int(self.bundle["cut"]) == 0)
+
+    def body(self):
+        from ..train.deploy import Normalise
+        from ..train.finetune import network_from_bundle
+
+        pre = self.bundle["preprocessing"]
+        return Normalise(network_from_bundle(self.bundle), pre["mean"], pre["std"])

@@ -1,0 +1,131 @@
+"""``frozen``: a scikit-learn head on one tap of a frozen backbone (``fit``), saved as skops.
+
+Predicted from features extracted exactly as the store made them (backbone,
+weights, pooling, runtime, precision) by the extraction function ``extract``
+uses, then the head's ``predict_proba``.  Exported as the cut backbone with the
+head folded into one ``nn.Linear`` when its kind exports as ``linear``
+(:mod:`pipeline.heads.registry`), else as the exported trunk joined to the head
+converted by skl2onnx.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+from ..heads.registry import head_name, head_of_model, linear_heads
+from .base import SavedHead
+from .registry import register_model_kind
+
+log = logging.getLogger(__name__)
+
+
+@register_model_kind
+class FrozenHeadModel(SavedHead):
+    """``bundle``: ``{model, classes, tap, store_config, weights_source, ...}``
+    (:func:`pipeline.workflows.fit.run_fit`)."""
+
+    kind = "frozen"
+    title = "frozen head"
+
+    @classmethod
+    def claims(cls, bundle):
+        return "tap" in bundle and "store_config" in bundle
+
+    def parts(self):
+        cfg = self.bundle["store_config"]
+        return {"backbone": cfg["backbone"], "tap": self.bundle["tap"],
+                "pooling": cfg["pooling"], "head": head_name(self.bundle["model"])}
+
+    def crop_rule(self):
+        """:class:`pipeline.extraction.loader.ImageDataset`'s crops at the backbone's
+        preprocessing (:func:`pipeline.train.deploy.loader_rule`)."""
+        from ..backbones import get_backbone
+        from ..train.deploy import loader_rule
+
+        return loader_rule(get_backbone(self.bundle["store_config"]["backbone"]).preprocessing)
+
+    def predict_proba(self, files, batch_size=32, device="auto"):
+        from ..heads.selection import predict_proba
+
+        feats, errors = self.features(files, batch_size, device)
+        ok = len(files) - len(errors)
+        return (predict_proba(self.bundle["model"], feats) if ok else
+                np.zeros((0, len(self.classes)))), errors
+
+    def features(self, files, batch_size=32, device="auto"):
+        """Features of ``files`` at the head's tap, made as the store made them (backbone,
+        weights, pooling, runtime, precision) by the extraction function ``extract`` uses.
+
+        Returns ``(X (n_ok, C), {file index: reason})``.  A runtime not installed
+        here falls back to eager (fp32 runtimes agree within 1e-4), with a log line.
+        """
+        from ..extraction.features import extract_features
+        from ..extraction.runtimes import installed
+        from ..train.deploy import check_head_weights
+
+        cfg = self.bundle["store_config"]
+        source = check_head_weights(self.bundle)
+        runtime, precision = cfg.get("runtime", "eager"), cfg.get("precision", "auto")
+        if not installed(runtime):
+            log.warning("the store was extracted with runtime %s, which is not installed "
+                        "here; predicting with eager torch (fp32)", runtime)
+            runtime, precision = "eager", "auto"
+        tap = self.bundle["tap"]
+        feats, errors = [], {}
+        for res in extract_features(Path("."), [str(f) for f in files], cfg["backbone"],
+                                    source, [tap], cfg["pooling"], runtime=runtime,
+                                    precision=precision, device=device,
+                                    batch_size=batch_size, workers=0, hash_files=False):
+            for index, _sha, reason in res.failures:
+                errors[index] = reason
+                log.warning("skipped %s: %s", files[index], reason)
+            if res.indices:
+                feats.append(res.features[tap])
+        X = np.concatenate(feats) if feats else np.zeros((0, 1), dtype=np.float32)
+        return X, errors
+
+    def trunk(self):
+        """``(features module in eval mode, n_features)``: the backbone cut at the head's tap,
+        pooled, without the head (:class:`pipeline.train.deploy.Features`)."""
+        from ..backbones import load_backbone
+        from ..extraction.forward import build_extractor
+        from ..train.deploy import Features, check_head_weights
+
+        cfg, tap = self.bundle["store_config"], self.bundle["tap"]
+        loaded = load_backbone(cfg["backbone"], check_head_weights(self.bundle))
+        trunk = Features(build_extractor(loaded, [tap], cfg["pooling"])).eval()
+        return trunk, loaded.spec.tap(tap).channels
+
+    def body(self):
+        from ..train.deploy import FrozenHead, linear_head
+
+        trunk, channels = self.trunk()
+        return FrozenHead(trunk.extractor, linear_head(self.bundle["model"], channels))
+
+    def graph(self):
+        """One torch module when the head exports as ``linear``; else the exported trunk
+        and the head converted by skl2onnx (refused, with the alternatives, when the head
+        cannot be converted or skl2onnx is missing)."""
+        model = self.bundle["model"]
+        head = head_of_model(model)
+        if head is not None and head.export == "linear":
+            return super().graph()
+        if head is not None:
+            head.check_export(model, self.run_id)
+        try:
+            import skl2onnx  # noqa: F401
+        except ImportError:
+            linear = linear_heads()
+            raise UsageError(
+                f"a {head_name(model)} head is converted to ONNX by skl2onnx, which is not "
+                f"installed: pip install skl2onnx, or export a {', '.join(linear[:-1])} or "
+                f"{linear[-1]} head of the same tap (python cli.py fit --clf {linear[0]} "
+                "--layer TAP)", param="model_ref") from None
+        from .graph import trunk_and_head_graph
+
+        trunk, channels = self.trunk()
+        return trunk_and_head_graph(trunk, model, self.crop_rule(), channels)
