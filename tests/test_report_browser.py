@@ -63,6 +63,9 @@ class DevTools:
         if session and getattr(self, "session", None):
             msg["sessionId"] = self.session
         self.ws.send(json.dumps(msg))
+        # pump() and wait_for() leave short timeouts on the socket; a reply can take
+        # seconds on a loaded 2-core machine
+        self.ws.settimeout(120)
         while True:
             reply = json.loads(self.ws.recv())
             if reply.get("id") == self.next_id:
