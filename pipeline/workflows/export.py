@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError, UsageError, opt
+from ..errors import StoreError, UsageError, opt, program
 from ..files import atomic_path
 from ..runs.records import DEFAULT_RUNS_DIR
 from .predict import load_run_model
@@ -148,16 +148,16 @@ def _check_convertible(model) -> None:
         raise UsageError(
             f"run {model.run_id}'s SVM head was left uncalibrated (a class had one image), so "
             "its probabilities are a softmax of one-vs-rest margins that ONNX's SVM operator "
-            "does not compute; fit a logreg or linear-svm head on the same store (python "
-            "cli.py fit --clf logreg --layer TAP) and export that, or label images with "
-            "python cli.py predict --model RUN", param="model_ref")
+            "does not compute; fit a logreg or linear-svm head on the same store "
+            f"({program()} fit --clf logreg --layer TAP) and export that, or label images with "
+            f"{program()} predict --model RUN", param="model_ref")
     try:
         import skl2onnx  # noqa: F401
     except ImportError:
         raise UsageError(
             f"a {name} head is converted to ONNX by skl2onnx, which is not installed: pip "
             "install skl2onnx, or export a logreg, linear-svm or sgd-logreg head of the same "
-            "tap (python cli.py fit --clf logreg --layer TAP)", param="model_ref") from None
+            f"tap ({program()} fit --clf logreg --layer TAP)", param="model_ref") from None
 
 
 def _merge_head(trunk, head, n_features: int):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DeviceError, StoreError, UsageError, opt
+from ..errors import DeviceError, StoreError, UsageError, opt, program
 from ..files import atomic_write
 from ..heads.persist import HEAD_EXT, PICKLE_SUFFIXES, load_head
 from ..runs.records import DEFAULT_RUNS_DIR, RunRecord, find_record
@@ -207,7 +207,7 @@ def _open_onnx(path: Path) -> RunModel:
 
     meta = dict(session.get_modelmeta().custom_metadata_map)
     if "classes" not in meta or "crop_rule" not in meta:
-        raise StoreError(f"{path} was not written by `python cli.py export` (its metadata has "
+        raise StoreError(f"{path} was not written by `{program()} export` (its metadata has "
                          "no classes and crop rule)")
     try:
         classes, rule = json.loads(meta["classes"]), CropRule(**json.loads(meta["crop_rule"]))
