@@ -90,9 +90,11 @@ def add_history_runs(store, runs_dir, seeds=(0, 1, 2)) -> list:
 
 
 def add_pixel_run(store, runs_dir):
+    from pipeline.configs import BaselineConfig
     from pipeline.workflows.baseline import run_baseline
 
-    record, _ = run_baseline("pixels", store.path, runs_dir=runs_dir, size=8)
+    record, _ = run_baseline(BaselineConfig(kind="pixels", features=store.path,
+                                            protocol="holdout", options={"size": 8}), runs_dir)
     return record
 
 

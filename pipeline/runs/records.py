@@ -37,14 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError, opt
+from ..configs import DEFAULT_RUNS_DIR
+from ..errors import StoreError, opt, program
 from ..files import atomic_path, atomic_write
 from .protocol import PROTOCOL_TYPES, CrossValidation, Holdout, Protocol, protocol_named
 
 log = logging.getLogger(__name__)
 
 SCHEMA = 1
-DEFAULT_RUNS_DIR = Path("reports") / "runs"
 
 
 def split_fingerprint(test_paths) -> str:
@@ -489,8 +489,8 @@ def _runs_folder(runs_dir) -> Path:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise StoreError(
-            f"no run records folder {str(runs_dir)!r}; run `python cli.py fit` or "
-            f"`python cli.py baseline` first, or pass {opt('runs_dir', 'DIR')}", param="runs_dir"
+            f"no run records folder {str(runs_dir)!r}; run `{program()} fit` or "
+            f"`{program()} baseline` first, or pass {opt('runs_dir', 'DIR')}", param="runs_dir"
         )
     return runs_dir
 

@@ -38,12 +38,13 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
+from ..configs import FinetuneConfig
 from ..errors import DataError, UsageError, opt
 from ..files import atomic_path
 from ..options import BN_POLICIES, CACHE_MODES
@@ -55,54 +56,6 @@ log = logging.getLogger(__name__)
 #: Images decoded and pushed through the trunk together when caching (fixed:
 #: the augmentation RNG is seeded per chunk, so it shapes the cached views).
 CACHE_CHUNK = 32
-
-
-@dataclass
-class FinetuneConfig:
-    """Everything a fine-tuning run depends on (``runs_dir``/checkpointing aside)."""
-
-    features: str | None = None         # feature store: image list, labels, fixed split
-    backbone: str | None = None         # default: the store's backbone
-    weights: str = "imagenet"           # default: imagenet (the store's source is not assumed)
-    unfreeze: str = "layer4"            # none | all | a tap name (unfreeze from it upwards)
-    lr: float = 1e-3                    # learning rate of the new classifier
-    lr_factor: float = 0.1              # each group's rate = factor x the group above
-    schedule: str = "cosine"
-    schedule_per: str = "step"
-    gamma: float = 0.9
-    step_size: int = 5
-    gradual: int = 0                    # unfreeze one more group every K epochs (0: off)
-    augment: str = "standard"
-    views: int = 3                      # cached views per training image (1 = centre crop only)
-    cache: str = "auto"                 # auto: cache the frozen trunk when exact; off
-    cache_at: str | None = None         # cut the cached trunk after this tap at the latest
-    bn: str = "frozen-eval"
-    epochs: int = 12
-    batch_size: int = 32
-    seed: int = 0
-    split_seed: int | None = None       # the split's seed (None: the store's)
-    groups: str | None = None           # group rule of the split (None: the store's)
-    label_smoothing: float = 0.1
-    metric: str = "auto"                # selection metric of the epoch kept (auto: by balance)
-    class_weight: str = "auto"          # none | balanced | auto (balanced when imbalanced)
-    patience: int | None = 4
-    weight_decay: float = 1e-4
-    dropout: float = 0.2
-    input_size: int | None = None       # lower resolution than the weights' own
-    train_per_class: int | None = None  # train on at most N images per class (seeded draw)
-    compile: bool = False               # torch.compile the trunk used to fill the cache
-    runtime: str = "auto"               # runtime of that trunk (auto: the fastest here; eager)
-    checkpoint_dir: str | None = None
-    resume: bool = False
-    stop_after: int | None = None       # end after this epoch as if interrupted (tests)
-    label: str | None = None
-    group: str | None = None
-
-    def key_dict(self):
-        d = asdict(self)
-        for k in ("checkpoint_dir", "resume", "stop_after", "label", "group", "features"):
-            d.pop(k)
-        return d
 
 
 def block_groups(spec, stage_names) -> list[tuple[str, list[str]]]:

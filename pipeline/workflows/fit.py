@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..balance import METRIC_LABELS, Selection
-from ..errors import StoreError, UsageError, opt
+from ..configs import FitConfig
+from ..errors import StoreError, UsageError, opt, program
 from ..heads.persist import HEAD_EXT, save_head
 from ..heads.selection import predict_proba, select_and_fit
 from ..options import CLASSIFIERS, STREAMING, check_seed
@@ -33,7 +34,7 @@ def find_store(features=None, features_dir=DEFAULT_FEATURES_DIR) -> Path:
     candidates = sorted(folder.glob("*.h5"), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise StoreError(
-            f"no feature store (*.h5) in {str(folder)!r}; run `python cli.py extract` first "
+            f"no feature store (*.h5) in {str(folder)!r}; run `{program()} extract` first "
             f"or pass {opt('features', 'FILE')}", param="features"
         )
     if len(candidates) > 1:
@@ -52,11 +53,9 @@ def resolve_selection(store, metric: str, class_weight: str, clf: str | None = N
     return selection
 
 
-def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
-            protocol: str = "holdout", split_seed: int | None = None,
-            groups: str | None = None, metric: str = "auto",
-            class_weight: str = "auto") -> list[tuple[RunRecord, Path]]:
-    """Fit head ``clf`` on tap ``layer`` (or every tap, ``layer='all'``) of a store.
+def run_fit(cfg: FitConfig, runs_dir=DEFAULT_RUNS_DIR) -> list[tuple[RunRecord, Path]]:
+    """Fit head ``cfg.clf`` on tap ``cfg.layer`` (or every tap, ``layer='all'``) of the
+    store ``cfg.features`` (None or a folder: the newest store, :func:`find_store`).
 
     ``holdout``: standardise, choose the hyperparameter on the validation
     split, refit on train+val, score on test.  ``cv``: the same on every
@@ -71,15 +70,16 @@ def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int
     classes, else accuracy) and ``class_weight`` weights the head's loss (``auto``:
     balanced on imbalanced classes; knn has none): :mod:`pipeline.balance`.
     """
+    clf, seed = cfg.clf, cfg.seed
     if clf not in CLASSIFIERS:
         raise UsageError(f"unknown classifier {clf!r}; valid: {', '.join(CLASSIFIERS)}",
                          param="clf")
     check_seed(seed)
-    store = open_store(find_store(features), split_seed, groups)
-    protocol = resolve_protocol(protocol, store)
+    store = open_store(find_store(cfg.features), cfg.split_seed, cfg.groups)
+    protocol = resolve_protocol(cfg.protocol, store)
     log.info("protocol: %s", protocol.why)
-    selection = resolve_selection(store, metric, class_weight, clf)
-    layers = store.taps if layer == "all" else [layer]
+    selection = resolve_selection(store, cfg.metric, cfg.class_weight, clf)
+    layers = store.taps if cfg.layer == "all" else [cfg.layer]
     fit_tap = protocol.pick(holdout=_fit_holdout, cv=_fit_cv)
     out = []
     for tap in layers:
