@@ -32,7 +32,7 @@ LAYERS = [
     {"pipeline.train"},
     {"pipeline.runs"},
     {"pipeline.reporting"},
-    {"pipeline.workflows"},
+    {"pipeline.workflows", "pipeline.bench"},
     {"pipeline.api", "pipeline"},
     {"pipeline.cli"},
 ]

@@ -149,6 +149,9 @@ def test_bench_help_and_unknown_benchmark(run):
     assert res.exit_code == 0 and "forward-only ceiling" in res.output
     res = run("bench", "decode")
     assert res.exit_code == 2 and "'decode' is not a benchmark; valid: extract" in res.output
+    # the benchmark is part of the package (an installed wheel runs it too), not a script
+    res = run("bench", "extract", "--help")
+    assert res.exit_code == 0 and "--skip-naive" in res.output and "bench extract" in res.output
 
 
 # ------------------------------------------------------------------ one source of defaults

@@ -1,4 +1,4 @@
-"""``bench``: the extraction benchmark of a checkout (``benchmarks/bench_extract.py``)."""
+"""``bench``: the benchmarks shipped in the package (:mod:`pipeline.bench`)."""
 
 from __future__ import annotations
 
@@ -15,24 +15,18 @@ from .params import command
 def bench(what, args):
     """Measure extraction speed: (a) naive reference, (b) forward-only ceiling, (c) extract.
 
-    Runs benchmarks/bench_extract.py with ARGS (see `python cli.py bench extract -h`);
-    it prints images/s, c/a, c/b and peak memory.
+    Runs the benchmark WHAT (extract: pipeline/bench/extract.py) with ARGS (see
+    `python cli.py bench extract -h`); it prints images/s, c/a, c/b and peak memory.
 
     Example: python cli.py bench extract --data ../shared/datasets/flower_photos --limit 512
     """
-    import importlib.util
-    from pathlib import Path
+    from ..bench import BENCHMARKS, load_benchmark
 
     ctx = click.get_current_context()
     if what in (None, "-h", "--help"):
         click.echo(ctx.get_help())
         return
-    if what != "extract":
-        raise click.BadParameter(f"{what!r} is not a benchmark; valid: extract", ctx=ctx,
-                                 param_hint="WHAT")
-
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"bench_{what}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{what}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(list(args))
+    if what not in BENCHMARKS:
+        raise click.BadParameter(f"{what!r} is not a benchmark; valid: {', '.join(BENCHMARKS)}",
+                                 ctx=ctx, param_hint="WHAT")
+    load_benchmark(what).main(list(args))
