@@ -38,7 +38,7 @@ from pipeline.runs.groups import (
     resolve_report_metric,
     score,
 )
-from pipeline.runs.records import load_records, new_cv_record, save_record
+from pipeline.runs.records import RunInfo, load_records, new_cv_record, save_record
 from pipeline.runs.stats import bootstrap_interval, corrected_ttest, paired_bootstrap
 from pipeline.store.hdf5 import FeatureStore, write_store
 from pipeline.workflows.report import build_report
@@ -202,8 +202,8 @@ def constant_record(store, cls: int, label: str) -> dict:
     k = len(store.classes)
     folds = [FoldResult(r, f, te, np.eye(k)[np.full(len(te), cls)], {"C": 1.0}, len(tr))
              for r, f, tr, te in store.cv_splits()]
-    record = new_cv_record(kind="frozen", method="constant", label=label, store=store,
-                           classes=store.classes, folds=folds, layer="feat", seed=0)
+    record = new_cv_record(RunInfo(kind="frozen", method="constant", label=label,
+                                   layer="feat", seed=0), store, folds)
     record.update(Selection.resolve("auto", "auto", store.labels, store.classes)
                   .record_fields())
     return record

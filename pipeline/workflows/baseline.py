@@ -8,7 +8,14 @@ from pathlib import Path
 from ..configs import BaselineConfig
 from ..options import check_seed
 from ..runs.protocol import resolve_protocol
-from ..runs.records import DEFAULT_RUNS_DIR, RunRecord, new_cv_record, new_record, save_run
+from ..runs.records import (
+    DEFAULT_RUNS_DIR,
+    RunInfo,
+    RunRecord,
+    new_cv_record,
+    new_record,
+    save_run,
+)
 from ..store.hdf5 import open_store
 from ..train.baselines import cv_baseline, fit_baseline, model_writer
 
@@ -56,21 +63,21 @@ def baseline_run(cfg: BaselineConfig) -> tuple[RunRecord, dict, object]:
 def baseline_record(kind: str, out: dict, store, seed: int) -> RunRecord:
     """The run record (``kind="baseline"``) of a
     :func:`pipeline.train.baselines.fit_baseline` result."""
-    return new_record(
-        kind="baseline", method=kind, label=out["label"], store=store, classes=store.classes,
-        val_pred=out["val_pred"], test_pred=out["test_pred"], test_proba=out["test_proba"],
-        hyperparameters={**out["params"], **out.get("chosen", {})}, search=out.get("search"),
-        fit_seconds=out["seconds"], trainable_params=out["trainable_params"],
-        history=out.get("history"), seed=seed, group=out["label"],
-        extra={"skipped_images": out.get("skipped", [])})
+    run = _run_info(kind, out, seed, {"skipped_images": out.get("skipped", [])})
+    return new_record(run, store, out["val_pred"], out["test_pred"], out["test_proba"])
 
 
 def _cv_record(kind: str, out: dict, store, seed: int) -> RunRecord:
     """The run record of a :func:`pipeline.train.baselines.cv_baseline` result."""
-    return new_cv_record(
-        kind="baseline", method=kind, label=out["label"], store=store,
-        classes=store.classes, folds=out["folds"],
-        hyperparameters={**out["params"], **out.get("chosen", {})},
-        search=out.get("search"), fit_seconds=out["seconds"],
-        trainable_params=out["trainable_params"], history=out.get("history"), seed=seed,
-        group=out["label"], extra={"final_model": "refitted on every image"})
+    run = _run_info(kind, out, seed, {"final_model": "refitted on every image"})
+    return new_cv_record(run, store, out["folds"])
+
+
+def _run_info(kind: str, out: dict, seed: int, extra: dict) -> RunInfo:
+    """What a fitted baseline (``out``) reports in its record."""
+    return RunInfo(kind="baseline", method=kind, label=out["label"],
+                   hyperparameters={**out["params"], **out.get("chosen", {})},
+                   search=out.get("search") or [], fit_seconds=out["seconds"],
+                   trainable_params=out["trainable_params"],
+                   history=out.get("history") or [], seed=seed, group=out["label"],
+                   extra=extra)

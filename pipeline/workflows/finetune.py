@@ -10,7 +10,14 @@ from pathlib import Path
 from ..files import atomic_write, sha256_text
 from ..options import check_seed
 from ..runs.protocol import Protocol, resolve_protocol
-from ..runs.records import DEFAULT_RUNS_DIR, RunRecord, new_cv_record, new_record, save_run
+from ..runs.records import (
+    DEFAULT_RUNS_DIR,
+    RunInfo,
+    RunRecord,
+    new_cv_record,
+    new_record,
+    save_run,
+)
 from ..store.hdf5 import open_store
 from ..train.finetune import (
     FinetuneConfig,
@@ -32,17 +39,15 @@ def finetune_record(result: FinetuneResult, protocol: Protocol) -> RunRecord:
     # runs of one configuration with another metric or weighting stay apart in tables
     suffix = result.selection.suffix if result.selection is not None else ""
     label = cfg.label or describe(cfg)
-    common = dict(kind="finetune", method=method_name(cfg), label=label + suffix,
-                  store=result.store, classes=result.store.classes,
+    run = RunInfo(kind="finetune", method=method_name(cfg), label=label + suffix,
                   hyperparameters=cfg.key_dict(), fit_seconds=result.seconds,
                   layer=cfg.unfreeze, trainable_params=res.trainable_params,
                   history=res.history, seed=cfg.seed, group=(cfg.group or label) + suffix,
-                  extra={"finetune": _details(result, protocol)}, protocol=protocol)
+                  extra={"finetune": _details(result, protocol)})
     record = protocol.pick(
-        holdout=lambda: new_record(val_pred=result.val_proba.argmax(1),
-                                   test_pred=result.test_proba.argmax(1),
-                                   test_proba=result.test_proba, **common),
-        cv=lambda: new_cv_record(folds=result.folds, **common))()
+        holdout=lambda: new_record(run, result.store, result.val_proba.argmax(1),
+                                   result.test_proba.argmax(1), result.test_proba, protocol),
+        cv=lambda: new_cv_record(run, result.store, result.folds, protocol))()
     record.backbone, record.weights = cfg.backbone, result.weights_id
     if result.selection is not None:
         record.update(result.selection.record_fields())

@@ -16,7 +16,14 @@ from ..heads.persist import HEAD_EXT, save_head
 from ..heads.selection import predict_proba, select_and_fit
 from ..options import CLASSIFIERS, STREAMING, check_seed
 from ..runs.protocol import resolve_protocol
-from ..runs.records import DEFAULT_RUNS_DIR, RunRecord, new_cv_record, new_record, save_run
+from ..runs.records import (
+    DEFAULT_RUNS_DIR,
+    RunInfo,
+    RunRecord,
+    new_cv_record,
+    new_record,
+    save_run,
+)
 from ..store.hdf5 import open_store
 
 log = logging.getLogger(__name__)
@@ -145,13 +152,12 @@ def _fit_holdout(store, tap: str, clf: str, seed: int, selection, protocol):
         res = select_and_fit(clf, X_tr, y_tr, X_va, y_va, seed=seed, **choice)
         proba = predict_proba(res.model, X_te)
         test_pred = res.model.predict(X_te)
-    record = new_record(
-        kind="frozen", method=clf,
-        label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
-        store=store, classes=store.classes, val_pred=res.val_pred, test_pred=test_pred,
-        test_proba=proba, hyperparameters={**res.params, "class_weight": res.class_weight},
-        search=res.search, fit_seconds=res.fit_seconds, layer=tap, seed=seed,
-        trainable_params=_n_params(res.model), protocol=protocol)
+    run = RunInfo(kind="frozen", method=clf,
+                  label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
+                  hyperparameters={**res.params, "class_weight": res.class_weight},
+                  search=res.search, fit_seconds=res.fit_seconds, layer=tap, seed=seed,
+                  trainable_params=_n_params(res.model))
+    record = new_record(run, store, res.val_pred, test_pred, proba, protocol)
     return record, res.model
 
 
@@ -175,15 +181,14 @@ def _fit_cv(store, tap: str, clf: str, seed: int, selection, protocol):
                                    calibrated=smallest_class(y),
                                    class_weight=selection.class_weight), X, y,
                          selection.class_weight)
-    record = new_cv_record(
-        kind="frozen", method=clf,
-        label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
-        store=store, classes=store.classes, folds=folds,
-        hyperparameters={**params, "class_weight": selection.class_weight},
-        search=search, fit_seconds=cv_seconds, layer=tap, seed=seed,
-        trainable_params=_n_params(model), protocol=protocol,
-        extra={"final_model": "refitted on every image with the hyperparameter an inner CV "
-                              "over all of them chose"})
+    run = RunInfo(kind="frozen", method=clf,
+                  label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
+                  hyperparameters={**params, "class_weight": selection.class_weight},
+                  search=search, fit_seconds=cv_seconds, layer=tap, seed=seed,
+                  trainable_params=_n_params(model),
+                  extra={"final_model": "refitted on every image with the hyperparameter an "
+                                        "inner CV over all of them chose"})
+    record = new_cv_record(run, store, folds, protocol)
     return record, model
 
 
