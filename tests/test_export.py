@@ -471,9 +471,9 @@ def test_real_lite0_head_on_bundled_photos(tmp_path):
 
     classes = ["daisy", "roses", "tulips"]
     files = [f for c in classes for f in sorted((bundled_data_root() / c).glob("*.jpg"))[:4]]
-    (res,) = extract_features(Path("."), [str(f) for f in files], "efficientnet_lite0",
-                              "imagenet", ["layer4"], "avg", batch_size=12, workers=0,
-                              hash_files=False)
+    (res,) = extract_features(Path("."), [str(f) for f in files],
+                              ExtractConfig(batch_size=12, workers=0, runtime="eager"),
+                              ["layer4"], hash_files=False)
     y = np.repeat(np.arange(3), 4)
     config = {"backbone": "efficientnet_lite0", "pooling": "avg", "runtime": "eager",
               "weights": weights_identity(get_backbone("efficientnet_lite0"), "imagenet")}

@@ -656,12 +656,10 @@ def _run_forward(cfg, spec, taps, manifest, remaining, journal):
     bar = tqdm(total=len(remaining), unit="img", desc=f"extract {spec.name}",
                disable=not cfg.progress)
     t0 = time.perf_counter()
-    batches = extract_features(
-        manifest.root, [manifest.paths[i] for i in remaining], spec.name, cfg.weights, taps,
-        cfg.pool, indices=remaining, runtime=cfg.runtime, precision=cfg.precision,
-        device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads,
-        workers=default_workers() if cfg.workers is None else cfg.workers,
-        fallback=cfg.asked_runtime == "auto")
+    run = replace(cfg, backbone=spec.name,
+                  workers=default_workers() if cfg.workers is None else cfg.workers)
+    batches = extract_features(manifest.root, [manifest.paths[i] for i in remaining], run,
+                               taps, indices=remaining)
     try:
         for res in batches:
             paths = [manifest.paths[i] for i in res.indices]

@@ -197,16 +197,15 @@ def _transform_pre(pre, input_size):
     return replace(pre, input_size=input_size) if input_size else pre
 
 
-def compute_activations(trunk, root, paths, pre, views: int, augment: str, seed: int = 0,
-                        compile_trunk: bool = False, runtime: str = "eager", runner=None):
+def compute_activations(runner, root, paths, pre, views: int, augment: str, seed: int = 0):
     """Trunk outputs ``(n, views, C, H, W)`` float16; view 0 is the centre crop.
 
     Views 1.. are augmented (the training preset), seeded per chunk, so the
     result depends only on the images, ``views``, ``seed`` and the runtime.
-    ``runtime`` runs the frozen trunk (:mod:`pipeline.extraction.runtimes`;
-    ``auto``: OpenVINO where installed, fp32, within 1e-4 of eager, which the
-    float16 cache rounds away); ``compile_trunk`` means torch.compile;
-    ``runner`` (from :func:`trunk_runner`) reuses one already built.
+    ``runner`` runs the frozen trunk (:func:`trunk_runner` on a runtime of
+    :mod:`pipeline.extraction.runtimes`; ``auto``: OpenVINO where installed, fp32,
+    within 1e-4 of eager, which the float16 cache rounds away; ``compile``:
+    torch.compile).
     Images are decoded and augmented by torch as in training either way, by
     one thread that works a chunk ahead of the forward pass (same draws as in
     order: one thread takes the chunks one after the other).
@@ -217,8 +216,6 @@ def compute_activations(trunk, root, paths, pre, views: int, augment: str, seed:
 
     import torch
 
-    runner = runner or trunk_runner(trunk, pre.input_size,
-                                    "compile" if compile_trunk else runtime)
     chunk = _ChunkDecoder(root, paths, pre, views, augment, seed)
     out, ok, skipped = [], [], []
     threads = torch.get_num_threads()
@@ -336,8 +333,8 @@ def _cached_splits(store, loaded, cfg, plan, pre, cache_dir=None, layout: str = 
     runner = trunk_runner(trunk, pre.input_size, "compile" if cfg.compile else cfg.runtime)
     for split, paths in parts.items():
         views = cfg.views if split in ("train", "all") else 1
-        acts, ok, skipped = compute_activations(trunk, store.data_root, paths, pre, views,
-                                                cfg.augment, seed=0, runner=runner)
+        acts, ok, skipped = compute_activations(runner, store.data_root, paths, pre, views,
+                                                cfg.augment, seed=0)
         if split != "train" and skipped:
             raise DataError(f"{len(skipped)} {split} image(s) of the store no longer decode "
                             f"({skipped[0][0]}: {skipped[0][1]}); restore them or re-extract")

@@ -283,6 +283,7 @@ def _extract_files(bundle, files, batch_size, device):
     Returns ``(X (n_ok, C), {file index: reason})``.  A runtime not installed
     here falls back to eager (fp32 runtimes agree within 1e-4), with a log line.
     """
+    from ..configs import ExtractConfig
     from ..extraction.features import extract_features
     from ..extraction.runtimes import installed
     from ..train.deploy import check_head_weights
@@ -296,9 +297,10 @@ def _extract_files(bundle, files, batch_size, device):
         runtime, precision = "eager", "auto"
     tap = bundle["tap"]
     feats, errors = [], {}
-    for res in extract_features(Path("."), [str(f) for f in files], cfg["backbone"], source,
-                                [tap], cfg["pooling"], runtime=runtime, precision=precision,
-                                device=device, batch_size=batch_size, workers=0,
+    run = ExtractConfig(backbone=cfg["backbone"], weights=source, pool=cfg["pooling"],
+                        runtime=runtime, precision=precision, device=device,
+                        batch_size=batch_size, workers=0)
+    for res in extract_features(Path("."), [str(f) for f in files], run, [tap],
                                 hash_files=False):
         for index, _sha, reason in res.failures:
             errors[index] = reason
