@@ -73,6 +73,7 @@ def main(argv=None):
     import torch
 
     from pipeline.backbones import load_backbone
+    from pipeline.configs import FitConfig
     from pipeline.data.decode import CropRule
     from pipeline.data.manifest import bundled_data_root
     from pipeline.extraction.forward import build_extractor
@@ -93,8 +94,8 @@ def main(argv=None):
     summary = run_extract(ExtractConfig(backbone="efficientnet_lite0", layers=("layer4",),
                                         out=str(work / "features"), progress=False))
     t_extract = time.perf_counter() - t0
-    ((record, _),) = run_fit(str(summary.path), "layer4", "logreg", work / "runs",
-                             protocol="holdout")
+    ((record, _),) = run_fit(FitConfig(features=str(summary.path), layer="layer4",
+                                       protocol="holdout"), work / "runs")
     run_id, runs = record["run_id"], work / "runs"
     out = work / "model.onnx"
     res = run_export(run_id, out, runs, overwrite=True)

@@ -38,9 +38,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_extract import BACKBONE, DEFAULT_DATA, decode_all  # noqa: E402
+from pipeline.bench.extract import BACKBONE, SHARED_FLOWERS, decode_all  # noqa: E402
+
+DEFAULT_DATA = SHARED_FLOWERS
 
 
 def openvino_model(taps):

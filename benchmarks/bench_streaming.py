@@ -47,9 +47,11 @@ sys.path.insert(0, str(ROOT))
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
-from pipeline.jobs import run_fit
+from pipeline.configs import FitConfig
+from pipeline.workflows.fit import run_fit
 t0 = time.perf_counter()
-(record, path), = run_fit({store!r}, {tap!r}, {clf!r}, {runs!r})
+(record, path), = run_fit(FitConfig(features={store!r}, layer={tap!r}, clf={clf!r},
+                                    protocol="holdout"), {runs!r})
 json.dump({{"test_accuracy": record["metrics"]["test"]["accuracy"],
            "val_accuracy": record["metrics"]["val"]["accuracy"],
            "n_test": record["metrics"]["test"]["n"],

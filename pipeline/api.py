@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .configs import BaselineConfig, ExtractConfig, FinetuneConfig, FitConfig
 from .runs.records import DEFAULT_RUNS_DIR, RunRecord
 
 
@@ -105,17 +106,16 @@ def open_store(path, split_seed: int | None = None, groups: str | None = None):
     return _open(path, split_seed, groups)
 
 
-def extract(data=None, *, backbone: str = "efficientnet_lite0", layers=(), out="features",
-            **options):
+def extract(data=None, *, backbone: str = ExtractConfig.backbone,
+            layers=ExtractConfig.layers, out=ExtractConfig.out, **options):
     """Extract the images of ``data`` (default: the bundled flowers) into a store; return it.
 
     ``layers`` are tap names (default layer2-4; ``["all"]`` for every tap);
-    ``options`` are the other fields of :class:`pipeline.extraction.job.ExtractConfig`
+    ``options`` are the other fields of :class:`pipeline.configs.ExtractConfig`
     (``weights``, ``pool``, ``runtime``, ``batch_size``, ``seed``, ...).  A
     second call with the same options does no forward pass.  The store's
     ``summary`` says what this call did.
     """
-    from .extraction.job import ExtractConfig
     from .extraction.shards import launch_extract
 
     summary = launch_extract(ExtractConfig(data=None if data is None else str(data),
@@ -130,9 +130,11 @@ def _store_path(store) -> str:
     return str(getattr(store, "path", store))
 
 
-def fit(store, layer: str = "layer3", clf: str = "logreg", *, runs_dir=DEFAULT_RUNS_DIR,
-        seed: int = 0, protocol: str = "auto", split_seed: int | None = None,
-        groups: str | None = None, metric: str = "auto", class_weight: str = "auto"):
+def fit(store, layer: str = FitConfig.layer, clf: str = FitConfig.clf, *,
+        runs_dir=DEFAULT_RUNS_DIR, seed: int = FitConfig.seed,
+        protocol: str = FitConfig.protocol, split_seed: int | None = FitConfig.split_seed,
+        groups: str | None = FitConfig.groups, metric: str = FitConfig.metric,
+        class_weight: str = FitConfig.class_weight):
     """Fit head ``clf`` on tap ``layer`` of ``store`` (a store or its path); a :class:`Run`.
 
     ``layer="all"`` fits every tap of the store and returns a list of runs.
@@ -146,49 +148,52 @@ def fit(store, layer: str = "layer3", clf: str = "logreg", *, runs_dir=DEFAULT_R
     from .heads.persist import load_head
     from .workflows.fit import run_fit
 
+    cfg = FitConfig(features=_store_path(store), layer=layer, clf=clf, seed=seed,
+                    protocol=protocol, split_seed=split_seed, groups=groups, metric=metric,
+                    class_weight=class_weight)
     runs = []
-    for record, path in run_fit(_store_path(store), layer, clf, runs_dir, seed=seed,
-                                protocol=protocol, split_seed=split_seed, groups=groups,
-                                metric=metric, class_weight=class_weight):
+    for record, path in run_fit(cfg, runs_dir):
         runs.append(Run(record, path, load_head(record.model_file)["model"]))
     return runs if layer == "all" else runs[0]
 
 
-def baseline(store, kind: str = "pixels", *, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
-             protocol: str = "auto", split_seed: int | None = None, groups: str | None = None,
-             metric: str = "auto", class_weight: str = "auto",
-             **options) -> Run:
+def baseline(store, kind: str = BaselineConfig.kind, *, runs_dir=DEFAULT_RUNS_DIR,
+             seed: int = BaselineConfig.seed, epochs: int | None = BaselineConfig.epochs,
+             protocol: str = BaselineConfig.protocol,
+             split_seed: int | None = BaselineConfig.split_seed,
+             groups: str | None = BaselineConfig.groups, metric: str = BaselineConfig.metric,
+             class_weight: str = BaselineConfig.class_weight, **options) -> Run:
     """Baseline ``kind`` (pixels, mlp, cnn) on ``store``; a :class:`Run`.
 
-    ``options`` override :data:`pipeline.train.baselines.DEFAULTS` (``epochs``,
-    ``size``, ...); ``metric`` and ``class_weight`` as for :func:`fit`;
+    ``epochs`` and ``options`` override :data:`pipeline.train.baselines.DEFAULTS`
+    (``size``, ``hidden``, ...); ``metric`` and ``class_weight`` as for :func:`fit`;
     ``runs_dir=None`` writes nothing.
     """
     from .runs.records import save_run
     from .train.baselines import model_writer
     from .workflows.baseline import baseline_run
 
-    record, out, store = baseline_run(kind, _store_path(store), seed, protocol,
-                                      split_seed=split_seed, groups=groups, metric=metric,
-                                      class_weight=class_weight, **options)
+    record, out, store = baseline_run(BaselineConfig(
+        features=_store_path(store), kind=kind, seed=seed, epochs=epochs, protocol=protocol,
+        split_seed=split_seed, groups=groups, metric=metric, class_weight=class_weight,
+        options=options))
     path = save_run(record, runs_dir, *model_writer(kind, out, store)) if runs_dir else None
     return Run(record, path, out["model"])
 
 
-def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None, protocol: str = "auto",
-             **options) -> Run:
+def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None,
+             protocol: str = FinetuneConfig.protocol, **options) -> Run:
     """Fine-tune the store's backbone; a :class:`Run` with the trained network.
 
-    ``options`` are the fields of :class:`pipeline.train.finetune.FinetuneConfig`
+    ``options`` are the fields of :class:`pipeline.configs.FinetuneConfig`
     (``unfreeze``, ``lr``, ``lr_factor``, ``epochs``, ``schedule``, ``gradual``,
     ``metric``, ``class_weight``, ...);
     ``runs_dir=None`` writes nothing.
     """
-    from .train.finetune import FinetuneConfig
     from .workflows.finetune import finetune_run, save_finetune
 
-    record, result = finetune_run(FinetuneConfig(features=_store_path(store), **options),
-                                  cache_dir, protocol)
+    record, result = finetune_run(FinetuneConfig(features=_store_path(store),
+                                                 protocol=protocol, **options), cache_dir)
     path = save_finetune(record, result, runs_dir) if runs_dir else None
     return Run(record, path, result.model)
 

@@ -12,11 +12,15 @@ writes them as the keyword argument followed by the command-line flag,
 ``overwrite=True (--overwrite)``; the CLI renders the same message with its
 own flags only (:meth:`WorkbenchError.render`), e.g. ``--overwrite``.
 ``error.param`` is the parameter the error is about, when there is one.
+A message that tells the user to run a command names the program through
+:func:`program` (``python cli.py`` or ``workbench``), never a fixed spelling.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 _MARK = re.compile("\u2039([A-Za-z_][A-Za-z0-9_]*)(?:=([^\u203a]*))?\u203a")
 
@@ -29,6 +33,25 @@ def opt(name: str, value: str | None = None) -> str:
 def flag_of(name: str) -> str:
     """The default command-line flag of a Python parameter: ``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")
+
+
+def program() -> str:
+    """How to start the command line, for messages (``run `{program()} fit```).
+
+    ``workbench`` when this process is the console script; ``python cli.py`` when it
+    is the repository's script; ``python -m pipeline.cli`` for that.  Elsewhere (a
+    notebook, the tests) the repository's script when this is a checkout of it,
+    else the console script an installed package has.
+    """
+    started = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if started == "cli.py":
+        return "python cli.py"
+    if started == "__main__.py" and Path(sys.argv[0]).parent.name == "cli":
+        return "python -m pipeline.cli"
+    if started.removesuffix(".exe") == "workbench":
+        return "workbench"
+    checkout = Path(__file__).resolve().parent.parent / "cli.py"
+    return "python cli.py" if checkout.is_file() else "workbench"
 
 
 class WorkbenchError(Exception):

@@ -50,6 +50,8 @@ SELECTION_METRICS = ("auto", "accuracy", "balanced_accuracy", "macro_f1")
 #: n / (K * n_c); ``auto`` = balanced when the classes are imbalanced, else none
 #: (pipeline.balance.resolve_class_weight).
 CLASS_WEIGHTS = ("auto", "none", "balanced")
+#: Train/val/test fractions of a split made when the data has none.
+DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
 #: Split names in the order of their codes in a store (0, 1, 2).
 SPLITS = ("train", "val", "test")
 #: Largest seed: numpy and torch take unsigned 32-bit seeds.

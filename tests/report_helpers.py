@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.heads.selection import predict_proba, select_and_fit
-from pipeline.runs.records import new_record, save_record
+from pipeline.runs.records import RunInfo, new_record, save_record
 from pipeline.store.hdf5 import FeatureStore
 
 
@@ -32,13 +32,13 @@ def add_frozen_runs(store, runs_dir, clfs=("logreg", "svm")) -> list:
         for clf in clfs:
             res = select_and_fit(clf, X_tr, store.y("train"), X_va, store.y("val"))
             est = res.model[-1]
-            record = new_record(
-                kind="frozen", method=clf, label=f"{clf} on {tap}", store=store,
-                classes=store.classes, val_pred=res.val_pred, test_pred=res.model.predict(X_te),
-                test_proba=predict_proba(res.model, X_te), hyperparameters=res.params,
-                search=res.search, fit_seconds=res.fit_seconds, layer=tap,
-                trainable_params=(est.coef_.size + est.intercept_.size
-                                  if hasattr(est, "coef_") else None))
+            run = RunInfo(kind="frozen", method=clf, label=f"{clf} on {tap}",
+                          hyperparameters=res.params, search=res.search,
+                          fit_seconds=res.fit_seconds, layer=tap,
+                          trainable_params=(est.coef_.size + est.intercept_.size
+                                            if hasattr(est, "coef_") else None))
+            record = new_record(run, store, res.val_pred, res.model.predict(X_te),
+                                predict_proba(res.model, X_te))
             save_record(record, runs_dir)
             records.append(record)
     return records
@@ -70,29 +70,31 @@ def add_history_runs(store, runs_dir, seeds=(0, 1, 2)) -> list:
         test_pred = np.where(wrong, (y_test + 1) % k, y_test)
         proba = np.full((len(y_test), k), 0.05)
         proba[np.arange(len(y_test)), test_pred] = 1 - 0.05 * (k - 1)
-        record = new_record(
+        run = RunInfo(
             kind="finetune", method="finetune-top", label=f"fine-tune from layer2 (seed {seed})",
-            store=store, classes=store.classes, val_pred=y_val, test_pred=test_pred,
-            test_proba=proba, hyperparameters={"lr": 1e-3, "epochs": 6, "seed": seed},
+            hyperparameters={"lr": 1e-3, "epochs": 6, "seed": seed},
             fit_seconds=30.0 + seed, layer="layer2", trainable_params=12345,
             history=history(6, trap=(seed == 0)), seed=seed, group="fine-tune from layer2",
             extra={"finetune": {"best_epoch": 4}})
+        record = new_record(run, store, y_val, test_pred, proba)
         save_record(record, runs_dir)
         records.append(record)
-    cnn = new_record(
-        kind="baseline", method="cnn", label="scratch CNN 64px", store=store,
-        classes=store.classes, val_pred=(y_val + 1) % k, test_pred=(y_test + 1) % k,
+    cnn = new_record(RunInfo(
+        kind="baseline", method="cnn", label="scratch CNN 64px",
         hyperparameters={"size": 64, "best_epoch": 3}, fit_seconds=12.0, trainable_params=9999,
-        history=history(5, trap=False, groups=("all",)), seed=0)
+        history=history(5, trap=False, groups=("all",)), seed=0), store, (y_val + 1) % k,
+        (y_test + 1) % k)
     save_record(cnn, runs_dir)
     records.append(cnn)
     return records
 
 
 def add_pixel_run(store, runs_dir):
+    from pipeline.configs import BaselineConfig
     from pipeline.workflows.baseline import run_baseline
 
-    record, _ = run_baseline("pixels", store.path, runs_dir=runs_dir, size=8)
+    record, _ = run_baseline(BaselineConfig(kind="pixels", features=store.path,
+                                            protocol="holdout", options={"size": 8}), runs_dir)
     return record
 
 

@@ -24,7 +24,7 @@ PACKAGE = ROOT / "pipeline"
 #: The flow, bottom to top: a module may import only from its own layer or those before it.
 LAYERS = [
     {"pipeline.errors", "pipeline.options", "pipeline.files", "pipeline.balance",
-     "pipeline.registry"},
+     "pipeline.registry", "pipeline.configs"},
     {"pipeline.data"},
     {"pipeline.backbones"},
     {"pipeline.store"},
@@ -36,8 +36,9 @@ LAYERS = [
     # and train; asked by the predict and export workflows, never by the report
     {"pipeline.models"},
     {"pipeline.reporting"},
-    {"pipeline.workflows"},
+    {"pipeline.workflows", "pipeline.bench"},
     {"pipeline.api", "pipeline"},
+    {"pipeline.cli"},
 ]
 
 
@@ -105,7 +106,7 @@ def layer_of(mod: str) -> int:
     for i, layer in enumerate(LAYERS):
         if any(mod == m or mod.startswith(m + ".") for m in layer if m != "pipeline"):
             return i
-    return len(LAYERS) - 1  # pipeline/__init__.py
+    return next(i for i, layer in enumerate(LAYERS) if "pipeline" in layer)  # __init__.py
 
 
 def module_graph(edges: dict) -> dict:
@@ -187,8 +188,50 @@ def test_workbench_console_script_runs_the_same_cli():
     script = Path(sys.executable).parent / "workbench"
     assert script.is_file(), "pip install -e . installs the workbench console script"
     res = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0 and "Start with `python cli.py demo`" in res.stdout
+    assert res.returncode == 0 and "Start with `" in res.stdout
     assert all(c in res.stdout for c in ("extract", "fit", "report", "demo"))
+    setup = (ROOT / "setup.cfg").read_text(encoding="utf-8")
+    assert "workbench = pipeline.cli:main" in setup and "py_modules" not in setup
+
+
+@pytest.mark.parametrize("started, program", [
+    ("/venv/bin/workbench", "workbench"), ("cli.py", "python cli.py"),
+    (str(PACKAGE / "cli" / "__main__.py"), "python -m pipeline.cli"),
+    ("-c", "python cli.py"),          # a notebook or a test, in a checkout
+])
+def test_messages_and_help_name_the_program_as_it_was_started(started, program):
+    """One helper spells the program in every message (pipeline.errors.program), and the
+    help's examples follow it: `workbench fit` under the console script."""
+    code = ("import sys; sys.argv[0] = sys.argv.pop(1); from pipeline.errors import program; "
+            "print(program()); from pipeline.cli import main; main()")
+    res = subprocess.run([sys.executable, "-c", code, started, "fit", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0] == program
+    assert f"Example: {program} fit --layer all" in res.stdout
+
+
+def spelled_programs(source: str) -> list[int]:
+    """Lines of ``source`` whose strings (docstrings aside) spell ``python cli.py``."""
+    tree = ast.parse(source)
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)}
+    return [node.lineno for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and "python cli.py" in node.value and id(node) not in docs]
+
+
+def test_messages_spell_the_program_through_one_helper():
+    allowed = {PACKAGE / "errors.py", PACKAGE / "cli" / "params.py"}   # the helper, the help
+    found = {str(p.relative_to(ROOT)): lines for p in PACKAGE.rglob("*.py") if p not in allowed
+             and (lines := spelled_programs(p.read_text(encoding="utf-8")))}
+    assert found == {}
+    templates = "".join(p.read_text(encoding="utf-8")
+                        for p in (PACKAGE / "reporting" / "templates").rglob("*.html"))
+    assert "python cli.py" not in templates and "{{ program }}" in templates
+    assert spelled_programs('x = "run `python cli.py fit`"\ny = f"{a} python cli.py"\n') == [1, 2]
 
 
 def test_errors_name_the_python_parameter_and_the_cli_flag(tmp_path):
@@ -236,14 +279,15 @@ def test_heads_saved_before_the_package_layout_still_load(tmp_path):
 
 
 def test_cli_choices_come_from_the_library_options():
-    import cli
     from pipeline import options
+    from pipeline.cli.extract import extract
+    from pipeline.cli.fit import fit
     from pipeline.heads import list_heads
 
-    params = {p.name: p for p in cli.extract.params}
+    params = {p.name: p for p in extract.params}
     assert tuple(params["pool"].type.choices) == options.POOLINGS
     assert tuple(params["runtime"].type.choices) == options.RUNTIMES
-    clf = {p.name: p for p in cli.fit.params}["clf"].type.choices
+    clf = {p.name: p for p in fit.params}["clf"].type.choices
     assert list(clf) == list_heads() == ["logreg", "svm", "linear-svm", "knn", "sgd-logreg"]
     assert not os.path.exists(PACKAGE / "names.py")
 
@@ -290,8 +334,8 @@ def test_the_report_and_the_tables_read_records_by_attribute(tmp_path, monkeypat
     reads the typed fields, never string keys of a record."""
     import shutil
 
-    import cli
     from pipeline.api import Run
+    from pipeline.cli.tables import print_rows, selection_note
     from pipeline.runs.records import RunRecord, load_records
     from pipeline.workflows.demo import summary_rows
     from pipeline.workflows.fit import summary_line
@@ -312,10 +356,10 @@ def test_the_report_and_the_tables_read_records_by_attribute(tmp_path, monkeypat
     html = build_report(runs, tmp_path / "report.html", efficiency_budget=0).read_text()
     assert "cross-validated accuracy" in html or "test accuracy" in html
     rows = summary_rows(records)
-    cli.print_rows(rows, rows[0]["metric"], False, records[0].protocol)
+    print_rows(rows, rows[0]["metric"], False, records[0].protocol)
     for rec in records:
         assert summarise_group([rec])["protocol"] == rec.protocol.name
-        assert summary_line(rec) and cli.selection_note(rec)
+        assert summary_line(rec) and selection_note(rec)
         assert repr(Run(rec)).startswith("Run(")
     assert "ranked by" in capsys.readouterr().out
 

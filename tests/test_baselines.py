@@ -11,6 +11,7 @@ import torch
 from conftest import make_folder
 from PIL import Image
 
+from pipeline.configs import BaselineConfig
 from pipeline.errors import DataError, UsageError
 from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.heads.persist import load_head
@@ -18,6 +19,14 @@ from pipeline.runs.records import load_records
 from pipeline.store.hdf5 import FeatureStore
 from pipeline.train.baselines import make_cnn, make_mlp, pixel_matrix
 from pipeline.workflows.baseline import run_baseline
+
+
+def _baseline(kind, store, runs, **opts):
+    """``run_baseline`` on the store's holdout split; ``opts`` override the kind's
+    defaults (``epochs`` and ``seed`` are fields of the config, the rest its options)."""
+    known = {k: opts.pop(k) for k in ("epochs", "seed") if k in opts}
+    return run_baseline(BaselineConfig(kind=kind, features=store, protocol="holdout",
+                                       options=opts, **known), runs)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +58,7 @@ def test_model_shapes():
     ("cnn", {"size": 32, "epochs": 2, "width": 8}),
 ])
 def test_baseline_writes_a_valid_record_on_the_store_split(store_path, tmp_path, kind, opts):
-    record, path = run_baseline(kind, store_path, tmp_path / "runs", seed=0, **opts)
+    record, path = _baseline(kind, store_path, tmp_path / "runs", seed=0, **opts)
     store = FeatureStore(store_path)
     saved = json.loads(Path(path).read_text())
     assert saved["kind"] == "baseline" and saved["method"] == kind
@@ -72,15 +81,15 @@ def test_baseline_writes_a_valid_record_on_the_store_split(store_path, tmp_path,
 
 
 def test_pixels_separate_flat_colours(store_path, tmp_path):
-    record, _ = run_baseline("pixels", store_path, tmp_path / "runs", size=4)
+    record, _ = _baseline("pixels", store_path, tmp_path / "runs", size=4)
     assert record["metrics"]["test"]["accuracy"] == 1.0
 
 
 def test_bad_kind_or_option_is_a_usage_error(store_path, tmp_path):
     with pytest.raises(UsageError, match="valid: pixels, mlp, cnn"):
-        run_baseline("svm", store_path, tmp_path)
+        _baseline("svm", store_path, tmp_path)
     with pytest.raises(UsageError, match="no option"):
-        run_baseline("pixels", store_path, tmp_path, epochs=3)
+        _baseline("pixels", store_path, tmp_path, epochs=3)
 
 
 def test_missing_test_image_is_refused(tmp_path):
@@ -90,4 +99,4 @@ def test_missing_test_image_is_refused(tmp_path):
     store = FeatureStore(summary.path)
     (folder / store.rel_paths("test")[0]).write_bytes(b"")
     with pytest.raises(DataError, match="same images"):
-        run_baseline("pixels", summary.path, tmp_path / "runs", size=4)
+        _baseline("pixels", summary.path, tmp_path / "runs", size=4)

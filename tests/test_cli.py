@@ -149,3 +149,140 @@ def test_bench_help_and_unknown_benchmark(run):
     assert res.exit_code == 0 and "forward-only ceiling" in res.output
     res = run("bench", "decode")
     assert res.exit_code == 2 and "'decode' is not a benchmark; valid: extract" in res.output
+    # the benchmark is part of the package (an installed wheel runs it too), not a script
+    res = run("bench", "extract", "--help")
+    assert res.exit_code == 0 and "--skip-naive" in res.output and "bench extract" in res.output
+
+
+# ------------------------------------------------------------------ one source of defaults
+
+
+def _library_defaults(source) -> dict:
+    """Name -> default of a config dataclass's fields (the library's own, ``cli_default``
+    aside) or of a function's keyword parameters."""
+    import inspect
+    from dataclasses import MISSING, fields, is_dataclass
+
+    if is_dataclass(source):
+        return {f.name: f.default for f in fields(source) if f.default is not MISSING}
+    return {n: p.default for n, p in inspect.signature(source).parameters.items()
+            if p.default is not p.empty}
+
+
+def _same(value):
+    """Defaults compared as the command line shows them: paths as text, sequences as tuples."""
+    from pathlib import Path
+
+    if isinstance(value, Path):
+        return str(value)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def default_sources() -> dict:
+    """Each command -> the config dataclass and the API and workflow functions that take
+    the same options (every command is here: a new one must say where its defaults live)."""
+    from pipeline import api, configs
+    from pipeline.extraction.shards import launch_extract
+    from pipeline.workflows.baseline import run_baseline
+    from pipeline.workflows.demo import run_demo
+    from pipeline.workflows.explore import run_explore
+    from pipeline.workflows.export import run_export
+    from pipeline.workflows.finetune import run_finetune_seeds
+    from pipeline.workflows.fit import run_fit
+    from pipeline.workflows.hierarchy import run_hierarchy
+    from pipeline.workflows.ladder import run_ladder
+    from pipeline.workflows.predict import run_predict
+    from pipeline.workflows.report import build_report
+
+    return {
+        "extract": [configs.ExtractConfig, api.extract, launch_extract],
+        "fit": [configs.FitConfig, api.fit, run_fit],
+        "baseline": [configs.BaselineConfig, api.baseline, run_baseline],
+        "finetune": [configs.FinetuneConfig, api.finetune, run_finetune_seeds],
+        "ladder": [configs.LadderConfig, run_ladder],
+        "explore": [configs.ExploreConfig, run_explore],
+        "hierarchy": [configs.HierarchyConfig, run_hierarchy],
+        "demo": [run_demo, configs.FitConfig],
+        "predict": [api.predict, run_predict],
+        "export": [api.export, run_export],
+        "report": [api.report, build_report],
+        "backbones": [],
+        "bench": [],
+    }
+
+
+#: Options only the command line has (nothing else takes them, so nothing can drift).
+CLI_ONLY = {("extract", "merge_shards"), ("backbones", "pattern"), ("backbones", "limit")}
+
+
+def test_cli_api_and_workflow_defaults_agree_for_every_command():
+    """The defaults have one source: every option's default on the command line equals the
+    config dataclass's field (or its declared ``cli_default``), and the Python API and the
+    workflow functions default to the same, command by command.  The protocol is ``auto``
+    everywhere (the workflows once defaulted to holdout)."""
+    from dataclasses import fields, is_dataclass
+
+    import click
+
+    from pipeline.cli import cli
+    from pipeline.configs import FinetuneConfig
+
+    sources = default_sources()
+    assert set(sources) == set(cli.commands)
+    disagree, unsourced = [], []
+    for name, command in cli.commands.items():
+        known = [_library_defaults(s) for s in sources[name]]
+        ctx = click.Context(command)
+        for param in command.params:
+            if param.required or param.param_type_name == "argument":
+                continue
+            shown = _same(param.get_default(ctx, call=False))
+            matched = False
+            for source, defaults in zip(sources[name], known):
+                if param.name not in defaults:
+                    continue
+                matched = True
+                expected = defaults[param.name]
+                if is_dataclass(source):  # the command's own default, where it says so
+                    field = next(f for f in fields(source) if f.name == param.name)
+                    expected = field.metadata.get("cli_default", expected)
+                if _same(expected) != shown:
+                    disagree.append(f"{name} --{param.name}: {shown!r} vs {expected!r} "
+                                    f"({getattr(source, '__qualname__', source)})")
+            if not matched and (name, param.name) not in CLI_ONLY:
+                unsourced.append(f"{name} {param.name}")
+        for defaults in known[1:]:   # the API and the workflows agree with the config too
+            if is_dataclass(sources[name][0]):
+                for key, value in defaults.items():
+                    if key in known[0] and _same(value) != _same(known[0][key]):
+                        disagree.append(f"{name} {key}: {value!r} vs the config's "
+                                        f"{known[0][key]!r}")
+    assert disagree == [] and unsourced == []
+    # the one default the command line sets on purpose: checkpoints, so --resume works
+    from pipeline.configs import (
+        BaselineConfig,
+        ExploreConfig,
+        ExtractConfig,
+        FitConfig,
+        HierarchyConfig,
+        LadderConfig,
+    )
+    declared = [(c.__name__, f.name) for c in (BaselineConfig, ExploreConfig, ExtractConfig,
+                                               FinetuneConfig, FitConfig, HierarchyConfig,
+                                               LadderConfig)
+                for f in fields(c) if "cli_default" in f.metadata]
+    assert declared == [("FinetuneConfig", "checkpoint_dir")]
+    assert {_library_defaults(s).get("protocol") for v in sources.values() for s in v} \
+        <= {"auto", None}
+
+
+def test_the_defaults_check_sees_a_drifted_default(monkeypatch):
+    """The check above fails when the command line and a workflow disagree."""
+    from pipeline.workflows import fit as fit_workflow
+
+    def drifted(cfg, runs_dir="elsewhere"):
+        return []
+
+    monkeypatch.setattr(fit_workflow, "run_fit", drifted)
+    with pytest.raises(AssertionError, match="fit --runs_dir"):
+        test_cli_api_and_workflow_defaults_agree_for_every_command()

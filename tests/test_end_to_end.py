@@ -78,7 +78,8 @@ def _assert_the_four_insight_sections(html: str, runs):
     preview, the transfer explorer and the leakage check, each from its real record."""
     import re
 
-    from pipeline.workflows.explore import DEFAULT_DEPTHS, latest_explore
+    from pipeline.configs import DEFAULT_DEPTHS
+    from pipeline.workflows.explore import latest_explore
 
     def section(name):
         return re.search(rf'<section id="{name}".*?</section>', html, re.S).group(0)

@@ -26,6 +26,7 @@ from conftest import make_folder
 from PIL import Image
 
 import cli
+from pipeline.configs import FitConfig
 from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.store.hdf5 import FeatureStore
 from pipeline.workflows.export import run_export
@@ -68,8 +69,8 @@ def world(tmp_path_factory):
 
 
 def _fit(world, clf: str, layer: str = "layer2", store=None) -> dict:
-    ((record, _path),) = run_fit(store or world["store"], layer, clf, world["runs"],
-                                 protocol="holdout")
+    ((record, _path),) = run_fit(FitConfig(features=store or world["store"], layer=layer,
+                                           clf=clf, protocol="holdout"), world["runs"])
     return record
 
 
@@ -266,8 +267,8 @@ def test_an_uncalibrated_svm_head_is_refused_naming_the_alternatives(tmp_path):
     folder = make_folder(tmp_path / "toy", per_class=8)
     summary = run_extract(ExtractConfig(data=str(folder), backbone="toy", layers=("layer1",),
                                         out=str(tmp_path / "f"), progress=False, workers=0))
-    ((record, _),) = run_fit(str(summary.path), "layer1", "svm", tmp_path / "runs",
-                             protocol="holdout")
+    ((record, _),) = run_fit(FitConfig(features=str(summary.path), layer="layer1", clf="svm",
+                                       protocol="holdout"), tmp_path / "runs")
     bundle = load_head(record["model_file"])
     store = FeatureStore(summary.path)
     raw = make_head("svm", 1.0, calibrated=False).fit(store.X("layer1"), store.labels)
@@ -287,8 +288,8 @@ def test_sgd_head_exports_exactly(tmp_path):
     summary = run_extract(ExtractConfig(data=str(folder), backbone="toy",
                                         layers=("layer1", "layer2"), out=str(tmp_path / "f"),
                                         progress=False, workers=0))
-    ((record, _),) = run_fit(str(summary.path), "layer2", "sgd-logreg", tmp_path / "runs",
-                             protocol="holdout")
+    ((record, _),) = run_fit(FitConfig(features=str(summary.path), layer="layer2",
+                                       clf="sgd-logreg", protocol="holdout"), tmp_path / "runs")
     import pipeline as wb
 
     out = tmp_path / "sgd.onnx"
@@ -311,7 +312,8 @@ def _finetune(world, **kw):
     from pipeline.workflows.finetune import run_finetune
 
     cfg = dict(features=world["store"], backbone="resnet18", weights="none", input_size=32,
-               epochs=1, batch_size=8, lr=1e-2, views=1, patience=None, checkpoint_dir=None)
+               epochs=1, batch_size=8, lr=1e-2, views=1, patience=None, checkpoint_dir=None,
+               protocol="holdout")
     cfg.update(kw)
     record, _ = run_finetune(FinetuneConfig(**cfg), world["runs"])
     return record
@@ -347,10 +349,12 @@ def test_finetuned_export_equals_predict(world, tmp_path, cache, tolerance):
 
 @pytest.mark.parametrize("kind", ["pixels", "mlp", "cnn"])
 def test_baselines_predict_as_trained_and_export(world, tmp_path, kind):
+    from pipeline.configs import BaselineConfig
     from pipeline.workflows.baseline import run_baseline
 
-    opts = {} if kind == "pixels" else {"epochs": 2}
-    record, _ = run_baseline(kind, world["store"], world["runs"], protocol="holdout", **opts)
+    epochs = None if kind == "pixels" else 2
+    record, _ = run_baseline(BaselineConfig(kind=kind, features=world["store"], epochs=epochs,
+                                            protocol="holdout"), world["runs"])
     classes = record["classes"]
     test = run_predict(record["run_id"], _test_paths(record, world), world["runs"], top_k=3)
     np.testing.assert_allclose(_proba_of(test, classes), record["predictions"]["proba"],
@@ -467,9 +471,9 @@ def test_real_lite0_head_on_bundled_photos(tmp_path):
 
     classes = ["daisy", "roses", "tulips"]
     files = [f for c in classes for f in sorted((bundled_data_root() / c).glob("*.jpg"))[:4]]
-    (res,) = extract_features(Path("."), [str(f) for f in files], "efficientnet_lite0",
-                              "imagenet", ["layer4"], "avg", batch_size=12, workers=0,
-                              hash_files=False)
+    (res,) = extract_features(Path("."), [str(f) for f in files],
+                              ExtractConfig(batch_size=12, workers=0, runtime="eager"),
+                              ["layer4"], hash_files=False)
     y = np.repeat(np.arange(3), 4)
     config = {"backbone": "efficientnet_lite0", "pooling": "avg", "runtime": "eager",
               "weights": weights_identity(get_backbone("efficientnet_lite0"), "imagenet")}

@@ -8,12 +8,14 @@ is "templates", a linear classifier on raw pixels saved as ``.npz``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TOY_COLOURS, make_folder
 
+from pipeline.configs import FitConfig
 from pipeline.errors import UsageError
 from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.heads.registry import HeadKind, get_head, register_head, unregister_head
@@ -125,15 +127,15 @@ def test_the_new_kinds_touch_no_library_file():
 def test_a_head_registered_here_fits_predicts_and_exports(centroid_head, toy_store, tmp_path):
     folder, store = toy_store
     runs = tmp_path / "runs"
-    ((record, path),) = run_fit(store, "layer1", "nearest-centroid", runs, protocol="holdout",
-                                class_weight="auto")
+    fit = FitConfig(features=str(store), layer="layer1", clf="nearest-centroid")
+    ((record, path),) = run_fit(replace(fit, protocol="holdout", class_weight="auto"), runs)
     assert record.method == "nearest-centroid" and record.kind == "frozen"
     assert set(record.hyperparameters) == {"shrink_threshold", "class_weight"}
     assert [s["shrink_threshold"] for s in record.search] == [2.0, 0.5, 0.1]  # strongest first
     assert record.scored_metrics["accuracy"] == 1.0           # flat colours: separable
     assert get_head("nearest-centroid") is centroid_head
     # cv: nested selection inside every outer fold
-    ((cv, _),) = run_fit(store, "layer1", "nearest-centroid", runs, protocol="cv")
+    ((cv, _),) = run_fit(replace(fit, protocol="cv"), runs)
     assert len(cv.cv["fold_scores"]) == 15 and cv.cv["mean"] == 1.0
     # predict: the saved skops head loads (scikit-learn's types only) and labels files
     files = sorted(folder.rglob("*.png"))
@@ -149,7 +151,7 @@ def test_a_head_registered_here_fits_predicts_and_exports(centroid_head, toy_sto
                                _proba(preds, record.classes), atol=1e-5)
     # the head takes no class weights: refused with the fix, as knn is
     with pytest.raises(UsageError, match="NearestCentroid takes no class weights"):
-        run_fit(store, "layer1", "nearest-centroid", runs, class_weight="balanced")
+        run_fit(replace(fit, class_weight="balanced"), runs)
 
 
 def test_a_model_kind_registered_here_predicts_and_exports(templates_kind, tmp_path):

@@ -63,7 +63,7 @@ def tiny_store(tmp_path_factory):
 
 def _tiny_cfg(store, **kw):
     base = dict(features=store, backbone="resnet18", weights="none", input_size=32,
-                epochs=2, batch_size=8, lr=1e-2, lr_factor=0.5, views=2)
+                epochs=2, batch_size=8, lr=1e-2, lr_factor=0.5, views=2, protocol="holdout")
     base.update(kw)
     return FinetuneConfig(**base)
 
@@ -146,8 +146,8 @@ def test_cross_validated_finetune_trains_a_fresh_top_per_fold(tiny_store, tmp_pa
     """cv: 15 outer folds on one trunk cache; every image predicted once per repeat; the
     pretrained top is copied for each fold (a fold never starts from another's weights)."""
     original = load_backbone("resnet18", "none").model.state_dict()
-    record, path = run_finetune(_tiny_cfg(tiny_store, unfreeze="layer4"), tmp_path / "runs",
-                                protocol="cv")
+    record, path = run_finetune(_tiny_cfg(tiny_store, unfreeze="layer4", protocol="cv"),
+                                tmp_path / "runs")
     assert record["protocol"] == "cv" and len(record["cv"]["fold_scores"]) == 15
     pred = record["predictions"]["y_pred_repeats"]
     assert len(pred) == 3 and all(p >= 0 for row in pred for p in row)
@@ -157,5 +157,5 @@ def test_cross_validated_finetune_trains_a_fresh_top_per_fold(tiny_store, tmp_pa
     top = _saved_top(record)["top_state"]
     assert not torch.equal(top["stages.0.0.conv1.weight"], original["layer4.0.conv1.weight"])
     with pytest.raises(UsageError, match="frozen-trunk cache"):
-        run_finetune(_tiny_cfg(tiny_store, unfreeze="layer4", cache="off"), tmp_path / "r2",
-                     protocol="cv")
+        run_finetune(_tiny_cfg(tiny_store, unfreeze="layer4", cache="off", protocol="cv"),
+                     tmp_path / "r2")

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from pipeline.runs.groups import (
     resolve_report_metric,
     score,
 )
-from pipeline.runs.records import load_records, new_cv_record, save_record
+from pipeline.runs.records import RunInfo, load_records, new_cv_record, save_record
 from pipeline.runs.stats import bootstrap_interval, corrected_ttest, paired_bootstrap
 from pipeline.store.hdf5 import FeatureStore, write_store
 from pipeline.workflows.report import build_report
@@ -202,18 +203,20 @@ def constant_record(store, cls: int, label: str) -> dict:
     k = len(store.classes)
     folds = [FoldResult(r, f, te, np.eye(k)[np.full(len(te), cls)], {"C": 1.0}, len(tr))
              for r, f, tr, te in store.cv_splits()]
-    record = new_cv_record(kind="frozen", method="constant", label=label, store=store,
-                           classes=store.classes, folds=folds, layer="feat", seed=0)
+    record = new_cv_record(RunInfo(kind="frozen", method="constant", label=label,
+                                   layer="feat", seed=0), store, folds)
     record.update(Selection.resolve("auto", "auto", store.labels, store.classes)
                   .record_fields())
     return record
 
 
 def test_cv_records_keep_every_folds_metrics_and_the_t_test_uses_the_chosen_one(tmp_path):
+    from pipeline.configs import FitConfig
     from pipeline.workflows.fit import run_fit
 
     store = imbalanced_store(tmp_path / "s.h5", counts=(95, 20))
-    (fitted, _), = run_fit(store.path, "feat", "logreg", tmp_path / "runs", protocol="cv")
+    (fitted, _), = run_fit(FitConfig(features=store.path, layer="feat", protocol="cv"),
+                           tmp_path / "runs")
     assert fitted["selection_metric"] == "balanced_accuracy"
     assert fitted["class_weight"] == "balanced"
     assert fitted["class_counts"] == {"major": 95, "minor": 20}
@@ -257,13 +260,14 @@ def test_holdout_bootstrap_interval_and_paired_test():
 
 
 def test_holdout_comparison_on_balanced_accuracy_is_a_paired_bootstrap(tmp_path):
+    from pipeline.configs import FitConfig
     from pipeline.workflows.fit import run_fit
 
     store = imbalanced_store(tmp_path / "s.h5", counts=(190, 40))
     runs = tmp_path / "runs"
-    (a, _), = run_fit(store.path, "feat", "logreg", runs, protocol="holdout")
-    (b, _), = run_fit(store.path, "feat", "logreg", runs, protocol="holdout",
-                      class_weight="none")
+    cfg = FitConfig(features=store.path, layer="feat", protocol="holdout")
+    (a, _), = run_fit(cfg, runs)
+    (b, _), = run_fit(replace(cfg, class_weight="none"), runs)
     test = compare(a, b, "balanced_accuracy")
     assert test["test"] == "bootstrap" and len(test["ci"]) == 2 and 0 < test["p_value"] <= 1
     assert compare(a, b, "accuracy")["test"] == "mcnemar"
@@ -417,7 +421,7 @@ def test_streamed_sgd_head_weights_classes_and_selects_by_the_metric(tmp_path):
 
 
 def test_demo_and_ladder_tables_end_with_the_majority_row_and_flag_collapse(study95, capsys):
-    import cli
+    from pipeline.cli.tables import print_rows
     from pipeline.workflows.demo import summary_rows
     from pipeline.workflows.ladder import reference_row, summarise_group
 
@@ -426,7 +430,7 @@ def test_demo_and_ladder_tables_end_with_the_majority_row_and_flag_collapse(stud
     assert rows[-1]["reference"] and rows[-1]["label"] == "majority class (other), reference"
     assert rows[-2]["label"] == "always other" and "answers other" in rows[-2]["collapsed"]
     assert rows[0]["metric"] == "balanced_accuracy" and rows[0]["collapsed"] is None
-    cli.print_rows(rows, "balanced_accuracy", imbalanced=True, protocol=records[0].protocol)
+    print_rows(rows, "balanced_accuracy", imbalanced=True, protocol=records[0].protocol)
     out = capsys.readouterr().out
     assert "cv bal. acc." in out and "acc" in out and "macro-F1" in out
     assert "COLLAPSED: answers other for 100%" in out

@@ -326,11 +326,12 @@ def test_report_lists_pairs_and_scores_the_clean_test_images(planted):
 
 
 def test_cv_run_is_rescored_on_images_without_a_duplicate_in_another_fold(planted, tmp_path):
+    from pipeline.configs import FitConfig
     from pipeline.workflows.fit import run_fit
 
     store, _, _ = planted
-    [(record, _path)] = run_fit(str(store.path), "layer4", "logreg", tmp_path / "runs",
-                                protocol="cv")
+    [(record, _path)] = run_fit(FitConfig(features=str(store.path), layer="layer4",
+                                          protocol="cv"), tmp_path / "runs")
     html = build_report(tmp_path / "runs", tmp_path / "r.html").read_text(encoding="utf-8")
     sec = re.search(r'<section id="leakage".*?</section>', html, re.S).group(0)
     # by hand: a pair leaks when its two images sit in different folds of repeat 0
@@ -400,7 +401,7 @@ def tuned(tmp_path_factory):
     add_frozen_runs(store, root / "runs", clfs=("logreg",))
     record, path = run_finetune(FinetuneConfig(
         features=str(summary.path), backbone="resnet18", weights="none", input_size=32,
-        epochs=1, batch_size=8, views=2, unfreeze="layer4"), root / "runs")
+        epochs=1, batch_size=8, views=2, unfreeze="layer4", protocol="holdout"), root / "runs")
     return store, record, root
 
 

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -128,6 +129,7 @@ def _table(tmp_path, name="labels.csv", extra_rows=(), delimiter=","):
 
 
 def test_table_with_split_and_group_columns_drives_extract_fit_and_cv(tmp_path):
+    from pipeline.configs import FitConfig
     from pipeline.workflows.fit import run_fit
 
     table = _table(tmp_path)
@@ -140,9 +142,9 @@ def test_table_with_split_and_group_columns_drives_extract_fit_and_cv(tmp_path):
     listed = list(csv.DictReader(open(table, encoding="utf-8")))
     assert {p for p, c in zip(store.paths, store.split_codes) if c == 2} == \
         {r["file"] for r in listed if r["split"] == "test"}
-    (cv, _), = run_fit(summary.path, "layer2", "logreg", tmp_path / "runs", protocol="cv")
-    (ho, _), = run_fit(summary.path, "layer2", "logreg", tmp_path / "runs",
-                       protocol="holdout")
+    cfg = FitConfig(features=summary.path, layer="layer2")
+    (cv, _), = run_fit(replace(cfg, protocol="cv"), tmp_path / "runs")
+    (ho, _), = run_fit(replace(cfg, protocol="holdout"), tmp_path / "runs")
     assert cv["split"]["groups"] == "table" and ho["split"]["n_groups"] == 25
     # cv scored train + val only: the table's test rows are in no fold
     assert len(cv["predictions"]["paths"]) == int((store.split_codes != 2).sum())
@@ -299,6 +301,7 @@ def _count_forward(monkeypatch) -> list:
 
 
 def test_another_seed_protocol_or_group_rule_costs_no_forward_pass(tmp_path, monkeypatch):
+    from pipeline.configs import FitConfig, LadderConfig
     from pipeline.workflows.ladder import run_ladder
 
     root = tmp_path / "d"
@@ -315,10 +318,11 @@ def test_another_seed_protocol_or_group_rule_costs_no_forward_pass(tmp_path, mon
     tests = set()
     for kw in ({"split_seed": 1}, {"split_seed": 2, "protocol": "cv"},
                {"groups": r"name:^(s\d+)_", "protocol": "holdout"}):
-        (rec, _), = run_fit(path, "layer2", "logreg", tmp_path / "runs", **kw)
+        (rec, _), = run_fit(FitConfig(features=path, layer="layer2", **kw), tmp_path / "runs")
         tests.add(rec["split_fingerprint"])
-    rows = run_ladder(str(path), tmp_path / "runs", rungs=["pixels", "frozen"],
-                      protocol="holdout", split_seed=5, groups=r"name:^(s\d+)_")
+    rows = run_ladder(LadderConfig(features=str(path), rungs=["pixels", "frozen"],
+                                   protocol="holdout", split_seed=5, groups=r"name:^(s\d+)_"),
+                      tmp_path / "runs")
     assert len([r for r in rows if not r.get("reference")]) == 2 and len(tests) == 3
     again = _extract(root, tmp_path / "f")
     assert again.up_to_date and len(calls) == 1 and path.read_bytes() == before

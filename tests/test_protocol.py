@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_folder
 
+from pipeline.configs import FitConfig
 from pipeline.data.split import assign_folds
 from pipeline.errors import UsageError
 from pipeline.heads import crossval
@@ -126,7 +127,8 @@ def test_nested_selection_never_sees_the_outer_test_fold(tmp_path, monkeypatch):
 
 def test_cv_fit_records_folds_intervals_and_out_of_fold_predictions(tmp_path):
     store = blob_store(tmp_path / "blobs.h5")
-    (record, _), = run_fit(store.path, "feat", "logreg", tmp_path / "runs", protocol="cv")
+    (record, _), = run_fit(FitConfig(features=store.path, layer="feat", protocol="cv"),
+                           tmp_path / "runs")
     cv = record["cv"]
     assert record["protocol"] == "cv" and len(cv["fold_scores"]) == 15
     assert cv["ci"][0] <= cv["mean"] <= cv["ci"][1] and cv["mean"] > 0.9

@@ -22,7 +22,7 @@ from pipeline.errors import StoreError
 from pipeline.files import atomic_path, atomic_write
 from pipeline.reporting import plots
 from pipeline.runs.groups import group_runs
-from pipeline.runs.records import find_record, load_records, new_record, save_record
+from pipeline.runs.records import RunInfo, find_record, load_records, new_record, save_record
 from pipeline.runs.stats import wilson_interval
 from pipeline.workflows.report import build_report
 
@@ -46,10 +46,9 @@ def frozen(store, layer="layer1", right=1.0, seed=None, group=None, kind="frozen
     n_wrong = len(y_test) - int(round(right * len(y_test)))
     if n_wrong:
         pred[-n_wrong:] = (pred[-n_wrong:] + 1) % k
-    return new_record(kind=kind, method="logreg", label=group or f"logreg on {layer}",
-                      store=store, classes=store.classes, val_pred=y_val, test_pred=pred,
-                      test_proba=np.eye(k)[pred] * 0.9 + 0.1 / k, layer=layer, seed=seed,
-                      group=group, hyperparameters={"C": 1.0})
+    run = RunInfo(kind=kind, method="logreg", label=group or f"logreg on {layer}",
+                  layer=layer, seed=seed, group=group, hyperparameters={"C": 1.0})
+    return new_record(run, store, y_val, pred, np.eye(k)[pred] * 0.9 + 0.1 / k)
 
 
 def section(html: str, name: str) -> str:

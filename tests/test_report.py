@@ -21,7 +21,7 @@ from report_helpers import (
 from pipeline.errors import StoreError
 from pipeline.reporting.sections import training_trap
 from pipeline.runs.groups import group_runs, paired_test
-from pipeline.runs.records import load_records, new_record, save_record
+from pipeline.runs.records import RunInfo, load_records, new_record, save_record
 from pipeline.runs.stats import holm
 from pipeline.workflows.report import build_report
 
@@ -151,10 +151,9 @@ def hostile_report(tmp_path):
         for c in np.unique(y_test):
             pred[np.flatnonzero(y_test == c)[0]] = (c + 1) % 3
         proba = np.eye(3)[pred] * 0.8 + 0.2 / 3
-        save_record(new_record(kind="frozen", method="logreg", label=f"logreg on {tap}",
-                               store=store, classes=store.classes, val_pred=y_val,
-                               test_pred=pred, test_proba=proba, layer=tap,
-                               hyperparameters={"C": 1.0}), runs)
+        run = RunInfo(kind="frozen", method="logreg", label=f"logreg on {tap}", layer=tap,
+                      hyperparameters={"C": 1.0})
+        save_record(new_record(run, store, y_val, pred, proba), runs)
     return build_report(runs, tmp_path / "report.html", efficiency_budget=5)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+from dataclasses import replace
 
 import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from pipeline.configs import FitConfig
 from pipeline.data.split import assign_split
 from pipeline.errors import UsageError
 from pipeline.heads import streaming
@@ -44,8 +46,9 @@ def make_store(path, n_per_class=400, n_classes=4, dim=32, noise=2.2, seed=0):
 
 def test_sgd_logreg_accuracy_close_to_in_memory_logreg(tmp_path):
     path, *_ = make_store(tmp_path / "blobs.h5")
-    (sgd, _), = run_fit(path, "feat", "sgd-logreg", tmp_path / "runs")
-    (lr, _), = run_fit(path, "feat", "logreg", tmp_path / "runs")
+    cfg = FitConfig(features=path, layer="feat", protocol="holdout")
+    (sgd, _), = run_fit(replace(cfg, clf="sgd-logreg"), tmp_path / "runs")
+    (lr, _), = run_fit(cfg, tmp_path / "runs")
     acc_sgd, acc_lr = sgd["metrics"]["test"]["accuracy"], lr["metrics"]["test"]["accuracy"]
     assert 0.6 < acc_lr < 0.97            # the task is neither trivial nor hopeless
     assert abs(acc_sgd - acc_lr) <= 0.03, (acc_sgd, acc_lr)   # 240 test rows: 0.03 = 7 rows

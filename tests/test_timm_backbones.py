@@ -409,13 +409,14 @@ def test_backbones_over_one_folder_share_split_and_folds(two_stores):
 
 
 def test_report_compares_two_backbones_side_by_side(two_stores, tmp_path):
+    from pipeline.configs import FitConfig
     from pipeline.workflows.fit import run_fit
     from pipeline.workflows.report import build_report
 
     _, stores = two_stores
     runs = tmp_path / "runs"
     for store in stores.values():  # the real fit: its labels name the backbone
-        run_fit(str(store.path), "all", "logreg", runs_dir=runs, protocol="holdout")
+        run_fit(FitConfig(features=str(store.path), layer="all", protocol="holdout"), runs)
     html = build_report(runs, tmp_path / "report.html", efficiency_budget=5).read_text()
     m = re.search(r'<section id="backbones".*?</section>', html, re.S)
     assert m, "the backbones section is missing"
@@ -444,7 +445,7 @@ def test_finetune_one_epoch_on_a_timm_model(two_stores, tmp_path, family):
     assert [g for g, _ in groups] == ["layer1", "layer2", "layer3", "layer4", "head"]
     cfg = FinetuneConfig(features=str(stores["convnext"].path), backbone=spec.name,
                          weights="none", unfreeze="layer4", input_size=32, epochs=1,
-                         batch_size=8, views=1)
+                         batch_size=8, views=1, protocol="holdout")
     record, _ = run_finetune(cfg, tmp_path / "runs")
     assert record["kind"] == "finetune" and len(record["history"]) == 1
     assert set(record["history"][0]["lr"]) == {"classifier", "head", "layer4"}

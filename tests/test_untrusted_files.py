@@ -129,7 +129,7 @@ def test_random_bytes_as_a_head_give_a_message(tmp_path, content):
 def _tiny_cfg(store, **kw):
     base = dict(features=store, backbone="resnet18", weights="none", input_size=32,
                 epochs=2, batch_size=8, lr=1e-2, lr_factor=0.5, views=1, unfreeze="none",
-                patience=None)
+                patience=None, protocol="holdout")
     base.update(kw)
     return FinetuneConfig(**base)
 

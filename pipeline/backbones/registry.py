@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UsageError, WeightsError, opt
+from ..errors import UsageError, WeightsError, opt, program
 from ..files import sha256_file
 from ..options import DEFAULT_TAPS, MAP_POOLINGS, POOLINGS
 
@@ -156,7 +156,7 @@ def get_backbone(name: str) -> BackboneSpec:
             spec = resolve(name[len(prefix):])
             _RESOLVED[name] = spec
             return spec
-    dynamic = "".join(f" or {p}<model> (list them with `python cli.py backbones --search "
+    dynamic = "".join(f" or {p}<model> (list them with `{program()} backbones --search "
                       "PATTERN`)" for p in resolver_prefixes())
     raise UsageError(
         f"unknown backbone {name!r}; valid backbones: {', '.join(list_backbones())}{dynamic}",

@@ -34,7 +34,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import UsageError, WeightsError, opt
+from ..errors import UsageError, WeightsError, opt, program
 from ..files import sha256_file
 from ..options import MAP_POOLINGS, TOKEN_POOLINGS
 from .registry import BackboneSpec, Preprocessing, Tap, register_resolver
@@ -179,7 +179,7 @@ def timm_stages(model) -> list:
         return stages
     if getattr(model, "feature_info", None) is None:
         raise UsageError(f"timm model {type(model).__name__} declares no feature_info, so its "
-                         "depth taps are unknown; pick another model (`python cli.py backbones "
+                         f"depth taps are unknown; pick another model (`{program()} backbones "
                          "--search PATTERN` lists the supported ones with their taps)",
                          param="backbone")
     ends = [m for m, _c, _r in _feature_modules(model)]
@@ -222,7 +222,7 @@ def _create(model_name: str, kwargs: dict, meta: bool, **extra):
         if "Unknown model" in str(exc) or "Invalid pretrained tag" in str(exc):
             raise UsageError(
                 f"backbone {PREFIX + model_name!r}: timm {timm.__version__} has no such model "
-                f"({exc}); list the models with `python cli.py backbones --search PATTERN`",
+                f"({exc}); list the models with `{program()} backbones --search PATTERN`",
                 param="backbone") from None
         raise
 

@@ -16,14 +16,13 @@ import hashlib
 import numpy as np
 
 from ..errors import DataError
+from ..options import DEFAULT_FRACTIONS
 
 SPLIT_NAMES = ("train", "val", "test")
 
 
 SPLIT_CODES = {name: code for code, name in enumerate(SPLIT_NAMES)}
 
-
-DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
 
 
 def _split_counts(n: int, fractions) -> tuple[int, int, int]:

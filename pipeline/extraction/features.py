@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..backbones import get_backbone, load_backbone, weights_identity
+from ..configs import ExtractConfig
 from ..store.hdf5 import config_key
 from .forward import build_extractor, resolve_device
 from .loader import BatchLoader, ImageDataset
@@ -82,33 +83,35 @@ def network_key(spec, weights: str, taps, pool: str) -> str:
                        "preprocessing": spec.preprocessing.to_dict()})
 
 
-def extract_features(root, paths, backbone: str, weights: str, taps, pool: str = "avg", *,
-                     indices=None, runtime: str = "eager", precision: str = "auto",
-                     device: str = "auto", batch_size: int = 32, threads: int | None = None,
-                     workers: int = 1, hash_files: bool = True, fallback: bool = False):
+def extract_features(root, paths, cfg: ExtractConfig, taps, indices=None,
+                     hash_files: bool = True):
     """Yield a :class:`BatchResult` per batch of the images ``root / paths[i]``.
 
     Each result holds the rows it covers (``indices[i]``, default ``i``),
-    ``{tap: (n, C) float32}`` pooled with ``pool`` in the order of ``taps``,
-    the files' SHA-256 (``hash_files``) and the files that did not decode,
-    with their reason.  ``runtime``/``precision`` as in
+    ``{tap: (n, C) float32}`` pooled with ``cfg.pool`` in the order of ``taps``
+    (resolved tap names), the files' SHA-256 (``hash_files``) and the files that
+    did not decode, with their reason.  ``cfg`` gives the network (``backbone``,
+    ``weights``) and how it runs: ``runtime``/``precision`` as in
     :func:`pipeline.extraction.runtimes.make_runner` (``auto`` = the fastest
-    installed here); decoding runs in ``workers`` threads (0: between
-    batches) and starts before the runtime loads, so the two overlap.
-    ``fallback``: eager torch when the runtime cannot take the network (as
-    ``auto`` does; for a runtime that ``auto`` already resolved).
+    installed here), ``device``, ``batch_size``, ``threads``; decoding runs in
+    ``cfg.workers`` threads (0: between batches; None: one) and starts before the
+    runtime loads, so the two overlap.  A runtime that ``auto`` already resolved
+    (``cfg.asked_runtime == "auto"``) falls back to eager torch when it cannot
+    take the network, as ``auto`` does.
     """
-    spec = get_backbone(backbone)
-    dev = resolve_device(device)
+    spec = get_backbone(cfg.backbone)
+    dev = resolve_device(cfg.device)
     indices = list(range(len(paths))) if indices is None else list(indices)
     dataset = ImageDataset(root, paths, indices, spec.preprocessing, hash_files=hash_files)
-    loader = BatchLoader(dataset, batch_size, workers, pin_memory=dev.type == "cuda")
+    workers = 1 if cfg.workers is None else cfg.workers
+    loader = BatchLoader(dataset, cfg.batch_size, workers, pin_memory=dev.type == "cuda")
     batches = iter(loader)  # decoding threads start filling their queue now
 
     def build():
-        return build_extractor(load_backbone(spec.name, weights), taps, pool)
+        return build_extractor(load_backbone(spec.name, cfg.weights), taps, cfg.pool)
 
-    runner = make_runner(build, runtime, dev, batch_size, spec.preprocessing,
-                         precision=precision, threads=threads,
-                         key=network_key(spec, weights, taps, pool), fallback=fallback)
+    runner = make_runner(build, cfg.runtime, dev, cfg.batch_size, spec.preprocessing,
+                         precision=cfg.precision, threads=cfg.threads,
+                         key=network_key(spec, cfg.weights, taps, cfg.pool),
+                         fallback=cfg.asked_runtime == "auto")
     yield from iter_features(runner, batches, dev, taps)

@@ -27,12 +27,12 @@ import numpy as np
 
 from ..backbones import get_backbone, resolve_taps, weights_identity
 from ..balance import IMBALANCE_RATIO, class_ratio
+from ..configs import ExtractConfig
 from ..data.decode import DECODING
 from ..data.layouts import TableColumns, load
 from ..data.manifest import Manifest, bundled_data_root, stratified_head
 from ..data.partition import SplitSpec, group_ids, partition
-from ..data.split import DEFAULT_FRACTIONS
-from ..errors import CorruptStoreError, StoreError, UsageError, opt
+from ..errors import CorruptStoreError, StoreError, UsageError, opt, program
 from ..files import (
     atomic_write,
     free_bytes,
@@ -56,44 +56,6 @@ from ..store.lock import write_lock
 from .runtimes import cuda_available_cheap, resolve_precision, resolve_runtime
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ExtractConfig:
-    """Everything an extraction depends on (what shapes the vectors goes into the store's key)."""
-
-    data: str | None = None
-    backbone: str = "efficientnet_lite0"
-    weights: str = "imagenet"
-    layers: tuple = ()
-    pool: str = "avg"
-    batch_size: int = 32
-    device: str = "auto"
-    runtime: str = "auto"             # pipeline.options.RUNTIMES; "auto" = fastest here
-    asked_runtime: str = ""           # set by resolve(): the runtime before "auto" resolved
-    precision: str = "auto"           # pipeline.options.PRECISIONS; recorded in the key
-    threads: int | None = None        # intra-op threads of the runtime (None: its default)
-    workers: int | None = None
-    out: str = "features"
-    dtype: str = "float32"
-    seed: int = 0                     # seed of the split stored with the vectors (default)
-    fractions: tuple = DEFAULT_FRACTIONS
-    layout: str = "auto"              # pipeline.options.LAYOUTS
-    groups: str = "auto"              # group rule of the stored split (auto: the table's)
-    # a label table's columns (None: found among the usual names) and the folder its
-    # relative paths start from (None: the table's own)
-    path_column: str | None = None
-    label_column: str | None = None
-    split_column: str | None = None
-    group_column: str | None = None
-    image_root: str | None = None
-
-    def columns(self) -> TableColumns:
-        return TableColumns(self.path_column, self.label_column, self.split_column,
-                            self.group_column, self.image_root)
-    overwrite: bool = False
-    progress: bool = True
-    limit: int | None = None          # about N images, the first of each class (benchmarks)
 
 
 @dataclass
@@ -162,6 +124,12 @@ def default_store_path(out: str, dataset: str, backbone: str, pool: str) -> Path
     return out / f"{dataset}_{backbone.replace('/', '-')}_{pool}.h5"
 
 
+def table_columns(cfg: ExtractConfig) -> TableColumns:
+    """The label-table columns (and image root) ``cfg`` names; None: found by name."""
+    return TableColumns(cfg.path_column, cfg.label_column, cfg.split_column,
+                        cfg.group_column, cfg.image_root)
+
+
 def data_root(cfg: ExtractConfig) -> Path:
     return Path(cfg.data) if cfg.data else bundled_data_root()
 
@@ -183,7 +151,7 @@ def store_path(cfg: ExtractConfig) -> Path:
 
 def build_manifest(cfg: ExtractConfig) -> Manifest:
     """The data's manifest in its layout (``cfg.limit``: its stratified head)."""
-    manifest = load(data_root(cfg), cfg.layout, cfg.columns())
+    manifest = load(data_root(cfg), cfg.layout, table_columns(cfg))
     if cfg.limit:
         manifest = manifest.subset(stratified_head(manifest.labels, cfg.limit))
     return manifest
@@ -272,7 +240,7 @@ def check_existing(path: Path, config: dict, overwrite: bool) -> FeatureStore | 
         if existing is not None:
             existing.index()
     except CorruptStoreError as exc:
-        detail = exc.template.split("; run `python cli.py extract`")[0]
+        detail = exc.template.split(f"; run `{program()} extract`")[0]
         if not overwrite:
             raise StoreError(
                 f"{detail}; pass {opt('overwrite', 'True')} to move it aside "
@@ -326,8 +294,8 @@ def run_extract(cfg: ExtractConfig) -> ExtractSummary:
         if line.startswith("WARNING: "):
             log.warning("%s", line[len("WARNING: "):])
     if summary.up_to_date:  # the files are the ones checked when the store was written
-        log.info("leakage check not repeated: %s is unchanged (`python cli.py report` lists "
-                 "its duplicate pairs)", summary.path)
+        log.info("leakage check not repeated: %s is unchanged (`%s report` lists its "
+                 "duplicate pairs)", summary.path, program())
     else:
         log_leakage(summary.store)
     return summary
@@ -347,8 +315,8 @@ def log_leakage(store: FeatureStore) -> dict | None:
         return None
     if found["exact"]["total"] or found["near"]["total"] or found.get("near_caveat"):
         # a caveat (random weights, images not hashed) is worth a warning without pairs too
-        log.warning("leakage check of %s: %s (`python cli.py report` lists them)", path,
-                    summary_line(found))
+        log.warning("leakage check of %s: %s (`%s report` lists them)", path,
+                    summary_line(found), program())
     else:
         log.info("leakage check of %s: no duplicate pairs (%s)", path,
                  near_rule_text(found))
@@ -685,12 +653,10 @@ def _run_forward(cfg, spec, taps, manifest, remaining, journal):
     bar = tqdm(total=len(remaining), unit="img", desc=f"extract {spec.name}",
                disable=not cfg.progress)
     t0 = time.perf_counter()
-    batches = extract_features(
-        manifest.root, [manifest.paths[i] for i in remaining], spec.name, cfg.weights, taps,
-        cfg.pool, indices=remaining, runtime=cfg.runtime, precision=cfg.precision,
-        device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads,
-        workers=default_workers() if cfg.workers is None else cfg.workers,
-        fallback=cfg.asked_runtime == "auto")
+    run = replace(cfg, backbone=spec.name,
+                  workers=default_workers() if cfg.workers is None else cfg.workers)
+    batches = extract_features(manifest.root, [manifest.paths[i] for i in remaining], run,
+                               taps, indices=remaining)
     try:
         for res in batches:
             paths = [manifest.paths[i] for i in res.indices]

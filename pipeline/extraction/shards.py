@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.manifest import Manifest
-from ..errors import StoreError, UsageError, WorkbenchError, opt
+from ..errors import StoreError, UsageError, WorkbenchError, opt, program
 from ..store.hdf5 import FeatureStore, RowReader, now_iso, write_store
 from ..store.lock import write_lock
 from .job import (
@@ -200,7 +200,7 @@ def _finished_shards(final: Path, shards, world: int) -> list:
         raise StoreError(
             f"cannot merge {final.name}: shard(s) {', '.join(f'{k}/{world}' for k in missing)} "
             f"are not finished in {shards[0].parent} (with several machines, {opt('out')} "
-            "must be on a filesystem all of them see); extract them with `python cli.py "
+            f"must be on a filesystem all of them see); extract them with `{program()} "
             f"extract {opt('shard', f'K/{world}')}` and the same options, or re-run the "
             "torchrun command", param="shard")
     stores = [FeatureStore(p) for p in shards]
@@ -351,7 +351,7 @@ def run_extract_torchrun(cfg: ExtractConfig, env: TorchrunEnv) -> ExtractSummary
                 "rank(s) " + "; ".join(f"{k}: {msg}" for k, msg in failed)
                 + f". Finished shards are kept in {shard_store_path(final, 0, env.world).parent}; "
                 "re-run the same command (finished shards do no forward pass) or one rank alone "
-                f"with `python cli.py extract {opt('shard', f'K/{env.world}')}` and the same "
+                f"with `{program()} extract {opt('shard', f'K/{env.world}')}` and the same "
                 "options")
         if env.rank == 0:
             return merge_shards(cfg, env.world, statuses)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import StoreError, program
 from .registry import trusted_types
 
 #: Extension of a saved head.
@@ -43,12 +43,12 @@ def load_head(path) -> dict:
         raise StoreError(
             f"{path} is a pickle ({path.suffix}): loading it could run any code it holds, "
             f"so it is not opened. Heads are saved as .{HEAD_EXT} since this version: "
-            "refit with `python cli.py fit` to write one")
+            f"refit with `{program()} fit` to write one")
     try:
         untrusted = sio.get_untrusted_types(file=path)
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise StoreError(f"{path} is not a saved head (a skops archive): {exc}. "
-                         "Refit with `python cli.py fit` to write it again") from None
+                         f"Refit with `{program()} fit` to write it again") from None
     refused = sorted(set(untrusted) - set(trusted_types()))
     if refused:
         raise StoreError(f"{path} asks to build types a head never contains "
@@ -57,7 +57,7 @@ def load_head(path) -> dict:
         bundle = sio.load(path, trusted=list(untrusted))
     except Exception as exc:  # a damaged archive fails inside skops in many ways
         raise StoreError(f"{path} could not be read as a saved head ({type(exc).__name__}: "
-                         f"{exc}); refit with `python cli.py fit`") from None
+                         f"{exc}); refit with `{program()} fit`") from None
     if not isinstance(bundle, dict) or "model" not in bundle:
         raise StoreError(f"{path} holds no fitted head")
     return bundle

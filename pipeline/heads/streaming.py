@@ -31,7 +31,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..balance import METRICS, balanced_weights, metric_values
-from ..errors import UsageError
+from ..errors import UsageError, program
 from .registry import get_head
 from .selection import FitResult, make_head, resolve_choice
 from .sgd import SGD_EPOCHS
@@ -48,7 +48,7 @@ def _check_tap(store, tap):
     if tap not in store.taps:
         raise UsageError(
             f"tap {tap!r} is not in {store.path.name}; it holds {', '.join(store.taps)} "
-            f"(run `python cli.py extract --layer {tap}` to add it)", param="layer")
+            f"(run `{program()} extract --layer {tap}` to add it)", param="layer")
 
 
 def _sgd(alpha, seed, eta0, class_weights=None):

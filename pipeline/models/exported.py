@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from ..errors import DeviceError, StoreError, UsageError
+from ..errors import DeviceError, StoreError, UsageError, program
 from .base import TrainedModel, concat_proba, load_crops
 from .registry import register_model_kind
 
@@ -32,7 +32,7 @@ def read_onnx(path) -> dict:
 
     meta = dict(session.get_modelmeta().custom_metadata_map)
     if "classes" not in meta or "crop_rule" not in meta:
-        raise StoreError(f"{path} was not written by `python cli.py export` (its metadata has "
+        raise StoreError(f"{path} was not written by `{program()} export` (its metadata has "
                          "no classes and crop rule)")
     try:
         classes, rule = json.loads(meta["classes"]), CropRule(**json.loads(meta["crop_rule"]))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, program
 from ..heads.registry import head_name, head_of_model, linear_heads
 from .base import SavedHead
 from .registry import register_model_kind
@@ -63,6 +63,7 @@ class FrozenHeadModel(SavedHead):
         Returns ``(X (n_ok, C), {file index: reason})``.  A runtime not installed
         here falls back to eager (fp32 runtimes agree within 1e-4), with a log line.
         """
+        from ..configs import ExtractConfig
         from ..extraction.features import extract_features
         from ..extraction.runtimes import installed
         from ..train.deploy import check_head_weights
@@ -76,10 +77,11 @@ class FrozenHeadModel(SavedHead):
             runtime, precision = "eager", "auto"
         tap = self.bundle["tap"]
         feats, errors = [], {}
-        for res in extract_features(Path("."), [str(f) for f in files], cfg["backbone"],
-                                    source, [tap], cfg["pooling"], runtime=runtime,
-                                    precision=precision, device=device,
-                                    batch_size=batch_size, workers=0, hash_files=False):
+        run = ExtractConfig(backbone=cfg["backbone"], weights=source, pool=cfg["pooling"],
+                            runtime=runtime, precision=precision, device=device,
+                            batch_size=batch_size, workers=0)
+        for res in extract_features(Path("."), [str(f) for f in files], run, [tap],
+                                    hash_files=False):
             for index, _sha, reason in res.failures:
                 errors[index] = reason
                 log.warning("skipped %s: %s", files[index], reason)
@@ -123,7 +125,7 @@ class FrozenHeadModel(SavedHead):
             raise UsageError(
                 f"a {head_name(model)} head is converted to ONNX by skl2onnx, which is not "
                 f"installed: pip install skl2onnx, or export a {', '.join(linear[:-1])} or "
-                f"{linear[-1]} head of the same tap (python cli.py fit --clf {linear[0]} "
+                f"{linear[-1]} head of the same tap ({program()} fit --clf {linear[0]} "
                 "--layer TAP)", param="model_ref") from None
         from .graph import trunk_and_head_graph
 

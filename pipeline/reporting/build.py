@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..balance import METRIC_SHORT
-from ..errors import StoreError, UsageError, opt
+from ..errors import StoreError, UsageError, opt, program
 from ..files import atomic_write
 from ..runs.groups import group_runs, latest_per_seed, resolve_report_metric
 from .explore import explore_section
@@ -51,8 +51,8 @@ def render_report(records: list, analysis: dict, out_path, overwrite: bool = Fal
     """
     out_path = check_out_path(out_path, overwrite)
     if not records:
-        raise StoreError("no run records to report on; run `python cli.py fit` or "
-                         "`python cli.py baseline` first", param="runs_dir")
+        raise StoreError(f"no run records to report on; run `{program()} fit` or "
+                         f"`{program()} baseline` first", param="runs_dir")
     t0 = time.perf_counter()
     html = render(build_context(records, analysis, metric))
     try:
@@ -91,6 +91,7 @@ def render(context: dict) -> str:
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = _pct
     env.filters["num"] = _num
+    env.globals["program"] = program()   # how the page's hints spell a command
     return env.get_template("report.html").render(**context)
 
 

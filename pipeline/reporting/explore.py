@@ -11,6 +11,7 @@ the page over the cells as JSON (no library, nothing fetched).
 
 from __future__ import annotations
 
+from ..errors import program
 from ..runs.stats import holm, mcnemar_exact
 
 #: Below this p-value (Holm-adjusted over the sizes) a gap is called real.
@@ -63,7 +64,7 @@ def explore_section(record: dict | None) -> dict:
     """The section's context: ``{"note"}`` without a record, else the chart's data
     (``data``, rendered as JSON for the page's script), the verdict rows and the table."""
     if not record or not record.get("cells"):
-        return {"note": "No transfer-explorer record yet: `python cli.py explore` trains a grid "
+        return {"note": f"No transfer-explorer record yet: `{program()} explore` trains a grid "
                 "of unfreeze depths x training images per class x learning rates on your "
                 "split and draws it here."}
     grid = record["grid"]

@@ -25,6 +25,7 @@ from ..balance import (
     class_ratio,
     describe_balance,
 )
+from ..errors import program
 from ..options import TAP_ORDER
 from ..runs.groups import (
     class_counts_of,
@@ -170,7 +171,7 @@ def depth_section(groups: list) -> dict:
     frozen = [g for g in groups if g["kind"] == "frozen" and g["layer"] in TAP_ORDER]
     if not frozen:
         return {"figure": None, "rows": [], "metric_label": METRIC_LABELS[groups[0]["metric"]],
-                "note": "No frozen-feature runs yet: run `python cli.py fit --layer all`."}
+                "note": f"No frozen-feature runs yet: run `{program()} fit --layer all`."}
     metric = groups[0]["metric"]
     series, collapsed, others = OrderedDict(), {}, {}
     for g in sorted(frozen, key=lambda g: (g["backbone"] or "", g["method"] or "")):
@@ -245,7 +246,7 @@ def backbones_section(groups: list) -> dict:
     if len(per_backbone) < 2:
         return {"rows": [], "figure": None, "taps": [], "depth": [], "advice": None,
                 "note": "One backbone so far: extract the same folder with another "
-                        "(`python cli.py extract --backbone timm/convnext_tiny.fb_in22k`), "
+                        f"(`{program()} extract --backbone timm/convnext_tiny.fb_in22k`), "
                         "fit heads on it, and the report compares them here (same split)."}
     rows, depth = [], []
     for backbone, gs in per_backbone.items():
@@ -561,7 +562,7 @@ def _depth_sentences(depth_gain, size, similarity, label: str) -> list:
     to ImageNet, and the grid's advice for it."""
     if not depth_gain:
         return ["Similarity to ImageNet is not measured yet: fit heads on at least two "
-                "taps (`python cli.py fit --layer all`)."]
+                f"taps (`{program()} fit --layer all`)."]
     direction = "better" if depth_gain["gain"] >= 0 else "worse"
     t = depth_gain["test"]
     noise = (f", {_test_label(t)} p = {t['p_value']:.3g}: "
@@ -608,7 +609,7 @@ def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, base
                          "shown a gain that clears the noise.")
     else:
         lines.append("No fine-tuning runs yet, so the gain of fine-tuning over frozen features "
-                     "is not measured (`python cli.py finetune`).")
+                     f"is not measured (`{program()} finetune`).")
         if best_frozen:
             lines.append(f"Recommendation for now: {best_frozen['name']} "
                          f"({best_frozen['value']:.1%} {verdict['score_name']}).")

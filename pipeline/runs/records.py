@@ -6,9 +6,10 @@ its :class:`~pipeline.runs.protocol.Protocol` (``protocol``, ``protocol_reason``
 :meth:`RunRecord.from_dict` reads and validates a parsed record (keys this
 version does not know are kept in ``extra`` and written back), and
 :meth:`RunRecord.to_dict` writes the JSON layout.  :func:`new_record` and
-:func:`new_cv_record` build one from a fit (identity, provenance, split, scores,
-predictions); :func:`save_record` writes it under ``reports/runs/`` without ever
-overwriting; :func:`load_records` and :func:`find_record` read them back.
+:func:`new_cv_record` build one from what a fit reports (a :class:`RunInfo`) and the
+store (identity, provenance, split, scores, predictions); :func:`save_record` writes
+it under ``reports/runs/`` without ever overwriting; :func:`load_records` and
+:func:`find_record` read them back.
 
 Schema (``schema: 1``; docs/formats.md, "Run records", documents every field):
 ``run_id, created, kind (frozen|baseline|finetune), method, label, backbone,
@@ -37,14 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError, opt
+from ..configs import DEFAULT_RUNS_DIR
+from ..errors import StoreError, opt, program
 from ..files import atomic_path, atomic_write
 from .protocol import PROTOCOL_TYPES, CrossValidation, Holdout, Protocol, protocol_named
 
 log = logging.getLogger(__name__)
 
 SCHEMA = 1
-DEFAULT_RUNS_DIR = Path("reports") / "runs"
 
 
 def split_fingerprint(test_paths) -> str:
@@ -303,18 +304,37 @@ def _store_cost(store) -> dict | None:
     return cost if isinstance(cost, dict) and cost else None
 
 
-def _skeleton(*, kind, method, label, store, classes, hyperparameters, search, fit_seconds,
-              layer, trainable_params, history, seed, group) -> dict:
+@dataclass
+class RunInfo:
+    """What a run was, whatever its protocol: the fields of its record that the fit
+    reports (:func:`new_record`, :func:`new_cv_record` add the store's split, the
+    scores and the predictions).  ``extra``: more record fields by their JSON keys."""
+
+    kind: str                      # frozen | baseline | finetune
+    method: str
+    label: str
+    hyperparameters: dict = field(default_factory=dict)
+    search: list = field(default_factory=list)
+    fit_seconds: float = 0.0
+    layer: str | None = None
+    trainable_params: int | None = None
+    history: list = field(default_factory=list)
+    seed: int | None = None
+    group: str | None = None       # default: the label
+    extra: dict = field(default_factory=dict)
+
+
+def _skeleton(run: RunInfo, store) -> dict:
     """The fields every run record has, whatever its protocol."""
     from ..store.hdf5 import library_versions
 
-    pretrained = kind != "baseline"
+    pretrained = run.kind != "baseline"
     return dict(
-        run_id=make_run_id(method, layer),
+        run_id=make_run_id(run.method, run.layer),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        kind=kind, method=method, label=label,
+        kind=run.kind, method=run.method, label=run.label,
         backbone=store.attrs.get("backbone") if pretrained else None,
-        layer=layer,
+        layer=run.layer,
         weights=store.attrs.get("weights") if pretrained else None,
         # Absolute, so the report finds the store whatever folder it runs in; the
         # fingerprint tells it whether the file there is still this store.
@@ -325,18 +345,18 @@ def _skeleton(*, kind, method, label, store, classes, hyperparameters, search, f
         data_root=str(store.data_root),
         dataset=store.attrs.get("dataset"),
         layout=store.attrs.get("layout", "classes"),
-        classes=list(classes),
+        classes=list(store.classes),
         split_sizes=store.split_sizes(),
         split_seed=store.split_info.get("seed"),
         # how the split was made: seed, group rule and groups, given by the data or drawn
         split={**store.split_info, "class_sizes": store.split_class_counts()},
-        seed=seed,
-        group=group or label,
-        hyperparameters=hyperparameters or {},
-        search=search or [],
-        fit_seconds=float(fit_seconds),
-        trainable_params=trainable_params,
-        history=history or [],
+        seed=run.seed,
+        group=run.group or run.label,
+        hyperparameters=run.hyperparameters or {},
+        search=run.search or [],
+        fit_seconds=float(run.fit_seconds),
+        trainable_params=run.trainable_params,
+        history=run.history or [],
         model_file=None,
         command=" ".join(["python", *sys.argv]) if sys.argv else "",
         versions=library_versions(),
@@ -344,26 +364,23 @@ def _skeleton(*, kind, method, label, store, classes, hyperparameters, search, f
     )
 
 
-def new_record(*, kind: str, method: str, label: str, store, classes, val_pred, test_pred,
-               test_proba=None, hyperparameters=None, search=None, fit_seconds=0.0,
-               layer=None, trainable_params=None, history=None, seed=None, group=None,
-               extra=None, protocol: Holdout | None = None) -> RunRecord:
-    """A complete holdout run record for predictions on ``store``'s val and test splits.
+def new_record(run: RunInfo, store, val_pred, test_pred, test_proba=None,
+               protocol: Holdout | None = None) -> RunRecord:
+    """A complete holdout run record of ``run`` for its predictions on ``store``'s val and
+    test splits (the classes are the store's).
 
     ``val_pred`` / ``test_pred`` are ``(n_val,)`` / ``(n_test,)`` predicted
     labels in store order; ``test_proba`` is ``(n_test, n_classes)`` or None.
     ``protocol``: the resolved :class:`~pipeline.runs.protocol.Holdout` (its ``why`` is
-    recorded); ``extra``: more fields by their JSON keys.
+    recorded).
     """
     from .metrics import evaluate  # scikit-learn: not imported by readers of records
 
+    classes = store.classes
     y_val, y_test = store.y("val"), store.y("test")
     test_paths = store.rel_paths("test")
     record = RunRecord(
-        **_skeleton(kind=kind, method=method, label=label, store=store, classes=classes,
-                    hyperparameters=hyperparameters, search=search, fit_seconds=fit_seconds,
-                    layer=layer, trainable_params=trainable_params, history=history,
-                    seed=seed, group=group),
+        **_skeleton(run, store),
         protocol=protocol or Holdout(),
         split_fingerprint=split_fingerprint(test_paths),
         metrics={"val": evaluate(y_val, val_pred, classes),
@@ -375,31 +392,26 @@ def new_record(*, kind: str, method: str, label: str, store, classes, val_pred, 
             "proba": (np.round(np.asarray(test_proba, dtype=float), 5).tolist()
                       if test_proba is not None else None),
         })
-    record.update(extra or {})
+    record.update(run.extra or {})
     return record
 
 
-def new_cv_record(*, kind: str, method: str, label: str, store, classes, folds: list,
-                  hyperparameters=None, search=None, fit_seconds=0.0, layer=None,
-                  trainable_params=None, history=None, seed=None, group=None,
-                  extra=None, protocol: CrossValidation | None = None) -> RunRecord:
-    """A complete cross-validated run record from the outer ``folds`` of ``store``'s
-    repeated K-fold (see :func:`pipeline.runs.protocol.cv_result`): per-fold scores
-    and parameters, the corrected interval, out-of-fold predictions of every image.
-    ``protocol``: the resolved :class:`~pipeline.runs.protocol.CrossValidation`."""
+def new_cv_record(run: RunInfo, store, folds: list,
+                  protocol: CrossValidation | None = None) -> RunRecord:
+    """A complete cross-validated run record of ``run`` from the outer ``folds`` of
+    ``store``'s repeated K-fold (see :func:`pipeline.runs.protocol.cv_result`): per-fold
+    scores and parameters, the corrected interval, out-of-fold predictions of every
+    image.  ``protocol``: the resolved :class:`~pipeline.runs.protocol.CrossValidation`."""
     from .protocol import cv_result, folds_fingerprint
 
-    result = cv_result(folds, store.labels, classes, store.folds.shape[1])
+    result = cv_result(folds, store.labels, store.classes, store.folds.shape[1])
     record = RunRecord(
-        **_skeleton(kind=kind, method=method, label=label, store=store, classes=classes,
-                    hyperparameters=hyperparameters, search=search, fit_seconds=fit_seconds,
-                    layer=layer, trainable_params=trainable_params, history=history,
-                    seed=seed, group=group),
+        **_skeleton(run, store),
         protocol=protocol or CrossValidation(), split_fingerprint=folds_fingerprint(store),
         cv=result["cv"], metrics=result["metrics"],
         predictions={"paths": [store.paths[i] for i in result["rows"]],
                      **result["predictions"]})
-    record.update(extra or {})
+    record.update(run.extra or {})
     return record
 
 
@@ -489,8 +501,8 @@ def _runs_folder(runs_dir) -> Path:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise StoreError(
-            f"no run records folder {str(runs_dir)!r}; run `python cli.py fit` or "
-            f"`python cli.py baseline` first, or pass {opt('runs_dir', 'DIR')}", param="runs_dir"
+            f"no run records folder {str(runs_dir)!r}; run `{program()} fit` or "
+            f"`{program()} baseline` first, or pass {opt('runs_dir', 'DIR')}", param="runs_dir"
         )
     return runs_dir
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import CorruptStoreError, StoreError, WorkbenchError, opt
+from ..errors import CorruptStoreError, StoreError, WorkbenchError, opt, program
 from ..files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,10 @@ STR = h5py.string_dtype("utf-8")
 REQUIRED_DATASETS = ("paths", "labels", "split", "classes", "sha256", "size", "mtime_ns",
                      "skipped/paths", "skipped/sha256", "skipped/reasons")
 
-#: How to get rid of a store that cannot be read.
-REPLACE_HINT = ("run `python cli.py extract` for its data folder again with --overwrite: it "
-                "moves this file aside (<name>.corrupt-<time>) and writes a new store")
+def replace_hint() -> str:
+    """How to get rid of a store that cannot be read."""
+    return (f"run `{program()} extract` for its data folder again with --overwrite: it moves "
+            "this file aside (<name>.corrupt-<time>) and writes a new store")
 
 
 @contextmanager
@@ -71,7 +72,7 @@ def reading(path):
     except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
         detail = str(exc).strip("'\"") or type(exc).__name__
         raise CorruptStoreError(
-            f"feature store {path} is corrupt or incomplete ({detail}); {REPLACE_HINT}",
+            f"feature store {path} is corrupt or incomplete ({detail}); {replace_hint()}",
             param="features") from None
 
 
@@ -128,7 +129,7 @@ class FeatureStore:
         if not self.path.is_file():
             raise StoreError(
                 f"feature store {str(self.path)!r} does not exist; run "
-                f"`python cli.py extract` first or pass {opt('features', 'FILE')}",
+                f"`{program()} extract` first or pass {opt('features', 'FILE')}",
                 param="features"
             )
         with reading(self.path):
@@ -136,7 +137,7 @@ class FeatureStore:
                 if f.attrs.get("format") != "transfer-workbench-features":
                     raise CorruptStoreError(
                         f"{self.path} is not a feature store written by this tool (no "
-                        f"'format' attribute); {REPLACE_HINT}", param="features")
+                        f"'format' attribute); {replace_hint()}", param="features")
                 missing = [d for d in REQUIRED_DATASETS if d not in f]
                 self.attrs = {k: _attr(v) for k, v in f.attrs.items()}
                 self.taps = list(json.loads(self.attrs["taps"]))
@@ -288,7 +289,7 @@ class FeatureStore:
 
             raise UsageError(
                 f"tap {tap!r} is not in {self.path.name}; it holds {', '.join(self.taps)} "
-                f"(run `python cli.py extract --layer {tap}` to add it)", param="layer"
+                f"(run `{program()} extract --layer {tap}` to add it)", param="layer"
             )
         idx = np.flatnonzero(self.mask(split))
         with reading(self.path), h5py.File(self.path, "r") as f:

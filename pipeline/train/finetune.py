@@ -38,12 +38,13 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
+from ..configs import FinetuneConfig
 from ..errors import DataError, UsageError, opt
 from ..files import atomic_path
 from ..options import BN_POLICIES, CACHE_MODES
@@ -55,54 +56,6 @@ log = logging.getLogger(__name__)
 #: Images decoded and pushed through the trunk together when caching (fixed:
 #: the augmentation RNG is seeded per chunk, so it shapes the cached views).
 CACHE_CHUNK = 32
-
-
-@dataclass
-class FinetuneConfig:
-    """Everything a fine-tuning run depends on (``runs_dir``/checkpointing aside)."""
-
-    features: str | None = None         # feature store: image list, labels, fixed split
-    backbone: str | None = None         # default: the store's backbone
-    weights: str = "imagenet"           # default: imagenet (the store's source is not assumed)
-    unfreeze: str = "layer4"            # none | all | a tap name (unfreeze from it upwards)
-    lr: float = 1e-3                    # learning rate of the new classifier
-    lr_factor: float = 0.1              # each group's rate = factor x the group above
-    schedule: str = "cosine"
-    schedule_per: str = "step"
-    gamma: float = 0.9
-    step_size: int = 5
-    gradual: int = 0                    # unfreeze one more group every K epochs (0: off)
-    augment: str = "standard"
-    views: int = 3                      # cached views per training image (1 = centre crop only)
-    cache: str = "auto"                 # auto: cache the frozen trunk when exact; off
-    cache_at: str | None = None         # cut the cached trunk after this tap at the latest
-    bn: str = "frozen-eval"
-    epochs: int = 12
-    batch_size: int = 32
-    seed: int = 0
-    split_seed: int | None = None       # the split's seed (None: the store's)
-    groups: str | None = None           # group rule of the split (None: the store's)
-    label_smoothing: float = 0.1
-    metric: str = "auto"                # selection metric of the epoch kept (auto: by balance)
-    class_weight: str = "auto"          # none | balanced | auto (balanced when imbalanced)
-    patience: int | None = 4
-    weight_decay: float = 1e-4
-    dropout: float = 0.2
-    input_size: int | None = None       # lower resolution than the weights' own
-    train_per_class: int | None = None  # train on at most N images per class (seeded draw)
-    compile: bool = False               # torch.compile the trunk used to fill the cache
-    runtime: str = "auto"               # runtime of that trunk (auto: the fastest here; eager)
-    checkpoint_dir: str | None = None
-    resume: bool = False
-    stop_after: int | None = None       # end after this epoch as if interrupted (tests)
-    label: str | None = None
-    group: str | None = None
-
-    def key_dict(self):
-        d = asdict(self)
-        for k in ("checkpoint_dir", "resume", "stop_after", "label", "group", "features"):
-            d.pop(k)
-        return d
 
 
 def block_groups(spec, stage_names) -> list[tuple[str, list[str]]]:
@@ -244,16 +197,15 @@ def _transform_pre(pre, input_size):
     return replace(pre, input_size=input_size) if input_size else pre
 
 
-def compute_activations(trunk, root, paths, pre, views: int, augment: str, seed: int = 0,
-                        compile_trunk: bool = False, runtime: str = "eager", runner=None):
+def compute_activations(runner, root, paths, pre, views: int, augment: str, seed: int = 0):
     """Trunk outputs ``(n, views, C, H, W)`` float16; view 0 is the centre crop.
 
     Views 1.. are augmented (the training preset), seeded per chunk, so the
     result depends only on the images, ``views``, ``seed`` and the runtime.
-    ``runtime`` runs the frozen trunk (:mod:`pipeline.extraction.runtimes`;
-    ``auto``: OpenVINO where installed, fp32, within 1e-4 of eager, which the
-    float16 cache rounds away); ``compile_trunk`` means torch.compile;
-    ``runner`` (from :func:`trunk_runner`) reuses one already built.
+    ``runner`` runs the frozen trunk (:func:`trunk_runner` on a runtime of
+    :mod:`pipeline.extraction.runtimes`; ``auto``: OpenVINO where installed, fp32,
+    within 1e-4 of eager, which the float16 cache rounds away; ``compile``:
+    torch.compile).
     Images are decoded and augmented by torch as in training either way, by
     one thread that works a chunk ahead of the forward pass (same draws as in
     order: one thread takes the chunks one after the other).
@@ -264,8 +216,6 @@ def compute_activations(trunk, root, paths, pre, views: int, augment: str, seed:
 
     import torch
 
-    runner = runner or trunk_runner(trunk, pre.input_size,
-                                    "compile" if compile_trunk else runtime)
     chunk = _ChunkDecoder(root, paths, pre, views, augment, seed)
     out, ok, skipped = [], [], []
     threads = torch.get_num_threads()
@@ -383,8 +333,8 @@ def _cached_splits(store, loaded, cfg, plan, pre, cache_dir=None, layout: str = 
     runner = trunk_runner(trunk, pre.input_size, "compile" if cfg.compile else cfg.runtime)
     for split, paths in parts.items():
         views = cfg.views if split in ("train", "all") else 1
-        acts, ok, skipped = compute_activations(trunk, store.data_root, paths, pre, views,
-                                                cfg.augment, seed=0, runner=runner)
+        acts, ok, skipped = compute_activations(runner, store.data_root, paths, pre, views,
+                                                cfg.augment, seed=0)
         if split != "train" and skipped:
             raise DataError(f"{len(skipped)} {split} image(s) of the store no longer decode "
                             f"({skipped[0][0]}: {skipped[0][1]}); restore them or re-extract")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError, WorkbenchError
+from ..errors import StoreError, WorkbenchError, program
 from ..files import atomic_write, sha256_text
 from ..options import TAP_ORDER
 from ..runs.groups import group_runs
@@ -96,7 +96,7 @@ def locate_store(record, runs_dir=None) -> dict:
         looked = ", ".join(str(p) for p in candidates) or "nowhere: the run names no store"
         status, note = "missing", (
             f"The feature store {recorded} of the best frozen run is missing (looked at "
-            f"{looked}); restore it, or run `python cli.py extract` and `fit` again.")
+            f"{looked}); restore it, or run `{program()} extract` and `fit` again.")
     log.warning("%s", note)
     return {"store": None, "status": status, "path": str(path), "note": note}
 
@@ -165,7 +165,7 @@ def _fewshot(store, budget: float) -> dict:
     when there is none."""
     if store is None:
         return {"curves": {}, "skipped": [], "note": "No frozen-feature runs yet, so there "
-                "are no cached features to refit heads on: run `python cli.py extract` and `fit`."}
+                f"are no cached features to refit heads on: run `{program()} extract` and `fit`."}
     if isinstance(store, dict):
         return {"curves": {}, "skipped": [],
                 "note": f"{store['note']} The curves cannot be computed without it."}
@@ -180,7 +180,7 @@ def feature_map(store) -> dict:
     ``{title, xy (n, 2), labels (n,)}`` for the report to draw."""
     if store is None:
         return {"panels": [], "note": "No frozen-feature runs yet, so no feature store "
-                "to project: run `python cli.py extract` and `fit`."}
+                f"to project: run `{program()} extract` and `fit`."}
     if isinstance(store, dict):
         return {"panels": [], "note": store["note"]}
     from sklearn.decomposition import PCA
@@ -213,7 +213,7 @@ def leakage(store) -> dict:
     :data:`LEAKAGE_PAIRS_KEPT` (those that cross a split first), or a ``note``."""
     if store is None:
         return {"pairs": [], "note": "No frozen-feature runs yet, so no feature store to "
-                "check for duplicates: run `python cli.py extract` and `fit`."}
+                f"check for duplicates: run `{program()} extract` and `fit`."}
     if isinstance(store, dict):
         return {"pairs": [], "note": store["note"]}
     from ..store.leakage import find_duplicates

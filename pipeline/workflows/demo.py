@@ -26,7 +26,7 @@ DEMO_CV_CNN_EPOCHS = 8
 DEMO_FINETUNE = {"unfreeze": "head", "lr": 1e-3, "lr_factor": 1.0, "epochs": 6,
                  "label": "fine-tune top group"}
 
-#: The demo's transfer-explorer grid (the full default grid is `python cli.py explore`).
+#: The demo's transfer-explorer grid (the full default grid is the `explore` command's).
 DEMO_EXPLORE = {"depths": ("0", "1", "2", "all"), "sizes": ("5", "all"), "lrs": (1e-3, 3e-3),
                 "epochs": 3}
 
@@ -47,10 +47,10 @@ def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress
     ``metric`` and ``class_weight`` as for ``fit`` (``auto``: by the class balance;
     the bundled flowers are balanced: accuracy, no weights).
     """
-    from ..extraction.job import ExtractConfig, run_extract
-    from ..train.finetune import FinetuneConfig
+    from ..configs import BaselineConfig, ExploreConfig, ExtractConfig, FinetuneConfig, FitConfig
+    from ..extraction.job import run_extract
     from .baseline import run_baseline
-    from .explore import ExploreConfig, run_explore
+    from .explore import run_explore
     from .finetune import run_finetune
     from .hierarchy import run_hierarchy
     from .report import build_report
@@ -65,19 +65,18 @@ def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress
         cnn_epochs = resolve_protocol(protocol, FeatureStore(summary.path)).pick(
             holdout=None, cv=DEMO_CV_CNN_EPOCHS)
     records = []
-    choice = {"metric": metric, "class_weight": class_weight}
+    judged = {"features": str(summary.path), "protocol": protocol, "metric": metric,
+              "class_weight": class_weight}
     for clf in ("logreg", "svm"):
-        records += [r for r, _ in run_fit(summary.path, "all", clf, runs_dir,
-                                          protocol=protocol, **choice)]
+        records += [r for r, _ in run_fit(FitConfig(layer="all", clf=clf, **judged),
+                                          runs_dir)]
     for kind in ("pixels", "cnn"):
-        opts = {"epochs": cnn_epochs} if (kind == "cnn" and cnn_epochs) else {}
-        rec, _ = run_baseline(kind, summary.path, runs_dir, protocol=protocol, **choice,
-                              **opts)
+        epochs = cnn_epochs if kind == "cnn" else None
+        rec, _ = run_baseline(BaselineConfig(kind=kind, epochs=epochs, **judged), runs_dir)
         records.append(rec)
     if insight:
         cache = folder / "cache"
-        rec, _ = run_finetune(FinetuneConfig(features=str(summary.path), **DEMO_FINETUNE,
-                                             **choice), runs_dir, cache, protocol)
+        rec, _ = run_finetune(FinetuneConfig(**DEMO_FINETUNE, **judged), runs_dir, cache)
         records.append(rec)
         run_hierarchy(runs_dir=runs_dir)
         run_explore(ExploreConfig(features=str(summary.path), **DEMO_EXPLORE), runs_dir, cache)

@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..configs import ExploreConfig
 from ..errors import UsageError, opt
-from ..files import atomic_write, sha256_text
+from ..files import atomic_write
 from ..options import check_seed
 from ..runs.records import DEFAULT_RUNS_DIR, make_run_id, side_records
 from ..runs.stats import wilson_interval
@@ -40,40 +40,6 @@ from ..store.hdf5 import now_iso, open_store
 log = logging.getLogger(__name__)
 
 EXPLORE_SCHEMA = 1
-
-#: The grid the issue of the course describes: classifier only, top group, top two, all.
-DEFAULT_DEPTHS = ("0", "1", "2", "all")
-DEFAULT_SIZES = ("10", "30", "100", "all")
-DEFAULT_LRS = (3e-4, 1e-3, 3e-3)
-DEFAULT_EPOCHS = 4
-
-
-@dataclass
-class ExploreConfig:
-    """One explorer grid on one store (everything its cells depend on)."""
-
-    features: str
-    depths: tuple = DEFAULT_DEPTHS      # "0" .. "K" (top groups trained) or "all"
-    sizes: tuple = DEFAULT_SIZES        # training images per class, or "all"
-    lrs: tuple = DEFAULT_LRS
-    epochs: int = DEFAULT_EPOCHS
-    views: int = 3
-    seed: int = 0
-    backbone: str | None = None         # default: the store's
-    weights: str = "imagenet"
-    runtime: str = "auto"               # of the frozen trunk that fills each cache
-    max_end_to_end: int | None = None   # skip depth-all cells with more training images
-    extra: dict = field(default_factory=dict)   # more FinetuneConfig fields, same for every cell
-
-    def key(self, fingerprint: str) -> str:
-        """The grid's identity: every field that shapes a cell (not ``features``, which is
-        the store's fingerprint here, nor ``max_end_to_end``, which only says which cells
-        to skip, so a grid can be resumed with another limit)."""
-        d = asdict(self)
-        d.pop("features")
-        d.pop("max_end_to_end")
-        return sha256_text(json.dumps({**d, "store": fingerprint}, sort_keys=True))[:12]
-
 
 def _group_names(backbone: str) -> list[str]:
     """The block groups of ``backbone``, shallow to deep (built on the meta device)."""
@@ -206,9 +172,11 @@ def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -
     from dataclasses import replace
 
     from ..train.finetune import FinetuneConfig, finetune
+    from .fit import find_store
 
     _check(cfg)
-    store = open_store(cfg.features, cfg.extra.get("split_seed"), cfg.extra.get("groups"))
+    cfg = replace(cfg, features=str(find_store(cfg.features)))
+    store = open_store(cfg.features, cfg.split_seed, cfg.groups)
     backbone = cfg.backbone or store.attrs.get("backbone")
     groups = _group_names(backbone)
     plans = {str(d): depth_plan(str(d), groups) for d in cfg.depths}
@@ -228,7 +196,7 @@ def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -
         log.info("explore: resuming %s, %d of %d cells done", path, total - len(todo), total)
     base = FinetuneConfig(features=str(cfg.features), backbone=backbone, weights=cfg.weights,
                           lr_factor=1.0, epochs=cfg.epochs, views=cfg.views, seed=cfg.seed,
-                          runtime=cfg.runtime, **cfg.extra)
+                          runtime=cfg.runtime, **cfg.cell_options())
     for n, (depth, size, lr) in enumerate(todo, start=1):
         unfreeze, trained, label = plans[depth]
         t0 = time.perf_counter()
@@ -279,7 +247,7 @@ def _new_record(cfg, store, backbone, groups, sizes, key) -> dict:
             "split_sizes": {k: int(v) for k, v in store.split_sizes().items()},
             "grid": {"depths": [str(d) for d in cfg.depths], "sizes": sizes,
                      "lrs": list(cfg.lrs), "epochs": cfg.epochs, "views": cfg.views,
-                     "seed": cfg.seed, "lr_factor": 1.0, "extra": cfg.extra,
+                     "seed": cfg.seed, "lr_factor": 1.0, "extra": cfg.cell_options(),
                      "max_end_to_end": cfg.max_end_to_end},
             "cells": [], "complete": False}
 

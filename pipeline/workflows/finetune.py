@@ -10,7 +10,14 @@ from pathlib import Path
 from ..files import atomic_write, sha256_text
 from ..options import check_seed
 from ..runs.protocol import Protocol, resolve_protocol
-from ..runs.records import DEFAULT_RUNS_DIR, RunRecord, new_cv_record, new_record, save_run
+from ..runs.records import (
+    DEFAULT_RUNS_DIR,
+    RunInfo,
+    RunRecord,
+    new_cv_record,
+    new_record,
+    save_run,
+)
 from ..store.hdf5 import open_store
 from ..train.finetune import (
     FinetuneConfig,
@@ -32,17 +39,15 @@ def finetune_record(result: FinetuneResult, protocol: Protocol) -> RunRecord:
     # runs of one configuration with another metric or weighting stay apart in tables
     suffix = result.selection.suffix if result.selection is not None else ""
     label = cfg.label or describe(cfg)
-    common = dict(kind="finetune", method=method_name(cfg), label=label + suffix,
-                  store=result.store, classes=result.store.classes,
+    run = RunInfo(kind="finetune", method=method_name(cfg), label=label + suffix,
                   hyperparameters=cfg.key_dict(), fit_seconds=result.seconds,
                   layer=cfg.unfreeze, trainable_params=res.trainable_params,
                   history=res.history, seed=cfg.seed, group=(cfg.group or label) + suffix,
-                  extra={"finetune": _details(result, protocol)}, protocol=protocol)
+                  extra={"finetune": _details(result, protocol)})
     record = protocol.pick(
-        holdout=lambda: new_record(val_pred=result.val_proba.argmax(1),
-                                   test_pred=result.test_proba.argmax(1),
-                                   test_proba=result.test_proba, **common),
-        cv=lambda: new_cv_record(folds=result.folds, **common))()
+        holdout=lambda: new_record(run, result.store, result.val_proba.argmax(1),
+                                   result.test_proba.argmax(1), result.test_proba, protocol),
+        cv=lambda: new_cv_record(run, result.store, result.folds, protocol))()
     record.backbone, record.weights = cfg.backbone, result.weights_id
     if result.selection is not None:
         record.update(result.selection.record_fields())
@@ -65,26 +70,30 @@ def _details(result: FinetuneResult, protocol: Protocol) -> dict:
                 cv="trained on every image for the folds' median best epoch")}
 
 
-def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None,
-                 protocol: str = "holdout") -> tuple[RunRecord, Path]:
+def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR,
+                 cache_dir=None) -> tuple[RunRecord, Path]:
     """Fine-tune per ``cfg`` on the store ``cfg.features``; save record + model.
 
-    ``protocol``: holdout (its split), cv (its repeated K-fold, nested: see
+    ``cfg.protocol``: holdout (its split), cv (its repeated K-fold, nested: see
     :func:`pipeline.train.finetune.finetune_cv`) or auto (by size).
     ``cache_dir`` keeps the cached trunk outputs on disk (reused by later
     runs and by ``resume``).  Returns ``(record, record_path)``.
     """
-    record, result = finetune_run(cfg, cache_dir, protocol)
+    record, result = finetune_run(cfg, cache_dir)
     path = save_finetune(record, result, runs_dir)
     log.info("%s (%s): cache %.0f s, total %.0f s", record.label, record.protocol,
              result.cache_seconds, result.seconds)
     return record, path
 
 
-def finetune_run(cfg: FinetuneConfig, cache_dir=None, protocol: str = "holdout"):
-    """``(record, result)`` of one fine-tuning run under ``protocol``; writes only
-    checkpoints."""
-    protocol = resolve_protocol(protocol, open_store(cfg.features, cfg.split_seed, cfg.groups))
+def finetune_run(cfg: FinetuneConfig, cache_dir=None):
+    """``(record, result)`` of one fine-tuning run under ``cfg.protocol``; writes only
+    checkpoints.  ``cfg.features`` None or a folder: the newest store in it."""
+    from .fit import find_store
+
+    cfg = replace(cfg, features=str(find_store(cfg.features)))
+    protocol = resolve_protocol(cfg.protocol,
+                                open_store(cfg.features, cfg.split_seed, cfg.groups))
     log.info("protocol: %s", protocol.why)
     result = protocol.pick(holdout=finetune, cv=finetune_cv)(cfg, cache_dir)
     return finetune_record(result, protocol), result
@@ -103,15 +112,18 @@ def save_finetune(record: RunRecord, result: FinetuneResult, runs_dir) -> Path:
     return save_run(record, runs_dir, "pt", lambda file: torch.save(result.model_bundle(), file))
 
 
-def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 3, runs_dir=DEFAULT_RUNS_DIR,
-                       cache_dir=None, protocol: str = "holdout") -> list[tuple[RunRecord, Path]]:
+def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 1, runs_dir=DEFAULT_RUNS_DIR,
+                       cache_dir=None) -> list[tuple[RunRecord, Path]]:
     """Run ``cfg`` with seeds ``cfg.seed .. cfg.seed + seeds - 1`` under one ``group``.
 
     The cached trunk outputs are shared (they depend on the images, not on
     the training seed).  Checkpoints go to
     ``checkpoint_dir/<hash of the configuration>/seed<N>``.
     """
+    from .fit import find_store
+
     check_seed(cfg.seed, seeds)
+    cfg = replace(cfg, features=str(find_store(cfg.features)))
     label = cfg.label or describe(cfg)
     root = None
     if cfg.checkpoint_dir:
@@ -124,7 +136,7 @@ def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 3, runs_dir=DEFAULT_RUN
         ck = str(root / f"seed{cfg.seed + k}") if root else None
         out.append(run_finetune(replace(cfg, seed=cfg.seed + k, label=label,
                                         group=cfg.group or label, checkpoint_dir=ck),
-                                runs_dir, cache_dir, protocol))
+                                runs_dir, cache_dir))
     return out
 
 

@@ -10,13 +10,21 @@ from pathlib import Path
 import numpy as np
 
 from ..balance import METRIC_LABELS, Selection
-from ..errors import StoreError, opt
+from ..configs import FitConfig
+from ..errors import StoreError, opt, program
 from ..heads.persist import HEAD_EXT, save_head
 from ..heads.registry import get_head
 from ..heads.selection import predict_proba, select_and_fit
 from ..options import check_seed
 from ..runs.protocol import resolve_protocol
-from ..runs.records import DEFAULT_RUNS_DIR, RunRecord, new_cv_record, new_record, save_run
+from ..runs.records import (
+    DEFAULT_RUNS_DIR,
+    RunInfo,
+    RunRecord,
+    new_cv_record,
+    new_record,
+    save_run,
+)
 from ..store.hdf5 import open_store
 
 log = logging.getLogger(__name__)
@@ -34,7 +42,7 @@ def find_store(features=None, features_dir=DEFAULT_FEATURES_DIR) -> Path:
     candidates = sorted(folder.glob("*.h5"), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise StoreError(
-            f"no feature store (*.h5) in {str(folder)!r}; run `python cli.py extract` first "
+            f"no feature store (*.h5) in {str(folder)!r}; run `{program()} extract` first "
             f"or pass {opt('features', 'FILE')}", param="features"
         )
     if len(candidates) > 1:
@@ -55,11 +63,9 @@ def resolve_selection(store, metric: str, class_weight: str, clf: str | None = N
     return selection
 
 
-def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int = 0,
-            protocol: str = "holdout", split_seed: int | None = None,
-            groups: str | None = None, metric: str = "auto",
-            class_weight: str = "auto") -> list[tuple[RunRecord, Path]]:
-    """Fit head ``clf`` on tap ``layer`` (or every tap, ``layer='all'``) of a store.
+def run_fit(cfg: FitConfig, runs_dir=DEFAULT_RUNS_DIR) -> list[tuple[RunRecord, Path]]:
+    """Fit head ``cfg.clf`` on tap ``cfg.layer`` (or every tap, ``layer='all'``) of the
+    store ``cfg.features`` (None or a folder: the newest store, :func:`find_store`).
 
     ``holdout``: standardise, choose the hyperparameter on the validation
     split, refit on train+val, score on test.  ``cv``: the same on every
@@ -74,13 +80,14 @@ def run_fit(features, layer: str, clf: str, runs_dir=DEFAULT_RUNS_DIR, seed: int
     classes, else accuracy) and ``class_weight`` weights the head's loss (``auto``:
     balanced on imbalanced classes; knn has none): :mod:`pipeline.balance`.
     """
+    clf, seed = cfg.clf, cfg.seed
     get_head(clf)       # an unknown name is refused before the store is opened
     check_seed(seed)
-    store = open_store(find_store(features), split_seed, groups)
-    protocol = resolve_protocol(protocol, store)
+    store = open_store(find_store(cfg.features), cfg.split_seed, cfg.groups)
+    protocol = resolve_protocol(cfg.protocol, store)
     log.info("protocol: %s", protocol.why)
-    selection = resolve_selection(store, metric, class_weight, clf)
-    layers = store.taps if layer == "all" else [layer]
+    selection = resolve_selection(store, cfg.metric, cfg.class_weight, clf)
+    layers = store.taps if cfg.layer == "all" else [cfg.layer]
     fit_tap = protocol.pick(holdout=_fit_holdout, cv=_fit_cv)
     out = []
     for tap in layers:
@@ -146,13 +153,12 @@ def _fit_holdout(store, tap: str, clf: str, seed: int, selection, protocol):
         res = select_and_fit(clf, X_tr, y_tr, X_va, y_va, seed=seed, **choice)
         proba = predict_proba(res.model, X_te)
         test_pred = res.model.predict(X_te)
-    record = new_record(
-        kind="frozen", method=clf,
-        label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
-        store=store, classes=store.classes, val_pred=res.val_pred, test_pred=test_pred,
-        test_proba=proba, hyperparameters={**res.params, "class_weight": res.class_weight},
-        search=res.search, fit_seconds=res.fit_seconds, layer=tap, seed=seed,
-        trainable_params=_n_params(res.model), protocol=protocol)
+    run = RunInfo(kind="frozen", method=clf,
+                  label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
+                  hyperparameters={**res.params, "class_weight": res.class_weight},
+                  search=res.search, fit_seconds=res.fit_seconds, layer=tap, seed=seed,
+                  trainable_params=_n_params(res.model))
+    record = new_record(run, store, res.val_pred, test_pred, proba, protocol)
     return record, res.model
 
 
@@ -176,15 +182,14 @@ def _fit_cv(store, tap: str, clf: str, seed: int, selection, protocol):
                                    calibrated=smallest_class(y),
                                    class_weight=selection.class_weight), X, y,
                          selection.class_weight)
-    record = new_cv_record(
-        kind="frozen", method=clf,
-        label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
-        store=store, classes=store.classes, folds=folds,
-        hyperparameters={**params, "class_weight": selection.class_weight},
-        search=search, fit_seconds=cv_seconds, layer=tap, seed=seed,
-        trainable_params=_n_params(model), protocol=protocol,
-        extra={"final_model": "refitted on every image with the hyperparameter an inner CV "
-                              "over all of them chose"})
+    run = RunInfo(kind="frozen", method=clf,
+                  label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
+                  hyperparameters={**params, "class_weight": selection.class_weight},
+                  search=search, fit_seconds=cv_seconds, layer=tap, seed=seed,
+                  trainable_params=_n_params(model),
+                  extra={"final_model": "refitted on every image with the hyperparameter an "
+                                        "inner CV over all of them chose"})
+    record = new_cv_record(run, store, folds, protocol)
     return record, model
 
 

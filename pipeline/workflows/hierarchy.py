@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..backbones import get_backbone, load_backbone, resolve_taps
+from ..configs import HierarchyConfig
 from ..data.layouts import load
 from ..data.manifest import bundled_data_root, stratified_head
 from ..files import atomic_write
@@ -27,12 +28,11 @@ log = logging.getLogger(__name__)
 HIERARCHY_SCHEMA = 1
 
 
-def run_hierarchy(data=None, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
-                  layers=("all",), limit: int | None = 300, channels: int = 8,
-                  patches: int = 6, runs_dir=DEFAULT_RUNS_DIR,
-                  batch_size: int = 16) -> tuple[dict, Path]:
-    """Compute the feature hierarchy of about ``limit`` images of ``data`` (the first of
-    each class, in proportion; None: every image) and save its record.
+def run_hierarchy(cfg: HierarchyConfig | None = None,
+                  runs_dir=DEFAULT_RUNS_DIR) -> tuple[dict, Path]:
+    """Compute the feature hierarchy of about ``cfg.limit`` images of ``cfg.data`` (the
+    first of each class, in proportion; None: every image; default config: the bundled
+    flowers) and save its record.
 
     Returns ``(record, path)``.
     """
@@ -40,22 +40,24 @@ def run_hierarchy(data=None, backbone: str = "efficientnet_lite0", weights: str 
 
     from ..extraction.hierarchy import feature_hierarchy
 
+    cfg = cfg or HierarchyConfig()
     t0 = time.perf_counter()
-    root = Path(data) if data else bundled_data_root()
+    root = Path(cfg.data) if cfg.data else bundled_data_root()
     manifest = load(root)
-    if limit and limit < len(manifest):
-        manifest = manifest.subset(stratified_head(manifest.labels, limit))
-    spec = get_backbone(backbone)
-    taps = resolve_taps(spec, layers)
-    loaded = load_backbone(backbone, weights)
+    if cfg.limit and cfg.limit < len(manifest):
+        manifest = manifest.subset(stratified_head(manifest.labels, cfg.limit))
+    spec = get_backbone(cfg.backbone)
+    taps = resolve_taps(spec, cfg.layers or ("all",))
+    loaded = load_backbone(cfg.backbone, cfg.weights)
     with torch.inference_mode(False):
         result = feature_hierarchy(loaded, manifest.root, manifest.paths, taps,
-                                   channels=channels, patches=patches, batch_size=batch_size)
+                                   channels=cfg.channels, patches=cfg.patches,
+                                   batch_size=cfg.batch_size)
     record = {"kind": "hierarchy", "schema": HIERARCHY_SCHEMA,
               "run_id": make_run_id("hierarchy"), "created": now_iso(),
-              "backbone": backbone, "weights": loaded.weights_id,
+              "backbone": cfg.backbone, "weights": loaded.weights_id,
               "data_root": str(manifest.root.resolve()), "classes": manifest.classes,
-              "channels": channels, "patches": patches, "limit": limit,
+              "channels": cfg.channels, "patches": cfg.patches, "limit": cfg.limit,
               "seconds": round(time.perf_counter() - t0, 2), **result}
     folder = Path(runs_dir) / "hierarchy"
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,20 +8,15 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..configs import LADDER_EPOCHS, BaselineConfig, FinetuneConfig, FitConfig, LadderConfig
 from ..errors import UsageError
 from ..runs.groups import collapse_of, majority_reference, record_metric, score, test_metrics
 from ..runs.protocol import resolve_protocol
 from ..runs.records import DEFAULT_RUNS_DIR, as_record
 from ..store.hdf5 import open_store
-from ..train.finetune import FinetuneConfig
 from .finetune import run_finetune_seeds
 
 log = logging.getLogger(__name__)
-
-
-#: Maximum epochs of each fine-tuning rung: on the full flowers, 3 epochs of the top groups
-#: reached 0.953 +- 0.002 (3 seeds) and 12 gave no better (docs/results.md).
-LADDER_EPOCHS = 3
 
 
 def ladder_configs(features, epochs: int = LADDER_EPOCHS,
@@ -104,19 +99,21 @@ def _frozen_row(fitted: list, protocol) -> tuple[dict, object]:
     return row, best
 
 
-def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
-               epochs: int = LADDER_EPOCHS, views: int = 3, cnn_epochs: int | None = None,
-               cache_dir=None, rungs=None, protocol: str = "holdout",
-               baseline_seeds: int = 1, split_seed: int | None = None,
-               groups: str | None = None, metric: str = "auto",
-               class_weight: str = "auto") -> list[dict]:
+def _rung_names(rungs) -> list | None:
+    """The rungs asked for: names, or one comma-separated string of them; None: all."""
+    if isinstance(rungs, str):
+        return [r.strip() for r in rungs.split(",") if r.strip()] or None
+    return list(rungs) if rungs else None
+
+
+def run_ladder(cfg: LadderConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -> list[dict]:
     """Every rung of the course ladder on one store's split; one summary row per rung.
 
     Rungs: pixels, MLP, scratch CNN, frozen logreg on the tap with the best
     validation accuracy, then the fine-tuning rungs of :func:`ladder_configs`,
-    each repeated for ``seeds`` seeds (the MLP and scratch CNN for
-    ``baseline_seeds``; pixels and frozen heads are deterministic given the
-    split: one run each).  ``rungs`` restricts to a subset of
+    each repeated for ``cfg.seeds`` seeds (the MLP and scratch CNN for
+    ``cfg.baseline_seeds``; pixels and frozen heads are deterministic given the
+    split: one run each).  ``cfg.rungs`` restricts to a subset of
     rung names.  Rows: method, n_seeds, trainable_params, train_seconds,
     val_accuracy, test_accuracy, test_std, run_ids, and the same in the selection
     metric (see :func:`summarise_group`); the last row is the majority-class
@@ -126,41 +123,46 @@ def run_ladder(features, runs_dir=DEFAULT_RUNS_DIR, seeds: int = 1,
     accuracy and balanced weights when they are imbalanced), on one split
     (``split_seed`` and ``groups``: the store's when None).
     """
-    from .baseline import run_baseline
-    from .fit import resolve_selection, run_fit
+    from .fit import find_store, resolve_selection, run_fit
 
-    configs = [(name, replace(cfg, split_seed=split_seed, groups=groups))
-               for name, cfg in ladder_configs(features, epochs, views)]
-    split = {"split_seed": split_seed, "groups": groups}
-    _check_rungs(rungs, {"pixels", "mlp", "cnn", "frozen"} | {name for name, _ in configs})
-    store = open_store(features, split_seed, groups)
-    protocol = resolve_protocol(protocol, store)
-    log.info("ladder protocol: %s", protocol.why)
-    selection = resolve_selection(store, metric, class_weight)   # checked once, up front
+    features = str(find_store(cfg.features))
+    rungs = _rung_names(cfg.rungs)
     # each rung resolves the same store the same way, and its record keeps why (auto: ...)
-    choice = {"metric": metric, "class_weight": class_weight}
+    shared = {"split_seed": cfg.split_seed, "groups": cfg.groups, "metric": cfg.metric,
+              "class_weight": cfg.class_weight}
+    configs = [(name, replace(c, label=name, **shared))
+               for name, c in ladder_configs(features, cfg.epochs, cfg.views)]
+    _check_rungs(rungs, {"pixels", "mlp", "cnn", "frozen"} | {name for name, _ in configs})
+    store = open_store(features, cfg.split_seed, cfg.groups)
+    protocol = resolve_protocol(cfg.protocol, store)
+    log.info("ladder protocol: %s", protocol.why)
+    selection = resolve_selection(store, cfg.metric, cfg.class_weight)   # checked up front
+    shared.update(features=features, protocol=protocol.name)
     rows, last = [], None
-
-    def wanted(name):
-        return rungs is None or name in rungs
-
     for kind in ("pixels", "mlp", "cnn"):
-        if wanted(kind):
-            opts = {"epochs": cnn_epochs} if kind == "cnn" and cnn_epochs else {}
-            recs = [run_baseline(kind, features, runs_dir, seed=s, protocol=protocol.name,
-                                 **split, **choice, **opts)[0]
-                    for s in range(baseline_seeds if kind != "pixels" else 1)]
+        if rungs is None or kind in rungs:
+            recs = _baseline_rung(kind, cfg, shared, runs_dir)
             rows.append(summarise_group(recs))
             last = recs[0]
-    if wanted("frozen"):
-        row, last = _frozen_row(run_fit(features, "all", "logreg", runs_dir,
-                                        protocol=protocol.name, **split, **choice), protocol)
+    if rungs is None or "frozen" in rungs:
+        fitted = run_fit(FitConfig(layer="all", clf="logreg", **shared), runs_dir)
+        row, last = _frozen_row(fitted, protocol)
         rows.append(row)
-    for name, cfg in configs:
-        if wanted(name):
-            recs = [r for r, _ in run_finetune_seeds(replace(cfg, label=name, **choice), seeds,
-                                                     runs_dir, cache_dir, protocol.name)]
+    for name, c in configs:
+        if rungs is None or name in rungs:
+            recs = [r for r, _ in run_finetune_seeds(replace(c, protocol=protocol.name),
+                                                     cfg.seeds, runs_dir, cache_dir)]
             rows.append(summarise_group(recs))
             last = recs[0]
     reference = reference_row(last, selection.metric) if last else None
     return rows + ([reference] if reference else [])
+
+
+def _baseline_rung(kind: str, cfg: LadderConfig, shared: dict, runs_dir) -> list:
+    """The records of baseline rung ``kind`` (one per seed; pixels: one)."""
+    from .baseline import run_baseline
+
+    epochs = cfg.cnn_epochs if kind == "cnn" else None
+    return [run_baseline(BaselineConfig(kind=kind, seed=s, epochs=epochs, **shared),
+                         runs_dir)[0]
+            for s in range(cfg.baseline_seeds if kind != "pixels" else 1)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import StoreError, opt
+from ..errors import StoreError, opt, program
 from ..reporting.build import check_out_path, render_report
 from ..runs.groups import latest_per_seed, resolve_report_metric
 from ..runs.records import load_records
@@ -35,8 +35,8 @@ def build_report(runs_dir, out_path, overwrite: bool = False,
     # A seed run twice counts once, here for the analysis and the page alike.
     records, _superseded = latest_per_seed(load_records(runs_dir))
     if not records:
-        raise StoreError(f"no run records in {str(runs_dir)!r}; run `python cli.py fit` or "
-                         f"`python cli.py baseline` first, or pass {opt('runs_dir', 'DIR')}",
+        raise StoreError(f"no run records in {str(runs_dir)!r}; run `{program()} fit` or "
+                         f"`{program()} baseline` first, or pass {opt('runs_dir', 'DIR')}",
                          param="runs_dir")
     analysis = {**load_or_analyse(records, runs_dir, efficiency_budget),
                 "hierarchy": latest_hierarchy(runs_dir), "explore": latest_explore(runs_dir)}

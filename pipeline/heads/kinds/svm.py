@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import UsageError
+from ...errors import UsageError, program
 from ..registry import HeadKind, final_estimator, register_head
 
 
@@ -54,8 +54,8 @@ class Svm(HeadKind):
                 f"run {run_id}'s SVM head was left uncalibrated (a class had one image), so "
                 "its probabilities are a softmax of one-vs-rest margins that ONNX's SVM "
                 "operator does not compute; fit a logreg or linear-svm head on the same store "
-                "(python cli.py fit --clf logreg --layer TAP) and export that, or label "
-                "images with python cli.py predict --model RUN", param="model_ref")
+                f"({program()} fit --clf logreg --layer TAP) and export that, or label "
+                f"images with {program()} predict --model RUN", param="model_ref")
 
 
 register_head(Svm)

