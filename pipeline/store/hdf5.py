@@ -499,3 +499,11 @@ def read_vectors(path: Path, tap_names, rows: np.ndarray) -> dict:
     """``{tap: (len(rows), C)}`` for increasing row indices of an existing store."""
     with reading(path), h5py.File(path, "r") as f:
         return {t: f[f"taps/{t}"][()][rows] for t in tap_names}
+
+
+def write_arrays(path: Path, arrays: dict):
+    """A plain HDF5 file of named arrays (``{name: array}``), not a feature store: what
+    the naive extraction of ``bench extract`` writes, as a course notebook would."""
+    with h5py.File(path, "w") as f:
+        for name, array in arrays.items():
+            f.create_dataset(name, data=array)
