@@ -64,7 +64,7 @@ json.dump({{"test_accuracy": record["metrics"]["test"]["accuracy"],
 def repeat_store(src: Path, dst: Path, tap: str, repeat: int) -> Path:
     """``dst``: tap ``tap`` of ``src`` with every row repeated ``repeat`` times (copy k's
     paths are prefixed ``copy<k>/``; labels, split and vectors are the original's)."""
-    from pipeline.store.hdf5 import FeatureStore, write_store
+    from pipeline.store.hdf5 import FeatureStore, StoreContents, write_store
 
     store = FeatureStore(src)
     X = store.X(tap)   # the builder may hold 1x in memory; the measured fits never do
@@ -83,8 +83,8 @@ def repeat_store(src: Path, dst: Path, tap: str, repeat: int) -> Path:
                           "taps", "n_images", "n_skipped")}
     attrs["dataset"] = f"{attrs.get('dataset', 'store')} x{repeat}"
     config = dict(store.config, repeated=repeat)
-    write_store(dst, config=config, attrs=attrs, classes=store.classes, rows=rows, skipped=[],
-                taps={tap: X.shape[1]})
+    write_store(dst, StoreContents(config=config, attrs=attrs, classes=store.classes, rows=rows,
+                                   skipped=[], taps={tap: X.shape[1]}))
     return dst
 
 

@@ -2,7 +2,7 @@
 """Chunking and compression of the tap datasets, measured on real features.
 
 Reads the taps of a finished store (e.g. lite0 over the 3,670 flowers) and
-rewrites them the way ``pipeline.store.write_store`` does (blocks of 1,024
+rewrites them the way ``pipeline.store.hdf5.write_store`` does (blocks of 1,024
 rows) under each layout: no compression, lzf, gzip level 1 and 4; chunks of
 64, 256 or 1,024 rows or contiguous; float32 and float16.  For each it
 reports the file size, the write time (including fsync) and three reads:

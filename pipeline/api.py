@@ -188,7 +188,9 @@ def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None,
     ``options`` are the fields of :class:`pipeline.configs.FinetuneConfig`
     (``unfreeze``, ``lr``, ``lr_factor``, ``epochs``, ``schedule``, ``gradual``,
     ``metric``, ``class_weight``, ...);
-    ``runs_dir=None`` writes nothing.
+    ``runs_dir=None`` writes nothing.  ``cache_dir`` keeps the frozen trunk's outputs:
+    a folder, or a :class:`pipeline.train.trunk_cache.TrunkCache` to pass to several
+    calls so that they compute them once.
     """
     from .workflows.finetune import finetune_run, save_finetune
 

@@ -28,11 +28,8 @@ from pipeline.workflows.explore import (
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    from pipeline.train import finetune as ft
-
     root = tmp_path_factory.mktemp("explore")
     store = make_store(None, root / "features")
-    ft._MEMORY_CACHE.clear()  # another module's trunk caches of the same store
     runs = root / "runs"
     record = add_explore_record(store, runs, cache_dir=root / "cache")
     return store, runs, record, root
@@ -95,9 +92,6 @@ def test_an_interrupted_grid_resumes_at_the_next_cell_with_the_same_results(stud
     cut = json.loads(record_path(study[1], full["key"]).read_text())
     cut["cells"], cut["complete"] = cut["cells"][:5], False
     path.write_text(json.dumps(cut))
-    from pipeline.train import finetune as ft
-
-    ft._MEMORY_CACHE.clear()  # a new process: only the disk cache survives
     with caplog.at_level("INFO"):
         record, _ = run_explore(cfg, runs, root / "cache")
     assert "5 of 12 cells done" in caplog.text

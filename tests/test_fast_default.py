@@ -86,7 +86,7 @@ def test_auto_falls_back_to_eager_with_one_line_saying_why(tmp_path, caplog):
 @needs_fast
 def test_trunk_cache_runs_on_the_fast_runtime_within_tolerance(tmp_path):
     from pipeline.backbones import load_backbone
-    from pipeline.train.finetune import trunk_runner
+    from pipeline.train.trunk_cache import trunk_runner
 
     loaded = load_backbone("resnet18", "none")
     trunk = torch.nn.Sequential(*[m for _, m in loaded.stages()[:3]]).eval()

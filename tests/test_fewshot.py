@@ -10,7 +10,7 @@ from report_helpers import make_store
 from pipeline.errors import UsageError
 from pipeline.heads import selection
 from pipeline.reporting.fewshot import fewshot_section
-from pipeline.store.hdf5 import FeatureStore, write_store
+from pipeline.store.hdf5 import FeatureStore, StoreContents, write_store
 from pipeline.train import baselines
 from pipeline.workflows import fewshot
 from pipeline.workflows.fewshot import (
@@ -38,10 +38,11 @@ def blob_store(path, per_class=(20, 20, 20), dim=6, spread=1.0, seed=0, X=None):
              "sha256": f"{i:064x}", "size": 1, "mtime_ns": 1,
              "vectors": (lambda i=i: {"feat": X[i]})} for i, c in enumerate(labels)]
     classes = [f"c{c}" for c in range(len(per_class))]
-    write_store(path, config={"backbone": "blobs", "classes": classes},
-                attrs={"backbone": "blobs", "weights": "none", "dataset": "blobs",
-                       "data_root": str(path.parent / "no_images_here"), "split_seed": 0},
-                classes=classes, rows=rows, skipped=[], taps={"feat": dim})
+    write_store(path, StoreContents(
+        config={"backbone": "blobs", "classes": classes},
+        attrs={"backbone": "blobs", "weights": "none", "dataset": "blobs",
+               "data_root": str(path.parent / "no_images_here"), "split_seed": 0},
+        classes=classes, rows=rows, skipped=[], taps={"feat": dim}))
     return path, X, labels
 
 

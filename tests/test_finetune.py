@@ -130,6 +130,48 @@ def test_seeds_repeat_is_deterministic(tiny_store, tmp_path):
     assert row["n_seeds"] == 2 and row["test_std"] == 0.0
 
 
+@pytest.fixture
+def trunk_passes(monkeypatch):
+    """The number of images of every trunk forward pass a fine-tuning makes (one entry per
+    part: train, val, test; or all)."""
+    from pipeline.train import trunk_cache
+
+    passes, real = [], trunk_cache.compute_activations
+
+    def counted(runner, root, paths, *args, **kw):
+        passes.append(len(paths))
+        return real(runner, root, paths, *args, **kw)
+
+    monkeypatch.setattr(trunk_cache, "compute_activations", counted)
+    return passes
+
+
+def test_a_shared_trunk_cache_computes_the_trunk_once(tiny_store, trunk_passes):
+    """Two fine-tunings given one TrunkCache: the second does no trunk forward pass.  The
+    cache is the caller's object (no module-global state): a new one computes again."""
+    from pipeline.train.finetune import finetune
+    from pipeline.train.trunk_cache import TrunkCache
+
+    cache = TrunkCache()
+    first = finetune(_tiny_cfg(tiny_store, unfreeze="layer4", epochs=1, seed=1), cache)
+    assert first.use_cache and first.cache_seconds > 0 and len(trunk_passes) == 3
+    second = finetune(_tiny_cfg(tiny_store, unfreeze="layer4", epochs=1, seed=2, lr=3e-2),
+                      cache)
+    assert second.cache_seconds == 0 and len(trunk_passes) == 3 and len(cache.memory) == 1
+    again = finetune(_tiny_cfg(tiny_store, unfreeze="layer4", epochs=1, seed=1), TrunkCache())
+    assert again.cache_seconds > 0 and len(trunk_passes) == 6
+    assert (again.test_proba == first.test_proba).all()   # recomputed: the same outputs
+
+
+def test_seeds_of_one_configuration_share_one_trunk_cache(tiny_store, tmp_path, trunk_passes):
+    from pipeline.workflows.finetune import run_finetune_seeds
+
+    out = run_finetune_seeds(_tiny_cfg(tiny_store, unfreeze="none", epochs=1), 2,
+                             tmp_path / "runs")
+    assert len(out) == 2 and len(trunk_passes) == 3   # train, val, test: once for both seeds
+    assert [r["finetune"]["cache_seconds"] > 0 for r, _ in out] == [True, False]
+
+
 def test_finetune_resume_equals_uninterrupted(tiny_store, tmp_path):
     cfg = _tiny_cfg(tiny_store, unfreeze="layer4", epochs=3, patience=None, seed=2)
     full, _ = run_finetune(cfg, tmp_path / "full")

@@ -41,7 +41,7 @@ from pipeline.runs.groups import (
 )
 from pipeline.runs.records import RunInfo, load_records, new_cv_record, save_record
 from pipeline.runs.stats import bootstrap_interval, corrected_ttest, paired_bootstrap
-from pipeline.store.hdf5 import FeatureStore, write_store
+from pipeline.store.hdf5 import FeatureStore, StoreContents, write_store
 from pipeline.workflows.report import build_report
 
 SAMPLE = Path(__file__).resolve().parent.parent / "pipeline" / "sample_data" / "flowers"
@@ -192,9 +192,10 @@ def imbalanced_store(path, counts=(95, 20), seed=0, sep=2.0):
     rows = [{"path": p, "label": int(y), "split": int(s), "folds": f, "sha256": str(i),
              "size": 1, "mtime_ns": 1, "vectors": (lambda x=x: {"feat": x})}
             for i, (p, y, s, f, x) in enumerate(zip(paths, labels, split, folds, X))]
-    write_store(path, config={"backbone": "synthetic"},
-                attrs={"backbone": "synthetic", "data_root": str(path.parent), "split_seed": 0},
-                classes=["major", "minor"], rows=rows, skipped=[], taps={"feat": 4})
+    write_store(path, StoreContents(
+        config={"backbone": "synthetic"},
+        attrs={"backbone": "synthetic", "data_root": str(path.parent), "split_seed": 0},
+        classes=["major", "minor"], rows=rows, skipped=[], taps={"feat": 4}))
     return FeatureStore(path)
 
 

@@ -422,15 +422,16 @@ def test_the_trunk_cache_of_a_holdout_run_is_keyed_by_the_split_in_use(tmp_path)
     the parts cut for the stored split (cv caches every image: one key for any split)."""
     from types import SimpleNamespace
 
-    from pipeline.train.finetune import FinetuneConfig, _cache_key
+    from pipeline.configs import FinetuneConfig
+    from pipeline.train.trunk_cache import cache_key
 
     root = split_folders(tmp_path / "ds", names=("train",), per=(10,))
     path = _extract(root, tmp_path / "f").path
     cfg = FinetuneConfig(features=str(path), backbone="toy", runtime="eager")
-    plan, pre = SimpleNamespace(cut=1), SimpleNamespace(to_dict=lambda: {"size": 16})
+    pre = SimpleNamespace(to_dict=lambda: {"size": 16})
 
     def key(layout, **split):
-        return _cache_key(open_store(path, **split), cfg, plan, "w", pre, layout)
+        return cache_key(open_store(path, **split), cfg, 1, "w", pre, layout)
 
     assert key("holdout") == key("holdout", split_seed=0)
     assert key("holdout") != key("holdout", split_seed=1)

@@ -13,7 +13,7 @@ from pipeline.heads import crossval
 from pipeline.reporting.sections import verdict_section
 from pipeline.runs.groups import compare, group_runs, score
 from pipeline.runs.protocol import resolve_protocol
-from pipeline.store.hdf5 import FeatureStore, write_store
+from pipeline.store.hdf5 import FeatureStore, StoreContents, write_store
 from pipeline.workflows.fit import run_fit
 
 COLOURS = {"blue": (0, 0, 200), "green": (0, 160, 0), "red": (240, 0, 0)}
@@ -96,9 +96,10 @@ def blob_store(path, n_per_class=20, dims=6, seed=0, sep=3.0):
     rows = [{"path": p, "label": int(y), "split": int(s), "folds": f, "sha256": str(i),
              "size": 1, "mtime_ns": 1, "vectors": (lambda x=x: {"feat": x})}
             for i, (p, y, s, f, x) in enumerate(zip(paths, labels, split, folds, X))]
-    write_store(path, config={"backbone": "synthetic"},
-                attrs={"backbone": "synthetic", "data_root": str(path.parent), "split_seed": 0},
-                classes=["a", "b", "c"], rows=rows, skipped=[], taps={"feat": dims})
+    write_store(path, StoreContents(
+        config={"backbone": "synthetic"},
+        attrs={"backbone": "synthetic", "data_root": str(path.parent), "split_seed": 0},
+        classes=["a", "b", "c"], rows=rows, skipped=[], taps={"feat": dims}))
     return FeatureStore(path)
 
 

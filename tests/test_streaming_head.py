@@ -16,7 +16,7 @@ from pipeline.data.split import assign_split
 from pipeline.errors import UsageError
 from pipeline.heads import streaming
 from pipeline.heads.persist import load_head
-from pipeline.store.hdf5 import FeatureStore, write_store
+from pipeline.store.hdf5 import FeatureStore, StoreContents, write_store
 from pipeline.workflows.fit import run_fit
 
 
@@ -39,8 +39,8 @@ def make_store(path, n_per_class=400, n_classes=4, dim=32, noise=2.2, seed=0):
     config = {"backbone": "synthetic", "classes": [f"c{c}" for c in range(n_classes)]}
     attrs = {"backbone": "synthetic", "weights": "none", "data_root": str(path.parent),
              "dataset": "blobs", "split_seed": 0}
-    write_store(path, config=config, attrs=attrs, classes=config["classes"], rows=rows,
-                skipped=[], taps={"feat": dim})
+    write_store(path, StoreContents(config=config, attrs=attrs, classes=config["classes"],
+                                    rows=rows, skipped=[], taps={"feat": dim}))
     return path, X, labels, split
 
 

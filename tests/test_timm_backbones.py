@@ -190,7 +190,8 @@ def test_resolver_reads_taps_and_preprocessing_from_metadata():
 def test_store_key_includes_the_preprocessing():
     from dataclasses import replace
 
-    from pipeline.extraction.job import ExtractConfig, store_config
+    from pipeline.configs import ExtractConfig
+    from pipeline.extraction.target import store_config
     from pipeline.store.hdf5 import config_key
 
     spec = tiny("vit")

@@ -151,16 +151,13 @@ def test_resume_from_a_crafted_or_truncated_checkpoint_runs_nothing(tmp_path, to
 
 
 def test_a_crafted_trunk_cache_is_recomputed_not_run(tmp_path, toy_store, caplog):
-    from pipeline.train import finetune as ft
-
     cache = tmp_path / "cache"
-    ft._MEMORY_CACHE.clear()               # another test's run of the same images: not here
     cfg = _tiny_cfg(toy_store[0], unfreeze="layer4", epochs=1)
     first, _ = run_finetune(cfg, tmp_path / "r1", cache_dir=cache)
     (cached,) = cache.glob("activations-*.pt")
     marker = tmp_path / "pwned"
     torch.save({"train": Payload(marker)}, cached)
-    ft._MEMORY_CACHE.clear()                       # make the next run read the disk
+    # a folder, not a TrunkCache: each run has its own memory, so the next one reads the disk
     second, _ = run_finetune(cfg, tmp_path / "r2", cache_dir=cache)
     assert not marker.exists()
     assert "recomputing the trunk cache" in caplog.text and cached.name in caplog.text

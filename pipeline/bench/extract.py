@@ -98,12 +98,12 @@ def select_images(data: Path, limit: int | None):
 
 def run_naive(root: Path, paths, labels, out: Path, batch_size: int) -> dict:
     """The course's way: PIL + torchvision, no workers, eager, one forward per tap."""
-    import h5py
     import torch
     from PIL import Image
     from torchvision import transforms
 
     from pipeline.backbones import get_backbone, load_backbone
+    from pipeline.store.hdf5 import write_arrays
 
     t0 = time.perf_counter()
     spec = get_backbone(BACKBONE)
@@ -136,10 +136,8 @@ def run_naive(root: Path, paths, labels, out: Path, batch_size: int) -> dict:
                 for stage in stages[: names.index(spec.tap(tap).stage) + 1]:
                     x = stage(x)
                 features[tap].append(x.mean(dim=(2, 3)).numpy())
-    with h5py.File(out, "w") as f:
-        for tap in TAPS:
-            f.create_dataset(tap, data=np.concatenate(features[tap]))
-        f.create_dataset("labels", data=np.asarray(labels))
+    write_arrays(out, {**{tap: np.concatenate(features[tap]) for tap in TAPS},
+                       "labels": np.asarray(labels)})
     seconds = time.perf_counter() - t0
     return {"images": len(paths), "seconds": seconds, "images_per_second": len(paths) / seconds}
 

@@ -6,7 +6,7 @@ command; :func:`launch_extract` (what the CLI calls) sees torchrun's
 Every rank scans the same folder into the same manifest and takes every
 ``world``-th batch of it, starting at batch ``rank`` (:func:`shard_manifest`),
 so its batches are the very batches one process would form; it extracts them
-with the ordinary :func:`~pipeline.extraction_job.run_extract` on its own
+with the ordinary :func:`~pipeline.extraction.job.run_extract` on its own
 device (``cuda:LOCAL_RANK`` when CUDA is there, else the CPU) into its own
 shard store ``<store>.shards/rank-KofN.h5``, so the per-store journal gives every
 shard its own resume.  After a collective check that every rank finished,
@@ -44,28 +44,23 @@ from pathlib import Path
 
 import numpy as np
 
+from ..configs import ExtractConfig
 from ..data.manifest import Manifest
 from ..errors import StoreError, UsageError, WorkbenchError, opt, program
-from ..store.hdf5 import FeatureStore, RowReader, now_iso, write_store
+from ..store.hdf5 import FeatureStore, RowReader, StoreContents, now_iso, write_store
 from ..store.lock import write_lock
-from .job import (
-    ExtractConfig,
-    ExtractSummary,
-    build_manifest,
-    check_existing,
-    extract_manifest,
-    run_extract,
-    store_path,
-    write_split_store,
-)
+from .job import ExtractSummary, extract_manifest, run_extract
+from .reuse import check_existing
 from .runtimes import cuda_available_cheap
+from .target import build_manifest, split_spec, store_path
+from .writer import write_split_store
 
 log = logging.getLogger(__name__)
 
 #: Seconds a rank waits at the end for the slowest rank before torch.distributed gives up.
 TIMEOUT_ENV = "WORKBENCH_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 24 * 3600
-#: Store attributes that :func:`pipeline.store.write_store` sets itself.
+#: Store attributes that :func:`pipeline.store.hdf5.write_store` sets itself.
 _OWN_ATTRS = ("format", "format_version", "config", "config_key", "fingerprint", "taps",
               "n_images", "n_skipped")
 
@@ -130,9 +125,8 @@ def _seed_shard(final: Path, shard: Path, paths) -> int:
                  "size": int(index.size[r]), "mtime_ns": int(index.mtime_ns[r]),
                  "vectors": (lambda r=r: reader.get(0, r))} for r in keep]
         shard.parent.mkdir(parents=True, exist_ok=True)
-        write_store(shard, config=config, attrs=_store_attrs(store), classes=store.classes,
-                    rows=rows, skipped=skipped, taps=dict(store.tap_channels),
-                    dtype=reader.dtype(0))
+        write_store(shard, StoreContents(config, _store_attrs(store), store.classes, rows,
+                                         skipped, dict(store.tap_channels), reader.dtype(0)))
     return len(keep)
 
 
@@ -181,9 +175,10 @@ def merge_shards(cfg: ExtractConfig, world: int, shard_summaries=None) -> Extrac
     with write_lock(final), RowReader(shards, taps) as reader:
         for r in rows:
             r["vectors"] = (lambda kr=r.pop("shard"): reader.get(*kr))
-        write_split_store(final, config, attrs, manifest, rows, skipped,
-                          dict(stores[0].tap_channels), replace(cfg, dtype=config["dtype"]),
-                          previous, existing)
+        contents = StoreContents(config, attrs, manifest.classes, rows, skipped,
+                                 dict(stores[0].tap_channels), config["dtype"])
+        write_split_store(final, contents, manifest, split_spec(cfg, manifest), previous,
+                          existing)
     for p in shards:
         p.unlink()
         Path(str(p) + ".lock").unlink(missing_ok=True)

@@ -415,16 +415,32 @@ def _attr(value):
     return value
 
 
-def write_store(path: Path, *, config: dict, attrs: dict, classes, rows, skipped,
-                taps: dict, dtype: str = "float32", compression: str | None = None):
-    """Write a finished store atomically; returns its fingerprint.
+@dataclass
+class StoreContents:
+    """What :func:`write_store` writes into a store.
 
     ``rows`` is a list of dicts (path, label, split, sha256, size, mtime_ns,
-    vectors) in final order, where ``vectors`` is a callable returning
-    ``{tap: (C,) array}``; ``taps`` maps tap name -> channels; ``skipped`` is
-    a list of (path, sha256, reason).  Vectors are written in blocks so
-    memory stays bounded by the block, not by N.
+    vectors; optionally folds, given, group) in final order, where ``vectors`` is
+    a callable returning ``{tap: (C,) array}``; ``taps`` maps tap name -> channels;
+    ``skipped`` is a list of (path, sha256, reason); ``config`` is the cache key's
+    configuration, ``attrs`` the descriptive attributes (provenance).
     """
+
+    config: dict
+    attrs: dict
+    classes: list
+    rows: list
+    skipped: list
+    taps: dict
+    dtype: str = "float32"
+
+
+def write_store(path: Path, contents: StoreContents, compression: str | None = None) -> str:
+    """Write a finished store of ``contents`` atomically; returns its fingerprint.
+
+    Vectors are written in blocks so memory stays bounded by the block, not by N.
+    """
+    config, rows, skipped = contents.config, contents.rows, contents.skipped
     fingerprint = store_fingerprint(config, rows)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = "transfer-workbench-features"
@@ -432,13 +448,13 @@ def write_store(path: Path, *, config: dict, attrs: dict, classes, rows, skipped
         f.attrs["config"] = json.dumps(config, sort_keys=True)
         f.attrs["config_key"] = config_key(config)
         f.attrs["fingerprint"] = fingerprint
-        f.attrs["taps"] = json.dumps(list(taps))
+        f.attrs["taps"] = json.dumps(list(contents.taps))
         f.attrs["n_images"] = len(rows)
         f.attrs["n_skipped"] = len(skipped)
-        for k, v in attrs.items():
+        for k, v in contents.attrs.items():
             f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
-        _write_index(f, classes, rows, skipped)
-        _write_taps(f, rows, taps, dtype, compression)
+        _write_index(f, contents.classes, rows, skipped)
+        _write_taps(f, rows, contents.taps, contents.dtype, compression)
     return fingerprint
 
 
@@ -499,3 +515,11 @@ def read_vectors(path: Path, tap_names, rows: np.ndarray) -> dict:
     """``{tap: (len(rows), C)}`` for increasing row indices of an existing store."""
     with reading(path), h5py.File(path, "r") as f:
         return {t: f[f"taps/{t}"][()][rows] for t in tap_names}
+
+
+def write_arrays(path: Path, arrays: dict):
+    """A plain HDF5 file of named arrays (``{name: array}``), not a feature store: what
+    the naive extraction of ``bench extract`` writes, as a course notebook would."""
+    with h5py.File(path, "w") as f:
+        for name, array in arrays.items():
+            f.create_dataset(name, data=array)

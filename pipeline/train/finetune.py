@@ -1,10 +1,10 @@
-"""Fine-tuning a pretrained backbone on a store's split, and the course ladder.
+"""Fine-tuning a pretrained backbone on a store's split: the training steps.
 
 A backbone's stages are split into *block groups*, one per depth tap (the
 group of tap ``layerN`` is every stage after the previous tap's stage up to
 its own; the stem goes with the first).  :func:`finetune` puts a new
 linear classifier on the pooled last stage and trains it with
-:func:`pipeline.training.train`:
+:func:`pipeline.train.loop.train`:
 
 - how much: ``unfreeze="none"`` (classifier only), a tap name (that group
   and every group above it, ``--unfreeze-from``), or ``"all"``;
@@ -23,39 +23,33 @@ group that is ever trained compute a fixed function of the input, so their
 outputs are computed once (``views`` cached views per training image: the
 centre crop plus ``views - 1`` augmented ones; val/test get the centre crop)
 and only the top is trained per epoch.  This is exact for what it computes;
-augmentation is then limited to the cached views.  ``cache="off"`` trains
+augmentation is then limited to the cached views.  The cached outputs live in
+a :class:`pipeline.train.trunk_cache.TrunkCache` the caller may own and share
+between runs (:func:`finetune` takes one, or a folder).  ``cache="off"`` trains
 end to end from images (fresh augmentation every epoch; slow on CPU).
 
-:func:`finetune` returns a :class:`FinetuneResult` (the trained network, the
-per-epoch history, predictions); :mod:`pipeline.workflows.finetune` writes
-its run record and model, and repeats it over seeds.
+:func:`finetune` (and :func:`finetune_cv`, over the store's cv folds) returns
+a :class:`FinetuneResult` (the trained network, the per-epoch history,
+predictions); :mod:`pipeline.workflows.finetune` writes its run record and
+model, and repeats it over seeds; :mod:`pipeline.workflows.ladder` runs the
+course ladder.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 from ..configs import FinetuneConfig
 from ..errors import DataError, UsageError, opt
-from ..files import atomic_path
 from ..options import BN_POLICIES, CACHE_MODES
 from ..store.hdf5 import open_store
+from .trunk_cache import ALL_IMAGES, CachedViews, TrunkCache
 
 log = logging.getLogger(__name__)
-
-
-#: Images decoded and pushed through the trunk together when caching (fixed:
-#: the augmentation RNG is seeded per chunk, so it shapes the cached views).
-CACHE_CHUNK = 32
 
 
 def block_groups(spec, stage_names) -> list[tuple[str, list[str]]]:
@@ -172,197 +166,8 @@ def make_plan(spec, stage_names, cfg: FinetuneConfig) -> Plan:
     return Plan(groups, trainable, lrs, start, cut)
 
 
-_MEMORY_CACHE: dict = {}
-
-#: The two layouts of the trunk cache: one part per split (train, val, test; the holdout
-#: run's), or one part of every image (the cross-validated run's).  Their values are part
-#: of the cache key, so they keep the names earlier versions wrote.
-PER_SPLIT, ALL_IMAGES = "holdout", "cv"
-
-
-def _cache_key(store, cfg, plan, weights_id, pre, layout: str) -> str:
-    # the per-split cache is one part per split, so the split in use is part of its key
-    # (the store's fingerprint is not: another split seed reads the same store)
-    split = (hashlib.sha256(store.split_codes.astype(np.int8).tobytes()).hexdigest()
-             if layout == PER_SPLIT else None)
-    blob = json.dumps({"store": store.fingerprint, "backbone": cfg.backbone,
-                       "weights": weights_id, "cut": plan.cut, "views": cfg.views,
-                       "augment": cfg.augment, "pre": pre.to_dict(),
-                       "chunk": CACHE_CHUNK, "layout": layout, "split": split,
-                       "runtime": trunk_runtime(cfg)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def _transform_pre(pre, input_size):
     return replace(pre, input_size=input_size) if input_size else pre
-
-
-def compute_activations(runner, root, paths, pre, views: int, augment: str, seed: int = 0):
-    """Trunk outputs ``(n, views, C, H, W)`` float16; view 0 is the centre crop.
-
-    Views 1.. are augmented (the training preset), seeded per chunk, so the
-    result depends only on the images, ``views``, ``seed`` and the runtime.
-    ``runner`` runs the frozen trunk (:func:`trunk_runner` on a runtime of
-    :mod:`pipeline.extraction.runtimes`; ``auto``: OpenVINO where installed, fp32,
-    within 1e-4 of eager, which the float16 cache rounds away; ``compile``:
-    torch.compile).
-    Images are decoded and augmented by torch as in training either way, by
-    one thread that works a chunk ahead of the forward pass (same draws as in
-    order: one thread takes the chunks one after the other).
-    Skips files that do not decode, logging each (callers drop them from
-    training).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
-    chunk = _ChunkDecoder(root, paths, pre, views, augment, seed)
-    out, ok, skipped = [], [], []
-    threads = torch.get_num_threads()
-    starts = list(range(0, len(paths), CACHE_CHUNK))
-    with ThreadPoolExecutor(1, thread_name_prefix="trunk-decode",
-                            initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        pending = [pool.submit(chunk, c0) for c0 in starts[:2]]
-        for n, c0 in enumerate(starts):
-            idx, per_view, failed = pending.pop(0).result()
-            if n + 2 < len(starts):
-                pending.append(pool.submit(chunk, starts[n + 2]))
-            skipped += failed
-            if not idx:
-                continue
-            with torch.inference_mode():
-                out.append(torch.stack([runner(b).to(torch.float16) for b in per_view], dim=1))
-            ok += idx
-            if n % 10 == 0:
-                log.info("cached trunk outputs of %d/%d images", c0 + len(idx), len(paths))
-    torch.set_num_threads(threads)
-    return torch.cat(out).clone(), torch.as_tensor(ok, dtype=torch.int64), skipped
-
-
-class _ChunkDecoder:
-    """``chunk(c0) -> (indices, [one (n, 3, S, S) batch per view], [(path, reason)])`` for
-    the images ``paths[c0 : c0 + CACHE_CHUNK]``: decoded once, view 0 the centre crop,
-    views 1.. the augmentation drawn from ``epoch_seed(seed, c0 * views + v)``."""
-
-    def __init__(self, root, paths, pre, views: int, augment: str, seed: int):
-        from .datasets import image_transform
-
-        self.root, self.paths, self.views, self.seed = Path(root), paths, views, seed
-        self.clean = image_transform(pre, "none")
-        self.aug = image_transform(pre, augment) if views > 1 else None
-        self.short = int(math.ceil(pre.input_size / pre.crop_pct))
-
-    def __call__(self, c0: int):
-        import torch
-
-        from ..data.decode import ImageDecodeError, load_rgb
-        from .loop import epoch_seed
-
-        imgs, idx, failed = [], [], []
-        for i in range(c0, min(c0 + CACHE_CHUNK, len(self.paths))):
-            try:
-                imgs.append(load_rgb(self.root / self.paths[i], target_short_side=self.short))
-                idx.append(i)
-            except ImageDecodeError as exc:
-                log.warning("skipped %s: %s", self.paths[i], exc.reason)
-                failed.append((self.paths[i], exc.reason))
-        per_view = []
-        for v in range(self.views if imgs else 0):
-            torch.manual_seed(epoch_seed(self.seed, c0 * self.views + v))
-            t = self.clean if v == 0 else self.aug
-            per_view.append(torch.stack([t(im) for im in imgs]))
-        return idx, per_view, failed
-
-
-def trunk_runtime(cfg) -> str:
-    """The runtime that fills the trunk cache of ``cfg`` on this machine (``auto`` resolved)."""
-    from ..extraction.runtimes import cuda_available_cheap, resolve_runtime
-
-    if cfg.compile:
-        return "compile"
-    return resolve_runtime(cfg.runtime, "cuda" if cuda_available_cheap() else "cpu")
-
-
-def trunk_runner(trunk, size: int, runtime: str = "auto"):
-    """``float (N, 3, size, size) -> trunk output`` on ``runtime`` (see
-    :func:`pipeline.extraction.runtimes.make_runner`: ``auto`` falls back to
-    eager torch, with a log line saying why, when the fast runtime cannot take
-    this trunk)."""
-    import torch
-
-    from ..extraction.runtimes import make_runner
-
-    device = next(trunk.parameters()).device
-    run = make_runner(trunk, runtime, device, CACHE_CHUNK, SimpleNamespace(input_size=size),
-                      example=torch.zeros((2, 3, size, size)))
-    log.info("frozen trunk outputs computed with %s (%s)", run.runtime, run.precision)
-
-    def forward(batch):
-        with torch.inference_mode():
-            out = run(batch)
-        return out[0] if isinstance(out, tuple) else out
-
-    forward.runtime = run.runtime
-    return forward
-
-
-def _cached_splits(store, loaded, cfg, plan, pre, cache_dir=None, layout: str = PER_SPLIT):
-    """``{split: (acts, rows_ok, skipped)}`` for the trunk ``stages[:cut]``, memoised
-    in-process and on disk.  ``layout=ALL_IMAGES``: one part ``"all"``, every image with
-    ``cfg.views`` views (any image trains in some fold; view 0 is the centre crop)."""
-    import torch
-
-    key = _cache_key(store, cfg, plan, loaded.weights_id, pre, layout)
-    if key in _MEMORY_CACHE:
-        return _MEMORY_CACHE[key], 0.0
-    disk = Path(cache_dir) / f"activations-{key}.pt" if cache_dir else None
-    if disk is not None and disk.is_file():
-        try:  # tensors, lists and strings only: nothing in it can run code
-            data = torch.load(disk, map_location="cpu", weights_only=True)
-            _MEMORY_CACHE[key] = data
-            log.info("loaded cached trunk outputs %s", disk)
-            return data, 0.0
-        except Exception as exc:  # noqa: BLE001 - a cache: an unreadable one is recomputed
-            log.warning("recomputing the trunk cache: %s cannot be loaded (%s)", disk, exc)
-    t0 = time.perf_counter()
-    _, nn = _torch()
-    trunk = nn.Sequential(*[m for _, m in loaded.stages()[:plan.cut]]).eval()
-    data = {}
-    parts = {"all": store.paths} if layout == ALL_IMAGES else \
-        {s: store.rel_paths(s) for s in ("train", "val", "test")}
-    runner = trunk_runner(trunk, pre.input_size, "compile" if cfg.compile else cfg.runtime)
-    for split, paths in parts.items():
-        views = cfg.views if split in ("train", "all") else 1
-        acts, ok, skipped = compute_activations(runner, store.data_root, paths, pre, views,
-                                                cfg.augment, seed=0)
-        if split != "train" and skipped:
-            raise DataError(f"{len(skipped)} {split} image(s) of the store no longer decode "
-                            f"({skipped[0][0]}: {skipped[0][1]}); restore them or re-extract")
-        data[split] = (acts, ok, skipped)
-    seconds = time.perf_counter() - t0
-    log.info("trunk outputs of %d images x views cached in %.0f s", len(store), seconds)
-    _MEMORY_CACHE[key] = data
-    if disk is not None:
-        disk.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(disk) as tmp:
-            torch.save(data, tmp)
-    return data, seconds
-
-
-class CachedViews:
-    """Dataset over cached trunk outputs: item ``i`` is a random view of image ``i``."""
-
-    def __init__(self, acts, labels, random_view: bool):
-        self.acts, self.labels, self.random_view = acts, np.asarray(labels), random_view
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        import torch
-
-        v = int(torch.randint(self.acts.shape[1], (1,))) if self.random_view else 0
-        return self.acts[i, v].float(), int(self.labels[i])
 
 
 def check_config(cfg: FinetuneConfig):
@@ -444,7 +249,7 @@ def network_from_bundle(bundle: dict):
     return network
 
 
-def _datasets(cfg, store, loaded, stages, plan, pre, cache_dir):
+def _datasets(cfg, store, loaded, stages, plan, pre, cache: TrunkCache):
     """``(top network, {split: dataset}, skipped, {stage: module}, cache seconds)``.
 
     ``cfg.train_per_class``: the training set is a draw of that many images per
@@ -462,7 +267,7 @@ def _datasets(cfg, store, loaded, stages, plan, pre, cache_dir):
     if cfg.cache == "auto" and cfg.bn == "frozen-eval" and plan.cut > 0:
         top = build_network(stages[plan.cut:], n_classes, cfg.dropout,
                             channels=trunk_width(loaded.spec, stages))
-        data, cache_seconds = _cached_splits(store, loaded, cfg, plan, pre, cache_dir)
+        data, cache_seconds = cache.splits(store, loaded, cfg, plan.cut, pre)
         sets = {}
         for s, (acts, ok, _) in data.items():
             labels = store.y(s)[ok.numpy()]
@@ -572,9 +377,12 @@ def _trunk_state(stages, plan, use_cache: bool) -> dict:
 def finetune(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     """Fine-tune per ``cfg`` on the split of the store ``cfg.features``.
 
-    ``cache_dir`` keeps the cached trunk outputs on disk (reused by later
-    runs and by ``resume``).  Writes only checkpoints (``cfg.checkpoint_dir``);
-    :mod:`pipeline.workflows.finetune` saves the run record and the model.
+    ``cache_dir``: the :class:`~pipeline.train.trunk_cache.TrunkCache` of the cached
+    trunk outputs (shared with other runs of the same process: nothing is computed
+    twice), or a folder that keeps them on disk (reused by later runs and by
+    ``resume``), or None (kept for this run only).  Writes only checkpoints
+    (``cfg.checkpoint_dir``); :mod:`pipeline.workflows.finetune` saves the run record
+    and the model.
     """
     import torch
 
@@ -584,7 +392,8 @@ def finetune(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     cfg, store, loaded, stages, names, plan, pre, selection = _prepare(cfg)
     torch.manual_seed(cfg.seed)
     top, sets, skipped, model_stages, cache_seconds = _datasets(cfg, store, loaded, stages,
-                                                                plan, pre, cache_dir)
+                                                                plan, pre,
+                                                                TrunkCache.of(cache_dir))
     use_cache = len(model_stages) < len(names)
     res = _train_top(cfg, plan, top, model_stages, sets["train"], sets["val"])
     _, _, val_proba = evaluate_model(top, sets["val"])
@@ -622,6 +431,7 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     crop).  The returned model is trained on every image for the folds'
     median best epoch.  Needs the trunk cache (``cache="auto"``,
     ``bn="frozen-eval"``, ``unfreeze`` other than ``"all"``); no checkpoints.
+    ``cache_dir`` as for :func:`finetune`.
     """
     import copy
 
@@ -630,8 +440,8 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     t_start = time.perf_counter()
     cfg, store, loaded, stages, names, plan, pre, selection = _prepare(cfg)
     _check_cv_config(cfg, plan)
-    data, cache_seconds = _cached_splits(store, loaded, cfg, plan, pre, cache_dir,
-                                           layout=ALL_IMAGES)
+    data, cache_seconds = TrunkCache.of(cache_dir).splits(store, loaded, cfg, plan.cut, pre,
+                                                          layout=ALL_IMAGES)
     acts, _ok, skipped = data["all"]
     _require_every_image(skipped)
     y, n_classes = store.labels, len(store.classes)

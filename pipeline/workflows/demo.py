@@ -49,6 +49,7 @@ def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress
     """
     from ..configs import BaselineConfig, ExploreConfig, ExtractConfig, FinetuneConfig, FitConfig
     from ..extraction.job import run_extract
+    from ..train.trunk_cache import TrunkCache
     from .baseline import run_baseline
     from .explore import run_explore
     from .finetune import run_finetune
@@ -75,7 +76,7 @@ def run_demo(out_dir="reports/demo", features_dir=DEFAULT_FEATURES_DIR, progress
         rec, _ = run_baseline(BaselineConfig(kind=kind, epochs=epochs, **judged), runs_dir)
         records.append(rec)
     if insight:
-        cache = folder / "cache"
+        cache = TrunkCache(folder / "cache")   # the fine-tuning run's and the grid's
         rec, _ = run_finetune(FinetuneConfig(**DEMO_FINETUNE, **judged), runs_dir, cache)
         records.append(rec)
         run_hierarchy(runs_dir=runs_dir)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..configs import ExploreConfig
+from ..configs import ExploreConfig, FinetuneConfig
 from ..errors import UsageError, opt
 from ..files import atomic_write
 from ..options import check_seed
@@ -167,11 +167,14 @@ def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -
 
     Cells run depth by depth (one trunk cache each), then size, then rate; the
     record is saved after each.  Re-running the same grid on the same store
-    resumes; a finished grid returns at once.
+    resumes; a finished grid returns at once.  The cells share one
+    :class:`~pipeline.train.trunk_cache.TrunkCache`: ``cache_dir`` (the caller's), or a
+    new one on the folder ``cache_dir`` (default ``<runs_dir>/explore/cache``).
     """
     from dataclasses import replace
 
-    from ..train.finetune import FinetuneConfig, finetune
+    from ..train.finetune import finetune
+    from ..train.trunk_cache import TrunkCache
     from .fit import find_store
 
     _check(cfg)
@@ -183,7 +186,7 @@ def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -
     sizes = grid_sizes(cfg.sizes, store.y("train"))
     key = cfg.key(store.fingerprint)
     path = record_path(runs_dir, key)
-    cache_dir = Path(cache_dir) if cache_dir else Path(runs_dir) / "explore" / "cache"
+    cache = TrunkCache.of(cache_dir, Path(runs_dir) / "explore" / "cache")
     record = _load_previous(path, key) or _new_record(cfg, store, backbone, groups, sizes, key)
     cells, record["skipped"] = _plan_cells(cfg, store, plans, sizes)
     done = {(c["depth"], c["per_class"], c["lr"]) for c in record["cells"]}
@@ -200,8 +203,7 @@ def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -
     for n, (depth, size, lr) in enumerate(todo, start=1):
         unfreeze, trained, label = plans[depth]
         t0 = time.perf_counter()
-        result = finetune(replace(base, unfreeze=unfreeze, lr=lr, train_per_class=size),
-                          cache_dir)
+        result = finetune(replace(base, unfreeze=unfreeze, lr=lr, train_per_class=size), cache)
         cell = _cell(result, str(depth), label, trained, size, lr, time.perf_counter() - t0)
         record["cells"].append(cell)
         record["weights"] = result.weights_id

@@ -26,8 +26,8 @@ from ..train.finetune import (
     finetune,
     finetune_cv,
     method_name,
-    trunk_runtime,
 )
+from ..train.trunk_cache import TrunkCache, trunk_runtime
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR,
 
     ``cfg.protocol``: holdout (its split), cv (its repeated K-fold, nested: see
     :func:`pipeline.train.finetune.finetune_cv`) or auto (by size).
-    ``cache_dir`` keeps the cached trunk outputs on disk (reused by later
+    ``cache_dir``: a :class:`~pipeline.train.trunk_cache.TrunkCache` shared with other
+    runs, or a folder that keeps the cached trunk outputs on disk (reused by later
     runs and by ``resume``).  Returns ``(record, record_path)``.
     """
     record, result = finetune_run(cfg, cache_dir)
@@ -88,7 +89,8 @@ def run_finetune(cfg: FinetuneConfig, runs_dir=DEFAULT_RUNS_DIR,
 
 def finetune_run(cfg: FinetuneConfig, cache_dir=None):
     """``(record, result)`` of one fine-tuning run under ``cfg.protocol``; writes only
-    checkpoints.  ``cfg.features`` None or a folder: the newest store in it."""
+    checkpoints.  ``cfg.features`` None or a folder: the newest store in it; ``cache_dir``
+    as for :func:`run_finetune`."""
     from .fit import find_store
 
     cfg = replace(cfg, features=str(find_store(cfg.features)))
@@ -117,7 +119,9 @@ def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 1, runs_dir=DEFAULT_RUN
     """Run ``cfg`` with seeds ``cfg.seed .. cfg.seed + seeds - 1`` under one ``group``.
 
     The cached trunk outputs are shared (they depend on the images, not on
-    the training seed).  Checkpoints go to
+    the training seed): ``cache_dir`` is a
+    :class:`~pipeline.train.trunk_cache.TrunkCache` (the caller's, shared further) or
+    the folder of a new one for these seeds.  Checkpoints go to
     ``checkpoint_dir/<hash of the configuration>/seed<N>``.
     """
     from .fit import find_store
@@ -125,6 +129,7 @@ def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 1, runs_dir=DEFAULT_RUN
     check_seed(cfg.seed, seeds)
     cfg = replace(cfg, features=str(find_store(cfg.features)))
     label = cfg.label or describe(cfg)
+    cache = TrunkCache.of(cache_dir)
     root = None
     if cfg.checkpoint_dir:
         # One folder per configuration and store, so --resume with the same options finds it.
@@ -136,7 +141,7 @@ def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 1, runs_dir=DEFAULT_RUN
         ck = str(root / f"seed{cfg.seed + k}") if root else None
         out.append(run_finetune(replace(cfg, seed=cfg.seed + k, label=label,
                                         group=cfg.group or label, checkpoint_dir=ck),
-                                runs_dir, cache_dir))
+                                runs_dir, cache))
     return out
 
 

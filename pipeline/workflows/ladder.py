@@ -121,8 +121,12 @@ def run_ladder(cfg: LadderConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -> 
     (resolved once, ``auto`` by size) and one selection ``metric`` and
     ``class_weight`` (resolved once from the store's classes; ``auto``: balanced
     accuracy and balanced weights when they are imbalanced), on one split
-    (``split_seed`` and ``groups``: the store's when None).
+    (``split_seed`` and ``groups``: the store's when None).  The fine-tuning rungs
+    share one :class:`~pipeline.train.trunk_cache.TrunkCache` (``cache_dir``: the
+    caller's, or the folder of a new one), so a trunk two rungs cut alike is computed
+    once.
     """
+    from ..train.trunk_cache import TrunkCache
     from .fit import find_store, resolve_selection, run_fit
 
     features = str(find_store(cfg.features))
@@ -138,6 +142,7 @@ def run_ladder(cfg: LadderConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -> 
     log.info("ladder protocol: %s", protocol.why)
     selection = resolve_selection(store, cfg.metric, cfg.class_weight)   # checked up front
     shared.update(features=features, protocol=protocol.name)
+    cache = TrunkCache.of(cache_dir)
     rows, last = [], None
     for kind in ("pixels", "mlp", "cnn"):
         if rungs is None or kind in rungs:
@@ -151,7 +156,7 @@ def run_ladder(cfg: LadderConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -> 
     for name, c in configs:
         if rungs is None or name in rungs:
             recs = [r for r, _ in run_finetune_seeds(replace(c, protocol=protocol.name),
-                                                     cfg.seeds, runs_dir, cache_dir)]
+                                                     cfg.seeds, runs_dir, cache)]
             rows.append(summarise_group(recs))
             last = recs[0]
     reference = reference_row(last, selection.metric) if last else None

@@ -1,0 +1,279 @@
+"""The frozen-trunk cache of fine-tuning: trunk outputs computed once, kept by their key.
+
+With ``bn="frozen-eval"`` the stages below the lowest block group a
+fine-tuning run ever trains compute a fixed function of the input, so
+:mod:`pipeline.train.finetune` trains only the top on their outputs.  This
+module computes those outputs (:func:`compute_activations`: ``views`` per
+training image, the centre crop plus augmented ones; one for val and test)
+on a runtime of :mod:`pipeline.extraction.runtimes` (:func:`trunk_runner`),
+and keeps them in a :class:`TrunkCache`: an in-memory dict, and optionally a
+folder of ``activations-<key>.pt`` files, keyed by everything that shapes
+them (:func:`cache_key`).  Nothing here is module-global: a caller that runs
+several fine-tunings (seeds, the ladder, the explorer grid, the demo) owns
+one :class:`TrunkCache` and passes it to each, so no trunk output is computed
+twice; :class:`CachedViews` is the dataset the training loop reads from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..errors import DataError
+from ..files import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+#: Images decoded and pushed through the trunk together when caching (fixed:
+#: the augmentation RNG is seeded per chunk, so it shapes the cached views).
+CACHE_CHUNK = 32
+
+#: The two layouts of the trunk cache: one part per split (train, val, test; the holdout
+#: run's), or one part of every image (the cross-validated run's).  Their values are part
+#: of the cache key, so they keep the names earlier versions wrote.
+PER_SPLIT, ALL_IMAGES = "holdout", "cv"
+
+
+def cache_key(store, cfg, cut: int, weights_id: str, pre, layout: str) -> str:
+    """The key of the trunk outputs of ``store``'s images through ``stages[:cut]`` of
+    ``cfg.backbone`` (weights ``weights_id``, preprocessing ``pre``) in ``layout``: 16 hex
+    digits, the name of the file on disk, so its fields keep the names earlier versions
+    wrote."""
+    # the per-split cache is one part per split, so the split in use is part of its key
+    # (the store's fingerprint is not: another split seed reads the same store)
+    split = (hashlib.sha256(store.split_codes.astype(np.int8).tobytes()).hexdigest()
+             if layout == PER_SPLIT else None)
+    blob = json.dumps({"store": store.fingerprint, "backbone": cfg.backbone,
+                       "weights": weights_id, "cut": cut, "views": cfg.views,
+                       "augment": cfg.augment, "pre": pre.to_dict(),
+                       "chunk": CACHE_CHUNK, "layout": layout, "split": split,
+                       "runtime": trunk_runtime(cfg)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class TrunkCache:
+    """Cached frozen-trunk outputs: an in-memory dict, backed by ``folder`` when given.
+
+    ``memory`` maps a :func:`cache_key` to ``{part: (acts, rows_ok, skipped)}``;
+    ``folder`` keeps the same as ``activations-<key>.pt`` for later processes (and
+    ``resume``).  Share one object between the fine-tunings of one job.
+    """
+
+    def __init__(self, folder=None):
+        self.folder = Path(folder) if folder else None
+        self.memory: dict = {}
+
+    def __repr__(self):
+        return f"TrunkCache(folder={self.folder!r}, {len(self.memory)} in memory)"
+
+    @classmethod
+    def of(cls, cache=None, default_folder=None) -> TrunkCache:
+        """``cache`` itself when it is a :class:`TrunkCache`, else a new one on the folder
+        ``cache`` (None: on ``default_folder``; memory only when both are None)."""
+        if isinstance(cache, cls):
+            return cache
+        return cls(cache or default_folder)
+
+    def splits(self, store, loaded, cfg, cut: int, pre, layout: str = PER_SPLIT):
+        """``({part: (acts, rows_ok, skipped)}, seconds spent computing)`` for the trunk
+        ``loaded.stages()[:cut]``: from memory, else from the folder, else computed (and
+        kept in both).  ``layout=PER_SPLIT``: parts ``train`` (``cfg.views`` views per
+        image), ``val`` and ``test`` (the centre crop); ``layout=ALL_IMAGES``: one part
+        ``"all"``, every image with ``cfg.views`` views (any image trains in some fold;
+        view 0 is the centre crop).  ``acts`` is ``(n, views, C, H, W)`` float16."""
+        key = cache_key(store, cfg, cut, loaded.weights_id, pre, layout)
+        if key in self.memory:
+            return self.memory[key], 0.0
+        data = self._load(key)
+        if data is not None:
+            self.memory[key] = data
+            return data, 0.0
+        t0 = time.perf_counter()
+        data = _compute(store, loaded, cfg, cut, pre, layout)
+        seconds = time.perf_counter() - t0
+        log.info("trunk outputs of %d images x views cached in %.0f s", len(store), seconds)
+        self.memory[key] = data
+        self._save(key, data)
+        return data, seconds
+
+    def _disk(self, key: str) -> Path | None:
+        return self.folder / f"activations-{key}.pt" if self.folder else None
+
+    def _load(self, key: str):
+        """The parts saved under ``key``, or None (none saved, or unreadable: recomputed)."""
+        import torch
+
+        disk = self._disk(key)
+        if disk is None or not disk.is_file():
+            return None
+        try:  # tensors, lists and strings only: nothing in it can run code
+            data = torch.load(disk, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a cache: an unreadable one is recomputed
+            log.warning("recomputing the trunk cache: %s cannot be loaded (%s)", disk, exc)
+            return None
+        log.info("loaded cached trunk outputs %s", disk)
+        return data
+
+    def _save(self, key: str, data: dict):
+        import torch
+
+        disk = self._disk(key)
+        if disk is not None:
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(disk) as tmp:
+                torch.save(data, tmp)
+
+
+def _compute(store, loaded, cfg, cut: int, pre, layout: str) -> dict:
+    """The parts of :meth:`TrunkCache.splits`, computed by one runner built for all of
+    them; :class:`DataError` when a val, test or cv image no longer decodes."""
+    import torch.nn as nn
+
+    trunk = nn.Sequential(*[m for _, m in loaded.stages()[:cut]]).eval()
+    parts = {"all": store.paths} if layout == ALL_IMAGES else \
+        {s: store.rel_paths(s) for s in ("train", "val", "test")}
+    runner = trunk_runner(trunk, pre.input_size, "compile" if cfg.compile else cfg.runtime)
+    data = {}
+    for split, paths in parts.items():
+        views = cfg.views if split in ("train", "all") else 1
+        acts, ok, skipped = compute_activations(runner, store.data_root, paths, pre, views,
+                                                cfg.augment, seed=0)
+        if split != "train" and skipped:
+            raise DataError(f"{len(skipped)} {split} image(s) of the store no longer decode "
+                            f"({skipped[0][0]}: {skipped[0][1]}); restore them or re-extract")
+        data[split] = (acts, ok, skipped)
+    return data
+
+
+def compute_activations(runner, root, paths, pre, views: int, augment: str, seed: int = 0):
+    """Trunk outputs ``(n, views, C, H, W)`` float16; view 0 is the centre crop.
+
+    Views 1.. are augmented (the training preset), seeded per chunk, so the
+    result depends only on the images, ``views``, ``seed`` and the runtime.
+    ``runner`` runs the frozen trunk (:func:`trunk_runner` on a runtime of
+    :mod:`pipeline.extraction.runtimes`; ``auto``: OpenVINO where installed, fp32,
+    within 1e-4 of eager, which the float16 cache rounds away; ``compile``:
+    torch.compile).
+    Images are decoded and augmented by torch as in training either way, by
+    one thread that works a chunk ahead of the forward pass (same draws as in
+    order: one thread takes the chunks one after the other).
+    Skips files that do not decode, logging each (callers drop them from
+    training).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    chunk = _ChunkDecoder(root, paths, pre, views, augment, seed)
+    out, ok, skipped = [], [], []
+    threads = torch.get_num_threads()
+    starts = list(range(0, len(paths), CACHE_CHUNK))
+    with ThreadPoolExecutor(1, thread_name_prefix="trunk-decode",
+                            initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        pending = [pool.submit(chunk, c0) for c0 in starts[:2]]
+        for n, c0 in enumerate(starts):
+            idx, per_view, failed = pending.pop(0).result()
+            if n + 2 < len(starts):
+                pending.append(pool.submit(chunk, starts[n + 2]))
+            skipped += failed
+            if not idx:
+                continue
+            with torch.inference_mode():
+                out.append(torch.stack([runner(b).to(torch.float16) for b in per_view], dim=1))
+            ok += idx
+            if n % 10 == 0:
+                log.info("cached trunk outputs of %d/%d images", c0 + len(idx), len(paths))
+    torch.set_num_threads(threads)
+    return torch.cat(out).clone(), torch.as_tensor(ok, dtype=torch.int64), skipped
+
+
+class _ChunkDecoder:
+    """``chunk(c0) -> (indices, [one (n, 3, S, S) batch per view], [(path, reason)])`` for
+    the images ``paths[c0 : c0 + CACHE_CHUNK]``: decoded once, view 0 the centre crop,
+    views 1.. the augmentation drawn from ``epoch_seed(seed, c0 * views + v)``."""
+
+    def __init__(self, root, paths, pre, views: int, augment: str, seed: int):
+        from .datasets import image_transform
+
+        self.root, self.paths, self.views, self.seed = Path(root), paths, views, seed
+        self.clean = image_transform(pre, "none")
+        self.aug = image_transform(pre, augment) if views > 1 else None
+        self.short = int(math.ceil(pre.input_size / pre.crop_pct))
+
+    def __call__(self, c0: int):
+        import torch
+
+        from ..data.decode import ImageDecodeError, load_rgb
+        from .loop import epoch_seed
+
+        imgs, idx, failed = [], [], []
+        for i in range(c0, min(c0 + CACHE_CHUNK, len(self.paths))):
+            try:
+                imgs.append(load_rgb(self.root / self.paths[i], target_short_side=self.short))
+                idx.append(i)
+            except ImageDecodeError as exc:
+                log.warning("skipped %s: %s", self.paths[i], exc.reason)
+                failed.append((self.paths[i], exc.reason))
+        per_view = []
+        for v in range(self.views if imgs else 0):
+            torch.manual_seed(epoch_seed(self.seed, c0 * self.views + v))
+            t = self.clean if v == 0 else self.aug
+            per_view.append(torch.stack([t(im) for im in imgs]))
+        return idx, per_view, failed
+
+
+def trunk_runtime(cfg) -> str:
+    """The runtime that fills the trunk cache of ``cfg`` on this machine (``auto`` resolved)."""
+    from ..extraction.runtimes import cuda_available_cheap, resolve_runtime
+
+    if cfg.compile:
+        return "compile"
+    return resolve_runtime(cfg.runtime, "cuda" if cuda_available_cheap() else "cpu")
+
+
+def trunk_runner(trunk, size: int, runtime: str = "auto"):
+    """``float (N, 3, size, size) -> trunk output`` on ``runtime`` (see
+    :func:`pipeline.extraction.runtimes.make_runner`: ``auto`` falls back to
+    eager torch, with a log line saying why, when the fast runtime cannot take
+    this trunk)."""
+    import torch
+
+    from ..extraction.runtimes import make_runner
+
+    device = next(trunk.parameters()).device
+    run = make_runner(trunk, runtime, device, CACHE_CHUNK, SimpleNamespace(input_size=size),
+                      example=torch.zeros((2, 3, size, size)))
+    log.info("frozen trunk outputs computed with %s (%s)", run.runtime, run.precision)
+
+    def forward(batch):
+        with torch.inference_mode():
+            out = run(batch)
+        return out[0] if isinstance(out, tuple) else out
+
+    forward.runtime = run.runtime
+    return forward
+
+
+class CachedViews:
+    """Dataset over cached trunk outputs: item ``i`` is a random view of image ``i``
+    (``random_view=False``: view 0, the centre crop); ``acts`` ``(n, views, C, H, W)``."""
+
+    def __init__(self, acts, labels, random_view: bool):
+        self.acts, self.labels, self.random_view = acts, np.asarray(labels), random_view
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        import torch
+
+        v = int(torch.randint(self.acts.shape[1], (1,))) if self.random_view else 0
+        return self.acts[i, v].float(), int(self.labels[i])
