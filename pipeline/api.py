@@ -173,12 +173,12 @@ def baseline(store, kind: str = BaselineConfig.kind, *, runs_dir=DEFAULT_RUNS_DI
     from .train.baselines import model_writer
     from .workflows.baseline import baseline_run
 
-    record, out, store = baseline_run(BaselineConfig(
+    record, fit, store = baseline_run(BaselineConfig(
         features=_store_path(store), kind=kind, seed=seed, epochs=epochs, protocol=protocol,
         split_seed=split_seed, groups=groups, metric=metric, class_weight=class_weight,
         options=options))
-    path = save_run(record, runs_dir, *model_writer(kind, out, store)) if runs_dir else None
-    return Run(record, path, out["model"])
+    path = save_run(record, runs_dir, *model_writer(kind, fit, store)) if runs_dir else None
+    return Run(record, path, fit.model)
 
 
 def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None,

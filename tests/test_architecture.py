@@ -358,7 +358,7 @@ def test_the_report_and_the_tables_read_records_by_attribute(tmp_path, monkeypat
     rows = summary_rows(records)
     print_rows(rows, rows[0]["metric"], False, records[0].protocol)
     for rec in records:
-        assert summarise_group([rec])["protocol"] == rec.protocol.name
+        assert summarise_group([rec]).protocol == rec.protocol.name
         assert summary_line(rec) and selection_note(rec)
         assert repr(Run(rec)).startswith("Run(")
     assert "ranked by" in capsys.readouterr().out

@@ -78,10 +78,10 @@ def test_k_doubles_while_every_class_keeps_k_plus_one_images_outside_the_draw():
 def test_the_curve_stops_at_the_largest_k_the_data_allow(tmp_path):
     path, *_ = blob_store(tmp_path / "s.h5", per_class=(19, 25, 40))
     out = fewshot_curves(path, budget=60)
-    assert out["shots"] == [1, 2, 4, 8] and out["smallest_class"] == 19
-    assert [p["k"] for p in out["curves"]["feat"]["points"]] == [1, 2, 4, 8]
+    assert out.shots == [1, 2, 4, 8] and out.smallest_class == 19
+    assert [p.k for p in out.curves["feat"].points] == [1, 2, 4, 8]
     # Every point scores exactly the images its draw left out.
-    assert [p["n_scored"] for p in out["curves"]["feat"]["points"]] == [
+    assert [p.n_scored for p in out.curves["feat"].points] == [
         84 - 3 * k for k in (1, 2, 4, 8)]
 
 
@@ -90,11 +90,12 @@ def test_at_least_five_draws(tmp_path):
     with pytest.raises(UsageError, match="at least 5"):
         fewshot_curves(path, draws=4)
     out = fewshot_curves(path, draws=6, shots=(1, 2), budget=60)
-    assert out["draws"] == 6
-    for p in out["curves"]["feat"]["points"]:
-        assert len(p["accuracies"]) == len(p["C"]) == 6
-        assert p["low"] <= p["mean"] <= p["high"]
-        assert p["sd"] == pytest.approx(np.std(p["accuracies"], ddof=1))
+    assert out.draws == 6
+    for p in out.curves["feat"].points:
+        assert len(p.accuracies) == len(p.C) == 6
+        assert p.low <= p.accuracy <= p.high
+        assert p.accuracy == pytest.approx(np.mean(p.accuracies))
+        assert p.sd == pytest.approx(np.std(p.accuracies, ddof=1))
 
 
 # ------------------------------------------------------------------ what the head sees
@@ -120,7 +121,7 @@ def test_no_drawn_image_is_scored(monkeypatch):
     index = {row.tobytes(): i for i, row in enumerate(X)}
     scored_rows = sorted(index[row.astype(np.float32).tobytes()] for row in scored)
     assert scored_rows == sorted(set(range(len(y))) - set(rows.tolist()))
-    assert out["n_scored"] == len(y) - len(rows) == 24
+    assert out.n_scored == len(y) - len(rows) == 24
 
 
 def test_the_chosen_c_depends_only_on_the_drawn_images():
@@ -133,8 +134,8 @@ def test_the_chosen_c_depends_only_on_the_drawn_images():
     X2[rest] = 50 * rng.normal(size=(len(rest), 8))       # other features
     y2[rest] = rng.permutation(y2[rest])                   # and other labels
     first, second = fit_draw(X, y, rows, seed=4), fit_draw(X2, y2, rows, seed=4)
-    assert first["C"] == second["C"] == choose_c(X[rows], y[rows], seed=4)
-    assert first["accuracy"] != second["accuracy"]         # the rest was scored, not used
+    assert first.C == second.C == choose_c(X[rows], y[rows], seed=4)
+    assert first.accuracy != second.accuracy               # the rest was scored, not used
 
 
 def test_the_chosen_c_of_every_draw_ignores_the_rows_no_draw_took(tmp_path):
@@ -148,17 +149,16 @@ def test_the_chosen_c_of_every_draw_ignores_the_rows_no_draw_took(tmp_path):
     X_other[never] = np.random.default_rng(9).normal(size=(len(never), X.shape[1])) * 40
     other, *_ = blob_store(tmp_path / "b.h5", per_class=(12, 15, 13), X=X_other)
     a, b = fewshot_curves(path, budget=60), fewshot_curves(other, budget=60)
-    assert a["shots"] == b["shots"] == [1, 2, 4]
-    assert ([p["C"] for p in a["curves"]["feat"]["points"]]
-            == [p["C"] for p in b["curves"]["feat"]["points"]])
-    assert ([p["mean"] for p in a["curves"]["feat"]["points"]]
-            != [p["mean"] for p in b["curves"]["feat"]["points"]])
+    assert a.shots == b.shots == [1, 2, 4]
+    assert [p.C for p in a.curves["feat"].points] == [p.C for p in b.curves["feat"].points]
+    assert ([p.accuracy for p in a.curves["feat"].points]
+            != [p.accuracy for p in b.curves["feat"].points])
 
 
 def test_k_equal_one_uses_the_fixed_default_c(tmp_path):
     path, *_ = blob_store(tmp_path / "s.h5")
     out = fewshot_curves(path, shots=(1,), budget=60)
-    assert out["curves"]["feat"]["points"][0]["C"] == [fewshot.FEWSHOT_DEFAULT_C] * 5
+    assert out.curves["feat"].points[0].C == [fewshot.FEWSHOT_DEFAULT_C] * 5
 
 
 @pytest.mark.parametrize("n_classes", [2, 4])
@@ -198,22 +198,22 @@ def test_the_row_space_gives_the_same_model_on_wide_features():
 def test_well_separated_classes_are_near_perfect_from_two_images(tmp_path):
     path, *_ = blob_store(tmp_path / "s.h5", per_class=(20, 20, 20), dim=3, spread=0.5)
     out = fewshot_curves(path, budget=60)
-    points = out["curves"]["feat"]["points"]
-    assert [p["k"] for p in points] == [1, 2, 4, 8]
+    points = out.curves["feat"].points
+    assert [p.k for p in points] == [1, 2, 4, 8]
     for p in points[1:]:
-        assert p["mean"] >= 0.98, p
-    assert out["note"] is None
+        assert p.accuracy >= 0.98, p
+    assert out.note is None
     # No image behind these rows: the pixel curve says why it is missing.
-    assert list(out["curves"]) == ["feat"]
-    assert out["skipped"] == [f"pixels 32x32 (the image folder {tmp_path / 'no_images_here'} "
+    assert list(out.curves) == ["feat"]
+    assert out.skipped == [f"pixels 32x32 (the image folder {tmp_path / 'no_images_here'} "
                               "is gone)"]
 
 
 def test_the_budget_stops_curves_and_lists_what_is_left(tmp_path):
     path, *_ = blob_store(tmp_path / "s.h5")
     out = fewshot_curves(path, budget=0)
-    assert out["curves"] == {} and "within the budget" in out["note"]
-    assert "feat at k = 1, 2, 4, 8 (over the 0 s budget)" in out["skipped"]
+    assert out.curves == {} and "within the budget" in out.note
+    assert "feat at k = 1, 2, 4, 8 (over the 0 s budget)" in out.skipped
 
 
 def test_the_pixel_curve_is_fitted_on_the_decoded_images(tmp_path, monkeypatch):
@@ -229,18 +229,18 @@ def test_the_pixel_curve_is_fitted_on_the_decoded_images(tmp_path, monkeypatch):
     monkeypatch.setattr(baselines, "pixel_matrix", spying_pixel_matrix)
     out = fewshot_curves(store, pixel_size=8, budget=60)
     assert sorted(decoded) == sorted(store.paths)
-    assert list(out["curves"]) == ["layer1", "layer2", "pixels 8x8"]
-    pixels = out["curves"]["pixels 8x8"]
-    assert pixels["kind"] == "pixels" and pixels["dim"] == 3 * 8 * 8
-    assert [p["k"] for p in pixels["points"]] == [1, 2]       # 7 images: 7 - 2 >= 3
+    assert list(out.curves) == ["layer1", "layer2", "pixels 8x8"]
+    pixels = out.curves["pixels 8x8"]
+    assert pixels.kind == "pixels" and pixels.dim == 3 * 8 * 8
+    assert [p.k for p in pixels.points] == [1, 2]             # 7 images: 7 - 2 >= 3
     # Flat colours, one per class: raw pixels tell them apart from one image.
-    assert all(p["mean"] == 1.0 for p in pixels["points"])
+    assert all(p.accuracy == 1.0 for p in pixels.points)
 
     # An image gone: no pixel curve (it would be drawn from other rows), and why.
     (data / store.paths[0]).unlink()
     out = fewshot_curves(store, pixel_size=8, budget=60)
-    assert "pixels 8x8" not in out["curves"] and "layer1" in out["curves"]
-    assert any("1 of the store's images no longer decode" in s for s in out["skipped"])
+    assert "pixels 8x8" not in out.curves and "layer1" in out.curves
+    assert any("1 of the store's images no longer decode" in s for s in out.skipped)
 
 
 # ------------------------------------------------------------------ report section
@@ -248,7 +248,7 @@ def test_the_pixel_curve_is_fitted_on_the_decoded_images(tmp_path, monkeypatch):
 
 def test_the_section_draws_a_figure_and_a_table(tmp_path):
     path, *_ = blob_store(tmp_path / "s.h5", per_class=(12, 15, 13))
-    section = fewshot_section(fewshot_curves(path, budget=60))
+    section = fewshot_section(fewshot_curves(path, budget=60).to_dict())
     assert section["figure"].startswith("data:image/svg+xml;base64,")
     assert section["columns"] == [1, 2, 4]
     row, = section["table"]
@@ -268,14 +268,33 @@ def test_the_section_without_a_store_keeps_the_note():
 def test_the_store_can_be_passed_open(tmp_path):
     path, *_ = blob_store(tmp_path / "s.h5")
     out = fewshot_curves(FeatureStore(path), shots=(1, 2), budget=60)
-    assert out["store"] == str(path) and out["backbone"] == "blobs"
-    assert out["n_images"] == 60 and out["n_classes"] == 3
+    assert out.store == str(path) and out.backbone == "blobs"
+    assert out.n_images == 60 and out.n_classes == 3
+
+
+def test_the_result_is_written_as_the_analysis_record_keeps_it(tmp_path):
+    # the analysis record (and the report reading it) keep the JSON of schema 4: a point's
+    # mean accuracy is "mean" there, ``accuracy`` (a run record's name) in Python
+    import json
+
+    path, *_ = blob_store(tmp_path / "s.h5")
+    out = fewshot_curves(path, shots=(1, 2), budget=60)
+    data = json.loads(json.dumps(out.to_dict()))
+    assert list(data) == ["curves", "shots", "draws", "seed", "grid", "default_C", "max_folds",
+                          "pixel_size", "n_images", "n_classes", "smallest_class", "backbone",
+                          "store", "budget", "seconds", "n_jobs", "skipped", "note"]
+    curve = data["curves"]["feat"]
+    assert list(curve) == ["kind", "dim", "points"]
+    point, first = curve["points"][0], out.curves["feat"].points[0]
+    assert list(point) == ["k", "mean", "sd", "low", "high", "accuracies", "C", "n_scored",
+                           "seconds"]
+    assert point["mean"] == first.accuracy and point["C"] == first.C
 
 
 def test_draws_in_processes_give_the_same_curves(tmp_path):
     path, *_ = blob_store(tmp_path / "s.h5", spread=3.0)
     alone = fewshot_curves(path, shots=(1, 2, 4), budget=60)
     pooled = fewshot_curves(path, shots=(1, 2, 4), budget=60, n_jobs=2)
-    assert pooled["n_jobs"] == 2
-    for a, b in zip(alone["curves"]["feat"]["points"], pooled["curves"]["feat"]["points"]):
-        assert (a["accuracies"], a["C"]) == (b["accuracies"], b["C"])
+    assert pooled.n_jobs == 2
+    for a, b in zip(alone.curves["feat"].points, pooled.curves["feat"].points):
+        assert (a.accuracies, a.C) == (b.accuracies, b.C)

@@ -127,7 +127,7 @@ def test_seeds_repeat_is_deterministic(tiny_store, tmp_path):
     b, _ = run_finetune(_tiny_cfg(tiny_store, unfreeze="none", seed=1), tmp_path / "b")
     assert a["predictions"]["proba"] == b["predictions"]["proba"]
     row = summarise_group([a, b])
-    assert row["n_seeds"] == 2 and row["test_std"] == 0.0
+    assert row.n_seeds == 2 and row.accuracy_std == 0.0
 
 
 @pytest.fixture

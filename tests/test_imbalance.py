@@ -436,9 +436,14 @@ def test_demo_and_ladder_tables_end_with_the_majority_row_and_flag_collapse(stud
     assert "cv bal. acc." in out and "acc" in out and "macro-F1" in out
     assert "COLLAPSED: answers other for 100%" in out
     assert out.strip().splitlines()[-2].startswith("majority class (other), reference")
-    ladder = summarise_group([r for r in records if r["label"] == "always other"])
-    assert ladder["metric"] == "balanced_accuracy" and ladder["test_score"] == 0.5
-    assert ladder["collapsed"] and reference_row(records[0], "balanced_accuracy")["reference"]
+    ladder_record = next(r for r in records if r.label == "always other")
+    ladder = summarise_group([ladder_record])
+    assert ladder.metric == "balanced_accuracy" and ladder.score == 0.5
+    assert ladder.collapsed and reference_row(records[0], "balanced_accuracy").reference
+    # a row's metrics carry the run record's names, and its JSON is theirs too
+    row = json.loads(json.dumps(ladder.to_dict()))
+    assert row["balanced_accuracy"] == ladder_record.scored_metrics["balanced_accuracy"]
+    assert row["accuracy"] == ladder.accuracy and row["protocol"] == "cv" and row["ci"]
 
 
 def test_ladder_cli_prints_the_metric_the_other_scores_and_the_majority_row(study95, tmp_path):

@@ -323,7 +323,7 @@ def test_another_seed_protocol_or_group_rule_costs_no_forward_pass(tmp_path, mon
     rows = run_ladder(LadderConfig(features=str(path), rungs=["pixels", "frozen"],
                                    protocol="holdout", split_seed=5, groups=r"name:^(s\d+)_"),
                       tmp_path / "runs")
-    assert len([r for r in rows if not r.get("reference")]) == 2 and len(tests) == 3
+    assert len([r for r in rows if not r.reference]) == 2 and len(tests) == 3
     again = _extract(root, tmp_path / "f")
     assert again.up_to_date and len(calls) == 1 and path.read_bytes() == before
 

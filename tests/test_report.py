@@ -129,6 +129,42 @@ def test_sections_without_data_say_so(study, tmp_path):
     assert "nothing to compare" in section(html, "verdict")
 
 
+def test_the_advice_is_worded_by_its_template_from_facts():
+    """sections.py computes the advice's facts (numbers, names, flags); the macros of
+    templates/partials/advice.html say them: hand-made facts, sentences checked by hand."""
+    from pipeline.reporting.build import environment
+
+    words = environment().get_template("partials/advice.html").module
+    assert words.grid["large"]["different"] == ("Fine-tune most of the network, or train "
+                                                "from scratch.")
+    best = {"backbone": "convnext", "tap": "layer3", "head": "logreg", "accuracy": 0.9,
+            "collapsed": None}
+    other = {"backbone": "resnet", "accuracy": 0.895}
+    facts = {"best": best, "runner_up": other, "label": "accuracy",
+             "cost": [("gflops", 4.5), ("params", 28_000_000)],
+             "test": {"test": "corrected-t", "p_value": 0.2, "significant": False},
+             "cheaper": other, "gflops_ratio": 2.5, "random_weights": False}
+    assert str(words.backbone(facts)) == (
+        "Best backbone for this data: convnext (tap layer3, logreg), 90.0% accuracy at 4.5 "
+        "GFLOPs, 28 M parameters, chosen without test data. It is not significantly better "
+        "than the runner-up resnet (89.5%; corrected t-test p = 0.2). resnet comes within a "
+        "point (89.5%) at 2.5x fewer GFLOPs.")
+    collapsed = {"best": {**best, "collapsed": "answers daisy for 100% of the 20 images"}}
+    assert str(words.backbone(collapsed)) == (
+        "No backbone's heads learned here: every one answers one class (e.g. it answers "
+        "daisy for 100% of the 20 images); no backbone is recommended.")
+    depth = {"size": "small", "similarity": "different", "depth_gain": {
+        "deep": "layer4", "deep_acc": 0.8, "other": "layer3", "other_acc": 0.9, "gain": -0.1,
+        "better": False, "test": {"test": "mcnemar", "p_value": 0.001, "significant": True}}}
+    assert str(words.depth(depth, "accuracy")).splitlines() == [
+        "<li>The deepest tap layer4 scores 80.0% accuracy against 90.0% for the best "
+        "shallower tap layer3 (10.0 points worse, McNemar p = 0.001: significant); a "
+        "shallower tap is significantly better, so the images look different from "
+        "ImageNet.</li>",
+        "<li>The grid says: Linear classifier on features from an earlier (middle) "
+        "layer.</li>"]
+
+
 def test_budget_overrun_is_reported_not_hidden(study, tmp_path):
     _, runs = study
     html = build_report(runs, tmp_path / "r.html", efficiency_budget=0).read_text()

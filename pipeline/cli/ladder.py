@@ -31,12 +31,19 @@ def ladder(cache_dir, runs_dir, **fields):
 
     t0 = time.perf_counter()
     rows = run_ladder(LadderConfig(**fields), runs_dir, cache_dir)
-    record = find_record(rows[0]["run_ids"][0], runs_dir)
-    print_rows([{**r, "label": r["method"], "select": r["val_score"], "value": r["test_score"],
-                 "low": r["ci"][0], "high": r["ci"][1], "seconds": r["train_seconds"],
-                 "accuracy": r["test_accuracy"]}
-                for r in rows], rows[0]["metric"], imbalanced(record),
+    record = find_record(rows[0].run_ids[0], runs_dir)
+    print_rows([_table_row(r) for r in rows], rows[0].metric, imbalanced(record),
                record.protocol, width=52, ladder=True)
     click.echo(selection_note(record))
     click.echo(f"\nrun records: {runs_dir}  ({len(rows) - 1} rungs in "
                f"{time.perf_counter() - t0:.0f} s)")
+
+
+def _table_row(row) -> dict:
+    """A :class:`~pipeline.workflows.ladder.LadderRow` as a row of
+    :func:`~pipeline.cli.tables.print_rows` (selected on ``val_score``, scored in ``score``)."""
+    return {"label": row.label, "select": row.val_score, "value": row.score,
+            "low": row.ci[0], "high": row.ci[1], "seconds": row.fit_seconds,
+            "accuracy": row.accuracy, "balanced_accuracy": row.balanced_accuracy,
+            "macro_f1": row.macro_f1, "trainable_params": row.trainable_params,
+            "score_std": row.score_std, "collapsed": row.collapsed}

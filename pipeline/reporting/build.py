@@ -83,16 +83,24 @@ def check_out_path(out_path, overwrite: bool = False) -> Path:
     return out_path
 
 
-def render(context: dict) -> str:
-    """The page for ``context``; every ``{{ value }}`` is HTML-escaped."""
+def environment():
+    """The jinja2 environment of the report's templates (``templates/``): autoescaping, a
+    missing value an error, the ``pct`` and ``num`` filters and ``program`` (how a hint
+    spells a command).  ``environment().get_template("partials/advice.html").module``
+    holds the advice's macros, for a page or a test."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(loader=PackageLoader("pipeline.reporting", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = _pct
     env.filters["num"] = _num
-    env.globals["program"] = program()   # how the page's hints spell a command
-    return env.get_template("report.html").render(**context)
+    env.globals["program"] = program()
+    return env
+
+
+def render(context: dict) -> str:
+    """The page for ``context``; every ``{{ value }}`` is HTML-escaped."""
+    return environment().get_template("report.html").render(**context)
 
 
 def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
@@ -108,10 +116,6 @@ def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
     groups = group_runs(records, metric)
     best = groups[0]
     verdict = verdict_section(groups, reason)
-    advice = advice_section(groups, verdict)
-    backbones = backbones_section(groups)
-    if backbones["advice"]:
-        advice["recommendation"].append(backbones["advice"])
     return {
         "title": f"Transfer-learning report: {best['dataset'] or 'dataset'}",
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -119,7 +123,7 @@ def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
         "verdict": verdict,
         "table": comparison_rows(groups),
         "depth": depth_section(groups),
-        "backbones": backbones,
+        "backbones": backbones_section(groups),
         "fewshot": fewshot_section(analysis["fewshot"]),
         "curves": curves_section(records, metric),
         "trap_train_min": TRAP_TRAIN_MIN,
@@ -130,7 +134,7 @@ def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
         "leakage": leakage_section(analysis.get("leakage"), best),
         "feature_map": feature_map_section(analysis["feature_map"]),
         "hierarchy": hierarchy_section(analysis.get("hierarchy")),
-        "advice": advice,
+        "advice": advice_section(groups),
         "provenance": provenance_section(records, groups),
         "data": data_section(records, groups),
     }

@@ -1,9 +1,10 @@
 """The report's few-shot section: the curves the analysis workflow computed, drawn and tabled.
 
 :func:`pipeline.workflows.fewshot.fewshot_curves` fits the heads; this module
-only turns its JSON-ready dict into what ``templates/report.html`` shows
-under ``fewshot``: the figure, one table row per curve and the wording of
-how the points were computed.
+only turns the JSON the analysis record keeps of its result
+(:meth:`pipeline.workflows.fewshot.FewShotResult.to_dict`) into what
+``templates/report.html`` shows under ``fewshot``: the figure, one table row per
+curve and the wording of how the points were computed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def _colour(name: str, curve: dict) -> str:
 
 
 def fewshot_section(fewshot: dict) -> dict:
-    """The section of ``fewshot`` (a :func:`fewshot_curves` result or a note dict).
+    """The section of ``fewshot`` (the JSON of a :func:`fewshot_curves` result, or a note
+    dict), as the analysis record keeps it.
 
     Adds ``figure`` (SVG data URI, None without curves), ``columns`` (the k
     with a point), ``table`` (``[{name, kind, dim, cells}]``, one cell per

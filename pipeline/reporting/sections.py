@@ -5,6 +5,11 @@ Every section ranks, plots and tests in the one selection metric of the report
 shows the majority-class reference beside the runs, and flags a collapsed
 run (one that answers one class) wherever it appears; a collapsed run is never
 the best nor the recommendation.
+
+Sentences are the templates' to write: the advice (:func:`advice_section`, the
+backbone line of :func:`backbone_advice`) and the notes of an empty section are
+worded in ``templates/partials/advice.html`` and ``templates/sections/``, from the
+facts (numbers, names, flags) these functions compute.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from ..balance import (
     class_ratio,
     describe_balance,
 )
-from ..errors import program
 from ..options import TAP_ORDER
 from ..runs.groups import (
     class_counts_of,
@@ -169,9 +173,8 @@ def _format_params(params: dict, limit: int = 8) -> str:
 
 def depth_section(groups: list) -> dict:
     frozen = [g for g in groups if g["kind"] == "frozen" and g["layer"] in TAP_ORDER]
-    if not frozen:
-        return {"figure": None, "rows": [], "metric_label": METRIC_LABELS[groups[0]["metric"]],
-                "note": f"No frozen-feature runs yet: run `{program()} fit --layer all`."}
+    if not frozen:   # the template says so
+        return {"figure": None, "rows": [], "metric_label": METRIC_LABELS[groups[0]["metric"]]}
     metric = groups[0]["metric"]
     series, collapsed, others = OrderedDict(), {}, {}
     for g in sorted(frozen, key=lambda g: (g["backbone"] or "", g["method"] or "")):
@@ -196,7 +199,7 @@ def depth_section(groups: list) -> dict:
             for name, pts in series.items()]
     return {"figure": plots.depth_plot(series, lines, taps, METRIC_LABELS[metric]),
             "rows": rows, "taps": taps, "references": references, "majority": majority,
-            "metric_label": METRIC_LABELS[metric], "note": None}
+            "metric_label": METRIC_LABELS[metric]}
 
 
 
@@ -243,11 +246,8 @@ def backbones_section(groups: list) -> dict:
     per_backbone = OrderedDict()
     for g in frozen:
         per_backbone.setdefault(g["backbone"] or "?", []).append(g)
-    if len(per_backbone) < 2:
-        return {"rows": [], "figure": None, "taps": [], "depth": [], "advice": None,
-                "note": "One backbone so far: extract the same folder with another "
-                        f"(`{program()} extract --backbone timm/convnext_tiny.fb_in22k`), "
-                        "fit heads on it, and the report compares them here (same split)."}
+    if len(per_backbone) < 2:   # the template says how to add one
+        return {"rows": [], "figure": None, "taps": [], "depth": [], "advice": None}
     rows, depth = [], []
     for backbone, gs in per_backbone.items():
         best_at = {}
@@ -284,7 +284,7 @@ def backbones_section(groups: list) -> dict:
     return {"rows": rows, "depth": depth, "taps": taps,
             "figure": plots.pareto_plot(points, label), "majority": majority,
             "metric_label": label, "depth_figure": depth_figure,
-            "advice": _backbone_advice(rows, label), "note": None}
+            "advice": backbone_advice(rows, label)}
 
 
 def _backbone_row(backbone: str, best: dict) -> dict:
@@ -310,37 +310,33 @@ def _before(g, other) -> bool:
     return (not g["collapsed"], g["selection"]) > (not other["collapsed"], other["selection"])
 
 
-def _backbone_advice(rows: list, label: str = "accuracy") -> str:
-    """One sentence naming the backbone this data is best served by, with its cost and how
-    it compares with the runner-up (paired test on the shared test images or folds)."""
-    best = rows[0]
-    cost = ", ".join(part for part in (
-        f"{best['gflops']:.3g} GFLOPs" if best["gflops"] is not None else "",
-        f"{best['params'] / 1e6:.3g} M parameters" if best["params"] is not None else "",
-        f"{best['images_per_second']:.0f} img/s extracting" if best["images_per_second"]
-        else "") if part)
-    if best["collapsed"]:
-        return ("No backbone's heads learned here: every one answers one class "
-                f"(e.g. it {best['collapsed']}); no backbone is recommended.")
-    text = (f"Best backbone for this data: {best['backbone']} (tap {best['tap']}, "
-            f"{best['head']}), {best['accuracy']:.1%} {label}"
-            + (f" at {cost}" if cost else "") + ", chosen without test data.")
-    second = rows[1]
-    test = compare(best["group"]["rep"], second["group"]["rep"], best["group"]["metric"])
-    if test is not None:
-        verdict = ("significantly" if test["p_value"] < SIGNIFICANCE else "not significantly")
-        text += (f" It is {verdict} better than the runner-up {second['backbone']} "
-                 f"({second['accuracy']:.1%}; {_test_label(test)} p = {test['p_value']:.3g}).")
+def backbone_advice(rows: list, label: str = "accuracy") -> dict:
+    """The facts of the line naming the backbone this data is best served by (worded by
+    ``templates/partials/advice.html``): ``best`` and ``runner_up`` (rows of
+    :func:`backbones_section`, best first), the paired ``test`` between them on the
+    shared test images or folds (:func:`judged`; None when they share none), ``cost``
+    of the best (``[(kind, value)]`` of what was measured: ``gflops``, ``params``,
+    ``images_per_second``), ``cheaper``: the row with the fewest GFLOPs within a point
+    of the best, and ``gflops_ratio`` (best / cheaper); ``random_weights``: whether a
+    backbone here has random weights; ``label`` the metric's name."""
+    best, second = rows[0], rows[1]
+    cost = [(kind, best[kind]) for kind in ("gflops", "params", "images_per_second")
+            if best[kind] is not None]
     cheaper = [r for r in rows[1:] if r["gflops"] is not None and best["gflops"] is not None
                and r["gflops"] < best["gflops"] and r["accuracy"] >= best["accuracy"] - 0.01]
-    if cheaper:
-        c = min(cheaper, key=lambda r: r["gflops"])
-        text += (f" {c['backbone']} comes within a point ({c['accuracy']:.1%}) at "
-                 f"{best['gflops'] / c['gflops']:.1f}x fewer GFLOPs.")
-    if any(r["random_weights"] for r in rows):
-        text += (" Some backbones here have random weights (weights 'none'): their "
-                 "accuracies show the pipeline works, they are not results.")
-    return text
+    cheapest = min(cheaper, key=lambda r: r["gflops"]) if cheaper else None
+    return {"best": best, "runner_up": second, "label": label, "cost": cost,
+            "test": judged(compare(best["group"]["rep"], second["group"]["rep"],
+                                   best["group"]["metric"])),
+            "cheaper": cheapest,
+            "gflops_ratio": best["gflops"] / cheapest["gflops"] if cheapest else None,
+            "random_weights": any(r["random_weights"] for r in rows)}
+
+
+def judged(test: dict | None) -> dict | None:
+    """A paired test (:func:`pipeline.runs.groups.compare`) with ``significant``: its
+    p-value under :data:`SIGNIFICANCE`; None stays None."""
+    return None if test is None else {**test, "significant": test["p_value"] < SIGNIFICANCE}
 
 
 def curves_section(records: list, metric: str = "accuracy") -> list:
@@ -490,175 +486,79 @@ def feature_map_section(fmap: dict) -> dict:
     return {**fmap, "figure": figure}
 
 
-def advice_section(groups: list, verdict: dict) -> dict:
-    """Place the dataset on the data-size x similarity grid from measured quantities."""
+def advice_section(groups: list) -> dict:
+    """Place the dataset on the data-size x similarity grid from measured quantities: the
+    facts the advice is worded from (``templates/partials/advice.html``, with the
+    verdict's).
+
+    ``per_class`` training images per class, ``size`` (small | large: at least
+    ``threshold``, :data:`LARGE_DATA_PER_CLASS`); ``depth_gain``, the deepest tap
+    against the best shallower one (``deep``, ``deep_acc``, ``other``, ``other_acc``,
+    ``gain``, ``better``, ``test``; None under two taps), the ``similarity`` to
+    ImageNet it shows (similar | different; None unmeasured) and the grid's ``cell``;
+    ``best_frozen``, the best frozen group that learned; ``finetune_gain`` (``tuned``,
+    ``frozen``, ``gain``, ``test``, ``time_ratio``, ``clears_noise``) and
+    ``baseline_gap`` (``baseline``, ``frozen``, ``gap``), None without those runs.
+    Every ``test`` is :func:`judged`.
+    """
     rep = groups[0]["rep"]
     n_classes = len(rep.classes) or 1
     n_train = rep.split_sizes.get("train", 0)
     per_class = n_train / n_classes
     size = "large" if per_class >= LARGE_DATA_PER_CLASS else "small"
-
     # a collapsed run learned nothing: it says nothing of a tap and is never recommended
     learned = [g for g in groups if not g["collapsed"]]
     frozen = [g for g in learned if g["kind"] == "frozen" and g["layer"] in TAP_ORDER]
+    depth_gain, similarity = _depth_gain(frozen)
+    best_frozen = frozen[0] if frozen else None
+    tuned = [g for g in learned if g["kind"] == "finetune"]
+    baselines = [g for g in learned if g["kind"] == "baseline"]
+    baseline_gap = None
+    if baselines and best_frozen:
+        baseline_gap = {"baseline": baselines[0], "frozen": best_frozen,
+                        "gap": best_frozen["value"] - baselines[0]["value"]}
+    return {"per_class": per_class, "n_train": n_train, "n_classes": n_classes, "size": size,
+            "similarity": similarity, "depth_gain": depth_gain,
+            "finetune_gain": _finetune_gain(tuned[0], best_frozen) if tuned and best_frozen
+            else None,
+            "baseline_gap": baseline_gap, "best_frozen": best_frozen,
+            "cell": (size, similarity) if similarity else None,
+            "threshold": LARGE_DATA_PER_CLASS}
+
+
+def _depth_gain(frozen: list) -> tuple[dict | None, str | None]:
+    """``(depth_gain, similarity)`` of :func:`advice_section` from the ``frozen`` groups
+    that learned; ``(None, None)`` with fewer than two taps."""
     by_tap = {}
     for g in frozen:  # per tap, the head chosen without test data
         if g["layer"] not in by_tap or g["selection"] > by_tap[g["layer"]][1]["selection"]:
             by_tap[g["layer"]] = (g["value"], g)
     taps = sorted(by_tap, key=_tap_rank)
-    depth_gain = similarity = None
-    if len(taps) >= 2:
-        deepest = taps[-1]
-        best_other = max(taps[:-1], key=lambda t: by_tap[t][0])
-        depth_gain = {"deep": deepest, "deep_acc": by_tap[deepest][0], "other": best_other,
-                      "other_acc": by_tap[best_other][0],
-                      "gain": by_tap[deepest][0] - by_tap[best_other][0],
-                      "test": compare(by_tap[deepest][1]["rep"], by_tap[best_other][1]["rep"],
-                                      by_tap[deepest][1]["metric"])}
-        # The deepest tap is the most ImageNet-specific: the data look different from
-        # ImageNet only when a shallower tap beats it by more than the noise.
-        t = depth_gain["test"]
-        shallower_wins = (depth_gain["gain"] < -0.01 and t is not None
-                          and t["p_value"] < SIGNIFICANCE)
-        similarity = "different" if shallower_wins else "similar"
-
-    best_frozen = frozen[0] if frozen else None
-    tuned = [g for g in learned if g["kind"] == "finetune"]
-    baselines = [g for g in learned if g["kind"] == "baseline"]
-    finetune_gain = None
-    if tuned and best_frozen:
-        test = compare(tuned[0]["rep"], best_frozen["rep"], tuned[0]["metric"])
-        finetune_gain = {"tuned": tuned[0], "frozen": best_frozen,
-                         "gain": tuned[0]["value"] - best_frozen["value"], "test": test,
-                         "time_ratio": ((tuned[0]["rep"].fit_seconds or 0)
-                                        / max(best_frozen["rep"].fit_seconds or 0, 1e-3))}
-    baseline_gap = None
-    if baselines and best_frozen:
-        baseline_gap = {"baseline": baselines[0], "frozen": best_frozen,
-                        "gap": best_frozen["value"] - baselines[0]["value"]}
-
-    cell = (size, similarity) if similarity else None
-    text = _recommendation(size, similarity, per_class, depth_gain, finetune_gain,
-                           baseline_gap, best_frozen, verdict)
-    text += _imbalance_advice(groups, verdict)
-    return {"per_class": per_class, "n_train": n_train, "n_classes": n_classes, "size": size,
-            "similarity": similarity, "depth_gain": depth_gain, "finetune_gain": finetune_gain,
-            "baseline_gap": baseline_gap, "cell": cell, "threshold": LARGE_DATA_PER_CLASS,
-            "recommendation": text, "grid": GRID}
+    if len(taps) < 2:
+        return None, None
+    deepest = taps[-1]
+    best_other = max(taps[:-1], key=lambda t: by_tap[t][0])
+    gain = by_tap[deepest][0] - by_tap[best_other][0]
+    test = judged(compare(by_tap[deepest][1]["rep"], by_tap[best_other][1]["rep"],
+                          by_tap[deepest][1]["metric"]))
+    # The deepest tap is the most ImageNet-specific: the data look different from
+    # ImageNet only when a shallower tap beats it by more than the noise.
+    shallower_wins = gain < -0.01 and test is not None and test["significant"]
+    return ({"deep": deepest, "deep_acc": by_tap[deepest][0], "other": best_other,
+             "other_acc": by_tap[best_other][0], "gain": gain, "better": gain >= 0,
+             "test": test},
+            "different" if shallower_wins else "similar")
 
 
-#: The course's decision grid: (data size, similarity to ImageNet) -> what to do.
-GRID = {
-    ("small", "similar"): "Linear classifier on the deepest frozen features.",
-    ("small", "different"): "Linear classifier on features from an earlier (middle) layer.",
-    ("large", "similar"): "Fine-tune the top blocks (small learning rate) from a frozen-feature "
-                          "head.",
-    ("large", "different"): "Fine-tune most of the network, or train from scratch.",
-}
-
-
-def _depth_sentences(depth_gain, size, similarity, label: str) -> list:
-    """What the deepest tap against the best shallower one says about the data's similarity
-    to ImageNet, and the grid's advice for it."""
-    if not depth_gain:
-        return ["Similarity to ImageNet is not measured yet: fit heads on at least two "
-                f"taps (`{program()} fit --layer all`)."]
-    direction = "better" if depth_gain["gain"] >= 0 else "worse"
-    t = depth_gain["test"]
-    noise = (f", {_test_label(t)} p = {t['p_value']:.3g}: "
-             f"{'significant' if t['p_value'] < SIGNIFICANCE else 'within noise'}" if t else "")
-    reason = ("a shallower tap is significantly better, so the images look different "
-              "from ImageNet" if similarity == "different" else
-              "no shallower tap is significantly better, so the ImageNet-specific deep "
-              "features transfer: the images look similar to ImageNet")
-    return [f"The deepest tap {depth_gain['deep']} scores {depth_gain['deep_acc']:.1%} {label} "
-            f"against {depth_gain['other_acc']:.1%} for the best shallower tap "
-            f"{depth_gain['other']} ({abs(depth_gain['gain']) * 100:.1f} points "
-            f"{direction}{noise}); {reason}.",
-            f"The grid says: {GRID[(size, similarity)]}"]
-
-
-def _recommendation(size, similarity, per_class, depth_gain, finetune_gain, baseline_gap,
-                    best_frozen, verdict) -> list:
-    """Plain-language sentences that cite the measured numbers (in the report's metric)."""
-    label = verdict["metric"]["label"]
-    lines = [f"This dataset has about {per_class:.0f} training images per class: "
-             f"{size} data by the grid's rule (large means at least "
-             f"{LARGE_DATA_PER_CLASS:,} per class)."]
-    lines += _depth_sentences(depth_gain, size, similarity, label)
-    if baseline_gap:
-        lines.append(
-            f"Frozen pretrained features ({baseline_gap['frozen']['name']}, "
-            f"{baseline_gap['frozen']['value']:.1%}) beat the best baseline "
-            f"({baseline_gap['baseline']['name']}, {baseline_gap['baseline']['value']:.1%}) "
-            f"by {baseline_gap['gap'] * 100:.1f} points.")
-    if finetune_gain:
-        t = finetune_gain["test"]
-        sig = (f" ({_test_label(t)} p = {t['p_value']:.3g}: "
-               f"{'significant' if t['p_value'] < SIGNIFICANCE else 'within noise'})" if t else "")
-        lines.append(
-            f"The best fine-tuning run ({finetune_gain['tuned']['name']}) scores "
-            f"{finetune_gain['tuned']['value']:.1%} {label}, "
-            f"{finetune_gain['gain'] * 100:+.1f} points "
-            f"over the best frozen head{sig}, at {finetune_gain['time_ratio']:.0f}x its "
-            "training time.")
-        if t and t["p_value"] < SIGNIFICANCE and finetune_gain["gain"] > 0:
-            lines.append("Recommendation: fine-tune; the measured gain is more than noise.")
-        elif best_frozen:
-            lines.append(f"Recommendation: use {best_frozen['name']}; fine-tuning has not "
-                         "shown a gain that clears the noise.")
-    else:
-        lines.append("No fine-tuning runs yet, so the gain of fine-tuning over frozen features "
-                     f"is not measured (`{program()} finetune`).")
-        if best_frozen:
-            lines.append(f"Recommendation for now: {best_frozen['name']} "
-                         f"({best_frozen['value']:.1%} {verdict['score_name']}).")
-        elif verdict["no_learner"]:
-            lines.append("Recommendation: none; no run here learned more than one class.")
-    best = verdict["best"]
-    lo, hi = verdict["ci"]
-    where = verdict["protocol"].where(verdict["n_test"], verdict["n_folds"])
-    if verdict["no_learner"]:
-        lines.append(f"No strategy learned: every run answers one class ({best['name']} "
-                     f"{best['collapsed_text']}).")
-        return lines
-    lines.append(f"Overall best (selected by {verdict['selected_by']}): {best['name']} at "
-                 f"{best['value']:.1%} {verdict['score_name']} (95% CI {lo:.1%} to "
-                 f"{hi:.1%} {where}).")
-    return lines
-
-
-def _imbalance_advice(groups: list, verdict: dict) -> list:
-    """Sentences on the class balance: the metric and why, the majority-class reference
-    the best has to beat, and the runs that collapsed (never recommended)."""
-    info = verdict["metric"]
-    lines = []
-    if info["imbalanced"]:
-        lines.append(f"The classes are imbalanced ({info['balance']}, more than "
-                     f"{info['ratio']}x): a classifier that always answers the largest class "
-                     "scores that class's share in accuracy, so runs are ranked and tested on "
-                     f"{info['label']} (the verdict says why).")
-    majority = info["majority"]
-    if majority and not verdict["no_learner"]:
-        lines.append(f"The majority-class reference ({majority['class_name']} for every "
-                     f"image) scores {majority['value']:.1%} {info['label']} "
-                     f"({majority['accuracy']:.1%} accuracy); the best run is "
-                     f"{verdict['margin'] * 100:+.1f} points from it.")
-    for g in verdict["below_majority"]:
-        lines.append(f"{g['name']} ({g['value']:.1%} {info['label']}) does not beat the "
-                     "majority-class reference: it is no better than answering "
-                     f"{majority['class_name']} for every image.")
-    for g in info["collapsed"]:
-        lines.append(f"{g['name']} is not a method that learned: it {g['collapsed_text']}. It is "
-                     "ranked after every run that learned and never recommended; class "
-                     "weights (`--class-weight balanced`) or a smaller learning rate are the "
-                     "usual fixes.")
-    return lines
-
-
-def _test_label(test: dict) -> str:
-    return {"corrected-t": "corrected t-test", "bootstrap": "paired bootstrap"}.get(
-        test.get("test"), "McNemar")
+def _finetune_gain(tuned: dict, frozen: dict) -> dict:
+    """What the best fine-tuning group ``tuned`` gains over the best frozen one, and
+    whether the gain clears the noise (significant and positive)."""
+    test = judged(compare(tuned["rep"], frozen["rep"], tuned["metric"]))
+    gain = tuned["value"] - frozen["value"]
+    return {"tuned": tuned, "frozen": frozen, "gain": gain, "test": test,
+            "time_ratio": ((tuned["rep"].fit_seconds or 0)
+                           / max(frozen["rep"].fit_seconds or 0, 1e-3)),
+            "clears_noise": bool(test and test["significant"] and gain > 0)}
 
 
 def provenance_section(records: list, groups: list) -> dict:

@@ -19,12 +19,17 @@ Every kind takes the run's selection metric (``metric``: what chooses C or
 the epoch kept) and class weighting (``class_weight``: none or balanced,
 weighting logistic regression's loss or the networks' cross-entropy); both are
 resolved by the workflow and kept in the run's ``params``.
+
+Both entry points return a :class:`BaselineFit`, whose fields carry the names of the
+run record's fields they become (``label``, ``search``, ``fit_seconds``,
+``trainable_params``, ``history``, ``skipped_images``; ``hyperparameters``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,30 +74,68 @@ def _params(kind: str, opts: dict, metric: str, class_weight: str) -> dict:
     return {**DEFAULTS[kind], **opts, "metric": metric, "class_weight": class_weight}
 
 
+@dataclass(kw_only=True)
+class BaselineFit:
+    """A fitted baseline: its model and what its run record reports.
+
+    Fields named as the record's fields they become (:mod:`pipeline.runs.records`):
+    ``label``, ``search``, ``fit_seconds``, ``trainable_params``, ``history``,
+    ``skipped_images`` (``[(path, reason)]`` of training images that no longer
+    decode); ``hyperparameters`` joins ``params`` (the kind's options with the
+    selection metric and class weighting) and ``chosen`` (what validation or the
+    inner folds chose: C, the best epoch, ...).
+
+    Holdout (:func:`fit_baseline`): ``val_pred`` ``(n_val,)`` and ``test_pred``
+    ``(n_test,)`` labels and ``test_proba`` ``(n_test, n_classes)`` on the store's
+    split, ``folds`` empty.  Cross-validation (:func:`cv_baseline`): ``folds``, the
+    outer :class:`~pipeline.heads.crossval.FoldResult` list, and ``model`` refitted
+    on every image; no split predictions.
+    """
+
+    label: str
+    model: object
+    params: dict = field(default_factory=dict)
+    chosen: dict = field(default_factory=dict)
+    search: list = field(default_factory=list)
+    fit_seconds: float = 0.0
+    trainable_params: int | None = None
+    history: list = field(default_factory=list)
+    skipped_images: list = field(default_factory=list)
+    val_pred: np.ndarray | None = None
+    test_pred: np.ndarray | None = None
+    test_proba: np.ndarray | None = None
+    folds: list = field(default_factory=list)
+
+    @property
+    def hyperparameters(self) -> dict:
+        """The record's ``hyperparameters``: ``params`` updated with ``chosen``."""
+        return {**self.params, **self.chosen}
+
+
 def fit_baseline(kind: str, store, seed: int = 0, metric: str = "accuracy",
-                 class_weight: str = "none", **opts) -> dict:
+                 class_weight: str = "none", **opts) -> BaselineFit:
     """Fit baseline ``kind`` on the split of ``store`` (a :class:`FeatureStore`).
 
     ``opts`` override :data:`DEFAULTS` (e.g. ``epochs=5``, ``size=48``);
     ``metric`` chooses C (pixels) or the epoch kept (mlp, cnn) on validation,
     ``class_weight`` (none | balanced) weights the loss.
-    Returns ``{label, model, params, val_pred, test_pred, test_proba, chosen,
-    search, seconds, trainable_params, history, skipped}``.
+    Returns a :class:`BaselineFit` with the split's predictions.
     """
     params = _params(kind, opts, metric, class_weight)
     runner = {"pixels": _fit_pixels, "mlp": _fit_mlp, "cnn": _fit_cnn}[kind]
-    return {**runner(store, params, seed), "params": params}
+    return runner(store, params, seed)
 
 
-def model_writer(kind: str, out: dict, store):
-    """``(extension, write(path))`` saving the fitted baseline of :func:`fit_baseline`."""
-    bundle = {"kind": kind, "params": out["params"], "classes": store.classes,
+def model_writer(kind: str, fit: BaselineFit, store):
+    """``(extension, write(path))`` saving ``fit``'s model (:func:`fit_baseline`,
+    :func:`cv_baseline`)."""
+    bundle = {"kind": kind, "params": fit.params, "classes": store.classes,
               "features_fingerprint": store.fingerprint}
     if kind == "pixels":
         def write(path):
             from ..heads.persist import save_head
 
-            save_head({**bundle, "model": out["model"]}, path)
+            save_head({**bundle, "model": fit.model}, path)
 
         from ..heads.persist import HEAD_EXT
 
@@ -101,7 +144,7 @@ def model_writer(kind: str, out: dict, store):
     def write_torch(path):
         import torch
 
-        torch.save({**bundle, "state_dict": out["model"].state_dict()}, path)
+        torch.save({**bundle, "state_dict": fit.model.state_dict()}, path)
 
     return "pt", write_torch
 
@@ -155,12 +198,13 @@ def _fit_pixels(store, params, seed):
     res = select_and_fit("logreg", X_tr, y_tr, X_va, y_va, seed=seed, metric=params["metric"],
                          class_weight=params["class_weight"])
     est = res.model[-1]
-    return {"label": f"pixels {params['size']}x{params['size']} + logreg", "model": res.model,
-            "val_pred": res.val_pred, "test_pred": res.model.predict(X_te),
-            "test_proba": predict_proba(res.model, X_te), "chosen": res.params,
-            "search": res.search, "seconds": time.perf_counter() - t0,
-            "trainable_params": int(est.coef_.size + est.intercept_.size),
-            "skipped": skipped}
+    return BaselineFit(label=f"pixels {params['size']}x{params['size']} + logreg",
+                       model=res.model, params=params, val_pred=res.val_pred,
+                       test_pred=res.model.predict(X_te),
+                       test_proba=predict_proba(res.model, X_te), chosen=res.params,
+                       search=res.search, fit_seconds=time.perf_counter() - t0,
+                       trainable_params=int(est.coef_.size + est.intercept_.size),
+                       skipped_images=skipped)
 
 
 # ------------------------------------------------------------------ torch models
@@ -232,14 +276,34 @@ def _split_rows(store) -> dict:
     return {split: np.flatnonzero(store.mask(split)) for split in ("train", "val", "test")}
 
 
-def _holdout(out: dict) -> dict:
-    """A ``*_rows`` result in the shape :func:`fit_baseline` returns."""
-    return {**out, "val_pred": out["val_proba"].argmax(1), "test_pred": out["proba"].argmax(1),
-            "test_proba": out["proba"], "chosen": {"best_epoch": out["best_epoch"],
-                                                   **out.get("chosen", {})}}
+@dataclass(kw_only=True)
+class _Trained:
+    """A torch baseline trained on some rows (:func:`_fit_mlp_rows`, :func:`_fit_cnn_rows`):
+    probabilities ``(n_rows, n_classes)`` of its ``val`` and ``test`` rows."""
+
+    label: str
+    model: object
+    proba: np.ndarray
+    val_proba: np.ndarray
+    best_epoch: int
+    history: list
+    trainable_params: int
+    fit_seconds: float
+    skipped_images: list = field(default_factory=list)
+    chosen: dict = field(default_factory=dict)
 
 
-def _fit_mlp(store, params, seed):
+def _holdout(trained: _Trained, params: dict, skipped_images: list) -> BaselineFit:
+    """The :class:`BaselineFit` of a torch baseline trained on the store's split."""
+    return BaselineFit(label=trained.label, model=trained.model, params=params,
+                       val_pred=trained.val_proba.argmax(1), test_pred=trained.proba.argmax(1),
+                       test_proba=trained.proba,
+                       chosen={"best_epoch": trained.best_epoch, **trained.chosen},
+                       fit_seconds=trained.fit_seconds, trainable_params=trained.trainable_params,
+                       history=trained.history, skipped_images=skipped_images)
+
+
+def _fit_mlp(store, params, seed) -> BaselineFit:
     data, skipped = _split_pixels(store, params["size"])
     # rows that decoded, in store order; the split's rows are taken from there
     rows, pixels, start = {}, [], 0
@@ -249,20 +313,21 @@ def _fit_mlp(store, params, seed):
         pixels.append(X)
         start += len(X)
     labels = np.concatenate([data[s][1] for s in ("train", "val", "test")])
-    out = _fit_mlp_rows(store, params, seed, rows, np.concatenate(pixels), labels)
-    return {**_holdout(out), "skipped": skipped}
+    trained = _fit_mlp_rows(store, params, seed, rows, np.concatenate(pixels), labels)
+    return _holdout(trained, params, skipped)
 
 
-def _fit_cnn(store, params, seed):
-    return _holdout(_fit_cnn_rows(store, params, seed, _split_rows(store), None,
-                                  skip_training_failures=True))
+def _fit_cnn(store, params, seed) -> BaselineFit:
+    trained = _fit_cnn_rows(store, params, seed, _split_rows(store), None,
+                            skip_training_failures=True)
+    return _holdout(trained, params, trained.skipped_images)
 
 
 # ------------------------------------------------------------------ cross-validation
 
 
 def cv_baseline(kind: str, store, seed: int = 0, metric: str = "accuracy",
-                class_weight: str = "none", **opts) -> dict:
+                class_weight: str = "none", **opts) -> BaselineFit:
     """Baseline ``kind`` on every outer fold of ``store``'s repeated K-fold, nested.
 
     pixels: C chosen by an inner CV inside each outer training fold
@@ -273,17 +338,17 @@ def cv_baseline(kind: str, store, seed: int = 0, metric: str = "accuracy",
     inner CV over all; mlp/cnn: the median best epoch, no early stopping).
     ``metric`` chooses C or the epoch inside each outer training fold;
     ``class_weight`` (none | balanced) weights every fit's loss.
-    Returns ``{label, params, folds, model, seconds, trainable_params, chosen}``.
+    Returns a :class:`BaselineFit` with the outer ``folds``.
     """
     params = _params(kind, opts, metric, class_weight)
     t0 = time.perf_counter()
     if kind == "cnn":
-        out = _cv_torch(store, params, seed, _fit_cnn_rows, None)
+        fit = _cv_torch(store, params, seed, _fit_cnn_rows, None)
     else:
         X, y = _all_pixels(store, params["size"])
-        out = _cv_pixels(X, y, store, seed, params) if kind == "pixels" else \
+        fit = _cv_pixels(X, y, store, seed, params) if kind == "pixels" else \
             _cv_torch(store, params, seed, _fit_mlp_rows, X)
-    return {**out, "params": params, "seconds": time.perf_counter() - t0}
+    return replace(fit, fit_seconds=time.perf_counter() - t0)
 
 
 def _all_pixels(store, size):
@@ -294,7 +359,7 @@ def _all_pixels(store, size):
     return X.astype(np.float32) / 255.0, store.labels
 
 
-def _cv_pixels(X, y, store, seed, params):
+def _cv_pixels(X, y, store, seed, params) -> BaselineFit:
     from threadpoolctl import threadpool_limits
 
     from ..heads.crossval import choose_param, cross_validate
@@ -309,13 +374,13 @@ def _cv_pixels(X, y, store, seed, params):
                                    class_weight=params["class_weight"]), X, y,
                          params["class_weight"])
     est = model[-1]
-    return {"label": f"pixels {int(np.sqrt(X.shape[1] / 3))}x{int(np.sqrt(X.shape[1] / 3))} "
-                     "+ logreg", "folds": folds, "model": model, "chosen": chosen,
-            "search": search, "trainable_params": int(est.coef_.size + est.intercept_.size)}
+    side = int(np.sqrt(X.shape[1] / 3))
+    return BaselineFit(label=f"pixels {side}x{side} + logreg", folds=folds, model=model,
+                       params=params, chosen=chosen, search=search,
+                       trainable_params=int(est.coef_.size + est.intercept_.size))
 
 
-
-def _cv_torch(store, params, seed, fit_rows, pixels):
+def _cv_torch(store, params, seed, fit_rows, pixels) -> BaselineFit:
     """Outer folds of a torch baseline; then the final model on every image."""
     from ..heads.crossval import FoldResult
 
@@ -325,30 +390,30 @@ def _cv_torch(store, params, seed, fit_rows, pixels):
         tr, va = inner_split(y, train_rows, seed + r, groups=store.row_groups)
         out = fit_rows(store, params, seed, {"train": tr, "val": va, "test": test_rows},
                        pixels)
-        epochs.append(out["best_epoch"])
-        histories.append(out["history"])
-        folds.append(FoldResult(r, k, test_rows, out["proba"], {"best_epoch": out["best_epoch"]},
-                                len(train_rows), seconds=out["seconds"]))
-        log.info("%s fold %d/%d of repeat %d: accuracy %.3f (best epoch %d)", out["label"], k + 1,
+        epochs.append(out.best_epoch)
+        histories.append(out.history)
+        folds.append(FoldResult(r, k, test_rows, out.proba, {"best_epoch": out.best_epoch},
+                                len(train_rows), seconds=out.fit_seconds))
+        log.info("%s fold %d/%d of repeat %d: accuracy %.3f (best epoch %d)", out.label, k + 1,
                  int(store.folds[:, r].max()) + 1, r + 1,
-                 float(np.mean(out["proba"].argmax(1) == y[test_rows])), out["best_epoch"])
+                 float(np.mean(out.proba.argmax(1) == y[test_rows])), out.best_epoch)
     final_epochs = max(1, int(np.median(epochs)))
     everything = np.arange(len(y))
     final = fit_rows(store, {**params, "epochs": final_epochs, "patience": None}, seed,
                      {"train": everything, "val": everything, "test": everything[:0]}, pixels)
-    return {"label": final["label"], "folds": folds, "model": final["model"],
-            "chosen": {"best_epochs": epochs, "final_epochs": final_epochs},
-            "trainable_params": final["trainable_params"],
-            # the learning curves of the first outer fold: its validation is a real
-            # held-out split (the final model's has none)
-            "history": histories[0]}
+    return BaselineFit(label=final.label, folds=folds, model=final.model, params=params,
+                       chosen={"best_epochs": epochs, "final_epochs": final_epochs},
+                       trainable_params=final.trainable_params,
+                       # the learning curves of the first outer fold: its validation is a
+                       # real held-out split (the final model's has none)
+                       history=histories[0])
 
 
 def _predict_or_empty(model, dataset, n_classes: int) -> np.ndarray:
     return _predict(model, dataset) if len(dataset) else np.zeros((0, n_classes))
 
 
-def _fit_mlp_rows(store, params, seed, rows, pixels, labels=None):
+def _fit_mlp_rows(store, params, seed, rows, pixels, labels=None) -> _Trained:
     """The MLP trained on ``rows["train"]`` (early stopping on ``rows["val"]``) of the
     ``pixels`` matrix (labels: ``labels``, default the store's); probabilities of
     ``rows["val"]`` and ``rows["test"]``."""
@@ -378,17 +443,18 @@ def _fit_mlp_rows(store, params, seed, rows, pixels, labels=None):
     # Kept in the saved state_dict so the model can be applied to new pixels.
     model.register_buffer("pixel_mean", torch.as_tensor(mean))
     model.register_buffer("pixel_std", torch.as_tensor(std))
-    return {"label": f"MLP {params['hidden']} on {params['size']}px pixels", "model": model,
-            "proba": proba, "val_proba": val_proba, "best_epoch": res.best_epoch,
-            "history": res.history,
-            "trainable_params": res.trainable_params, "seconds": time.perf_counter() - t0}
+    return _Trained(label=f"MLP {params['hidden']} on {params['size']}px pixels", model=model,
+                    proba=proba, val_proba=val_proba, best_epoch=res.best_epoch,
+                    history=res.history, trainable_params=res.trainable_params,
+                    fit_seconds=time.perf_counter() - t0)
 
 
-def _fit_cnn_rows(store, params, seed, rows, _pixels=None, skip_training_failures=False):
+def _fit_cnn_rows(store, params, seed, rows, _pixels=None,
+                  skip_training_failures=False) -> _Trained:
     """The scratch CNN trained on ``rows["train"]`` (early stopping on ``rows["val"]``);
     probabilities of ``rows["val"]`` and ``rows["test"]``.  Images that no longer decode
     are an error, except training images with ``skip_training_failures`` (then listed
-    in ``skipped``)."""
+    in ``skipped_images``)."""
     import torch
 
     from .datasets import ImageFolderDataset
@@ -417,9 +483,10 @@ def _fit_cnn_rows(store, params, seed, rows, _pixels=None, skip_training_failure
     res = train(model, [ParamGroup("cnn", list(model.parameters()), params["lr"])],
                 sets["train"], sets["val"], cfg)
     n_classes = len(store.classes)
-    return {"label": f"scratch CNN {params['size']}px", "model": model,
-            "proba": _predict_or_empty(model, sets["test"], n_classes),
-            "val_proba": _predict_or_empty(model, sets["val"], n_classes),
-            "best_epoch": res.best_epoch, "history": res.history, "skipped": skipped,
-            "chosen": {"normalisation": pre.to_dict()},
-            "trainable_params": res.trainable_params, "seconds": time.perf_counter() - t0}
+    return _Trained(label=f"scratch CNN {params['size']}px", model=model,
+                    proba=_predict_or_empty(model, sets["test"], n_classes),
+                    val_proba=_predict_or_empty(model, sets["val"], n_classes),
+                    best_epoch=res.best_epoch, history=res.history, skipped_images=skipped,
+                    chosen={"normalisation": pre.to_dict()},
+                    trainable_params=res.trainable_params,
+                    fit_seconds=time.perf_counter() - t0)

@@ -160,16 +160,16 @@ def load_or_analyse(records: list, runs_dir, budget: float = EFFICIENCY_BUDGET) 
 
 
 def _fewshot(store, budget: float) -> dict:
-    """:func:`pipeline.workflows.fewshot.fewshot_curves` of ``store`` (None: no frozen
-    run; ``{"note"}``: :func:`locate_store` found no usable store): a note instead
-    when there is none."""
+    """The JSON of :func:`pipeline.workflows.fewshot.fewshot_curves` of ``store`` (None:
+    no frozen run; ``{"note"}``: :func:`locate_store` found no usable store): a note
+    instead when there is none."""
     if store is None:
         return {"curves": {}, "skipped": [], "note": "No frozen-feature runs yet, so there "
                 f"are no cached features to refit heads on: run `{program()} extract` and `fit`."}
     if isinstance(store, dict):
         return {"curves": {}, "skipped": [],
                 "note": f"{store['note']} The curves cannot be computed without it."}
-    return fewshot_curves(store, budget=budget)
+    return fewshot_curves(store, budget=budget).to_dict()
 
 
 # ------------------------------------------------------------------ feature map

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from ..configs import BaselineConfig
@@ -17,7 +18,7 @@ from ..runs.records import (
     save_run,
 )
 from ..store.hdf5 import open_store
-from ..train.baselines import cv_baseline, fit_baseline, model_writer
+from ..train.baselines import BaselineFit, cv_baseline, fit_baseline, model_writer
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,13 @@ def run_baseline(cfg: BaselineConfig, runs_dir=DEFAULT_RUNS_DIR) -> tuple[RunRec
     ``class_weight`` weights the loss (``auto`` for both: by the store's class
     balance, :mod:`pipeline.balance`).
     """
-    record, out, store = baseline_run(cfg)
-    path = save_run(record, runs_dir, *model_writer(cfg.kind, out, store))
-    log.info("%s (%s) in %.1f s", record.label, record.protocol, out["seconds"])
+    record, fit, store = baseline_run(cfg)
+    path = save_run(record, runs_dir, *model_writer(cfg.kind, fit, store))
+    log.info("%s (%s) in %.1f s", record.label, record.protocol, fit.fit_seconds)
     return record, path
 
 
-def baseline_run(cfg: BaselineConfig) -> tuple[RunRecord, dict, object]:
+def baseline_run(cfg: BaselineConfig) -> tuple[RunRecord, BaselineFit, object]:
     """``(record, fitted baseline, store)`` of :func:`run_baseline`; writes nothing."""
     from .fit import find_store, resolve_selection
 
@@ -51,33 +52,31 @@ def baseline_run(cfg: BaselineConfig) -> tuple[RunRecord, dict, object]:
     selection = resolve_selection(store, cfg.metric, cfg.class_weight)
     choice = {"metric": selection.metric, "class_weight": selection.class_weight}
     opts = {**cfg.options, **({"epochs": cfg.epochs} if cfg.epochs else {})}
-    fit = protocol.pick(holdout=fit_baseline, cv=cv_baseline)
-    out = fit(cfg.kind, store, cfg.seed, **choice, **opts)
-    out["label"] += selection.suffix
-    record = protocol.pick(holdout=baseline_record, cv=_cv_record)(cfg.kind, out, store,
+    run = protocol.pick(holdout=fit_baseline, cv=cv_baseline)
+    fit = run(cfg.kind, store, cfg.seed, **choice, **opts)
+    fit = replace(fit, label=fit.label + selection.suffix)
+    record = protocol.pick(holdout=baseline_record, cv=_cv_record)(cfg.kind, fit, store,
                                                                    cfg.seed)
     record.update(protocol=protocol, **selection.record_fields())
-    return record, out, store
+    return record, fit, store
 
 
-def baseline_record(kind: str, out: dict, store, seed: int) -> RunRecord:
+def baseline_record(kind: str, fit: BaselineFit, store, seed: int) -> RunRecord:
     """The run record (``kind="baseline"``) of a
     :func:`pipeline.train.baselines.fit_baseline` result."""
-    run = _run_info(kind, out, seed, {"skipped_images": out.get("skipped", [])})
-    return new_record(run, store, out["val_pred"], out["test_pred"], out["test_proba"])
+    run = _run_info(kind, fit, seed, {"skipped_images": fit.skipped_images})
+    return new_record(run, store, fit.val_pred, fit.test_pred, fit.test_proba)
 
 
-def _cv_record(kind: str, out: dict, store, seed: int) -> RunRecord:
+def _cv_record(kind: str, fit: BaselineFit, store, seed: int) -> RunRecord:
     """The run record of a :func:`pipeline.train.baselines.cv_baseline` result."""
-    run = _run_info(kind, out, seed, {"final_model": "refitted on every image"})
-    return new_cv_record(run, store, out["folds"])
+    run = _run_info(kind, fit, seed, {"final_model": "refitted on every image"})
+    return new_cv_record(run, store, fit.folds)
 
 
-def _run_info(kind: str, out: dict, seed: int, extra: dict) -> RunInfo:
-    """What a fitted baseline (``out``) reports in its record."""
-    return RunInfo(kind="baseline", method=kind, label=out["label"],
-                   hyperparameters={**out["params"], **out.get("chosen", {})},
-                   search=out.get("search") or [], fit_seconds=out["seconds"],
-                   trainable_params=out["trainable_params"],
-                   history=out.get("history") or [], seed=seed, group=out["label"],
-                   extra=extra)
+def _run_info(kind: str, fit: BaselineFit, seed: int, extra: dict) -> RunInfo:
+    """What a fitted baseline reports in its record: its fields of the same names."""
+    return RunInfo(kind="baseline", method=kind, label=fit.label,
+                   hyperparameters=fit.hyperparameters, search=fit.search,
+                   fit_seconds=fit.fit_seconds, trainable_params=fit.trainable_params,
+                   history=fit.history, seed=seed, group=fit.label, extra=extra)

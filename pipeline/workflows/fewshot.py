@@ -12,8 +12,10 @@ each (curve, k) point is the mean over the draws with a Student-t 95% band.
 The store's train/val/test split plays no part: it would hand the head more
 labelled images than k.
 
-The result is a JSON-ready dict (see :func:`fewshot_curves`) that the
-analysis workflow saves and the report draws.
+The result is a :class:`FewShotResult` of :class:`FewShotCurve` of
+:class:`FewShotPoint` (each point's ``accuracy`` named as a run record's metric);
+its :meth:`FewShotResult.to_dict` is the JSON the analysis workflow saves and the
+report draws.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +68,99 @@ _DECODE_BLOCK = 256
 #: A point costs about this many times the one at half its k (measured on the
 #: flowers: 1.2x to 4.7x, the most for wide features at large k).
 _GROWTH = 4.0
+
+
+@dataclass
+class DrawScore:
+    """One draw's head (:func:`fit_draw`): its ``accuracy`` on the ``n_scored`` images it
+    did not draw, the ``C`` chosen among the drawn ones, and the ``seconds`` it took."""
+
+    accuracy: float
+    C: float
+    n_scored: int
+    seconds: float = 0.0
+
+
+@dataclass
+class FewShotPoint:
+    """A curve at ``k`` images per class: over its draws, the mean ``accuracy`` with its
+    s.d. ``sd`` and Student-t 95% band ``low``-``high``; per draw (``(draws,)``) the
+    ``accuracies`` and the chosen ``C``; the images each draw scored (``n_scored``) and
+    the seconds of every draw together."""
+
+    k: int
+    accuracy: float
+    sd: float
+    low: float
+    high: float
+    accuracies: list
+    C: list
+    n_scored: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        """The point as the analysis record writes it: the mean accuracy is ``mean``."""
+        return {"k": self.k, "mean": self.accuracy, "sd": self.sd, "low": self.low,
+                "high": self.high, "accuracies": self.accuracies, "C": self.C,
+                "n_scored": self.n_scored, "seconds": self.seconds}
+
+
+@dataclass
+class FewShotCurve:
+    """The points of one tap (``kind="tap"``) or of raw pixels (``"pixels"``), ``dim``
+    features wide, k increasing."""
+
+    kind: str
+    dim: int
+    points: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "dim": self.dim, "points": [p.to_dict() for p in self.points]}
+
+
+@dataclass
+class FewShotResult:
+    """The few-shot curves of a store (:func:`fewshot_curves`) and how they were drawn.
+
+    ``curves`` maps a name (a tap, shallow to deep, then ``"pixels NxN"``) to its
+    :class:`FewShotCurve`; ``shots`` the k tried, ``draws`` per k, ``seed``; the C
+    ``grid``, ``default_C`` (k = 1) and ``max_folds`` of the inner cross-validation;
+    the store (``store``, ``backbone``, ``n_images``, ``n_classes``,
+    ``smallest_class``); the ``budget``, the ``seconds`` spent and ``n_jobs``;
+    ``skipped``: the curves or points left out and why; ``note``: why there is no
+    curve at all (None when there are).
+    """
+
+    shots: list
+    draws: int
+    seed: int
+    pixel_size: int
+    n_images: int
+    n_classes: int
+    smallest_class: int
+    backbone: str | None
+    store: str
+    budget: float
+    n_jobs: int
+    curves: dict = field(default_factory=dict)
+    grid: list = field(default_factory=lambda: list(FEWSHOT_GRID))
+    default_C: float = FEWSHOT_DEFAULT_C
+    max_folds: int = FEWSHOT_MAX_FOLDS
+    seconds: float = 0.0
+    skipped: list = field(default_factory=list)
+    note: str | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON the analysis record keeps under ``fewshot`` (the report reads it)."""
+        out = {key: getattr(self, key) for key in _LAYOUT}
+        out["curves"] = {name: curve.to_dict() for name, curve in self.curves.items()}
+        return out
+
+
+#: The order of :meth:`FewShotResult.to_dict`'s keys (the analysis record's, schema 4).
+_LAYOUT = ("curves", "shots", "draws", "seed", "grid", "default_C", "max_folds", "pixel_size",
+           "n_images", "n_classes", "smallest_class", "backbone", "store", "budget", "seconds",
+           "n_jobs", "skipped", "note")
 
 
 def shots_allowed(labels, shots=None) -> list:
@@ -183,13 +279,13 @@ def choose_c(X_drawn, y_drawn, grid=FEWSHOT_GRID, default_c: float = FEWSHOT_DEF
 
 
 def fit_draw(X, y, rows, grid=FEWSHOT_GRID, default_c: float = FEWSHOT_DEFAULT_C,
-             seed: int = 0) -> dict:
+             seed: int = 0) -> DrawScore:
     """Fit the head on rows ``rows`` of ``X`` (n, n_features) / ``y`` (n,) and score it
     on every other row.
 
     C comes from :func:`choose_c` on the drawn rows alone, so no row outside
     ``rows`` shapes the head (``make_head("logreg", C)``, on one BLAS thread).
-    Returns ``{"accuracy", "C", "n_scored"}``.
+    Returns its :class:`DrawScore` (``seconds`` left at 0).
     """
     from threadpoolctl import threadpool_limits
 
@@ -207,7 +303,7 @@ def fit_draw(X, y, rows, grid=FEWSHOT_GRID, default_c: float = FEWSHOT_DEFAULT_C
             block = scored[start:start + _SCORE_BLOCK]
             pred = model.predict(np.asarray(X[block], dtype=np.float32))
             correct += int(np.sum(pred == y[block]))
-    return {"accuracy": correct / max(len(scored), 1), "C": c, "n_scored": int(len(scored))}
+    return DrawScore(accuracy=correct / max(len(scored), 1), C=c, n_scored=int(len(scored)))
 
 
 def _pixels(store, size: int, deadline: float):
@@ -236,13 +332,14 @@ def _cv_seed(seed: int, draw: int, k: int) -> int:
     return int(np.random.SeedSequence([seed, draw, k]).generate_state(1)[0])
 
 
-def _point(k: int, results: list) -> dict:
-    accs = [r["accuracy"] for r in results]
+def _point(k: int, results: list) -> FewShotPoint:
+    """The point at ``k`` of a curve's draws (:class:`DrawScore` list)."""
+    accs = [r.accuracy for r in results]
     low, high = t_interval(accs)
-    return {"k": k, "mean": float(np.mean(accs)), "sd": float(np.std(accs, ddof=1)),
-            "low": low, "high": high, "accuracies": accs, "C": [r["C"] for r in results],
-            "n_scored": results[0]["n_scored"],
-            "seconds": float(sum(r["seconds"] for r in results))}
+    return FewShotPoint(k=k, accuracy=float(np.mean(accs)), sd=float(np.std(accs, ddof=1)),
+                        low=low, high=high, accuracies=accs, C=[r.C for r in results],
+                        n_scored=results[0].n_scored,
+                        seconds=float(sum(r.seconds for r in results)))
 
 
 def _tap_rank(tap) -> int:
@@ -267,7 +364,7 @@ def _draw_task(X, y, rows, seed: int, deadline: float):
         return None
     t0 = time.perf_counter()
     out = fit_draw(X, y, rows, seed=seed)
-    return {**out, "seconds": time.perf_counter() - t0}
+    return replace(out, seconds=time.perf_counter() - t0)
 
 
 def _run(tasks: list, n_jobs: int) -> list:
@@ -279,8 +376,9 @@ def _run(tasks: list, n_jobs: int) -> list:
 
 
 def fewshot_curves(store, pixel_size: int = 32, shots=None, draws: int = FEWSHOT_DRAWS,
-                   seed: int = 0, budget: float = FEWSHOT_BUDGET, n_jobs: int = 1) -> dict:
-    """Few-shot accuracy of every tap of ``store`` and of raw pixels (JSON-ready).
+                   seed: int = 0, budget: float = FEWSHOT_BUDGET,
+                   n_jobs: int = 1) -> FewShotResult:
+    """Few-shot accuracy of every tap of ``store`` and of raw pixels.
 
     ``store`` is a :class:`pipeline.store.hdf5.FeatureStore` or its path;
     ``shots`` the k to try (default 1, 2, 4, ... as far as the data allow:
@@ -294,12 +392,8 @@ def fewshot_curves(store, pixel_size: int = 32, shots=None, draws: int = FEWSHOT
     k in that many processes, worth it only with idle cores (on 2 vCPUs with
     one busy it was slower: 29 s against 23 s).
 
-    Returns ``{"curves": {name: {"kind": "tap" | "pixels", "dim", "points":
-    [{"k", "mean", "sd", "low", "high", "accuracies" (draws,), "C" (draws,),
-    "n_scored", "seconds"}]}}, "shots", "draws", "seed", "grid", "default_C",
-    "max_folds", "pixel_size", "n_images", "n_classes", "smallest_class",
-    "backbone", "store", "budget", "seconds", "n_jobs", "skipped", "note"}``;
-    curves are ordered shallow tap to deep, then ``"pixels NxN"``.
+    Returns a :class:`FewShotResult` (its ``to_dict()`` is the analysis record's
+    JSON); curves are ordered shallow tap to deep, then ``"pixels NxN"``.
     """
     from ..store.hdf5 import FeatureStore
 
@@ -316,40 +410,38 @@ def fewshot_curves(store, pixel_size: int = 32, shots=None, draws: int = FEWSHOT
     names = sorted(store.taps, key=_tap_rank) + [pixel_name]
     n_jobs = max(1, min(int(n_jobs), draws * len(names)))
     out = _header(store, y, ks, int(draws), seed, pixel_size, budget, n_jobs)
-    if out["note"]:
+    if out.note:
         return out
     curves, stopped_at = _compute(store, y, ks, names, pixel_size, int(draws), seed,
-                                  t0 + budget, n_jobs, out["skipped"])
-    out["curves"] = {name: curves[name] for name in names if name in curves}
+                                  t0 + budget, n_jobs, out.skipped)
+    out.curves = {name: curves[name] for name in names if name in curves}
     for name in names:
         if stopped_at.get(name) is not None:
             left = ks[ks.index(stopped_at[name]):]
-            out["skipped"].append(f"{name} at k = {', '.join(map(str, left))} "
-                                  f"(over the {budget:g} s budget)")
-    out["seconds"] = time.time() - t0
-    if not out["curves"]:
-        out["note"] = f"No few-shot point could be computed from {store.path} within the budget."
+            out.skipped.append(f"{name} at k = {', '.join(map(str, left))} "
+                               f"(over the {budget:g} s budget)")
+    out.seconds = time.time() - t0
+    if not out.curves:
+        out.note = f"No few-shot point could be computed from {store.path} within the budget."
     log.info("few-shot curves of %s: %d curves, k up to %d, %.1f s on %d process(es)",
-             store.path, len(out["curves"]), ks[-1], out["seconds"], n_jobs)
+             store.path, len(out.curves), ks[-1], out.seconds, n_jobs)
     return out
 
 
-def _header(store, y, ks, draws, seed, pixel_size, budget, n_jobs) -> dict:
+def _header(store, y, ks, draws, seed, pixel_size, budget, n_jobs) -> FewShotResult:
     """The result's description, with a ``note`` when there is nothing to draw."""
     counts = np.bincount(y, minlength=len(store.classes))
-    out = {"curves": {}, "shots": ks, "draws": draws, "seed": seed,
-           "grid": list(FEWSHOT_GRID), "default_C": FEWSHOT_DEFAULT_C,
-           "max_folds": FEWSHOT_MAX_FOLDS, "pixel_size": pixel_size, "n_images": len(y),
-           "n_classes": int(np.count_nonzero(counts)),
-           "smallest_class": int(counts[counts > 0].min()) if len(y) else 0,
-           "backbone": store.attrs.get("backbone"), "store": str(store.path),
-           "budget": budget, "seconds": 0.0, "n_jobs": int(n_jobs), "skipped": [], "note": None}
-    if out["n_classes"] < 2:
-        out["note"] = f"{store.path} holds fewer than two classes: there is nothing to classify."
+    out = FewShotResult(shots=ks, draws=draws, seed=seed, pixel_size=pixel_size,
+                        n_images=len(y), n_classes=int(np.count_nonzero(counts)),
+                        smallest_class=int(counts[counts > 0].min()) if len(y) else 0,
+                        backbone=store.attrs.get("backbone"), store=str(store.path),
+                        budget=budget, n_jobs=int(n_jobs))
+    if out.n_classes < 2:
+        out.note = f"{store.path} holds fewer than two classes: there is nothing to classify."
     elif not ks:
-        out["note"] = (f"Too few images for a few-shot curve: the smallest class of "
-                       f"{store.path} has {out['smallest_class']} image(s), and one drawn image "
-                       "per class needs at least 3 (2 left to score on).")
+        out.note = (f"Too few images for a few-shot curve: the smallest class of "
+                    f"{store.path} has {out.smallest_class} image(s), and one drawn image "
+                    "per class needs at least 3 (2 left to score on).")
     return out
 
 
@@ -390,8 +482,8 @@ def _compute(store, y, ks, names, pixel_size, draws, seed, deadline, n_jobs, ski
             if any(r is None for r in done):
                 stopped_at[name] = k
                 continue
-            cost[name] = float(np.mean([r["seconds"] for r in done]))
-            curves.setdefault(name, {"kind": "pixels" if name == pixel_name else "tap",
-                                     "dim": int(features[name].shape[1]), "points": []})
-            curves[name]["points"].append(_point(k, done))
+            cost[name] = float(np.mean([r.seconds for r in done]))
+            curves.setdefault(name, FewShotCurve(kind="pixels" if name == pixel_name else "tap",
+                                                 dim=int(features[name].shape[1])))
+            curves[name].points.append(_point(k, done))
     return curves, stopped_at

@@ -1,10 +1,14 @@
 """The course ladder: every strategy on one store's split, one table.
+
+:func:`run_ladder` returns one :class:`LadderRow` per rung, its metrics named as a run
+record's (``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``fit_seconds``,
+``trainable_params``, ``protocol``); :meth:`LadderRow.to_dict` is its JSON.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -32,55 +36,90 @@ def ladder_configs(features, epochs: int = LADDER_EPOCHS,
     ]
 
 
-def summarise_group(records, metric: str | None = None) -> dict:
-    """Mean and spread of a group of records (one per seed).
+@dataclass(kw_only=True)
+class LadderRow:
+    """One rung of the ladder (a group of runs, one per seed) or the majority-class
+    reference, with its metrics named as a run record's.
 
-    Holdout: validation and test accuracy; cv: ``val_accuracy`` and
-    ``test_accuracy`` are both the cross-validated mean (there is no separate
-    test split) and ``ci`` its corrected 95% interval.  The same in the selection
-    ``metric`` (default: the one the runs were selected by) as ``metric``,
-    ``val_score``, ``test_score``, ``score_std`` (``ci`` is its interval); the
-    scored predictions' ``balanced_accuracy`` and ``macro_f1``; ``collapsed``:
-    what a run that answers one class does (None when none does); ``protocol``: the
-    name of the runs' protocol (rows are JSON-ready).
+    ``accuracy``, ``balanced_accuracy``, ``macro_f1``: the scored figures (test split
+    under holdout; under cv ``accuracy`` is the cross-validated mean over folds, the
+    other two those of the out-of-fold predictions), mean over the seeds;
+    ``accuracy_std`` the seeds' s.d. of ``accuracy``; ``val_accuracy`` on validation
+    (holdout) or the cross-validated mean (cv).  The same in the selection ``metric``:
+    ``score``, ``val_score``, ``score_std``, and ``ci``, the 95% interval of the first
+    seed's ``score`` (corrected resampled t under cv).  ``fit_seconds`` and
+    ``trainable_params`` as in the records; ``protocol`` the runs' protocol name;
+    ``collapsed`` what a run that answers one class does (None when none does);
+    ``reference`` marks the majority-class row (no runs, ``n_seeds`` 0, no validation
+    figures).
     """
+
+    label: str
+    protocol: str
+    metric: str
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    score: float
+    ci: tuple
+    n_seeds: int = 1
+    accuracy_std: float = 0.0
+    score_std: float = 0.0
+    val_accuracy: float | None = None
+    val_score: float | None = None
+    trainable_params: int | None = None
+    fit_seconds: float = 0.0
+    collapsed: str | None = None
+    reference: bool = False
+    run_ids: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The row as a JSON object (``ci`` a list)."""
+        return {**asdict(self), "ci": list(self.ci)}
+
+
+def _std(values: list) -> float:
+    """The seeds' sample s.d. (0 for one seed)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarise_group(records, metric: str | None = None) -> LadderRow:
+    """The :class:`LadderRow` of a group of records (one per seed): means over the seeds
+    and their spread, in accuracy and in the selection ``metric`` (default: the one
+    the runs were selected by)."""
     records = [as_record(r) for r in records]
     metric = metric or record_metric(records[0])
     accuracy = [score(r, "accuracy") for r in records]
     scores = [score(r, metric) for r in records]
     test = [sc["value"] for sc in accuracy]
     values = [sc["value"] for sc in scores]
-    collapsed = next((c["text"] for c in map(collapse_of, records) if c), None)
-    return {"method": records[0].label, "n_seeds": len(records),
-            "protocol": records[0].protocol.name,
-            "ci": [scores[0]["low"], scores[0]["high"]],
-            "trainable_params": records[0].trainable_params,
-            "train_seconds": float(np.mean([r.fit_seconds for r in records])),
-            "val_accuracy": float(np.mean([sc["select"] for sc in accuracy])),
-            "test_accuracy": float(np.mean(test)),
-            "test_std": float(np.std(test, ddof=1)) if len(test) > 1 else 0.0,
-            "metric": metric, "val_score": float(np.mean([sc["select"] for sc in scores])),
-            "test_score": float(np.mean(values)),
-            "score_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-            "balanced_accuracy": float(np.mean([test_metrics(r)["balanced_accuracy"]
-                                                for r in records])),
-            "macro_f1": float(np.mean([test_metrics(r)["macro_f1"] for r in records])),
-            "collapsed": collapsed, "run_ids": [r.run_id for r in records]}
+    return LadderRow(
+        label=records[0].label, n_seeds=len(records), protocol=records[0].protocol.name,
+        metric=metric, ci=(scores[0]["low"], scores[0]["high"]),
+        trainable_params=records[0].trainable_params,
+        fit_seconds=float(np.mean([r.fit_seconds for r in records])),
+        val_accuracy=float(np.mean([sc["select"] for sc in accuracy])),
+        accuracy=float(np.mean(test)), accuracy_std=_std(test),
+        val_score=float(np.mean([sc["select"] for sc in scores])),
+        score=float(np.mean(values)), score_std=_std(values),
+        balanced_accuracy=float(np.mean([test_metrics(r)["balanced_accuracy"]
+                                         for r in records])),
+        macro_f1=float(np.mean([test_metrics(r)["macro_f1"] for r in records])),
+        collapsed=next((c["text"] for c in map(collapse_of, records) if c), None),
+        run_ids=[r.run_id for r in records])
 
 
-def reference_row(record, metric: str) -> dict | None:
+def reference_row(record, metric: str) -> LadderRow | None:
     """The majority-class reference (:func:`pipeline.runs.groups.majority_reference`) on
-    ``record``'s scored images, as a row of :func:`summarise_group`'s shape."""
+    ``record``'s scored images, as a :class:`LadderRow` (``reference=True``)."""
     record = as_record(record)
     ref = majority_reference(record, metric)
     if ref is None:
         return None
-    return {"method": ref["name"], "n_seeds": 0, "protocol": record.protocol.name,
-            "ci": [ref["low"], ref["high"]], "trainable_params": 0, "train_seconds": 0.0,
-            "val_accuracy": None, "test_accuracy": ref["accuracy"], "test_std": 0.0,
-            "metric": metric, "val_score": None, "test_score": ref["value"], "score_std": 0.0,
-            "balanced_accuracy": ref["balanced_accuracy"], "macro_f1": ref["macro_f1"],
-            "collapsed": None, "reference": True, "run_ids": []}
+    return LadderRow(label=ref["name"], n_seeds=0, protocol=record.protocol.name,
+                     metric=metric, ci=(ref["low"], ref["high"]), trainable_params=0,
+                     accuracy=ref["accuracy"], balanced_accuracy=ref["balanced_accuracy"],
+                     macro_f1=ref["macro_f1"], score=ref["value"], reference=True)
 
 
 def _check_rungs(rungs, known: set):
@@ -89,13 +128,13 @@ def _check_rungs(rungs, known: set):
                          f"valid: {', '.join(sorted(known))}", param="rungs")
 
 
-def _frozen_row(fitted: list, protocol) -> tuple[dict, object]:
+def _frozen_row(fitted: list, protocol) -> tuple[LadderRow, object]:
     """``(row, record)`` of the frozen rung: logreg on the tap chosen without test data
     (one that learned before a collapsed one), from ``fitted`` ``[(record, path)]``."""
     best = max((r for r, _ in fitted), key=lambda r: (collapse_of(r) is None,
                                                        score(r)["select"]))
-    row = summarise_group([best])
-    row["method"] = f"frozen {best.label} (best tap on {protocol.select_short})"
+    row = replace(summarise_group([best]),
+                  label=f"frozen {best.label} (best tap on {protocol.select_short})")
     return row, best
 
 
@@ -106,19 +145,18 @@ def _rung_names(rungs) -> list | None:
     return list(rungs) if rungs else None
 
 
-def run_ladder(cfg: LadderConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -> list[dict]:
-    """Every rung of the course ladder on one store's split; one summary row per rung.
+def run_ladder(cfg: LadderConfig, runs_dir=DEFAULT_RUNS_DIR,
+               cache_dir=None) -> list[LadderRow]:
+    """Every rung of the course ladder on one store's split; one :class:`LadderRow` per rung.
 
     Rungs: pixels, MLP, scratch CNN, frozen logreg on the tap with the best
     validation accuracy, then the fine-tuning rungs of :func:`ladder_configs`,
     each repeated for ``cfg.seeds`` seeds (the MLP and scratch CNN for
     ``cfg.baseline_seeds``; pixels and frozen heads are deterministic given the
     split: one run each).  ``cfg.rungs`` restricts to a subset of
-    rung names.  Rows: method, n_seeds, trainable_params, train_seconds,
-    val_accuracy, test_accuracy, test_std, run_ids, and the same in the selection
-    metric (see :func:`summarise_group`); the last row is the majority-class
-    reference (``reference: True``).  Every rung runs under one ``protocol``
-    (resolved once, ``auto`` by size) and one selection ``metric`` and
+    rung names.  The last row is the majority-class reference (``reference``).
+    Every rung runs under one ``protocol`` (resolved once, ``auto`` by size) and
+    one selection ``metric`` and
     ``class_weight`` (resolved once from the store's classes; ``auto``: balanced
     accuracy and balanced weights when they are imbalanced), on one split
     (``split_seed`` and ``groups``: the store's when None).  The fine-tuning rungs
