@@ -31,6 +31,7 @@ import numpy as np
 from ..data.split import draw_rows
 from ..errors import UsageError, opt
 from ..options import TAP_ORDER
+from ..parallel import run_in_order
 from ..runs.stats import t_interval
 
 log = logging.getLogger(__name__)
@@ -367,14 +368,6 @@ def _draw_task(X, y, rows, seed: int, deadline: float):
     return replace(out, seconds=time.perf_counter() - t0)
 
 
-def _run(tasks: list, n_jobs: int) -> list:
-    if n_jobs <= 1:
-        return [_draw_task(*task) for task in tasks]
-    from joblib import Parallel, delayed
-
-    return Parallel(n_jobs=n_jobs)(delayed(_draw_task)(*task) for task in tasks)
-
-
 def fewshot_curves(store, pixel_size: int = 32, shots=None, draws: int = FEWSHOT_DRAWS,
                    seed: int = 0, budget: float = FEWSHOT_BUDGET,
                    n_jobs: int = 1) -> FewShotResult:
@@ -476,7 +469,7 @@ def _compute(store, y, ks, names, pixel_size, draws, seed, deadline, n_jobs, ski
         rows_of = draw_rows(y, k, draws, seed)
         tasks = [(features[name], y, rows, _cv_seed(seed, d, k), deadline)
                  for name in planned for d, rows in enumerate(rows_of)]
-        results = _run(tasks, n_jobs)
+        results = run_in_order(_draw_task, tasks, n_jobs)
         for i, name in enumerate(planned):
             done = results[i * draws:(i + 1) * draws]
             if any(r is None for r in done):
