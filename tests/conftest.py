@@ -13,6 +13,46 @@ from PIL import Image
 
 from pipeline.backbones import BackboneSpec, Preprocessing, Tap, register_backbone
 
+#: Most xdist workers ``-n auto`` starts (setup.cfg's addopts): one per core, at most this.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core this process may use, at most :data:`MAX_WORKERS`
+    (each holds torch, a backbone and the demo's data in memory)."""
+    from pipeline.parallel import cores
+
+    return min(cores(), MAX_WORKERS)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist every core already has a worker: a worker's torch (and the
+    commands its tests start) use their share of the cores, and the library's own
+    process pools stay off (``WORKBENCH_JOBS=1``), so nothing runs two threads per core."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers:
+        return
+    import torch
+
+    from pipeline.parallel import JOBS_ENV, cores
+
+    threads = max(1, cores() // int(workers))
+    os.environ.setdefault(JOBS_ENV, "1")
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    torch.set_num_threads(threads)
+
+
+#: The module whose tests share one run of the demo (the suite's longest setup).
+DEMO_MODULE = "test_demo.py"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The demo's module first: under pytest-xdist (``--dist loadfile``: a module stays on
+    one worker) its worker starts the longest setup while the others take the rest."""
+    first = [i for i in items if i.path.name == DEMO_MODULE]
+    items[:] = first + [i for i in items if i.path.name != DEMO_MODULE]
+
+
 #: Root ignores chmod: tests of unwritable folders mount a read-only tmpfs instead.
 IS_ROOT = os.geteuid() == 0
 TESTS = Path(__file__).resolve().parent
@@ -134,14 +174,3 @@ def run(monkeypatch, tmp_path):
         return runner.invoke(cli.cli, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
-
-
-@pytest.fixture(scope="session")
-def cv_demo(tmp_path_factory):
-    """One run of what ``python cli.py demo`` runs (cv on the bundled photos, with the
-    fine-tuning run, feature hierarchy and explorer grid), shared by the end-to-end
-    test and the browser test of its report."""
-    from pipeline.workflows.demo import run_demo
-
-    root = tmp_path_factory.mktemp("cv-demo")
-    return run_demo(out_dir=root / "demo", features_dir=root / "features", progress=False)

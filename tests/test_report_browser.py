@@ -107,14 +107,19 @@ class DevTools:
         self.ws.close()
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    """The Chromium binary (and the DevTools client library), checked before any report is built."""
+def find_chromium() -> str:
+    """The Chromium binary (and the DevTools client library), checked before any report is
+    built: a skip here, a failure on CI."""
     try:
         import websocket  # noqa: F401
     except ImportError:
         _unavailable("the websocket-client package is not installed")
     return _chromium()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    return find_chromium()
 
 
 @contextmanager
@@ -274,39 +279,6 @@ def test_report_in_headless_chromium(chromium, report_file, tmp_path):
         assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
         (ARTIFACTS / "report.pdf").write_bytes(pdf)
         assert problems(dev, report_file) == []
-
-
-@pytest.mark.slow
-def test_demo_report_and_its_explorer_in_chromium(chromium, cv_demo, tmp_path):
-    """The report of `python cli.py demo` itself: every section, the feature hierarchy,
-    augmentation preview, explorer and leakage sections drawn from real records; both
-    explorer controls redraw the chart; no console error; the page stays under 5 MB."""
-    page = cv_demo["report"]
-    assert page.stat().st_size < 5_000_000
-    with chromium_session(chromium, tmp_path) as dev:
-        load(dev, page)
-        state = dev.evaluate(SECTION_CHECK)
-        for name in (*SECTIONS, "leakage", "hierarchy"):
-            assert state["sections"][name]["visible"], f"section {name} not visible"
-        assert state["images"] and all(i["ok"] for i in state["images"]), \
-            [i["alt"] for i in state["images"] if not i["ok"]]
-        explorer = dev.evaluate(EXPLORER_CHECK)
-        assert explorer["bars"] == [4, 4], explorer       # accuracy and time, one per depth
-        assert explorer["sizes"] == ["5", "all"]
-        assert explorer["afterSize"] != explorer["before"], "changing the size did not redraw"
-        assert explorer["afterLr"] != explorer["afterSize"], "changing the rate did not redraw"
-        assert explorer["heights"] != explorer["heightsAfter"]
-        assert "lr 0.003" in explorer["caption"], explorer["caption"]
-        dev.pump(0.5)
-        assert problems(dev, page) == []
-        ARTIFACTS.mkdir(exist_ok=True)
-        full = dev.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                        clip={"x": 0, "y": 0, "width": 1366, "height": state["height"],
-                              "scale": 0.5})
-        (ARTIFACTS / "demo-report-full.png").write_bytes(base64.b64decode(full["data"]))
-        dev.evaluate("document.getElementById('explore').scrollIntoView()")
-        shot = dev.call("Page.captureScreenshot", format="png")
-        (ARTIFACTS / "demo-explorer.png").write_bytes(base64.b64decode(shot["data"]))
 
 
 def test_hostile_class_names_run_no_script_in_chromium(chromium, tmp_path):
