@@ -561,7 +561,10 @@ def _finetune_gain(tuned: dict, frozen: dict) -> dict:
             "clears_noise": bool(test and test["significant"] and gain > 0)}
 
 
-def provenance_section(records: list, groups: list) -> dict:
+def provenance_section(records: list, groups: list, stale: list = ()) -> dict:
+    """The provenance facts of ``records``; ``stale``: runs left out because they were fit
+    on an earlier store at a path whose newest runs use another
+    (:func:`pipeline.runs.groups.current_store_runs`), each with its store."""
     rep = groups[0]["rep"]
     stores = OrderedDict()
     for r in records:
@@ -591,6 +594,10 @@ def provenance_section(records: list, groups: list) -> dict:
         "split_fingerprints": list(OrderedDict.fromkeys(r.split_fingerprint for r in records)),
         "versions": versions, "machines": machines,
         "first": created[0], "last": created[-1],
+        "stale": [{"run_id": r.run_id, "label": r.label, "created": r.created,
+                   "path": r.features.get("path"),
+                   "fingerprint": (r.features.get("fingerprint") or "")[:16],
+                   "classes": r.classes} for r in stale],
     }
 
 
