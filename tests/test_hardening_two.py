@@ -95,6 +95,12 @@ def test_finetune_runs_with_other_learning_rates_are_two_strategies(toy_store, t
     names = [g["name"] for g in group_runs(records)]
     assert len(names) == 2 and len(set(names)) == 2, names
     assert any("lr 0.001" in n for n in names) and any("lr 0.01" in n for n in names), names
+    # the page names both in the tables and above their learning curves
+    from pipeline.workflows.report import build_report
+
+    html = build_report(runs, tmp_path / "r.html", efficiency_budget=0).read_text()
+    for name in names:
+        assert html.count(name.replace("'", "&#39;")) >= 3, name
 
 
 def test_baselines_with_other_options_are_two_strategies(toy_store, tmp_path):

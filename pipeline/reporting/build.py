@@ -133,7 +133,7 @@ def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
         "depth": depth_section(groups),
         "backbones": backbones_section(groups),
         "fewshot": fewshot_section(analysis["fewshot"]),
-        "curves": curves_section(records, metric),
+        "curves": curves_section(records, metric, groups),
         "trap_train_min": TRAP_TRAIN_MIN,
         "metric_short": METRIC_SHORT,
         "explore": explore_section(analysis.get("explore")),

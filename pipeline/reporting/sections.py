@@ -339,7 +339,11 @@ def judged(test: dict | None) -> dict | None:
     return None if test is None else {**test, "significant": test["p_value"] < SIGNIFICANCE}
 
 
-def curves_section(records: list, metric: str = "accuracy") -> list:
+def curves_section(records: list, metric: str = "accuracy", groups: list = ()) -> list:
+    """The learning curves of every trained run, each named as its group in the tables
+    (``groups``: :func:`pipeline.runs.groups.group_runs`; two runs of one label with
+    other options read ``[lr 0.001]`` and ``[lr 0.01]``), else by its label."""
+    names = {r.run_id: g["name"] for g in groups for r in g["runs"]}
     out = []
     # Seeds of one strategy next to each other, in seed order.
     order = {g: i for i, g in enumerate(OrderedDict.fromkeys(r.group for r in records))}
@@ -350,7 +354,8 @@ def curves_section(records: list, metric: str = "accuracy") -> list:
         best_epoch = ((r.finetune or {}).get("best_epoch")
                       or r.hyperparameters.get("best_epoch"))
         collapsed = collapse_of(r)
-        out.append({"record": r, "figure": plots.learning_curve_plot(history, best_epoch),
+        out.append({"record": r, "name": names.get(r.run_id, r.label),
+                    "figure": plots.learning_curve_plot(history, best_epoch),
                     "score": score(r, metric)["value"],
                     "score_name": f"{r.protocol.short} {METRIC_LABELS[metric]}",
                     "trap": training_trap(history, collapsed, best_epoch),
