@@ -15,9 +15,11 @@ CLI imports this module to build its options, and ``import pipeline`` stays ligh
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from .errors import UsageError, opt
 from .files import sha256_text
 from .options import (
     AUGMENTATIONS,
@@ -61,6 +63,29 @@ def option(default=MISSING, help: str = "", *, factory=MISSING, **cli):
     if factory is not MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+class Checked:
+    """Base of every config: checks its numbers when it is made (by a command, the Python
+    API or :func:`dataclasses.replace`), so no job starts on a value that cannot work."""
+
+    def __post_init__(self):
+        check_finite(self)
+
+
+def check_finite(cfg):
+    """:class:`UsageError` naming the field when a float of ``cfg`` (or of a tuple, list or
+    dict it holds) is nan or infinite: such a rate or factor trains at chance with a nan
+    loss and no error."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        items = value.values() if isinstance(value, dict) else \
+            value if isinstance(value, (tuple, list)) else (value,)
+        bad = [v for v in items if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            example = f.default if isinstance(f.default, float) else 0.001
+            raise UsageError(f"{opt(f.name)} must be a finite number, got {bad[0]!r}; give "
+                             f"one such as {opt(f.name, f'{example:g}')}", param=f.name)
 
 
 # ------------------------------------------------------------ fields several jobs share
@@ -130,7 +155,7 @@ def runtime_field(help: str):
 
 
 @dataclass
-class ExtractConfig:
+class ExtractConfig(Checked):
     """Everything an extraction depends on (what shapes the vectors goes into the store's key)."""
 
     data: str | None = option(None, DATA_HELP, path=True)
@@ -195,7 +220,7 @@ class ExtractConfig:
 
 
 @dataclass
-class FitConfig:
+class FitConfig(Checked):
     """A scikit-learn head on a store's cached features (``fit``)."""
 
     features: str | None = features_field()
@@ -213,7 +238,7 @@ class FitConfig:
 
 
 @dataclass
-class BaselineConfig:
+class BaselineConfig(Checked):
     """A baseline without pretrained features on a store's split (``baseline``)."""
 
     kind: str = option("pixels", "pixels: raw-pixel logistic regression; mlp: the course's MLP; "
@@ -234,7 +259,7 @@ class BaselineConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Checked):
     """Everything a fine-tuning run depends on (``runs_dir``/checkpointing aside)."""
 
     # feature store: image list, labels, fixed split
@@ -311,7 +336,7 @@ LADDER_EPOCHS = 3
 
 
 @dataclass
-class LadderConfig:
+class LadderConfig(Checked):
     """The course ladder on one store's split (``ladder``)."""
 
     features: str | None = features_field()
@@ -342,7 +367,7 @@ DEFAULT_EPOCHS = 4
 
 
 @dataclass
-class ExploreConfig:
+class ExploreConfig(Checked):
     """One explorer grid on one store (everything its cells depend on)."""
 
     features: str | None = features_field()
@@ -399,7 +424,7 @@ class ExploreConfig:
 
 
 @dataclass
-class HierarchyConfig:
+class HierarchyConfig(Checked):
     """The feature hierarchy of a folder's images (``hierarchy``)."""
 
     data: str | None = option(None, DATA_HELP, path=True)

@@ -12,6 +12,7 @@ error about ``layers`` is shown as ``--layer`` (:func:`.errors.command_flags`).
 from __future__ import annotations
 
 import functools
+import math
 import types
 import typing
 from dataclasses import MISSING, fields
@@ -65,19 +66,37 @@ def _heads() -> list:
 CHOICES_FROM = {"heads": _heads}
 
 
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses ``nan`` and ``inf`` (which every range check lets
+    through, and which train a network at chance without an error), then checks its
+    range when it has one."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number; give one such as 0.001", param, ctx)
+        return super().convert(number, param, ctx)
+
+    def _describe_range(self) -> str:
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
+
 def click_type(meta: dict, base: type):
-    """The click parameter type of a field with metadata ``meta`` parsed as ``base``."""
+    """The click parameter type of a field with metadata ``meta`` parsed as ``base``
+    (every float: :class:`FiniteFloat`)."""
     if meta.get("choices_from"):
         return click.Choice(list(CHOICES_FROM[meta["choices_from"]]()))
     if meta.get("choices"):
         return click.Choice(list(meta["choices"]))
     if meta.get("path"):
         return click.Path()
+    bounds = {"min": meta.get("min"), "max": meta.get("max")}
+    if base is float:
+        return FiniteFloat(**bounds, min_open=meta.get("min_open", False))
     if "min" in meta or "max" in meta:
-        bounds = {"min": meta.get("min"), "max": meta.get("max")}
-        if base is int:
-            return click.IntRange(**bounds)
-        return click.FloatRange(**bounds, min_open=meta.get("min_open", False))
+        return click.IntRange(**bounds)
     return base
 
 

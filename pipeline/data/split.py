@@ -120,14 +120,27 @@ def assign_folds(paths, labels, n_folds: int = CV_FOLDS, n_repeats: int = CV_REP
 def inner_validation_split(labels, rows, seed: int = 0, fraction: float = 0.15):
     """``rows`` split into ``(training rows, validation rows)``, stratified by ``labels[rows]``
     when every class has two images there; both sorted.  For early stopping inside an
-    outer cross-validation training fold."""
+    outer cross-validation training fold.
+
+    Stratified, the validation rows are ``fraction`` of ``rows`` but at least one per
+    class (a fold of 3 classes x 2 images validates on 3 of its 6, not on 1, which no
+    stratified split can draw); otherwise ``fraction`` of them, at least one.
+    :class:`DataError` when ``rows`` hold fewer than 2 images."""
     from sklearn.model_selection import train_test_split
 
     rows = np.asarray(rows)
+    if len(rows) < 2:
+        raise DataError(f"a cross-validation training fold holds {len(rows)} image(s): nothing "
+                        "to validate on; add images or use --protocol holdout",
+                        param="protocol")
     y = np.asarray(labels)[rows]
     counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    tr, va = train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
+    present = counts[counts > 0]
+    stratify = y if present.min() >= 2 else None
+    n_val = max(1, int(np.ceil(fraction * len(rows))))
+    if stratify is not None:
+        n_val = max(n_val, len(present))
+    tr, va = train_test_split(rows, test_size=n_val, random_state=seed, stratify=stratify)
     return np.sort(tr), np.sort(va)
 
 

@@ -148,7 +148,7 @@ def extract_manifest(cfg: ExtractConfig, manifest: Manifest, path: Path,
     on_full = (f"the store needs about {human_bytes(need)}; the batches already extracted "
                f"are kept in {journal} and the next run resumes from them")
     with writing_into(path.parent, on_full=on_full), write_lock(path):
-        old = check_existing(path, config, cfg.overwrite)
+        old = check_existing(path, config, cfg.overwrite, manifest.root)
         plan = plan_reuse(old, manifest, spec, taps)
         if plan.up_to_date and not labels_changed(old, manifest, split_spec(cfg, manifest)):
             log.info("%s is up to date (%d images)", path, len(plan.reuse))

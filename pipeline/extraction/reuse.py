@@ -1,7 +1,8 @@
 """What an extraction can reuse from the store it updates, image by image.
 
 :func:`check_existing` opens the store at the target path once for the whole run
-(when its key matches; a damaged one is moved aside under ``overwrite``);
+(when its key matches and it holds the same data folder's images; a damaged one, or
+another folder's, is moved aside under ``overwrite``);
 :func:`plan_reuse` compares it with the data's manifest and says which rows are
 reused (same path, size and time, or same SHA-256), which unusable files are
 still the same, and which images need a forward pass (a :class:`ReusePlan`);
@@ -32,14 +33,19 @@ from .target import comparable
 log = logging.getLogger(__name__)
 
 
-def check_existing(path: Path, config: dict, overwrite: bool) -> FeatureStore | None:
-    """The store at ``path`` (opened once for the whole run) when it has ``config``; None
-    when there is none (or ``overwrite``); :class:`StoreError` naming the difference
-    otherwise.
+def check_existing(path: Path, config: dict, overwrite: bool,
+                   data_root: Path | None = None) -> FeatureStore | None:
+    """The store at ``path`` (opened once for the whole run) when it has ``config`` and
+    holds the images of ``data_root``; None when there is none (or ``overwrite``);
+    :class:`StoreError` naming the difference otherwise.
 
     A store that cannot be read (truncated, damaged, a dataset missing, not
     written by this tool) is refused, unless ``overwrite``: it is then moved
     aside to ``<name>.corrupt-<time>`` (never deleted) and a new one is written.
+    A store of another data folder (two folders of one name, ``siteA/photos`` and
+    ``siteB/photos``, share a store name) is never updated in place: refused, unless
+    ``overwrite``, which moves it aside to ``<name>.replaced-<time>``
+    (:func:`check_data_root`).
     """
     try:
         existing = FeatureStore(path) if path.exists() else None
@@ -55,6 +61,9 @@ def check_existing(path: Path, config: dict, overwrite: bool) -> FeatureStore | 
         aside = move_aside(path)
         log.warning("%s; moved it aside to %s and writing a new store", detail, aside)
         return None
+    if existing is not None and data_root is not None \
+            and not check_data_root(existing, Path(data_root), overwrite):
+        return None
     if existing is None or comparable(existing.config) == config:
         return existing
     if overwrite:
@@ -67,13 +76,38 @@ def check_existing(path: Path, config: dict, overwrite: bool) -> FeatureStore | 
         param="overwrite")
 
 
-def move_aside(path: Path) -> Path:
-    """Rename an unreadable store to ``<name>.corrupt-<UTC time>`` beside it; return that."""
+def check_data_root(existing: FeatureStore, data_root: Path, overwrite: bool) -> bool:
+    """Whether ``existing`` holds the images of ``data_root`` (then it may be updated).
+
+    Another folder's store is refused (:class:`StoreError` naming both folders and the
+    fixes); under ``overwrite`` it is moved aside to ``<name>.replaced-<time>``, never
+    deleted, and False says a new store is written."""
+    stored = existing.attrs.get("data_root")
+    if not stored or Path(stored) == data_root.resolve():
+        return True
+    path = existing.path
+    if not overwrite:
+        raise StoreError(
+            f"{path} holds the features of the images in {stored}, not of {data_root.resolve()} "
+            f"(another folder of the same name); updating it would replace those features. "
+            f"Pass {opt('out')} to write this folder's store elsewhere (e.g. "
+            f"{opt('out', str(Path(path).parent / data_root.resolve().parent.name))}), or "
+            f"{opt('overwrite', 'True')} to move the old store aside to "
+            f"{Path(path).name}.replaced-<time> and extract anew", param="overwrite")
+    aside = move_aside(Path(path), "replaced")
+    log.warning("%s held the features of %s; moved it aside to %s and writing a new store "
+                "for %s", path, stored, aside, data_root.resolve())
+    return False
+
+
+def move_aside(path: Path, why: str = "corrupt") -> Path:
+    """Rename a store to ``<name>.<why>-<UTC time>`` beside it (an unreadable one:
+    ``corrupt``, another folder's: ``replaced``); return that."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    aside = path.with_name(f"{path.name}.{why}-{stamp}")
     n = 1
     while aside.exists():
-        aside, n = path.with_name(f"{path.name}.corrupt-{stamp}-{n}"), n + 1
+        aside, n = path.with_name(f"{path.name}.{why}-{stamp}-{n}"), n + 1
     os.replace(path, aside)
     return aside
 

@@ -161,11 +161,11 @@ def merge_shards(cfg: ExtractConfig, world: int, shard_summaries=None) -> Extrac
     shards = [shard_store_path(final, k, world) for k in range(world)]
     stores = _finished_shards(final, shards, world)
     config, taps = stores[0].config, stores[0].taps
-    existing = check_existing(final, config, cfg.overwrite)
+    manifest = build_manifest(cfg)
+    existing = check_existing(final, config, cfg.overwrite, manifest.root)
     previous = {p: int(c) for p, c in zip(existing.paths, existing.split_codes)} \
         if existing else {}
     created = existing.attrs.get("created") if existing else None
-    manifest = build_manifest(cfg)
     indexes = [s.index() for s in stores]
     rows, skipped = _merged_rows(manifest, indexes)
     attrs = _store_attrs(stores[0])

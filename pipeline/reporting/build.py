@@ -16,7 +16,12 @@ from pathlib import Path
 from ..balance import METRIC_SHORT
 from ..errors import StoreError, UsageError, opt, program
 from ..files import atomic_write
-from ..runs.groups import group_runs, latest_per_seed, resolve_report_metric
+from ..runs.groups import (
+    current_store_runs,
+    group_runs,
+    latest_per_seed,
+    resolve_report_metric,
+)
 from .explore import explore_section
 from .fewshot import fewshot_section
 from .hierarchy import hierarchy_section
@@ -106,11 +111,14 @@ def render(context: dict) -> str:
 def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
     """One dict per section, from ``records`` and the workflow's ``analysis`` of their store.
 
-    A seed run twice is shown once, as its latest run (:func:`latest_per_seed`).
-    Every section ranks and tests in one selection metric (``metric``, ``auto``
-    resolved from the records and said in the verdict).
+    A seed run twice is shown once, as its latest run (:func:`latest_per_seed`); the
+    runs of an earlier store at a recorded store path are left out and listed in the
+    provenance (:func:`current_store_runs`, with ``analysis["stale_runs"]``, those the
+    workflow left out already).  Every section ranks and tests in one selection metric
+    (``metric``, ``auto`` resolved from the records and said in the verdict).
     """
-    records = latest_per_seed(records)[0]
+    records, stale = current_store_runs(latest_per_seed(records)[0])
+    stale = list(analysis.get("stale_runs") or []) + stale
     metric, reason = resolve_report_metric(records, metric)
     log.info("report metric: %s", reason)
     groups = group_runs(records, metric)
@@ -125,7 +133,7 @@ def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
         "depth": depth_section(groups),
         "backbones": backbones_section(groups),
         "fewshot": fewshot_section(analysis["fewshot"]),
-        "curves": curves_section(records, metric),
+        "curves": curves_section(records, metric, groups),
         "trap_train_min": TRAP_TRAIN_MIN,
         "metric_short": METRIC_SHORT,
         "explore": explore_section(analysis.get("explore")),
@@ -135,7 +143,7 @@ def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
         "feature_map": feature_map_section(analysis["feature_map"]),
         "hierarchy": hierarchy_section(analysis.get("hierarchy")),
         "advice": advice_section(groups),
-        "provenance": provenance_section(records, groups),
+        "provenance": provenance_section(records, groups, stale),
         "data": data_section(records, groups),
     }
 

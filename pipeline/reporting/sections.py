@@ -339,7 +339,11 @@ def judged(test: dict | None) -> dict | None:
     return None if test is None else {**test, "significant": test["p_value"] < SIGNIFICANCE}
 
 
-def curves_section(records: list, metric: str = "accuracy") -> list:
+def curves_section(records: list, metric: str = "accuracy", groups: list = ()) -> list:
+    """The learning curves of every trained run, each named as its group in the tables
+    (``groups``: :func:`pipeline.runs.groups.group_runs`; two runs of one label with
+    other options read ``[lr 0.001]`` and ``[lr 0.01]``), else by its label."""
+    names = {r.run_id: g["name"] for g in groups for r in g["runs"]}
     out = []
     # Seeds of one strategy next to each other, in seed order.
     order = {g: i for i, g in enumerate(OrderedDict.fromkeys(r.group for r in records))}
@@ -350,7 +354,8 @@ def curves_section(records: list, metric: str = "accuracy") -> list:
         best_epoch = ((r.finetune or {}).get("best_epoch")
                       or r.hyperparameters.get("best_epoch"))
         collapsed = collapse_of(r)
-        out.append({"record": r, "figure": plots.learning_curve_plot(history, best_epoch),
+        out.append({"record": r, "name": names.get(r.run_id, r.label),
+                    "figure": plots.learning_curve_plot(history, best_epoch),
                     "score": score(r, metric)["value"],
                     "score_name": f"{r.protocol.short} {METRIC_LABELS[metric]}",
                     "trap": training_trap(history, collapsed, best_epoch),
@@ -561,7 +566,10 @@ def _finetune_gain(tuned: dict, frozen: dict) -> dict:
             "clears_noise": bool(test and test["significant"] and gain > 0)}
 
 
-def provenance_section(records: list, groups: list) -> dict:
+def provenance_section(records: list, groups: list, stale: list = ()) -> dict:
+    """The provenance facts of ``records``; ``stale``: runs left out because they were fit
+    on an earlier store at a path whose newest runs use another
+    (:func:`pipeline.runs.groups.current_store_runs`), each with its store."""
     rep = groups[0]["rep"]
     stores = OrderedDict()
     for r in records:
@@ -591,6 +599,10 @@ def provenance_section(records: list, groups: list) -> dict:
         "split_fingerprints": list(OrderedDict.fromkeys(r.split_fingerprint for r in records)),
         "versions": versions, "machines": machines,
         "first": created[0], "last": created[-1],
+        "stale": [{"run_id": r.run_id, "label": r.label, "created": r.created,
+                   "path": r.features.get("path"),
+                   "fingerprint": (r.features.get("fingerprint") or "")[:16],
+                   "classes": r.classes} for r in stale],
     }
 
 

@@ -11,9 +11,11 @@ its group is ranked after every group that learned and can never be the best.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
@@ -171,13 +173,61 @@ def group_key(record) -> str:
     return record.group or record.label or record.run_id
 
 
+def setup_key(record) -> str | None:
+    """The options a run was made with (its ``setup``, the seed left out), as one string;
+    None for records written before the setup was recorded."""
+    setup = as_record(record).setup
+    return None if setup is None else json.dumps(setup, sort_keys=True, default=str)
+
+
+def strategy_key(record) -> tuple:
+    """What makes two runs repeats of one strategy: the same ``group``, the same options
+    (:func:`setup_key`: ``--lr 1e-3`` and ``--lr 1e-2`` are two strategies) and the same
+    store (its fingerprint: a store re-extracted over other images is another one)."""
+    return (group_key(record), setup_key(record), record.features.get("fingerprint"))
+
+
 def _repeat_key(record):
-    """Runs with the same key are the same run done again (same strategy, protocol, store
-    and seed); None when the run records no seed, so it cannot be told from a repeat."""
+    """Runs with the same key are the same run done again (same strategy, options, store,
+    protocol and seed); None when the run records no seed, so it cannot be told from a
+    repeat."""
     if record.seed is None:
         return None
-    return (group_key(record), record.protocol.name, record.features.get("fingerprint"),
-            record.seed, record.split_fingerprint)
+    return (*strategy_key(record), record.protocol.name, record.seed,
+            record.split_fingerprint)
+
+
+def current_store_runs(records: list) -> tuple[list, list]:
+    """``(kept, stale)``: the runs of the store now at each recorded store path, and those
+    of an earlier store there (re-extracted since, e.g. ``extract --overwrite`` after a
+    class folder was added: other classes, other images).
+
+    The store a path now holds is the one its newest run (latest ``created``) was fit
+    on; each stale run is logged with its file and both fingerprints, so a report never
+    pools or ranks runs of two stores as one.  Runs without a store path are kept.
+    ``kept`` keeps the order of ``records``.
+    """
+    records = [as_record(r) for r in records]
+    newest = {}
+    for r in records:
+        path = r.features.get("path")
+        if path and (path not in newest or (r.created or "") >= (newest[path].created or "")):
+            newest[path] = r
+    kept, stale = [], []
+    for r in records:
+        path, fp = r.features.get("path"), r.features.get("fingerprint")
+        current = newest.get(path)
+        if current is None or fp == current.features.get("fingerprint"):
+            kept.append(r)
+            continue
+        stale.append(r)
+        log.warning("run %s (%s) was fit on an earlier store at %s (fingerprint %s; the "
+                    "newest runs, e.g. %s, use fingerprint %s): left out, since runs of two "
+                    "stores are never pooled; fit it again on the current store, or move its "
+                    "record out of the runs folder", r.run_id, r.file or "not saved", path,
+                    (fp or "none")[:16], current.run_id,
+                    (current.features.get("fingerprint") or "none")[:16])
+    return kept, stale
 
 
 def latest_per_seed(records: list) -> tuple[list, list]:
@@ -203,9 +253,9 @@ def latest_per_seed(records: list) -> tuple[list, list]:
             continue
         superseded.append(r)
         winner = records[latest[key]]
-        log.warning("run %s (%s) is superseded by %s, a later run of %s with seed %s; "
-                    "counting that seed once", r.run_id, r.file or "not saved",
-                    winner.run_id, key[0], key[3])
+        log.warning("run %s (%s) is superseded by %s, a later run of %s with the same "
+                    "options, store and seed %s; counting that seed once", r.run_id,
+                    r.file or "not saved", winner.run_id, key[0], r.seed)
     return kept, superseded
 
 
@@ -234,15 +284,11 @@ def group_runs(records: list, metric: str | None = None) -> list:
     tiebreak = next(m for m in TIEBREAK if m != metric)
     by_group = OrderedDict()
     for r in latest_per_seed(records)[0]:
-        by_group.setdefault((group_key(r), r.split_fingerprint), []).append(r)
-    splits_of = {}
-    for key, split in by_group:
-        splits_of.setdefault(key, []).append(split)
+        by_group.setdefault((*strategy_key(r), r.split_fingerprint), []).append(r)
+    names = group_names(by_group)
     groups = []
-    for (key, _split), runs in by_group.items():
-        # runs of one strategy on another split (seed, group rule) are not its repeats:
-        # their test images differ; each split is a row of its own, named by its split
-        name = key if len(splits_of[key]) == 1 else f"{key} [{split_label(runs[0])}]"
+    for key, runs in by_group.items():
+        name = names[key]
         scores = [score(r, metric) for r in runs]
         values = np.array([sc["value"] for sc in scores])
         order = np.argsort(values, kind="stable")
@@ -273,6 +319,40 @@ def group_runs(records: list, metric: str | None = None) -> list:
     groups.sort(key=lambda g: (bool(g["collapsed"]), -g["selection"], -g["selection_tiebreak"],
                                size(g)))
     return groups
+
+
+def group_names(by_group: dict) -> dict:
+    """``{key: name}`` of the groups of :func:`group_runs` (keys: :func:`strategy_key` and the
+    split's fingerprint): the ``group`` itself, and, when several groups share it, in
+    brackets what tells them apart: the options that differ (``lr 0.01``), the store
+    (its file and fingerprint) and the split (:func:`split_label`).  Runs of one
+    strategy with other options, on another store or split are not its repeats (other
+    training, other test images): each is a row of its own."""
+    variants = OrderedDict()
+    for key, runs in by_group.items():
+        variants.setdefault(key[0], []).append((key, runs[0]))
+    names = {}
+    for name, found in variants.items():
+        if len(found) == 1:
+            names[found[0][0]] = name
+            continue
+        setups = [r.setup or {} for _key, r in found]
+        differ = sorted(k for k in set().union(*setups)
+                        if len({json.dumps(s.get(k), default=str) for s in setups}) > 1)
+        several = {i: len({key[i] for key, _r in found}) > 1 for i in (2, 3)}
+        for key, r in found:
+            parts = [f"{k.replace('_', ' ')} {_value((r.setup or {}).get(k))}" for k in differ]
+            if several[2]:
+                parts.append(f"store {Path(r.features.get('path') or '?').name} "
+                             f"{(key[2] or 'none')[:8]}")
+            if several[3]:
+                parts.append(split_label(r))
+            names[key] = f"{name} [{'; '.join(parts) or r.run_id}]"
+    return names
+
+
+def _value(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def split_label(record) -> str:

@@ -15,7 +15,7 @@ Schema (``schema: 1``; docs/formats.md, "Run records", documents every field):
 ``run_id, created, kind (frozen|baseline|finetune), method, label, backbone,
 layer, weights, features {path (absolute since this version), fingerprint}, data_root, classes,
 split_sizes, split_seed, split {seed, groups, fractions, source, test_given, n_groups, sizes,
-notes, stored}, split_fingerprint, seed, group, hyperparameters, search,
+notes, stored}, split_fingerprint, seed, group, setup, hyperparameters, search,
 metrics {val, test} (cv: {oof}), predictions {paths, y_true, y_pred, proba}, cv (cv runs),
 fit_seconds, trainable_params, history, model_file, command, versions,
 machine, protocol, protocol_reason``, the selection fields and the details of a kind
@@ -75,15 +75,15 @@ BLOCK_TYPES = {"features": dict, "split": dict, "split_sizes": dict, "classes": 
 #: kept in ``extra`` and written after them.
 LAYOUT = ("schema", "run_id", "created", "kind", "method", "label", "backbone", "layer",
           "weights", "features", "data_root", "dataset", "layout", "classes", "split_sizes",
-          "split_seed", "split", "seed", "group", "hyperparameters", "search", "fit_seconds",
-          "trainable_params", "history", "model_file", "command", "versions", "machine",
-          "protocol", "split_fingerprint", "cv", "metrics", "predictions", "final_model",
+          "split_seed", "split", "seed", "group", "setup", "hyperparameters", "search",
+          "fit_seconds", "trainable_params", "history", "model_file", "command", "versions",
+          "machine", "protocol", "split_fingerprint", "cv", "metrics", "predictions", "final_model",
           "skipped_images", "finetune", "protocol_reason", "selection_metric",
           "selection_metric_reason", "class_weight", "class_weight_reason", "class_counts",
           "augmentation_preview")
 #: Keys written only when set (a run of another kind or protocol, or an older version,
 #: has none).
-OPTIONAL = frozenset({"schema", "cv", "final_model", "skipped_images", "finetune",
+OPTIONAL = frozenset({"schema", "setup", "cv", "final_model", "skipped_images", "finetune",
                       "selection_metric", "selection_metric_reason", "class_weight",
                       "class_weight_reason", "class_counts", "augmentation_preview"})
 _JSON_TYPE = {dict: "object", list: "array"}
@@ -130,6 +130,7 @@ class RunRecord(Mapping):
     split_fingerprint: str | None = None
     seed: int | None = None
     group: str | None = None
+    setup: dict | None = None
     hyperparameters: dict = field(default_factory=dict)
     search: list = field(default_factory=list)
     fit_seconds: float = 0.0
@@ -321,6 +322,9 @@ class RunInfo:
     history: list = field(default_factory=list)
     seed: int | None = None
     group: str | None = None       # default: the label
+    # the options the run was made with, the seed left out: runs of one group with other
+    # options are other strategies (pipeline.runs.groups.strategy_key)
+    setup: dict | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -352,6 +356,7 @@ def _skeleton(run: RunInfo, store) -> dict:
         split={**store.split_info, "class_sizes": store.split_class_counts()},
         seed=run.seed,
         group=run.group or run.label,
+        setup=run.setup,
         hyperparameters=run.hyperparameters or {},
         search=run.search or [],
         fit_seconds=float(run.fit_seconds),

@@ -77,6 +77,7 @@ def _cv_record(kind: str, fit: BaselineFit, store, seed: int) -> RunRecord:
 def _run_info(kind: str, fit: BaselineFit, seed: int, extra: dict) -> RunInfo:
     """What a fitted baseline reports in its record: its fields of the same names."""
     return RunInfo(kind="baseline", method=kind, label=fit.label,
+                   setup={"kind": kind, **fit.params},   # another --epochs: another strategy
                    hyperparameters=fit.hyperparameters, search=fit.search,
                    fit_seconds=fit.fit_seconds, trainable_params=fit.trainable_params,
                    history=fit.history, seed=seed, group=fit.label, extra=extra)

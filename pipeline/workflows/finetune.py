@@ -39,8 +39,10 @@ def finetune_record(result: FinetuneResult, protocol: Protocol) -> RunRecord:
     # runs of one configuration with another metric or weighting stay apart in tables
     suffix = result.selection.suffix if result.selection is not None else ""
     label = cfg.label or describe(cfg)
+    # another --lr (or any option but the seed) is another strategy, never a repeat
+    setup = {k: v for k, v in cfg.key_dict().items() if k != "seed"}
     run = RunInfo(kind="finetune", method=method_name(cfg), label=label + suffix,
-                  hyperparameters=cfg.key_dict(), fit_seconds=result.seconds,
+                  setup=setup, hyperparameters=cfg.key_dict(), fit_seconds=result.seconds,
                   layer=cfg.unfreeze, trainable_params=res.trainable_params,
                   history=res.history, seed=cfg.seed, group=(cfg.group or label) + suffix,
                   extra={"finetune": _details(result, protocol)})

@@ -155,6 +155,7 @@ def _fit_holdout(store, tap: str, clf: str, seed: int, selection, protocol):
         test_pred = res.model.predict(X_te)
     run = RunInfo(kind="frozen", method=clf,
                   label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
+                  setup=_setup(clf, tap, selection),
                   hyperparameters={**res.params, "class_weight": res.class_weight},
                   search=res.search, fit_seconds=res.fit_seconds, layer=tap, seed=seed,
                   trainable_params=_n_params(res.model))
@@ -184,6 +185,7 @@ def _fit_cv(store, tap: str, clf: str, seed: int, selection, protocol):
                          selection.class_weight)
     run = RunInfo(kind="frozen", method=clf,
                   label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
+                  setup=_setup(clf, tap, selection),
                   hyperparameters={**params, "class_weight": selection.class_weight},
                   search=search, fit_seconds=cv_seconds, layer=tap, seed=seed,
                   trainable_params=_n_params(model),
@@ -191,6 +193,12 @@ def _fit_cv(store, tap: str, clf: str, seed: int, selection, protocol):
                                         "inner CV over all of them chose"})
     record = new_cv_record(run, store, folds, protocol)
     return record, model
+
+
+def _setup(clf: str, tap: str, selection) -> dict:
+    """The options a head's run is made with (its record's ``setup``; the seed left out)."""
+    return {"clf": clf, "layer": tap, "metric": selection.metric,
+            "class_weight": selection.class_weight}
 
 
 def _n_params(model) -> int | None:

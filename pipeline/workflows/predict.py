@@ -94,12 +94,17 @@ def _image_files(inputs) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
+            # hidden means below the folder given: `../photos` or `~/.cache/photos` are not
             files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
-                            and not any(part.startswith(".") for part in f.parts))
+                            and not any(part.startswith(".")
+                                        for part in f.relative_to(p).parts))
         elif p.is_file():
             files.append(p)
         else:
             raise UsageError(f"{item!r} is neither an image file nor a folder")
     if not files:
-        raise UsageError("no images to predict: pass image files or folders")
+        raise UsageError(f"no images to predict in {', '.join(map(str, inputs))} (images: "
+                         f"{' '.join(sorted(IMAGE_EXTENSIONS))}, any case; hidden files and "
+                         "folders below a folder given are left out): pass image files or "
+                         "folders that hold some")
     return files

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import StoreError, opt, program
 from ..reporting.build import check_out_path, render_report
-from ..runs.groups import latest_per_seed, resolve_report_metric
+from ..runs.groups import current_store_runs, latest_per_seed, resolve_report_metric
 from ..runs.records import load_records
 from .analysis import EFFICIENCY_BUDGET, load_or_analyse
 from .explore import latest_explore
@@ -32,12 +32,15 @@ def build_report(runs_dir, out_path, overwrite: bool = False,
     """
     out_path = check_out_path(out_path, overwrite)  # before the analysis, which takes time
     resolve_report_metric([], metric)                 # an unknown metric, before it too
-    # A seed run twice counts once, here for the analysis and the page alike.
+    # A seed run twice counts once, and the runs of a store re-extracted since are left
+    # out (named in the log and the page), here for the analysis and the page alike.
     records, _superseded = latest_per_seed(load_records(runs_dir))
+    records, stale = current_store_runs(records)
     if not records:
         raise StoreError(f"no run records in {str(runs_dir)!r}; run `{program()} fit` or "
                          f"`{program()} baseline` first, or pass {opt('runs_dir', 'DIR')}",
                          param="runs_dir")
     analysis = {**load_or_analyse(records, runs_dir, efficiency_budget),
-                "hierarchy": latest_hierarchy(runs_dir), "explore": latest_explore(runs_dir)}
+                "hierarchy": latest_hierarchy(runs_dir), "explore": latest_explore(runs_dir),
+                "stale_runs": stale}
     return render_report(records, analysis, out_path, overwrite=overwrite, metric=metric)
