@@ -79,8 +79,8 @@ def test_auto_falls_back_to_eager_with_one_line_saying_why(tmp_path, caplog):
     assert len(lines) == 1 and "cannot run this network" in lines[0], lines
     assert summary.n_extracted == 9
     with pytest.raises(Exception, match="aten::linalg_svdvals"):   # asked for by name: fails
-        rt.make_runner(_build_unconvertible().a, FAST, "cpu", 4, SimpleNamespace(input_size=8),
-                       cache_dir=tmp_path / "c", example=torch.zeros(2, 3, 8, 8))
+        rt.make_runner(_build_unconvertible().a, FAST, "cpu", SimpleNamespace(input_size=8),
+                       cache=rt.ExportCache(tmp_path / "c", example=torch.zeros(2, 3, 8, 8)))
 
 
 @needs_fast

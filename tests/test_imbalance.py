@@ -30,7 +30,7 @@ from pipeline.data.split import assign_folds, assign_split
 from pipeline.errors import UsageError
 from pipeline.heads import get_head
 from pipeline.heads.crossval import FoldResult
-from pipeline.heads.selection import fit_head, make_head, select_and_fit
+from pipeline.heads.selection import Choice, fit_head, make_head, select_and_fit
 from pipeline.reporting.sections import training_trap, verdict_section
 from pipeline.runs.groups import (
     compare,
@@ -141,7 +141,7 @@ def test_balanced_class_weights_raise_a_weighted_heads_minority_recall(clf):
 def test_selection_metric_and_weights_reach_select_and_fit():
     X, y = blobs()
     X_va, y_va = blobs(seed=2)
-    res = select_and_fit("logreg", X, y, X_va, y_va, metric="auto", class_weight="auto")
+    res = select_and_fit("logreg", X, y, X_va, y_va, choice=Choice("auto", "auto"))
     assert (res.metric, res.class_weight) == ("balanced_accuracy", "balanced")
     assert {"val_accuracy", "val_balanced_accuracy", "val_macro_f1"} <= set(res.search[0])
     best = max(res.search, key=lambda s: s["val_balanced_accuracy"])["val_balanced_accuracy"]
@@ -405,14 +405,14 @@ def test_old_records_without_the_new_fields_still_load_and_report(study95, tmp_p
 
 
 def test_streamed_sgd_head_weights_classes_and_selects_by_the_metric(tmp_path):
-    from pipeline.heads.streaming import stream_select_and_fit
+    from pipeline.heads.streaming import Passes, stream_select_and_fit
 
     store = imbalanced_store(tmp_path / "s.h5", counts=(380, 20), sep=1.2)
     y_test = store.y("test")
     recall = {}
     for weight in ("none", "balanced"):
-        res, pred, _ = stream_select_and_fit(store, "feat", epochs=5, metric="balanced_accuracy",
-                                             class_weight=weight)
+        res, pred, _ = stream_select_and_fit(store, "feat", passes=Passes(epochs=5),
+                                             choice=Choice("balanced_accuracy", weight))
         assert res.metric == "balanced_accuracy" and res.class_weight == weight
         chosen = next(s for s in res.search if s["alpha"] == res.params["alpha"])
         assert chosen["val_balanced_accuracy"] == max(s["val_balanced_accuracy"]

@@ -441,6 +441,7 @@ def test_the_trunk_cache_of_a_holdout_run_is_keyed_by_the_split_in_use(tmp_path)
 def test_inner_folds_that_choose_hyperparameters_or_epochs_keep_groups_apart():
     from pipeline.data.partition import inner_split
     from pipeline.heads.crossval import _inner_folds, cross_validate
+    from pipeline.heads.selection import Choice
 
     rng = np.random.default_rng(1)
     y = np.repeat([0, 1], [40, 20])
@@ -457,5 +458,5 @@ def test_inner_folds_that_choose_hyperparameters_or_epochs_keep_groups_apart():
     splits = [(r, k, np.flatnonzero((part.folds[:, r] != k) & (part.folds[:, r] >= 0)),
                np.flatnonzero(part.folds[:, r] == k))
               for r in range(3) for k in range(part.folds[:, r].max() + 1)]
-    folds = cross_validate("logreg", X, y, splits, groups=groups)
+    folds = cross_validate("logreg", X, y, splits, choice=Choice(groups=groups))
     assert len(folds) == len(splits) and all(f.search for f in folds)

@@ -110,9 +110,9 @@ def test_nested_selection_never_sees_the_outer_test_fold(tmp_path, monkeypatch):
     seen = []
     real = crossval.choose_param
 
-    def spy(clf, X_in, y_in, seed=0, inner_folds=3, **choice):
+    def spy(clf, X_in, y_in, seed=0, inner_folds=3, **kw):
         seen.append({row_of[tuple(x)] for x in X_in})
-        return real(clf, X_in, y_in, seed, inner_folds, **choice)
+        return real(clf, X_in, y_in, seed, inner_folds, **kw)
 
     monkeypatch.setattr(crossval, "choose_param", spy)
     splits = store.cv_splits()

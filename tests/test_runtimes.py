@@ -84,8 +84,8 @@ def test_toy_runtime_equals_eager_and_hand_computed_taps(runtime, toy_extractor,
     _need(runtime)
     pre = get_backbone("toy").preprocessing
     batch = _toy_batch()
-    eager = _run(rt.make_runner(toy_extractor, "eager", "cpu", 7, pre), batch)
-    runner = rt.make_runner(toy_extractor, runtime, "cpu", 7, pre, cache_dir=cache_dir)
+    eager = _run(rt.make_runner(toy_extractor, "eager", "cpu", pre), batch)
+    runner = rt.make_runner(toy_extractor, runtime, "cpu", pre, cache=rt.ExportCache(cache_dir))
     assert (runner.runtime, runner.precision) == (runtime, "fp32")
     got = _run(runner, batch)
     _assert_close(got, eager, "fp32")
@@ -101,8 +101,8 @@ def test_toy_runtime_equals_eager_and_hand_computed_taps(runtime, toy_extractor,
 def test_lite0_runtime_agrees_with_eager_on_real_photos(runtime, lite0, cache_dir):
     _need(runtime)
     extractor, pre, batch = lite0
-    eager = _run(rt.make_runner(extractor, "eager", "cpu", 5, pre), batch)
-    runner = rt.make_runner(extractor, runtime, "cpu", 5, pre, cache_dir=cache_dir)
+    eager = _run(rt.make_runner(extractor, "eager", "cpu", pre), batch)
+    runner = rt.make_runner(extractor, runtime, "cpu", pre, cache=rt.ExportCache(cache_dir))
     got = _run(runner, batch)
     assert [g.shape for g in got] == [(5, 40), (5, 112), (5, 320)]
     _assert_close(got, eager, "fp32")
@@ -115,9 +115,9 @@ def test_openvino_bf16_within_its_tolerance(lite0, cache_dir):
     if not rt.cpu_has_bf16():
         pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX)")
     extractor, pre, batch = lite0
-    eager = _run(rt.make_runner(extractor, "eager", "cpu", 5, pre), batch)
-    runner = rt.make_runner(extractor, "openvino", "cpu", 5, pre, precision="bf16",
-                            cache_dir=cache_dir)
+    eager = _run(rt.make_runner(extractor, "eager", "cpu", pre), batch)
+    runner = rt.make_runner(extractor, "openvino", "cpu", pre, precision="bf16",
+                            cache=rt.ExportCache(cache_dir))
     got = _run(runner, batch)
     _assert_close(got, eager, "bf16")
     for g, e in zip(got, eager):  # every image's vector keeps its direction
@@ -135,8 +135,8 @@ def test_openvino_stream_hands_back_every_batch_in_order_as_single_calls_do(lite
     by image as eager torch computes them."""
     _need("openvino")
     extractor, pre, batch = lite0
-    runner = rt.make_runner(extractor, "openvino", "cpu", 5, pre, cache_dir=cache_dir)
-    eager = rt.make_runner(extractor, "eager", "cpu", 5, pre)
+    runner = rt.make_runner(extractor, "openvino", "cpu", pre, cache=rt.ExportCache(cache_dir))
+    eager = rt.make_runner(extractor, "eager", "cpu", pre)
     big = torch.cat([batch, batch.flip(0), batch, batch.flip(2)])
     batches = [big, batch[:3], None, batch.flip(0), big, batch[1:2], big]
     want = [None if b is None else _run(eager, b) for b in batches]

@@ -89,8 +89,8 @@ def test_streaming_reads_bounded_blocks_never_whole_taps(tmp_path, monkeypatch):
     monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
     monkeypatch.setattr(FeatureStore, "X", no_whole_matrix)
     store = FeatureStore(path)
-    streaming.stream_select_and_fit(store, "feat", grid=[1e-3], epochs=2, block=32,
-                                    buffer_blocks=4)
+    streaming.stream_select_and_fit(store, "feat", grid=[1e-3],
+                                    passes=streaming.Passes(epochs=2, block=32, buffer_blocks=4))
     assert reads and max(reads) <= 32 * 4 < len(store)
     # Every epoch reads every training row: 2 selection + 2 final epochs, plus
     # the scaler pass and the val and test predictions.
@@ -100,7 +100,8 @@ def test_streaming_reads_bounded_blocks_never_whole_taps(tmp_path, monkeypatch):
 def _peak_bytes(store, **kw):
     tracemalloc.start()
     try:
-        streaming.stream_select_and_fit(store, "feat", epochs=1, grid=[1e-3, 1e-2], **kw)
+        streaming.stream_select_and_fit(store, "feat", grid=[1e-3, 1e-2],
+                                        passes=streaming.Passes(epochs=1, **kw))
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -123,7 +124,7 @@ def test_unknown_tap_and_bad_parameters_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="tap 'layer9' is not in blobs.h5; it holds feat"):
         streaming.stream_select_and_fit(store, "layer9")
     with pytest.raises(UsageError, match="must be >= 1"):
-        streaming.stream_select_and_fit(store, "feat", epochs=0)
+        streaming.stream_select_and_fit(store, "feat", passes=streaming.Passes(epochs=0))
 
 
 def test_cli_fit_sgd_logreg(tmp_path):

@@ -456,7 +456,7 @@ def test_finetune_one_epoch_on_a_timm_model(two_stores, tmp_path, family):
 
 @pytest.mark.parametrize("family", ["vit", "swin"])
 def test_onnx_export_of_a_timm_network_agrees_with_eager(family, tmp_path):
-    from pipeline.extraction.runtimes import TOLERANCE, make_runner
+    from pipeline.extraction.runtimes import TOLERANCE, ExportCache, make_runner
 
     spec = tiny(family)
     extractor = build_extractor(load_backbone(spec.name, "none"), spec.tap_names,
@@ -465,7 +465,8 @@ def test_onnx_export_of_a_timm_network_agrees_with_eager(family, tmp_path):
     x = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8)
     with torch.no_grad():
         eager = extractor(x)
-    onnx = make_runner(extractor, "onnx", "cpu", 3, spec.preprocessing, cache_dir=tmp_path)(x)
+    onnx = make_runner(extractor, "onnx", "cpu", spec.preprocessing,
+                       cache=ExportCache(tmp_path))(x)
     for a, b in zip(onnx, eager):
         assert float((a - b).abs().max()) <= TOLERANCE["fp32"] * float(b.abs().max())
 
@@ -482,10 +483,11 @@ def test_auto_runtime_falls_back_to_eager_in_one_logged_line(monkeypatch, tmp_pa
     spec = tiny("vit")
     extractor = build_extractor(load_backbone(spec.name, "none"), ["layer1"], "cls")
     with caplog.at_level(logging.WARNING, logger="pipeline.extraction.runtimes"):
-        run = runtimes.make_runner(extractor, "onnx", "cpu", 2, spec.preprocessing,
-                                   cache_dir=tmp_path, fallback=True)
+        run = runtimes.make_runner(extractor, "onnx", "cpu", spec.preprocessing,
+                                   cache=runtimes.ExportCache(tmp_path), fallback=True)
     assert run.runtime == "eager"
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "falling back to eager" in lines[0] and "\n" not in lines[0]
     with pytest.raises(RuntimeError, match="cannot trace"):  # asked for explicitly: no fallback
-        runtimes.make_runner(extractor, "onnx", "cpu", 2, spec.preprocessing, cache_dir=tmp_path)
+        runtimes.make_runner(extractor, "onnx", "cpu", spec.preprocessing,
+                             cache=runtimes.ExportCache(tmp_path))

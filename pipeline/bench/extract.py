@@ -180,7 +180,7 @@ def run_ceiling(images, runtime: str, precision: str, batch_size: int,
     from pipeline.extraction import runtimes
     from pipeline.extraction.features import network_key
     from pipeline.extraction.forward import build_extractor
-    from pipeline.extraction.runtimes import make_runner
+    from pipeline.extraction.runtimes import ExportCache, make_runner
 
     default_hint = runtimes.OPENVINO_HINT
     runtimes.OPENVINO_HINT = hint or default_hint
@@ -190,9 +190,9 @@ def run_ceiling(images, runtime: str, precision: str, batch_size: int,
     t0 = time.perf_counter()
     # The export cache entry extract uses too (so (c) finds it, as any re-run would).
     try:
-        runner = make_runner(extractor, runtime, torch.device("cpu"), batch_size,
-                             spec.preprocessing, precision=precision, threads=threads,
-                             key=network_key(spec, "imagenet", TAPS, "avg"))
+        runner = make_runner(extractor, runtime, torch.device("cpu"), spec.preprocessing,
+                             precision=precision, threads=threads,
+                             cache=ExportCache(key=network_key(spec, "imagenet", TAPS, "avg")))
     finally:
         runtimes.OPENVINO_HINT = default_hint
     with torch.inference_mode():

@@ -119,6 +119,17 @@ class SplitSpec:
                 "fractions": [float(f) for f in self.fractions]}
 
 
+@dataclass(frozen=True)
+class PreviousCodes:
+    """The codes a store fixed earlier under the same spec, by path: ``split`` maps a path
+    to its split code, ``folds`` to its fold ids (one per repeat).  Images found here keep
+    them (ungrouped draws), so adding images never moves an earlier one.  None: nothing
+    fixed earlier."""
+
+    split: dict | None = None
+    folds: dict | None = None
+
+
 @dataclass
 class Partition:
     """The holdout split and the cross-validation folds of a set of images.
@@ -144,27 +155,28 @@ class Partition:
                 "in_cv": int((self.folds[:, 0] >= 0).sum()) if self.folds.size else 0}
 
 
-def partition(paths, labels, spec: SplitSpec, given=None, groups=None, previous_split=None,
-              previous_folds=None, n_folds: int = CV_FOLDS,
+def partition(paths, labels, spec: SplitSpec, given=None, groups=None,
+              previous: PreviousCodes = PreviousCodes(), n_folds: int = CV_FOLDS,
               n_repeats: int = CV_REPEATS) -> Partition:
     """The :class:`Partition` of images ``paths`` with ``labels`` (``(n,)``) under ``spec``.
 
     ``given``: ``(n,)`` split codes from the layout (-1: none), or None.  ``groups``:
-    one name per image, or None.  ``previous_split`` / ``previous_folds`` map a path
-    to the codes a store fixed earlier under the same spec (ungrouped draws keep them).
+    one name per image, or None.  ``previous``: the split codes and fold ids a store
+    fixed earlier under the same spec, by path (:class:`PreviousCodes`; ungrouped draws
+    keep them).
     """
     labels = np.asarray(labels)
     paths = list(paths)
     groups = None if groups is None else np.asarray(groups, dtype=object)
     notes = []
-    split, source, test_given = _holdout(paths, labels, spec, given, groups, previous_split,
+    split, source, test_given = _holdout(paths, labels, spec, given, groups, previous.split,
                                          notes)
     cv_rows = np.flatnonzero(split != 2) if test_given else np.arange(len(paths))
     folds = np.full((len(paths), n_repeats), -1, dtype=np.int8)
     if len(cv_rows):
         folds[cv_rows] = _folds([paths[i] for i in cv_rows], labels[cv_rows],
                                 None if groups is None else groups[cv_rows], spec.seed,
-                                previous_folds, n_folds, n_repeats, notes)
+                                previous.folds, n_folds, n_repeats, notes)
     n_groups = None if groups is None else len(set(groups.tolist()))
     apart = groups is None or _check_groups_apart(split, groups, notes,
                                                   given_split=given is not None)

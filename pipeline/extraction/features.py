@@ -21,7 +21,7 @@ from ..configs import ExtractConfig
 from ..store.hdf5 import config_key
 from .forward import build_extractor, resolve_device
 from .loader import BatchLoader, ImageDataset
-from .runtimes import make_runner
+from .runtimes import ExportCache, make_runner
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ def extract_features(root, paths, cfg: ExtractConfig, taps, indices=None,
     def build():
         return build_extractor(load_backbone(spec.name, cfg.weights), taps, cfg.pool)
 
-    runner = make_runner(build, cfg.runtime, dev, cfg.batch_size, spec.preprocessing,
+    runner = make_runner(build, cfg.runtime, dev, spec.preprocessing,
                          precision=cfg.precision, threads=cfg.threads,
-                         key=network_key(spec, cfg.weights, taps, cfg.pool),
+                         cache=ExportCache(key=network_key(spec, cfg.weights, taps, cfg.pool)),
                          fallback=cfg.asked_runtime == "auto")
     yield from iter_features(runner, batches, dev, taps)

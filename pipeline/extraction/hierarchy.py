@@ -109,8 +109,12 @@ def _box(where: int, hw: tuple, side: int, size: int) -> list:
     return [x0, y0, x0 + side, y0 + side]
 
 
-def _tap_units(mean, peak, where, hw, side, size, kept, channels: int, patches: int) -> list:
-    """The ``channels`` channels of highest variance, each with its ``patches`` top images."""
+def _tap_units(stats, side, size, kept, channels: int, patches: int) -> list:
+    """The ``channels`` channels of highest variance, each with its ``patches`` top images.
+
+    ``stats``: one tap's ``(mean, peak, where, (H, W))`` as :func:`_activations` gives
+    them; ``side``: its receptive field in px of the ``size`` input."""
+    mean, peak, where, hw = stats
     variance = mean.var(axis=0)
     units = []
     for c in np.argsort(-variance, kind="stable")[:channels]:
@@ -183,9 +187,8 @@ def feature_hierarchy(loaded, root, paths, taps, channels: int = 8, patches: int
     rf = effective_receptive_field(extractor, probe)
     out = []
     for tap in taps:
-        mean, peak, where, hw = stats[tap]
-        units = _tap_units(mean, peak, where, hw, rf[tap], pre.input_size, kept,
-                           channels, patches)
+        mean, _, _, hw = stats[tap]
+        units = _tap_units(stats[tap], rf[tap], pre.input_size, kept, channels, patches)
         out.append({"tap": tap, "channels_total": int(mean.shape[1]),
                     "stride": loaded.spec.tap(tap).stride, "map_size": list(hw),
                     "receptive_field": rf[tap], "units": units,

@@ -41,6 +41,7 @@ import time
 import warnings
 from collections import deque
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DeviceError, UsageError, WorkbenchError, opt
@@ -171,26 +172,39 @@ def default_cache_dir() -> Path:
 # ------------------------------------------------------------------ runners
 
 
-def make_runner(extractor, runtime: str, device, batch_size: int, preprocessing,
-                precision: str = "auto", cache_dir=None, threads: int | None = None,
-                key: str | None = None, example=None, fallback: bool = False):
+@dataclass(frozen=True)
+class ExportCache:
+    """Where an exported model (ONNX, OpenVINO IR) is cached, under which name, and the
+    input it is traced with: what only the exporting runtimes read.
+
+    ``cache_dir`` holds exported models (None: :func:`default_cache_dir`).  ``key``,
+    when given, names the exported model in the cache instead of a hash of the module;
+    it must then cover everything that shapes the network (backbone, weights identity,
+    taps, pooling, preprocessing), and a cached export is used without building the
+    module at all (no timm import, no weights load).  ``example``: an input of the
+    module's dtype and shape (batch of 2) when it is not uint8 images (fine-tuning's
+    frozen trunk takes normalised floats).
+    """
+
+    cache_dir: object = None
+    key: str | None = None
+    example: object = None
+
+
+def make_runner(extractor, runtime: str, device, preprocessing, precision: str = "auto",
+                threads: int | None = None, cache: ExportCache = ExportCache(),
+                fallback: bool = False):
     """A callable ``uint8 (N, 3, S, S) -> tuple of (N, C_tap) float tensors``.
 
     ``extractor`` is a :class:`~pipeline.extraction.TapExtractor` or a
-    zero-argument callable that builds one.  ``runtime`` and ``precision``
-    may be ``auto``; the callable's ``runtime`` and ``precision`` attributes
-    say what was chosen.  ``threads`` caps the runtime's intra-op threads
-    (default: the runtime's own choice, every core).  ``cache_dir`` holds
-    exported models (default :func:`default_cache_dir`).  ``key``, when
-    given, names the exported model in the cache instead of a hash of the
-    module; it must then cover everything that shapes the network (backbone,
-    weights identity, taps, pooling, preprocessing), and a cached export is
-    used without building the module at all (no timm import, no weights load).
-    ``example``: an input of the module's dtype and shape (batch of 2) when it
-    is not uint8 images (fine-tuning's frozen trunk takes normalised floats).
-    ``auto`` (or ``fallback``) runs eager torch, with a warning saying why,
-    when the fast runtime cannot convert the network; a runtime asked for by
-    name fails instead.
+    zero-argument callable that builds one; ``S`` is ``preprocessing.input_size``.
+    ``runtime`` and ``precision`` may be ``auto``; the callable's ``runtime`` and
+    ``precision`` attributes say what was chosen.  ``threads`` caps the runtime's
+    intra-op threads (default: the runtime's own choice, every core).  ``cache``
+    (:class:`ExportCache`): where and under which key the exporting runtimes cache
+    the model, and the input they trace it with.  ``auto`` (or ``fallback``) runs
+    eager torch, with a warning saying why, when the fast runtime cannot convert the
+    network; a runtime asked for by name fails instead.
     """
     import torch
 
@@ -201,9 +215,9 @@ def make_runner(extractor, runtime: str, device, batch_size: int, preprocessing,
     size = preprocessing.input_size
     try:
         if runtime == "onnx":
-            run = _onnx_runner(get, size, cache_dir, threads, key, example)
+            run = _onnx_runner(get, size, threads, cache)
         elif runtime == "openvino":
-            run = _openvino_runner(get, size, precision, cache_dir, threads, key, example)
+            run = _openvino_runner(get, size, precision, threads, cache)
     except Exception as exc:  # noqa: BLE001 - converters fail in many ways
         if not (fallback or requested == "auto") or isinstance(exc, WorkbenchError):
             raise
@@ -256,12 +270,12 @@ def _torch_runner(extractor, runtime, device, precision):
     return run
 
 
-def _onnx_runner(get, size, cache_dir, threads, key, example=None):
+def _onnx_runner(get, size, threads, cache: ExportCache):
     import numpy as np
     import torch
 
     ort = _import_optional("onnx")
-    path = export_onnx(get, size, cache_dir, key, example)
+    path = export_onnx(get, size, cache.cache_dir, cache.key, cache.example)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -276,13 +290,13 @@ def _onnx_runner(get, size, cache_dir, threads, key, example=None):
     return run
 
 
-def _openvino_runner(get, size, precision, cache_dir, threads, key, example=None):
+def _openvino_runner(get, size, precision, threads, cache: ExportCache):
     ov = _import_optional("openvino")
-    xml = export_openvino(get, size, cache_dir, key, example)
+    xml = export_openvino(get, size, cache.cache_dir, cache.key, cache.example)
     core = ov.Core()
     # OpenVINO caches the compiled model too: a second run compiles in a third of the time.
-    core.set_property({"CACHE_DIR": str(Path(cache_dir or default_cache_dir()) / "openvino"
-                                        / "compiled")})
+    folder = Path(cache.cache_dir or default_cache_dir())
+    core.set_property({"CACHE_DIR": str(folder / "openvino" / "compiled")})
     # THROUGHPUT: several streams, each on its own cores, each fed part of the
     # batch.  Measured on 2 cores (docs/performance.md, "Extraction speed"): as fast as or
     # faster than LATENCY (one stream using every thread): 215 against 165 img/s
@@ -487,7 +501,7 @@ def export_onnx(extractor, size: int, cache_dir=None, key: str | None = None,
     """The cached ONNX file of ``extractor`` (uint8 ``(N, 3, size, size)`` in,
     one ``(N, C)`` output per tap, dynamic ``N``), exported if not there yet.
 
-    ``extractor`` is a module or a getter of one; ``key`` as in :func:`make_runner`.
+    ``extractor`` is a module or a getter of one; ``key`` as in :class:`ExportCache`.
     """
     import torch
 
@@ -516,7 +530,7 @@ def export_openvino(extractor, size: int, cache_dir=None, key: str | None = None
                     example=None) -> Path:
     """The cached OpenVINO IR (``model.xml`` + ``.bin``) of ``extractor``, converted if absent.
 
-    ``extractor`` is a module or a getter of one; ``key`` as in :func:`make_runner`.
+    ``extractor`` is a module or a getter of one; ``key`` as in :class:`ExportCache`.
     """
     import torch
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..configs import ExtractConfig
 from ..data.decode import DECODING
 from ..data.manifest import Manifest
-from ..data.partition import SplitSpec, group_ids, partition
+from ..data.partition import PreviousCodes, SplitSpec, group_ids, partition
 from ..store.hdf5 import FeatureStore, StoreContents, library_versions, now_iso, write_store
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,9 @@ def write_split_store(path: Path, contents: StoreContents, manifest: Manifest, s
     stored = None if manifest.groups is None else [manifest.groups[i] for i in keep]
     same_spec = bool(previous_split) and old is not None and old.stored_spec == spec
     previous_folds = old.stored_folds() if same_spec else {}
+    previous = PreviousCodes(split=previous_split if same_spec else None, folds=previous_folds)
     part = partition(paths, labels, spec, given=given, groups=group_ids(spec.groups, paths, stored),
-                     previous_split=previous_split if same_spec else None,
-                     previous_folds=previous_folds)
+                     previous=previous)
     new = sum(1 for p in paths if p not in previous_folds)
     if previous_folds and new:
         log.info("%d new image(s) assigned to cross-validation folds; the %d earlier images "

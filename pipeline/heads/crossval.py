@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
@@ -23,7 +24,7 @@ from sklearn.model_selection import StratifiedKFold
 from ..balance import METRICS, metric_values
 from ..parallel import fold_jobs, run_in_order
 from .registry import get_head
-from .selection import fit_head, make_head, predict_proba, resolve_choice, smallest_class
+from .selection import Choice, fit_head, make_head, predict_proba, smallest_class
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,16 @@ INNER_FOLDS = 3
 #: Rows x outer folds x features above which the outer folds run in parallel processes
 #: (the 150 bundled photos' 15 folds of efficientnet_lite0 layer3 vectors: 252,000).
 PARALLEL_MIN_WORK = 200_000
+
+
+class OuterFold(NamedTuple):
+    """One outer fold of the repeated K-fold: which repeat and fold, and its rows
+    (index arrays into the store), as :meth:`FeatureStore.cv_splits` lists them."""
+
+    repeat: int
+    fold: int
+    train: np.ndarray           # (n_train,)
+    test: np.ndarray            # (n_test,)
 
 
 @dataclass
@@ -70,18 +81,19 @@ def _inner_scores(clf: str, X, y, values, splits, seed: int,
 
 
 def choose_param(clf: str, X, y, seed: int = 0, inner_folds: int = INNER_FOLDS,
-                 metric: str = "accuracy", class_weight: str = "none", groups=None):
-    """The grid value with the best inner cross-validated ``metric`` on ``(X, y)`` only.
+                 choice: Choice = Choice()):
+    """The grid value with the best inner cross-validated metric on ``(X, y)`` only.
 
     ``X`` is ``(n, C)``.  Inner folds: ``min(inner_folds, smallest class)``;
     with a class of one image there is nothing to validate on, and the
     middle of the grid is taken (and said in the search).  Returns
-    ``(params, search)``; ties go to the stronger regularisation.  ``metric``
-    and ``class_weight`` as in :func:`pipeline.heads.select_and_fit`.  ``groups``
-    (one name per row): the inner folds are stratified group folds, so a group's
-    images never validate a value chosen on its other images.
+    ``(params, search)``; ties go to the stronger regularisation.  ``choice``
+    (:class:`pipeline.heads.selection.Choice`): the metric and class weights, and
+    with ``groups`` (one name per row of ``X``) the inner folds are stratified group
+    folds, so a group's images never validate a value chosen on its other images.
     """
-    metric, class_weight = resolve_choice(clf, y, metric, class_weight)
+    choice = choice.resolved(clf, y)
+    metric, class_weight, groups = choice.metric, choice.class_weight, choice.groups
     head = get_head(clf)
     name = head.param
     counts = np.bincount(y)
@@ -116,26 +128,25 @@ def _inner_folds(X, y, k: int, seed: int, groups=None) -> list:
                     .split(X, y, np.asarray(groups, dtype=object)))
 
 
-def fit_fold(clf: str, X, y, train, test, seed: int = 0, repeat: int = 0,
-             fold: int = 0, metric: str = "accuracy",
-             class_weight: str = "none", groups=None) -> FoldResult:
-    """Choose the hyperparameter on ``train`` rows (by ``metric``; inner folds by
-    ``groups`` when given), refit there (with ``class_weight``), predict ``test`` rows."""
+def fit_fold(clf: str, X, y, outer: OuterFold, seed: int = 0,
+             choice: Choice = Choice()) -> FoldResult:
+    """Choose the hyperparameter on the ``outer`` fold's training rows (by ``choice``'s
+    metric; inner folds by its groups when given), refit there (with its class weights),
+    predict the fold's test rows.  ``X`` ``(n_images, C)`` and ``y`` ``(n_images,)``
+    hold every row; ``choice.groups``, when given, one name per row."""
     from threadpoolctl import threadpool_limits
 
     t0 = time.perf_counter()
-    metric, class_weight = resolve_choice(clf, y[train], metric, class_weight)
+    train, test = outer.train, outer.test
+    choice = choice.resolved(clf, y[train]).rows(train)
     with threadpool_limits(1):
-        params, search = choose_param(clf, X[train], y[train], seed, metric=metric,
-                                      class_weight=class_weight,
-                                      groups=None if groups is None
-                                      else np.asarray(groups, dtype=object)[train])
+        params, search = choose_param(clf, X[train], y[train], seed, choice=choice)
         model = make_head(clf, next(iter(params.values())), seed,
-                          calibrated=smallest_class(y[train]), class_weight=class_weight)
-        fit_head(model, X[train], y[train], class_weight)
+                          calibrated=smallest_class(y[train]), class_weight=choice.class_weight)
+        fit_head(model, X[train], y[train], choice.class_weight)
         proba = _full_proba(model, X[test], int(y.max()) + 1)
-    return FoldResult(repeat, fold, np.asarray(test), proba, params, len(train), search,
-                      time.perf_counter() - t0)
+    return FoldResult(outer.repeat, outer.fold, np.asarray(test), proba, params, len(train),
+                      search, time.perf_counter() - t0)
 
 
 def _full_proba(model, X, n_classes: int) -> np.ndarray:
@@ -150,18 +161,17 @@ def _full_proba(model, X, n_classes: int) -> np.ndarray:
 
 
 def cross_validate(clf: str, X, y, splits, seed: int = 0, n_jobs: int | None = None,
-                   metric: str = "accuracy", class_weight: str = "none",
-                   groups=None) -> list:
+                   choice: Choice = Choice()) -> list:
     """:func:`fit_fold` on every ``(repeat, fold, train, test)`` of ``splits``, in order.
 
     ``X`` is ``(n_images, C)`` (every row of the store), ``y`` ``(n_images,)``.
     Outer folds run in ``n_jobs`` processes (default: :func:`pipeline.parallel.fold_jobs`,
-    the cores when rows x folds x features pay for starting them).  ``metric`` chooses the
-    hyperparameter inside each fold; ``class_weight`` weights every fit; ``groups``
-    (one name per row, or None) keeps each group on one side of the inner folds.
+    the cores when rows x folds x features pay for starting them).  ``choice``
+    (:class:`pipeline.heads.selection.Choice`): its metric chooses the hyperparameter
+    inside each fold, its class weights weight every fit, its groups (one name per row,
+    or None) keep each group on one side of the inner folds.
     """
     if n_jobs is None:
         n_jobs = fold_jobs(len(splits), len(y) * len(splits) * X.shape[1] >= PARALLEL_MIN_WORK)
-    tasks = [(clf, X, y, tr, te, seed, r, k, metric, class_weight, groups)
-             for r, k, tr, te in splits]
+    tasks = [(clf, X, y, OuterFold(*split), seed, choice) for split in splits]
     return run_in_order(fit_fold, tasks, n_jobs)

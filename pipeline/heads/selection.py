@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -57,11 +57,35 @@ def fit_head(model, X, y, class_weight: str = "none"):
     return head.fit(model, X, y, class_weight) if head is not None else model.fit(X, y)
 
 
-def resolve_choice(clf: str, y, metric: str, class_weight: str) -> tuple[str, str]:
-    """``(metric, class_weight)`` with ``auto`` resolved from the labels ``y`` ``(n,)``."""
-    counts = class_counts(y)
-    return (resolve_metric(metric, counts)[0],
-            resolve_class_weight(class_weight, counts, head=get_head(clf))[0])
+@dataclass(frozen=True)
+class Choice:
+    """How a head's hyperparameter is chosen and its fits weighted, the settings every
+    selection function shares.
+
+    ``metric``: accuracy, balanced_accuracy or macro_f1 chooses the grid value;
+    ``class_weight``: none or balanced weights every fit (``auto`` for either: resolved
+    from the training labels, :meth:`resolved`).  ``groups``: one name per row
+    ``(n_rows,)``, or None; cross-validation's inner folds keep each group on one side
+    (a holdout search validates on the given split and does not use them).
+    """
+
+    metric: str = "accuracy"
+    class_weight: str = "none"
+    groups: object = None
+
+    def resolved(self, clf: str, y) -> Choice:
+        """This choice with ``auto`` resolved from the labels ``y`` ``(n,)`` for head ``clf``
+        (:func:`pipeline.balance.resolve_metric`, :func:`.resolve_class_weight`)."""
+        counts = class_counts(y)
+        return replace(self, metric=resolve_metric(self.metric, counts)[0],
+                       class_weight=resolve_class_weight(self.class_weight, counts,
+                                                         head=get_head(clf))[0])
+
+    def rows(self, index) -> Choice:
+        """This choice on the rows ``index`` of the data: their groups, in that order."""
+        if self.groups is None:
+            return self
+        return replace(self, groups=np.asarray(self.groups, dtype=object)[index])
 
 
 def smallest_class(y) -> int:
@@ -96,18 +120,18 @@ class FitResult:
 
 
 def select_and_fit(clf: str, X_train, y_train, X_val, y_val, seed: int = 0,
-                   grid=None, metric: str = "accuracy",
-                   class_weight: str = "none") -> FitResult:
-    """Choose the grid value with the best validation ``metric``, then refit on train+val.
+                   grid=None, choice: Choice = Choice()) -> FitResult:
+    """Choose the grid value with the best validation metric, then refit on train+val.
 
     ``X_*`` are ``(n, n_features)``.  Ties go to the stronger regularisation (the
     smaller ``C``, the larger ``k`` or ``alpha``).  ``grid`` overrides the head's grid.
-    ``metric``: accuracy, balanced_accuracy or macro_f1 (``auto``: resolved from
-    ``y_train``, :func:`pipeline.balance.resolve_metric`); ``class_weight``: none
-    or balanced (``auto`` likewise) for every fit, the search's and the final one.
+    ``choice`` (:class:`Choice`): the metric that chooses the value and the class
+    weights of every fit, the search's and the final one (``auto``: resolved from
+    ``y_train``).
     """
     head = get_head(clf)
-    metric, class_weight = resolve_choice(clf, y_train, metric, class_weight)
+    choice = choice.resolved(clf, y_train)
+    metric, class_weight = choice.metric, choice.class_weight
     values = head.values(len(y_train), grid)
     t0 = time.perf_counter()
     search, best, best_score, best_pred = [], None, -1.0, None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.pipeline import make_pipeline
@@ -33,7 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from ..balance import METRICS, balanced_weights, metric_values
 from ..errors import UsageError, program
 from .registry import get_head
-from .selection import FitResult, make_head, resolve_choice
+from .selection import Choice, FitResult, make_head
 from .sgd import SGD_EPOCHS
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,32 @@ log = logging.getLogger(__name__)
 BLOCK_ROWS = 256
 #: Blocks mixed into one ``partial_fit`` call (the shuffle buffer is their rows).
 BUFFER_BLOCKS = 16
+
+
+@dataclass(frozen=True)
+class Passes:
+    """How the store is streamed: ``epochs`` passes of ``partial_fit``, reading ``block``
+    rows at a time and mixing ``buffer_blocks`` blocks in the shuffle buffer (memory is
+    bounded by ``block * buffer_blocks`` rows)."""
+
+    epochs: int = SGD_EPOCHS
+    block: int = BLOCK_ROWS
+    buffer_blocks: int = BUFFER_BLOCKS
+
+    @property
+    def window(self) -> int:
+        """Rows in memory at once, in every pass."""
+        return self.block * self.buffer_blocks
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.block < 1 or self.buffer_blocks < 1:
+            raise UsageError(f"epochs, block and buffer_blocks must be >= 1, got "
+                             f"{self.epochs}, {self.block}, {self.buffer_blocks}")
+
+    def record(self) -> dict:
+        """What the fit's hyperparameters keep of it."""
+        return {"epochs": int(self.epochs), "block_rows": int(self.block),
+                "buffer_blocks": int(self.buffer_blocks)}
 
 
 def _check_tap(store, tap):
@@ -107,15 +134,17 @@ def _sgd_step(gram, scaler, iterations: int = 100) -> float:
     return 2.0 / lam
 
 
-def train_epochs(models, scaler, store, tap, codes, epochs: int, seed: int = 0,
-                 block: int = BLOCK_ROWS, buffer_blocks: int = BUFFER_BLOCKS) -> None:
-    """``epochs`` passes of ``partial_fit`` for each model over the rows with a split in ``codes``.
+def train_epochs(models, scaler, store, tap, codes, seed: int = 0,
+                 passes: Passes = Passes()) -> None:
+    """``passes.epochs`` passes of ``partial_fit`` for each model over the rows with a split
+    in ``codes``.
 
-    Each epoch visits the row blocks in a new random order; ``buffer_blocks``
-    blocks at a time are read, their rows shuffled and standardised with
-    ``scaler``, and given to each model (so every value of a grid sees the
-    same reads).
+    Each epoch visits the row blocks (``passes.block`` rows) in a new random order;
+    ``passes.buffer_blocks`` blocks at a time are read, their rows shuffled and
+    standardised with ``scaler``, and given to each model (so every value of a grid sees
+    the same reads).
     """
+    epochs, block, buffer_blocks = passes.epochs, passes.block, passes.buffer_blocks
     classes = np.arange(len(store.classes))
     use = np.isin(store.split_codes, codes)
     rng = np.random.default_rng(seed)
@@ -150,25 +179,24 @@ def predict_split(models, scaler, store, tap, split, proba: bool = False,
     return [np.concatenate(o) if o else np.zeros((0, n_classes) if proba else 0) for o in outs]
 
 
-def stream_select_and_fit(store, tap: str, seed: int = 0, grid=None, epochs: int = SGD_EPOCHS,
-                          block: int = BLOCK_ROWS, buffer_blocks: int = BUFFER_BLOCKS,
-                          metric: str = "accuracy", class_weight: str = "none"):
+def stream_select_and_fit(store, tap: str, seed: int = 0, grid=None,
+                          passes: Passes = Passes(), choice: Choice = Choice()):
     """The streaming counterpart of :func:`pipeline.heads.select_and_fit` for ``sgd-logreg``.
 
-    Chooses ``alpha`` by the validation ``metric`` (ties go to the larger alpha,
-    the stronger regularisation), refits on train + val, predicts the test
-    split; ``class_weight="balanced"`` weights every fit.  Returns ``(FitResult,
-    test_pred (n_test,), test_proba (n_test, n_classes))``; the result's model is a
-    fitted ``Pipeline(StandardScaler(), SoftmaxSGD())``.
+    Chooses ``alpha`` by the validation metric of ``choice`` (ties go to the larger
+    alpha, the stronger regularisation), refits on train + val, predicts the test
+    split; ``choice.class_weight="balanced"`` weights every fit.  ``passes``: epochs
+    and the reads (:class:`Passes`).  Returns ``(FitResult, test_pred (n_test,),
+    test_proba (n_test, n_classes))``; the result's model is a fitted
+    ``Pipeline(StandardScaler(), SoftmaxSGD())``.
     """
     _check_tap(store, tap)
-    if epochs < 1 or block < 1 or buffer_blocks < 1:
-        raise UsageError(f"epochs, block and buffer_blocks must be >= 1, got "
-                         f"{epochs}, {block}, {buffer_blocks}")
+    passes.check()
     name = get_head("sgd-logreg").param
     n_classes = len(store.classes)
     y_train, y_val = store.y("train"), store.y("val")
-    metric, class_weight = resolve_choice("sgd-logreg", y_train, metric, class_weight)
+    choice = choice.resolved("sgd-logreg", y_train)
+    metric, class_weight = choice.metric, choice.class_weight
     balanced = class_weight == "balanced"
     sizes = store.split_sizes()
     n_train, n_fit = sizes["train"], sizes["train"] + sizes["val"]
@@ -176,12 +204,12 @@ def stream_select_and_fit(store, tap: str, seed: int = 0, grid=None, epochs: int
         grid = [1.0 / (C * n_train) for C in get_head("logreg").grid]
     values = sorted(grid, reverse=True)
     t0 = time.perf_counter()
-    window = block * buffer_blocks   # rows in memory at once, in every pass
+    window = passes.window
     (scaler_train, scaler_all), eta0 = fit_scalers(store, tap, [(0,), (0, 1)], window,
                                                     steps=True)
     weights = balanced_weights(y_train, n_classes) if balanced else None
     models = [_sgd(a, seed, eta0, weights) for a in values]
-    train_epochs(models, scaler_train, store, tap, (0,), epochs, seed, block, buffer_blocks)
+    train_epochs(models, scaler_train, store, tap, (0,), seed, passes)
     search, best, best_score, best_pred = [], None, -1.0, None
     val_preds = predict_split(models, scaler_train, store, tap, "val", block=window)
     for alpha, pred in zip(values, val_preds):
@@ -194,15 +222,13 @@ def stream_select_and_fit(store, tap: str, seed: int = 0, grid=None, epochs: int
     fit_weights = (balanced_weights(np.concatenate([y_train, y_val]), n_classes)
                    if balanced else None)
     final = _sgd(best * n_train / n_fit, seed, eta0, fit_weights)
-    train_epochs([final], scaler_all, store, tap, (0, 1), epochs, seed, block, buffer_blocks)
+    train_epochs([final], scaler_all, store, tap, (0, 1), seed, passes)
     model = make_pipeline(scaler_all, final)
     fit_seconds = time.perf_counter() - t0
     proba = predict_split([final], scaler_all, store, tap, "test", proba=True, block=window)[0]
     test_pred = final.classes_[np.argmax(proba, axis=1)] if len(proba) else np.zeros(0, int)
     params = {name: float(best), "C": float(1.0 / (best * n_train)),
               "final_alpha": float(final.alpha), "eta0": float(final.eta0),
-              "epochs": int(epochs),
-              "block_rows": int(block),
-              "buffer_blocks": int(buffer_blocks)}
+              **passes.record()}
     return (FitResult(model, params, best_pred, search, fit_seconds, metric, class_weight),
             test_pred, proba)

@@ -190,13 +190,13 @@ def _undecodable_eval(split, bad) -> str:
 
 
 def _fit_pixels(store, params, seed):
-    from ..heads.selection import predict_proba, select_and_fit
+    from ..heads.selection import Choice, predict_proba, select_and_fit
 
     t0 = time.perf_counter()
     data, skipped = _split_pixels(store, params["size"])
     (X_tr, y_tr), (X_va, y_va), (X_te, _) = data["train"], data["val"], data["test"]
-    res = select_and_fit("logreg", X_tr, y_tr, X_va, y_va, seed=seed, metric=params["metric"],
-                         class_weight=params["class_weight"])
+    res = select_and_fit("logreg", X_tr, y_tr, X_va, y_va, seed=seed,
+                         choice=Choice(params["metric"], params["class_weight"]))
     est = res.model[-1]
     return BaselineFit(label=f"pixels {params['size']}x{params['size']} + logreg",
                        model=res.model, params=params, val_pred=res.val_pred,
@@ -363,13 +363,12 @@ def _cv_pixels(X, y, store, seed, params) -> BaselineFit:
     from threadpoolctl import threadpool_limits
 
     from ..heads.crossval import choose_param, cross_validate
-    from ..heads.selection import fit_head, make_head
+    from ..heads.selection import Choice, fit_head, make_head
 
-    choice = {"metric": params["metric"], "class_weight": params["class_weight"],
-              "groups": store.row_groups}
-    folds = cross_validate("logreg", X, y, store.cv_splits(), seed=seed, **choice)
+    choice = Choice(params["metric"], params["class_weight"], store.row_groups)
+    folds = cross_validate("logreg", X, y, store.cv_splits(), seed=seed, choice=choice)
     with threadpool_limits(1):
-        chosen, search = choose_param("logreg", X, y, seed, **choice)
+        chosen, search = choose_param("logreg", X, y, seed, choice=choice)
         model = fit_head(make_head("logreg", chosen["C"], seed,
                                    class_weight=params["class_weight"]), X, y,
                          params["class_weight"])

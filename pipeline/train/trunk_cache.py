@@ -246,11 +246,11 @@ def trunk_runner(trunk, size: int, runtime: str = "auto"):
     this trunk)."""
     import torch
 
-    from ..extraction.runtimes import make_runner
+    from ..extraction.runtimes import ExportCache, make_runner
 
     device = next(trunk.parameters()).device
-    run = make_runner(trunk, runtime, device, CACHE_CHUNK, SimpleNamespace(input_size=size),
-                      example=torch.zeros((2, 3, size, size)))
+    run = make_runner(trunk, runtime, device, SimpleNamespace(input_size=size),
+                      cache=ExportCache(example=torch.zeros((2, 3, size, size))))
     log.info("frozen trunk outputs computed with %s (%s)", run.runtime, run.precision)
 
     def forward(batch):

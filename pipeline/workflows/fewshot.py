@@ -405,8 +405,7 @@ def fewshot_curves(store, pixel_size: int = 32, shots=None, draws: int = FEWSHOT
     out = _header(store, y, ks, int(draws), seed, pixel_size, budget, n_jobs)
     if out.note:
         return out
-    curves, stopped_at = _compute(store, y, ks, names, pixel_size, int(draws), seed,
-                                  t0 + budget, n_jobs, out.skipped)
+    curves, stopped_at = _compute(store, y, names, out, t0 + budget)
     out.curves = {name: curves[name] for name in names if name in curves}
     for name in names:
         if stopped_at.get(name) is not None:
@@ -438,9 +437,13 @@ def _header(store, y, ks, draws, seed, pixel_size, budget, n_jobs) -> FewShotRes
     return out
 
 
-def _compute(store, y, ks, names, pixel_size, draws, seed, deadline, n_jobs, skipped):
+def _compute(store, y, names, plan: FewShotResult, deadline):
     """``(curves, stopped_at)``: the points k by k, every curve at one k before the next,
-    each curve stopping once its next point would not finish by ``deadline``."""
+    each curve stopping once its next point would not finish by ``deadline``.  ``plan``
+    (the result's header, :func:`_header`) says the k, draws, seed, pixel size and
+    processes; what cannot be drawn is added to its ``skipped``."""
+    ks, draws, seed, n_jobs = plan.shots, plan.draws, plan.seed, plan.n_jobs
+    pixel_size, skipped = plan.pixel_size, plan.skipped
     pixel_name = names[-1]
     features, curves, cost, stopped_at = {}, {}, {}, {}
     for k in ks:

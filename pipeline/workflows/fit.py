@@ -14,7 +14,7 @@ from ..configs import FitConfig
 from ..errors import StoreError, opt, program
 from ..heads.persist import HEAD_EXT, save_head
 from ..heads.registry import get_head
-from ..heads.selection import predict_proba, select_and_fit
+from ..heads.selection import Choice, predict_proba, select_and_fit
 from ..options import check_seed
 from ..runs.protocol import resolve_protocol
 from ..runs.records import (
@@ -141,16 +141,16 @@ def _holdout_line(record: RunRecord, metric: str, score) -> str:
 
 
 def _fit_holdout(store, tap: str, clf: str, seed: int, selection, protocol):
-    choice = {"metric": selection.metric, "class_weight": selection.class_weight}
+    choice = Choice(selection.metric, selection.class_weight)
     if get_head(clf).streaming:  # reads the store block by block, never a whole tap
         from ..heads.streaming import stream_select_and_fit
 
-        res, test_pred, proba = stream_select_and_fit(store, tap, seed=seed, **choice)
+        res, test_pred, proba = stream_select_and_fit(store, tap, seed=seed, choice=choice)
     else:
         X_tr, y_tr = store.X(tap, "train"), store.y("train")
         X_va, y_va = store.X(tap, "val"), store.y("val")
         X_te = store.X(tap, "test")
-        res = select_and_fit(clf, X_tr, y_tr, X_va, y_va, seed=seed, **choice)
+        res = select_and_fit(clf, X_tr, y_tr, X_va, y_va, seed=seed, choice=choice)
         proba = predict_proba(res.model, X_te)
         test_pred = res.model.predict(X_te)
     run = RunInfo(kind="frozen", method=clf,
@@ -171,14 +171,13 @@ def _fit_cv(store, tap: str, clf: str, seed: int, selection, protocol):
     from ..heads.crossval import choose_param, cross_validate
     from ..heads.selection import fit_head, make_head, smallest_class
 
-    choice = {"metric": selection.metric, "class_weight": selection.class_weight,
-              "groups": store.row_groups}
+    choice = Choice(selection.metric, selection.class_weight, store.row_groups)
     t0 = time.perf_counter()
     X, y = store.X(tap), store.labels
-    folds = cross_validate(clf, X, y, store.cv_splits(), seed=seed, **choice)
+    folds = cross_validate(clf, X, y, store.cv_splits(), seed=seed, choice=choice)
     cv_seconds = time.perf_counter() - t0
     with threadpool_limits(1):
-        params, search = choose_param(clf, X, y, seed, **choice)
+        params, search = choose_param(clf, X, y, seed, choice=choice)
         model = fit_head(make_head(clf, next(iter(params.values())), seed,
                                    calibrated=smallest_class(y),
                                    class_weight=selection.class_weight), X, y,
