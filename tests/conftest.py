@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+# Before torch loads: an idle OpenMP thread sleeps instead of spinning, so the demo's
+# threads and another pytest-xdist worker's can share the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from pipeline.backbones import BackboneSpec, Preprocessing, Tap, register_backbone
 

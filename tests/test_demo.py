@@ -32,11 +32,22 @@ def chromium():
 
 @pytest.fixture(scope="module")
 def cv_demo(tmp_path_factory):
-    """One run of what ``python cli.py demo`` runs, shared by the tests of this module."""
+    """One run of what ``python cli.py demo`` runs, shared by the tests of this module, on
+    every core: under pytest-xdist the other workers' torch has one thread each and waits
+    passively (tests/conftest.py), so the demo is not starved while they run and has the
+    machine to itself once they are done."""
+    import torch
+
+    from pipeline.parallel import cores
     from pipeline.workflows.demo import run_demo
 
     root = tmp_path_factory.mktemp("cv-demo")
-    return run_demo(out_dir=root / "demo", features_dir=root / "features", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cores())  # the suite's longest setup may use every core
+    try:
+        return run_demo(out_dir=root / "demo", features_dir=root / "features", progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
