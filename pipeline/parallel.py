@@ -1,13 +1,14 @@
 """Independent fits in parallel processes: how many, and running them in order.
 
-Cross-validation repeats one fit per outer fold (15 by default), and many of
-those fits use one core only: scikit-learn's solvers run on one BLAS thread
-here, and a small torch network on small images keeps a second core idle
-between its short kernels.  :func:`fold_jobs` says how many worker processes a
+Cross-validation repeats one fit per outer fold (15 by default), and each of
+scikit-learn's fits here runs on one BLAS thread, so one fold at a time keeps
+the other cores idle.  :func:`fold_jobs` says how many worker processes a
 batch of such fits gets (one per core, never more than there are fits, and
 only when the batch is worth a process start); :func:`run_in_order` runs them
 and returns the results in the order given, so a parallel run records exactly
-what a serial one does.
+what a serial one does.  (Torch networks' folds stay in one process: torch's
+own threads use the cores, and a worker that imports torch again cost the
+demo more than it saved.)
 
 ``WORKBENCH_JOBS`` (an environment variable) caps the processes: ``1`` runs
 everything in this process (the test suite sets it when pytest-xdist already

@@ -380,21 +380,17 @@ def _cv_pixels(X, y, store, seed, params) -> BaselineFit:
 
 
 def _cv_torch(store, params, seed, fit_rows, pixels) -> BaselineFit:
-    """Outer folds of a torch baseline (in parallel processes when there are cores to
-    spare: :func:`pipeline.parallel.fold_jobs`); then the final model on every image."""
+    """Outer folds of a torch baseline, one after the other (torch's own threads use the
+    cores; folds in worker processes were measured slower in the demo, each worker
+    importing torch again), then the final model on every image."""
     from ..heads.crossval import FoldResult
-    from ..parallel import fold_jobs, run_in_order
 
     y = store.labels
-    splits = list(store.cv_splits())
-    jobs = fold_jobs(len(splits))
-    tasks = []
-    for r, _k, train_rows, test_rows in splits:
-        tr, va = inner_split(y, train_rows, seed + r, groups=store.row_groups)
-        tasks.append((fit_rows, 1 if jobs > 1 else None, store, params, seed,
-                      {"train": tr, "val": va, "test": test_rows}, pixels))
     folds, epochs, histories = [], [], []
-    for (r, k, train_rows, test_rows), out in zip(splits, run_in_order(_fold_fit, tasks, jobs)):
+    for r, k, train_rows, test_rows in store.cv_splits():
+        tr, va = inner_split(y, train_rows, seed + r, groups=store.row_groups)
+        out = fit_rows(store, params, seed, {"train": tr, "val": va, "test": test_rows},
+                       pixels)
         epochs.append(out.best_epoch)
         histories.append(out.history)
         folds.append(FoldResult(r, k, test_rows, out.proba, {"best_epoch": out.best_epoch},
@@ -412,16 +408,6 @@ def _cv_torch(store, params, seed, fit_rows, pixels) -> BaselineFit:
                        # the learning curves of the first outer fold: its validation is a
                        # real held-out split (the final model's has none)
                        history=histories[0])
-
-
-def _fold_fit(fit_rows, threads, *args):
-    """``fit_rows(*args)`` on ``threads`` torch threads (None: as set): one per worker
-    process when folds run in parallel, so two folds do not fight over two cores."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    return fit_rows(*args)
 
 
 def _predict_or_empty(model, dataset, n_classes: int) -> np.ndarray:
