@@ -5,7 +5,9 @@
 3. runs of two stores (re-extracted with another class) are never pooled into one row;
 4. cross-validation on tiny data (3 images per class) finds a validation split or says why;
 5. ``predict`` on ``../folder`` or a folder under a hidden one finds its images;
-6. no float option takes nan or inf, on the command line or in the Python API.
+6. no float option takes nan or inf, on the command line or in the Python API;
+12. an empty ``--data`` is an error, not the bundled flowers;
+17. a file that is not HDF5 given as a store is called so, never "corrupt" (no move-aside advice).
 
 Everything runs on the toy backbone of conftest (fine-tuning: a small resnet18 at random
 initialisation on 32-px inputs).
@@ -221,3 +223,29 @@ def test_float_options_refuse_non_finite_values(run, args):
 def test_configs_refuse_non_finite_values_in_the_api(make):
     with pytest.raises(UsageError, match="finite"):
         make()
+
+
+# ------------------------------------------------------------ 12, 17. paths that are not data
+
+
+def test_an_empty_data_path_is_an_error_not_the_bundled_flowers(run, tmp_path):
+    """``extract --data ""`` used to extract the bundled flowers silently."""
+    res = run("extract", "--data", "", "--backbone", "toy", "--out", tmp_path / "f",
+              "--no-progress")
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    assert "--data" in res.output and "empty path" in res.output, res.output
+    assert not (tmp_path / "f").exists() or not list((tmp_path / "f").glob("*.h5"))
+    with pytest.raises(UsageError, match="empty path"):
+        run_extract(ExtractConfig(data="  ", backbone="toy", out=str(tmp_path / "g")))
+
+
+def test_a_file_that_is_not_a_store_is_called_so_and_never_moved(run, tmp_path):
+    """``fit --features /etc/passwd`` was called a corrupt store, with the advice that
+    ``extract --overwrite`` moves the file aside."""
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    for cmd in (("fit", "--features", passwd, "--layer", "layer1"),
+                ("baseline", "--kind", "pixels", "--features", passwd)):
+        out = assert_clean(run(*cmd), str(passwd), "not an HDF5 feature store", "--features")
+        assert "--overwrite" not in out and "corrupt" not in out, out
+    assert passwd.read_text() == "root:x:0:0:root:/root:/bin/bash\n"

@@ -44,7 +44,9 @@ def table_columns(cfg: ExtractConfig) -> TableColumns:
 
 
 def data_root(cfg: ExtractConfig) -> Path:
-    return Path(cfg.data) if cfg.data else bundled_data_root()
+    """``cfg.data``, or the bundled flowers when it is None (an empty path is refused by
+    :func:`validate`, never read as "the bundled data")."""
+    return bundled_data_root() if cfg.data is None else Path(cfg.data)
 
 
 def dataset_name(cfg: ExtractConfig) -> str:
@@ -80,8 +82,12 @@ def split_spec(cfg: ExtractConfig, manifest: Manifest) -> SplitSpec:
 
 
 def validate(cfg: ExtractConfig):
-    """:class:`UsageError` naming the parameter when ``cfg``'s pooling, dtype or batch size
-    is not one this tool has."""
+    """:class:`UsageError` naming the parameter when ``cfg``'s data path is empty or its
+    pooling, dtype or batch size is not one this tool has."""
+    if cfg.data is not None and not str(cfg.data).strip():
+        raise UsageError(f"{opt('data')} is an empty path; give a folder of images or a "
+                         f"label table, or leave {opt('data')} out for the bundled flowers",
+                         param="data")
     if cfg.pool not in POOLINGS:
         raise UsageError(f"unknown pooling {cfg.pool!r}; valid: {', '.join(POOLINGS)}",
                          param="pool")

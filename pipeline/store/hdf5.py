@@ -132,6 +132,11 @@ class FeatureStore:
                 f"`{program()} extract` first or pass {opt('features', 'FILE')}",
                 param="features"
             )
+        if self.path.suffix.lower() not in STORE_SUFFIXES and not _is_hdf5(self.path):
+            raise StoreError(
+                f"{self.path} is not an HDF5 feature store (the .h5 file `{program()} "
+                f"extract` writes under features/); pass {opt('features', 'FILE')} a store, "
+                "or a folder of stores", param="features")
         with reading(self.path):
             with h5py.File(self.path, "r") as f:
                 if f.attrs.get("format") != "transfer-workbench-features":
@@ -405,6 +410,20 @@ def open_store(path, split_seed=None, groups=None) -> FeatureStore:
     """The store at ``path`` seen with the split of ``split_seed`` and group rule ``groups``
     (None: the stored ones; :meth:`FeatureStore.use_split`)."""
     return FeatureStore(path).use_split(split_seed, groups)
+
+
+#: File suffixes of a store; a damaged file with one is "corrupt" (extract --overwrite moves
+#: it aside), any other file that is not HDF5 is "not a feature store" (never moved).
+STORE_SUFFIXES = (".h5", ".hdf5")
+
+
+def _is_hdf5(path: Path) -> bool:
+    """Whether ``path`` starts with the HDF5 signature (an unreadable file: True, so that
+    opening it reports the real error)."""
+    try:
+        return bool(h5py.is_hdf5(path))
+    except OSError:
+        return True
 
 
 def _attr(value):
