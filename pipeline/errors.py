@@ -114,3 +114,20 @@ class WeightsError(WorkbenchError, OSError):
 
 class DeviceError(WorkbenchError, RuntimeError):
     """The requested device or runtime is not available on this machine."""
+
+
+def unsafe_load_reason(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in our words.
+
+    A file that holds Python objects beyond tensors and plain data is refused
+    because loading it could run code; torch's own message then advises loading
+    it with ``weights_only=False``, which is exactly what must not be done with a
+    file of unknown origin, so that advice is never passed on.  Other failures
+    (a damaged or truncated file) keep the first line of their message.
+    """
+    text = str(exc)
+    if type(exc).__name__ == "UnpicklingError" or "weights_only" in text:
+        return ("it holds Python objects beyond tensors and plain data, which are never "
+                "unpickled: that could run code")
+    first = text.splitlines()[0][:200] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -7,6 +7,7 @@
 5. ``predict`` on ``../folder`` or a folder under a hidden one finds its images;
 6. no float option takes nan or inf, on the command line or in the Python API;
 12. an empty ``--data`` is an error, not the bundled flowers;
+16. a crafted torch file is refused without passing on torch's advice to load it unsafely;
 17. a file that is not HDF5 given as a store is called so, never "corrupt" (no move-aside advice).
 
 Everything runs on the toy backbone of conftest (fine-tuning: a small resnet18 at random
@@ -249,3 +250,37 @@ def test_a_file_that_is_not_a_store_is_called_so_and_never_moved(run, tmp_path):
         out = assert_clean(run(*cmd), str(passwd), "not an HDF5 feature store", "--features")
         assert "--overwrite" not in out and "corrupt" not in out, out
     assert passwd.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+
+
+# ------------------------------------------------------------ 16. no unsafe advice
+
+
+class _Payload:
+    """Unpickling this would call ``Path.touch(marker)``: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (self.marker,))
+
+
+def test_a_crafted_torch_file_is_refused_without_torchs_unsafe_advice(run, tmp_path):
+    """``extract --weights evil.pth`` and ``predict --model evil.pt`` were refused, but the
+    message quoted torch's advice to load the file with ``weights_only=False``."""
+    import torch
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": _Payload(marker)}, evil)
+    folder = make_folder(tmp_path / "img", per_class=4)
+    for cmd in (("extract", "--data", folder, "--backbone", "resnet18", "--weights", evil,
+                 "--out", tmp_path / "f", "--no-progress"),
+                ("predict", "--model", evil, folder)):
+        res = run(*cmd)
+        assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+        assert str(evil) in res.output and "never unpickled" in res.output, res.output
+        assert "weights_only" not in res.output, res.output
+    assert not marker.exists()

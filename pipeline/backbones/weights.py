@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import WeightsError, opt
+from ..errors import WeightsError, opt, unsafe_load_reason
 from ..files import sha256_file
 
 #: Base URL replacing torchvision's download host (a mirror); unset = torchvision's own.
@@ -48,8 +48,11 @@ def load_local_state_dict(path: str):
         )
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad files
-        raise WeightsError(f"weights file {path!r} cannot be read as a state_dict: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        raise WeightsError(f"weights file {path!r} cannot be read as a state_dict "
+                           f"({unsafe_load_reason(exc)}); pass a file of tensors saved with "
+                           f"torch.save(model.state_dict(), PATH), or {opt('weights', 'none')}",
+                           param="weights") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..data.decode import CropRule
-from ..errors import StoreError, UsageError
+from ..errors import StoreError, UsageError, unsafe_load_reason
 from ..heads.registry import head_name, head_of_model, linear_heads
 
 #: Largest difference from scikit-learn's probabilities a converted head may show.
@@ -174,9 +174,8 @@ def load_torch_model(path) -> dict:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise StoreError(
-            f"{path} cannot be read as a saved model ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); it is damaged or holds "
-            "more than tensors and plain data (it is never unpickled). Train the run again"
+            f"{path} cannot be read as a saved model ({unsafe_load_reason(exc)}); it is "
+            "damaged or was not written by this tool. Train the run again"
         ) from None
     return bundle
 

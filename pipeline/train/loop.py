@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..balance import METRICS, balanced_weights, collapse, confusion, metric_values
-from ..errors import StoreError, UsageError, opt
+from ..errors import StoreError, UsageError, opt, unsafe_load_reason
 from ..files import atomic_path
 from ..options import SCHEDULES
 
@@ -291,8 +291,8 @@ def _resume(ckpt: Path | None, cfg: TrainConfig, model, optimizer, scheduler) ->
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise StoreError(
-            f"checkpoint {ckpt} cannot be resumed from ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}); it is damaged or not a checkpoint of this "
+            f"checkpoint {ckpt} cannot be resumed from ({unsafe_load_reason(exc)}); it is "
+            "damaged or not a checkpoint of this "
             f"tool. Delete it and run without {opt('resume')} to start afresh",
             param="resume") from None
     if not isinstance(state, dict) or not {"config", "model", "epoch"} <= set(state):

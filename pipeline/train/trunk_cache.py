@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, unsafe_load_reason
 from ..files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,8 @@ class TrunkCache:
         try:  # tensors, lists and strings only: nothing in it can run code
             data = torch.load(disk, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - a cache: an unreadable one is recomputed
-            log.warning("recomputing the trunk cache: %s cannot be loaded (%s)", disk, exc)
+            log.warning("recomputing the trunk cache: %s cannot be loaded (%s)", disk,
+                        unsafe_load_reason(exc))
             return None
         log.info("loaded cached trunk outputs %s", disk)
         return data
