@@ -11,6 +11,7 @@ run must finish with the 18 good images.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -248,3 +249,13 @@ def test_large_jpeg_decodes_at_reduced_dct_scale_never_below_the_target(folder, 
     assert load_rgb(folder / "green" / "big.jpg", target_short_side=256).size == (500, 375)
     assert load_rgb(folder / "green" / "big.jpg", target_short_side=400).size == (1000, 750)
     assert_decoded_as(_extract(folder, tmp_path), "green/big.jpg", (0, 160, 0), atol=2)
+
+
+def test_a_link_loop_is_called_a_link_loop(folder, tmp_path):
+    """``red/self -> self`` was listed as "not an image file name" (its name has no
+    extension); a link that leads nowhere is said to be one, loop or broken."""
+    os.symlink("self", folder / "red" / "self")
+    os.symlink("gone.txt", folder / "red" / "dangling")
+    summary = _extract(folder, tmp_path)
+    assert_skipped(summary, "red/self", "symbolic link loop", "remove the link")
+    assert_skipped(summary, "red/dangling", "broken link", "gone.txt")

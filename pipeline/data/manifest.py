@@ -370,8 +370,9 @@ def _class_images(root: Path, real_root: str, class_dir: Path, excluded: list,
             if suffix not in IMAGE_EXTENSIONS:
                 ignored.append(rel)
                 ext = suffix if suffix not in ("", ".") else "none"
-                excluded.append((rel, f"not an image file name (extension '{shown(ext)}'; "
-                                      f"images are {', '.join(IMAGE_EXTENSIONS)})"))
+                excluded.append((rel, _link_problem(full) or
+                                 f"not an image file name (extension '{shown(ext)}'; "
+                                 f"images are {', '.join(IMAGE_EXTENSIONS)})"))
             elif not _utf8(fname):
                 excluded.append((rel, "file " + NOT_UTF8))
             else:
@@ -381,6 +382,21 @@ def _class_images(root: Path, real_root: str, class_dir: Path, excluded: list,
                 else:
                     found.append((rel, full, st, via))
     return found
+
+
+def _link_problem(full: str) -> str | None:
+    """What is wrong with ``full`` when it is a link that leads nowhere (a loop, or a missing
+    target), else None; said instead of judging the link's own name."""
+    if not os.path.islink(full):
+        return None
+    try:
+        os.stat(full)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return (f"a symbolic link loop (it leads back to itself through "
+                    f"{os.readlink(full)!r}); remove the link")
+        return f"a broken link to {os.readlink(full)!r} ({exc.strerror}); remove or fix it"
+    return None
 
 
 def _follow(root, real_root, dirpath, rel, excluded, scanned, linked) -> bool:
