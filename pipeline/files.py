@@ -49,10 +49,10 @@ def atomic_write(path, mode: str = "wb", encoding: str | None = None, exclusive:
         else:
             os.replace(tmp, path)
     except OSError as exc:
-        _name_file(exc, path)
+        _name_file(exc, path, tmp)
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove_temporary(tmp)
 
 
 @contextmanager
@@ -62,21 +62,35 @@ def atomic_path(path):
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
+        # Created here first: a folder that refuses it (read-only, full, not permitted)
+        # fails as an OSError naming the file, whatever the writer would raise (torch: a
+        # RuntimeError).
+        open(tmp, "wb").close()
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        _name_file(exc, path)
+        _name_file(exc, path, tmp)
         raise
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove_temporary(tmp)
 
 
-def _name_file(exc: OSError, path: Path) -> None:
-    """Make ``exc`` name ``path`` when it names no file (a failed ``fsync`` or ``write``),
-    so the message of a full disk says which file could not be written."""
-    if exc.filename is None:
+def _remove_temporary(tmp: Path) -> None:
+    """Remove ``tmp`` if it is there; never raise (on a read-only file system unlinking
+    even a missing file fails, and that error would hide the one that names the file)."""
+    try:
+        tmp.unlink()
+    except OSError:
+        pass
+
+
+def _name_file(exc: OSError, path: Path, tmp: Path) -> None:
+    """Make ``exc`` name ``path`` when it names no file (a failed ``fsync`` or ``write``) or
+    only the temporary file beside it (a read-only folder refusing to create it), so the
+    message says which file could not be written, and the option that chose it."""
+    if exc.filename is None or os.fspath(exc.filename) == os.fspath(tmp):
         exc.filename = os.fspath(path)
 
 

@@ -7,6 +7,7 @@
 5. ``predict`` on ``../folder`` or a folder under a hidden one finds its images;
 6. no float option takes nan or inf, on the command line or in the Python API;
 12. an empty ``--data`` is an error, not the bundled flowers;
+15. ``predict --out`` on a read-only file system names ``--out`` and its file, not a temp file;
 16. a crafted torch file is refused without passing on torch's advice to load it unsafely;
 17. a file that is not HDF5 given as a store is called so, never "corrupt" (no move-aside advice).
 
@@ -284,3 +285,21 @@ def test_a_crafted_torch_file_is_refused_without_torchs_unsafe_advice(run, tmp_p
         assert str(evil) in res.output and "never unpickled" in res.output, res.output
         assert "weights_only" not in res.output, res.output
     assert not marker.exists()
+
+
+# ------------------------------------------------------------ 15. --out on a read-only folder
+
+
+def test_predict_out_on_a_read_only_file_system_names_the_option_and_the_file(tmp_path, run,
+                                                                              tmpfs):
+    """The message named the temporary file beside ``--out`` (``.preds.csv.<pid>.tmp``)."""
+    folder = make_folder(tmp_path / "photos", per_class=4)
+    assert run(*_toy(folder, tmp_path / "features")).exit_code == 0
+    assert run("fit", "--features", tmp_path / "features", "--layer", "layer2", "--protocol",
+               "holdout", "--runs", tmp_path / "runs").exit_code == 0
+    run_id = load_records(tmp_path / "runs")[0].run_id
+    ro = tmpfs(tmp_path / "ro", "size=1m,ro")
+    out = ro / "preds.csv"
+    msg = assert_clean(run("predict", "--model", run_id, folder, "--runs", tmp_path / "runs",
+                           "--out", out), str(out), "--out")
+    assert ".tmp" not in msg, msg
