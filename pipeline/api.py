@@ -110,11 +110,13 @@ def extract(data=None, *, backbone: str = ExtractConfig.backbone,
             layers=ExtractConfig.layers, out=ExtractConfig.out, **options):
     """Extract the images of ``data`` (default: the bundled flowers) into a store; return it.
 
-    ``layers`` are tap names (default layer2-4; ``["all"]`` for every tap);
-    ``options`` are the other fields of :class:`pipeline.configs.ExtractConfig`
-    (``weights``, ``pool``, ``runtime``, ``batch_size``, ``seed``, ...).  A
-    second call with the same options does no forward pass.  The store's
-    ``summary`` says what this call did.
+    ``layers`` are tap names (default: layer2-4, those the backbone has; ``["all"]``
+    for every tap); ``options`` are the other fields of
+    :class:`pipeline.configs.ExtractConfig` (``weights``, ``pool``, ``runtime``,
+    ``batch_size``, ``seed``, ...); ``pool="auto"`` (the default) is the backbone's
+    own pooling, so every backbone extracts with the defaults.  A second call with
+    the same options does no forward pass.  The store's ``summary`` says what this
+    call did (``summary.resolved``: the pooling and taps used, and why).
     """
     from .extraction.shards import launch_extract
 

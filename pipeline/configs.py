@@ -31,7 +31,7 @@ from .options import (
     DTYPES,
     LAYOUTS,
     MAX_SEED,
-    POOLINGS,
+    POOL_CHOICES,
     PRECISIONS,
     PROTOCOLS,
     RUNTIMES,
@@ -161,14 +161,20 @@ class ExtractConfig(Checked):
     data: str | None = option(None, DATA_HELP, path=True)
     backbone: str = option("efficientnet_lite0", BACKBONE_HELP, metavar="NAME")
     weights: str = option("imagenet", WEIGHTS_HELP)
-    layers: tuple = option((), "Tap to store (repeatable; default layer2 layer3 layer4; 'all').",
+    layers: tuple = option((), "Tap to store (repeatable; 'all'); default: layer2 layer3 "
+                               "layer4, those the backbone has.",
                            choices=LAYER_CHOICES, flag="--layer", multiple=True)
     pool: str = option(
-        "avg", "Pooling of each tap. CNN feature maps (ResNet, EfficientNet, ConvNeXt, Swin, "
-               "...): avg | max | gem. Vision-transformer tokens (timm ViT, DeiT, DINOv2, CLIP): "
-               "cls | mean (patch tokens only, class and register tokens left out) | cls+mean "
-               "(both, twice as wide). The head tap is timm's / torchvision's pre-logits vector, "
-               "which no pooling changes.", choices=POOLINGS)
+        "auto", "Pooling of each tap. auto: the backbone's own (cls for a ViT/DeiT that pools "
+                "its class token, mean for one that averages its patch tokens or has no class "
+                "token, avg for a CNN; extract prints which and why). CNN feature maps "
+                "(ResNet, EfficientNet, ConvNeXt, Swin, ...): avg | max | gem. "
+                "Vision-transformer tokens (timm ViT, DeiT, DINOv2, CLIP): cls | mean (patch "
+                "tokens only, class and register tokens left out) | cls+mean (both, twice as "
+                "wide). The head tap is timm's / torchvision's pre-logits vector, which no "
+                "pooling changes.", choices=POOL_CHOICES)
+    # set by resolve(): the pooling before "auto" resolved
+    asked_pool: str = option("", cli=False)
     batch_size: int = option(32, min=1)
     device: str = option("auto", "auto | cpu | cuda | cuda:N (cuda without CUDA is an error).")
     runtime: str = runtime_field(

@@ -10,7 +10,8 @@ re-runs and ``backbones`` stay fast).
 
 #: Depth taps, shallow to deep; every backbone names its stages by these.
 TAP_ORDER = ("layer1", "layer2", "layer3", "layer4", "head")
-#: Taps ``extract`` stores when none is given.
+#: Taps ``extract`` stores when none is given (those of them a backbone has:
+#: BackboneSpec.default_taps).
 DEFAULT_TAPS = ("layer2", "layer3", "layer4")
 #: Global pooling of a tapped CNN feature map ``(N, C, H, W)``.
 MAP_POOLINGS = ("avg", "max", "gem")
@@ -20,6 +21,10 @@ TOKEN_POOLINGS = ("cls", "mean", "cls+mean")
 #: Every pooling (implemented by pipeline.extraction.forward.pool); a backbone offers
 #: MAP_POOLINGS or TOKEN_POOLINGS (BackboneSpec.poolings).
 POOLINGS = MAP_POOLINGS + TOKEN_POOLINGS
+#: What ``--pool`` takes: ``auto`` = the backbone's own pooling (BackboneSpec.default_pooling:
+#: ``cls`` for a ViT pooling its class token, ``mean`` for one averaging its patch tokens,
+#: ``avg`` for a CNN), resolved by BackboneSpec.resolve_pooling.
+POOL_CHOICES = ("auto",) + POOLINGS
 #: Storage dtype of the vectors in a feature store.
 DTYPES = ("float32", "float16")
 #: Inference runtimes (pipeline.extraction.runtimes); ``auto`` = the fastest installed here.

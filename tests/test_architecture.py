@@ -285,7 +285,7 @@ def test_cli_choices_come_from_the_library_options():
     from pipeline.heads import list_heads
 
     params = {p.name: p for p in extract.params}
-    assert tuple(params["pool"].type.choices) == options.POOLINGS
+    assert tuple(params["pool"].type.choices) == options.POOL_CHOICES   # auto + POOLINGS
     assert tuple(params["runtime"].type.choices) == options.RUNTIMES
     clf = {p.name: p for p in fit.params}["clf"].type.choices
     assert list(clf) == list_heads() == ["logreg", "svm", "linear-svm", "knn", "sgd-logreg"]

@@ -119,7 +119,8 @@ def _register_efficientnet_lite(variant: int, channels: tuple, input_size: int, 
                                     mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
         load_weights=_efficientnet_weights_loader(package, f"EfficientnetLite{variant}ModelFile"),
         imagenet_identity=lambda: _package_identity(package, f"EfficientnetLite{variant}ModelFile"),
-        requires=("timm",) if variant == 0 else ("timm", package),
+        # the weights package is needed for --weights imagenet only (its loader names it)
+        requires=("timm",),
     ))
 
 

@@ -80,6 +80,9 @@ class BackboneSpec:
     poolings: tuple = MAP_POOLINGS         # what its taps can be pooled with
     num_prefix_tokens: int = 0             # class/distillation/register tokens before patches
     family: str = "cnn"                    # cnn | vit | hierarchical (for the report, --search)
+    # the pooling of its own classifier, what ``--pool auto`` means for it, and why
+    default_pooling: str = "avg"
+    default_pooling_why: str = "its classifier averages the last feature map"
 
     def tap(self, name: str) -> Tap:
         for tap in self.taps:
@@ -104,7 +107,25 @@ class BackboneSpec:
         what = ("its taps are transformer tokens" if "cls" in self.poolings or
                 "mean" in self.poolings else "its taps are CNN feature maps")
         raise UsageError(f"pooling {pooling!r} does not apply to backbone {self.name!r}: "
-                         f"{what}; valid for it: {', '.join(self.poolings)}", param="pool")
+                         f"{what}; valid for it: {', '.join(self.poolings)} (or "
+                         f"{opt('pool', 'auto')}, its own: {self.default_pooling})",
+                         param="pool")
+
+    def resolve_pooling(self, pooling: str = "auto") -> tuple[str, str]:
+        """``(pooling, why)``: ``auto`` is the backbone's own (:attr:`default_pooling`);
+        any other pooling is checked (:meth:`check_pooling`) and kept as asked."""
+        if pooling == "auto":
+            return (self.check_pooling(self.default_pooling),
+                    f"the backbone's own: {self.default_pooling_why}")
+        return self.check_pooling(pooling), "as asked"
+
+    @property
+    def default_taps(self) -> tuple:
+        """The taps stored when none is asked for: those of :data:`DEFAULT_TAPS` it has,
+        else (a shallow network) its deepest tap before the head."""
+        taps = tuple(t for t in self.tap_names if t in DEFAULT_TAPS)
+        body = [t for t in self.tap_names if t != "head"] or list(self.tap_names)
+        return taps or (body[-1],)
 
     def widths(self, taps, pooling: str) -> dict:
         """``{tap: stored width}`` of ``taps`` under ``pooling``."""
@@ -164,8 +185,9 @@ def get_backbone(name: str) -> BackboneSpec:
 
 
 def resolve_taps(spec: BackboneSpec, names) -> tuple:
-    """Validate tap names (``all`` = every tap) and return them shallow to deep."""
-    names = list(names) or list(DEFAULT_TAPS)
+    """Validate tap names (``all`` = every tap; none: :attr:`BackboneSpec.default_taps`)
+    and return them shallow to deep."""
+    names = list(names) or list(spec.default_taps)
     if "all" in names:
         return spec.tap_names
     for name in names:

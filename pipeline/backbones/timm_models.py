@@ -18,6 +18,9 @@ on demand from the model's own metadata, read from an instance built with
 * ``head`` is timm's pre-logits vector: the rest of ``forward_features`` then
   ``forward_head(x, pre_logits=True)``; the classifier is never built
   (``num_classes=0``).
+* The default pooling (``--pool auto``) is the model's own, from its
+  ``global_pool`` (:func:`own_pooling`): ``cls`` for ``token``, ``mean`` for
+  ``avg`` or a ViT without a class token, ``max`` for ``max``, else ``avg``.
 
 Preprocessing comes from the model's pretrained config
 (``timm.data.resolve_data_config``).  Weights: ``imagenet`` (alias
@@ -227,6 +230,38 @@ def _create(model_name: str, kwargs: dict, meta: bool, **extra):
         raise
 
 
+def timm_global_pool(model) -> str:
+    """timm's ``global_pool`` of ``model`` as a name (``token``, ``avg``, ``max``, ``map``,
+    ...; "" when it has none): a string on a ViT or Swin, the ``pool_type`` of a pooling
+    module on a CNN, or that of its classifier head (ConvNeXt, RegNet)."""
+    for owner in (model, getattr(model, "head", None)):
+        pool = getattr(owner, "global_pool", None)
+        name = pool if isinstance(pool, str) else getattr(pool, "pool_type", None)
+        if name:
+            return str(name)
+    return ""
+
+
+def own_pooling(model) -> tuple[str, str]:
+    """``(pooling, why)``: the pooling of ours closest to the model's own ``global_pool``
+    (what ``--pool auto`` means for it)."""
+    timm_pool = timm_global_pool(model)
+    said = f"timm global_pool={timm_pool!r}"
+    if is_token_model(model):
+        has_cls = getattr(model, "cls_token", None) is not None
+        if timm_pool == "token" and has_cls:
+            return "cls", f"{said}, its class token"
+        if timm_pool == "avg" or not has_cls:
+            return "mean", (f"{said}, the mean of its patch tokens" if timm_pool == "avg" else
+                            f"{said} and no class token: the mean of its patch tokens")
+        return "cls", f"{said}, not a token pooling: its class token"
+    if timm_pool == "max":
+        return "max", f"{said}, the maximum over the last feature map"
+    if timm_pool in ("avg", "fast"):
+        return "avg", f"{said}, the average of the last feature map"
+    return "avg", f"{said}, not offered here: the usual average of the feature map"
+
+
 def describe_model(model) -> dict:
     """Taps (and what the spec needs besides) from a (meta) timm model, no forward pass."""
     head_width = int(getattr(model, "head_hidden_size", None) or model.num_features)
@@ -239,6 +274,7 @@ def describe_model(model) -> dict:
         has_cls = getattr(model, "cls_token", None) is not None
         return {"taps": taps + (Tap("head", "head", head_width, stride, "vector"),),
                 "poolings": TOKEN_POOLINGS if has_cls else ("mean",),
+                "pooling": own_pooling(model),
                 "num_prefix_tokens": int(model.num_prefix_tokens), "family": "vit"}
     timm_stages(model)  # refuses a model it cannot cut, before any weights are fetched
     features = _feature_modules(model)
@@ -250,7 +286,8 @@ def describe_model(model) -> dict:
     deepest = max(r for _m, _c, r in features)
     family = "hierarchical" if getattr(model, "output_fmt", "NCHW") == "NHWC" else "cnn"
     return {"taps": tuple(taps) + (Tap("head", "head", head_width, int(deepest), "vector"),),
-            "poolings": MAP_POOLINGS, "num_prefix_tokens": 0, "family": family}
+            "poolings": MAP_POOLINGS, "pooling": own_pooling(model), "num_prefix_tokens": 0,
+            "family": family}
 
 
 def preprocessing_of(model, kwargs: dict) -> Preprocessing:
@@ -411,6 +448,8 @@ def timm_spec(model_name: str, name: str | None = None, description: str | None 
         poolings=info["poolings"],
         num_prefix_tokens=info["num_prefix_tokens"],
         family=info["family"],
+        default_pooling=info["pooling"][0],
+        default_pooling_why=info["pooling"][1],
     )
 
 

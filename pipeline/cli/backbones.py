@@ -17,7 +17,8 @@ from .params import command
               help="With --search: compute the taps of at most this many models.")
 @handle_errors
 def backbones(pattern, limit):
-    """List registered backbones with their taps (channels, stride) and preprocessing.
+    """List registered backbones: taps (channels, stride), preprocessing and poolings
+    (``auto`` = the backbone's own).
 
     Example: python cli.py backbones
 
@@ -36,6 +37,8 @@ def backbones(pattern, limit):
         click.echo(f"{name}{state}\n  {spec.description}")
         click.echo(f"  preprocessing: {pre.input_size}px, crop_pct {pre.crop_pct:.3f}, "
                    f"{pre.interpolation}, mean {pre.mean}, std {pre.std}")
+        click.echo(f"  pool: {' | '.join(spec.poolings)}; auto = {spec.default_pooling} "
+                   f"({spec.default_pooling_why})")
         for tap in spec.taps:
             click.echo(f"  {tap.name:<7} stage {tap.stage:<10} channels {tap.channels:>5}  "
                        f"stride {tap.stride}")
@@ -56,7 +59,7 @@ def _search(pattern: str, limit: int):
             continue
         click.echo("  taps: " + ", ".join(f"{t.name} {t.channels}ch/{t.stride}"
                                           for t in info["taps"])
-                   + f"; pool: {' | '.join(info['poolings'])}")
+                   + f"; pool: {' | '.join(info['poolings'])} (auto = {info['pooling'][0]})")
     if total > len(found):
         click.echo(f"... and {total - len(found)} more matches (taps shown for the first "
                    f"{len(found)}; raise --limit or narrow PATTERN)")

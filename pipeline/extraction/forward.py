@@ -99,17 +99,18 @@ class TapExtractor(nn.Module):
                      for t in self.tap_names)
 
 
-def build_extractor(loaded, taps, pooling: str = "avg") -> TapExtractor:
-    """A :class:`TapExtractor` for a :class:`~pipeline.backbones.LoadedBackbone`."""
+def build_extractor(loaded, taps, pooling: str = "auto") -> TapExtractor:
+    """A :class:`TapExtractor` for a :class:`~pipeline.backbones.LoadedBackbone`
+    (``pooling`` ``auto``: the backbone's own, :meth:`BackboneSpec.resolve_pooling`)."""
     spec = loaded.spec
-    spec.check_pooling(pooling)
+    pooling, _why = spec.resolve_pooling(pooling)
     tap_stages = {t: spec.tap(t).stage for t in taps}
     extractor = TapExtractor(loaded.stages(), tap_stages, spec.preprocessing, pooling,
                              spec.num_prefix_tokens)
     return extractor.eval()
 
 
-def measure_cost(spec, taps, pooling: str = "avg") -> dict | None:
+def measure_cost(spec, taps, pooling: str = "auto") -> dict | None:
     """Parameters and GFLOPs of the network cut after each of ``taps``, for one image.
 
     ``{"params": {tap: n}, "gflops": {tap: g}, "input_size": S, "method": ...}``,

@@ -34,7 +34,15 @@ from ..store.journal import Journal
 from ..store.lock import write_lock
 from .cost import check_free_space, estimate_store_bytes, measured_cost
 from .reuse import ReusePlan, assemble_rows, check_existing, labels_changed, plan_reuse
-from .target import build_manifest, resolve, split_spec, store_config, store_path, validate
+from .target import (
+    build_manifest,
+    resolve,
+    resolved_lines,
+    split_spec,
+    store_config,
+    store_path,
+    validate,
+)
 from .writer import store_attrs, write_split_store
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,9 @@ class ExtractSummary:
     notes: list = field(default_factory=list)        # what the layout and split found
     class_counts: dict = field(default_factory=dict)  # class -> [train, val, test] images
     split: dict = field(default_factory=dict)          # the stored split (partition info)
+    #: what the pooling and the taps resolved to, and why ("pooling: cls (the backbone's own:
+    #: ...)", "taps: ..."), as lines
+    resolved: list = field(default_factory=list)
     #: the finished store, opened (not compared, not shown)
     store: object = field(default=None, compare=False, repr=False)
 
@@ -88,6 +99,7 @@ class ExtractSummary:
                             f"; groups: {groups} ({split.get('n_groups')} groups{apart})")
                          + ("; cross-validation folds train + val and leaves the given test "
                             "split out" if split.get("test_given") else ""))
+        lines += self.resolved
         lines += [f"WARNING: {n}" for n in self.notes if not n.startswith(("layout:",
                                                                            "columns:"))]
         lines += [n for n in self.notes if n.startswith("columns:")]
@@ -165,7 +177,7 @@ def _summary(store: FeatureStore, manifest: Manifest, t_start: float, cfg, **cou
         seconds=time.perf_counter() - t_start, runtime=cfg.runtime, precision=cfg.precision,
         notes=list(manifest.notes) + list(store.split_info.get("notes") or []),
         class_counts=store.split_class_counts(), split=store.split_info, store=store,
-        **fields)
+        resolved=resolved_lines(cfg, store.taps), **fields)
 
 
 def _extract_and_write(cfg, spec, manifest, config, path, plan: ReusePlan, t_start,

@@ -52,7 +52,7 @@ from ..store.lock import write_lock
 from .job import ExtractSummary, extract_manifest, run_extract
 from .reuse import check_existing
 from .runtimes import cuda_available_cheap
-from .target import build_manifest, split_spec, store_path
+from .target import build_manifest, resolved_lines, split_spec, store_path
 from .writer import write_split_store
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,8 @@ def merge_shards(cfg: ExtractConfig, world: int, shard_summaries=None) -> Extrac
     with contextlib.suppress(OSError):
         shards[0].parent.rmdir()  # only if nothing else (another world size) is in there
     log.info("merged %d shards into %s (%d rows)", world, final, len(rows))
-    return _merged_summary(final, rows, skipped, shard_summaries or [], t0)
+    return _merged_summary(final, rows, skipped, shard_summaries or [], t0,
+                           resolved_lines(cfg, taps))
 
 
 def _finished_shards(final: Path, shards, world: int) -> list:
@@ -234,7 +235,7 @@ def _merged_rows(manifest: Manifest, indexes):
     return rows, skipped
 
 
-def _merged_summary(final, rows, skipped, sums, t0) -> ExtractSummary:
+def _merged_summary(final, rows, skipped, sums, t0, resolved) -> ExtractSummary:
     n_extracted = sum(s.get("n_extracted", 0) for s in sums)
     wall = max((s.get("seconds", 0.0) for s in sums), default=0.0)
     forward = max((s.get("forward_seconds", 0.0) for s in sums), default=0.0)
@@ -245,7 +246,7 @@ def _merged_summary(final, rows, skipped, sums, t0) -> ExtractSummary:
         skipped=[(p, reason) for p, _sha, reason in skipped],
         seconds=wall + time.perf_counter() - t0, forward_seconds=forward,
         images_per_second=n_extracted / forward if forward else 0.0,
-        up_to_date=bool(sums) and all(s.get("up_to_date") for s in sums))
+        up_to_date=bool(sums) and all(s.get("up_to_date") for s in sums), resolved=resolved)
 
 
 # ------------------------------------------------------------------ torchrun

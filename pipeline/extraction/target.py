@@ -1,7 +1,8 @@
 """What an extraction targets: its configuration resolved, the data read, the store's key.
 
 :func:`resolve` checks an :class:`~pipeline.configs.ExtractConfig` and resolves
-what ``auto`` leaves open (runtime, precision, device) without importing torch;
+what ``auto`` leaves open (pooling and taps by the backbone, runtime, precision,
+device) without importing torch; :func:`pooling_note` says which pooling and why;
 :func:`build_manifest` reads the data in its layout; :func:`split_spec` is the
 split stored with the vectors; :func:`store_path` is the store a run writes, and
 :func:`store_config` the key of its contents (everything that shapes the vectors,
@@ -23,7 +24,7 @@ from ..data.layouts import TableColumns, load
 from ..data.manifest import Manifest, bundled_data_root, stratified_head
 from ..data.partition import SplitSpec
 from ..errors import UsageError, opt
-from ..options import DTYPES, POOLINGS
+from ..options import DTYPES, POOL_CHOICES
 from ..store.hdf5 import FORMAT_VERSION
 from .runtimes import cuda_available_cheap, resolve_precision, resolve_runtime
 
@@ -59,9 +60,25 @@ def dataset_name(cfg: ExtractConfig) -> str:
 
 
 def store_path(cfg: ExtractConfig) -> Path:
-    """The store :func:`run_extract` writes for ``cfg`` (without scanning the folder)."""
-    return default_store_path(cfg.out, dataset_name(cfg), get_backbone(cfg.backbone).name,
-                              cfg.pool)
+    """The store :func:`run_extract` writes for ``cfg`` (without scanning the folder), named
+    by the pooling ``auto`` resolves to, so a default run finds the store of the same
+    pooling asked for by name (``..._avg.h5`` of a CNN either way)."""
+    spec = get_backbone(cfg.backbone)
+    return default_store_path(cfg.out, dataset_name(cfg), spec.name,
+                              spec.resolve_pooling(cfg.pool)[0])
+
+
+def pooling_note(cfg: ExtractConfig) -> str:
+    """The pooling of ``cfg``'s taps and why, e.g. ``cls (the backbone's own: ...)``
+    (``cfg`` as asked or as :func:`resolve` returned it)."""
+    pooling, why = get_backbone(cfg.backbone).resolve_pooling(cfg.asked_pool or cfg.pool)
+    return f"{pooling} ({why})"
+
+
+def resolved_lines(cfg: ExtractConfig, taps) -> list[str]:
+    """What the pooling and the stored ``taps`` of ``cfg`` are, and why (two lines)."""
+    asked = "as asked" if cfg.layers else "the backbone's default"
+    return [f"pooling: {pooling_note(cfg)}", f"taps: {', '.join(taps)} ({asked})"]
 
 
 def build_manifest(cfg: ExtractConfig) -> Manifest:
@@ -88,8 +105,8 @@ def validate(cfg: ExtractConfig):
         raise UsageError(f"{opt('data')} is an empty path; give a folder of images or a "
                          f"label table, or leave {opt('data')} out for the bundled flowers",
                          param="data")
-    if cfg.pool not in POOLINGS:
-        raise UsageError(f"unknown pooling {cfg.pool!r}; valid: {', '.join(POOLINGS)}",
+    if cfg.pool not in POOL_CHOICES:
+        raise UsageError(f"unknown pooling {cfg.pool!r}; valid: {', '.join(POOL_CHOICES)}",
                          param="pool")
     if cfg.dtype not in DTYPES:
         raise UsageError(f"unknown {opt('dtype')} {cfg.dtype!r}; valid: {', '.join(DTYPES)}",
@@ -100,13 +117,16 @@ def validate(cfg: ExtractConfig):
 
 
 def resolve(cfg: ExtractConfig):
-    """``(cfg with runtime and precision resolved, spec, taps, device kind)``.
+    """``(cfg with pooling, runtime and precision resolved, spec, taps, device kind)``.
 
-    Resolved without importing torch, because both shape the vectors.
+    Resolved without importing torch, because all three shape the vectors; ``auto``
+    pooling and no taps are the backbone's own (:meth:`BackboneSpec.resolve_pooling`,
+    :attr:`BackboneSpec.default_taps`).
     """
     validate(cfg)
     spec = get_backbone(cfg.backbone)
-    spec.check_pooling(cfg.pool)
+    pooling, _why = spec.resolve_pooling(cfg.pool)
+    cfg = replace(cfg, pool=pooling, asked_pool=cfg.asked_pool or cfg.pool)
     taps = resolve_taps(spec, cfg.layers)
     device_kind = cfg.device
     if device_kind == "auto":
