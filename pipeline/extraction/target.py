@@ -25,7 +25,7 @@ from ..data.partition import SplitSpec
 from ..errors import UsageError, opt
 from ..options import DTYPES, POOLINGS
 from ..store.hdf5 import FORMAT_VERSION
-from .runtimes import cuda_available_cheap, resolve_precision, resolve_runtime
+from .runtimes import check_device, resolve_precision, resolve_runtime
 
 
 def default_store_path(out: str, dataset: str, backbone: str, pool: str) -> Path:
@@ -102,15 +102,14 @@ def validate(cfg: ExtractConfig):
 def resolve(cfg: ExtractConfig):
     """``(cfg with runtime and precision resolved, spec, taps, device kind)``.
 
-    Resolved without importing torch, because both shape the vectors.
+    Resolved without importing torch, because both shape the vectors; a device this
+    machine does not have is refused here, before the job writes anything.
     """
     validate(cfg)
     spec = get_backbone(cfg.backbone)
     spec.check_pooling(cfg.pool)
     taps = resolve_taps(spec, cfg.layers)
-    device_kind = cfg.device
-    if device_kind == "auto":
-        device_kind = "cuda" if cuda_available_cheap() else "cpu"
+    device_kind = check_device(cfg.device)
     runtime = resolve_runtime(cfg.runtime, device_kind)
     cfg = replace(cfg, runtime=runtime, asked_runtime=cfg.asked_runtime or cfg.runtime,
                   precision=resolve_precision(cfg.precision, runtime, device_kind))

@@ -3,18 +3,22 @@
 Each extracted batch is journalled under ``<store>.partial/`` (written to a
 temporary name, then renamed) before the store is assembled, so a killed run
 leaves either the old store or the new one, plus a journal that the next run
-with the same configuration resumes from.
+with the same configuration resumes from.  A journal of another configuration
+that holds no batch is discarded (nothing was extracted under it).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import StoreError, opt
 from ..files import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 class Journal:
@@ -35,7 +39,9 @@ class Journal:
         if self.dir.exists():
             found = json.loads(cfg.read_text()).get("config_key") if cfg.exists() else None
             if found != self.key:
-                if not overwrite:
+                if not self.batches():  # e.g. a run refused before its first batch
+                    log.info("discarding %s: it holds no extracted batch", self.dir)
+                elif not overwrite:
                     raise StoreError(
                         f"{self.dir} holds an interrupted extraction with a different "
                         "configuration; rerun that configuration to finish it, or pass "
