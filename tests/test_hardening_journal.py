@@ -1,7 +1,10 @@
 """Hardening, round two (issue 24): the journal of ``extract`` and the weights of ``finetune``.
 
 8. ``extract --device cuda`` on a machine without CUDA is refused before the journal exists,
-   and a journal holding no batch never blocks a run with another configuration.
+   and a journal holding no batch never blocks a run with another configuration;
+11. a damaged ``batch-*.npz`` in ``<store>.partial`` (truncated, other bytes, an object array)
+    is moved aside with a warning naming it and its images are extracted again; the other
+    batches are kept.
 
 Everything runs on the toy backbone of conftest (fine-tuning: a small resnet18 at random
 initialisation on 32-px inputs), with real files, real processes and a real small tmpfs.
@@ -9,6 +12,7 @@ initialisation on 32-px inputs), with real files, real processes and a real smal
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -64,5 +68,62 @@ def test_a_missing_cuda_device_leaves_no_journal_and_an_empty_one_never_blocks(t
     (journal / "config.json").write_text('{"config_key": "another configuration"}')
     res = run(*_toy(folder, out))
     assert res.exit_code == 0, res.output
+    assert not journal.exists()
+    _same_store(out / STORE, _extract(folder, tmp_path / "uninterrupted").path)
+
+
+# ------------------------------------------------------------ 11. a damaged batch file
+
+
+def _truncated(path: Path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _random_bytes(path: Path):
+    path.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
+
+
+def _object_array(path: Path):
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["paths"] = arrays["paths"].astype(object)      # needs pickle to load
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _rows_short(path: Path):
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["tap_layer2"] = arrays["tap_layer2"][:1]       # a valid npz, not a whole batch
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+@pytest.mark.parametrize("damage", [_truncated, _random_bytes, _object_array, _rows_short])
+def test_a_damaged_batch_is_extracted_again_and_the_others_kept(tmp_path, tmpfs, run, caplog,
+                                                                damage):
+    """Every re-run ended in a traceback (``BadZipFile``, ``ValueError``) with no hint."""
+    folder = make_folder(tmp_path / "photos", per_class=4)       # 12 images: 3 batches of 4
+    disk = tmpfs(tmp_path / "disk", "size=64k")     # room for the journal, not for the store
+    out = disk / "f"
+    journal = out / (STORE + ".partial")
+    assert_clean(run(*_toy(folder, out)), "not enough free space", str(journal))
+    batches = sorted(journal.glob("batch-*.npz"))
+    assert len(batches) == 3
+    good = {b: b.read_bytes() for b in (batches[0], batches[2])}
+    damage(batches[1])
+    # the disk still too small: the damaged batch is set aside and extracted again, the
+    # others are kept as they were
+    with caplog.at_level(logging.WARNING):
+        assert_clean(run(*_toy(folder, out)), "not enough free space", str(journal))
+    warned = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    assert str(batches[1]) in warned and "extracted again" in warned, warned
+    now = sorted(journal.glob("batch-*.npz"))
+    assert len(now) == 3 and batches[1] not in now and set(good) <= set(now), now
+    assert (journal / (batches[1].name + ".damaged")).is_file()
+    assert all(b.read_bytes() == data for b, data in good.items())
+    tmpfs(disk, "size=8m", remount=True)
+    res = run(*_toy(folder, out))
+    assert res.exit_code == 0 and "resumed 12" in res.output, res.output
     assert not journal.exists()
     _same_store(out / STORE, _extract(folder, tmp_path / "uninterrupted").path)
