@@ -226,7 +226,7 @@ def _run_forward(cfg, spec, taps, manifest, remaining, journal):
                   workers=default_workers() if cfg.workers is None else cfg.workers)
     batches = extract_features(manifest.root, [manifest.paths[i] for i in remaining], run,
                                taps, indices=remaining)
-    try:
+    try:  # closed in finally, not by the garbage collector: see extract_features
         for res in batches:
             paths = [manifest.paths[i] for i in res.indices]
             failures = [(manifest.paths[i], sha, reason) for i, sha, reason in res.failures]
@@ -239,5 +239,6 @@ def _run_forward(cfg, spec, taps, manifest, remaining, journal):
             n_forward += len(paths)
             bar.update(len(paths) + len(failures))
     finally:
+        batches.close()
         bar.close()
     return time.perf_counter() - t0, n_forward

@@ -416,6 +416,12 @@ class _OpenVinoStream:
                 yield self._collect(*pending.popleft())
         finally:
             self.queue.wait_all()
+            # wait_all returns once the requests are done, maybe before their callbacks
+            # (each takes the GIL in an OpenVINO thread) have run: one still waiting for
+            # the GIL as the interpreter exits aborts the process.  (Bounded: a batch whose
+            # start_async failed part-way leaves parts no callback will count.)
+            with self.ready:
+                self.ready.wait_for(lambda: not any(self.parts_left.values()), timeout=10)
 
 
 def _import_optional(runtime: str):
