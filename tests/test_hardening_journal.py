@@ -1,5 +1,8 @@
 """Hardening, round two (issue 24): the journal of ``extract`` and the weights of ``finetune``.
 
+7. ``finetune`` with its defaults on a store made with ``extract --weights none`` starts from
+   the store's weights (random init), never ImageNet's, or says why not (its weights file is
+   gone), naming ``--weights``;
 8. ``extract --device cuda`` on a machine without CUDA is refused before the journal exists,
    and a journal holding no batch never blocks a run with another configuration;
 11. a damaged ``batch-*.npz`` in ``<store>.partial`` (truncated, other bytes, an object array)
@@ -24,6 +27,7 @@ from conftest import assert_clean, make_folder, run_cli
 
 from pipeline.configs import ExtractConfig
 from pipeline.extraction.job import run_extract
+from pipeline.runs.records import load_records
 from pipeline.store.hdf5 import FeatureStore
 
 STORE = "photos_toy_avg.h5"
@@ -47,6 +51,45 @@ def _same_store(a: Path, b: Path):
     for tap in fa.taps:
         np.testing.assert_array_equal(fa.X(tap), fb.X(tap))
     assert fa.skipped == fb.skipped
+
+
+# ------------------------------------------------------------ 7. the store's weights
+
+
+FT = ("--input-size", 32, "--epochs", 1, "--batch-size", 8, "--views", 1, "--unfreeze", "none",
+      "--protocol", "holdout")
+
+
+def test_finetune_starts_from_the_weights_the_store_was_extracted_with(tmp_path, run):
+    """A store of ``--weights none``: ``finetune`` loaded ImageNet's weights (from the
+    network: on a ViT store it tried the hub for 37 s, then failed)."""
+    folder = make_folder(tmp_path / "photos", per_class=6, size=(40, 36))
+    res = run("extract", "--data", folder, "--backbone", "resnet18", "--weights", "none",
+              "--layer", "layer4", "--workers", 0, "--out", tmp_path / "f", "--no-progress")
+    assert res.exit_code == 0, res.output
+    store = tmp_path / "f" / "photos_resnet18_avg.h5"
+    assert FeatureStore(store).config["weights"] == "random-init(seed=0)"
+    res = run("finetune", "--features", store, *FT, "--runs", tmp_path / "runs")
+    assert res.exit_code == 0, res.output
+    (record,) = load_records(tmp_path / "runs")
+    assert record.weights == "random-init(seed=0)", record.weights
+    assert record.hyperparameters["weights"] == "none"
+
+
+def test_finetune_says_why_it_cannot_start_from_the_stores_weights(tmp_path, run):
+    """The store's weights file is gone: the message names it, the store and ``--weights``."""
+    import torch
+
+    weights = tmp_path / "toy.pt"
+    torch.save({"w": torch.zeros(1)}, weights)   # the toy backbone takes any file
+    folder = make_folder(tmp_path / "photos", per_class=4)
+    assert run(*_toy(folder, tmp_path / "f", "--weights", weights)).exit_code == 0
+    weights.unlink()
+    store = tmp_path / "f" / STORE
+    msg = assert_clean(run("finetune", "--features", store, *FT, "--runs", tmp_path / "runs"),
+                       str(weights), "no longer exists", str(store), "--weights PATH",
+                       "--weights imagenet")
+    assert "Traceback" not in msg and not (tmp_path / "runs").exists()
 
 
 # ------------------------------------------------------------ 8. a device there is not
