@@ -271,8 +271,10 @@ class FinetuneConfig(Checked):
     # feature store: image list, labels, fixed split
     features: str | None = features_field()
     backbone: str | None = option(None, "Backbone to fine-tune (default: the store's).")
-    # default: imagenet (the store's source is not assumed)
-    weights: str = option("imagenet", "imagenet | none (random init) | PATH to a state_dict.")
+    # default (None): the weights the store's features were extracted with
+    weights: str | None = option(None, "imagenet | none (random init) | PATH to a state_dict. "
+                                       "Default: the weights the store was extracted with "
+                                       "(imagenet for another --backbone than the store's).")
     unfreeze: str = option("layer4", "none (head only) | all | a block group to unfreeze from "
                                      "(layer1..layer4, head).",
                            flag=("--unfreeze", "--unfreeze-from"))
@@ -395,7 +397,7 @@ class ExploreConfig(Checked):
                         min=1)
     seed: int = seed_field("Seed of the training draws and of training.")
     backbone: str | None = option(None, cli=False)        # default: the store's
-    weights: str = option("imagenet", cli=False)
+    weights: str | None = option(None, cli=False)         # default: the store's
     # of the frozen trunk that fills each cache
     runtime: str = runtime_field("Runtime of the frozen trunks that fill the caches (training "
                                  "stays torch).")

@@ -55,11 +55,15 @@ def iter_features(runner, loader, device: torch.device, taps):
             yield (indices, shas, failures), batch
 
     stream = getattr(runner, "stream", None) or (lambda items: run_in_turn(runner, items))
-    for (indices, shas, failures), outs, seconds in stream(inputs()):
-        feats = {}
-        if outs is not None:
-            feats = {t: o.detach().float().cpu().numpy() for t, o in zip(taps, outs)}
-        yield BatchResult(indices, feats, shas, failures, seconds)
+    results = stream(inputs())
+    try:
+        for (indices, shas, failures), outs, seconds in results:
+            feats = {}
+            if outs is not None:
+                feats = {t: o.detach().float().cpu().numpy() for t, o in zip(taps, outs)}
+            yield BatchResult(indices, feats, shas, failures, seconds)
+    finally:  # the runtime's batches in flight finish now (see extract_features)
+        getattr(results, "close", lambda: None)()
 
 
 def run_in_turn(runner, items):
@@ -98,6 +102,13 @@ def extract_features(root, paths, cfg: ExtractConfig, taps, indices=None,
     runtime loads, so the two overlap.  A runtime that ``auto`` already resolved
     (``cfg.asked_runtime == "auto"``) falls back to eager torch when it cannot
     take the network, as ``auto`` does.
+
+    A caller that stops early (an error while it stores a batch, Ctrl-C) must
+    ``close()`` the generator (or exhaust it) before it goes on: that waits for the
+    runtime's batches in flight and stops the decoding threads.  Left to the garbage
+    collector (the generator is held by the error's traceback), OpenVINO's callbacks
+    could still be running when the interpreter exits, which aborts the process
+    (``FATAL: exception not rethrown``).
     """
     spec = get_backbone(cfg.backbone)
     dev = resolve_device(cfg.device)
@@ -114,4 +125,7 @@ def extract_features(root, paths, cfg: ExtractConfig, taps, indices=None,
                          precision=cfg.precision, threads=cfg.threads,
                          cache=ExportCache(key=network_key(spec, cfg.weights, taps, cfg.pool)),
                          fallback=cfg.asked_runtime == "auto")
-    yield from iter_features(runner, batches, dev, taps)
+    try:
+        yield from iter_features(runner, batches, dev, taps)
+    finally:
+        batches.close()  # the decoding threads stop (a generator; see BatchLoader)

@@ -184,7 +184,8 @@ def _extract_and_write(cfg, spec, manifest, config, path, plan: ReusePlan, t_sta
                        old: FeatureStore | None):
     """Journal the forward passes of ``plan.todo``, then write the finished store (``old``:
     the store at ``path`` as :func:`extract_manifest` opened it, or None)."""
-    journal = Journal(path, config_key(dict(config, taps=list(plan.taps))))
+    widths = spec.widths(plan.taps, cfg.pool)
+    journal = Journal(path, config_key(dict(config, taps=list(plan.taps))), widths)
     journal.open(overwrite=cfg.overwrite)
     stamps = {p: (int(s), int(m)) for p, s, m in zip(manifest.paths, manifest.sizes,
                                                       manifest.mtimes)}
@@ -201,7 +202,6 @@ def _extract_and_write(cfg, spec, manifest, config, path, plan: ReusePlan, t_sta
                                                   journal)
         done_rows, done_failed = journal.done(stamps)
     rows, skipped = assemble_rows(manifest, plan, done_rows, done_failed, old)
-    widths = spec.widths(plan.taps, cfg.pool)
     check_free_space(path, journal, rows, skipped, widths, cfg.dtype)
     speed = (n_forward / forward_seconds) if forward_seconds else 0.0
     created = old.attrs.get("created") if old is not None else None
@@ -238,7 +238,7 @@ def _run_forward(cfg, spec, taps, manifest, remaining, journal):
                   workers=default_workers() if cfg.workers is None else cfg.workers)
     batches = extract_features(manifest.root, [manifest.paths[i] for i in remaining], run,
                                taps, indices=remaining)
-    try:
+    try:  # closed in finally, not by the garbage collector: see extract_features
         for res in batches:
             paths = [manifest.paths[i] for i in res.indices]
             failures = [(manifest.paths[i], sha, reason) for i, sha, reason in res.failures]
@@ -251,5 +251,6 @@ def _run_forward(cfg, spec, taps, manifest, remaining, journal):
             n_forward += len(paths)
             bar.update(len(paths) + len(failures))
     finally:
+        batches.close()
         bar.close()
     return time.perf_counter() - t0, n_forward

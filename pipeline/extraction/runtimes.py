@@ -90,6 +90,28 @@ def cuda_available_cheap() -> bool:
     return torch.cuda.is_available()
 
 
+def check_device(device: str) -> str:
+    """``"cpu"`` or ``"cuda"``: the kind of ``device`` (``auto``: cuda when there is one).
+
+    A CUDA device on a machine without one is a :class:`DeviceError` here, before an
+    extraction writes anything (its journal), not once the network is built; torch is
+    imported only where a CUDA device may be (:func:`cuda_available_cheap`).
+    """
+    if device == "auto":
+        return "cuda" if cuda_available_cheap() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        if not cuda_available_cheap():
+            raise DeviceError(
+                f"{opt('device', device)} was asked for but this machine has no CUDA device "
+                f"torch can use; use {opt('device', 'cpu')} (or auto) on this machine",
+                param="device")
+        return "cuda"
+    raise UsageError(f"unknown {opt('device')} {device!r}; valid: auto, cpu, cuda, cuda:N",
+                     param="device")
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU has native bf16 instructions (AVX512-BF16 or AMX)."""
     try:
@@ -394,6 +416,12 @@ class _OpenVinoStream:
                 yield self._collect(*pending.popleft())
         finally:
             self.queue.wait_all()
+            # wait_all returns once the requests are done, maybe before their callbacks
+            # (each takes the GIL in an OpenVINO thread) have run: one still waiting for
+            # the GIL as the interpreter exits aborts the process.  (Bounded: a batch whose
+            # start_async failed part-way leaves parts no callback will count.)
+            with self.ready:
+                self.ready.wait_for(lambda: not any(self.parts_left.values()), timeout=10)
 
 
 def _import_optional(runtime: str):

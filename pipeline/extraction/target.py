@@ -26,7 +26,7 @@ from ..data.partition import SplitSpec
 from ..errors import UsageError, opt
 from ..options import DTYPES, POOL_CHOICES
 from ..store.hdf5 import FORMAT_VERSION
-from .runtimes import cuda_available_cheap, resolve_precision, resolve_runtime
+from .runtimes import check_device, resolve_precision, resolve_runtime
 
 
 def default_store_path(out: str, dataset: str, backbone: str, pool: str) -> Path:
@@ -121,16 +121,15 @@ def resolve(cfg: ExtractConfig):
 
     Resolved without importing torch, because all three shape the vectors; ``auto``
     pooling and no taps are the backbone's own (:meth:`BackboneSpec.resolve_pooling`,
-    :attr:`BackboneSpec.default_taps`).
+    :attr:`BackboneSpec.default_taps`); a device this machine does not have is refused
+    here, before the job writes anything.
     """
     validate(cfg)
     spec = get_backbone(cfg.backbone)
     pooling, _why = spec.resolve_pooling(cfg.pool)
     cfg = replace(cfg, pool=pooling, asked_pool=cfg.asked_pool or cfg.pool)
     taps = resolve_taps(spec, cfg.layers)
-    device_kind = cfg.device
-    if device_kind == "auto":
-        device_kind = "cuda" if cuda_available_cheap() else "cpu"
+    device_kind = check_device(cfg.device)
     runtime = resolve_runtime(cfg.runtime, device_kind)
     cfg = replace(cfg, runtime=runtime, asked_runtime=cfg.asked_runtime or cfg.runtime,
                   precision=resolve_precision(cfg.precision, runtime, device_kind))

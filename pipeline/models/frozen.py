@@ -11,6 +11,7 @@ converted by skl2onnx.
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +81,15 @@ class FrozenHeadModel(SavedHead):
         run = ExtractConfig(backbone=cfg["backbone"], weights=source, pool=cfg["pooling"],
                             runtime=runtime, precision=precision, device=device,
                             batch_size=batch_size, workers=0)
-        for res in extract_features(Path("."), [str(f) for f in files], run, [tap],
-                                    hash_files=False):
-            for index, _sha, reason in res.failures:
-                errors[index] = reason
-                log.warning("skipped %s: %s", files[index], reason)
-            if res.indices:
-                feats.append(res.features[tap])
+        batches = extract_features(Path("."), [str(f) for f in files], run, [tap],
+                                   hash_files=False)
+        with closing(batches):  # never left to the garbage collector: see extract_features
+            for res in batches:
+                for index, _sha, reason in res.failures:
+                    errors[index] = reason
+                    log.warning("skipped %s: %s", files[index], reason)
+                if res.indices:
+                    feats.append(res.features[tap])
         X = np.concatenate(feats) if feats else np.zeros((0, 1), dtype=np.float32)
         return X, errors
 

@@ -40,11 +40,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from ..configs import FinetuneConfig
-from ..errors import DataError, UsageError, opt
+from ..errors import DataError, UsageError, WeightsError, opt
 from ..options import BN_POLICIES, CACHE_MODES
 from ..store.hdf5 import open_store
 from .trunk_cache import ALL_IMAGES, CachedViews, TrunkCache
@@ -329,15 +330,17 @@ def _hooks(cfg, plan: Plan, param_groups, model_stages):
 
 def _prepare(cfg: FinetuneConfig):
     """``(cfg, store, loaded backbone, stages, stage names, plan, preprocessing, selection)``;
-    ``cfg`` with its backbone, metric and class weighting resolved (``auto``: from the
-    store's class counts, :class:`pipeline.balance.Selection`)."""
+    ``cfg`` with its backbone, weights (default: the store's, :func:`store_weights`),
+    metric and class weighting resolved (``auto``: from the store's class counts,
+    :class:`pipeline.balance.Selection`)."""
     from ..backbones import load_backbone
     from ..balance import Selection
 
     check_config(cfg)
     store = open_store(cfg.features, cfg.split_seed, cfg.groups)
     selection = Selection.resolve(cfg.metric, cfg.class_weight, store.labels, store.classes)
-    cfg = replace(cfg, backbone=cfg.backbone or store.attrs.get("backbone"),
+    backbone = cfg.backbone or store.attrs.get("backbone")
+    cfg = replace(cfg, backbone=backbone, weights=cfg.weights or store_weights(store, backbone),
                   metric=selection.metric, class_weight=selection.class_weight)
     loaded = load_backbone(cfg.backbone, cfg.weights)
     stages = loaded.stages()
@@ -345,6 +348,37 @@ def _prepare(cfg: FinetuneConfig):
     plan = make_plan(loaded.spec, names, cfg)
     return cfg, store, loaded, stages, names, plan, _transform_pre(loaded.spec.preprocessing,
                                                                     cfg.input_size), selection
+
+
+def store_weights(store, backbone: str) -> str:
+    """The weights fine-tuning starts from when none are given: those ``store``'s features
+    were extracted with (``imagenet``, ``none`` or the file, as its ``weights_source``
+    records) when ``backbone`` is the store's, else ``imagenet``.
+
+    :class:`WeightsError` naming the file and the option when the store's weights file
+    is gone or has changed since (its identity, a SHA-256, no longer matches)."""
+    from ..backbones import get_backbone, weights_identity
+
+    spec, identity = get_backbone(backbone), store.config.get("weights", "")
+    if spec.name != store.attrs.get("backbone"):
+        log.info("weights: imagenet (%s was extracted with another backbone, %s)",
+                 store.path, store.attrs.get("backbone"))
+        return "imagenet"
+    source = store.attrs.get("weights_source") or (
+        "none" if identity == weights_identity(spec, "none") else
+        None if identity.startswith("file:") else "imagenet")   # stores before the attribute
+    if source is None or (source not in ("imagenet", "none") and (
+            not Path(source).is_file() or weights_identity(spec, source) != identity)):
+        why = ("the store does not record which file they came from" if source is None else
+               f"their file {source} " + ("has changed since" if Path(source).is_file()
+                                          else "no longer exists"))
+        raise WeightsError(
+            f"fine-tuning starts from the weights {store.path} was extracted with "
+            f"({identity}), but {why}; pass {opt('weights', 'PATH')} to that file to start "
+            f"from them, or {opt('weights', 'imagenet')} or {opt('weights', 'none')} to start "
+            "from other weights", param="weights")
+    log.info("weights: %s (those %s was extracted with)", source, store.path)
+    return source
 
 
 def _train_top(cfg, plan, top, model_stages, train_set, val_set, checkpoints: bool = True):

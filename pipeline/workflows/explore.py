@@ -173,7 +173,7 @@ def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -
     """
     from dataclasses import replace
 
-    from ..train.finetune import finetune
+    from ..train.finetune import finetune, store_weights
     from ..train.trunk_cache import TrunkCache
     from .fit import find_store
 
@@ -181,6 +181,8 @@ def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -
     cfg = replace(cfg, features=str(find_store(cfg.features)))
     store = open_store(cfg.features, cfg.split_seed, cfg.groups)
     backbone = cfg.backbone or store.attrs.get("backbone")
+    # resolved before the grid's key: the weights its cells start from are part of it
+    cfg = replace(cfg, weights=cfg.weights or store_weights(store, backbone))
     groups = _group_names(backbone)
     plans = {str(d): depth_plan(str(d), groups) for d in cfg.depths}
     sizes = grid_sizes(cfg.sizes, store.y("train"))
