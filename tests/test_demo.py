@@ -115,7 +115,8 @@ def test_demo_report_and_its_explorer_in_chromium(chromium, cv_demo, tmp_path):
         assert explorer["bars"] == [4, 4], explorer       # accuracy and time, one per depth
         assert explorer["sizes"] == ["5", "all"]
         assert explorer["afterSize"] != explorer["before"], "changing the size did not redraw"
-        assert explorer["afterLr"] != explorer["afterSize"], "changing the rate did not redraw"
+        # the demo's grid has one rate: the rate control is driven on a two-rate grid in
+        # tests/test_report_browser.py::test_report_in_headless_chromium
         assert explorer["heights"] != explorer["heightsAfter"]
         assert "lr 0.003" in explorer["caption"], explorer["caption"]
         dev.pump(0.5)

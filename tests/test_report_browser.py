@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from report_helpers import make_study
+from report_helpers import add_explore_record, make_study
 
 SECTIONS = ("verdict", "comparison", "depth", "efficiency", "curves", "explore", "confusion",
             "mistakes", "featuremap", "advice", "provenance")
@@ -247,7 +247,8 @@ def report_file(chromium, tmp_path_factory):
     from pipeline.workflows.report import build_report
 
     root = tmp_path_factory.mktemp("browser")
-    _store, runs = make_study(root)
+    store, runs = make_study(root)
+    add_explore_record(store, runs)      # a real grid of two sizes and two rates
     return build_report(runs, root / "report.html")
 
 
@@ -263,6 +264,12 @@ def test_report_in_headless_chromium(chromium, report_file, tmp_path):
             [i["alt"] for i in state["images"] if not i["ok"]]
         sort = dev.evaluate(SORT_CHECK)
         assert sort["asc"] <= sort["desc"]
+        explorer = dev.evaluate(EXPLORER_CHECK)
+        assert explorer["bars"] == [3, 3], explorer       # accuracy and time, one per depth
+        assert explorer["sizes"] == ["4", "all"]
+        assert explorer["afterSize"] != explorer["before"], "changing the size did not redraw"
+        assert explorer["afterLr"] != explorer["afterSize"], "changing the rate did not redraw"
+        assert "lr 0.03" in explorer["caption"], explorer["caption"]
         dev.pump(0.5)
         assert problems(dev, report_file) == []
 
