@@ -151,6 +151,53 @@ def test_openvino_stream_hands_back_every_batch_in_order_as_single_calls_do(lite
     assert [o.shape[0] for o in got[0][1]] == [20, 20, 20]
 
 
+def _refuse(what):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{what} was not expected here")
+
+    return refuse
+
+
+#: One backbone of each family (EfficientNet-Lite with its weights; a timm vision
+#: transformer and a torchvision ResNet, random weights: no download).
+FAMILIES = [("efficientnet_lite0", "imagenet"), ("timm/deit_tiny_patch16_224", "none"),
+            ("resnet18", "none")]
+
+
+@pytest.mark.parametrize(("name", "weights"), FAMILIES)
+def test_fast_openvino_conversion_equals_eager_and_is_converted_once(name, weights, tmp_path,
+                                                                     monkeypatch):
+    """The fast conversion (one trace as a function, OpenVINO's PyTorch frontend directly;
+    never ``ov.convert_model``) gives every default tap within the fp32 tolerance of
+    eager; a second runner with the same key takes the cached IR without building or
+    converting the network."""
+    _need("openvino")
+    import openvino
+
+    monkeypatch.setattr(openvino, "convert_model", _refuse("ov.convert_model"))
+    spec = get_backbone(name)
+    extractor = build_extractor(load_backbone(name, weights), spec.default_taps)
+    size = spec.preprocessing.input_size
+    batch = torch.from_numpy(np.random.default_rng(0).integers(
+        0, 256, size=(3, 3, size, size), dtype=np.uint8))
+    eager = _run(rt.make_runner(extractor, "eager", "cpu", spec.preprocessing), batch)
+    cache = rt.ExportCache(tmp_path, key=f"test:{name}:{weights}")
+    runner = rt.make_runner(extractor, "openvino", "cpu", spec.preprocessing, cache=cache)
+    _assert_close(_run(runner, batch), eager, "fp32")
+    monkeypatch.setattr(rt, "convert_openvino", _refuse("a second conversion"))
+    again = rt.make_runner(_refuse("building the network"), "openvino", "cpu",
+                           spec.preprocessing, cache=cache)
+    _assert_close(_run(again, batch[:2]), [e[:2] for e in eager], "fp32")
+
+
+def test_tracing_threads_are_one_inside_and_restored_after_an_error():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), rt.tracing_threads():
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("a failed trace")
+    assert torch.get_num_threads() == before
+
+
 def test_auto_picks_an_installed_runtime_and_its_precision():
     cpu = rt.resolve_runtime("auto", "cpu")
     assert cpu in rt.available_runtimes("cpu") and rt.installed(cpu)

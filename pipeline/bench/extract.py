@@ -14,6 +14,15 @@ efficientnet_lite0, taps layer2-4, 224 px, it measures in one run:
     and nothing samples the process while it is timed; ``extract`` decodes in
     threads of that same process).
 
+(d) ``extract --data DIR --out OUT`` with no other flag, the whole process
+    timed from outside: a first run ever (an empty cache folder: the network is
+    built and converted) and a second run with that cache;
+(e) thingsvision doing the same (same images, tf_efficientnet_lite0, the same
+    three blocks, average-pooled, written to HDF5) as its README shows, its whole
+    process timed the same way, in an interpreter where it is installed
+    (``--thingsvision-python``; its pins, torch 2.0 and TensorFlow, need their
+    own environment), and the ratio of its time to each of (d)'s.
+
 It prints images/s for each, the ratios c/a and c/b, and the peak memory of
 (c).  It also times decoding alone (files -> model-ready uint8 crops, one
 thread, as ``extract`` does it) and prints the bound that CPU time puts on c/b:
@@ -33,6 +42,8 @@ Examples::
     python cli.py bench extract                        # (a), (b), (c) on 512 images
     python cli.py bench extract --scale --skip-naive   # memory flat in N, cached re-run
     python cli.py bench extract --limit 64 --runtimes eager,openvino   # quick look
+    python cli.py bench extract --cold-warm --limit 0 --repeat 3 \
+        --thingsvision-python ~/tv/bin/python   # (d) and (e) only, every flower
 """
 
 from __future__ import annotations
@@ -368,14 +379,50 @@ def time_cli_default(data: Path, out: Path, cache_dir: Path | None = None) -> di
             "runtime": runtime.group(1) if runtime else "?"}
 
 
-def report_default(label: str, d: dict, a: dict | None, b: dict) -> None:
-    ratios = f"; d/b = {d['images_per_second'] / b['images_per_second']:.2f}"
-    if a is not None:
-        ratios = (f"; d/a = {d['images_per_second'] / a['images_per_second']:.2f}" + ratios)
+def report_default(label: str, d: dict, a: dict | None, b: dict | None) -> None:
+    ratios = "".join(f"; d/{k} = {d['images_per_second'] / r['images_per_second']:.2f}"
+                     for k, r in (("a", a), ("b", b)) if r is not None)
     print(f"(d) `{program()} extract`, no flags, {label:<22} "
           f"{d['images_per_second']:8.1f} img/s whole process ({d['images']} images in "
           f"{d['process_seconds']:.1f} s, of which {d['startup_seconds']:.1f} s before the "
           f"command's own clock){ratios}")
+
+
+#: thingsvision, as its README shows it (:mod:`pipeline.bench.thingsvision_child`).
+THINGSVISION_CHILD = Path(__file__).with_name("thingsvision_child.py")
+
+
+def thingsvision_python(asked: str | None) -> str | None:
+    """The interpreter that runs thingsvision: ``asked``, else this one when it has
+    thingsvision, else None (the comparison is skipped, saying how to set one up)."""
+    python = asked or sys.executable
+    probe = subprocess.run([python, "-c", "import thingsvision"], capture_output=True)
+    if probe.returncode == 0:
+        return python
+    where = f"{asked} cannot" if asked else "this interpreter cannot"
+    print(f"(e) thingsvision skipped: {where} import it. Its pins (torch 2.0, torchvision "
+          "0.15, TensorFlow < 2.16, numpy < 2) need an environment of their own: "
+          "python3 -m venv ~/tv && ~/tv/bin/pip install thingsvision, then pass "
+          "--thingsvision-python ~/tv/bin/python")
+    return None
+
+
+def time_thingsvision(python: str, data: Path, out: Path, batch_size: int) -> dict:
+    """Whole-process wall time of thingsvision extracting :data:`TAPS` of ``data``."""
+    from pipeline.backbones import get_backbone
+
+    spec = get_backbone(BACKBONE)
+    modules = [spec.tap(t).stage for t in TAPS]   # timm module names: blocks.2, ...
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [python, str(THINGSVISION_CHILD), str(data), str(out), str(batch_size), *modules]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    found = re.search(r"thingsvision: (\d+) images", proc.stdout)
+    if proc.returncode != 0 or not found:
+        raise SystemExit(f"thingsvision failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    images = int(found.group(1))
+    return {"images": images, "process_seconds": wall, "images_per_second": images / wall}
 
 
 # ------------------------------------------------------------------ main
@@ -401,14 +448,28 @@ def parse_args(argv=None):
     p.add_argument("--skip-naive", action="store_true", help="Do not run (a).")
     p.add_argument("--scale", action="store_true",
                    help="Also: memory over the whole folder vs N, and the cached re-run time.")
+    p.add_argument("--cold-warm", action="store_true",
+                   help="Only (d) and (e): extract's whole process on a first run (empty "
+                        "cache) and a cached one, against thingsvision.")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="Runs of each of (d) cold, (d) warm and (e), interleaved; medians.")
+    p.add_argument("--thingsvision-python", default=None, metavar="PYTHON",
+                   help="An interpreter with thingsvision installed, for (e) (default: this "
+                        "one if it has it, else (e) is skipped).")
     p.add_argument("--keep", default=None, help="Keep the stores in this folder.")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error(f"--repeat {args.repeat}: give 1 or more runs")
+    if args.cold_warm and args.scale:
+        p.error("--scale measures (c) over the whole folder; --cold-warm skips (c): "
+                "give one of them")
+    return args
 
 
 def main(argv=None):
-    """Run (a) to (d) (and ``--scale``) and print them; returns the results (also written
-    to ``results.json`` in the work folder)."""
+    """Run (a) to (e) (``--cold-warm``: (d) and (e); ``--scale``: more) and print them;
+    returns the results (also written to ``results.json`` in the work folder)."""
     args = parse_args(argv)
     if args.child:
         return child_main(json.loads(args.child))
@@ -431,14 +492,15 @@ def main(argv=None):
     used = resolve_runtime(args.runtime, "cpu")
     used = (used, resolve_precision(args.precision, used, "cpu"))
     results = {}
-    if not args.skip_naive:   # (a)
+    if not (args.skip_naive or args.cold_warm):   # (a)
         a = run_naive(manifest.root, paths, labels, work / "naive.h5", args.batch_size)
         results["a"] = a
         print(f"(a) naive reference             {a['images_per_second']:8.1f} img/s "
               f"({a['seconds']:.1f} s)")
-    bench_ceilings(args, manifest.root, paths, used, results)            # (b)
-    bench_extract(args, work, paths, limit, results)                     # (c)
-    bench_default(manifest.root, paths, work, results)                   # (d)
+    if not args.cold_warm:
+        bench_ceilings(args, manifest.root, paths, used, results)        # (b)
+        bench_extract(args, work, paths, limit, results)                 # (c)
+    bench_default(args, manifest.root, paths, work, results)             # (d), (e)
     if args.scale:
         bench_scale(args, data, work, used, results)
     load = os.getloadavg()
@@ -544,18 +606,45 @@ def bench_extract(args, work: Path, paths, limit, results: dict):
           f"process; {c['children']} child processes)")
 
 
-def bench_default(root: Path, paths, work: Path, results: dict):
-    """(d): what a user gets with no flags: the whole process, start-up included, the
-    first time (no cached conversion) and again."""
+def bench_default(args, root: Path, paths, work: Path, results: dict):
+    """(d) and (e): what a user gets with no flags, the whole process, start-up included,
+    the first time (an empty cache folder: builds and converts the network) and again
+    with that cache; thingsvision on the same images.  ``--repeat`` runs each that many
+    times, interleaved (cold, warm, thingsvision, cold, ...), and reports medians."""
     users = linked_folder(root, paths, work / "user_folder")
-    cold = time_cli_default(users, work / "d_cold", cache_dir=work / "empty_cache")
-    warm = time_cli_default(users, work / "d_warm")
-    results.update(d_cold=cold, d=warm)
-    report_default("first run (no cache)", cold, results.get("a"), results["b"])
-    report_default("cached conversion", warm, results.get("a"), results["b"])
+    python = thingsvision_python(args.thingsvision_python)
+    cache, runs = work / "cache", {"d_cold": [], "d": [], "thingsvision": []}
+    for k in range(args.repeat):
+        shutil.rmtree(cache, ignore_errors=True)   # a first run ever, each time
+        runs["d_cold"].append(time_cli_default(users, work / f"d_cold{k}", cache_dir=cache))
+        runs["d"].append(time_cli_default(users, work / f"d_warm{k}", cache_dir=cache))
+        if python:
+            runs["thingsvision"].append(time_thingsvision(python, users, work / "tv",
+                                                          args.batch_size))
+    runs = {k: _median_run(v) for k, v in runs.items() if v}
+    results.update(runs)
+    cold, warm = runs["d_cold"], runs["d"]
+    report_default("first run (empty cache)", cold, results.get("a"), results.get("b"))
+    report_default("cached conversion", warm, results.get("a"), results.get("b"))
     print(f"    start-up with a cached conversion: {warm['startup_seconds']:.1f} s before "
-          f"run_extract's clock; converting the network the first time adds "
-          f"{cold['command_seconds'] - warm['command_seconds']:.1f} s")
+          f"run_extract's clock; building and converting the network the first time adds "
+          f"{cold['process_seconds'] - warm['process_seconds']:.1f} s")
+    tv = runs.get("thingsvision")
+    if tv:
+        print(f"(e) thingsvision, same {tv['images']} images, whole process "
+              f"{tv['images_per_second']:8.1f} img/s ({tv['process_seconds']:.1f} s)")
+        print(f"    thingsvision / extract, whole process: first run "
+              f"{tv['process_seconds'] / cold['process_seconds']:.2f} x, cached conversion "
+              f"{tv['process_seconds'] / warm['process_seconds']:.2f} x")
+    if args.repeat > 1:
+        print(f"    (medians of {args.repeat} interleaved runs each)")
+
+
+def _median_run(runs: list) -> dict:
+    """The run of median whole-process time (its own figures, all of them; ``runs``: all)."""
+    ordered = sorted(runs, key=lambda r: r["process_seconds"])
+    return dict(ordered[(len(ordered) - 1) // 2], all_process_seconds=[
+        r["process_seconds"] for r in runs])
 
 
 def bench_scale(args, data: Path, work: Path, used: tuple, results: dict):

@@ -16,7 +16,9 @@ def bench(what, args):
     """Measure extraction speed: (a) naive reference, (b) forward-only ceiling, (c) extract.
 
     Runs the benchmark WHAT (extract: pipeline/bench/extract.py) with ARGS (see
-    `python cli.py bench extract -h`); it prints images/s, c/a, c/b and peak memory.
+    `python cli.py bench extract -h`); it prints images/s, c/a, c/b and peak memory,
+    then (d) the whole `extract` process on a first run (empty cache) and a cached one,
+    and (e) thingsvision's on the same images (`--cold-warm`: only (d) and (e)).
 
     Example: python cli.py bench extract --data ../shared/datasets/flower_photos --limit 512
     """

@@ -439,18 +439,6 @@ def _import_optional(runtime: str):
         ) from None
 
 
-@contextmanager
-def _root_logger_kept():
-    """Undo what a library does to the root logger (level, filters, handlers) inside."""
-    root = logging.getLogger()
-    state = root.level, list(root.filters), list(root.handlers)
-    try:
-        yield
-    finally:
-        root.setLevel(state[0])
-        root.filters[:], root.handlers[:] = state[1], state[2]
-
-
 def quiet_openvino() -> None:
     """Keep OpenVINO's usage telemetry out of this process, before it is imported.
 
@@ -545,7 +533,7 @@ def export_onnx(extractor, size: int, cache_dir=None, key: str | None = None,
     log.info("exporting the network to ONNX (once; cached in %s)", folder)
     # atomic: a half-written export is never taken
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.inference_mode(False), \
-            torch.no_grad():
+            torch.no_grad(), tracing_threads():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             cpu, (_example_input(size, example),), str(tmp), dynamo=False, opset_version=17,
@@ -560,8 +548,6 @@ def export_openvino(extractor, size: int, cache_dir=None, key: str | None = None
 
     ``extractor`` is a module or a getter of one; ``key`` as in :class:`ExportCache`.
     """
-    import torch
-
     ov = _import_optional("openvino")
     get = _lazy(extractor, "cpu")
     key = _export_key("openvino", size, (key or model_key(get())) + _example_tag(example))
@@ -574,12 +560,7 @@ def export_openvino(extractor, size: int, cache_dir=None, key: str | None = None
     log.info("converting the network to OpenVINO IR (once; cached in %s)", folder)
     cpu = get()
     try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            with _root_logger_kept():   # the converter sets the root logger to ERROR
-                model = ov.convert_model(cpu, example_input=_example_input(size, example))
-        shape = [3, size, size] if example is None else list(example.shape[1:])
-        model.reshape({0: ov.PartialShape([-1, *shape])})
+        model = convert_openvino(cpu, _example_input(size, example))
         ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
         try:
             # A folder, so not atomic_path: renamed whole; fails harmlessly if another won.
@@ -590,3 +571,83 @@ def export_openvino(extractor, size: int, cache_dir=None, key: str | None = None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final / "model.xml"
+
+
+def trace_function(module, example):
+    """``module`` traced on ``example`` as a TorchScript *function*, its weights held as
+    constants: what :func:`convert_openvino` converts.
+
+    Tracing the module itself (what ``ov.convert_model`` does) also builds a
+    TorchScript module for each of its submodules (hundreds in a timm network) and
+    then re-runs the network twice to check the trace (``check_trace``); measured on
+    efficientnet_lite0, the function costs half the module's time and the check as much
+    again.  The network has no data-dependent branch (a :class:`TapExtractor`, a frozen
+    trunk), so there is nothing for the check to find.
+    """
+    import torch
+    from openvino.frontend.pytorch.patch_functions import FunctionsPatcher
+
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), \
+            FunctionsPatcher(), tracing_threads():  # FunctionsPatcher: as OpenVINO traces
+        warnings.simplefilter("ignore")   # TracerWarnings about constants: shapes are fixed
+        return torch.jit.trace(lambda images: module(images), example, check_trace=False,
+                               strict=False)
+
+
+@contextmanager
+def tracing_threads():
+    """This thread's torch intra-op threads set to one inside, then restored.
+
+    Tracing runs the network once on a batch of 2, op by op through the tracer: ops
+    that small gain nothing from a thread team, whose threads wait on each other at
+    every op, the more so when decoding already keeps a core busy (it starts before the
+    runtime is built).  Measured on efficientnet_lite0, 2 cores under load: tracing in
+    one thread took 0.15-0.17x the time it took in two.  (OpenMP keeps the count per
+    thread: the decoding threads are not affected, nor is anything after.)
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def convert_openvino(module, example):
+    """The ``openvino.Model`` of ``module`` for inputs like ``example`` (any batch size).
+
+    The same model ``ov.convert_model(module, example_input=example)`` gives (the
+    PyTorch frontend's conversion, then the MOC transformations ``ovc`` applies to
+    every model, without its constant folding, as it does), in a fraction of the
+    time: the module is traced once as a function (:func:`trace_function`), the
+    input's type and shape (batch free) are set before conversion instead of
+    reshaping afterwards, and ``ovc``'s driver is skipped (its pre-processing step
+    rebuilds the whole model with nothing to apply, and it reports telemetry).
+    Fails with the frontend's message naming the operations it cannot convert.
+    """
+    ov = _import_optional("openvino")   # telemetry kept out first
+    from openvino._offline_transformations import (
+        apply_fused_names_cleanup,
+        apply_moc_transformations,
+        compress_quantize_weights_transformation,
+    )
+    from openvino.frontend import FrontEndManager
+    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+    from openvino.frontend.pytorch.utils import pt_to_ov_type_map
+
+    # The decoder must stay referenced until convert returns (the frontend does not
+    # hold it: "pure virtual method called" otherwise).
+    decoder = TorchScriptPythonDecoder(trace_function(module, example))
+    frontend = FrontEndManager().load_by_framework("pytorch")
+    source = frontend.load(decoder, True)   # True: the weights are shared, not copied
+    place = source.get_place_by_input_index(0)
+    source.set_element_type(place, pt_to_ov_type_map[str(example.dtype)])
+    source.set_partial_shape(place, ov.PartialShape([-1, *example.shape[1:]]))
+    model = frontend.convert(source)
+    apply_moc_transformations(model, cf=False, smart_reshape=True)
+    compress_quantize_weights_transformation(model)
+    apply_fused_names_cleanup(model)
+    model.set_rt_info(ov.get_version(), "Runtime_version")
+    return model
