@@ -7,7 +7,8 @@
 10. a record whose scores are nan, inf, 1e308 or negative (or any other hostile value: a
     string, a list, an object, a boolean, a huge or negative count, a length that does
     not match the classes) is refused on load, naming the file and the field, never
-    ranked ("Best strategy ... accuracy nan%");
+    ranked ("Best strategy ... accuracy nan%"); a record without ``classes`` is read, its
+    classes named by its per-class scores;
 18. ``predict FOLDER`` takes the formats ``extract`` takes (gif, tiff, bmp, webp, ...)
     and lists every file it leaves out with its reason: a ``.heic`` with the fix;
 progress. the progress bar's final line is printed once, in a pipe and in a terminal.
@@ -268,6 +269,23 @@ def test_records_this_version_writes_pass_the_value_checks(store, tmp_path):
     for name in ("schema1-holdout.json", "schema1-cv.json"):
         (runs / name).write_text((RECORDS / name).read_text())
     assert len(load_records(runs)) == 3
+
+
+def test_a_record_without_classes_is_reported_with_the_names_it_has(store, tmp_path):
+    """A record without ``classes`` (deleted, empty or null) is read: its classes are named
+    by its per-class scores (the confusion tables indexed ``classes[0]`` and failed)."""
+    runs = tmp_path / "runs"
+    good_runs(store, runs)
+    for file, value in zip(sorted(runs.glob("*.json")), (DELETE, [])):
+        data = json.loads(file.read_text())
+        write_variant(runs, data["run_id"], data, "classes", value)
+    assert all(not r.classes and r.class_names() == ["blue", "green", "red"]
+               for r in load_records(runs))
+    html = run_cli("report", "--runs", runs, "--out", tmp_path / "r.html")
+    assert html.returncode == 0, html.stderr
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    confusion = re.search(r'<section id="confusion".*?</section>', page, re.S).group(0)
+    assert "<th>green</th>" in confusion
 
 
 # ------------------------------------------------------------ 18. predict's file list

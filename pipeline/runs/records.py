@@ -241,6 +241,17 @@ class RunRecord(Mapping):
         out-of-fold predictions of repeat 0 (cv)."""
         return self.metrics[self.protocol.scored]
 
+    def class_names(self) -> list:
+        """The names of the classes, one per row of the scored confusion matrix: ``classes``,
+        or for a record without them (written by hand, or by an older version) the names
+        its per-class scores give, else the indices as text (``"0"``, ``"1"``, ...)."""
+        if self.classes:
+            return list(self.classes)
+        m = self.scored_metrics
+        size = len(m.get("confusion_matrix") or [])
+        named = list(m.get("per_class") or {})
+        return named if len(named) == size else [str(i) for i in range(size)]
+
     def scored_labels(self):
         """``(y_true, y_pred)`` ``(n,)`` of the scored predictions (empty without them)."""
         p = self.predictions
