@@ -32,6 +32,23 @@ MAX_PIXELS = 64_000_000
 DECODING = "rgb8-libjpeg-turbo/resize-torch-antialias/v2"
 
 
+#: Photo formats Pillow does not decode (this package loads no plugin for them), by
+#: extension, with what they are; :func:`undecoded_format` words the fix.
+UNDECODED_FORMATS = {".heic": "a HEIC photo (iPhone)", ".heif": "a HEIF photo",
+                     ".cr2": "a Canon raw photo", ".nef": "a Nikon raw photo",
+                     ".arw": "a Sony raw photo", ".dng": "a raw photo (DNG)"}
+
+
+def undecoded_format(path) -> str | None:
+    """Why ``path`` cannot be decoded, by its extension, with the fix, when it is a photo
+    format Pillow does not read (:data:`UNDECODED_FORMATS`); None otherwise."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in UNDECODED_FORMATS:
+        return None
+    return (f"{UNDECODED_FORMATS[suffix]}, a format Pillow cannot decode: convert it to JPEG "
+            f"or PNG (e.g. `magick {Path(path).name} {Path(path).stem}.jpg`) and run again")
+
+
 class ImageDecodeError(Exception):
     """One file could not be turned into an RGB image; ``reason`` says why."""
 
@@ -145,7 +162,8 @@ def _opened(path, max_pixels, data):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(path, f"decompression bomb refused ({exc})") from None
     except UnidentifiedImageError:
-        raise ImageDecodeError(path, "not an image file (PIL cannot identify it)") from None
+        raise ImageDecodeError(path, undecoded_format(path)
+                               or "not an image file (PIL cannot identify it)") from None
     except (OSError, SyntaxError, ValueError) as exc:  # ValueError: simplejpeg's too
         raise ImageDecodeError(path, f"unreadable or truncated image ({exc})") from None
 

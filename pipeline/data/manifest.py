@@ -22,11 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, opt
+from .decode import undecoded_format
 
 log = logging.getLogger(__name__)
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: The file names taken as images (any case): formats Pillow always decodes.  ``extract``
+#: and ``predict`` take the same ones and list every other file with its reason
+#: (:func:`not_an_image`).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 @dataclass
@@ -366,13 +370,10 @@ def _class_images(root: Path, real_root: str, class_dir: Path, excluded: list,
             # is part of every (even up-to-date) extract run.
             full = os.path.join(dirpath, fname)
             rel = f"{rel_dir}/{fname}"
-            suffix = os.path.splitext(fname)[1].lower()
-            if suffix not in IMAGE_EXTENSIONS:
+            why = not_an_image(full, fname)
+            if why:
                 ignored.append(rel)
-                ext = suffix if suffix not in ("", ".") else "none"
-                excluded.append((rel, _link_problem(full) or
-                                 f"not an image file name (extension '{shown(ext)}'; "
-                                 f"images are {', '.join(IMAGE_EXTENSIONS)})"))
+                excluded.append((rel, why))
             elif not _utf8(fname):
                 excluded.append((rel, "file " + NOT_UTF8))
             else:
@@ -382,6 +383,20 @@ def _class_images(root: Path, real_root: str, class_dir: Path, excluded: list,
                 else:
                     found.append((rel, full, st, via))
     return found
+
+
+def not_an_image(full: str, name: str) -> str | None:
+    """Why the file ``full`` (called ``name``) is not taken as an image by its name, or None
+    when it is: its extension is none of :data:`IMAGE_EXTENSIONS` (a photo format Pillow
+    cannot decode is named, with the fix: :func:`pipeline.data.decode.undecoded_format`),
+    or it is a link that leads nowhere.  The file is never opened."""
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return None
+    ext = suffix if suffix not in ("", ".") else "none"
+    return _link_problem(full) or undecoded_format(name) or (
+        f"not an image file name (extension '{shown(ext)}'; images are "
+        f"{', '.join(IMAGE_EXTENSIONS)})")
 
 
 def _link_problem(full: str) -> str | None:

@@ -29,10 +29,10 @@ import numpy as np
 from ..errors import DataError, opt
 from ..files import sha256_file
 from .manifest import (
-    IMAGE_EXTENSIONS,
     SPLIT_NAMES,
     Manifest,
     check_classes,
+    not_an_image,
     regular_stat,
     split_folder_code,
 )
@@ -319,9 +319,9 @@ def _file_problem(root: Path, raw: str):
     else:
         rel = posixpath.normpath(posix)
         full = str(root / rel)
-    if os.path.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS:
-        return (f"{raw!r} is not an image file name (images are "
-                f"{', '.join(IMAGE_EXTENSIONS)})"), rel, None
+    why = not_an_image(full, rel)
+    if why:
+        return f"{raw!r} is {why}", rel, None
     if not os.path.lexists(full):
         return f"{raw!r} does not exist ({full})", rel, None
     st = regular_stat(full)

@@ -249,8 +249,19 @@ def _run_forward(cfg, spec, taps, manifest, remaining, journal):
             journal.write(seq, paths, res.shas, res.features, failures, stamps)
             seq += 1
             n_forward += len(paths)
-            bar.update(len(paths) + len(failures))
+            _advance(bar, len(paths) + len(failures))
     finally:
         batches.close()
         bar.close()
     return time.perf_counter() - t0, n_forward
+
+
+def _advance(bar, n: int) -> None:
+    """Move the progress ``bar`` on by ``n`` images.  The step that finishes it is not
+    drawn: ``close`` draws the finished bar, and a step drawn as well would print that
+    final line twice wherever a carriage return does not overwrite it (stderr piped to
+    a file or ``| cat``)."""
+    if bar.n + n < bar.total:
+        bar.update(n)
+    else:
+        bar.n += n

@@ -79,7 +79,7 @@ def metric_section(groups: list, reason: str | None = None) -> dict:
     best = groups[0]
     metric = best["metric"]
     counts = class_counts_of(best["rep"])
-    classes = best["rep"].classes
+    classes = best["rep"].class_names()
     fallback = [g["name"] for g in groups if g["fallback"]]
     return {"metric": metric, "label": METRIC_LABELS[metric], "reason": reason or metric,
             "imbalanced": counts is not None and class_ratio(counts) > IMBALANCE_RATIO,
@@ -436,7 +436,7 @@ def training_trap(history: list, collapsed: dict | None = None, best_epoch=None)
 def confusion_section(best: dict) -> dict:
     rep = best["rep"]
     m = test_metrics(rep)
-    classes = rep.classes or list(m["per_class"])
+    classes = rep.class_names()
     per_class = [{"name": c, **m["per_class"][c]} for c in classes if c in m["per_class"]]
     return {"group": best, "figure": plots.confusion_plot(m["confusion_matrix"], classes),
             "per_class": per_class, "classes": classes, "matrix": m["confusion_matrix"]}
@@ -445,7 +445,7 @@ def confusion_section(best: dict) -> dict:
 def mistakes_section(best: dict) -> dict:
     rep = best["rep"]
     pred = rep.predictions
-    classes = rep.classes
+    classes = rep.class_names()
     paths, y_true, y_pred = pred.get("paths", []), pred.get("y_true", []), pred.get("y_pred", [])
     proba = pred.get("proba")
     wrong = [i for i, (t, p) in enumerate(zip(y_true, y_pred)) if t != p]

@@ -78,11 +78,12 @@ def class_counts_of(record) -> np.ndarray | None:
     ``class_counts`` (every image of the store), else its scored images' labels (cv:
     every image; holdout: the test split, stratified like the rest); None without."""
     record = as_record(record)
-    classes = record.classes
+    classes = record.class_names()
     counts = record.class_counts
-    if isinstance(counts, dict) and counts:
+    # by class name; in order for a record without classes, when there is one per class
+    if isinstance(counts, dict) and counts and (record.classes or len(counts) == len(classes)):
         try:
-            return np.array([int(counts.get(c, 0)) for c in classes] if classes
+            return np.array([int(counts.get(c, 0)) for c in classes] if record.classes
                             else [int(v) for v in counts.values()])
         except (TypeError, ValueError):   # an edited record: count its scored labels instead
             log.warning("run %s: class_counts %r are not counts; counting its scored labels",
@@ -145,7 +146,7 @@ def collapse_of(record) -> dict | None:
     then scored, that collapsed) or None; see :func:`pipeline.balance.collapse`.
     """
     record = as_record(record)
-    classes = record.classes
+    classes = record.class_names()
     for part in record.protocol.judged:
         m = record.metrics.get(part)
         if not isinstance(m, dict) or "confusion_matrix" not in m:
@@ -396,7 +397,7 @@ def majority_reference(record, metric: str) -> dict | None:
     y_true, _ = record.scored_labels()
     if counts is None or not len(y_true):
         return None
-    classes = record.classes or [str(i) for i in range(len(counts))]
+    classes = record.class_names() or [str(i) for i in range(len(counts))]
     c = majority_class(counts)
     values = metric_values(y_true, np.full(len(y_true), c), max(len(classes), c + 1))
     low, high = ((wilson_interval(round(values["accuracy"] * len(y_true)), len(y_true)))

@@ -55,8 +55,9 @@ AUTO_CV_MIN_TEST = 100
 #: What a record must hold of the metrics of its scored predictions (``Protocol.scored``).
 REQUIRED_METRICS = ("accuracy", "n", "balanced_accuracy", "macro_f1", "per_class",
                     "confusion_matrix")
-#: ... and of the ``cv`` block of a cross-validated record.
-REQUIRED_CV = ("mean", "ci", "fold_scores")
+#: ... and of the ``cv`` block of a cross-validated record (the folds' ids and sizes: what
+#: a paired test of two runs reads).
+REQUIRED_CV = ("mean", "ci", "fold_scores", "fold_ids", "fold_n_train", "fold_n_test")
 
 
 class Protocol:
@@ -248,7 +249,7 @@ class CrossValidation(Protocol):
             mean, low, high = corrected_interval(per_fold, float(np.mean(cv["fold_n_train"])),
                                                  float(np.mean(cv["fold_n_test"])))
         return {"value": mean, "low": low, "high": high, "select": mean, "metric": used,
-                "fallback": used != metric, "n": len(record.predictions["y_true"]),
+                "fallback": used != metric, "n": record.metrics[self.scored]["n"],
                 "folds": len(cv["fold_scores"])}
 
     def fold_spread(self, record, metric: str = "accuracy"):

@@ -32,6 +32,8 @@ import platform
 import secrets
 import sys
 import time
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,6 +44,7 @@ from ..configs import DEFAULT_RUNS_DIR
 from ..errors import StoreError, opt, program
 from ..files import atomic_path, atomic_write
 from .protocol import PROTOCOL_TYPES, CrossValidation, Holdout, Protocol, protocol_named
+from .values import value_problems
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,6 @@ LAYOUT = ("schema", "run_id", "created", "kind", "method", "label", "backbone", 
 OPTIONAL = frozenset({"schema", "setup", "cv", "final_model", "skipped_images", "finetune",
                       "selection_metric", "selection_metric_reason", "class_weight",
                       "class_weight_reason", "class_counts", "augmentation_preview"})
-_JSON_TYPE = {dict: "object", list: "array"}
 
 
 @dataclass(kw_only=True, eq=False)
@@ -160,8 +162,9 @@ class RunRecord(Mapping):
         """The record in ``data`` (a parsed JSON object), validated.
 
         Raises :class:`StoreError` naming the file (``file``, else ``data["_file"]``,
-        else the run id) and every field it lacks or holds in the wrong type
-        (:func:`record_problem`).  Keys this version does not know are kept in
+        else the run id) and every field it lacks, holds in the wrong type or holds a
+        value the report cannot use (a score that is nan or outside [0, 1], a label
+        beyond the classes: :func:`record_problem`).  Keys this version does not know are kept in
         ``extra``; a ``null`` block reads as an empty one.
         """
         file = file if file is not None else data.get("_file")
@@ -238,6 +241,17 @@ class RunRecord(Mapping):
         out-of-fold predictions of repeat 0 (cv)."""
         return self.metrics[self.protocol.scored]
 
+    def class_names(self) -> list:
+        """The names of the classes, one per row of the scored confusion matrix: ``classes``,
+        or for a record without them (written by hand, or by an older version) the names
+        its per-class scores give, else the indices as text (``"0"``, ``"1"``, ...)."""
+        if self.classes:
+            return list(self.classes)
+        m = self.scored_metrics
+        size = len(m.get("confusion_matrix") or [])
+        named = list(m.get("per_class") or {})
+        return named if len(named) == size else [str(i) for i in range(size)]
+
     def scored_labels(self):
         """``(y_true, y_pred)`` ``(n,)`` of the scored predictions (empty without them)."""
         p = self.predictions
@@ -258,6 +272,38 @@ _FIELDS = frozenset(f.name for f in fields(RunRecord)) - {"extra", "file", "prot
 _NOT_FIELDS = frozenset({"protocol", "protocol_reason", "_file"})
 
 
+def _json_types(name: str, hint) -> tuple:
+    """The Python types field ``name`` (annotated ``hint``) may be read from JSON as: those
+    of its annotation (``str | None``: a string or null), null too for a block
+    (:data:`BLOCK_TYPES`: it reads as empty)."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return tuple(args) + ((type(None),) if name in BLOCK_TYPES else ())
+
+
+#: The JSON types of every field (from the annotations of :class:`RunRecord`).
+FIELD_TYPES = {name: _json_types(name, hint)
+               for name, hint in typing.get_type_hints(RunRecord).items() if name in _FIELDS}
+_TYPE_WORDS = {str: "string", int: "integer", float: "number", bool: "boolean",
+               dict: "object", list: "array"}
+
+
+def _is_a(value, allowed: tuple) -> bool:
+    """Whether the JSON ``value`` is of a type ``allowed``: a boolean is no integer nor
+    number, an integer is a number too."""
+    if isinstance(value, bool):
+        return bool in allowed
+    if isinstance(value, (int, np.integer)):      # numpy's too: a record built in memory
+        return int in allowed or float in allowed
+    if isinstance(value, np.floating):
+        return float in allowed
+    return isinstance(value, allowed)
+
+
+def _type_words(allowed: tuple) -> str:
+    """``a JSON string``: the JSON types ``allowed`` in words (null left unsaid)."""
+    return "a JSON " + " or ".join(_TYPE_WORDS[t] for t in allowed if t is not type(None))
+
+
 def _schema_note(schema) -> str | None:
     if schema == SCHEMA:
         return None
@@ -269,23 +315,28 @@ def record_problem(data: Mapping) -> str | None:
     """What ``data`` (a parsed record) lacks to be a :class:`RunRecord` the report can
     read, or None when it has it all: :data:`REQUIRED_FIELDS`, a string ``run_id``, a
     known protocol with the metrics (and cv) blocks it scores
-    (:meth:`~pipeline.runs.protocol.Protocol.missing`), and blocks of the right JSON
-    type (:data:`BLOCK_TYPES`)."""
+    (:meth:`~pipeline.runs.protocol.Protocol.missing`), every field of its JSON type
+    (:data:`FIELD_TYPES`), and then values in range and of consistent lengths
+    (:func:`pipeline.runs.values.value_problems`: scores finite and in [0, 1], counts
+    whole and >= 0, per-class arrays as long as the classes, class indices below their
+    number)."""
     missing = [k for k in REQUIRED_FIELDS if k not in data]
     if not isinstance(data.get("run_id", ""), str):
         missing.append("run_id (a string)")
     name = data.get("protocol", Holdout.name)
     wrong = []
-    if name in PROTOCOL_TYPES:
+    if isinstance(name, str) and name in PROTOCOL_TYPES:
         missing += PROTOCOL_TYPES[name]().missing(data)
     else:
         wrong.append(f"protocol ({name!r}; valid: {', '.join(PROTOCOL_TYPES)})")
-    wrong += [f"{k} (a JSON {_JSON_TYPE[t]}, not {type(data[k]).__name__})"
-              for k, t in BLOCK_TYPES.items() if data.get(k) is not None
-              and not isinstance(data[k], t)]
+    wrong += [f"{k} ({_type_words(allowed)}, not {type(data[k]).__name__})"
+              for k, allowed in {**FIELD_TYPES, "protocol_reason": (str, type(None))}.items()
+              if k in data and k != "run_id" and not _is_a(data[k], allowed)]
     parts = (["fields missing: " + ", ".join(missing)] if missing else []) \
         + (["fields of the wrong type: " + ", ".join(wrong)] if wrong else [])
-    return "; ".join(parts) or None
+    if not parts:   # the values, once every field is there and of its type
+        parts.append(value_problems(data, PROTOCOL_TYPES[name].scored).summary())
+    return "; ".join(p for p in parts if p) or None
 
 
 def as_record(record) -> RunRecord:
@@ -479,7 +530,7 @@ def read_record(path) -> RunRecord:
 
     Raises :class:`StoreError` naming the file and what is wrong with it (unreadable,
     not UTF-8, not JSON, JSON but not an object, or an object without a field a record
-    needs: :meth:`RunRecord.from_dict`).
+    needs or with a value out of range: :meth:`RunRecord.from_dict`).
     """
     path = Path(path)
     try:
@@ -528,9 +579,10 @@ def load_records(runs_dir=DEFAULT_RUNS_DIR) -> list[RunRecord]:
     """Every run record in ``runs_dir``, oldest first (by ``created``).
 
     A file that cannot be a record (unreadable, not UTF-8, not JSON, not an
-    object, or without a field the report needs: :func:`record_problem`) is
-    skipped with a warning naming it; a record of another schema version is
-    read, with a warning, when it has every needed field.
+    object, without a field the report needs or with a value it cannot use:
+    :func:`record_problem`) is skipped with a warning naming it and the field; a
+    record of another schema version is read, with a warning, when it has every
+    needed field.
     """
     records, bad = _scan(runs_dir)
     for _path, exc in bad:

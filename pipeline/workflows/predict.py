@@ -23,6 +23,8 @@ probabilities of the images; each kind makes its input as its training did
 from __future__ import annotations
 
 import csv
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,8 @@ from ..models import load_model as load_run_model
 from ..runs.records import DEFAULT_RUNS_DIR
 
 __all__ = ["Prediction", "load_run_model", "run_predict"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,29 +57,23 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
     ``model_ref`` is a run id (or prefix), a run record JSON, a saved model
     (``.skops`` or ``.pt``; pickles are refused, :mod:`pipeline.heads.persist`)
     or an exported ``.onnx`` classifier; ``inputs`` are image files and/or
-    folders (searched recursively).  Each :class:`Prediction` holds the
-    ``top_k`` classes, best first; files that do not decode are listed with
-    their reason.  ``out_csv`` also writes them as CSV.
+    folders (searched recursively for the images ``extract`` takes).  Each
+    :class:`Prediction` holds the ``top_k`` classes, best first; a file left out of a
+    folder (not an image, a format Pillow cannot decode, not a regular file) and a file
+    that does not decode are listed too, with their reason as ``error``.  ``out_csv``
+    also writes them as CSV.
     """
     if top_k < 1:
         raise UsageError(f"{opt('top_k', top_k)} must be >= 1", param="top_k")
     model = load_run_model(model_ref, runs_dir)
-    files = _image_files(inputs)
+    entries = _image_files(inputs)
     if out_csv and Path(out_csv).exists() and not overwrite:
         raise StoreError(f"{out_csv} exists; pass {opt('overwrite', 'True')} or another "
                          f"{opt('out_csv')}", param="out_csv")
-    proba, errors = model.predict_proba(files, batch_size, device)
-    classes = model.classes
-    preds, k = [], 0
-    for i, f in enumerate(files):
-        if i in errors:
-            preds.append(Prediction(str(f), "", float("nan"), [], errors[i]))
-            continue
-        p = proba[k]
-        k += 1
-        order = np.argsort(-p, kind="stable")[:top_k]
-        preds.append(Prediction(str(f), classes[order[0]], float(p[order[0]]),
-                                [(classes[j], float(p[j])) for j in order]))
+    files = [f for f, why in entries if why is None]
+    labelled = _labelled(model, files, batch_size, device, top_k)
+    preds = [next(labelled) if why is None else Prediction(str(f), "", float("nan"), [], why)
+             for f, why in entries]
     if out_csv:
         Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(out_csv, "w", encoding="utf-8", newline="") as fh:
@@ -87,24 +85,74 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
     return preds
 
 
-def _image_files(inputs) -> list[Path]:
+def _labelled(model, files: list, batch_size: int, device: str, top_k: int):
+    """A :class:`Prediction` of each of ``files`` in turn: its ``top_k`` classes, or why
+    it could not be decoded."""
+    proba, errors = model.predict_proba(files, batch_size, device)
+    classes = model.classes
+    k = 0
+    for i, f in enumerate(files):
+        if i in errors:
+            yield Prediction(str(f), "", float("nan"), [], errors[i])
+            continue
+        p = proba[k]
+        k += 1
+        order = np.argsort(-p, kind="stable")[:top_k]
+        yield Prediction(str(f), classes[order[0]], float(p[order[0]]),
+                         [(classes[j], float(p[j])) for j in order])
+
+
+def _image_files(inputs) -> list[tuple[Path, str | None]]:
+    """``[(path, None)]`` for each image to label and ``[(path, reason)]`` for each file left
+    out, in the order of ``inputs`` (a folder's files sorted): a file given is always
+    tried; below a folder, the files ``extract`` would take are
+    (:func:`pipeline.data.manifest.not_an_image`, :func:`~pipeline.data.manifest.regular_stat`),
+    and hidden files and folders are left out, counted in the log."""
     from ..data.manifest import IMAGE_EXTENSIONS
 
-    files = []
+    entries, hidden = [], 0
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            # hidden means below the folder given: `../photos` or `~/.cache/photos` are not
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
-                            and not any(part.startswith(".")
-                                        for part in f.relative_to(p).parts))
+            found, n_hidden = _folder_files(p)
+            entries += found
+            hidden += n_hidden
         elif p.is_file():
-            files.append(p)
+            entries.append((p, None))
         else:
             raise UsageError(f"{item!r} is neither an image file nor a folder")
-    if not files:
+    if hidden:
+        log.info("left out %d hidden file(s) or folder(s) (name starting with '.') below %s",
+                 hidden, ", ".join(map(str, inputs)))
+    if not any(why is None for _f, why in entries):
+        left = "; ".join(f"{f}: {why}" for f, why in entries[:3]) + (
+            f"; ... and {len(entries) - 3} more" if len(entries) > 3 else "")
         raise UsageError(f"no images to predict in {', '.join(map(str, inputs))} (images: "
-                         f"{' '.join(sorted(IMAGE_EXTENSIONS))}, any case; hidden files and "
-                         "folders below a folder given are left out): pass image files or "
-                         "folders that hold some")
-    return files
+                         f"{' '.join(IMAGE_EXTENSIONS)}, any case; hidden files and folders "
+                         "below a folder given are left out"
+                         + (f"; left out: {left}" if left else "")
+                         + "): pass image files or folders that hold some")
+    return entries
+
+
+def _folder_files(folder: Path) -> tuple[list, int]:
+    """``([(path, reason or None)], hidden)`` of every file below ``folder``, sorted by path:
+    None for an image, else why it is left out, as ``extract`` says it; ``hidden`` counts
+    the hidden files and folders (hidden means below ``folder``: ``../photos`` or
+    ``~/.cache/photos`` themselves are not), never entered nor opened."""
+    from ..data.manifest import not_an_image, regular_stat
+
+    entries, hidden = [], 0
+    for dirpath, dirnames, filenames in os.walk(folder):
+        hidden += sum(n.startswith(".") for n in dirnames + filenames)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            full = os.path.join(dirpath, name)
+            why = not_an_image(full, name)
+            if why is None:
+                st = regular_stat(full)
+                why = st if isinstance(st, str) else None
+            entries.append((Path(full), why))
+    return sorted(entries, key=lambda e: e[0]), hidden
