@@ -234,8 +234,9 @@ EXPLORER_CHECK = """
     k => svg.querySelectorAll(`rect.bar[data-panel="${k}"]`).length);
   size.value = size.options[0].value; size.dispatchEvent(new Event('change'));
   const afterSize = svg.innerHTML, h1 = heights();
-  // a one-rate grid (the demo's) keeps its only rate: no value that is not an option
-  if (lr.options.length > 1) { lr.value = '1'; lr.dispatchEvent(new Event('change')); }
+  // the second rate; a one-rate grid (the demo's) its only one: never a value that is not an option
+  lr.value = [...lr.options].some(o => o.value === '1') ? '1' : '0';
+  lr.dispatchEvent(new Event('change'));
   return {bars: bars, sizes: [...size.options].map(o => o.value), before: before,
           afterSize: afterSize, afterLr: svg.innerHTML, heights: h0, heightsAfter: h1,
           caption: document.getElementById('explore-caption').textContent};
