@@ -13,7 +13,7 @@ import logging
 import torch
 import torch.nn as nn
 
-from ..errors import DeviceError, UsageError, opt
+from ..errors import UsageError
 from ..options import MAP_POOLINGS, POOLINGS, TOKEN_POOLINGS
 
 log = logging.getLogger(__name__)
@@ -150,17 +150,10 @@ def measure_cost(spec, taps, pooling: str = "auto") -> dict | None:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> cuda if available else cpu; ``cuda`` without CUDA is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"{opt('device', device)} was asked for but this torch ({torch.__version__}) "
-                f"sees no CUDA device; use {opt('device', 'cpu')} (or auto) on this machine",
-                param="device"
-            )
-        return torch.device(device)
-    if device == "cpu":
-        return torch.device("cpu")
-    raise UsageError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
+    """``auto`` -> cuda if available else cpu; ``cuda`` without CUDA is an error
+    (:func:`pipeline.extraction.runtimes.check_device`, which ``extract`` calls before
+    anything is written)."""
+    from .runtimes import check_device
+
+    kind = check_device(device)
+    return torch.device(kind if device == "auto" else device)
