@@ -163,6 +163,34 @@ def test_a_shared_trunk_cache_computes_the_trunk_once(tiny_store, trunk_passes):
     assert (again.test_proba == first.test_proba).all()   # recomputed: the same outputs
 
 
+def test_prefill_computes_every_depth_in_one_pass_with_the_same_outputs(tiny_store,
+                                                                         trunk_passes):
+    """The explorer's depths cut the trunk at several stages: prefilling the cache runs the
+    images through it once (one pass per part: train, val, test) for all of them, the
+    runs then compute nothing, and each depth's outputs are those a run of that depth
+    alone computes (to the cache's float16)."""
+    from pipeline.train.finetune import finetune, prefill_trunk_cache
+    from pipeline.train.trunk_cache import TrunkCache
+
+    depths = [_tiny_cfg(tiny_store, unfreeze=u, epochs=1) for u in ("none", "layer4", "layer3")]
+    shared = TrunkCache()
+    assert prefill_trunk_cache(depths + [_tiny_cfg(tiny_store, unfreeze="all")], shared) > 0
+    assert len(trunk_passes) == 3 and len(shared.memory) == 3   # 'all' trains end to end
+    assert prefill_trunk_cache(depths, shared) == 0.0 and len(trunk_passes) == 3
+    for n, cfg in enumerate(depths):
+        result = finetune(cfg, shared)
+        assert result.use_cache and result.cache_seconds == 0
+        assert len(trunk_passes) == 3 + 3 * n          # only the runs alone below compute
+        alone = TrunkCache()
+        finetune(cfg, alone)
+        (key, parts), = alone.memory.items()
+        for part, (acts, ok, _) in parts.items():
+            got, got_ok, _ = shared.memory[key][part]
+            assert acts.shape == got.shape and acts.dim() >= 3 and (ok == got_ok).all()
+            assert torch.allclose(acts.float(), got.float(), rtol=1e-2, atol=1e-3), part
+    assert len(trunk_passes) == 3 + 3 * 3
+
+
 def test_seeds_of_one_configuration_share_one_trunk_cache(tiny_store, tmp_path, trunk_passes):
     from pipeline.workflows.finetune import run_finetune_seeds
 

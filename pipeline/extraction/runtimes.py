@@ -471,7 +471,8 @@ def _export_key(kind: str, size: int, key: str) -> str:
             pass
     package = Path(__file__).resolve().parent.parent
     for source in sorted([*package.glob("backbones/*.py"), package / "extraction" / "forward.py",
-                          package / "extraction" / "runtimes.py"]):
+                          package / "extraction" / "runtimes.py",
+                          package / "train" / "trunk_net.py"]):
         digest.update(source.read_bytes())
     return digest.hexdigest()[:32]
 

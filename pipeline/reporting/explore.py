@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ..errors import program
 from ..runs.stats import holm, mcnemar_exact
+from ..runs.values import seconds_or_zero
 
 #: Below this p-value (Holm-adjusted over the sizes) a gap is called real.
 ALPHA = 0.05
@@ -68,6 +69,7 @@ def explore_section(record: dict | None) -> dict:
                 "of unfreeze depths x training images per class x learning rates on your "
                 "split and draws it here."}
     grid = record["grid"]
+    prefill = seconds_or_zero(record.get("trunk_cache_seconds"))
     labels = {}
     for c in record["cells"]:
         labels.setdefault(c["depth"], c["label"])
@@ -84,8 +86,10 @@ def explore_section(record: dict | None) -> dict:
     return {"note": None, "record": record, "data": data, "verdicts": size_verdicts(record),
             "skipped": skipped,
             "n_cells": len(cells), "n_planned": total,
-            "compute_seconds": sum(c["seconds"] for c in record["cells"]),
-            "cache_seconds": sum(c["cache_seconds"] for c in record["cells"]),
+            # the trunk outputs of every depth, computed in one pass before the cells (older
+            # records: by each depth's first cell, in its seconds)
+            "compute_seconds": prefill + sum(c["seconds"] for c in record["cells"]),
+            "cache_seconds": prefill + sum(c["cache_seconds"] for c in record["cells"]),
             "table": sorted(record["cells"], key=lambda c: (
                 grid["sizes"].index(c["per_class"]) if c["per_class"] in grid["sizes"] else 0,
                 depths.index(c["depth"]) if c["depth"] in depths else 0, c["lr"]))}

@@ -121,6 +121,12 @@ def _is_number(value) -> bool:
     return isinstance(value, (float, np.floating))
 
 
+def seconds_or_zero(value) -> float:
+    """A time read from a side record (explore's): a finite number >= 0, else 0 (a record
+    written before the field, or a damaged one)."""
+    return float(value) if _is_number(value) and math.isfinite(value) and value >= 0 else 0.0
+
+
 def _range(low: float, high: float) -> str:
     if high == math.inf:
         return f"a finite number >= {low:g}"

@@ -342,8 +342,8 @@ def cv_baseline(kind: str, store, seed: int = 0, metric: str = "accuracy",
     """
     params = _params(kind, opts, metric, class_weight)
     t0 = time.perf_counter()
-    if kind == "cnn":
-        fit = _cv_torch(store, params, seed, _fit_cnn_rows, None)
+    if kind == "cnn":   # each image decoded once for every fold's datasets
+        fit = _cv_torch(store, params, seed, _fit_cnn_rows, {})
     else:
         X, y = _all_pixels(store, params["size"])
         fit = _cv_pixels(X, y, store, seed, params) if kind == "pixels" else \
@@ -379,10 +379,11 @@ def _cv_pixels(X, y, store, seed, params) -> BaselineFit:
                        trainable_params=int(est.coef_.size + est.intercept_.size))
 
 
-def _cv_torch(store, params, seed, fit_rows, pixels) -> BaselineFit:
+def _cv_torch(store, params, seed, fit_rows, inputs) -> BaselineFit:
     """Outer folds of a torch baseline, one after the other (torch's own threads use the
     cores; folds in worker processes were measured slower in the demo, each worker
-    importing torch again), then the final model on every image."""
+    importing torch again), then the final model on every image.  ``inputs``, given to
+    every ``fit_rows`` call: the MLP's pixel matrix, the CNN's shared decoded images."""
     from ..heads.crossval import FoldResult
 
     y = store.labels
@@ -390,7 +391,7 @@ def _cv_torch(store, params, seed, fit_rows, pixels) -> BaselineFit:
     for r, k, train_rows, test_rows in store.cv_splits():
         tr, va = inner_split(y, train_rows, seed + r, groups=store.row_groups)
         out = fit_rows(store, params, seed, {"train": tr, "val": va, "test": test_rows},
-                       pixels)
+                       inputs)
         epochs.append(out.best_epoch)
         histories.append(out.history)
         folds.append(FoldResult(r, k, test_rows, out.proba, {"best_epoch": out.best_epoch},
@@ -401,7 +402,7 @@ def _cv_torch(store, params, seed, fit_rows, pixels) -> BaselineFit:
     final_epochs = max(1, int(np.median(epochs)))
     everything = np.arange(len(y))
     final = fit_rows(store, {**params, "epochs": final_epochs, "patience": None}, seed,
-                     {"train": everything, "val": everything, "test": everything[:0]}, pixels)
+                     {"train": everything, "val": everything, "test": everything[:0]}, inputs)
     return BaselineFit(label=final.label, folds=folds, model=final.model, params=params,
                        chosen={"best_epochs": epochs, "final_epochs": final_epochs},
                        trainable_params=final.trainable_params,
@@ -450,12 +451,13 @@ def _fit_mlp_rows(store, params, seed, rows, pixels, labels=None) -> _Trained:
                     fit_seconds=time.perf_counter() - t0)
 
 
-def _fit_cnn_rows(store, params, seed, rows, _pixels=None,
+def _fit_cnn_rows(store, params, seed, rows, decoded=None,
                   skip_training_failures=False) -> _Trained:
     """The scratch CNN trained on ``rows["train"]`` (early stopping on ``rows["val"]``);
-    probabilities of ``rows["val"]`` and ``rows["test"]``.  Images that no longer decode
-    are an error, except training images with ``skip_training_failures`` (then listed
-    in ``skipped_images``)."""
+    probabilities of ``rows["val"]`` and ``rows["test"]``.  ``decoded``: a dict the
+    datasets keep decoded images in, shared by the calls of one cross-validation.
+    Images that no longer decode are an error, except training images with
+    ``skip_training_failures`` (then listed in ``skipped_images``)."""
     import torch
 
     from .datasets import ImageFolderDataset
@@ -467,7 +469,8 @@ def _fit_cnn_rows(store, params, seed, rows, _pixels=None,
     for split, idx in rows.items():
         ds = ImageFolderDataset(store.data_root, [store.paths[i] for i in idx],
                                 store.labels[idx], pre,
-                                augment=params["augment"] if split == "train" else "none")
+                                augment=params["augment"] if split == "train" else "none",
+                                decoded=decoded)
         skipped += ds.skipped
         if ds.skipped and not (split == "train" and skip_training_failures):
             raise DataError(_undecodable_eval(split, ds.skipped))

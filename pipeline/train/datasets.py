@@ -51,15 +51,18 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     With ``cache=True`` every image is decoded once at construction and kept
     in memory with its short side reduced to ``size / crop_pct`` (cheap for
-    small sets, saves a decode per epoch); unusable files are dropped then,
+    small sets, saves a decode per epoch); ``decoded``, a dict shared by
+    datasets of the same images (cross-validation's folds), keeps each decoded
+    image for the next dataset, so the images are decoded once.  Unusable files are dropped then,
     with their reason logged and kept in ``skipped``.  ``kept`` are the
     indices (into ``paths``) that remain.  Without the cache, an image that
     fails later is replaced by the next usable one and logged.
     """
 
     def __init__(self, root, paths, labels, preprocessing, augment: str = "standard",
-                 size: int | None = None, cache: bool = True):
+                 size: int | None = None, cache: bool = True, decoded: dict | None = None):
         self.root = Path(root)
+        self.decoded = decoded
         self.transform = image_transform(preprocessing, augment, size)
         self.short_side = int(math.ceil((size or preprocessing.input_size)
                                         / preprocessing.crop_pct))
@@ -77,6 +80,15 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                     self.kept.append(i)
 
     def _decode(self, i):
+        memo = (str(self.root / self.paths[i]), self.short_side)
+        if self.decoded is not None and memo in self.decoded:
+            return self.decoded[memo]
+        img = self._decode_file(i)
+        if self.decoded is not None and img is not None:
+            self.decoded[memo] = img
+        return img
+
+    def _decode_file(self, i):
         try:
             img = load_rgb(self.root / self.paths[i], target_short_side=self.short_side)
         except ImageDecodeError as exc:

@@ -48,7 +48,7 @@ from ..configs import FinetuneConfig
 from ..errors import DataError, UsageError, WeightsError, opt
 from ..options import BN_POLICIES, CACHE_MODES
 from ..store.hdf5 import open_store
-from .trunk_cache import ALL_IMAGES, CachedViews, TrunkCache
+from .trunk_cache import ALL_IMAGES, PER_SPLIT, CachedViews, TrunkCache, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def _datasets(cfg, store, loaded, stages, plan, pre, cache: TrunkCache):
 
     names = [n for n, _ in stages]
     n_classes = len(store.classes)
-    if cfg.cache == "auto" and cfg.bn == "frozen-eval" and plan.cut > 0:
+    if uses_trunk_cache(cfg, plan):
         top = build_network(stages[plan.cut:], n_classes, cfg.dropout,
                             channels=trunk_width(loaded.spec, stages))
         data, cache_seconds = cache.splits(store, loaded, cfg, plan.cut, pre)
@@ -438,8 +438,30 @@ def finetune(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
                           selection=selection)
 
 
+def uses_trunk_cache(cfg: FinetuneConfig, plan: Plan) -> bool:
+    """Whether a run trains on cached frozen-trunk outputs: the cache on, BatchNorm of the
+    frozen stages in eval mode (so they compute a fixed function) and a frozen stage."""
+    return cfg.cache == "auto" and cfg.bn == "frozen-eval" and plan.cut > 0
+
+
+def prefill_trunk_cache(cfgs, cache: TrunkCache) -> float:
+    """Fill ``cache`` with the frozen-trunk outputs every holdout run of ``cfgs`` will read,
+    runs that share a store, backbone, weights and views (an explorer grid, a ladder)
+    in one pass through the trunk (:meth:`TrunkCache.prefill`), each depth under the key
+    :func:`finetune` looks for, so the runs compute nothing more.  Returns the seconds
+    spent computing."""
+    groups = {}
+    for cfg in cfgs:
+        cfg, store, loaded, _, _, plan, pre, _ = _prepare(cfg)
+        if uses_trunk_cache(cfg, plan):   # what the key holds besides the cut: one pass
+            group = cache_key(store, cfg, 0, loaded.weights_id, pre, PER_SPLIT)
+            groups.setdefault(group, [store, loaded, cfg, pre, set()])[-1].add(plan.cut)
+    return sum(cache.prefill(store, loaded, cfg, sorted(cuts), pre, PER_SPLIT)
+               for store, loaded, cfg, pre, cuts in groups.values())
+
+
 def _check_cv_config(cfg, plan):
-    if not (cfg.cache == "auto" and cfg.bn == "frozen-eval" and plan.cut > 0):
+    if not uses_trunk_cache(cfg, plan):
         raise UsageError(f"cross-validated fine-tuning shares the frozen-trunk cache across "
                          f"folds: it needs {opt('cache', 'auto')}, {opt('bn', 'frozen-eval')} "
                          f"and a frozen trunk ({opt('unfreeze')} other than 'all'); or use "

@@ -89,20 +89,37 @@ class TrunkCache:
         image), ``val`` and ``test`` (the centre crop); ``layout=ALL_IMAGES``: one part
         ``"all"``, every image with ``cfg.views`` views (any image trains in some fold;
         view 0 is the centre crop).  ``acts`` is ``(n, views, C, H, W)`` float16."""
-        key = cache_key(store, cfg, cut, loaded.weights_id, pre, layout)
-        if key in self.memory:
-            return self.memory[key], 0.0
-        data = self._load(key)
-        if data is not None:
-            self.memory[key] = data
-            return data, 0.0
+        seconds = self.prefill(store, loaded, cfg, [cut], pre, layout)
+        return self.memory[cache_key(store, cfg, cut, loaded.weights_id, pre, layout)], seconds
+
+    def prefill(self, store, loaded, cfg, cuts, pre, layout: str = PER_SPLIT) -> float:
+        """The trunk outputs at every cut of ``cuts`` in memory (as :meth:`splits` gives
+        them, each under its own key); those neither in memory nor in the folder are
+        computed in one pass through ``loaded.stages()[:max(cuts)]`` that hands back
+        the output after each cut, so the grid of the explorer, whose depths cut the
+        trunk at several stages, decodes and runs its images once.  Returns the
+        seconds spent computing."""
+        keys = {cut: cache_key(store, cfg, cut, loaded.weights_id, pre, layout)
+                for cut in sorted(set(cuts))}
+        missing = []
+        for cut, key in keys.items():
+            if key not in self.memory:
+                data = self._load(key)
+                if data is None:
+                    missing.append(cut)
+                else:
+                    self.memory[key] = data
+        if not missing:
+            return 0.0
         t0 = time.perf_counter()
-        data = _compute(store, loaded, cfg, cut, pre, layout)
+        computed = _compute(store, loaded, cfg, missing, pre, layout)
         seconds = time.perf_counter() - t0
-        log.info("trunk outputs of %d images x views cached in %.0f s", len(store), seconds)
-        self.memory[key] = data
-        self._save(key, data)
-        return data, seconds
+        log.info("trunk outputs of %d images x views at %d depth(s) cached in %.0f s",
+                 len(store), len(missing), seconds)
+        for cut, data in computed.items():
+            self.memory[keys[cut]] = data
+            self._save(keys[cut], data)
+        return seconds
 
     def _disk(self, key: str) -> Path | None:
         return self.folder / f"activations-{key}.pt" if self.folder else None
@@ -133,16 +150,17 @@ class TrunkCache:
                 torch.save(data, tmp)
 
 
-def _compute(store, loaded, cfg, cut: int, pre, layout: str) -> dict:
-    """The parts of :meth:`TrunkCache.splits`, computed by one runner built for all of
-    them; :class:`DataError` when a val, test or cv image no longer decodes."""
-    import torch.nn as nn
+def _compute(store, loaded, cfg, cuts: list, pre, layout: str) -> dict:
+    """``{cut: parts of TrunkCache.splits}`` for every cut of ``cuts``, computed by one
+    runner built for all of them (:class:`TrunkCuts`); :class:`DataError` when a val,
+    test or cv image no longer decodes."""
+    from .trunk_net import TrunkCuts
 
-    trunk = nn.Sequential(*[m for _, m in loaded.stages()[:cut]]).eval()
+    trunk = TrunkCuts([m for _, m in loaded.stages()[:max(cuts)]], cuts).eval()
     parts = {"all": store.paths} if layout == ALL_IMAGES else \
         {s: store.rel_paths(s) for s in ("train", "val", "test")}
     runner = trunk_runner(trunk, pre.input_size, "compile" if cfg.compile else cfg.runtime)
-    data = {}
+    data = {cut: {} for cut in trunk.cuts}
     for split, paths in parts.items():
         views = cfg.views if split in ("train", "all") else 1
         acts, ok, skipped = compute_activations(runner, store.data_root, paths, pre, views,
@@ -150,12 +168,15 @@ def _compute(store, loaded, cfg, cut: int, pre, layout: str) -> dict:
         if split != "train" and skipped:
             raise DataError(f"{len(skipped)} {split} image(s) of the store no longer decode "
                             f"({skipped[0][0]}: {skipped[0][1]}); restore them or re-extract")
-        data[split] = (acts, ok, skipped)
+        for cut, a in zip(trunk.cuts, acts):
+            data[cut][split] = (a, ok, skipped)
     return data
 
 
 def compute_activations(runner, root, paths, pre, views: int, augment: str, seed: int = 0):
-    """Trunk outputs ``(n, views, C, H, W)`` float16; view 0 is the centre crop.
+    """``([trunk outputs], rows ok, skipped)``: one ``(n, views, C, H, W)`` float16 tensor
+    per output of ``runner`` (one per cut of :class:`~pipeline.train.trunk_net.TrunkCuts`);
+    view 0 is the centre crop.
 
     Views 1.. are augmented (the training preset), seeded per chunk, so the
     result depends only on the images, ``views``, ``seed`` and the runtime.
@@ -188,12 +209,19 @@ def compute_activations(runner, root, paths, pre, views: int, augment: str, seed
             if not idx:
                 continue
             with torch.inference_mode():
-                out.append(torch.stack([runner(b).to(torch.float16) for b in per_view], dim=1))
+                per_cut = zip(*[runner(b) for b in per_view])   # each a tuple, one per cut
+                out.append([torch.stack([o.to(torch.float16) for o in outs], dim=1)
+                            for outs in per_cut])
             ok += idx
             if n % 10 == 0:
                 log.info("cached trunk outputs of %d/%d images", c0 + len(idx), len(paths))
     torch.set_num_threads(threads)
-    return torch.cat(out).clone(), torch.as_tensor(ok, dtype=torch.int64), skipped
+    if not out:
+        raise DataError(f"none of the {len(paths)} image(s) decodes"
+                        + (f" ({skipped[0][0]}: {skipped[0][1]})" if skipped else "")
+                        + "; restore them or re-extract the store")
+    return ([torch.cat(acts).clone() for acts in zip(*out)],
+            torch.as_tensor(ok, dtype=torch.int64), skipped)
 
 
 class _ChunkDecoder:
@@ -241,7 +269,7 @@ def trunk_runtime(cfg) -> str:
 
 
 def trunk_runner(trunk, size: int, runtime: str = "auto"):
-    """``float (N, 3, size, size) -> trunk output`` on ``runtime`` (see
+    """``float (N, 3, size, size) -> tuple of trunk outputs`` on ``runtime`` (see
     :func:`pipeline.extraction.runtimes.make_runner`: ``auto`` falls back to
     eager torch, with a log line saying why, when the fast runtime cannot take
     this trunk)."""
@@ -257,7 +285,7 @@ def trunk_runner(trunk, size: int, runtime: str = "auto"):
     def forward(batch):
         with torch.inference_mode():
             out = run(batch)
-        return out[0] if isinstance(out, tuple) else out
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
     forward.runtime = run.runtime
     return forward

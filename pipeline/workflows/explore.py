@@ -9,7 +9,8 @@ rate for every trained group).  Every cell is one
 stopping and the kept epoch are chosen on the validation split, the figure
 shown is the test accuracy with its 95% Wilson interval, and the training
 time.  Depths below ``all`` train on a cached frozen trunk (one cache per
-depth, computed once for every image and shared by every size and rate);
+depth, all of them computed in one pass through the trunk before the first
+cell, for every image, and shared by every size and rate);
 ``all`` trains end to end from images and is by far the dearest cell.
 
 The record is one JSON file, ``<runs_dir>/explore/explore-<key>.json``, where
@@ -35,6 +36,7 @@ from ..files import atomic_write
 from ..options import check_seed
 from ..runs.records import DEFAULT_RUNS_DIR, make_run_id, side_records
 from ..runs.stats import wilson_interval
+from ..runs.values import seconds_or_zero
 from ..store.hdf5 import now_iso, open_store
 
 log = logging.getLogger(__name__)
@@ -165,15 +167,15 @@ def _train_count(labels, size) -> int:
 def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -> tuple[dict, Path]:
     """Run every cell of ``cfg``'s grid not already in its record; returns ``(record, path)``.
 
-    Cells run depth by depth (one trunk cache each), then size, then rate; the
-    record is saved after each.  Re-running the same grid on the same store
+    Cells run depth by depth (one trunk cache each, all filled in one pass first), then
+    size, then rate; the record is saved after each.  Re-running the same grid on the same store
     resumes; a finished grid returns at once.  The cells share one
     :class:`~pipeline.train.trunk_cache.TrunkCache`: ``cache_dir`` (the caller's), or a
     new one on the folder ``cache_dir`` (default ``<runs_dir>/explore/cache``).
     """
     from dataclasses import replace
 
-    from ..train.finetune import finetune, store_weights
+    from ..train.finetune import finetune, prefill_trunk_cache, store_weights
     from ..train.trunk_cache import TrunkCache
     from .fit import find_store
 
@@ -202,6 +204,11 @@ def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -
     base = FinetuneConfig(features=str(cfg.features), backbone=backbone, weights=cfg.weights,
                           lr_factor=1.0, epochs=cfg.epochs, views=cfg.views, seed=cfg.seed,
                           runtime=cfg.runtime, **cfg.cell_options())
+    # every cached depth's trunk output in one pass, before the first cell reads one
+    record["trunk_cache_seconds"] = round(seconds_or_zero(record.get("trunk_cache_seconds"))
+                                          + prefill_trunk_cache(
+        [replace(base, unfreeze=plans[d][0]) for d in dict.fromkeys(d for d, _, _ in todo)],
+        cache), 2)
     for n, (depth, size, lr) in enumerate(todo, start=1):
         unfreeze, trained, label = plans[depth]
         t0 = time.perf_counter()
