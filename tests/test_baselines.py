@@ -100,3 +100,55 @@ def test_missing_test_image_is_refused(tmp_path):
     (folder / store.rel_paths("test")[0]).write_bytes(b"")
     with pytest.raises(DataError, match="same images"):
         _baseline("pixels", summary.path, tmp_path / "runs", size=4)
+
+
+def test_logreg_search_on_the_row_space_predicts_as_on_the_inputs():
+    """With more columns than rows the C search fits on the training rows' row space
+    (pipeline.heads.kinds.logreg.row_space): the same validation predictions at every C
+    as fits on the standardised inputs themselves, and the same probabilities at the
+    chosen C to the solver's tolerance."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from pipeline.heads.kinds.logreg import row_space
+    from pipeline.heads.registry import get_head
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    X = rng.normal(size=(60, 500)) + 0.4 * np.eye(3)[y] @ rng.normal(size=(3, 500))
+    tr, va = np.arange(60) % 4 != 0, np.arange(60) % 4 == 0
+    head = get_head("logreg")
+    values = head.values(int(tr.sum()))
+    fast = head.search(X[tr], y[tr], X[va], values, seed=0)
+    scaler = StandardScaler().fit(X[tr])
+    Xs_tr, Xs_va = scaler.transform(X[tr]), scaler.transform(X[va])
+    for value, pred in zip(values, fast):
+        plain = LogisticRegression(C=value, max_iter=3000).fit(Xs_tr, y[tr])
+        assert (plain.predict(Xs_va) == pred).all(), value
+    Z_tr, Z_va = row_space(Xs_tr, Xs_va)
+    assert Z_tr.shape == (45, 44) and Z_va.shape == (15, 44)   # centred rows: rank n - 1
+    small = LogisticRegression(C=1.0, max_iter=3000).fit(Z_tr, y[tr])
+    wide = LogisticRegression(C=1.0, max_iter=3000).fit(Xs_tr, y[tr])
+    assert np.abs(small.predict_proba(Z_va) - wide.predict_proba(Xs_va)).max() < 1e-3
+    narrow = X[:, :30]                      # fewer columns than rows: left as they are
+    assert row_space(narrow[tr], narrow[va])[0] is not None
+    assert np.array_equal(row_space(narrow[tr], narrow[va])[1], narrow[va])
+
+
+def test_cross_validated_cnn_decodes_each_image_once(store_path, tmp_path, monkeypatch):
+    """The CNN's 15 cv folds and its final fit read the same images: each is decoded once."""
+    from pipeline.train import datasets
+
+    decoded, real = [], datasets.load_rgb
+
+    def counted(path, *args, **kw):
+        decoded.append(str(path))
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(datasets, "load_rgb", counted)
+    store = FeatureStore(store_path)
+    record, _ = run_baseline(BaselineConfig(kind="cnn", features=store_path, protocol="cv",
+                                            epochs=1, options={"size": 16, "width": 4}),
+                             tmp_path / "runs")
+    assert record["protocol"] == "cv" and len(record["cv"]["fold_ids"]) > 1
+    assert sorted(decoded) == sorted(str(store.data_root / p) for p in store.paths)
