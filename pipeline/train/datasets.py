@@ -53,8 +53,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     in memory with its short side reduced to ``size / crop_pct`` (cheap for
     small sets, saves a decode per epoch); ``decoded``, a dict shared by
     datasets of the same images (cross-validation's folds), keeps each decoded
-    image for the next dataset, so the images are decoded once.  Unusable files are dropped then,
-    with their reason logged and kept in ``skipped``.  ``kept`` are the
+    image for the next dataset, so the images are decoded once.  Unusable files
+    are dropped then, with their reason logged and kept in ``skipped``.  ``kept`` are the
     indices (into ``paths``) that remain.  Without the cache, an image that
     fails later is replaced by the next usable one and logged.
     """

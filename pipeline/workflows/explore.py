@@ -167,9 +167,9 @@ def _train_count(labels, size) -> int:
 def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -> tuple[dict, Path]:
     """Run every cell of ``cfg``'s grid not already in its record; returns ``(record, path)``.
 
-    Cells run depth by depth (one trunk cache each, all filled in one pass first), then
-    size, then rate; the record is saved after each.  Re-running the same grid on the same store
-    resumes; a finished grid returns at once.  The cells share one
+    Cells run depth by depth (one trunk cache each, all filled in one pass first),
+    then size, then rate; the record is saved after each.  Re-running the same grid
+    on the same store resumes; a finished grid returns at once.  The cells share one
     :class:`~pipeline.train.trunk_cache.TrunkCache`: ``cache_dir`` (the caller's), or a
     new one on the folder ``cache_dir`` (default ``<runs_dir>/explore/cache``).
     """
