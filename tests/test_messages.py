@@ -92,9 +92,13 @@ def _interrupt(tmp_path, sig, module, function, args):
     ``(exit code, stderr)``.  The signal and the CLI's handling are real."""
     script = SLOW_COMMAND.format(root=str(ROOT), module=module, function=function,
                                  args=", ".join(repr(a) for a in args))
+    # Ctrl-C's default action in the child whatever the suite inherited: a shell starts a
+    # background job ('... &') with SIGINT ignored, and Python then keeps it ignored, so
+    # the signal would never arrive (the user's own Ctrl-C reaches a foreground command)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().strip() == "started"
     time.sleep(0.2)
     proc.send_signal(sig)
