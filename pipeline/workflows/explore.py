@@ -205,10 +205,10 @@ def run_explore(cfg: ExploreConfig, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None) -
                           lr_factor=1.0, epochs=cfg.epochs, views=cfg.views, seed=cfg.seed,
                           runtime=cfg.runtime, **cfg.cell_options())
     # every cached depth's trunk output in one pass, before the first cell reads one
-    record["trunk_cache_seconds"] = round(seconds_or_zero(record.get("trunk_cache_seconds"))
-                                          + prefill_trunk_cache(
-        [replace(base, unfreeze=plans[d][0]) for d in dict.fromkeys(d for d, _, _ in todo)],
-        cache), 2)
+    depths = dict.fromkeys(depth for depth, _, _ in todo)
+    seconds = prefill_trunk_cache([replace(base, unfreeze=plans[d][0]) for d in depths], cache)
+    record["trunk_cache_seconds"] = round(
+        seconds_or_zero(record.get("trunk_cache_seconds")) + seconds, 2)
     for n, (depth, size, lr) in enumerate(todo, start=1):
         unfreeze, trained, label = plans[depth]
         t0 = time.perf_counter()
