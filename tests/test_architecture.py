@@ -24,7 +24,7 @@ PACKAGE = ROOT / "pipeline"
 #: The flow, bottom to top: a module may import only from its own layer or those before it.
 LAYERS = [
     {"pipeline.errors", "pipeline.options", "pipeline.files", "pipeline.balance",
-     "pipeline.registry", "pipeline.configs", "pipeline.parallel"},
+     "pipeline.calibration", "pipeline.registry", "pipeline.configs", "pipeline.parallel"},
     {"pipeline.data"},
     {"pipeline.backbones"},
     {"pipeline.store"},

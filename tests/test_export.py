@@ -187,6 +187,7 @@ def batch32(world):
 def _frozen_parity(world, batch32, ref, out, classes, files) -> np.ndarray:
     """Export ``ref``; the graph = predict's parts on the same 32 crops (1e-5); from
     ``files``, the .onnx path vs the run's (PIL vs torch resize); the graph's output."""
+    from pipeline.calibration import scale
     from pipeline.heads.selection import predict_proba
 
     res = run_export(ref, out, world["runs"], overwrite=True)
@@ -194,14 +195,31 @@ def _frozen_parity(world, batch32, ref, out, classes, files) -> np.ndarray:
     crops, feats = batch32
     np.testing.assert_array_equal(_crops(out, world["files"][:32]), crops)
     exported = _session(out).run(None, {"images": crops})[0]
-    head = load_run_model(ref, world["runs"]).bundle["model"]
-    np.testing.assert_allclose(exported, predict_proba(head, feats), atol=1e-5, rtol=0)
+    model = load_run_model(ref, world["runs"])
+    np.testing.assert_allclose(exported, scale(predict_proba(model.bundle["model"], feats),
+                                               model.temperature), atol=1e-5, rtol=0)
     if files:
         by_run = _proba_of(run_predict(ref, files, world["runs"], top_k=3), classes)
         by_onnx = _proba_of(run_predict(str(out), files, top_k=3), classes)
         assert np.abs(by_onnx - by_run).max() < 0.02
         assert np.mean(by_onnx.argmax(1) == by_run.argmax(1)) >= 0.9
     return exported
+
+
+def _assert_as_recorded(world, record, predicted, atol):
+    """The saved model without its temperature gives the record's test probabilities
+    (kept as training evaluated them), and ``predicted`` (what ``predict`` gave) is that
+    scaled by the temperature the run fitted on validation."""
+    from pipeline.calibration import scale
+
+    model = load_run_model(record["run_id"], world["runs"])
+    temperature = model.temperature
+    assert temperature == record["calibration"]["temperature"] != 1.0
+    model.bundle["temperature"] = 1.0
+    raw, errors = model.predict_proba(_test_paths(record, world))
+    assert not errors
+    np.testing.assert_allclose(raw, record["predictions"]["proba"], atol=atol)
+    np.testing.assert_allclose(predicted, scale(raw, temperature), atol=1e-5)
 
 
 @pytest.mark.parametrize("clf", ["logreg", "linear-svm"])
@@ -213,8 +231,7 @@ def test_linear_head_export_equals_predict(world, batch32, tmp_path, clf):
     record = _fit(world, clf)
     classes = record["classes"]
     test = run_predict(record["run_id"], _test_paths(record, world), world["runs"], top_k=3)
-    np.testing.assert_allclose(_proba_of(test, classes), record["predictions"]["proba"],
-                               atol=2e-5)
+    _assert_as_recorded(world, record, _proba_of(test, classes), 2e-5)
     out = tmp_path / f"{clf}.onnx"
     _frozen_parity(world, batch32, record["run_id"], out, classes, [])
     confident = str(_confident_head(world, record, clf, tmp_path))
@@ -328,8 +345,7 @@ def test_finetuned_export_equals_predict(world, tmp_path, cache, tolerance):
     classes = record["classes"]
     assert record["finetune"]["cached_trunk"] == (cache == "auto")
     test = run_predict(record["run_id"], _test_paths(record, world), world["runs"], top_k=3)
-    np.testing.assert_allclose(_proba_of(test, classes), record["predictions"]["proba"],
-                               atol=tolerance)
+    _assert_as_recorded(world, record, _proba_of(test, classes), tolerance)
 
     out = tmp_path / "ft.onnx"
     run_export(record["run_id"], out, world["runs"])

@@ -6,7 +6,9 @@ the hyperparameter (``C``, ``k``) is chosen by an inner stratified K-fold
 refitted on those rows with it and predicts the outer test rows.  The outer
 test fold is never used for any choice, and every image gets one out-of-fold
 prediction per repeat.  The inner CV chooses by the selection metric
-(:mod:`pipeline.balance`), and every fit carries the run's class weights.
+(:mod:`pipeline.balance`), and every fit carries the run's class weights.  Each
+outer fold also fits a temperature (:mod:`pipeline.calibration`) on the
+inner cross-validated probabilities of its training rows, never on its test rows.
 Many small fits: each runs on one BLAS thread, and the outer folds run in
 parallel processes on larger data.
 """
@@ -57,6 +59,8 @@ class FoldResult:
     n_train: int
     search: list = field(default_factory=list)
     seconds: float = 0.0
+    #: fitted on the fold's training rows only (inner validation): None when none was
+    temperature: float | None = None
 
 
 def grid_for(clf: str, n_train: int):
@@ -96,10 +100,7 @@ def choose_param(clf: str, X, y, seed: int = 0, inner_folds: int = INNER_FOLDS,
     metric, class_weight, groups = choice.metric, choice.class_weight, choice.groups
     head = get_head(clf)
     name = head.param
-    counts = np.bincount(y)
-    k = min(inner_folds, int(counts[counts > 0].min()))
-    if groups is not None:
-        k = min(inner_folds, len(set(np.asarray(groups).tolist())))
+    k = _n_inner(y, groups, inner_folds)
     if k < 2:
         values = head.values(len(y))
         value = values[len(values) // 2]
@@ -112,6 +113,39 @@ def choose_param(clf: str, X, y, seed: int = 0, inner_folds: int = INNER_FOLDS,
     search = [{name: head.plain(v), **{f"inner_{m}": float(scores[m][j]) for m in METRICS}}
               for j, v in enumerate(values)]
     return {name: head.plain(values[best])}, search
+
+
+def _n_inner(y, groups, inner_folds: int = INNER_FOLDS) -> int:
+    """How many inner folds ``y`` (and its ``groups``) allow: at most the smallest class's
+    images (or the groups), at most ``inner_folds``."""
+    counts = np.bincount(y)
+    k = min(inner_folds, int(counts[counts > 0].min()))
+    if groups is not None:
+        k = min(inner_folds, len(set(np.asarray(groups).tolist())))
+    return k
+
+
+def inner_temperature(clf: str, X, y, params: dict, seed: int = 0,
+                      choice: Choice = Choice()) -> float | None:
+    """The temperature (:func:`pipeline.calibration.fit_temperature`) fitted on the
+    inner cross-validated probabilities of ``(X, y)`` (an outer fold's training rows) of
+    the head with ``params``: every row predicted by a head that did not see it, on the
+    inner folds :func:`choose_param` used.  None when a class (or the groups) leaves no
+    inner validation."""
+    from ..calibration import fit_temperature
+
+    choice = choice.resolved(clf, y)
+    k = _n_inner(y, choice.groups)
+    if k < 2:
+        return None
+    n_classes = int(np.max(y)) + 1
+    proba = np.zeros((len(y), n_classes))
+    for tr, va in _inner_folds(X, y, k, seed, choice.groups):
+        model = make_head(clf, next(iter(params.values())), seed,
+                          calibrated=smallest_class(y[tr]), class_weight=choice.class_weight)
+        fit_head(model, X[tr], y[tr], choice.class_weight)
+        proba[va] = full_proba(model, X[va], n_classes)
+    return fit_temperature(proba, y)
 
 
 def _inner_folds(X, y, k: int, seed: int, groups=None) -> list:
@@ -129,11 +163,12 @@ def _inner_folds(X, y, k: int, seed: int, groups=None) -> list:
 
 
 def fit_fold(clf: str, X, y, outer: OuterFold, seed: int = 0,
-             choice: Choice = Choice()) -> FoldResult:
+             choice: Choice = Choice(), calibrate: bool = True) -> FoldResult:
     """Choose the hyperparameter on the ``outer`` fold's training rows (by ``choice``'s
     metric; inner folds by its groups when given), refit there (with its class weights),
     predict the fold's test rows.  ``X`` ``(n_images, C)`` and ``y`` ``(n_images,)``
-    hold every row; ``choice.groups``, when given, one name per row."""
+    hold every row; ``choice.groups``, when given, one name per row.  ``calibrate``: also
+    fit the fold's temperature (:func:`inner_temperature`)."""
     from threadpoolctl import threadpool_limits
 
     t0 = time.perf_counter()
@@ -144,12 +179,14 @@ def fit_fold(clf: str, X, y, outer: OuterFold, seed: int = 0,
         model = make_head(clf, next(iter(params.values())), seed,
                           calibrated=smallest_class(y[train]), class_weight=choice.class_weight)
         fit_head(model, X[train], y[train], choice.class_weight)
-        proba = _full_proba(model, X[test], int(y.max()) + 1)
+        proba = full_proba(model, X[test], int(y.max()) + 1)
+        temperature = inner_temperature(clf, X[train], y[train], params, seed, choice) \
+            if calibrate else None
     return FoldResult(outer.repeat, outer.fold, np.asarray(test), proba, params, len(train),
-                      search, time.perf_counter() - t0)
+                      search, time.perf_counter() - t0, temperature)
 
 
-def _full_proba(model, X, n_classes: int) -> np.ndarray:
+def full_proba(model, X, n_classes: int) -> np.ndarray:
     """``(n, n_classes)`` probabilities even when a class was absent from the fold's training."""
     proba = predict_proba(model, X)
     classes = np.asarray(model.classes_)
@@ -161,7 +198,7 @@ def _full_proba(model, X, n_classes: int) -> np.ndarray:
 
 
 def cross_validate(clf: str, X, y, splits, seed: int = 0, n_jobs: int | None = None,
-                   choice: Choice = Choice()) -> list:
+                   choice: Choice = Choice(), calibrate: bool = True) -> list:
     """:func:`fit_fold` on every ``(repeat, fold, train, test)`` of ``splits``, in order.
 
     ``X`` is ``(n_images, C)`` (every row of the store), ``y`` ``(n_images,)``.
@@ -169,9 +206,10 @@ def cross_validate(clf: str, X, y, splits, seed: int = 0, n_jobs: int | None = N
     the cores when rows x folds x features pay for starting them).  ``choice``
     (:class:`pipeline.heads.selection.Choice`): its metric chooses the hyperparameter
     inside each fold, its class weights weight every fit, its groups (one name per row,
-    or None) keep each group on one side of the inner folds.
+    or None) keep each group on one side of the inner folds.  ``calibrate``: each fold fits
+    its temperature (a run whose saved model applies none passes False).
     """
     if n_jobs is None:
         n_jobs = fold_jobs(len(splits), len(y) * len(splits) * X.shape[1] >= PARALLEL_MIN_WORK)
-    tasks = [(clf, X, y, OuterFold(*split), seed, choice) for split in splits]
+    tasks = [(clf, X, y, OuterFold(*split), seed, choice, calibrate) for split in splits]
     return run_in_order(fit_fold, tasks, n_jobs)

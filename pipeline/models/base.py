@@ -30,6 +30,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..errors import StoreError
 from ..heads.persist import HEAD_EXT, PICKLE_SUFFIXES, load_head
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,23 @@ class TrainedModel:
         return f"{type(self).__name__}({self.run_id!r}, {len(self.classes)} classes)"
 
     @property
+    def temperature(self) -> float:
+        """The temperature its probabilities are scaled by (fitted on validation
+        predictions when the run was saved: :mod:`pipeline.calibration`); 1.0 for a
+        model saved without one.  :class:`StoreError` for a value no run writes."""
+        import math
+
+        value = self.bundle.get("temperature")
+        if value is None:
+            return 1.0
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value) or value <= 0:
+            where = self.path if self.path is not None else "the saved model"
+            raise StoreError(f"{where} holds temperature {value!r}, not a positive number; it "
+                             "was not written by this tool: train the run again")
+        return float(value)
+
+    @property
     def run_id(self) -> str:
         if self.record is not None:
             return self.record.run_id
@@ -85,11 +103,13 @@ class TrainedModel:
         return {}
 
     def describe(self) -> dict:
-        """``{kind, run_id, method, label, classes, backbone, tap, pooling, head}``: the
-        method and label are the run record's (without one: the head, else the kind)."""
+        """``{kind, run_id, temperature, method, label, classes, backbone, tap, pooling,
+        head}``: the method and label are the run record's (without one: the head, else the
+        kind)."""
         rec = self.record
         parts = {"backbone": "", "tap": "", "pooling": "", "head": "", **self.parts()}
         return {"kind": self.kind, "run_id": self.run_id, "classes": list(self.classes),
+                "temperature": self.temperature,
                 "method": str((rec.method if rec is not None else None) or parts["head"]
                               or self.kind),
                 "label": str((rec.label if rec is not None else None) or ""), **parts}
@@ -110,7 +130,7 @@ class TrainedModel:
         RGB crops -> ``(N, n_classes)`` probabilities."""
         from ..train.deploy import as_classifier
 
-        return as_classifier(self.body())
+        return as_classifier(self.body(), self.temperature)
 
     # ---------------------------------------------------------------- predict and export
 

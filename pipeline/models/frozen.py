@@ -50,11 +50,12 @@ class FrozenHeadModel(SavedHead):
         return loader_rule(get_backbone(self.bundle["store_config"]["backbone"]).preprocessing)
 
     def predict_proba(self, files, batch_size=32, device="auto"):
+        from ..calibration import scale
         from ..heads.selection import predict_proba
 
         feats, errors = self.features(files, batch_size, device)
         ok = len(files) - len(errors)
-        return (predict_proba(self.bundle["model"], feats) if ok else
+        return (scale(predict_proba(self.bundle["model"], feats), self.temperature) if ok else
                 np.zeros((0, len(self.classes)))), errors
 
     def features(self, files, batch_size=32, device="auto"):
@@ -133,4 +134,4 @@ class FrozenHeadModel(SavedHead):
         from .graph import trunk_and_head_graph
 
         trunk, channels = self.trunk()
-        return trunk_and_head_graph(trunk, model, self.crop_rule(), channels)
+        return trunk_and_head_graph(trunk, model, self.crop_rule(), channels, self.temperature)

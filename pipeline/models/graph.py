@@ -53,12 +53,35 @@ def torch_graph(classifier, rule) -> Graph:
                  torch_reference(classifier))
 
 
-def trunk_and_head_graph(trunk, head, rule, n_features: int) -> Graph:
+def trunk_and_head_graph(trunk, head, rule, n_features: int,
+                         temperature: float = 1.0) -> Graph:
     """A torch trunk (``images`` -> ``(N, n_features)`` features) exported, then a fitted
-    scikit-learn ``head`` converted by skl2onnx and joined to it."""
-    return Graph(rule, lambda path: merge_head(torch_to_onnx(trunk, rule.input_size, path,
-                                                             "features"), head, n_features),
-                 trunk_then_head(trunk, head))
+    scikit-learn ``head`` converted by skl2onnx and joined to it, its probabilities
+    scaled by ``temperature`` (:func:`pipeline.calibration.scale`)."""
+    return Graph(rule, lambda path: scale_graph(merge_head(
+        torch_to_onnx(trunk, rule.input_size, path, "features"), head, n_features), temperature),
+        trunk_then_head(trunk, head, temperature))
+
+
+def scale_graph(proto, temperature: float):
+    """``proto`` (``... -> probabilities``) with its probabilities temperature-scaled as
+    :func:`pipeline.calibration.scale` does: softmax(log(clip(p, EPS, 1)) / T)."""
+    if temperature == 1.0:
+        return proto
+    from onnx import helper, numpy_helper
+
+    from ..calibration import EPS
+
+    g = proto.graph
+    for node in g.node:
+        node.output[:] = ["unscaled" if o == "probabilities" else o for o in node.output]
+    g.initializer.extend([numpy_helper.from_array(np.array(v, np.float32), name) for v, name in
+                          ((EPS, "t/eps"), (1.0, "t/one"), (1.0 / temperature, "t/inv"))])
+    g.node.extend([helper.make_node("Clip", ["unscaled", "t/eps", "t/one"], ["t/clipped"]),
+                   helper.make_node("Log", ["t/clipped"], ["t/log"]),
+                   helper.make_node("Mul", ["t/log", "t/inv"], ["t/scaled"]),
+                   helper.make_node("Softmax", ["t/scaled"], ["probabilities"], axis=1)])
+    return proto
 
 
 def write_graph(graph: Graph, description: dict, path, probe_images: int = 4):
@@ -99,6 +122,7 @@ def metadata(description: dict, rule) -> dict:
         "backbone": d["backbone"],
         "tap": d["tap"],
         "pooling": d["pooling"],
+        "temperature": repr(float(d.get("temperature", 1.0))),
         "producer": f"transfer-workbench {version}",
     }
 
@@ -168,15 +192,18 @@ def torch_reference(classifier):
     return run
 
 
-def trunk_then_head(trunk, head):
-    """What ``predict`` computes: the eager trunk's features, then scikit-learn."""
+def trunk_then_head(trunk, head, temperature: float = 1.0):
+    """What ``predict`` computes: the eager trunk's features, then scikit-learn, then the
+    temperature."""
     import torch
 
+    from ..calibration import scale
     from ..heads.selection import predict_proba
 
     def run(images):
         with torch.inference_mode():
-            return predict_proba(head, trunk(torch.from_numpy(images)).numpy())
+            return scale(predict_proba(head, trunk(torch.from_numpy(images)).numpy()),
+                         temperature)
 
     return run
 

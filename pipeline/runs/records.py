@@ -19,7 +19,8 @@ notes, stored}, split_fingerprint, seed, group, setup, hyperparameters, search,
 metrics {val, test} (cv: {oof}), predictions {paths, y_true, y_pred, proba}, cv (cv runs),
 fit_seconds, trainable_params, history, model_file, command, versions,
 machine, protocol, protocol_reason``, the selection fields and the details of a kind
-(``final_model``, ``skipped_images``, ``finetune``, ``augmentation_preview``).
+(``final_model``, ``skipped_images``, ``finetune``, ``augmentation_preview``) and
+``calibration`` (:func:`pipeline.calibration.calibration_block`).
 """
 
 from __future__ import annotations
@@ -83,12 +84,13 @@ LAYOUT = ("schema", "run_id", "created", "kind", "method", "label", "backbone", 
           "machine", "protocol", "split_fingerprint", "cv", "metrics", "predictions", "final_model",
           "skipped_images", "finetune", "protocol_reason", "selection_metric",
           "selection_metric_reason", "class_weight", "class_weight_reason", "class_counts",
-          "augmentation_preview")
+          "augmentation_preview", "calibration")
 #: Keys written only when set (a run of another kind or protocol, or an older version,
 #: has none).
 OPTIONAL = frozenset({"schema", "setup", "cv", "final_model", "skipped_images", "finetune",
                       "selection_metric", "selection_metric_reason", "class_weight",
-                      "class_weight_reason", "class_counts", "augmentation_preview"})
+                      "class_weight_reason", "class_counts", "augmentation_preview",
+                      "calibration"})
 
 
 @dataclass(kw_only=True, eq=False)
@@ -152,6 +154,7 @@ class RunRecord(Mapping):
     class_weight_reason: str | None = None
     class_counts: dict | None = None
     augmentation_preview: dict | None = None
+    calibration: dict | None = None
     extra: dict = field(default_factory=dict)
     file: str | None = None
 
@@ -421,15 +424,18 @@ def _skeleton(run: RunInfo, store) -> dict:
 
 
 def new_record(run: RunInfo, store, val_pred, test_pred, test_proba=None,
-               protocol: Holdout | None = None) -> RunRecord:
+               protocol: Holdout | None = None, val_proba=None) -> RunRecord:
     """A complete holdout run record of ``run`` for its predictions on ``store``'s val and
     test splits (the classes are the store's).
 
     ``val_pred`` / ``test_pred`` are ``(n_val,)`` / ``(n_test,)`` predicted
     labels in store order; ``test_proba`` is ``(n_test, n_classes)`` or None.
     ``protocol``: the resolved :class:`~pipeline.runs.protocol.Holdout` (its ``why`` is
-    recorded).
+    recorded).  ``val_proba`` ``(n_val, n_classes)``, validation probabilities of a model
+    that did not train on them: the temperature the saved model applies is fitted there
+    (:func:`pipeline.calibration.holdout_calibration`).
     """
+    from ..calibration import holdout_calibration
     from .metrics import evaluate  # scikit-learn: not imported by readers of records
 
     classes = store.classes
@@ -449,6 +455,7 @@ def new_record(run: RunInfo, store, val_pred, test_pred, test_proba=None,
                       if test_proba is not None else None),
         })
     record.update(run.extra or {})
+    set_calibration(record, holdout_calibration(y_val, val_proba, y_test, test_proba))
     return record
 
 
@@ -458,6 +465,7 @@ def new_cv_record(run: RunInfo, store, folds: list,
     ``store``'s repeated K-fold (see :func:`pipeline.runs.protocol.cv_result`): per-fold
     scores and parameters, the corrected interval, out-of-fold predictions of every
     image.  ``protocol``: the resolved :class:`~pipeline.runs.protocol.CrossValidation`."""
+    from ..calibration import cv_calibration
     from .protocol import cv_result, folds_fingerprint
 
     result = cv_result(folds, store.labels, store.classes, store.folds.shape[1])
@@ -468,7 +476,18 @@ def new_cv_record(run: RunInfo, store, folds: list,
         predictions={"paths": [store.paths[i] for i in result["rows"]],
                      **result["predictions"]})
     record.update(run.extra or {})
+    set_calibration(record, cv_calibration(folds, store.labels))
     return record
+
+
+def set_calibration(record: RunRecord, block: dict | None) -> None:
+    """Keep ``block`` (:func:`pipeline.calibration.calibration_block`) as the record's
+    ``calibration`` and its scored metrics' ``ece`` (before) and ``ece_scaled`` (after
+    temperature scaling); nothing when None."""
+    if block is None:
+        return
+    record.calibration = block
+    record.scored_metrics.update(ece=block["ece"], ece_scaled=block["ece_scaled"])
 
 
 def save_record(record: RunRecord, runs_dir=DEFAULT_RUNS_DIR) -> Path:

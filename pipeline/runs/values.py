@@ -344,6 +344,31 @@ def _store(found: Problems, data: Mapping) -> None:
     preview = data.get("augmentation_preview")
     if found.kind("augmentation_preview", preview, dict) and preview:
         found.text("augmentation_preview.file", preview.get("file"))
+    _calibration(found, data.get("calibration"))
+
+
+def _calibration(found: Problems, block) -> None:
+    """The calibration block (:func:`pipeline.calibration.calibration_block`): its
+    temperature, errors and reliability bins, as the report draws them."""
+    if not found.kind("calibration", block, dict) or not block:
+        return
+    found.number("calibration.temperature", block.get("temperature"), low=1e-6, high=1e6)
+    for key in ("ece", "ece_scaled"):
+        found.number(f"calibration.{key}", block.get(key), none=True)
+    for key in ("nll", "nll_scaled"):
+        found.number(f"calibration.{key}", block.get(key), high=math.inf, none=True)
+    bins = block.get("reliability") or {}
+    if found.kind("calibration.reliability", bins, dict):
+        for side in ("before", "after"):
+            rows = bins.get(side) or []
+            if not found.kind(f"calibration.reliability.{side}", rows, list):
+                continue
+            for i, row in enumerate(rows):
+                where = f"calibration.reliability.{side}[{i}]"
+                if found.kind(where, row, dict, none=False):
+                    for key in ("confidence", "accuracy"):
+                        found.number(f"{where}.{key}", row.get(key))
+                    found.count(f"{where}.n", row.get("n"))
 
 
 def _split(found: Problems, split: Mapping) -> None:

@@ -366,7 +366,8 @@ def _cv_pixels(X, y, store, seed, params) -> BaselineFit:
     from ..heads.selection import Choice, fit_head, make_head
 
     choice = Choice(params["metric"], params["class_weight"], store.row_groups)
-    folds = cross_validate("logreg", X, y, store.cv_splits(), seed=seed, choice=choice)
+    folds = cross_validate("logreg", X, y, store.cv_splits(), seed=seed, choice=choice,
+                           calibrate=False)   # the saved baseline applies no temperature
     with threadpool_limits(1):
         chosen, search = choose_param("logreg", X, y, seed, choice=choice)
         model = fit_head(make_head("logreg", chosen["C"], seed,

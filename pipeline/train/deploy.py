@@ -36,14 +36,19 @@ HEAD_TOLERANCE = 1e-5
 
 class Classifier(nn.Module):
     """``forward(images)``: ``(N, S, S, 3)`` uint8 RGB -> ``(N, n_classes)`` probabilities,
-    the softmax of ``body``'s logits (``body`` takes ``(N, 3, S, S)`` uint8)."""
+    the softmax of ``body``'s logits (``body`` takes ``(N, 3, S, S)`` uint8) divided by the
+    run's ``temperature`` (:mod:`pipeline.calibration`; 1: none)."""
 
-    def __init__(self, body: nn.Module):
+    def __init__(self, body: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.body = body
+        self.temperature = float(temperature)
 
     def forward(self, images):
-        return torch.softmax(self.body(images.permute(0, 3, 1, 2)), dim=1)
+        logits = self.body(images.permute(0, 3, 1, 2))
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        return torch.softmax(logits, dim=1)
 
 
 class Normalise(nn.Module):
@@ -205,12 +210,12 @@ def transform_rule(pre, pre_shrink: bool) -> CropRule:
                     "torchvision", short if pre_shrink else None, short)
 
 
-def as_classifier(body: nn.Module) -> Classifier:
+def as_classifier(body: nn.Module, temperature: float = 1.0) -> Classifier:
     """``body`` (uint8 ``(N, 3, S, S)`` -> logits) as a :class:`Classifier` in eval mode,
-    its parameters frozen."""
+    its parameters frozen, its logits divided by ``temperature``."""
     for p in body.parameters():
         p.requires_grad_(False)
-    return Classifier(body).eval()
+    return Classifier(body, temperature).eval()
 
 
 class Features(nn.Module):

@@ -528,7 +528,9 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
 def _train_folds(cfg, plan, store, fresh_top, views) -> tuple[list, list, list]:
     """``(fold results, best epochs, histories)``: a fresh top per outer fold of the store's
     cv, trained on its training rows with the epoch chosen on an inner validation split
-    (group-aware when the split has groups), scored on its test rows."""
+    (group-aware when the split has groups), scored on its test rows; its temperature is
+    fitted on that inner validation split's predictions."""
+    from ..calibration import fit_temperature
     from ..data.partition import inner_split
     from ..heads.crossval import FoldResult
     from .loop import evaluate_model
@@ -541,10 +543,12 @@ def _train_folds(cfg, plan, store, fresh_top, views) -> tuple[list, list, list]:
         res = _train_top(cfg, plan, top, model_stages, views(tr, True), views(va, False),
                          checkpoints=False)
         _, acc, proba = evaluate_model(top, views(test_rows, False))
+        _, _, val_proba = evaluate_model(top, views(va, False))
         epochs.append(res.best_epoch)
         histories.append(res.history)
         folds.append(FoldResult(r, k, test_rows, proba, {"best_epoch": res.best_epoch},
-                                len(train_rows), seconds=res.seconds))
+                                len(train_rows), seconds=res.seconds,
+                                temperature=fit_temperature(val_proba, y[va])))
         log.info("fine-tune fold %d of repeat %d: accuracy %.3f (best epoch %d)", k + 1, r + 1,
                  acc, res.best_epoch)
     return folds, epochs, histories

@@ -48,7 +48,8 @@ def finetune_record(result: FinetuneResult, protocol: Protocol) -> RunRecord:
                   extra={"finetune": _details(result, protocol)})
     record = protocol.pick(
         holdout=lambda: new_record(run, result.store, result.val_proba.argmax(1),
-                                   result.test_proba.argmax(1), result.test_proba, protocol),
+                                   result.test_proba.argmax(1), result.test_proba, protocol,
+                                   result.val_proba),
         cv=lambda: new_cv_record(run, result.store, result.folds, protocol))()
     record.backbone, record.weights = cfg.backbone, result.weights_id
     if result.selection is not None:
@@ -109,11 +110,14 @@ PREVIEW_IMAGES, PREVIEW_DRAWS = 3, 6
 
 def save_finetune(record: RunRecord, result: FinetuneResult, runs_dir) -> Path:
     """Save ``record``, its augmentation preview (``<run_id>.augment.jpg``) and the
-    trained network (``<run_id>.pt``) under ``runs_dir``."""
+    trained network (``<run_id>.pt``, with the temperature of ``record.calibration``) under
+    ``runs_dir``."""
     import torch
 
     write_augmentation_preview(record, result, runs_dir)
-    return save_run(record, runs_dir, "pt", lambda file: torch.save(result.model_bundle(), file))
+    bundle = {**result.model_bundle(),
+              "temperature": (record.calibration or {}).get("temperature", 1.0)}
+    return save_run(record, runs_dir, "pt", lambda file: torch.save(bundle, file))
 
 
 def run_finetune_seeds(cfg: FinetuneConfig, seeds: int = 1, runs_dir=DEFAULT_RUNS_DIR,

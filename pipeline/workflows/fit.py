@@ -94,6 +94,7 @@ def run_fit(cfg: FitConfig, runs_dir=DEFAULT_RUNS_DIR) -> list[tuple[RunRecord, 
         record, model = fit_tap(store, tap, clf, seed, selection, protocol)
         record.update(selection.record_fields())
         bundle = {"model": model, "classes": store.classes, "tap": tap,
+                  "temperature": (record.calibration or {}).get("temperature", 1.0),
                   "store_config": store.config,
                   "weights_source": store.attrs.get("weights_source"),
                   "features_fingerprint": store.fingerprint}
@@ -142,6 +143,7 @@ def _holdout_line(record: RunRecord, metric: str, score) -> str:
 
 def _fit_holdout(store, tap: str, clf: str, seed: int, selection, protocol):
     choice = Choice(selection.metric, selection.class_weight)
+    val_proba = None   # the streaming head fits no temperature
     if get_head(clf).streaming:  # reads the store block by block, never a whole tap
         from ..heads.streaming import stream_select_and_fit
 
@@ -153,14 +155,30 @@ def _fit_holdout(store, tap: str, clf: str, seed: int, selection, protocol):
         res = select_and_fit(clf, X_tr, y_tr, X_va, y_va, seed=seed, choice=choice)
         proba = predict_proba(res.model, X_te)
         test_pred = res.model.predict(X_te)
+        val_proba = _validation_proba(clf, X_tr, y_tr, X_va, res, seed, proba.shape[1])
     run = RunInfo(kind="frozen", method=clf,
                   label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
                   setup=_setup(clf, tap, selection),
                   hyperparameters={**res.params, "class_weight": res.class_weight},
                   search=res.search, fit_seconds=res.fit_seconds, layer=tap, seed=seed,
                   trainable_params=_n_params(res.model))
-    record = new_record(run, store, res.val_pred, test_pred, proba, protocol)
+    record = new_record(run, store, res.val_pred, test_pred, proba, protocol, val_proba)
     return record, res.model
+
+
+def _validation_proba(clf: str, X_tr, y_tr, X_va, res, seed: int, n_classes: int):
+    """``(n_val, n_classes)``: the validation probabilities of the chosen head trained on the
+    training split alone (what the saved model's temperature is fitted on)."""
+    from threadpoolctl import threadpool_limits
+
+    from ..heads.crossval import full_proba
+    from ..heads.selection import fit_head, make_head, smallest_class
+
+    with threadpool_limits(1):
+        model = fit_head(make_head(clf, next(iter(res.params.values())), seed,
+                                   calibrated=smallest_class(y_tr),
+                                   class_weight=res.class_weight), X_tr, y_tr, res.class_weight)
+        return full_proba(model, X_va, n_classes)
 
 
 def _fit_cv(store, tap: str, clf: str, seed: int, selection, protocol):
