@@ -17,8 +17,8 @@ and ``workflows`` join the stages; imports point one way, down that list.
 
 __version__ = "0.1.0"
 
-__all__ = ["Run", "baseline", "export", "extract", "finetune", "fit", "open_store", "predict",
-           "report"]
+__all__ = ["Run", "audit", "baseline", "export", "extract", "finetune", "fit", "open_store",
+           "predict", "report"]
 
 
 def __getattr__(name):

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .configs import BaselineConfig, ExtractConfig, FinetuneConfig, FitConfig
+from .configs import AuditConfig, BaselineConfig, ExtractConfig, FinetuneConfig, FitConfig
 from .runs.records import DEFAULT_RUNS_DIR, RunRecord
 
 
@@ -157,6 +157,24 @@ def fit(store, layer: str = FitConfig.layer, clf: str = FitConfig.clf, *,
     for record, path in run_fit(cfg, runs_dir):
         runs.append(Run(record, path, load_head(record.model_file)["model"]))
     return runs if layer == "all" else runs[0]
+
+
+def audit(store, layer: str | None = AuditConfig.layer, clf: str | None = AuditConfig.clf, *,
+          out: str | None = AuditConfig.out, top: int | None = AuditConfig.top,
+          overwrite: bool = AuditConfig.overwrite, runs_dir=DEFAULT_RUNS_DIR,
+          seed: int = AuditConfig.seed):
+    """Which given labels of ``store`` (a store or its path) look wrong: a
+    :class:`pipeline.workflows.audit.AuditResult` whose ``rows`` are the suspects, most
+    suspect first (path, given and suggested label, score, flagged), also written to
+    ``out`` as CSV (None: not written).  The head: ``clf`` on ``layer``, by default the
+    best frozen run's of this store in ``runs_dir``; cross-validated on the store's folds,
+    so every image is judged by a head that never saw it (cleanlab's confident learning).
+    ``top``: that many rows instead of the flagged images."""
+    from .workflows.audit import run_audit
+
+    cfg = AuditConfig(features=_store_path(store), layer=layer, clf=clf, out=out, top=top,
+                      overwrite=overwrite, seed=seed)
+    return run_audit(cfg, runs_dir)
 
 
 def baseline(store, kind: str = BaselineConfig.kind, *, runs_dir=DEFAULT_RUNS_DIR,

@@ -244,6 +244,31 @@ class FitConfig(Checked):
 
 
 @dataclass
+class AuditConfig(Checked):
+    """Which given labels look wrong (``audit``): confident learning (cleanlab) on the
+    out-of-fold probabilities of a frozen head cross-validated on the store's folds."""
+
+    features: str | None = features_field()
+    layer: str | None = option(None, "Tap of the audited head (default: the tap of this "
+                                     "store's best frozen run in --runs, by its validation or "
+                                     "cross-validated score; else the deepest stored tap).",
+                               choices=TAP_ORDER)
+    clf: str | None = option(None, "The audited head (default: the best frozen run's, else "
+                                   "logreg).", choices_from="heads")
+    out: str = option("suspects.csv", "The CSV of suspects: rank, path, given label, "
+                                      "suggested label, score (label quality: low is "
+                                      "suspect), flagged.", path=True)
+    top: int | None = option(None, "Rows in the CSV, most suspect first (default: the images "
+                                   "confident learning flags as label errors).", min=1)
+    overwrite: bool = option(False, "Replace an existing --out file.")
+    seed: int = seed_field()
+    split_seed: int | None = split_seed_field()
+    groups: str | None = groups_field()
+    metric: str = metric_field()
+    class_weight: str = class_weight_field()
+
+
+@dataclass
 class BaselineConfig(Checked):
     """A baseline without pretrained features on a store's split (``baseline``)."""
 

@@ -183,6 +183,7 @@ def default_sources() -> dict:
     the same options (every command is here: a new one must say where its defaults live)."""
     from pipeline import api, configs
     from pipeline.extraction.shards import launch_extract
+    from pipeline.workflows.audit import run_audit
     from pipeline.workflows.baseline import run_baseline
     from pipeline.workflows.demo import run_demo
     from pipeline.workflows.explore import run_explore
@@ -206,6 +207,7 @@ def default_sources() -> dict:
         "predict": [api.predict, run_predict],
         "export": [api.export, run_export],
         "report": [api.report, build_report],
+        "audit": [configs.AuditConfig, api.audit, run_audit],
         "backbones": [],
         "bench": [],
     }

@@ -19,6 +19,7 @@ import sys
 import click
 
 from . import (
+    audit,
     backbones,
     baseline,
     bench,
@@ -53,7 +54,7 @@ def cli(verbose, quiet):
 #: Every command, one module each.
 COMMANDS = (backbones.backbones, extract.extract, fit.fit, baseline.baseline,
             predict.predict, export.export, report.report, hierarchy.hierarchy, demo.demo,
-            finetune.finetune, ladder.ladder, explore.explore, bench.bench)
+            finetune.finetune, ladder.ladder, explore.explore, bench.bench, audit.audit)
 for _command in COMMANDS:
     cli.add_command(_command)
 

@@ -40,6 +40,7 @@ from .sections import (
     provenance_section,
     verdict_section,
 )
+from .trust import audit_section, calibration_section
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
         "explore": explore_section(analysis.get("explore")),
         "confusion": confusion_section(best),
         "mistakes": mistakes_section(best),
+        "audit": audit_section(groups),
+        "calibration": calibration_section(groups),
         "leakage": leakage_section(analysis.get("leakage"), best),
         "feature_map": feature_map_section(analysis["feature_map"]),
         "hierarchy": hierarchy_section(analysis.get("hierarchy")),

@@ -250,3 +250,31 @@ def feature_map_plot(panels: list, classes) -> str:
             axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8,
                             frameon=False, markerscale=1.8)
         return to_data_uri(fig)
+
+
+def reliability_plot(before: list, after: list, temperature: float) -> str:
+    """The reliability diagram: each confidence bin's accuracy against its mean confidence,
+    before and after temperature scaling (``before``/``after``: ``[{confidence,
+    accuracy, n}]``, :func:`pipeline.calibration.reliability`); the diagonal is a
+    perfectly calibrated model, a marker's area its images."""
+    import matplotlib
+
+    with matplotlib.rc_context(SVG_RC):
+        fig = _figure(3.6, 3.2)
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="calibrated")
+        for bins, name, colour in ((before, "as fitted", "#d62728"),
+                                   (after, f"scaled (T = {temperature:.2f})", "#1f77b4")):
+            if not bins:
+                continue
+            conf = [b["confidence"] for b in bins]
+            acc = [b["accuracy"] for b in bins]
+            n = np.array([b["n"] for b in bins], dtype=float)
+            ax.plot(conf, acc, color=colour, lw=1.2, label=name)
+            ax.scatter(conf, acc, s=12 + 60 * n / n.max(), color=colour, alpha=0.7)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence (top probability)")
+        ax.set_ylabel("accuracy")
+        ax.legend(loc="upper left", fontsize=8, frameon=False)
+        return to_data_uri(fig)
