@@ -6,9 +6,12 @@ evaluation its test rows (used for nothing but the scores).  Each seed starts
 from 5 labelled images per class drawn at random from the pool, then runs 5
 rounds, each adding 20 images chosen by one strategy:
 
-- ``margin+kcenter``: what ``predict --rank margin`` does (greedy k-center on
-  the L2-normalised tap vectors among the 10 x 20 least-margin images, away from
-  the labelled ones: :func:`pipeline.heads.ranking.rank_for_labelling`);
+- ``margin+kmeans``: what ``predict --rank margin`` does (k-means of the
+  L2-normalised tap vectors of the 10 x 20 least-margin images into 20
+  clusters, the image nearest each centre:
+  :func:`pipeline.heads.ranking.rank_for_labelling`);
+- ``margin+kcenter``: ``--diversity kcenter`` (greedy k-center among the same
+  candidates, away from the labelled images);
 - ``margin``: the 20 least-margin images (``--diversity none``);
 - ``kcenter``: k-center alone on the whole unlabelled pool (the core-set pick);
 - ``random``: 20 images drawn uniformly from the unlabelled pool.
@@ -20,6 +23,7 @@ scored on test: accuracy and balanced accuracy.  Prints one table per metric,
 rounds x strategies, mean ± sd over the seeds, and the time.
 
     python benchmarks/bench_labelling.py [--store STORE.h5] [--tap layer4] [--seeds 3]
+                                         [--first-seed 0]
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from pipeline.heads.ranking import kcenter_greedy, rank_for_labelling  # noqa: E
 from pipeline.heads.selection import fit_head, make_head, predict_proba  # noqa: E402
 from pipeline.store.hdf5 import open_store  # noqa: E402
 
-STRATEGIES = ("margin+kcenter", "margin", "kcenter", "random")
+STRATEGIES = ("margin+kmeans", "margin+kcenter", "margin", "kcenter", "random")
 C_GRID = tuple(10.0 ** e for e in np.arange(-3, 0.01, 0.5))
 
 
@@ -65,7 +69,7 @@ def pick(strategy: str, head, X, labelled, unlabelled, k: int, rng):
     if strategy == "kcenter":
         return unlabelled[kcenter_greedy(X[unlabelled], k, labelled=X[labelled])]
     proba = predict_proba(head, X[unlabelled])
-    diversity = "kcenter" if strategy == "margin+kcenter" else "none"
+    diversity = strategy.partition("+")[2] or "none"
     ranking = rank_for_labelling(proba, k, "margin", X[unlabelled], X[labelled], diversity)
     return unlabelled[ranking.order]
 
@@ -116,6 +120,7 @@ def main(argv=None):
     ap.add_argument("--store", default="/work/stores/flowers_full.h5")
     ap.add_argument("--tap", default="layer4")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--start", type=int, default=5, help="labelled images per class at first")
     ap.add_argument("--add", type=int, default=20, help="images added per round")
     ap.add_argument("--rounds", type=int, default=5)
@@ -128,9 +133,10 @@ def main(argv=None):
     X_test, y_test = store.xy(args.tap, "test")
     print(f"# {Path(args.store).name}, tap {args.tap}: pool {len(y_pool)} (train + val), "
           f"test {len(y_test)}, {len(store.classes)} classes; start {args.start}/class, "
-          f"+{args.add} x {args.rounds} rounds, seeds 0..{args.seeds - 1}", flush=True)
+          f"+{args.add} x {args.rounds} rounds, "
+          f"seeds {args.first_seed}..{args.first_seed + args.seeds - 1}", flush=True)
     results = {s: [] for s in STRATEGIES}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for s in STRATEGIES:
             results[s].append(loop(X_pool, y_pool, X_test, y_test, s, seed, args))
         print(f"# seed {seed} done, {time.perf_counter() - t0:.0f} s", flush=True)

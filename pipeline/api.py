@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .configs import BaselineConfig, ExtractConfig, FinetuneConfig, FitConfig
+from .options import DEFAULT_DIVERSITY
 from .runs.records import DEFAULT_RUNS_DIR, RunRecord
 
 
@@ -204,7 +205,7 @@ def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None,
 
 def predict(model, images, *, runs_dir=DEFAULT_RUNS_DIR, top_k: int = 3,
             rank: str | None = None, rank_top: int = 20, rank_out=None,
-            diversity: str = "kcenter", **options):
+            diversity: str = DEFAULT_DIVERSITY, **options):
     """Label image files or folders with any run's model: a :class:`Run`, a run id, a
     saved model (``.skops``, ``.pt``) or an exported ``.onnx`` (ONNX Runtime, no torch).
 
@@ -224,7 +225,7 @@ def predict(model, images, *, runs_dir=DEFAULT_RUNS_DIR, top_k: int = 3,
 
 
 def rank_for_labelling(proba, k: int, score: str = "margin", vectors=None, labelled=None,
-                       diversity: str = "kcenter"):
+                       diversity: str = DEFAULT_DIVERSITY):
     """The ``k`` rows of probabilities ``proba`` ``(n, n_classes)`` to label next: a
     :class:`pipeline.heads.ranking.Ranking` (``.order``: row indices, first to label
     first; ``.scores``: ``(n,)`` uncertainty).  ``vectors`` ``(n, d)`` (e.g.

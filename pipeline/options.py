@@ -59,8 +59,11 @@ CLASS_WEIGHTS = ("auto", "none", "balanced")
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
 #: Uncertainty scores ``predict --rank`` orders unlabelled images by (pipeline.heads.ranking).
 UNCERTAINTY_SCORES = ("margin", "entropy", "least-confident")
-#: The diversity step among the most uncertain: greedy k-center, or none (uncertainty alone).
-DIVERSITY_STEPS = ("kcenter", "none")
+#: The diversity step among the most uncertain (pipeline.heads.ranking): k-means clusters,
+#: greedy k-center, or none (uncertainty alone).  ``kmeans`` is the default: on the full
+#: flowers it beat random picks in every round, k-center lost to them (docs/labelling.md).
+DIVERSITY_STEPS = ("kmeans", "kcenter", "none")
+DEFAULT_DIVERSITY = "kmeans"
 #: Split names in the order of their codes in a store (0, 1, 2).
 SPLITS = ("train", "val", "test")
 #: Largest seed: numpy and torch take unsigned 32-bit seeds.

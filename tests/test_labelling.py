@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import assert_clean, make_folder
 
-from pipeline.heads.ranking import kcenter_greedy, rank_for_labelling, uncertainty
+from pipeline.heads.ranking import kcenter_greedy, kmeans_picks, rank_for_labelling, uncertainty
 
 #: Four rows whose order differs by score: (margin, entropy, least-confident) by hand.
 PROBA = np.array([[0.9, 0.05, 0.05],    # sure:          0.15, 0.394, 0.1
@@ -49,7 +49,16 @@ def test_kcenter_picks_one_per_planted_cluster_before_a_second_in_any():
     assert len(set(picks.tolist())) == 8
 
 
-def test_diversity_spreads_the_most_uncertain_and_uncertainty_alone_does_not():
+def test_kmeans_picks_one_per_planted_cluster_most_uncertain_first():
+    x, per = _clusters()
+    weights = np.linspace(0.1, 1.0, len(x))          # cluster 3 the most uncertain
+    picks = kmeans_picks(x, 4, weights)
+    assert sorted((picks // per).tolist()) == [0, 1, 2, 3]
+    assert (picks // per).tolist() == [3, 2, 1, 0]
+
+
+@pytest.mark.parametrize("diversity", ["kmeans", "kcenter"])
+def test_diversity_spreads_the_most_uncertain_and_uncertainty_alone_does_not(diversity):
     x, per = _clusters()
     proba = np.tile([0.98, 0.02], (len(x), 1))
     proba[:per] = [0.5, 0.5]               # cluster 0 is the most uncertain, all of it
@@ -57,7 +66,7 @@ def test_diversity_spreads_the_most_uncertain_and_uncertainty_alone_does_not():
     proba[2 * per:3 * per] = [0.8, 0.2]
     plain = rank_for_labelling(proba, 4, "margin", x, diversity="none")
     assert set((plain.order // per).tolist()) == {0}
-    spread = rank_for_labelling(proba, 4, "margin", x, diversity="kcenter")
+    spread = rank_for_labelling(proba, 4, "margin", x, diversity=diversity)
     assert sorted((spread.order // per).tolist()) == [0, 1, 2, 3]
     assert spread.order[0] // per == 0     # the first pick is the most uncertain
 
@@ -68,7 +77,7 @@ def test_diversity_keeps_away_from_labelled_vectors():
     picks = kcenter_greedy(x, 2, labelled=labelled)
     assert sorted((picks // per).tolist()) == [2, 3]
     proba = np.full((len(x), 2), 0.5)
-    ranked = rank_for_labelling(proba, 2, "margin", x, labelled=labelled)
+    ranked = rank_for_labelling(proba, 2, "margin", x, labelled=labelled, diversity="kcenter")
     assert sorted((ranked.order // per).tolist()) == [2, 3]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..options import DIVERSITY_STEPS, UNCERTAINTY_SCORES
+from ..options import DEFAULT_DIVERSITY, DIVERSITY_STEPS, UNCERTAINTY_SCORES
 from .errors import handle_errors
 from .params import command, device_option, model_option, overwrite_option, runs_option
 
@@ -26,9 +26,9 @@ from .params import command, device_option, model_option, overwrite_option, runs
 @click.option("--rank-out", type=click.Path(), default=None,
               help="Write the --rank list here (CSV: rank, path, label, probability, "
                    "uncertainty).")
-@click.option("--diversity", type=click.Choice(DIVERSITY_STEPS), default="kcenter",
-              show_default=True, help="Spread the --rank list by greedy k-center among the "
-                                      "most uncertain, or none.")
+@click.option("--diversity", type=click.Choice(DIVERSITY_STEPS), default=DEFAULT_DIVERSITY,
+              show_default=True, help="Spread the --rank list among the most uncertain: k-means "
+                                      "clusters, greedy k-center, or none.")
 @handle_errors
 def predict(model_ref, images, out_csv, overwrite, top_k, batch_size, device, runs_dir, rank,
             rank_top, rank_out, diversity):

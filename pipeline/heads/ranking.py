@@ -14,17 +14,29 @@ Uncertainty (:func:`uncertainty`, larger = less sure), from probabilities
 
 Uncertainty alone picks near-duplicates: a batch of 20 from one confused
 corner of the feature space teaches the head little more than one of them.
-The diversity step (``kcenter``) is the greedy k-center (farthest-first) of
-the core-set approach (Sener & Savarese, ICLR 2018), restricted to the
-``pool * k`` most uncertain candidates, the hybrid of "uncertain, then
-spread" that BADGE (Ash et al., ICLR 2020) and margin-cluster hybrids
-(Citovsky et al. 2021) refine.  Distances are Euclidean between
-L2-normalised vectors (the head's input features for a frozen head).  When
-the labelled vectors are given, the first pick is the candidate farthest from
-them and every later one the candidate farthest from them and from the picks
-so far, so a batch also avoids what is already labelled; without them the
-first pick is the most uncertain candidate.  ``diversity="none"`` takes the
-``k`` most uncertain.
+The diversity step spreads the batch among the ``pool * k`` most uncertain
+candidates (``pool`` = 10), on L2-normalised vectors (the head's input
+features for a frozen head):
+
+- ``kmeans`` (the default): k-means of the candidates into ``k`` clusters,
+  weighted by their uncertainty, and in each cluster the candidate nearest
+  its centre, ordered by uncertainty ("diverse mini-batch active learning",
+  Zhdanov 2019; the cluster-then-uncertain hybrids of Citovsky et al. 2021
+  and BADGE, Ash et al., ICLR 2020, are of the same family);
+- ``kcenter``: greedy k-center (farthest-first) of the core-set approach
+  (Sener & Savarese, ICLR 2018).  Given the labelled vectors, the first pick
+  is the candidate farthest from them and every later one the candidate
+  farthest from them and from the picks so far, so a batch also avoids what
+  is already labelled; without them the first pick is the most uncertain;
+- ``none``: the ``k`` most uncertain.
+
+Why k-means by default: on the full flowers (``benchmarks/bench_labelling.py``,
+docs/labelling.md) margin + k-means beat random picks in every round, while
+margin + k-center lost to random after the first: farthest-first picks the
+outliers of the candidates (odd photos), the known weakness of core-set picks
+at small budgets (Hacohen et al., ICML 2022, "Active learning on a budget").
+k-means ignores the labelled vectors: the uncertainty filter already keeps
+away from what the head has learned.
 """
 
 from __future__ import annotations
@@ -34,9 +46,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError, opt
-from ..options import DIVERSITY_STEPS, UNCERTAINTY_SCORES
+from ..options import DEFAULT_DIVERSITY, DIVERSITY_STEPS, UNCERTAINTY_SCORES
 
-__all__ = ["Ranking", "kcenter_greedy", "rank_for_labelling", "uncertainty"]
+__all__ = ["Ranking", "kcenter_greedy", "kmeans_picks", "rank_for_labelling", "uncertainty"]
 
 #: Candidates the diversity step chooses among: this many times ``k`` of the most uncertain.
 DEFAULT_POOL = 10
@@ -98,6 +110,28 @@ def kcenter_greedy(vectors, k: int, labelled=None, first: int = 0) -> np.ndarray
     return np.asarray(picks, dtype=np.int64)
 
 
+def kmeans_picks(vectors, k: int, weights=None, seed: int = 0) -> np.ndarray:
+    """Indices of ``k`` rows of ``vectors`` ``(n, d)``: k-means (L2-normalised rows,
+    weighted by ``weights`` ``(n,)``) into ``k`` clusters, then in each the row nearest
+    its centre; ordered by ``weights``, largest first (Zhdanov 2019)."""
+    from sklearn.cluster import KMeans
+
+    x = _unit(vectors)
+    k = min(int(k), len(x))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
+    km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(x, sample_weight=w + 1e-12)
+    picks = []
+    for c in range(k):
+        members = np.flatnonzero(km.labels_ == c)
+        if len(members):
+            d = ((x[members] - km.cluster_centers_[c]) ** 2).sum(axis=1)
+            picks.append(int(members[np.argmin(d)]))
+    picks = np.asarray(picks, dtype=np.int64)
+    return picks[np.argsort(-w[picks], kind="stable")]
+
+
 @dataclass
 class Ranking:
     """What to label next: ``order`` the row indices, first to label first (``(k,)``);
@@ -106,17 +140,18 @@ class Ranking:
     order: np.ndarray
     scores: np.ndarray
     score: str = "margin"
-    diversity: str = "kcenter"
+    diversity: str = DEFAULT_DIVERSITY
 
 
 def rank_for_labelling(proba, k: int, score: str = "margin", vectors=None, labelled=None,
-                       diversity: str = "kcenter", pool: int = DEFAULT_POOL) -> Ranking:
+                       diversity: str = DEFAULT_DIVERSITY, pool: int = DEFAULT_POOL) -> Ranking:
     """The ``k`` rows of ``proba`` ``(n, n_classes)`` to label next (see the module).
 
-    ``diversity="kcenter"`` picks them by :func:`kcenter_greedy` on ``vectors``
-    ``(n, d)`` among the ``pool * k`` most uncertain rows, away from ``labelled``
-    ``(m, d)`` (same space; None: no labelled rows); ``"none"`` (or no ``vectors``)
-    takes the ``k`` most uncertain.  ``k`` larger than ``n`` ranks all rows.
+    ``diversity="kmeans"`` picks them by :func:`kmeans_picks`, ``"kcenter"`` by
+    :func:`kcenter_greedy` (away from ``labelled`` ``(m, d)``, same space; None: no
+    labelled rows), on ``vectors`` ``(n, d)`` among the ``pool * k`` most uncertain
+    rows; ``"none"`` (or no ``vectors``) takes the ``k`` most uncertain.  ``k`` larger
+    than ``n`` ranks all rows.
     """
     if int(k) < 1:
         raise UsageError(f"{opt('rank_top', k)} must be >= 1", param="rank_top")
@@ -134,5 +169,8 @@ def rank_for_labelling(proba, k: int, score: str = "margin", vectors=None, label
     if len(vectors) != len(scores):
         raise ValueError(f"{len(vectors)} vectors for {len(scores)} probability rows")
     candidates = by_score[:min(len(scores), int(pool) * k)]
-    picks = kcenter_greedy(vectors[candidates], k, labelled)
+    if diversity == "kmeans":
+        picks = kmeans_picks(vectors[candidates], k, scores[candidates])
+    else:
+        picks = kcenter_greedy(vectors[candidates], k, labelled)
     return Ranking(candidates[picks], scores, score, diversity)

@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import StoreError, UsageError, opt
 from ..files import atomic_write
 from ..models import load_model as load_run_model
+from ..options import DEFAULT_DIVERSITY
 from ..runs.records import DEFAULT_RUNS_DIR
 from .ranking import RankRequest
 
@@ -55,7 +56,7 @@ class Prediction:
 def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
                 batch_size: int = 32, device: str = "auto", top_k: int = 3,
                 overwrite: bool = False, rank: str | None = None, rank_top: int = 20,
-                rank_out=None, diversity: str = "kcenter") -> list[Prediction]:
+                rank_out=None, diversity: str = DEFAULT_DIVERSITY) -> list[Prediction]:
     """Label images with a run's model, their input made exactly as in its training.
 
     ``model_ref`` is a run id (or prefix), a run record JSON, a saved model

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import StoreError, UsageError, opt
 from ..files import atomic_write
 from ..heads.ranking import rank_for_labelling
-from ..options import DIVERSITY_STEPS, UNCERTAINTY_SCORES
+from ..options import DEFAULT_DIVERSITY, DIVERSITY_STEPS, UNCERTAINTY_SCORES
 
 __all__ = ["RANK_COLUMNS", "RankRequest"]
 
@@ -42,7 +42,7 @@ class RankRequest:
     score: str
     top: int = 20
     out: str | None = None
-    diversity: str = "kcenter"
+    diversity: str = DEFAULT_DIVERSITY
 
     @classmethod
     def checked(cls, rank, rank_top, rank_out, diversity, overwrite=False):
