@@ -134,3 +134,23 @@ def test_predict_rank_writes_the_list_and_refuses_bad_options(run, toy_run, tmp_
               tmp_path / "other.csv")
     assert res.exit_code == 2 and "pass --rank margin too" in res.output
     assert "Traceback" not in res.output
+
+
+def test_predict_rank_spreads_a_baseline_on_its_probabilities(run, toy_run, tmp_path):
+    """A kind without features of its own (the pixel baseline) ranks on its probabilities."""
+    from pipeline.models import load_model
+
+    _run_id, runs, folder = toy_run
+    res = run("baseline", "--features", tmp_path / "f" / "toy_toy_avg.h5", "--kind", "pixels",
+              "--protocol", "holdout", "--runs", tmp_path / "pixels")
+    assert res.exit_code == 0, res.output
+    record = json.loads(next((tmp_path / "pixels").glob("*.json")).read_text())
+    model = load_model(record["run_id"], tmp_path / "pixels")
+    files = sorted(folder.rglob("*.png"))
+    proba, vectors, space, _errors = model.proba_and_vectors(files)
+    assert space == "probabilities" and np.array_equal(vectors, proba)
+    assert model.labelled_vectors(tmp_path / "pixels") is None
+    res = run("predict", "--model", record["run_id"], folder, "--runs", tmp_path / "pixels",
+              "--rank", "least-confident", "--rank-top", 4)
+    assert res.exit_code == 0, res.output
+    assert "label next (4, least sure by least-confident first)" in res.output
