@@ -96,7 +96,9 @@ def toy_run(run, tmp_path):
     return record["run_id"], tmp_path / "runs", folder
 
 
-def test_predict_rank_writes_the_list_and_refuses_bad_options(run, toy_run, tmp_path):
+def test_predict_rank_writes_the_list_and_refuses_bad_options(run, toy_run, tmp_path, caplog):
+    import logging
+
     import pipeline as wb
     from pipeline.models import load_model
 
@@ -117,6 +119,11 @@ def test_predict_rank_writes_the_list_and_refuses_bad_options(run, toy_run, tmp_
     assert model.labelled_vectors(runs).shape == (24, 3)
     _proba, vectors, space, _errors = model.proba_and_vectors(sorted(folder.rglob("*.png")))
     assert vectors.shape == (24, 3) and space == "layer2 features"
+    with caplog.at_level(logging.INFO, logger="pipeline.workflows.ranking"):
+        res = run("predict", "--model", run_id, folder, "--runs", runs, "--rank", "margin",
+                  "--rank-top", 3, "--diversity", "kcenter")
+    assert res.exit_code == 0, res.output
+    assert "diversity kcenter on layer2 features, away from 24 labelled" in caplog.text
 
     # the API: uncertainty alone lists the most uncertain images, in order
     preds = wb.predict(run_id, folder, runs_dir=runs, rank="entropy", rank_top=3,

@@ -70,9 +70,9 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
 
     ``rank`` (``margin``, ``entropy``, ``least-confident``) also ranks the images to
     label next (:mod:`pipeline.workflows.ranking`): the ``rank_top`` first get their
-    ``rank`` (1 = first), every image its ``uncertainty``; ``diversity`` ``kcenter``
-    spreads them (:mod:`pipeline.heads.ranking`), ``none`` takes the most uncertain;
-    ``rank_out`` writes that list as CSV.
+    ``rank`` (1 = first), every image its ``uncertainty``; ``diversity`` ``kmeans`` or
+    ``kcenter`` spreads them (:mod:`pipeline.heads.ranking`), ``none`` takes the most
+    uncertain; ``rank_out`` writes that list as CSV.
     """
     if top_k < 1:
         raise UsageError(f"{opt('top_k', top_k)} must be >= 1", param="top_k")
@@ -88,7 +88,7 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
     preds = [next(labelled) if why is None else Prediction(str(f), "", float("nan"), [], why)
              for f, why in entries]
     if ranking is not None:
-        ranking.apply(preds, proba, vectors, space, model.labelled_vectors(runs_dir))
+        ranking.apply(preds, proba, vectors, space, lambda: model.labelled_vectors(runs_dir))
     if out_csv:
         Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(out_csv, "w", encoding="utf-8", newline="") as fh:

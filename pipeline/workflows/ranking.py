@@ -7,9 +7,9 @@
 :class:`~pipeline.workflows.predict.Prediction`'s ``uncertainty`` and ``rank``
 and writes the list as CSV.  The diversity step's vectors are what the model
 kind gives (:meth:`pipeline.models.base.TrainedModel.proba_and_vectors`): a
-frozen head's input features at its tap, kept away from its run's store (every
-image already labelled); other kinds, their probabilities, with no labelled
-vectors.
+frozen head's input features at its tap (``kcenter`` keeps away from its run's
+store: every image already labelled); other kinds, their probabilities, with no
+labelled vectors.
 """
 
 from __future__ import annotations
@@ -70,10 +70,13 @@ class RankRequest:
     def apply(self, preds, proba, vectors, space: str, labelled=None):
         """Rank the predictions that have probabilities (``proba`` ``(n_ok, n_classes)``,
         ``vectors`` ``(n_ok, d)`` in ``space``, rows in the order of ``preds`` without an
-        error); ``labelled`` ``(m, d)``: vectors of labelled images (None: none known).
-        Sets ``uncertainty`` and ``rank`` (1 = label first, 0 = not listed) of each; writes
-        :attr:`out`.  Returns the :class:`~pipeline.heads.ranking.Ranking`."""
+        error); ``labelled()`` gives the ``(m, d)`` vectors of labelled images or None
+        (asked only by ``kcenter``, the step that uses them: a frozen head reads its
+        whole store).  Sets ``uncertainty`` and ``rank`` (1 = label first, 0 = not
+        listed) of each; writes :attr:`out`.  Returns the
+        :class:`~pipeline.heads.ranking.Ranking`."""
         ok = [p for p in preds if not p.error]
+        labelled = labelled() if labelled is not None and self.diversity == "kcenter" else None
         if labelled is not None and np.shape(labelled)[1:] != np.shape(vectors)[1:]:
             labelled = None
         ranking = rank_for_labelling(proba, self.top, self.score, vectors, labelled,
