@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .configs import AuditConfig, BaselineConfig, ExtractConfig, FinetuneConfig, FitConfig
+from .options import DEFAULT_DIVERSITY
 from .runs.records import DEFAULT_RUNS_DIR, RunRecord
 
 
@@ -220,18 +221,38 @@ def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None,
     return Run(record, path, result.model)
 
 
-def predict(model, images, *, runs_dir=DEFAULT_RUNS_DIR, top_k: int = 3, **options):
+def predict(model, images, *, runs_dir=DEFAULT_RUNS_DIR, top_k: int = 3,
+            rank: str | None = None, rank_top: int = 20, rank_out=None,
+            diversity: str = DEFAULT_DIVERSITY, **options):
     """Label image files or folders with any run's model: a :class:`Run`, a run id, a
     saved model (``.skops``, ``.pt``) or an exported ``.onnx`` (ONNX Runtime, no torch).
 
-    Returns a list of :class:`pipeline.workflows.predict.Prediction`.
+    Returns a list of :class:`pipeline.workflows.predict.Prediction`.  ``rank``
+    (``margin``, ``entropy``, ``least-confident``) also ranks what to label next: the
+    ``rank_top`` first get ``rank`` 1, 2, ... (``diversity``: ``kcenter`` or ``none``;
+    ``rank_out`` writes the list as CSV), as ``predict --rank``
+    (:func:`rank_for_labelling` on arrays).
     """
     from .workflows.predict import run_predict
 
     ref = model.record.model_file if isinstance(model, Run) else str(model)
     return run_predict(ref, [str(i) for i in ([images] if isinstance(images, (str, Path))
                                               else images)],
-                       runs_dir, top_k=top_k, **options)
+                       runs_dir, top_k=top_k, rank=rank, rank_top=rank_top, rank_out=rank_out,
+                       diversity=diversity, **options)
+
+
+def rank_for_labelling(proba, k: int, score: str = "margin", vectors=None, labelled=None,
+                       diversity: str = DEFAULT_DIVERSITY):
+    """The ``k`` rows of probabilities ``proba`` ``(n, n_classes)`` to label next: a
+    :class:`pipeline.heads.ranking.Ranking` (``.order``: row indices, first to label
+    first; ``.scores``: ``(n,)`` uncertainty).  ``vectors`` ``(n, d)`` (e.g.
+    ``store.X("layer4")`` rows) spread the batch by greedy k-center among the most
+    uncertain, away from ``labelled`` ``(m, d)``; ``diversity="none"`` takes the most
+    uncertain."""
+    from .heads.ranking import rank_for_labelling as _rank
+
+    return _rank(proba, k, score, vectors, labelled, diversity)
 
 
 def export(model, out="model.onnx", *, runs_dir=DEFAULT_RUNS_DIR, overwrite: bool = False):

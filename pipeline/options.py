@@ -57,6 +57,13 @@ SELECTION_METRICS = ("auto", "accuracy", "balanced_accuracy", "macro_f1")
 CLASS_WEIGHTS = ("auto", "none", "balanced")
 #: Train/val/test fractions of a split made when the data has none.
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
+#: Uncertainty scores ``predict --rank`` orders unlabelled images by (pipeline.heads.ranking).
+UNCERTAINTY_SCORES = ("margin", "entropy", "least-confident")
+#: The diversity step among the most uncertain (pipeline.heads.ranking): k-means clusters,
+#: greedy k-center, or none (uncertainty alone).  ``kmeans`` is the default: on the full
+#: flowers it beat random picks in every round, k-center lost to them (docs/labelling.md).
+DIVERSITY_STEPS = ("kmeans", "kcenter", "none")
+DEFAULT_DIVERSITY = "kmeans"
 #: Split names in the order of their codes in a store (0, 1, 2).
 SPLITS = ("train", "val", "test")
 #: Largest seed: numpy and torch take unsigned 32-bit seeds.

@@ -152,6 +152,21 @@ class TrainedModel:
                 out.append(classifier(batch).float().cpu().numpy())
         return concat_proba(out, len(self.classes)), errors
 
+    def proba_and_vectors(self, files, batch_size: int = 32, device: str = "auto"):
+        """``(probabilities (n_ok, n_classes), vectors (n_ok, d), space, {file index:
+        reason})``: :meth:`predict_proba` and the vectors ``predict --rank``'s diversity
+        step measures distances in (:mod:`pipeline.heads.ranking`), named by ``space``.
+        By default the probabilities themselves (``"probabilities"``); a kind with
+        features of its own gives those from the same forward pass."""
+        proba, errors = self.predict_proba(files, batch_size, device)
+        return proba, proba, "probabilities", errors
+
+    def labelled_vectors(self, runs_dir=None):
+        """``(m, d)`` vectors, in the space of :meth:`proba_and_vectors`, of the images
+        the model was trained on (the diversity step keeps away from them); None when
+        the kind cannot give them."""
+        return None
+
     def graph(self):
         """What :meth:`export` writes (a :class:`pipeline.models.graph.Graph`); by default
         the :meth:`classifier` exported whole by ``torch.onnx``."""

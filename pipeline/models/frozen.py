@@ -50,13 +50,36 @@ class FrozenHeadModel(SavedHead):
         return loader_rule(get_backbone(self.bundle["store_config"]["backbone"]).preprocessing)
 
     def predict_proba(self, files, batch_size=32, device="auto"):
+        proba, _vectors, _space, errors = self.proba_and_vectors(files, batch_size, device)
+        return proba, errors
+
+    def proba_and_vectors(self, files, batch_size=32, device="auto"):
+        """The head's probabilities (scaled by the run's temperature) and its input: the
+        :meth:`features` at its tap."""
         from ..calibration import scale
         from ..heads.selection import predict_proba
 
         feats, errors = self.features(files, batch_size, device)
         ok = len(files) - len(errors)
-        return (scale(predict_proba(self.bundle["model"], feats), self.temperature) if ok else
-                np.zeros((0, len(self.classes)))), errors
+        proba = (scale(predict_proba(self.bundle["model"], feats), self.temperature) if ok else
+                 np.zeros((0, len(self.classes))))
+        return proba, feats, f"{self.bundle['tap']} features", errors
+
+    def labelled_vectors(self, runs_dir=None):
+        """The run's feature store at the head's tap, every row (all of them are labelled):
+        None when no record names a store that is still there and holds the tap."""
+        from ..errors import WorkbenchError
+        from ..runs.records import store_candidates
+        from ..store.hdf5 import open_store
+
+        for path in store_candidates(self.record, runs_dir) if self.record is not None else ():
+            if path.is_file():
+                try:
+                    return open_store(path).X(self.bundle["tap"])
+                except (WorkbenchError, OSError, KeyError) as exc:
+                    log.warning("the run's store %s gives no %s vectors (%s)", path,
+                                self.bundle["tap"], exc)
+        return None
 
     def features(self, files, batch_size=32, device="auto"):
         """Features of ``files`` at the head's tap, made as the store made them (backbone,

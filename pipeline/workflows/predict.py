@@ -33,7 +33,9 @@ import numpy as np
 from ..errors import StoreError, UsageError, opt
 from ..files import atomic_write
 from ..models import load_model as load_run_model
+from ..options import DEFAULT_DIVERSITY
 from ..runs.records import DEFAULT_RUNS_DIR
+from .ranking import RankRequest
 
 __all__ = ["Prediction", "load_run_model", "run_predict"]
 
@@ -47,11 +49,14 @@ class Prediction:
     probability: float
     top: list        # [(label, probability)] best first
     error: str = ""
+    uncertainty: float = float("nan")   # predict --rank: its score, larger = less sure
+    rank: int = 0                       # predict --rank: 1 = label first, 0 = not listed
 
 
 def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
                 batch_size: int = 32, device: str = "auto", top_k: int = 3,
-                overwrite: bool = False) -> list[Prediction]:
+                overwrite: bool = False, rank: str | None = None, rank_top: int = 20,
+                rank_out=None, diversity: str = DEFAULT_DIVERSITY) -> list[Prediction]:
     """Label images with a run's model, their input made exactly as in its training.
 
     ``model_ref`` is a run id (or prefix), a run record JSON, a saved model
@@ -62,6 +67,12 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
     folder (not an image, a format Pillow cannot decode, not a regular file) and a file
     that does not decode are listed too, with their reason as ``error``.  ``out_csv``
     also writes them as CSV.
+
+    ``rank`` (``margin``, ``entropy``, ``least-confident``) also ranks the images to
+    label next (:mod:`pipeline.workflows.ranking`): the ``rank_top`` first get their
+    ``rank`` (1 = first), every image its ``uncertainty``; ``diversity`` ``kmeans`` or
+    ``kcenter`` spreads them (:mod:`pipeline.heads.ranking`), ``none`` takes the most
+    uncertain; ``rank_out`` writes that list as CSV.
     """
     if top_k < 1:
         raise UsageError(f"{opt('top_k', top_k)} must be >= 1", param="top_k")
@@ -70,10 +81,14 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
     if out_csv and Path(out_csv).exists() and not overwrite:
         raise StoreError(f"{out_csv} exists; pass {opt('overwrite', 'True')} or another "
                          f"{opt('out_csv')}", param="out_csv")
+    ranking = RankRequest.checked(rank, rank_top, rank_out, diversity, overwrite)
     files = [f for f, why in entries if why is None]
-    labelled = _labelled(model, files, batch_size, device, top_k)
+    proba, vectors, space, errors = model.proba_and_vectors(files, batch_size, device)
+    labelled = _labelled(model.classes, files, proba, errors, top_k)
     preds = [next(labelled) if why is None else Prediction(str(f), "", float("nan"), [], why)
              for f, why in entries]
+    if ranking is not None:
+        ranking.apply(preds, proba, vectors, space, lambda: model.labelled_vectors(runs_dir))
     if out_csv:
         Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(out_csv, "w", encoding="utf-8", newline="") as fh:
@@ -85,11 +100,10 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
     return preds
 
 
-def _labelled(model, files: list, batch_size: int, device: str, top_k: int):
-    """A :class:`Prediction` of each of ``files`` in turn: its ``top_k`` classes, or why
-    it could not be decoded."""
-    proba, errors = model.predict_proba(files, batch_size, device)
-    classes = model.classes
+def _labelled(classes: list, files: list, proba, errors: dict, top_k: int):
+    """A :class:`Prediction` of each of ``files`` in turn: its ``top_k`` classes from
+    ``proba`` (one row per file without an entry in ``errors``), or why it could not be
+    decoded."""
     k = 0
     for i, f in enumerate(files):
         if i in errors:
