@@ -18,7 +18,7 @@ and ``workflows`` join the stages; imports point one way, down that list.
 __version__ = "0.1.0"
 
 __all__ = ["Run", "baseline", "export", "extract", "finetune", "fit", "open_store", "predict",
-           "report"]
+           "report", "track"]
 
 
 def __getattr__(name):

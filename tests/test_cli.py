@@ -193,6 +193,7 @@ def default_sources() -> dict:
     from pipeline.workflows.ladder import run_ladder
     from pipeline.workflows.predict import run_predict
     from pipeline.workflows.report import build_report
+    from pipeline.workflows.track import run_track
 
     return {
         "extract": [configs.ExtractConfig, api.extract, launch_extract],
@@ -206,6 +207,7 @@ def default_sources() -> dict:
         "predict": [api.predict, run_predict],
         "export": [api.export, run_export],
         "report": [api.report, build_report],
+        "track": [api.track, run_track],
         "backbones": [],
         "bench": [],
     }
