@@ -2,10 +2,10 @@
 read back with ``mlflow.search_runs``: the same metrics as each record, its params and tags,
 the record, model and report as artifacts; a second ``track`` logs nothing new.
 
-The records are real: a holdout and a cross-validated logistic-regression head (``.skops``
-model files) on toy features of a small image folder.  A baseline's ``.pt`` goes through the
-same lines (a file logged as it is) and is left out for time.  Most of this module's time is
-MLflow's: its import and the schema migrations that make a fresh SQLite store.
+The records are real: a holdout and a cross-validated logistic-regression head (``.skops``)
+and a two-epoch MLP baseline (``.pt``, a per-epoch history) on toy features of a small image
+folder.  Most of this module's time is MLflow's: its import and the schema migrations that
+make a fresh SQLite store.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ REPORT = "<html><body>the comparison report</body></html>"
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """``(runs folder, records)``: two real runs, a file that is no record, and a
+    """``(runs folder, records)``: three real runs, a file that is no record, and a
     ``report.html`` beside the runs folder (what ``report="auto"`` logs)."""
     root = tmp_path_factory.mktemp("track")
     # grey shades whose brightness ranges overlap: scores between 0 and 1, not round
@@ -38,6 +38,7 @@ def study(tmp_path_factory):
     runs = root / "reports" / "runs"
     api.fit(store, layer="layer2", clf="logreg", protocol="holdout", runs_dir=runs)
     api.fit(store, layer="layer1", clf="logreg", protocol="cv", runs_dir=runs)
+    api.baseline(store, "mlp", epochs=2, size=8, protocol="holdout", runs_dir=runs)
     records = load_records(runs)
     (runs / "broken.json").write_text("{ not json", encoding="utf-8")
     (runs.parent / "report.html").write_text(REPORT, encoding="utf-8")
@@ -56,7 +57,7 @@ class Collect(logging.Handler):
 @pytest.fixture(scope="module")
 def tracked(study, tmp_path_factory):
     """The CLI's ``track`` of the study into a fresh SQLite store, twice (MLFLOW_TRACKING_URI
-    says where): ``(warnings of the first, first output, second output, MLflow runs by
+    says where): ``(uri, warnings of the first, first output, second output, MLflow runs by
     record run id)``."""
     from click.testing import CliRunner
 
@@ -82,16 +83,16 @@ def tracked(study, tmp_path_factory):
         frame = mlflow.search_runs(experiment_names=["transfer-workbench"])
     by_id = {row["tags.workbench.run_id"]: row for _, row in frame.iterrows()}
     assert len(by_id) == len(frame)     # one MLflow run per record, none twice
-    return warned.messages, first, second, by_id
+    return uri, warned.messages, first, second, by_id
 
 
 def test_track_logs_every_record_once_with_its_metrics(study, tracked):
     """search_runs reads back one run per record, named by its label, with every number of
     its metric blocks (and the cv summary) equal to the record's own value."""
     _, records = study
-    warned, first, second, by_id = tracked
+    _, warned, first, second, by_id = tracked
     assert first.exit_code == 0, first.output
-    assert "2 run(s) logged, 0 already there" in first.output
+    assert "3 run(s) logged, 0 already there" in first.output
     assert any("broken.json" in m and "skipping it" in m for m in warned), warned
     assert sorted(by_id) == sorted(r.run_id for r in records)
     for record in records:
@@ -102,7 +103,6 @@ def test_track_logs_every_record_once_with_its_metrics(study, tracked):
                    for name, value in values.items() if isinstance(value, (int, float))}
         assert {"accuracy", "balanced_accuracy", "macro_f1"} <= \
             set(record.metrics[record.protocol.scored])
-        assert 0 < record.scored_metrics["macro_f1"] < 1      # a value rounding would change
         for name, value in numbers.items():
             assert row[f"metrics.{name}"] == value, (record.run_id, name)
         cls = record.classes[0]
@@ -114,6 +114,7 @@ def test_track_logs_every_record_once_with_its_metrics(study, tracked):
     assert by_id[cv.run_id]["metrics.cv_mean"] == cv.cv["mean"]
     assert [by_id[cv.run_id]["metrics.cv_ci_low"], by_id[cv.run_id]["metrics.cv_ci_high"]] \
         == cv.cv["ci"]
+    assert 0 < holdout.metrics["val"]["accuracy"] < 1      # a value rounding would change
     assert by_id[holdout.run_id]["metrics.test_accuracy"] == holdout.metrics["test"]["accuracy"]
     assert by_id[holdout.run_id]["metrics.val_accuracy"] == holdout.metrics["val"]["accuracy"]
 
@@ -122,7 +123,7 @@ def test_track_logs_tags_params_and_artifacts(study, tracked):
     """Tags say what each run is; params are its setup and hyperparameters; the record JSON,
     the model file and the report beside the runs folder are its artifacts, byte for byte."""
     _, records = study
-    _, _, _, by_id = tracked
+    *_, by_id = tracked
     for record in records:
         row = by_id[record.run_id]
         assert row["tags.workbench.kind"] == record.kind
@@ -142,14 +143,29 @@ def test_track_logs_tags_params_and_artifacts(study, tracked):
     assert by_id[frozen.run_id]["tags.workbench.tap"] == frozen.layer
     assert by_id[frozen.run_id]["tags.workbench.backbone"] == "toy"
     assert float(by_id[frozen.run_id]["params.hp.C"]) == frozen.hyperparameters["C"]
-    assert len(records) == 2 and all(Path(r.model_file).is_file() for r in records)
+    assert sorted(Path(r.model_file).suffix for r in records) == [".pt", ".skops", ".skops"]
+
+
+def test_track_logs_the_training_history_by_epoch(study, tracked):
+    """The MLP's per-epoch history: one MLflow metric series per number, a step per epoch,
+    the record's values."""
+    import mlflow
+
+    _, records = study
+    uri, *_, by_id = tracked
+    mlp = next(r for r in records if r.method == "mlp")
+    assert [h["epoch"] for h in mlp.history] == [1, 2]
+    series = mlflow.MlflowClient(uri).get_metric_history(by_id[mlp.run_id]["run_id"],
+                                                        "history.val_loss")
+    assert [(m.step, m.value) for m in series] == [(h["epoch"], h["val_loss"])
+                                                   for h in mlp.history]
 
 
 def test_track_again_logs_nothing_new(tracked):
-    _, _, second, by_id = tracked
+    *_, second, by_id = tracked
     assert second.exit_code == 0, second.output
-    assert "0 run(s) logged, 2 already there" in second.output
-    assert len(by_id) == 2
+    assert "0 run(s) logged, 3 already there" in second.output
+    assert len(by_id) == 3
 
 
 def test_track_bad_options_are_one_line(study, tmp_path, run):

@@ -18,7 +18,8 @@ MLflow's own client (:class:`mlflow.MlflowClient`, no global state changed):
   per class as ``<block>_per_class.<class>.<stat>``, the cross-validation summary as
   ``cv_mean``, ``cv_sd``, ``cv_ci_low``, ``cv_ci_high``, ``cv_n_folds``,
   ``cv_n_repeats``, and ``fit_seconds``, ``trainable_params``; the values exactly as
-  the record holds them;
+  the record holds them; the per-epoch history as series ``history.<key>`` by epoch
+  (:func:`history_metrics`);
 * artifacts: ``record/<run_id>.json``, ``model/<run_id>.skops|.pt`` (the run's model
   file as it is: loading it stays the workbench's own safe loaders', skops with the
   trusted types and ``torch.load(weights_only=True)``; no MLflow flavour pickles
@@ -143,6 +144,19 @@ def record_metrics(record: RunRecord) -> dict:
     return out
 
 
+def history_metrics(record: RunRecord) -> list:
+    """``[(name, value, epoch)]``: the per-epoch training history (MLP, CNN, fine-tuning) as
+    MLflow metric series, ``history.<key>`` at step ``epoch`` (``history.val_loss``,
+    ``history.lr.<group>``); flags and text left out."""
+    out = []
+    for entry in record.history:
+        if isinstance(entry, dict) and _number(entry.get("epoch")):
+            out += [(_key(name), value, int(entry["epoch"]))
+                    for name, value in _flat(entry, "history").items()
+                    if name != "history.epoch" and _number(value)]
+    return out
+
+
 def _flat(values, prefix: str) -> dict:
     """``{prefix.key: value}`` of a (nested) dict, nested keys joined by dots."""
     out = {}
@@ -255,8 +269,9 @@ def log_record(client, experiment_id: str, record: RunRecord, report: Path | Non
     status = "FAILED"
     try:
         now = int(time.time() * 1000)
-        client.log_batch(mlflow_id,
-                         metrics=[Metric(k, v, now, 0) for k, v in record_metrics(record).items()],
+        metrics = [Metric(k, v, now, 0) for k, v in record_metrics(record).items()] \
+            + [Metric(k, v, now, step) for k, v, step in history_metrics(record)]
+        client.log_batch(mlflow_id, metrics=metrics,
                          params=[Param(k, v) for k, v in record_params(record).items()])
         client.log_artifact(mlflow_id, record.file, "record")
         model = model_path(record)
