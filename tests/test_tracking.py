@@ -90,6 +90,8 @@ def test_track_logs_every_record_once_with_its_metrics(study, tracked):
     """search_runs reads back one run per record, named by its label, with every number of
     its metric blocks (and the cv summary) equal to the record's own value."""
     _, records = study
+    import pandas as pd
+
     _, warned, first, second, by_id = tracked
     assert first.exit_code == 0, first.output
     assert "3 run(s) logged, 0 already there" in first.output
@@ -99,6 +101,10 @@ def test_track_logs_every_record_once_with_its_metrics(study, tracked):
         row = by_id[record.run_id]
         assert row["tags.mlflow.runName"] == record.label
         assert row["status"] == "FINISHED"
+        # the run's own times: the record is written once the fit is done
+        assert row["end_time"] == pd.Timestamp(record.created)
+        assert row["start_time"] == pd.Timestamp(record.created) - pd.Timedelta(
+            milliseconds=round(1000 * record.fit_seconds))
         numbers = {f"{block}_{name}": value for block, values in record.metrics.items()
                    for name, value in values.items() if isinstance(value, (int, float))}
         assert {"accuracy", "balanced_accuracy", "macro_f1"} <= \

@@ -220,7 +220,7 @@ def find_report(runs_dir, report) -> Path | None:
 
 
 def _created_ms(record: RunRecord) -> int | None:
-    """When the run was made (its record's ``created``), in ms, for MLflow's start time."""
+    """When the run's record was made (``created``), in ms since the epoch; None without it."""
     try:
         return calendar.timegm(time.strptime(record.created, "%Y-%m-%dT%H:%M:%SZ")) * 1000
     except (TypeError, ValueError):
@@ -262,7 +262,9 @@ def log_record(client, experiment_id: str, record: RunRecord, report: Path | Non
     logs the record again."""
     from mlflow.entities import Metric, Param
 
-    start = _created_ms(record)     # MLflow's times are the run's own: made, then fitted
+    # MLflow's times are the run's own: the record is made once the fit is done
+    end = _created_ms(record)
+    start = end - round(1000 * record.fit_seconds) if end else None
     run = client.create_run(experiment_id, start_time=start, tags=record_tags(record),
                             run_name=record.label or record.run_id)
     mlflow_id = run.info.run_id
@@ -281,9 +283,7 @@ def log_record(client, experiment_id: str, record: RunRecord, report: Path | Non
             client.log_artifact(mlflow_id, str(report), "report")
         status = "FINISHED"
     finally:
-        end = start + round(1000 * record.fit_seconds) if start and status == "FINISHED" \
-            else None
-        client.set_terminated(mlflow_id, status, end_time=end)
+        client.set_terminated(mlflow_id, status, end_time=end if status == "FINISHED" else None)
     return mlflow_id
 
 
