@@ -167,11 +167,15 @@ def test_track_logs_the_training_history_by_epoch(study, tracked):
                                                    for h in mlp.history]
 
 
-def test_track_again_logs_nothing_new(tracked):
-    *_, second, by_id = tracked
+def test_track_again_logs_nothing_new(study, tracked):
+    """A second ``track`` (the CLI's, then the Python API's) finds every record logged."""
+    runs, records = study
+    uri, *_, second, by_id = tracked
     assert second.exit_code == 0, second.output
     assert "0 run(s) logged, 3 already there" in second.output
     assert len(by_id) == 3
+    again = api.track(runs, tracking_uri=uri, report="none")
+    assert again.logged == {} and sorted(again.already) == sorted(r.run_id for r in records)
 
 
 def test_track_bad_options_are_one_line(study, tmp_path, run):
