@@ -18,7 +18,7 @@ and ``workflows`` join the stages; imports point one way, down that list.
 __version__ = "0.1.0"
 
 __all__ = ["Run", "audit", "baseline", "export", "extract", "finetune", "fit", "open_store",
-           "predict", "rank_for_labelling", "report"]
+           "predict", "rank_for_labelling", "report", "track"]
 
 
 def __getattr__(name):

@@ -22,7 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .configs import AuditConfig, BaselineConfig, ExtractConfig, FinetuneConfig, FitConfig
+from .configs import (
+    DEFAULT_EXPERIMENT,
+    AuditConfig,
+    BaselineConfig,
+    ExtractConfig,
+    FinetuneConfig,
+    FitConfig,
+)
 from .options import DEFAULT_DIVERSITY
 from .runs.records import DEFAULT_RUNS_DIR, RunRecord
 
@@ -273,3 +280,19 @@ def report(runs_dir=DEFAULT_RUNS_DIR, out="reports/report.html", *, overwrite: b
     from .workflows.report import build_report
 
     return build_report(runs_dir, out, overwrite=overwrite, metric=metric)
+
+
+def track(runs_dir=DEFAULT_RUNS_DIR, *, tracking_uri: str | None = None,
+          experiment: str = DEFAULT_EXPERIMENT, report: str | None = "auto"):
+    """Log every run record of ``runs_dir`` to MLflow (``pip install
+    'transfer-workbench[mlflow]'``), one MLflow run each, a record already logged to the
+    experiment not twice; returns :class:`pipeline.workflows.track.TrackResult`
+    (``.logged`` ``{run id: MLflow run id}``, ``.already``, ``.tracking_uri``).
+
+    ``tracking_uri``: any MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else
+    ``sqlite:///mlflow.db`` in the current folder); ``report``: an HTML file logged with
+    each new run, ``"auto"`` (``report.html`` beside the runs folder, when there) or
+    ``"none"``.  Names and values: docs/tracking.md."""
+    from .workflows.track import run_track
+
+    return run_track(runs_dir, tracking_uri, experiment, report)

@@ -44,6 +44,9 @@ from .options import (
 #: Where run records go unless told (``--runs``, ``runs_dir``).
 DEFAULT_RUNS_DIR = Path("reports") / "runs"
 
+#: The MLflow experiment ``track`` logs into unless told (``--experiment``, ``experiment``).
+DEFAULT_EXPERIMENT = "transfer-workbench"
+
 #: ``--layer`` takes a tap name or ``all``.
 LAYER_CHOICES = TAP_ORDER + ("all",)
 

@@ -194,6 +194,7 @@ def default_sources() -> dict:
     from pipeline.workflows.ladder import run_ladder
     from pipeline.workflows.predict import run_predict
     from pipeline.workflows.report import build_report
+    from pipeline.workflows.track import run_track
 
     return {
         "extract": [configs.ExtractConfig, api.extract, launch_extract],
@@ -208,6 +209,7 @@ def default_sources() -> dict:
         "export": [api.export, run_export],
         "report": [api.report, build_report],
         "audit": [configs.AuditConfig, api.audit, run_audit],
+        "track": [api.track, run_track],
         "backbones": [],
         "bench": [],
     }

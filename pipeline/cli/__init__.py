@@ -33,6 +33,7 @@ from . import (
     ladder,
     predict,
     report,
+    track,
 )
 from .params import Group
 
@@ -54,7 +55,8 @@ def cli(verbose, quiet):
 #: Every command, one module each.
 COMMANDS = (backbones.backbones, extract.extract, fit.fit, baseline.baseline,
             predict.predict, export.export, report.report, hierarchy.hierarchy, demo.demo,
-            finetune.finetune, ladder.ladder, explore.explore, bench.bench, audit.audit)
+            finetune.finetune, ladder.ladder, explore.explore, bench.bench, audit.audit,
+            track.track)
 for _command in COMMANDS:
     cli.add_command(_command)
 
