@@ -111,6 +111,51 @@ class FrozenHeadModel(SavedHead):
         trunk, channels = self.trunk()
         return FrozenHead(trunk.extractor, linear_head(self.bundle["model"], channels))
 
+    def cam(self, files, target=None, batch_size=16, device="auto"):
+        """The map at the head's tap: exact (Zhou et al.'s CAM, :func:`~.cam.linear_cam`)
+        for a linear head on average-pooled features; Grad-CAM through the pooling for
+        max and GeM.  A non-linear head (RBF-SVM, kNN) and transformer tokens are
+        refused, saying what has a map."""
+        import torch
+
+        from ..options import TOKEN_POOLINGS
+        from .cam import class_maps, grad_cam, linear_cam
+
+        model, tap = self.bundle["model"], self.bundle["tap"]
+        head = head_of_model(model)
+        if head is None or head.export != "linear":
+            linear = linear_heads()
+            raise UsageError(
+                f"a {head_name(model)} head is not linear in the tap's features, so its score "
+                "has no map over the image; a linear head of the same tap has one "
+                f"({program()} fit --clf {linear[0]} --layer {tap}; heads with maps: "
+                f"{', '.join(linear)})", param="model_ref")
+        body = self.cam_body()
+        extractor, pooling = body.extractor, body.extractor.pooling
+        if pooling in TOKEN_POOLINGS:
+            raise UsageError(f"the head reads {pooling!r}-pooled transformer tokens of tap "
+                             f"{tap}; class-activation maps are drawn for CNN taps only",
+                             param="model_ref")
+        size = self.crop_rule().input_size
+        with torch.no_grad():
+            shape = extractor.maps(torch.zeros((1, 3, size, size)))[tap].shape
+        if len(shape) != 4 or shape[2] * shape[3] < 2:
+            raise UsageError(f"tap {tap} is a pooled vector, with no map over the image; a "
+                             "head on an earlier tap has one", param="model_ref")
+        weight = body.linear.weight.detach()
+
+        def exact(x, targets):
+            with torch.no_grad():
+                fmap = extractor.maps(x)[tap].float()
+            return linear_cam(fmap, weight.to(fmap.device), targets)
+
+        if pooling == "avg":
+            return class_maps(self, body, files, target, batch_size, device,
+                              f"CAM at {tap}", exact, shift=True)
+        return class_maps(self, body, files, target, batch_size, device,
+                          f"Grad-CAM at {tap} ({pooling} pooling)",
+                          lambda x, t: grad_cam(body, extractor.stages[-1], x, t), shift=False)
+
     def graph(self):
         """One torch module when the head exports as ``linear``; else the exported trunk
         and the head converted by skl2onnx (refused, with the alternatives, when the head

@@ -1,0 +1,122 @@
+"""Class-activation maps look where the evidence is: a coloured square planted at a random
+place on a noisy grey background, its colour the class.
+
+A logistic-regression head is fitted on real efficientnet_lite0 features (the
+offline ImageNet weights) of tap layer3 (stride 16), as ``fit`` saves it; its
+map's peak, at the crop's resolution, must lie on the square (the square's
+box grown by one tap cell, the stride's blur) for most held-out images.  The
+kinds without a spatial map refuse with a sentence, not a traceback.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import UsageError
+
+# "plain" images have no square: without them "green" could be learnt as "neither red
+# nor blue", evidence that lies on the background
+COLOURS = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (40, 60, 230), "plain": None}
+SIDE = 256          # efficientnet_lite0's crop rule: short side 256, centred 224 crop
+OFFSET = 16         # (256 - 224) / 2: image pixels -> crop pixels
+OBJECT = 44         # side of the planted square, in pixels
+STRIDE = 16         # layer3
+
+
+def planted(root, n_per_class: int, seed: int):
+    """``[(path, class index, (x0, y0, x1, y1) in crop pixels, or None)]``: squares drawn
+    inside the centred crop, anywhere else the same noisy grey."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k, (name, rgb) in enumerate(COLOURS.items()):
+        for i in range(n_per_class):
+            img = rng.normal(128, 18, (SIDE, SIDE, 3)).clip(0, 255).astype(np.uint8)
+            x0, y0 = (int(v) for v in rng.integers(OFFSET, OFFSET + 224 - OBJECT, size=2))
+            box = None
+            if rgb is not None:
+                img[y0:y0 + OBJECT, x0:x0 + OBJECT] = rgb
+                box = (x0 - OFFSET, y0 - OFFSET, x0 - OFFSET + OBJECT, y0 - OFFSET + OBJECT)
+            path = root / f"{name}_{seed}_{i}.png"
+            Image.fromarray(img).save(path)
+            out.append((path, k, box))
+    return out
+
+
+@pytest.fixture(scope="module")
+def frozen_head(tmp_path_factory):
+    """A FrozenHeadModel as ``fit`` saves one: a logistic regression on layer3's average-
+    pooled features of 6 planted images per class."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pipeline.backbones import get_backbone, weights_identity
+    from pipeline.models.frozen import FrozenHeadModel
+
+    root = tmp_path_factory.mktemp("planted")
+    train, test = planted(root, 6, seed=0), planted(root, 4, seed=1)
+    spec = get_backbone("efficientnet_lite0")
+    bundle = {"model": None, "classes": list(COLOURS), "tap": "layer3",
+              "weights_source": "imagenet",
+              "store_config": {"backbone": spec.name, "pooling": "avg", "runtime": "eager",
+                               "precision": "auto",
+                               "weights": weights_identity(spec, "imagenet")}}
+    model = FrozenHeadModel(bundle)
+    X, errors = model.features([p for p, _, _ in train])
+    assert not errors
+    head = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    bundle["model"] = head.fit(X, [k for _, k, _ in train])
+    return model, test
+
+
+def on_object(maps, boxes, grow: int) -> np.ndarray:
+    """Whether each map's argmax lies in its box grown by ``grow`` pixels."""
+    hits = []
+    for m, (x0, y0, x1, y1) in zip(maps, boxes):
+        y, x = np.unravel_index(np.argmax(m), m.shape)
+        hits.append(x0 - grow <= x < x1 + grow and y0 - grow <= y < y1 + grow)
+    return np.array(hits)
+
+
+def test_frozen_linear_cam_peaks_on_the_planted_object(frozen_head):
+    model, test = frozen_head
+    files, labels, boxes = zip(*[t for t in test if t[2] is not None])
+    maps = model.cam(list(files))
+    assert maps.method == "CAM at layer3"
+    assert maps.maps.shape == (len(files), 224, 224) and maps.crops.shape[1:] == (224, 224, 3)
+    assert maps.maps.min() >= 0.0 and maps.maps.max() <= 1.0
+    assert (maps.targets == maps.proba.argmax(axis=1)).all()      # the predicted class
+    assert (maps.targets == np.array(labels)).mean() >= 0.9       # the head learnt colour
+    hits = on_object(maps.maps, boxes, grow=STRIDE)
+    assert hits.mean() >= 0.8, hits
+
+
+def test_overlays_and_targets_by_name(frozen_head):
+    model, test = frozen_head
+    maps = model.cam([test[0][0]], target="blue")
+    assert maps.targets.tolist() == [2]
+    over = maps.overlays()
+    assert over.shape == (1, 224, 224, 3) and over.dtype == np.uint8
+    assert not np.array_equal(over[0], maps.crops[0])
+    with pytest.raises(UsageError, match="not a class of this model"):
+        model.cam([test[0][0]], target="purple")
+
+
+def test_kinds_without_a_map_say_why(frozen_head, tmp_path):
+    """An RBF-SVM head and the pixel baseline refuse with a sentence naming what has maps."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from pipeline.models.baseline import PixelsModel
+    from pipeline.models.frozen import FrozenHeadModel
+
+    model, test = frozen_head
+    svm = dict(model.bundle, model=make_pipeline(StandardScaler(), SVC()))
+    with pytest.raises(UsageError, match="not linear in the tap's features.*--clf logreg"):
+        FrozenHeadModel(svm).cam([test[0][0]])
+    with pytest.raises(UsageError, match="pixel baseline has no class-activation map"):
+        PixelsModel({"kind": "pixels", "classes": ["a", "b"], "params": {"size": 8},
+                     "model": None}).cam([test[0][0]])
