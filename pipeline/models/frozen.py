@@ -126,7 +126,8 @@ class FrozenHeadModel(SavedHead):
         if head is None or head.export != "linear":
             linear = linear_heads()
             raise UsageError(
-                f"a {head_name(model)} head is not linear in the tap's features, so its score "
+                f"the {head.name if head else head_name(model)} head is not linear in the tap's "
+                "features, so its score "
                 "has no map over the image; a linear head of the same tap has one "
                 f"({program()} fit --clf {linear[0]} --layer {tap}; heads with maps: "
                 f"{', '.join(linear)})", param="model_ref")

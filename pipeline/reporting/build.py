@@ -138,7 +138,7 @@ def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
         "metric_short": METRIC_SHORT,
         "explore": explore_section(analysis.get("explore")),
         "confusion": confusion_section(best),
-        "mistakes": mistakes_section(best),
+        "mistakes": mistakes_section(best, analysis.get("mistake_maps")),
         "leakage": leakage_section(analysis.get("leakage"), best),
         "feature_map": feature_map_section(analysis["feature_map"]),
         "hierarchy": hierarchy_section(analysis.get("hierarchy")),

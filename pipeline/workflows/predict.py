@@ -47,11 +47,12 @@ class Prediction:
     probability: float
     top: list        # [(label, probability)] best first
     error: str = ""
+    overlay: str = ""  # its class-activation overlay, with ``explain``
 
 
 def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
                 batch_size: int = 32, device: str = "auto", top_k: int = 3,
-                overwrite: bool = False) -> list[Prediction]:
+                overwrite: bool = False, explain=None) -> list[Prediction]:
     """Label images with a run's model, their input made exactly as in its training.
 
     ``model_ref`` is a run id (or prefix), a run record JSON, a saved model
@@ -61,7 +62,8 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
     :class:`Prediction` holds the ``top_k`` classes, best first; a file left out of a
     folder (not an image, a format Pillow cannot decode, not a regular file) and a file
     that does not decode are listed too, with their reason as ``error``.  ``out_csv``
-    also writes them as CSV.
+    also writes them as CSV.  ``explain``: a folder to write each labelled image's
+    class-activation overlay to (:mod:`.explain`; its path is the prediction's ``overlay``).
     """
     if top_k < 1:
         raise UsageError(f"{opt('top_k', top_k)} must be >= 1", param="top_k")
@@ -74,6 +76,8 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
     labelled = _labelled(model, files, batch_size, device, top_k)
     preds = [next(labelled) if why is None else Prediction(str(f), "", float("nan"), [], why)
              for f, why in entries]
+    if explain:
+        _explain(model, preds, explain, batch_size, device, overwrite)
     if out_csv:
         Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(out_csv, "w", encoding="utf-8", newline="") as fh:
@@ -83,6 +87,17 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
                 w.writerow([p.path, p.label, f"{p.probability:.6f}",
                             ";".join(f"{c}:{q:.4f}" for c, q in p.top), p.error])
     return preds
+
+
+def _explain(model, preds: list, out_dir, batch_size: int, device: str, overwrite: bool):
+    """Write the overlay of each labelled prediction, for its label, and name it there."""
+    from .explain import write_overlays
+
+    done = [p for p in preds if not p.error]
+    paths = write_overlays(model, [p.path for p in done], [p.label for p in done], out_dir,
+                           min(batch_size, 16), device, overwrite)
+    for p, path in zip(done, paths):
+        p.overlay = str(path) if path else ""
 
 
 def _labelled(model, files: list, batch_size: int, device: str, top_k: int):
