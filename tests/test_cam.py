@@ -120,3 +120,39 @@ def test_kinds_without_a_map_say_why(frozen_head, tmp_path):
     with pytest.raises(UsageError, match="pixel baseline has no class-activation map"):
         PixelsModel({"kind": "pixels", "classes": ["a", "b"], "params": {"size": 8},
                      "model": None}).cam([test[0][0]])
+
+
+def test_finetuned_grad_cam_peaks_on_the_planted_object(tmp_path):
+    """A fine-tuned network of the toy backbone (known weights: stage b's channel 1 is
+    R - G) whose last layer reads that channel: Grad-CAM at stage b (stride 4) lies on a
+    red square planted on noisy grey; the map of "green" (G - R) never peaks on it."""
+    import torch
+    from conftest import build_toy
+
+    from pipeline.backbones import get_backbone
+    from pipeline.models.finetuned import FinetunedModel
+    from pipeline.train.finetune import build_network
+
+    toy = build_toy()
+    net = build_network([("a", toy.a), ("b", toy.b)], 2, 0.0)
+    with torch.no_grad():
+        net.fc.weight.copy_(torch.tensor([[0.0, 1.0, 0.0], [0.0, -1.0, 0.0]]))
+        net.fc.bias.zero_()
+    model = FinetunedModel({
+        "config": {"backbone": "toy", "dropout": 0.0}, "classes": ["red", "green"],
+        "stage_names": ["a", "b"], "cut": 0, "trunk_state": {}, "top_state": net.state_dict(),
+        "preprocessing": get_backbone("toy").preprocessing.to_dict()})
+    rng = np.random.default_rng(0)
+    files, boxes = [], []
+    for i in range(6):
+        img = rng.normal(100, 6, (16, 16, 3)).clip(0, 255).astype(np.uint8)
+        x0, y0 = (int(v) for v in rng.integers(0, 12, size=2))
+        img[y0:y0 + 4, x0:x0 + 4] = (240, 0, 0)
+        files.append(tmp_path / f"red_{i}.png")
+        boxes.append((x0, y0, x0 + 4, y0 + 4))
+        Image.fromarray(img).save(files[-1])
+    maps = model.cam(files)
+    assert maps.method == "Grad-CAM at b" and maps.maps.shape == (6, 16, 16)
+    assert maps.targets.tolist() == [0] * 6
+    assert on_object(maps.maps, boxes, grow=4).all()
+    assert not on_object(model.cam(files, target="green").maps, boxes, grow=0).any()
