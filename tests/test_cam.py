@@ -156,3 +156,41 @@ def test_finetuned_grad_cam_peaks_on_the_planted_object(tmp_path):
     assert maps.targets.tolist() == [0] * 6
     assert on_object(maps.maps, boxes, grow=4).all()
     assert not on_object(model.cam(files, target="green").maps, boxes, grow=0).any()
+
+
+@pytest.mark.parametrize("pooling", ["max", "cls"])
+def test_frozen_head_on_other_poolings(pooling, tmp_path):
+    """Max pooling: gradient x activation at the tap (exact: only argmax positions count),
+    on the planted red square (toy backbone: layer2's channel 1 is R - G, stride 4);
+    transformer-token poolings are refused with the reason."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pipeline.models.frozen import FrozenHeadModel
+
+    rng = np.random.default_rng(1)
+    files, labels, boxes = [], [], []
+    for i in range(12):
+        img = rng.normal(100, 6, (16, 16, 3)).clip(0, 255).astype(np.uint8)
+        x0, y0 = (int(v) for v in rng.integers(0, 12, size=2))
+        if i % 2 == 0:
+            img[y0:y0 + 4, x0:x0 + 4] = (240, 0, 0)
+        files.append(tmp_path / f"img_{i}.png")
+        labels.append(i % 2)
+        boxes.append((x0, y0, x0 + 4, y0 + 4))
+        Image.fromarray(img).save(files[-1])
+    bundle = {"classes": ["red", "plain"], "tap": "layer2", "weights_source": "imagenet",
+              "store_config": {"backbone": "toy", "pooling": "max", "runtime": "eager",
+                               "precision": "auto", "weights": "toy-known-weights"}}
+    model = FrozenHeadModel(bundle)
+    X, _ = model.features(files)
+    bundle["model"] = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, labels)
+    bundle["store_config"]["pooling"] = pooling
+    if pooling == "cls":
+        with pytest.raises(UsageError, match="transformer tokens.*CNN taps only"):
+            model.cam(files)
+        return
+    maps = model.cam(files[::2], target="red")
+    assert maps.method == "gradient x activation at layer2 (max pooling)"
+    assert on_object(maps.maps, boxes[::2], grow=4).all()

@@ -8,11 +8,13 @@ image; this module holds what the kinds share:
   ``sum_c w_kc A_c(x, y)``, so that sum, position by position, *is* the score's
   spatial decomposition (the standardiser is folded into ``w``, the bias is
   common to every position and dropped);
+- :func:`grad_x_activation`: the same decomposition for a linear head on max or
+  GeM pooling (captum ``LayerGradientXActivation``, summed over channels): exact
+  too, as both poolings are homogeneous of degree 1;
 - :func:`grad_cam`: Grad-CAM (Selvaraju et al. 2017) at one layer through captum
   (``LayerGradCam``, ``LayerAttribution.interpolate``): the layer's channels
   weighted by the spatial mean of the class score's gradient, summed, ReLU; for
-  fine-tuned networks, the scratch CNN and frozen linear heads on max or GeM
-  pooling, where no exact decomposition exists;
+  fine-tuned networks and the scratch CNN, where no exact decomposition exists;
 - :func:`last_spatial_layer`: the deepest of some modules whose output is still a
   map (``(N, C, H, W)`` with ``H * W > 1``);
 - :func:`overlay`: a crop with its map blended in as a ``jet`` heat map.
@@ -108,6 +110,23 @@ def grad_cam(forward, layer, inputs, targets):
         attr = LayerGradCam(forward, layer).attribute(inputs, target=list(map(int, targets)),
                                                       relu_attributions=True)
     return attr.detach()[:, 0]
+
+
+def grad_x_activation(forward, layer, inputs, targets):
+    """Gradient x activation of ``forward``'s class score at ``layer``, summed over channels:
+    ``(N, h, w)`` torch maps (captum ``LayerGradientXActivation``).  For a linear head on
+    max or GeM pooling it is an exact decomposition of the score (less the bias): both
+    poolings are positively homogeneous of degree 1, so the activations times their
+    gradients sum to the pooled value (Euler); with max pooling only each channel's
+    argmax position carries it."""
+    import torch
+    from captum.attr import LayerGradientXActivation
+
+    inputs = inputs.detach().float().requires_grad_(True)
+    with torch.enable_grad():
+        attr = LayerGradientXActivation(forward, layer).attribute(
+            inputs, target=list(map(int, targets)))
+    return attr.detach().sum(dim=1)
 
 
 def to_unit(maps, size: int, shift: bool) -> np.ndarray:
