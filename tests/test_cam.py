@@ -194,3 +194,23 @@ def test_frozen_head_on_other_poolings(pooling, tmp_path):
     maps = model.cam(files[::2], target="red")
     assert maps.method == "gradient x activation at layer2 (max pooling)"
     assert on_object(maps.maps, boxes[::2], grow=4).all()
+
+
+def test_scratch_cnn_map_is_at_its_last_block_that_is_still_a_map(tmp_path):
+    """The CNN baseline's Grad-CAM is taken at its fourth max-pool (2 x 2 at 32 px), not at
+    the global pool after it (1 x 1, no map), and covers the whole crop."""
+    import torch
+
+    from pipeline.models.baseline import CnnModel
+    from pipeline.train.baselines import make_cnn
+
+    torch.manual_seed(0)
+    net = make_cnn(2, width=4, dropout=0.0)
+    model = CnnModel({"kind": "cnn", "classes": ["a", "b"],
+                      "params": {"size": 32, "width": 4, "dropout": 0.0},
+                      "state_dict": net.state_dict()})
+    path = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(path)
+    maps = model.cam([path, path], target=["a", "b"])
+    assert maps.method == "Grad-CAM at block4"
+    assert maps.maps.shape == (2, 32, 32) and maps.targets.tolist() == [0, 1]

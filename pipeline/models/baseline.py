@@ -120,5 +120,7 @@ class CnnModel(Baseline, SavedNetwork):
         from .cam import network_cam
 
         body = self.cam_body()
-        stages = [(f"{type(m).__name__.lower()}{i}", m) for i, m in enumerate(body.net)]
+        # each block of make_cnn ends with its max-pool: "block<k>" is that pool's output
+        pools = [m for m in body.net if type(m).__name__ == "MaxPool2d"]
+        stages = [(f"block{k}", m) for k, m in enumerate(pools, 1)]
         return network_cam(self, body, stages, files, target, batch_size, device)
