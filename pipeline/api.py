@@ -236,7 +236,7 @@ def predict(model, images, *, runs_dir=DEFAULT_RUNS_DIR, top_k: int = 3,
 
     Returns a list of :class:`pipeline.workflows.predict.Prediction`.  ``rank``
     (``margin``, ``entropy``, ``least-confident``) also ranks what to label next: the
-    ``rank_top`` first get ``rank`` 1, 2, ... (``diversity``: ``kcenter`` or ``none``;
+    ``rank_top`` first get ``rank`` 1, 2, ... (``diversity``: ``kmeans``, ``kcenter`` or ``none``;
     ``rank_out`` writes the list as CSV), as ``predict --rank``
     (:func:`rank_for_labelling` on arrays).
     """

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.extraction.job import ExtractConfig, run_extract
+from pipeline.heads.persist import HEAD_EXT, save_head
 from pipeline.heads.selection import predict_proba, select_and_fit
-from pipeline.runs.records import RunInfo, new_record, save_record
+from pipeline.runs.records import RunInfo, new_record, save_record, save_run
 from pipeline.store.hdf5 import FeatureStore
 
 
@@ -25,7 +26,8 @@ def make_store(data, out) -> FeatureStore:
 
 
 def add_frozen_runs(store, runs_dir, clfs=("logreg", "svm")) -> list:
-    """One real frozen-head run per tap x classifier; returns the records."""
+    """One real frozen-head run per tap x classifier, its head saved as ``fit`` saves it
+    (the report draws the best one's class-activation maps); returns the records."""
     records = []
     for tap in store.taps:
         X_tr, X_va, X_te = (store.X(tap, s) for s in ("train", "val", "test"))
@@ -39,7 +41,10 @@ def add_frozen_runs(store, runs_dir, clfs=("logreg", "svm")) -> list:
                                             if hasattr(est, "coef_") else None))
             record = new_record(run, store, res.val_pred, res.model.predict(X_te),
                                 predict_proba(res.model, X_te))
-            save_record(record, runs_dir)
+            bundle = {"model": res.model, "classes": store.classes, "tap": tap,
+                      "store_config": store.config,
+                      "weights_source": store.attrs.get("weights_source")}
+            save_run(record, runs_dir, HEAD_EXT, lambda file, b=bundle: save_head(b, file))
             records.append(record)
     return records
 

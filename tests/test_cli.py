@@ -12,6 +12,7 @@ import json
 import h5py
 import pytest
 from conftest import make_folder
+from PIL import Image
 
 
 def _toy_extract(run, folder, out, *extra):
@@ -116,6 +117,18 @@ def test_extract_fit_predict_report_chain(run, tmp_path):
     res = run("predict", "--model", rec["run_id"], folder / "red", "--out",
               tmp_path / "preds.csv", "--runs", tmp_path / "runs")
     assert res.exit_code != 0 and "--overwrite" in res.output
+
+    # --explain: one overlay per image, named by its predicted class, the toy's 16 px crop
+    maps = tmp_path / "maps"
+    res = run("predict", "--model", rec["run_id"], folder / "red", "--explain", maps,
+              "--runs", tmp_path / "runs")
+    assert res.exit_code == 0 and f"wrote 8 overlays to {maps}" in res.output, res.output
+    overlays = sorted(maps.iterdir())
+    assert [p.name for p in overlays] == [f"img_{i:02d}.red.cam.png" for i in range(8)]
+    assert Image.open(overlays[0]).size == (16, 16)
+    res = run("predict", "--model", rec["run_id"], folder / "red", "--explain", maps,
+              "--runs", tmp_path / "runs")
+    assert res.exit_code != 0 and "--overwrite" in res.output and "Traceback" not in res.output
 
     out = tmp_path / "r.html"
     assert run("report", "--runs", tmp_path / "runs", "--out", out).exit_code == 0

@@ -16,6 +16,7 @@ from test_report_browser import (
     EXPLORER_CHECK,
     SECTION_CHECK,
     SECTIONS,
+    check_cam_thumbnails,
     chromium_session,
     find_chromium,
     load,
@@ -119,6 +120,8 @@ def test_demo_report_and_its_explorer_in_chromium(chromium, cv_demo, tmp_path):
         # tests/test_report_browser.py::test_report_in_headless_chromium
         assert explorer["heights"] != explorer["heightsAfter"]
         assert "lr 0.003" in explorer["caption"], explorer["caption"]
+        # where the best frozen head and the fine-tuned network look, beside each mistake
+        check_cam_thumbnails(dev, ["frozen", "fine-tuned"], "report-mistakes-cam.png")
         dev.pump(0.5)
         assert problems(dev, page) == []
         ARTIFACTS.mkdir(exist_ok=True)

@@ -244,6 +244,32 @@ EXPLORER_CHECK = """
 """
 
 
+CAM_CHECK = """
+(() => {
+  const maps = [...document.querySelectorAll('#mistakes img[data-cam]')];
+  return {maps: maps.map(i => ({cam: i.dataset.cam, ok: i.complete && i.naturalWidth > 0})),
+          cards: document.querySelectorAll('#mistakes .card').length,
+          notes: [...document.querySelectorAll('#mistakes .cam-note')].map(p => p.textContent)};
+})()
+"""
+
+
+def check_cam_thumbnails(dev, kinds, screenshot):
+    """The mistakes gallery shows a decoded class-activation thumbnail of each run kind in
+    ``kinds`` beside every card; a screenshot of the section is saved as ``screenshot``."""
+    cams = dev.evaluate(CAM_CHECK)
+    assert cams["cards"] > 0, cams
+    for kind in kinds:
+        shown = [m for m in cams["maps"] if m["cam"] == kind]
+        assert len(shown) == cams["cards"] and all(m["ok"] for m in shown), (kind, cams)
+    dev.evaluate("document.getElementById('mistakes').scrollIntoView()")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = dev.call("Page.captureScreenshot", format="png")
+    (ARTIFACTS / screenshot).write_bytes(base64.b64decode(shot["data"]))
+    dev.evaluate("window.scrollTo(0, 0)")
+    return cams
+
+
 @pytest.fixture(scope="module")
 def report_file(chromium, tmp_path_factory):
     from pipeline.workflows.report import build_report
@@ -272,6 +298,12 @@ def test_report_in_headless_chromium(chromium, report_file, tmp_path):
         assert explorer["afterSize"] != explorer["before"], "changing the size did not redraw"
         assert explorer["afterLr"] != explorer["afterSize"], "changing the rate did not redraw"
         assert "lr 0.03" in explorer["caption"], explorer["caption"]
+        # the study's frozen heads are saved (the best with a linear head draws its maps);
+        # its fine-tune runs saved no model: said, not drawn
+        cams = check_cam_thumbnails(dev, ["frozen"], "report-mistakes-cam-toy.png")
+        assert {m["cam"] for m in cams["maps"]} == {"frozen"}
+        assert any("fine-tuned run" in n and "saved no model file" in n
+                   for n in cams["notes"]), cams["notes"]
         dev.pump(0.5)
         assert problems(dev, report_file) == []
 

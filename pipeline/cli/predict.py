@@ -13,10 +13,13 @@ from .params import command, device_option, model_option, overwrite_option, runs
 @model_option
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", "out_csv", type=click.Path(), default=None, help="Write a CSV here.")
-@overwrite_option("--out or --rank-out file")
+@overwrite_option("--out, --rank-out file or --explain overlay")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="Classes listed per image, best first.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--explain", type=click.Path(file_okay=False), default=None,
+              help="Write each image's class-activation overlay (where the model looks for "
+                   "its predicted class) to this folder.")
 @device_option
 @runs_option
 @click.option("--rank", type=click.Choice(UNCERTAINTY_SCORES), default=None,
@@ -30,8 +33,8 @@ from .params import command, device_option, model_option, overwrite_option, runs
               show_default=True, help="Spread the --rank list among the most uncertain: k-means "
                                       "clusters, greedy k-center, or none.")
 @handle_errors
-def predict(model_ref, images, out_csv, overwrite, top_k, batch_size, device, runs_dir, rank,
-            rank_top, rank_out, diversity):
+def predict(model_ref, images, out_csv, overwrite, top_k, batch_size, explain, device, runs_dir,
+            rank, rank_top, rank_out, diversity):
     """Label images with any run's model: a frozen head, fine-tuned network, the CNN,
     MLP or pixel baseline, made as in training; or an exported .onnx (ONNX Runtime
     alone, no torch).
@@ -42,12 +45,13 @@ def predict(model_ref, images, out_csv, overwrite, top_k, batch_size, device, ru
 
     Example: python cli.py predict --model 20261122T0901 unlabelled/ --rank margin
     --rank-top 20 --rank-out next.csv
+    Example: python cli.py predict --model RUN photos/ --explain maps/
     """
     from ..workflows.predict import run_predict
 
     preds = run_predict(model_ref, images, runs_dir, out_csv, batch_size, device, top_k=top_k,
                         overwrite=overwrite, rank=rank, rank_top=rank_top, rank_out=rank_out,
-                        diversity=diversity)
+                        diversity=diversity, explain=explain)
     width = min(60, max(len("path"), *(len(p.path) for p in preds)))
     label_width = max(len("label"), *(len(p.label) for p in preds))
     click.echo(f"{'path':<{width}}  {'label':<{label_width}}  {'prob':>6}  top-{top_k}")
@@ -60,6 +64,8 @@ def predict(model_ref, images, out_csv, overwrite, top_k, batch_size, device, ru
                        f"{top}")
     if out_csv:
         click.echo(f"wrote {out_csv}")
+    if explain:
+        click.echo(f"wrote {sum(bool(p.overlay) for p in preds)} overlays to {explain}")
     if rank:
         _echo_ranked(preds, rank, width, rank_out)
 

@@ -14,7 +14,9 @@ are its own (:meth:`TrainedModel.claims`); opened, it answers:
 - :meth:`~TrainedModel.crop_rule`: the :class:`~pipeline.data.decode.CropRule`
   its training's pixels follow;
 - :meth:`~TrainedModel.export`: one ONNX graph, uint8 images -> probabilities
-  (:mod:`pipeline.models.graph`).
+  (:mod:`pipeline.models.graph`);
+- :meth:`~TrainedModel.cam`: a class-activation map per image over its input crop
+  (:mod:`pipeline.models.cam`), for the kinds that have a spatial map.
 
 The defaults serve a kind that is one torch module: it gives :meth:`body`
 (uint8 ``(N, 3, S, S)`` -> logits) and its crop rule, and predicts and exports
@@ -49,6 +51,8 @@ class TrainedModel:
     kind: ClassVar[str]
     title: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]
+    #: Why a kind without :meth:`cam` has no class-activation map (said when one is asked).
+    no_map: ClassVar[str] = "it has no spatial feature map"
 
     def __init__(self, bundle: dict, path=None, record=None):
         self.bundle = bundle
@@ -125,12 +129,33 @@ class TrainedModel:
         """The torch module uint8 ``(N, 3, S, S)`` -> logits (kinds that are one)."""
         raise NotImplementedError
 
+    def cam_body(self):
+        """:meth:`body`, built on the first :meth:`cam` of this opened model and kept for the
+        next (a backbone takes seconds to load; a report asks for maps once per model)."""
+        if getattr(self, "_cam_body", None) is None:
+            self._cam_body = self.body()
+        return self._cam_body
+
     def classifier(self):
         """:class:`pipeline.train.deploy.Classifier` in eval mode: ``(N, S, S, 3)`` uint8
         RGB crops -> ``(N, n_classes)`` probabilities."""
         from ..train.deploy import as_classifier
 
         return as_classifier(self.body(), self.temperature)
+
+    # ---------------------------------------------------------------- where it looks
+
+    def cam(self, files, target=None, batch_size: int = 16, device: str = "auto"):
+        """A class-activation map per image of ``files`` over this model's input crop, for
+        its predicted class (``target``: a class name or index for all, or one per image):
+        a :class:`pipeline.models.cam.ClassMaps` (``maps`` ``(n_ok, S, S)`` in [0, 1]).
+        Kinds with a spatial map override it; the others refuse, saying why."""
+        from ..errors import UsageError
+
+        raise UsageError(
+            f"a {self.title} has no class-activation map: {self.no_map}. Maps are drawn for "
+            "frozen linear heads on a CNN tap, fine-tuned networks and the CNN baseline",
+            param="model_ref")
 
     # ---------------------------------------------------------------- predict and export
 

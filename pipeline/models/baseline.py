@@ -41,6 +41,7 @@ class PixelsModel(Baseline, SavedHead):
 
     kind = "pixels"
     title = "pixel baseline"
+    no_map = "its logistic regression weighs raw pixels, with no feature map in between"
 
     def parts(self):
         return {"head": head_name(self.bundle["model"])}
@@ -73,6 +74,7 @@ class MlpModel(Baseline, SavedNetwork):
 
     kind = "mlp"
     title = "MLP baseline"
+    no_map = "its first layer sees every pixel at once, with no spatial feature map"
 
     def crop_rule(self):
         """:func:`pipeline.train.baselines.pixel_matrix`'s pixels, as the pixel baseline."""
@@ -112,3 +114,13 @@ class CnnModel(Baseline, SavedNetwork):
 
         pre = self.preprocessing()
         return Normalise(cnn_from_bundle(self.bundle), pre.mean, pre.std)
+
+    def cam(self, files, target=None, batch_size=16, device="auto"):
+        """Grad-CAM at its last block that is still a map (the fourth max-pool)."""
+        from .cam import network_cam
+
+        body = self.cam_body()
+        # each block of make_cnn ends with its max-pool: "block<k>" is that pool's output
+        pools = [m for m in body.net if type(m).__name__ == "MaxPool2d"]
+        stages = [(f"block{k}", m) for k, m in enumerate(pools, 1)]
+        return network_cam(self, body, stages, files, target, batch_size, device)

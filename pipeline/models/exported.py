@@ -48,6 +48,8 @@ class ExportedGraph(TrainedModel):
 
     kind = "onnx"
     title = "exported classifier"
+    no_map = ("ONNX Runtime runs the graph without gradients or its layers' outputs; draw "
+              "the maps of the run it was exported from (predict --model RUN --explain DIR)")
     suffixes = ("onnx",)
     read = staticmethod(read_onnx)
 

@@ -36,3 +36,12 @@ class FinetunedModel(SavedNetwork):
 
         pre = self.bundle["preprocessing"]
         return Normalise(network_from_bundle(self.bundle), pre["mean"], pre["std"])
+
+    def cam(self, files, target=None, batch_size=16, device="auto"):
+        """Grad-CAM at the network's last stage that is still a map (frozen or trained)."""
+        from .cam import network_cam
+
+        body = self.cam_body()
+        trunk, top = body.net
+        stages = list(zip(self.bundle["stage_names"], [*trunk, *top.stages]))
+        return network_cam(self, body, stages, files, target, batch_size, device)

@@ -135,6 +135,63 @@ class FrozenHeadModel(SavedHead):
         trunk, channels = self.trunk()
         return FrozenHead(trunk.extractor, linear_head(self.bundle["model"], channels))
 
+    def cam(self, files, target=None, batch_size=16, device="auto"):
+        """The map at the head's tap, an exact decomposition of the class score over its
+        positions: Zhou et al.'s CAM (:func:`~.cam.linear_cam`) for a linear head on
+        average-pooled features, gradient x activation (:func:`~.cam.grad_x_activation`)
+        on max or GeM pooling.  A non-linear head (RBF-SVM, kNN) and transformer tokens
+        are refused, saying what has a map."""
+        import torch
+
+        from ..options import TOKEN_POOLINGS
+        from .cam import class_maps, grad_x_activation, linear_cam
+
+        model, tap = self.bundle["model"], self.bundle["tap"]
+        head = head_of_model(model)
+        if head is None or head.export != "linear":
+            linear = linear_heads()
+            raise UsageError(
+                f"the {head.name if head else head_name(model)} head is not linear in the tap's "
+                "features, so its score "
+                "has no map over the image; a linear head of the same tap has one "
+                f"({program()} fit --clf {linear[0]} --layer {tap}; heads with maps: "
+                f"{', '.join(linear)})", param="model_ref")
+        pooling = self.bundle["store_config"]["pooling"]
+        if pooling in TOKEN_POOLINGS:
+            raise UsageError(f"the head reads {pooling!r}-pooled transformer tokens of tap "
+                             f"{tap}; class-activation maps are drawn for CNN taps only",
+                             param="model_ref")
+        body = self.cam_body()
+        extractor, pooling = body.extractor, body.extractor.pooling
+        size = self.crop_rule().input_size
+        with torch.no_grad():
+            shape = extractor.maps(torch.zeros((1, 3, size, size)))[tap].shape
+        if len(shape) != 4 or shape[2] * shape[3] < 2:
+            raise UsageError(f"tap {tap} is a pooled vector, with no map over the image; a "
+                             "head on an earlier tap has one", param="model_ref")
+        # Scores less their mean over classes (the softmax does not see the difference): a
+        # binary head's "other" class has a zero row in the folded layer, and gets the
+        # opposite map of its class instead of none.
+        weight = body.linear.weight.detach()
+        weight = weight - weight.mean(dim=0, keepdim=True)
+
+        def centred(x):
+            logits = body(x)
+            return logits - logits.mean(dim=1, keepdim=True)
+
+        def exact(x, targets):
+            with torch.no_grad():
+                fmap = extractor.maps(x)[tap].float()
+            return linear_cam(fmap, weight.to(fmap.device), targets)
+
+        if pooling == "avg":
+            return class_maps(self, body, files, target, batch_size, device,
+                              f"CAM at {tap}", exact, shift=True)
+        return class_maps(self, body, files, target, batch_size, device,
+                          f"gradient x activation at {tap} ({pooling} pooling)",
+                          lambda x, t: grad_x_activation(centred, extractor.stages[-1], x, t),
+                          shift=True)
+
     def graph(self):
         """One torch module when the head exports as ``linear``; else the exported trunk
         and the head converted by skl2onnx (refused, with the alternatives, when the head

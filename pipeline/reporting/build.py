@@ -139,7 +139,7 @@ def build_context(records: list, analysis: dict, metric: str = "auto") -> dict:
         "metric_short": METRIC_SHORT,
         "explore": explore_section(analysis.get("explore")),
         "confusion": confusion_section(best),
-        "mistakes": mistakes_section(best),
+        "mistakes": mistakes_section(best, analysis.get("mistake_maps")),
         "audit": audit_section(groups),
         "calibration": calibration_section(groups),
         "leakage": leakage_section(analysis.get("leakage"), best),

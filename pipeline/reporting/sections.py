@@ -442,28 +442,65 @@ def confusion_section(best: dict) -> dict:
             "per_class": per_class, "classes": classes, "matrix": m["confusion_matrix"]}
 
 
-def mistakes_section(best: dict) -> dict:
+def shown_mistakes(rep) -> list:
+    """Indices into ``rep``'s predictions of the mistakes the gallery shows: the most
+    confident first when probabilities were recorded, at most :data:`MAX_MISTAKES`."""
+    pred = rep.predictions
+    proba = pred.get("proba")
+    wrong = [i for i, (t, p) in enumerate(zip(pred.get("y_true", []), pred.get("y_pred", [])))
+             if t != p]
+    if proba is not None:
+        # Most confident mistakes first: they say the most about the model.
+        wrong.sort(key=lambda i: -max(proba[i]))
+    return wrong[:MAX_MISTAKES]
+
+
+def mistake_files(rep) -> list:
+    """The image files of :func:`shown_mistakes`, under the run's data root."""
+    root, paths = Path(rep.data_root or "."), rep.predictions.get("paths", [])
+    return [root / paths[i] for i in shown_mistakes(rep)]
+
+
+def mistakes_section(best: dict, maps: dict | None = None) -> dict:
+    """The gallery of ``best``'s most confident mistakes; ``maps``: the workflow's
+    class-activation thumbnails of those images (``{"models": [{"title", "short",
+    "label", "method", "maps": [data URI or None per image]}], "notes": [...]}``,
+    :func:`pipeline.workflows.explain.gallery_maps`), drawn beside each image."""
     rep = best["rep"]
     pred = rep.predictions
     classes = rep.class_names()
     paths, y_true, y_pred = pred.get("paths", []), pred.get("y_true", []), pred.get("y_pred", [])
     proba = pred.get("proba")
     wrong = [i for i, (t, p) in enumerate(zip(y_true, y_pred)) if t != p]
-    if proba is not None:
-        # Most confident mistakes first: they say the most about the model.
-        wrong.sort(key=lambda i: -max(proba[i]))
     root = Path(rep.data_root or ".")
+    maps = maps or {}
+    models = maps.get("models") or []
     items = []
-    for i in wrong[:MAX_MISTAKES]:
+    for n, i in enumerate(shown_mistakes(rep)):
         top = []
         if proba is not None:
             order = np.argsort(proba[i])[::-1][:3]
             top = [(classes[k], float(proba[i][k])) for k in order]
         items.append({"path": paths[i], "true": classes[y_true[i]],
                       "pred": classes[y_pred[i]], "top": top,
-                      "thumb": thumbnail(root / paths[i])})
+                      "thumb": thumbnail(root / paths[i]),
+                      "cams": [{"src": m["maps"][n], "short": m["short"], "label": m["label"],
+                                "cls": m["classes"][n]}
+                               for m in models if n < len(m["maps"]) and m["maps"][n]]})
     return {"group": best, "cards": items, "n_wrong": len(wrong), "n": len(y_true),
-            "has_proba": proba is not None, "root": str(root)}
+            "has_proba": proba is not None, "root": str(root),
+            "cam_models": models, "cam_notes": list(maps.get("notes") or [])}
+
+
+def image_uri(pixels: np.ndarray, size: int = THUMB_SIZE) -> str:
+    """A JPEG data URI of uint8 RGB ``pixels`` ``(H, W, 3)`` fitted in ``size`` px."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def thumbnail(path, size: int = THUMB_SIZE):

@@ -51,12 +51,14 @@ class Prediction:
     error: str = ""
     uncertainty: float = float("nan")   # predict --rank: its score, larger = less sure
     rank: int = 0                       # predict --rank: 1 = label first, 0 = not listed
+    overlay: str = ""  # its class-activation overlay, with ``explain``
 
 
 def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
                 batch_size: int = 32, device: str = "auto", top_k: int = 3,
                 overwrite: bool = False, rank: str | None = None, rank_top: int = 20,
-                rank_out=None, diversity: str = DEFAULT_DIVERSITY) -> list[Prediction]:
+                rank_out=None, diversity: str = DEFAULT_DIVERSITY,
+                explain=None) -> list[Prediction]:
     """Label images with a run's model, their input made exactly as in its training.
 
     ``model_ref`` is a run id (or prefix), a run record JSON, a saved model
@@ -72,7 +74,9 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
     label next (:mod:`pipeline.workflows.ranking`): the ``rank_top`` first get their
     ``rank`` (1 = first), every image its ``uncertainty``; ``diversity`` ``kmeans`` or
     ``kcenter`` spreads them (:mod:`pipeline.heads.ranking`), ``none`` takes the most
-    uncertain; ``rank_out`` writes that list as CSV.
+    uncertain; ``rank_out`` writes that list as CSV.  ``explain``: a folder to write each
+    labelled image's class-activation overlay to (:mod:`.explain`; its path is the
+    prediction's ``overlay``).
     """
     if top_k < 1:
         raise UsageError(f"{opt('top_k', top_k)} must be >= 1", param="top_k")
@@ -89,6 +93,8 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
              for f, why in entries]
     if ranking is not None:
         ranking.apply(preds, proba, vectors, space, lambda: model.labelled_vectors(runs_dir))
+    if explain:
+        _explain(model, preds, explain, batch_size, device, overwrite)
     if out_csv:
         Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(out_csv, "w", encoding="utf-8", newline="") as fh:
@@ -98,6 +104,17 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
                 w.writerow([p.path, p.label, f"{p.probability:.6f}",
                             ";".join(f"{c}:{q:.4f}" for c, q in p.top), p.error])
     return preds
+
+
+def _explain(model, preds: list, out_dir, batch_size: int, device: str, overwrite: bool):
+    """Write the overlay of each labelled prediction, for its label, and name it there."""
+    from .explain import write_overlays
+
+    done = [p for p in preds if not p.error]
+    paths = write_overlays(model, [p.path for p in done], [p.label for p in done], out_dir,
+                           min(batch_size, 16), device, overwrite)
+    for p, path in zip(done, paths):
+        p.overlay = str(path) if path else ""
 
 
 def _labelled(classes: list, files: list, proba, errors: dict, top_k: int):

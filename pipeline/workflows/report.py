@@ -4,8 +4,9 @@ The report package renders and fits nothing; this workflow joins the stages:
 it loads the run records of a folder, computes (or reuses) the analyses the
 page shows from the best frozen run's feature store (few-shot curves,
 feature map: :mod:`.analysis`), adds the newest feature-hierarchy record
-(:mod:`.hierarchy`) and transfer-explorer record (:mod:`.explore`), then
-renders the page.
+(:mod:`.hierarchy`) and transfer-explorer record (:mod:`.explore`), draws the
+class-activation maps of the images the mistakes gallery shows (:mod:`.explain`:
+the best frozen and best fine-tuned runs' saved models), then renders the page.
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ from pathlib import Path
 
 from ..errors import StoreError, opt, program
 from ..reporting.build import check_out_path, render_report
-from ..runs.groups import current_store_runs, latest_per_seed, resolve_report_metric
+from ..reporting.sections import THUMB_SIZE, mistake_files
+from ..runs.groups import (
+    current_store_runs,
+    group_runs,
+    latest_per_seed,
+    resolve_report_metric,
+)
 from ..runs.records import load_records
 from .analysis import EFFICIENCY_BUDGET, load_or_analyse
+from .explain import gallery_maps
 from .explore import latest_explore
 from .hierarchy import latest_hierarchy
 
@@ -42,5 +50,12 @@ def build_report(runs_dir, out_path, overwrite: bool = False,
                          param="runs_dir")
     analysis = {**load_or_analyse(records, runs_dir, efficiency_budget),
                 "hierarchy": latest_hierarchy(runs_dir), "explore": latest_explore(runs_dir),
-                "stale_runs": stale}
+                "stale_runs": stale, "mistake_maps": _mistake_maps(records, metric)}
     return render_report(records, analysis, out_path, overwrite=overwrite, metric=metric)
+
+
+def _mistake_maps(records: list, metric: str) -> dict:
+    """The class-activation thumbnails of the images the mistakes gallery shows (those of
+    the best group's representative run, :func:`mistake_files`)."""
+    groups = group_runs(records, resolve_report_metric(records, metric)[0])
+    return gallery_maps(groups, mistake_files(groups[0]["rep"]), THUMB_SIZE)
