@@ -9,8 +9,9 @@ seed's run is a full forward pass; later seeds change labels only, so extract
 rewrites the index and computes nothing: its line is printed), holdout logreg runs
 are fitted on each tap, and :func:`pipeline.api.audit` ranks the images: the share
 of the flipped ones in its top ``--flip`` list (as many rows as were flipped) is
-the recall.  Printed for the head ``audit`` picks by default (the best frozen run
-by validation score) and for every tap asked with ``--taps``.
+the recall.  Printed for the heads ``audit`` picks by default (the best frozen run
+by validation score, with the ensemble of four heads; ``--one-head``: that head
+alone) and for every tap asked with ``--taps``.
 
 **Calibration.**  With ``--calibration``, the holdout logreg runs of the store's taps
 fitted on the true labels: temperature, ECE and NLL on the test split before and
@@ -66,6 +67,12 @@ def write_table(rows, flip: float, seed: int, out: Path) -> dict:
     return flipped
 
 
+def n_flip(table: Path) -> int:
+    """Rows of a label table whose label is not its folder's."""
+    with open(table, newline="") as fh:
+        return sum(r["label"] != r["path"].split("/")[0] for r in csv.DictReader(fh))
+
+
 def audit_seed(args, rows, seed: int, taps: list) -> dict:
     work = args.work
     table = work / f"labels_{seed}.csv"
@@ -73,7 +80,9 @@ def audit_seed(args, rows, seed: int, taps: list) -> dict:
     t0 = time.perf_counter()
     store = extract(str(table), image_root=str(args.data), layers=list(args.extract_taps),
                     out=str(work / "store.h5"), progress=False)
-    print(f"seed {seed}: extract {time.perf_counter() - t0:.1f} s ({store.summary})")
+    sm = store.summary
+    print(f"seed {seed}: {n_flip(table)} labels flipped; extract {time.perf_counter() - t0:.1f} s "
+          f"(extracted {sm.n_extracted}, reused {sm.n_reused}, up to date: {sm.up_to_date})")
     runs = work / f"runs_{seed}"
     for tap in args.extract_taps:
         fit(store.path, tap, "logreg", runs_dir=runs, protocol="holdout", seed=seed)
@@ -82,11 +91,12 @@ def audit_seed(args, rows, seed: int, taps: list) -> dict:
     for tap in [None, *taps]:
         t0 = time.perf_counter()
         res = audit(store.path, layer=tap, clf="logreg" if tap else None, out=None, top=n,
-                    runs_dir=runs, seed=seed)
+                    runs_dir=runs, seed=seed, ensemble=not args.one_head)
         found = sum(Path(r["path"]).relative_to(args.data).as_posix() in flipped
                     for r in res.rows)
         flagged = audit(store.path, layer=tap, clf="logreg" if tap else None, out=None,
-                        runs_dir=runs, seed=seed) if args.flagged else None
+                        runs_dir=runs, seed=seed, ensemble=not args.one_head) \
+            if args.flagged else None
         hit = (sum(Path(r["path"]).relative_to(args.data).as_posix() in flipped
                    for r in flagged.rows) if flagged else None)
         name = f"{res.head} ({'default: ' + res.why if tap is None else 'asked'})"
@@ -136,6 +146,8 @@ def main(argv=None):
     p.add_argument("--flip", type=float, default=0.02)
     p.add_argument("--taps", nargs="*", default=["layer4", "head"])
     p.add_argument("--extract-taps", nargs="+", default=["layer4", "head"])
+    p.add_argument("--one-head", action="store_true",
+                   help="audit with the one head, not the default ensemble of four")
     p.add_argument("--flagged", action="store_true",
                    help="also count the flipped images among those cleanlab flags")
     p.add_argument("--no-audit", action="store_true")
@@ -143,6 +155,7 @@ def main(argv=None):
     p.add_argument("--finetune", action="store_true")
     p.add_argument("--finetune-epochs", type=int, default=5)
     args = p.parse_args(argv)
+    args.data = args.data.resolve()
     logging.basicConfig(level=logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
     results = {}

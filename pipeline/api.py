@@ -169,19 +169,20 @@ def fit(store, layer: str = FitConfig.layer, clf: str = FitConfig.clf, *,
 
 def audit(store, layer: str | None = AuditConfig.layer, clf: str | None = AuditConfig.clf, *,
           out: str | None = AuditConfig.out, top: int | None = AuditConfig.top,
-          overwrite: bool = AuditConfig.overwrite, runs_dir=DEFAULT_RUNS_DIR,
-          seed: int = AuditConfig.seed):
+          overwrite: bool = AuditConfig.overwrite, ensemble: bool = AuditConfig.ensemble,
+          runs_dir=DEFAULT_RUNS_DIR, seed: int = AuditConfig.seed):
     """Which given labels of ``store`` (a store or its path) look wrong: a
     :class:`pipeline.workflows.audit.AuditResult` whose ``rows`` are the suspects, most
     suspect first (path, given and suggested label, score, flagged), also written to
     ``out`` as CSV (None: not written).  The head: ``clf`` on ``layer``, by default the
     best frozen run's of this store in ``runs_dir``; cross-validated on the store's folds,
     so every image is judged by a head that never saw it (cleanlab's confident learning).
-    ``top``: that many rows instead of the flagged images."""
+    ``top``: that many rows instead of the flagged images; ``ensemble``: average with three
+    more heads (:func:`pipeline.workflows.audit.ensemble`), as ``audit`` does by default."""
     from .workflows.audit import run_audit
 
     cfg = AuditConfig(features=_store_path(store), layer=layer, clf=clf, out=out, top=top,
-                      overwrite=overwrite, seed=seed)
+                      overwrite=overwrite, ensemble=ensemble, seed=seed)
     return run_audit(cfg, runs_dir)
 
 

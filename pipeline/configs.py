@@ -264,6 +264,10 @@ class AuditConfig(Checked):
     top: int | None = option(None, "Rows in the CSV, most suspect first (default: the images "
                                    "confident learning flags as label errors).", min=1)
     overwrite: bool = option(False, "Replace an existing --out file.")
+    ensemble: bool = option(True, "Average the head's out-of-fold probabilities with a kNN's "
+                                  "on its tap and both heads' on the next deeper tap: heads that "
+                                  "err differently find more wrong labels.",
+                            flag="--ensemble/--one-head")
     seed: int = seed_field()
     split_seed: int | None = split_seed_field()
     groups: str | None = groups_field()

@@ -155,7 +155,8 @@ def test_audit_uses_the_best_frozen_run_and_the_report_shows_it(planted, tmp_pat
     runs = tmp_path / "runs"
     fit(planted["store"], "layer2", "logreg", runs_dir=runs, protocol="cv")
     res = audit(planted["store"], out=None, runs_dir=runs)
-    assert "best frozen run" in res.why and res.head.endswith("layer2 + logreg")
+    assert "best frozen run" in res.why
+    assert res.head == "toy layer2 + logreg and toy layer2 + knn"    # the one tap: 2 heads
     assert all(r["flagged"] for r in res.rows) and len(res.rows) == res.n_flagged >= 2
     assert {r["path"].split("img/", 1)[1] for r in res.rows[:2]} == set(planted["flipped"])
     html = report(runs, out=tmp_path / "report.html").read_text(encoding="utf-8")
@@ -187,3 +188,34 @@ def test_cv_record_keeps_its_calibration_and_predict_applies_it(planted, tmp_pat
     raw, _ = model.predict_proba(files)
     np.testing.assert_allclose(scaled, scale(raw, block["temperature"]), atol=1e-9)
     assert scaled.argmax() == raw.argmax()
+
+
+def test_the_audit_ensemble_takes_the_next_deeper_tap_and_the_other_head():
+    from pipeline.workflows.audit import ensemble
+
+    taps = ["layer2", "layer3", "layer4", "head"]
+    assert ensemble("logreg", "layer4", taps) == [
+        ("logreg", "layer4"), ("knn", "layer4"), ("logreg", "head"), ("knn", "head")]
+    assert ensemble("knn", "head", taps) == [
+        ("knn", "head"), ("logreg", "head"), ("knn", "layer4"), ("logreg", "layer4")]
+    assert ensemble("svm", "layer2", ["layer2"]) == [("svm", "layer2"), ("knn", "layer2")]
+
+
+def test_a_record_with_a_partial_calibration_block_still_renders(planted, tmp_path):
+    """A record whose calibration block holds only its temperature (hand-edited, or from
+    another version) is read and the report renders its section without the figures; a
+    temperature that is not a positive number makes the record unreadable, named."""
+    from pipeline.api import fit, report
+    from pipeline.runs.records import load_records
+
+    runs = tmp_path / "runs"
+    run = fit(planted["store"], "layer2", "logreg", runs_dir=runs, protocol="cv")
+    data = json.loads(run.path.read_text())
+    data["calibration"] = {"temperature": 1.5}
+    run.path.write_text(json.dumps(data))
+    html = report(runs, out=tmp_path / "r.html").read_text(encoding="utf-8")
+    section = html[html.index('id="calibration"'):html.index('id="leakage"')]
+    assert "T = 1.50" in section and "(not recorded)" in section
+    data["calibration"] = {"temperature": -1}
+    run.path.write_text(json.dumps(data))
+    assert load_records(runs) == []

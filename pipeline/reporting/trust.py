@@ -52,7 +52,8 @@ def audit_section(groups: list) -> dict:
         return out
     try:
         found = label_issues(y, proba)
-    except ValueError as exc:
+    except Exception as exc:  # noqa: BLE001 - a record cleanlab cannot audit must not stop the page
+        log.warning("no label audit of run %s: %s", rep.run_id, exc)
         out["note"] = f"No audit: {exc}."
         return out
     classes = rep.class_names()
@@ -80,11 +81,15 @@ def calibration_section(groups: list) -> dict:
         group = best_of(groups, kinds)
         if group is None:
             continue
-        block = group["rep"].calibration
-        if not block:
+        raw = group["rep"].calibration
+        if not raw:
             rows.append({"group": group, "what": what, "block": None, "figure": None})
             continue
-        rel = block.get("reliability") or {}
+        # every key the template reads, present (a record may hold only some of them)
+        block = {k: raw.get(k) for k in ("temperature", "fitted_on", "ece", "ece_scaled",
+                                         "nll", "nll_scaled")}
+        block["fitted_on"] = block["fitted_on"] or "(not recorded)"
+        rel = raw.get("reliability") or {}
         rows.append({"group": group, "what": what, "block": block,
                      "readable": block["ece_scaled"] is not None
                      and block["ece_scaled"] <= ECE_READABLE,

@@ -57,11 +57,12 @@ def run_audit(cfg: AuditConfig = AuditConfig(),
     and write the suspects to ``cfg.out`` (None: write nothing).
 
     The head: ``cfg.clf`` on ``cfg.layer``, each defaulting to the best frozen run's of
-    this store in ``runs_dir`` (:func:`audited_head`).  Its out-of-fold probabilities
-    come from the first repeat of the store's folds (a given test split is in no fold and
-    is not audited); ``metric``, ``class_weight`` and ``groups`` choose and weight as in
-    ``fit``.  The CSV holds the ``cfg.top`` most suspect images, or without it the ones
-    confident learning flags.
+    this store in ``runs_dir`` (:func:`audited_head`); with ``cfg.ensemble``, the mean of
+    its out-of-fold probabilities and three more heads' (:func:`ensemble`).  The
+    out-of-fold probabilities come from the first repeat of the store's folds (a given
+    test split is in no fold and is not audited); ``metric``, ``class_weight`` and
+    ``groups`` choose and weight as in ``fit``.  The CSV holds the ``cfg.top`` most
+    suspect images, or without it the ones confident learning flags.
     """
     from ..heads.crossval import cross_validate
     from ..heads.selection import Choice
@@ -75,14 +76,18 @@ def run_audit(cfg: AuditConfig = AuditConfig(),
                          f"{opt('out')}", param="out")
     store = open_store(find_store(cfg.features), cfg.split_seed, cfg.groups)
     clf, tap, why = audited_head(cfg, store, runs_dir)
-    selection = resolve_selection(store, cfg.metric, cfg.class_weight, clf)
+    heads = ensemble(clf, tap, store.taps) if cfg.ensemble else [(clf, tap)]
     splits = [s for s in store.cv_splits() if s[0] == 0]
     y = store.labels
-    folds = cross_validate(clf, store.X(tap), y, splits, seed=cfg.seed, calibrate=False,
-                           choice=Choice(selection.metric, selection.class_weight,
-                                         store.row_groups))
-    rows = np.concatenate([f.test for f in folds])
-    proba = np.concatenate([f.proba for f in folds])
+    proba = 0.0
+    for member_clf, member_tap in heads:
+        selection = resolve_selection(store, cfg.metric, cfg.class_weight, member_clf)
+        folds = cross_validate(member_clf, store.X(member_tap), y, splits, seed=cfg.seed,
+                               calibrate=False, choice=Choice(selection.metric,
+                                                              selection.class_weight,
+                                                              store.row_groups))
+        rows = np.concatenate([f.test for f in folds])
+        proba = proba + np.concatenate([f.proba for f in folds]) / len(heads)
     try:
         found = label_issues(y[rows], proba)
     except ValueError as exc:
@@ -90,8 +95,9 @@ def run_audit(cfg: AuditConfig = AuditConfig(),
     table = suspects(store, rows, y[rows], proba, found, cfg.top)
     if out is not None:
         write_suspects(table, out)
+    backbone = store.attrs.get("backbone")
     return AuditResult(
-        head=f"{store.attrs.get('backbone')} {tap} + {clf}", why=why, rows=table,
+        head=" and ".join(f"{backbone} {t} + {c}" for c, t in heads), why=why, rows=table,
         n_images=len(rows), n_flagged=int(found["flagged"].sum()),
         noise_rate={c: float(r) for c, r in zip(store.classes, found["noise_rate"])},
         oof_accuracy=float(np.mean(proba.argmax(1) == y[rows])), out=out,
@@ -127,6 +133,22 @@ def audited_head(cfg: AuditConfig, store, runs_dir) -> tuple[str, str, str]:
     if cfg.clf is not None and cfg.layer is not None:
         why = "as asked"
     return clf, tap, why
+
+
+def ensemble(clf: str, tap: str, taps: list) -> list[tuple[str, str]]:
+    """``[(clf, tap)]`` whose out-of-fold probabilities the audit averages: the audited head
+    and a kNN (a logreg when it is the kNN) on its tap and on the deepest other stored tap
+    (the one after it, else the one before).  Heads that err differently disagree on
+    different images, so the images whose given label all of them doubt stand out: on the
+    full flowers with 2% planted errors this found about 5 points more of them in the
+    top 2% than the one head (docs/trust.md)."""
+    other_clf = "logreg" if clf == "knn" else "knn"
+    i = taps.index(tap)
+    other_tap = taps[i + 1] if i + 1 < len(taps) else taps[i - 1] if i > 0 else None
+    pairs = [(clf, tap), (other_clf, tap)]
+    if other_tap is not None:
+        pairs += [(clf, other_tap), (other_clf, other_tap)]
+    return pairs
 
 
 def suspects(store, rows, y, proba, found: dict, top: int | None) -> list[dict]:
