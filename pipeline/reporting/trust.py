@@ -32,13 +32,14 @@ def best_of(groups: list, kinds: tuple) -> dict | None:
 
 
 def audit_section(groups: list) -> dict:
-    """``{"group", "where", "cards", "noise", "n", "n_flagged", "note"}``: the best frozen
-    run's label suspects (``note`` says why there are none)."""
+    """``{"group", "where", "cards", "noise", "n", "n_flagged", "accuracy", "note"}``: the
+    best frozen run's label suspects, and the accuracy of the probabilities they come from
+    (``note`` says why there are none)."""
     from ..runs.audit import label_issues
 
     best = best_of(groups, ("frozen",))
     out = {"group": best, "cards": [], "noise": [], "n": 0, "n_flagged": 0, "note": None,
-           "where": ""}
+           "where": "", "accuracy": None}
     if best is None:
         out["note"] = "No frozen-head run to audit with: run `fit` first."
         return out
@@ -68,7 +69,8 @@ def audit_section(groups: list) -> dict:
     counts = np.bincount(np.asarray(y), minlength=len(classes))
     out["noise"] = [{"name": c, "rate": float(r), "n": int(n)}
                     for c, r, n in zip(classes, found["noise_rate"], counts)]
-    out.update(n=len(y), n_flagged=int(found["flagged"].sum()))
+    out.update(n=len(y), n_flagged=int(found["flagged"].sum()),
+               accuracy=float(np.mean(np.asarray(proba).argmax(1) == np.asarray(y))))
     return out
 
 
