@@ -101,7 +101,11 @@ def reliability(proba, y, n_bins: int = N_BINS) -> list[dict]:
 
 def ece(proba, y, n_bins: int = N_BINS) -> float:
     """Expected calibration error of the top-label confidence, ``n_bins`` equal-width bins."""
-    bins = reliability(proba, y, n_bins)
+    return _ece_of(reliability(proba, y, n_bins))
+
+
+def _ece_of(bins: list) -> float:
+    """The ECE of :func:`reliability`'s bins: their gaps weighted by their images."""
     n = sum(b["n"] for b in bins)
     return float(sum(b["n"] * abs(b["confidence"] - b["accuracy"]) for b in bins) / n) if n \
         else float("nan")
@@ -112,10 +116,11 @@ def calibration_block(y, proba, scaled, temperature: float, fitted_on: str) -> d
     saved model applies and where it was fitted, and the scored predictions' ECE and NLL
     before (``proba``) and after (``scaled``: each scored image scaled by a temperature
     fitted without it) with both reliability diagrams."""
+    before, after = reliability(proba, y), reliability(scaled, y)
     return {"method": "temperature", "temperature": float(temperature), "fitted_on": fitted_on,
-            "n_bins": N_BINS, "ece": ece(proba, y), "ece_scaled": ece(scaled, y),
+            "n_bins": N_BINS, "ece": _ece_of(before), "ece_scaled": _ece_of(after),
             "nll": nll(proba, y), "nll_scaled": nll(scaled, y),
-            "reliability": {"before": reliability(proba, y), "after": reliability(scaled, y)}}
+            "reliability": {"before": before, "after": after}}
 
 
 #: Where a cross-validated run's temperatures were fitted (its record's ``fitted_on``).

@@ -94,6 +94,15 @@ def _name_file(exc: OSError, path: Path, tmp: Path) -> None:
         exc.filename = os.fspath(path)
 
 
+def refuse_existing(path, overwrite: bool, param: str = "out") -> None:
+    """:class:`StoreError` when ``path`` (a file to write; None: nothing) exists and
+    ``overwrite`` is not set: an output is never replaced silently.  ``param``: the
+    option that named it."""
+    if path and Path(path).exists() and not overwrite:
+        raise StoreError(f"{path} exists; pass {opt('overwrite', 'True')} or another "
+                         f"{opt(param)}", param=param)
+
+
 def read_regular(path) -> bytes:
     """The bytes of ``path``, refusing (with :class:`OSError`) anything that is not a
     regular file without blocking: a FIFO or device that took the place of a file

@@ -1,7 +1,7 @@
 """What to label next: uncertainty scores of a head's probabilities and a diversity step.
 
-Active learning by pool-based batch selection, numpy only (no torch, no
-scikit-learn): ``predict --rank`` and the labelling benchmark
+Active learning by pool-based batch selection, numpy (and scikit-learn's k-means;
+no torch): ``predict --rank`` and the labelling benchmark
 (``benchmarks/bench_labelling.py``) both call :func:`rank_for_labelling`.
 
 Uncertainty (:func:`uncertainty`, larger = less sure), from probabilities

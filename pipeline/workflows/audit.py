@@ -23,7 +23,7 @@ import numpy as np
 
 from ..configs import AuditConfig
 from ..errors import DataError, StoreError, opt, program
-from ..files import atomic_write
+from ..files import atomic_write, refuse_existing
 from ..runs.records import DEFAULT_RUNS_DIR, load_records
 from ..store.hdf5 import open_store
 
@@ -71,13 +71,12 @@ def run_audit(cfg: AuditConfig = AuditConfig(),
 
     t0 = time.perf_counter()
     out = Path(cfg.out) if cfg.out else None
-    if out is not None and out.exists() and not cfg.overwrite:
-        raise StoreError(f"{out} exists; pass {opt('overwrite', 'True')} or another "
-                         f"{opt('out')}", param="out")
+    refuse_existing(out, cfg.overwrite)
     store = open_store(find_store(cfg.features), cfg.split_seed, cfg.groups)
     clf, tap, why = audited_head(cfg, store, runs_dir)
     heads = ensemble(clf, tap, store.taps) if cfg.ensemble else [(clf, tap)]
     splits = [s for s in store.cv_splits() if s[0] == 0]
+    rows = np.concatenate([test for _r, _k, _train, test in splits])  # the folds' order
     y = store.labels
     proba = 0.0
     for member_clf, member_tap in heads:
@@ -86,7 +85,6 @@ def run_audit(cfg: AuditConfig = AuditConfig(),
                                calibrate=False, choice=Choice(selection.metric,
                                                               selection.class_weight,
                                                               store.row_groups))
-        rows = np.concatenate([f.test for f in folds])
         proba = proba + np.concatenate([f.proba for f in folds]) / len(heads)
     try:
         found = label_issues(y[rows], proba)

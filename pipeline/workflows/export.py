@@ -18,7 +18,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import StoreError, UsageError, opt
+from ..errors import UsageError, opt
+from ..files import refuse_existing
 from ..models import load_model
 from ..runs.records import DEFAULT_RUNS_DIR
 
@@ -50,9 +51,7 @@ def run_export(model_ref, out, runs_dir=DEFAULT_RUNS_DIR, overwrite: bool = Fals
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise UsageError(f"{opt('out', str(out))} must end in .onnx", param="out")
-    if out.exists() and not overwrite:
-        raise StoreError(f"{out} exists; pass {opt('overwrite', 'True')} or another "
-                         f"{opt('out')}", param="out")
+    refuse_existing(out, overwrite)
     model = load_model(model_ref, runs_dir)
     meta, gap = model.export(out, probe_images)
     log.info("exported %s to %s (ONNX Runtime vs torch on %d probe images: %.2g)",

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError, UsageError, opt
-from ..files import atomic_write
+from ..errors import UsageError, opt
+from ..files import atomic_write, refuse_existing
 from ..models import load_model as load_run_model
 from ..options import DEFAULT_DIVERSITY
 from ..runs.records import DEFAULT_RUNS_DIR
@@ -82,9 +82,7 @@ def run_predict(model_ref: str, inputs, runs_dir=DEFAULT_RUNS_DIR, out_csv=None,
         raise UsageError(f"{opt('top_k', top_k)} must be >= 1", param="top_k")
     model = load_run_model(model_ref, runs_dir)
     entries = _image_files(inputs)
-    if out_csv and Path(out_csv).exists() and not overwrite:
-        raise StoreError(f"{out_csv} exists; pass {opt('overwrite', 'True')} or another "
-                         f"{opt('out_csv')}", param="out_csv")
+    refuse_existing(out_csv, overwrite, "out_csv")
     ranking = RankRequest.checked(rank, rank_top, rank_out, diversity, overwrite)
     files = [f for f, why in entries if why is None]
     proba, vectors, space, errors = model.proba_and_vectors(files, batch_size, device)

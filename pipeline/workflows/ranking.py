@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError, UsageError, opt
-from ..files import atomic_write
+from ..errors import UsageError, opt
+from ..files import atomic_write, refuse_existing
 from ..heads.ranking import rank_for_labelling
 from ..options import DEFAULT_DIVERSITY, DIVERSITY_STEPS, UNCERTAINTY_SCORES
 
@@ -62,9 +62,7 @@ class RankRequest:
                 or rank_top < 1:
             raise UsageError(f"{opt('rank_top', rank_top)} must be a whole number >= 1 "
                              "(how many images to list)", param="rank_top")
-        if rank_out and Path(rank_out).exists() and not overwrite:
-            raise StoreError(f"{rank_out} exists; pass {opt('overwrite', 'True')} or another "
-                             f"{opt('rank_out')}", param="rank_out")
+        refuse_existing(rank_out, overwrite, "rank_out")
         return cls(rank, int(rank_top), str(rank_out) if rank_out else None, diversity)
 
     def apply(self, preds, proba, vectors, space: str, labelled=None):
