@@ -211,20 +211,23 @@ def baseline(store, kind: str = BaselineConfig.kind, *, runs_dir=DEFAULT_RUNS_DI
 
 
 def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None,
-             protocol: str = FinetuneConfig.protocol, **options) -> Run:
+             protocol: str = FinetuneConfig.protocol, preset: str = "none", **options) -> Run:
     """Fine-tune the store's backbone; a :class:`Run` with the trained network.
 
     ``options`` are the fields of :class:`pipeline.configs.FinetuneConfig`
     (``unfreeze``, ``lr``, ``lr_factor``, ``epochs``, ``schedule``, ``gradual``,
-    ``metric``, ``class_weight``, ...);
+    ``lp_epochs``, ``wise``, ``ema``, ``mixup``, ``tta``, ``metric``, ...), on top of
+    ``preset`` (:data:`pipeline.configs.PRESETS`: ``recommended`` is the ladder's
+    strongest rung);
     ``runs_dir=None`` writes nothing.  ``cache_dir`` keeps the frozen trunk's outputs:
     a folder, or a :class:`pipeline.train.trunk_cache.TrunkCache` to pass to several
     calls so that they compute them once.
     """
+    from .configs import preset_config
     from .workflows.finetune import finetune_run, save_finetune
 
-    record, result = finetune_run(FinetuneConfig(features=_store_path(store),
-                                                 protocol=protocol, **options), cache_dir)
+    record, result = finetune_run(preset_config(preset, features=_store_path(store),
+                                                protocol=protocol, **options), cache_dir)
     path = save_finetune(record, result, runs_dir) if runs_dir else None
     return Run(record, path, result.model)
 

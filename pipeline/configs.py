@@ -39,6 +39,7 @@ from .options import (
     SCHEDULES,
     SELECTION_METRICS,
     TAP_ORDER,
+    TTA_MODES,
 )
 
 #: Where run records go unless told (``--runs``, ``runs_dir``).
@@ -334,6 +335,27 @@ class FinetuneConfig(Checked):
     split_seed: int | None = split_seed_field()
     groups: str | None = groups_field()
     label_smoothing: float = option(0.1, min=0, max=1)
+    warmup_epochs: float = option(0.0, "Linear warm-up of every rate over the first N epochs "
+                                       "(from 1%), then the schedule over the rest.", min=0)
+    lp_epochs: int = option(0, "LP-FT: train only the new classifier for the first N epochs "
+                               "(a linear probe), then every unfrozen group at once.", min=0)
+    layer_decay: float | None = option(
+        None, "Layer-wise rate decay: each trained stage's rate = decay x the stage above's "
+              "(the classifier at --lr); per stage, finer than --lr-factor, which it replaces.",
+        min=0, max=1, min_open=True)
+    wise: bool = option(False, "WiSE-FT: mix the fine-tuned weights with the linear probe's "
+                               "(pretrained stages + the classifier after --lp-epochs), "
+                               "the mixing coefficient chosen on validation.")
+    ema: float | None = option(None, "Keep an exponential moving average of the weights "
+                                     "with this decay (e.g. 0.998): it is what is validated "
+                                     "and kept.", min=0, max=1, min_open=True)
+    mixup: float = option(0.0, "Mixup alpha (0: off; on cached trunk maps it mixes those).",
+                          min=0)
+    cutmix: float = option(0.0, "CutMix alpha (0: off; with mixup, one of the two per batch).",
+                           min=0)
+    tta: str = option("none", "Test-time augmentation: flip = mean of the logits of the image "
+                              "and its mirror (validation, test, predict and export).",
+                      choices=TTA_MODES)
     metric: str = metric_field()
     class_weight: str = class_weight_field()
     patience: int | None = option(4, "Early stopping: epochs without a better validation loss.",
@@ -370,6 +392,27 @@ class FinetuneConfig(Checked):
         return d
 
 
+#: Fine-tuning presets: named sets of FinetuneConfig fields (:func:`preset_config`).
+#: ``recommended``: the ladder's strongest fine-tuning rung (docs/finetuning.md says what
+#: each part does and what it was measured to give).
+PRESETS = {
+    "none": {},
+    "recommended": dict(unfreeze="layer4", lr=1e-3, lr_factor=1.0, lp_epochs=1,
+                        warmup_epochs=1.0, schedule="cosine", ema=0.998, mixup=0.2,
+                        label_smoothing=0.1, wise=True, epochs=8, views=3,
+                        patience=None, cache_at="layer3"),
+}
+
+
+def preset_config(preset: str = "none", **fields) -> FinetuneConfig:
+    """The :class:`FinetuneConfig` of ``preset`` (:data:`PRESETS`) with ``fields`` on top
+    (the fields given win over the preset's)."""
+    if preset not in PRESETS:
+        raise UsageError(f"{opt('preset', repr(preset))} is not a preset; valid: "
+                         f"{', '.join(PRESETS)}", param="preset")
+    return FinetuneConfig(**{**PRESETS[preset], **fields})
+
+
 #: Maximum epochs of each fine-tuning rung: on the full flowers, 3 epochs of the top groups
 #: reached 0.953 +- 0.002 (3 seeds) and 12 gave no better (README, "Results").
 LADDER_EPOCHS = 3
@@ -382,7 +425,8 @@ class LadderConfig(Checked):
     features: str | None = features_field()
     seeds: int = option(1, "Seeds per fine-tuning rung (mean and spread in the table).", min=1)
     baseline_seeds: int = option(1, "Seeds of the MLP and scratch-CNN rungs.", min=1)
-    epochs: int = option(LADDER_EPOCHS, "Maximum epochs of each fine-tuning rung.", min=1)
+    epochs: int = option(LADDER_EPOCHS, "Maximum epochs of each fine-tuning rung (the "
+                                         "recommended preset keeps its own).", min=1)
     views: int = option(3, "Cached views per training image (centre crop + augmented ones).",
                         min=1)
     cnn_epochs: int | None = option(None, "Maximum epochs of the scratch CNN (default: its "
@@ -390,8 +434,8 @@ class LadderConfig(Checked):
     # names, or one comma-separated string (as the command line passes them)
     rungs: str | tuple | None = option(
         None, "Comma-separated subset of rungs to run (pixels, mlp, cnn, frozen, 'fine-tune "
-              "head only', 'fine-tune top groups', 'differential LR', 'gradual unfreezing'); "
-              "default: all.")
+              "head only', 'fine-tune top groups', 'differential LR', 'gradual unfreezing', "
+              "'recommended preset'); default: all.")
     protocol: str = protocol_field()
     split_seed: int | None = split_seed_field()
     groups: str | None = groups_field()

@@ -38,7 +38,10 @@ SCHEDULES = ("constant", "exponential", "step", "cosine", "onecycle")
 #: Whether a schedule steps once per epoch or once per batch.
 SCHEDULE_UNITS = ("epoch", "step")
 #: Training augmentation presets (pipeline.train.datasets).
-AUGMENTATIONS = ("standard", "none")
+AUGMENTATIONS = ("standard", "strong", "none")
+#: Test-time augmentation of fine-tuned predictions: none, or the mean of the logits of
+#: the image and its horizontal mirror.
+TTA_MODES = ("none", "flip")
 #: BatchNorm policy of frozen block groups during fine-tuning.
 BN_POLICIES = ("frozen-eval", "train")
 #: Fine-tuning's frozen-trunk cache: ``auto`` when exact, ``off`` = end to end.

@@ -336,14 +336,20 @@ def _finetune(world, **kw):
     return record
 
 
-@pytest.mark.parametrize("cache, tolerance", [("off", 2e-5), ("auto", 5e-3)])
-def test_finetuned_export_equals_predict(world, tmp_path, cache, tolerance):
+@pytest.mark.parametrize("cache, tolerance, tta", [("off", 2e-5, "none"),
+                                                   ("auto", 5e-3, "none"),
+                                                   ("off", 2e-5, "flip"),
+                                                   ("auto", 5e-3, "flip")])
+def test_finetuned_export_equals_predict(world, tmp_path, cache, tolerance, tta):
     """predict = the network training evaluated (the record's test probabilities;
     the trunk cache holds float16 activations, hence its tolerance); the exported graph
-    = predict on the same 32 uint8 images within 1e-5, and end to end from files."""
-    record = _finetune(world, unfreeze="layer4", cache=cache)
+    = predict on the same 32 uint8 images within 1e-5, and end to end from files.  With
+    flip TTA all three average each image with its mirror (training's test predictions
+    from the cached mirrored view)."""
+    record = _finetune(world, unfreeze="layer4", cache=cache, tta=tta)
     classes = record["classes"]
     assert record["finetune"]["cached_trunk"] == (cache == "auto")
+    assert record["finetune"]["tta"] == tta
     test = run_predict(record["run_id"], _test_paths(record, world), world["runs"], top_k=3)
     _assert_as_recorded(world, record, _proba_of(test, classes), tolerance)
 
@@ -357,6 +363,14 @@ def test_finetuned_export_equals_predict(world, tmp_path, cache, tolerance):
         eager = classifier(torch.from_numpy(crops)).numpy()
     exported = _session(out).run(None, {"images": crops})[0]
     np.testing.assert_allclose(exported, eager, atol=1e-5, rtol=0)
+    if tta == "flip":   # the mirror is in the graph: without it the answer differs
+        from pipeline.train.deploy import as_classifier
+
+        plain = load_run_model(record["run_id"], world["runs"])
+        one_view = as_classifier(plain.body(tta=False), plain.temperature)
+        with torch.inference_mode():
+            single = one_view(torch.from_numpy(crops)).numpy()
+        assert np.abs(single - exported).max() > 1e-4
     files = world["files"][::3]
     by_run = _proba_of(run_predict(record["run_id"], files, world["runs"], top_k=3), classes)
     by_onnx = _proba_of(run_predict(str(out), files, top_k=3), classes)

@@ -68,6 +68,10 @@ def test_every_section_is_filled_from_the_records(study, page):
     assert "PCA" in section(page, "featuremap")
     advice = section(page, "advice")
     assert 'class="here"' in advice and "training images per class" in advice
+    # fine-tuning against the best frozen head: the paired test and the cost in minutes
+    assert re.search(r"points over the best frozen head \([^)]*: (within noise|significant)\)",
+                     advice)
+    assert re.search(r"extra minutes? did not pay|so it paid for its cost", advice)
     assert "python" in section(page, "provenance")
 
 

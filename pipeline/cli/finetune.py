@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..configs import FinetuneConfig
+from ..configs import PRESETS, FinetuneConfig, preset_config
 from .errors import handle_errors
 from .params import cache_dir_option, command, config_options, runs_option
 from .tables import selection_note
@@ -14,10 +14,14 @@ from .tables import selection_note
 @config_options(FinetuneConfig)
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Repeat with seeds seed..seed+N-1 (one group in the report).")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="none", show_default=True,
+              help="A tested recipe (recommended: LP-FT, warm-up + cosine, EMA, mixup, "
+                   "WiSE-FT, flip TTA on the top groups; docs/finetuning.md); the options "
+                   "you give win over it.")
 @cache_dir_option("Keep cached trunk outputs on disk here (reused by later runs, --resume).")
 @runs_option
 @handle_errors
-def finetune(seeds, cache_dir, runs_dir, **fields):
+def finetune(preset, seeds, cache_dir, runs_dir, **fields):
     """Fine-tune a pretrained backbone on the feature store's split.
 
     Example: python cli.py finetune --unfreeze-from layer4 --lr 1e-3 --lr-factor 0.3 --seeds 3
@@ -25,7 +29,11 @@ def finetune(seeds, cache_dir, runs_dir, **fields):
     from ..workflows.finetune import run_finetune_seeds
     from ..workflows.fit import summary_line
 
-    out = run_finetune_seeds(FinetuneConfig(**fields), seeds, runs_dir, cache_dir)
+    ctx = click.get_current_context()
+    given = {k: v for k, v in fields.items()
+             if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+    cfg = preset_config(preset, **given) if preset != "none" else FinetuneConfig(**fields)
+    out = run_finetune_seeds(cfg, seeds, runs_dir, cache_dir)
     for record, path in out:
         click.echo(f"{record.label} (seed {record.seed}): {summary_line(record)}  "
                    f"{record.fit_seconds:.0f} s  {path}")

@@ -30,12 +30,23 @@ class FinetunedModel(SavedNetwork):
         return transform_rule(Preprocessing(**self.bundle["preprocessing"]),
                               pre_shrink=int(self.bundle["cut"]) == 0)
 
-    def body(self):
-        from ..train.deploy import Normalise
+    def body(self, tta: bool = True):
+        """The network behind its normalisation; averaged over each image and its mirror
+        when the run was trained with ``tta="flip"`` (and ``tta``)."""
+        from ..train.deploy import FlipAverage, Normalise
         from ..train.finetune import network_from_bundle
 
         pre = self.bundle["preprocessing"]
-        return Normalise(network_from_bundle(self.bundle), pre["mean"], pre["std"])
+        net = network_from_bundle(self.bundle)
+        if tta and self.bundle["config"].get("tta", "none") == "flip":
+            net = FlipAverage(net)
+        return Normalise(net, pre["mean"], pre["std"])
+
+    def cam_body(self):
+        """:meth:`body` without test-time augmentation: the map is of the image as given."""
+        if getattr(self, "_cam_body", None) is None:
+            self._cam_body = self.body(tta=False)
+        return self._cam_body
 
     def cam(self, files, target=None, batch_size=16, device="auto"):
         """Grad-CAM at the network's last stage that is still a map (frozen or trained)."""

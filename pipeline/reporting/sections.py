@@ -597,9 +597,12 @@ def _finetune_gain(tuned: dict, frozen: dict) -> dict:
     whether the gain clears the noise (significant and positive)."""
     test = judged(compare(tuned["rep"], frozen["rep"], tuned["metric"]))
     gain = tuned["value"] - frozen["value"]
+    tuned_s, frozen_s = tuned["rep"].fit_seconds or 0, frozen["rep"].fit_seconds or 0
+    extra_minutes = (tuned_s - frozen_s) / 60
     return {"tuned": tuned, "frozen": frozen, "gain": gain, "test": test,
-            "time_ratio": ((tuned["rep"].fit_seconds or 0)
-                           / max(frozen["rep"].fit_seconds or 0, 1e-3)),
+            "time_ratio": tuned_s / max(frozen_s, 1e-3), "extra_minutes": extra_minutes,
+            # points of the metric gained per extra minute of training (extraction aside)
+            "points_per_minute": gain * 100 / extra_minutes if extra_minutes > 0 else None,
             "clears_noise": bool(test and test["significant"] and gain > 0)}
 
 

@@ -24,26 +24,33 @@ log = logging.getLogger(__name__)
 
 
 def image_transform(preprocessing, augment: str = "standard", size: int | None = None):
-    """PIL image -> normalised ``(3, size, size)`` float tensor.
+    """PIL image -> normalised ``(3, size, size)`` float tensor (torchvision ``transforms.v2``).
 
     ``standard``: RandomResizedCrop(scale 0.8-1), horizontal flip, ColorJitter
-    (0.2, 0.2, 0.2, 0.1); ``none``: resize and centre crop as the weights
-    expect.  Both end with the weights' own mean/std.
+    (0.2, 0.2, 0.2, 0.1); ``strong``: RandomResizedCrop(scale 0.35-1), horizontal
+    flip, TrivialAugmentWide (one random operation of random strength per image,
+    Mueller & Hutter 2021), random erasing (p 0.25); ``none``: resize and centre
+    crop as the weights expect.  All end with the weights' own mean/std.
     """
-    from torchvision import transforms as T
+    from torchvision.transforms import v2
 
     if augment not in AUGMENTATIONS:
         raise UsageError(f"unknown augmentation {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
     size = size or preprocessing.input_size
-    interp = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
-              "nearest": T.InterpolationMode.NEAREST}[preprocessing.interpolation]
-    tail = [T.ToTensor(), T.Normalize(preprocessing.mean, preprocessing.std)]
+    interp = {"bicubic": v2.InterpolationMode.BICUBIC, "bilinear": v2.InterpolationMode.BILINEAR,
+              "nearest": v2.InterpolationMode.NEAREST}[preprocessing.interpolation]
+    tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    tail = [v2.Normalize(preprocessing.mean, preprocessing.std)]
     if augment == "none":
-        return T.Compose([T.Resize(int(size / preprocessing.crop_pct), interpolation=interp),
-                          T.CenterCrop(size)] + tail)
-    return T.Compose([T.RandomResizedCrop(size, scale=(0.8, 1.0), interpolation=interp),
-                      T.RandomHorizontalFlip(),
-                      T.ColorJitter(0.2, 0.2, 0.2, 0.1)] + tail)
+        return v2.Compose([v2.Resize(int(size / preprocessing.crop_pct), interpolation=interp),
+                           v2.CenterCrop(size), *tensor, *tail])
+    if augment == "strong":
+        return v2.Compose([v2.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=interp),
+                           v2.RandomHorizontalFlip(), v2.TrivialAugmentWide(interpolation=interp),
+                           *tensor, v2.RandomErasing(p=0.25), *tail])
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.8, 1.0), interpolation=interp),
+                       v2.RandomHorizontalFlip(), v2.ColorJitter(0.2, 0.2, 0.2, 0.1),
+                       *tensor, *tail])
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -179,3 +186,19 @@ def augmentation_preview(root, paths, preprocessing, augment: str, draws: int = 
     buf = io.BytesIO()
     grid.save(buf, format="JPEG", quality=80)
     return buf.getvalue()
+
+
+class MirroredViews(torch.utils.data.Dataset):
+    """``dataset``'s items ``(x, y)`` as ``(stack([x, mirrored x]), y)``: the two views
+    of test-time flip augmentation (the fine-tuned network averages their logits)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.labels, self.kept = dataset.labels, getattr(dataset, "kept", None)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return torch.stack([x, torch.flip(x, dims=[-1])]), y

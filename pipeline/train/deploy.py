@@ -51,6 +51,18 @@ class Classifier(nn.Module):
         return torch.softmax(logits, dim=1)
 
 
+class FlipAverage(nn.Module):
+    """``net``'s logits averaged over the input and its horizontal mirror (test-time
+    augmentation of a run trained with ``tta="flip"``)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return (self.net(x) + self.net(torch.flip(x, dims=[-1]))) / 2
+
+
 class Normalise(nn.Module):
     """uint8 ``(N, 3, H, W)`` -> ``(x / 255 - mean) / std`` per channel, then ``net``."""
 

@@ -81,7 +81,9 @@ def build_network(stages, n_classes: int, dropout: float, channels: int | None =
     """``nn.Module``: ``stages`` in order, global average pool, dropout, new linear layer.
 
     ``forward(x)`` takes a normalised ``(N, 3, H, W)`` batch (or the output
-    of the stages it does not hold) and returns ``(N, n_classes)`` logits.
+    of the stages it does not hold) and returns ``(N, n_classes)`` logits; given
+    ``(N, V, ...)`` (``V`` views of each input: test-time augmentation) it returns
+    the mean of each input's views' logits.
     When ``stages`` is empty, ``x`` may also be already pooled ``(N, C)``;
     ``channels`` is then the width of ``x`` (default: the last stage's output).
     """
@@ -96,6 +98,9 @@ def build_network(stages, n_classes: int, dropout: float, channels: int | None =
             self.fc = nn.Linear(channels or _out_channels(stages), n_classes)
 
         def forward(self, x):
+            if x.dim() == 5 or (x.dim() == 3 and not self.stages):   # views of each input
+                n, v = x.shape[:2]
+                return self.forward(x.flatten(0, 1)).view(n, v, -1).mean(dim=1)
             for stage in self.stages:
                 x = stage(x)
             if x.dim() == 4:
@@ -131,8 +136,10 @@ class Plan:
     groups: list            # [(group name, [stage names])] shallow to deep
     trainable: list         # group names trained at some point, deepest first
     lrs: dict               # group name (and "classifier") -> learning rate
-    start_epoch: dict       # group name -> first epoch it trains (gradual)
+    start_epoch: dict       # group name -> first epoch it trains (gradual, LP-FT)
     cut: int                # stages[:cut] are frozen for the whole run
+    # stage name -> learning rate under layer-wise decay (None: one rate per group)
+    stage_lrs: dict | None = None
 
 
 def make_plan(spec, stage_names, cfg: FinetuneConfig) -> Plan:
@@ -155,7 +162,7 @@ def make_plan(spec, stage_names, cfg: FinetuneConfig) -> Plan:
     start = {"classifier": 0}
     for depth, name in enumerate(trainable, start=1):
         lrs[name] = cfg.lr * cfg.lr_factor ** depth
-        start[name] = depth * cfg.gradual if cfg.gradual else 0
+        start[name] = (depth * cfg.gradual if cfg.gradual else 0) + cfg.lp_epochs
     if trainable:
         lowest = dict(groups)[trainable[-1]][0]
         cut = stage_names.index(lowest)
@@ -164,7 +171,16 @@ def make_plan(spec, stage_names, cfg: FinetuneConfig) -> Plan:
     if cfg.cache_at is not None:
         tap_stage = spec.tap(cfg.cache_at).stage
         cut = min(cut, stage_names.index(tap_stage) + 1)
-    return Plan(groups, trainable, lrs, start, cut)
+    return Plan(groups, trainable, lrs, start, cut, _stage_lrs(cfg, groups, trainable))
+
+
+def _stage_lrs(cfg: FinetuneConfig, groups, trainable) -> dict | None:
+    """Layer-wise rate decay: the trained stages top down at ``lr * decay ** k`` (k = 1
+    for the top stage), or None without ``cfg.layer_decay``."""
+    if cfg.layer_decay is None:
+        return None
+    stages = [st for g in trainable for st in dict(groups)[g][::-1]]
+    return {st: cfg.lr * cfg.layer_decay ** k for k, st in enumerate(stages, start=1)}
 
 
 def _transform_pre(pre, input_size):
@@ -186,6 +202,17 @@ def check_config(cfg: FinetuneConfig):
             raise UsageError(f"{opt(name)} must be >= 1, got {getattr(cfg, name)}", param=name)
     if cfg.gradual < 0:
         raise UsageError(f"{opt('gradual')} must be >= 0, got {cfg.gradual}", param="gradual")
+    if cfg.ema is not None and not 0 < cfg.ema < 1:
+        raise UsageError(f"{opt('ema')} is a decay in (0, 1), e.g. 0.998; got {cfg.ema}",
+                         param="ema")
+    if cfg.wise and not 0 < cfg.lp_epochs < cfg.epochs:
+        raise UsageError(f"{opt('wise')} mixes the fine-tuned weights with the linear probe's: "
+                         f"it needs {opt('lp_epochs', 'N')} with 0 < N < {opt('epochs')} "
+                         f"({cfg.epochs}), got {cfg.lp_epochs}", param="lp_epochs")
+    if cfg.lp_epochs and cfg.unfreeze == "none":
+        raise UsageError(f"{opt('lp_epochs')} is the linear probe before fine-tuning, but "
+                         f"{opt('unfreeze', 'none')} trains the classifier only; unfreeze some "
+                         "groups or drop it", param="lp_epochs")
     if cfg.train_per_class is not None and cfg.train_per_class < 1:
         raise UsageError(f"{opt('train_per_class')} must be >= 1, got {cfg.train_per_class}",
                          param="train_per_class")
@@ -261,7 +288,7 @@ def _datasets(cfg, store, loaded, stages, plan, pre, cache: TrunkCache):
     import torch
 
     from ..data.split import draw_rows
-    from .datasets import ImageFolderDataset
+    from .datasets import ImageFolderDataset, MirroredViews
 
     names = [n for n, _ in stages]
     n_classes = len(store.classes)
@@ -275,7 +302,8 @@ def _datasets(cfg, store, loaded, stages, plan, pre, cache: TrunkCache):
             if s == "train" and cfg.train_per_class:
                 rows = draw_rows(labels, cfg.train_per_class, 1, cfg.seed)[0]
                 acts, labels = acts[torch.as_tensor(rows)], labels[rows]
-            sets[s] = CachedViews(acts, labels, random_view=(s == "train"))
+            sets[s] = CachedViews(acts, labels, random_view=(s == "train"),
+                                  tta=cfg.tta == "flip")
         return top, sets, data["train"][2], dict(zip(names[plan.cut:], top.stages)), \
             cache_seconds
     top = build_network(stages, n_classes, cfg.dropout, channels=trunk_width(loaded.spec, stages))
@@ -291,7 +319,7 @@ def _datasets(cfg, store, loaded, stages, plan, pre, cache: TrunkCache):
         if s != "train" and ds.skipped:
             raise DataError(f"{s} image(s) of the store no longer decode: {ds.skipped[:3]}")
         skipped += ds.skipped
-        sets[s] = ds
+        sets[s] = MirroredViews(ds) if s != "train" and cfg.tta == "flip" else ds
     return top, sets, skipped, dict(zip(names, top.stages)), 0.0
 
 
@@ -303,8 +331,13 @@ def _param_groups(top, plan: Plan, model_stages: dict):
     group_stages = dict(plan.groups)
     groups = [ParamGroup("classifier", list(top.fc.parameters()), plan.lrs["classifier"])]
     for g in plan.trainable:
-        params = [p for s in group_stages[g] for p in model_stages[s].parameters()]
-        groups.append(ParamGroup(g, params, plan.lrs[g]))
+        if plan.stage_lrs is None:
+            params = [p for s in group_stages[g] for p in model_stages[s].parameters()]
+            groups.append(ParamGroup(g, params, plan.lrs[g]))
+            continue
+        for s in group_stages[g]:   # named "group:stage", so the group's start epoch applies
+            groups.append(ParamGroup(f"{g}:{s}", list(model_stages[s].parameters()),
+                                     plan.stage_lrs[s]))
     for p in top.parameters():
         p.requires_grad_(False)
     return groups
@@ -314,7 +347,7 @@ def _hooks(cfg, plan: Plan, param_groups, model_stages):
     """``(on_epoch_start, set_train_mode)`` for :func:`pipeline.train.loop.train`."""
     def on_epoch_start(epoch):
         for pg in param_groups:
-            on = epoch >= plan.start_epoch[pg.name]
+            on = epoch >= plan.start_epoch[pg.name.split(":")[0]]
             for p in pg.params:
                 p.requires_grad_(on)
 
@@ -384,23 +417,108 @@ def store_weights(store, backbone: str) -> str:
 def _train_top(cfg, plan, top, model_stages, train_set, val_set, checkpoints: bool = True):
     """Train ``top`` (its block groups per ``plan``) on ``train_set``, early-stopping on
     ``val_set`` (the epoch kept by ``cfg.metric``, the loss weighted by ``cfg.class_weight``
-    counted on ``train_set``); returns :class:`pipeline.train.loop.TrainResult`."""
+    counted on ``train_set``); with ``cfg.wise``, then mixed with the linear probe's
+    weights (:func:`choose_wise`, on ``val_set``).  Returns
+    :class:`pipeline.train.loop.TrainResult` (``extra["wise"]``: the coefficient chosen
+    and each one's validation figures)."""
     from .loop import Schedule, TrainConfig, loss_weights, select_by_for, train
 
     param_groups = _param_groups(top, plan, model_stages)
     on_epoch_start, set_train_mode = _hooks(cfg, plan, param_groups, model_stages)
+    ckpt_dir = cfg.checkpoint_dir if checkpoints else None
+    probe = _ProbeSnapshot(top, cfg.lp_epochs, ckpt_dir, cfg.resume) if cfg.wise else None
     tcfg = TrainConfig(
         epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer="adamw",
         weight_decay=cfg.weight_decay,
         schedule=Schedule(cfg.schedule, per=cfg.schedule_per, gamma=cfg.gamma,
-                          step_size=cfg.step_size),
+                          step_size=cfg.step_size, warmup_epochs=cfg.warmup_epochs),
         label_smoothing=cfg.label_smoothing, patience=cfg.patience, seed=cfg.seed,
-        checkpoint_dir=cfg.checkpoint_dir if checkpoints else None,
-        resume=cfg.resume and checkpoints, stop_after=cfg.stop_after,
+        checkpoint_dir=ckpt_dir, resume=cfg.resume and checkpoints, stop_after=cfg.stop_after,
         class_weights=loss_weights(cfg.class_weight, train_set, top.fc.out_features),
-        select_by=select_by_for(cfg.metric))
-    return train(top, param_groups, train_set, val_set, tcfg,
-                 on_epoch_start=on_epoch_start, set_train_mode=set_train_mode)
+        select_by=select_by_for(cfg.metric), mixup=cfg.mixup, cutmix=cfg.cutmix,
+        ema_decay=cfg.ema)
+
+    def epoch_start(epoch):
+        if probe is not None:
+            probe.take(epoch)
+        on_epoch_start(epoch)
+
+    res = train(top, param_groups, train_set, val_set, tcfg,
+                on_epoch_start=epoch_start, set_train_mode=set_train_mode)
+    if probe is not None and probe.state is not None:
+        res.extra["wise"] = choose_wise(top, probe.state, val_set, tcfg)
+    return res
+
+
+class _ProbeSnapshot:
+    """The top's weights when the linear probe ends (the start of epoch ``lp_epochs``):
+    WiSE-FT's first endpoint.  Kept in ``checkpoint_dir`` (``probe.pt``) when given, so a
+    resumed run mixes with the same weights."""
+
+    def __init__(self, top, lp_epochs: int, checkpoint_dir, resume: bool):
+        import torch
+
+        self.top, self.lp_epochs, self.state = top, lp_epochs, None
+        self.file = Path(checkpoint_dir) / "probe.pt" if checkpoint_dir else None
+        if resume and self.file is not None and self.file.is_file():
+            self.state = torch.load(self.file, map_location="cpu", weights_only=True)
+
+    def take(self, epoch: int):
+        import copy
+
+        import torch
+
+        from ..files import atomic_path
+
+        if epoch != self.lp_epochs or self.state is not None:
+            return
+        self.state = copy.deepcopy(self.top.state_dict())
+        if self.file is not None:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.file) as tmp:
+                torch.save(self.state, tmp)
+
+
+#: The WiSE-FT mixing coefficients tried on validation (0: the linear probe, 1: fine-tuned).
+WISE_ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def mix_states(probe: dict, tuned: dict, alpha: float) -> dict:
+    """``(1 - alpha) * probe + alpha * tuned`` for every floating tensor (weights and
+    BatchNorm statistics); other tensors (step counts) from ``tuned``."""
+    return {k: (torch_lerp(probe[k], v, alpha) if v.is_floating_point() else v)
+            for k, v in tuned.items()}
+
+
+def torch_lerp(a, b, alpha: float):
+    if alpha == 0.0:
+        return a.clone()
+    if alpha == 1.0:
+        return b.clone()
+    return a + (b - a) * alpha
+
+
+def choose_wise(top, probe: dict, val_set, tcfg) -> dict:
+    """Load into ``top`` the mix of ``probe`` and its own (fine-tuned) weights that scores
+    best on ``val_set`` by ``tcfg.select_by`` (ties: the lower validation loss, then the
+    larger coefficient); ``{"alpha", "scores": [{"alpha", "val_loss", "val_score"}]}``."""
+    import copy
+
+    from .loop import validate
+
+    tuned = copy.deepcopy(top.state_dict())
+    scores = []
+    for alpha in WISE_ALPHAS:
+        top.load_state_dict(mix_states(probe, tuned, alpha))
+        loss, acc, values, _ = validate(top, val_set, tcfg)
+        value = acc if tcfg.select_by in ("val_loss", "accuracy") else values[tcfg.select_by]
+        scores.append({"alpha": alpha, "val_loss": loss, "val_score": value})
+    best = max(scores, key=lambda r: (r["val_score"], -r["val_loss"], r["alpha"]))
+    top.load_state_dict(mix_states(probe, tuned, best["alpha"]))
+    top.eval()
+    log.info("WiSE-FT: alpha %.1f chosen on validation (%s)", best["alpha"],
+             ", ".join(f"{r['alpha']:.1f}: {r['val_score']:.3f}" for r in scores))
+    return {"alpha": best["alpha"], "scores": scores}
 
 
 def _trunk_state(stages, plan, use_cache: bool) -> dict:
@@ -510,7 +628,8 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
         return top, dict(zip(names[plan.cut:], top.stages))
 
     def views(rows, train):
-        return CachedViews(acts[torch.as_tensor(rows)], y[rows], random_view=train)
+        return CachedViews(acts[torch.as_tensor(rows)], y[rows], random_view=train,
+                           tta=cfg.tta == "flip", train_views=cfg.views)
 
     folds, epochs, histories = _train_folds(cfg, plan, store, fresh_top, views)
     top, model_stages = fresh_top()
@@ -546,7 +665,9 @@ def _train_folds(cfg, plan, store, fresh_top, views) -> tuple[list, list, list]:
         _, _, val_proba = evaluate_model(top, views(va, False))
         epochs.append(res.best_epoch)
         histories.append(res.history)
-        folds.append(FoldResult(r, k, test_rows, proba, {"best_epoch": res.best_epoch},
+        chosen = {"best_epoch": res.best_epoch,
+                  **({"wise_alpha": res.extra["wise"]["alpha"]} if "wise" in res.extra else {})}
+        folds.append(FoldResult(r, k, test_rows, proba, chosen,
                                 len(train_rows), seconds=res.seconds,
                                 temperature=fit_temperature(val_proba, y[va])))
         log.info("fine-tune fold %d of repeat %d: accuracy %.3f (best epoch %d)", k + 1, r + 1,
@@ -557,9 +678,11 @@ def _train_folds(cfg, plan, store, fresh_top, views) -> tuple[list, list, list]:
 def method_name(cfg: FinetuneConfig) -> str:
     if cfg.unfreeze == "none":
         return "finetune-head"
+    if cfg.lp_epochs:
+        return "finetune-lpft"
     if cfg.gradual:
         return "finetune-gradual"
-    if cfg.lr_factor != 1.0:
+    if cfg.lr_factor != 1.0 or cfg.layer_decay is not None:
         return "finetune-differential"
     return "finetune-top"
 
@@ -568,11 +691,21 @@ def describe(cfg: FinetuneConfig) -> str:
     what = {"none": "head only", "all": "all groups"}.get(cfg.unfreeze,
                                                           f"from {cfg.unfreeze}")
     parts = [f"fine-tune {what}"]
-    if cfg.unfreeze != "none" and cfg.lr_factor != 1.0:
+    if cfg.lp_epochs:
+        parts.append(f"LP-FT {cfg.lp_epochs}ep")
+    if cfg.unfreeze != "none" and cfg.layer_decay is not None:
+        parts.append(f"layer decay {cfg.layer_decay:g}")
+    elif cfg.unfreeze != "none" and cfg.lr_factor != 1.0:
         parts.append(f"lr x{cfg.lr_factor:g}/group")
     if cfg.gradual:
         parts.append(f"gradual/{cfg.gradual}ep")
-    parts.append(cfg.schedule)
+    parts.append(f"warm-up {cfg.warmup_epochs:g}ep + {cfg.schedule}" if cfg.warmup_epochs
+                 else cfg.schedule)
+    parts += [name for name, on in (
+        (f"mixup {cfg.mixup:g}", cfg.mixup), (f"cutmix {cfg.cutmix:g}", cfg.cutmix),
+        (f"EMA {cfg.ema or 0:g}", cfg.ema), ("WiSE-FT", cfg.wise),
+        (f"{cfg.augment} aug", cfg.augment != "standard"), ("flip TTA", cfg.tta == "flip"))
+        if on]
     if cfg.input_size:
         parts.append(f"{cfg.input_size}px")
     return ", ".join(parts)

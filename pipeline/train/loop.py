@@ -46,6 +46,10 @@ class Schedule:
     ``gamma``: decay of exponential (per unit) and step (per ``step_size``
     units); ``min_factor``: floor of cosine and onecycle's end; ``warmup``:
     the fraction of training onecycle spends rising from ``1 / div_factor``.
+    ``warmup_epochs``: a linear warm-up from ``warmup_start`` x the rate to the
+    rate over that many epochs before any schedule, which then runs over the
+    remaining units (timm's ``warmup_prefix``: warm-up + cosine is timm's
+    ``CosineLRScheduler`` curve, checked in the tests).
     """
 
     name: str = "cosine"
@@ -55,6 +59,8 @@ class Schedule:
     min_factor: float = 0.01
     warmup: float = 0.1
     div_factor: float = 25.0
+    warmup_epochs: float = 0.0
+    warmup_start: float = 0.01
 
     def __post_init__(self):
         if self.name not in SCHEDULES:
@@ -63,6 +69,18 @@ class Schedule:
             raise UsageError(f"schedule unit {self.per!r} must be 'epoch' or 'step'")
         if self.step_size < 1:
             raise UsageError(f"step_size must be >= 1, got {self.step_size}")
+        if self.warmup_epochs < 0:
+            raise UsageError(f"{opt('warmup_epochs')} must be >= 0, got {self.warmup_epochs}",
+                             param="warmup_epochs")
+
+
+def warmed_factor(schedule: Schedule, t: int, total: int, warmup: int) -> float:
+    """:func:`schedule_factor` after ``warmup`` units of linear warm-up from
+    ``schedule.warmup_start`` (the schedule then runs over ``total - warmup`` units)."""
+    if t < warmup:
+        start = schedule.warmup_start
+        return start + (1.0 - start) * t / warmup
+    return schedule_factor(schedule, t - warmup, max(total - warmup, 1))
 
 
 def schedule_factor(schedule: Schedule, t: int, total: int) -> float:
@@ -119,6 +137,12 @@ class TrainConfig:
     # the epoch kept (and early stopping): "val_loss", or a metric of pipeline.balance.METRICS
     # on validation, ties going to the lower validation loss
     select_by: str = "val_loss"
+    # Beta(alpha, alpha) of mixup / cutmix (0: off; both on: one of the two per batch)
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    # decay of the weights' exponential moving average (None: off); the average is what is
+    # validated, kept as the best epoch and returned
+    ema_decay: float | None = None
 
     def __post_init__(self):
         if self.select_by not in ("val_loss", *METRICS):
@@ -126,6 +150,12 @@ class TrainConfig:
                              f"{', '.join(METRICS)}")
         if self.class_weights is not None:
             self.class_weights = tuple(float(w) for w in self.class_weights)
+        if self.mixup < 0 or self.cutmix < 0:
+            raise UsageError(f"mixup ({self.mixup}) and cutmix ({self.cutmix}) alphas must be "
+                             ">= 0 (0: off)", param="mixup")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise UsageError(f"{opt('ema')} decay must be in (0, 1), got {self.ema_decay}",
+                             param="ema")
 
     def to_dict(self):
         d = asdict(self)
@@ -143,6 +173,7 @@ class TrainResult:
     seconds: float
     stopped_early: bool
     trainable_params: int
+    extra: dict = field(default_factory=dict)   # what a caller adds (e.g. WiSE-FT's choice)
 
 
 def make_optimizer(groups, cfg: TrainConfig):
@@ -161,10 +192,11 @@ def make_optimizer(groups, cfg: TrainConfig):
 
 
 def make_scheduler(optimizer, schedule: Schedule, epochs: int, steps_per_epoch: int):
-    """A ``LambdaLR`` applying :func:`schedule_factor` to every group's base rate."""
-    total = epochs * steps_per_epoch if schedule.per == "step" else epochs
+    """A ``LambdaLR`` applying :func:`warmed_factor` to every group's base rate."""
+    unit = steps_per_epoch if schedule.per == "step" else 1
+    total, warmup = epochs * unit, int(round(schedule.warmup_epochs * unit))
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda t: schedule_factor(schedule, t, total))
+        optimizer, lambda t: warmed_factor(schedule, t, total, warmup))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -255,7 +287,12 @@ def count_trainable(groups) -> int:
     return int(sum(p.numel() for g in groups for p in g.params))
 
 
-def _save_checkpoint(path: Path, epoch: int, run, cfg, model, optimizer, scheduler):
+def _n_outputs(model) -> int:
+    """The width of ``model``'s last linear layer (its number of classes)."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
+
+
+def _save_checkpoint(path: Path, epoch: int, run, cfg, model, optimizer, scheduler, ema=None):
     """Everything :func:`_resume` needs after ``epoch``; tensors and plain data only, so
     it loads with ``weights_only=True``."""
     state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -263,7 +300,8 @@ def _save_checkpoint(path: Path, epoch: int, run, cfg, model, optimizer, schedul
              "best_state": run.best_state, "best_loss": run.best_loss,
              "best_score": run.best_score, "best_epoch": run.best_epoch, "bad": run.bad,
              "torch_rng": torch.get_rng_state(),
-             "config": cfg.to_dict(), "stopped": run.stopped}
+             "config": cfg.to_dict(), "stopped": run.stopped,
+             "ema": ema.state_dict() if ema is not None else None}
     with atomic_path(path) as tmp:  # a killed save never leaves a half-written checkpoint
         torch.save(state, tmp)
 
@@ -282,7 +320,8 @@ class _Progress:
     stopped: bool = False
 
 
-def _resume(ckpt: Path | None, cfg: TrainConfig, model, optimizer, scheduler) -> _Progress:
+def _resume(ckpt: Path | None, cfg: TrainConfig, model, optimizer, scheduler,
+            ema=None) -> _Progress:
     """The progress saved in ``ckpt``, restored into model, optimizer, scheduler and RNG."""
     if ckpt is None or not ckpt.is_file():
         raise StoreError(f"nothing to resume: no checkpoint {ckpt}; run without "
@@ -306,15 +345,73 @@ def _resume(ckpt: Path | None, cfg: TrainConfig, model, optimizer, scheduler) ->
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
     log.info("resumed from %s after epoch %d", ckpt, state["epoch"] + 1)
     return _Progress(state["history"], state["best_state"], state["best_loss"],
                      state.get("best_score", -math.inf), state["best_epoch"], state["bad"],
                      cfg.epochs if state.get("stopped") else state["epoch"] + 1)
 
 
-def _one_epoch(model, train_data, cfg: TrainConfig, optimizer, scheduler, criterion):
+class WeightAverage:
+    """An exponential moving average of a model's weights (and BatchNorm statistics):
+    timm's ``ModelEmaV3`` with its decay warm-up (``1 - (1 + step) ** -2/3`` up to
+    ``decay``), so in a short run the average does not keep the initial weights for
+    long.  ``module`` is the averaged copy (eval mode); ``steps`` counts updates."""
+
+    def __init__(self, model, decay: float):
+        from timm.utils import ModelEmaV3
+
+        self.ema = ModelEmaV3(model, decay=decay, use_warmup=True)
+        self.steps = 0
+
+    @property
+    def module(self):
+        return self.ema.module
+
+    def update(self, model):
+        self.steps += 1
+        self.ema.update(model, step=self.steps)
+
+    def state_dict(self) -> dict:
+        return {"module": self.ema.module.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict):
+        self.ema.module.load_state_dict(state["module"])
+        self.steps = int(state["steps"])
+
+
+def batch_mixer(cfg: TrainConfig, n_classes: int):
+    """``mix(x, y) -> (x, soft y)`` per ``cfg.mixup`` / ``cfg.cutmix`` (torchvision's
+    ``transforms.v2.MixUp`` / ``CutMix``, one of the two drawn per batch when both are
+    on), or None when both are off.  Works on image batches and on cached trunk maps
+    (``(N, C, H, W)``: manifold mixup); pooled ``(N, C)`` inputs take mixup only."""
+    from torchvision.transforms import v2
+
+    if not cfg.mixup and not cfg.cutmix:
+        return None
+    mixup = v2.MixUp(alpha=cfg.mixup, num_classes=n_classes) if cfg.mixup else None
+    both = [t for t in (mixup, v2.CutMix(alpha=cfg.cutmix, num_classes=n_classes)
+                        if cfg.cutmix else None) if t is not None]
+    maps = both[0] if len(both) == 1 else v2.RandomChoice(both)
+
+    def mix(x, y):
+        if x.dim() == 4:
+            return maps(x, y)
+        if mixup is None:
+            return x, nn.functional.one_hot(y, n_classes).float()
+        x, y = mixup(x[..., None, None], y)
+        return x[..., 0, 0], y
+
+    return mix
+
+
+def _one_epoch(model, train_data, cfg: TrainConfig, optimizer, scheduler, criterion,
+               mix=None, ema=None):
     """One pass over ``train_data`` in a seeded random order: ``(mean loss, accuracy,
-    share of the predictions that went to the most predicted class)``."""
+    share of the predictions that went to the most predicted class)``; ``mix`` mixes
+    each batch (:func:`batch_mixer`; accuracy then counts the labels before mixing),
+    ``ema`` follows the weights after every step."""
     order = torch.randperm(len(train_data)).tolist()
     total_loss, correct, seen, predicted = 0.0, 0, 0, {}
     for start in range(0, len(order), cfg.batch_size):
@@ -322,11 +419,14 @@ def _one_epoch(model, train_data, cfg: TrainConfig, optimizer, scheduler, criter
         if len(batch) == 1 and len(order) > 1:
             continue  # BatchNorm cannot train on one image; it comes round in another epoch
         x, y = _collate([train_data[i] for i in batch])
+        x, target = mix(x, y) if mix is not None else (x, y)
         logits = model(_layout(x, cfg.channels_last))
-        loss = criterion(logits, y)
+        loss = criterion(logits, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update(model)
         if cfg.schedule.per == "step":
             scheduler.step()
         total_loss += loss.item() * len(y)
@@ -372,11 +472,13 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
     optimizer = make_optimizer(groups, cfg)
     steps = math.ceil(len(train_data) / cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg.schedule, cfg.epochs, steps)
-    weight = (None if cfg.class_weights is None
-              else torch.as_tensor(cfg.class_weights, dtype=torch.float32))
-    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    criterion = _criterion(cfg)
     ckpt = _checkpoint_file(cfg)
-    run = _resume(ckpt, cfg, model, optimizer, scheduler) if cfg.resume else _Progress()
+    mix = batch_mixer(cfg, _n_outputs(model))
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
+    run = (_resume(ckpt, cfg, model, optimizer, scheduler, ema) if cfg.resume
+           else _Progress())
+    kept = ema.module if ema is not None else model   # what is validated and kept
     for epoch in range(run.next_epoch, cfg.epochs):
         t0 = time.perf_counter()
         torch.manual_seed(epoch_seed(cfg.seed, epoch))
@@ -385,24 +487,22 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
         (set_train_mode or (lambda m: m.train()))(model)
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
         train_loss, train_acc, train_share = _one_epoch(model, train_data, cfg, optimizer,
-                                                        scheduler, criterion)
-        val_loss, val_acc, val_scores, collapsed = _validate(model, val_data, cfg)
+                                                        scheduler, criterion, mix, ema)
+        val_loss, val_acc, val_scores, collapsed = validate(kept, val_data, cfg)
         entry = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
                  "val_loss": val_loss, "val_accuracy": val_acc,
                  "val_balanced_accuracy": val_scores.get("balanced_accuracy"),
                  "val_macro_f1": val_scores.get("macro_f1"),
                  # a run answering one class, told apart from one that memorises (report)
                  "train_top_share": train_share, "val_collapsed": collapsed, "lr": lrs,
-                 "trainable_params": sum(p.numel() for g in groups for p in g.params
-                                         if p.requires_grad),
-                 "seconds": time.perf_counter() - t0}
+                 "trainable_params": _trained_now(groups), "seconds": time.perf_counter() - t0}
         run.history.append(entry)
         log.info("epoch %d/%d train loss %.4f acc %.3f  val loss %.4f acc %.3f  (%.1f s)",
                  epoch + 1, cfg.epochs, train_loss, train_acc, val_loss, val_acc,
                  entry["seconds"])
-        _keep_best(run, cfg, model, epoch, val_loss, val_scores)
+        _keep_best(run, cfg, kept, epoch, val_loss, val_scores)
         if ckpt is not None:
-            _save_checkpoint(ckpt, epoch, run, cfg, model, optimizer, scheduler)
+            _save_checkpoint(ckpt, epoch, run, cfg, model, optimizer, scheduler, ema)
         if run.stopped or (cfg.stop_after is not None and epoch + 1 >= cfg.stop_after):
             break
     if run.best_state is not None:
@@ -412,7 +512,20 @@ def train(model: nn.Module, groups, train_data, val_data, cfg: TrainConfig,
                        run.stopped, count_trainable(groups))
 
 
-def _validate(model, val_data, cfg: TrainConfig):
+def _trained_now(groups) -> int:
+    """Parameters of ``groups`` that train this epoch (gradual unfreezing, LP-FT)."""
+    return sum(p.numel() for g in groups for p in g.params if p.requires_grad)
+
+
+def _criterion(cfg: TrainConfig):
+    """The training loss: cross-entropy with ``cfg``'s class weights and label smoothing
+    (it takes mixup's soft targets as well as class indices)."""
+    weight = (None if cfg.class_weights is None
+              else torch.as_tensor(cfg.class_weights, dtype=torch.float32))
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def validate(model, val_data, cfg: TrainConfig):
     """``(loss, accuracy, {metric: value}, collapsed)`` of ``model`` on ``val_data``."""
     val_loss, val_acc, val_proba, val_y = evaluate_model(
         model, val_data, max(cfg.batch_size, 64), cfg.class_weights, return_labels=True)

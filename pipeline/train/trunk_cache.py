@@ -55,7 +55,10 @@ def cache_key(store, cfg, cut: int, weights_id: str, pre, layout: str) -> str:
                        "weights": weights_id, "cut": cut, "views": cfg.views,
                        "augment": cfg.augment, "pre": pre.to_dict(),
                        "chunk": CACHE_CHUNK, "layout": layout, "split": split,
-                       "runtime": trunk_runtime(cfg)}, sort_keys=True)
+                       "runtime": trunk_runtime(cfg),
+                       # only when on, so the keys of caches written before TTA stay valid
+                       **({"tta": cfg.tta} if getattr(cfg, "tta", "none") != "none" else {})},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -161,10 +164,12 @@ def _compute(store, loaded, cfg, cuts: list, pre, layout: str) -> dict:
         {s: store.rel_paths(s) for s in ("train", "val", "test")}
     runner = trunk_runner(trunk, pre.input_size, "compile" if cfg.compile else cfg.runtime)
     data = {cut: {} for cut in trunk.cuts}
+    flip = getattr(cfg, "tta", "none") == "flip"
     for split, paths in parts.items():
         views = cfg.views if split in ("train", "all") else 1
         acts, ok, skipped = compute_activations(runner, store.data_root, paths, pre, views,
-                                                cfg.augment, seed=0)
+                                                cfg.augment, seed=0,
+                                                flip=flip and split != "train")
         if split != "train" and skipped:
             raise DataError(f"{len(skipped)} {split} image(s) of the store no longer decode "
                             f"({skipped[0][0]}: {skipped[0][1]}); restore them or re-extract")
@@ -173,10 +178,12 @@ def _compute(store, loaded, cfg, cuts: list, pre, layout: str) -> dict:
     return data
 
 
-def compute_activations(runner, root, paths, pre, views: int, augment: str, seed: int = 0):
+def compute_activations(runner, root, paths, pre, views: int, augment: str, seed: int = 0,
+                        flip: bool = False):
     """``([trunk outputs], rows ok, skipped)``: one ``(n, views, C, H, W)`` float16 tensor
     per output of ``runner`` (one per cut of :class:`~pipeline.train.trunk_net.TrunkCuts`);
-    view 0 is the centre crop.
+    view 0 is the centre crop; with ``flip`` one more view at the end, the centre crop's
+    mirror (test-time augmentation: :class:`CachedViews` ``tta``).
 
     Views 1.. are augmented (the training preset), seeded per chunk, so the
     result depends only on the images, ``views``, ``seed`` and the runtime.
@@ -194,7 +201,7 @@ def compute_activations(runner, root, paths, pre, views: int, augment: str, seed
 
     import torch
 
-    chunk = _ChunkDecoder(root, paths, pre, views, augment, seed)
+    chunk = _ChunkDecoder(root, paths, pre, views, augment, seed, flip)
     out, ok, skipped = [], [], []
     threads = torch.get_num_threads()
     starts = list(range(0, len(paths), CACHE_CHUNK))
@@ -227,12 +234,15 @@ def compute_activations(runner, root, paths, pre, views: int, augment: str, seed
 class _ChunkDecoder:
     """``chunk(c0) -> (indices, [one (n, 3, S, S) batch per view], [(path, reason)])`` for
     the images ``paths[c0 : c0 + CACHE_CHUNK]``: decoded once, view 0 the centre crop,
-    views 1.. the augmentation drawn from ``epoch_seed(seed, c0 * views + v)``."""
+    views 1.. the augmentation drawn from ``epoch_seed(seed, c0 * views + v)``; with
+    ``flip``, a last view: view 0 mirrored."""
 
-    def __init__(self, root, paths, pre, views: int, augment: str, seed: int):
+    def __init__(self, root, paths, pre, views: int, augment: str, seed: int,
+                 flip: bool = False):
         from .datasets import image_transform
 
         self.root, self.paths, self.views, self.seed = Path(root), paths, views, seed
+        self.flip = flip
         self.clean = image_transform(pre, "none")
         self.aug = image_transform(pre, augment) if views > 1 else None
         self.short = int(math.ceil(pre.input_size / pre.crop_pct))
@@ -256,6 +266,8 @@ class _ChunkDecoder:
             torch.manual_seed(epoch_seed(self.seed, c0 * self.views + v))
             t = self.clean if v == 0 else self.aug
             per_view.append(torch.stack([t(im) for im in imgs]))
+        if self.flip and per_view:
+            per_view.append(torch.flip(per_view[0], dims=[-1]))
         return idx, per_view, failed
 
 
@@ -292,11 +304,17 @@ def trunk_runner(trunk, size: int, runtime: str = "auto"):
 
 
 class CachedViews:
-    """Dataset over cached trunk outputs: item ``i`` is a random view of image ``i``
-    (``random_view=False``: view 0, the centre crop); ``acts`` ``(n, views, C, H, W)``."""
+    """Dataset over cached trunk outputs ``acts`` ``(n, views, C, H, W)``: item ``i`` is a
+    random view of image ``i`` among its first ``train_views`` (default: all)
+    (``random_view=True``), else view 0, the centre crop; with ``tta`` the centre crop
+    and the last view, its mirror, as one ``(2, C, H, W)`` item (the network averages
+    their logits)."""
 
-    def __init__(self, acts, labels, random_view: bool):
+    def __init__(self, acts, labels, random_view: bool, tta: bool = False,
+                 train_views: int | None = None):
         self.acts, self.labels, self.random_view = acts, np.asarray(labels), random_view
+        self.tta = tta and not random_view
+        self.train_views = train_views or acts.shape[1]
 
     def __len__(self):
         return len(self.labels)
@@ -304,5 +322,7 @@ class CachedViews:
     def __getitem__(self, i):
         import torch
 
-        v = int(torch.randint(self.acts.shape[1], (1,))) if self.random_view else 0
+        if self.tta:
+            return self.acts[i, [0, -1]].float(), int(self.labels[i])
+        v = int(torch.randint(self.train_views, (1,))) if self.random_view else 0
         return self.acts[i, v].float(), int(self.labels[i])

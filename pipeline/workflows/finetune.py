@@ -68,6 +68,9 @@ def _details(result: FinetuneResult, protocol: Protocol) -> dict:
             "best_epoch": res.best_epoch, "stopped_early": res.stopped_early,
             "preprocessing": result.preprocessing.to_dict(), "weights_id": result.weights_id,
             "bn_policy": cfg.bn, "skipped_images": result.skipped,
+            "stage_lrs": plan.stage_lrs, "tta": cfg.tta,
+            # WiSE-FT: the coefficient chosen on validation (cv: each fold's, in its params)
+            "wise": res.extra.get("wise"),
             "final_model": protocol.pick(
                 holdout="the best epoch on validation",
                 cv="trained on every image for the folds' median best epoch")}

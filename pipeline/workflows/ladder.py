@@ -12,7 +12,14 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from ..configs import LADDER_EPOCHS, BaselineConfig, FinetuneConfig, FitConfig, LadderConfig
+from ..configs import (
+    LADDER_EPOCHS,
+    BaselineConfig,
+    FinetuneConfig,
+    FitConfig,
+    LadderConfig,
+    preset_config,
+)
 from ..errors import UsageError
 from ..runs.groups import collapse_of, majority_reference, record_metric, score, test_metrics
 from ..runs.protocol import resolve_protocol
@@ -23,9 +30,15 @@ from .finetune import run_finetune_seeds
 log = logging.getLogger(__name__)
 
 
+#: The ladder's strongest fine-tuning rung: :data:`pipeline.configs.PRESETS` ``recommended``.
+PRESET_RUNG = "recommended preset"
+
+
 def ladder_configs(features, epochs: int = LADDER_EPOCHS,
                    views: int = 3) -> list[tuple[str, FinetuneConfig]]:
-    """The fine-tuning rungs of the ladder, with the defaults we tuned (see docs/results.md)."""
+    """The fine-tuning rungs of the ladder, with the defaults we tuned (see docs/results.md),
+    the last the recommended preset (its own epochs; the ladder's views, so every rung
+    reads one trunk cache)."""
     base = FinetuneConfig(features=features, epochs=epochs, views=views, cache_at="layer3")
     return [
         ("fine-tune head only", replace(base, unfreeze="none", lr=3e-3)),
@@ -33,6 +46,8 @@ def ladder_configs(features, epochs: int = LADDER_EPOCHS,
         ("differential LR", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3)),
         ("gradual unfreezing", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3,
                                        gradual=1)),
+        (PRESET_RUNG, preset_config("recommended", features=features, views=views,
+                                    cache_at="layer3")),
     ]
 
 

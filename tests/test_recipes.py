@@ -1,0 +1,208 @@
+"""Fine-tuning recipes: warm-up + cosine, LP-FT, WiSE-FT, layer-wise decay, EMA, mixup and
+flip TTA, on toy networks and a tiny store (what each freezes, mixes and chooses)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import make_folder
+
+from pipeline.backbones import get_backbone, load_backbone
+from pipeline.errors import UsageError
+from pipeline.extraction.job import ExtractConfig, run_extract
+from pipeline.train.finetune import (
+    WISE_ALPHAS,
+    FinetuneConfig,
+    build_network,
+    make_plan,
+    mix_states,
+)
+from pipeline.train.loop import ParamGroup, Schedule, TrainConfig, train, warmed_factor
+from pipeline.workflows.finetune import run_finetune
+
+LITE0_STAGES = ["stem"] + [f"blocks.{i}" for i in range(7)] + ["conv_head"]
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipes")
+    folder = make_folder(root / "img", per_class=8, size=(40, 36))
+    summary = run_extract(ExtractConfig(data=str(folder), backbone="toy", layers=("layer1",),
+                                        out=str(root / "f"), progress=False, workers=0))
+    return str(summary.path)
+
+
+def _cfg(store, **kw):
+    base = dict(features=store, backbone="resnet18", weights="none", input_size=32,
+                epochs=2, batch_size=8, lr=1e-2, lr_factor=1.0, views=2, protocol="holdout",
+                patience=None)
+    return FinetuneConfig(**{**base, **kw})
+
+
+def test_warmup_then_cosine_is_timms_curve():
+    """The loop's warm-up + cosine factor equals timm's CosineLRScheduler (warmup_prefix)
+    at every step: the same schedule users know from timm, resumable by our LambdaLR."""
+    from timm.scheduler import CosineLRScheduler
+
+    total, warm = 40, 6
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = CosineLRScheduler(opt, t_initial=total - warm, lr_min=0.01, warmup_t=warm,
+                               warmup_lr_init=0.01, warmup_prefix=True)
+    ours = Schedule("cosine", per="epoch", warmup_epochs=warm)
+    got = [warmed_factor(ours, t, total, warm) for t in range(total)]
+    assert got == pytest.approx([theirs._get_lr(t)[0] for t in range(total)], abs=1e-12)
+    assert got[0] == pytest.approx(0.01) and max(got) == pytest.approx(1.0)
+
+
+def test_layer_decay_gives_each_stage_its_rate_and_lp_delays_every_group():
+    spec = get_backbone("efficientnet_lite0")
+    plan = make_plan(spec, LITE0_STAGES, FinetuneConfig(unfreeze="layer4", lr=1.0,
+                                                         layer_decay=0.5, lp_epochs=2))
+    assert plan.stage_lrs == pytest.approx({"conv_head": 0.5, "blocks.6": 0.25,
+                                            "blocks.5": 0.125})
+    assert plan.start_epoch == {"classifier": 0, "head": 2, "layer4": 2}
+
+
+def test_lp_ft_trains_the_classifier_alone_then_every_unfrozen_group(tiny_store, tmp_path):
+    """LP-FT: during the linear probe only the classifier trains (the unfrozen stages keep
+    their pretrained weights); then every unfrozen group trains at once."""
+    original = load_backbone("resnet18", "none").model.state_dict()
+    cfg = _cfg(tiny_store, unfreeze="layer3", lp_epochs=1, epochs=2)
+    probe, _ = run_finetune(replace(cfg, stop_after=1), tmp_path / "probe")
+    counts = [h["trainable_params"] for h in probe["history"]]
+    assert counts == [512 * 3 + 3]
+    top = torch.load(probe["model_file"], map_location="cpu", weights_only=True)["top_state"]
+    # top stages: 0 layer3, 1 layer4 (the trunk up to layer2 is cached)
+    for prefix, stage in (("stages.0.", "layer3."), ("stages.1.", "layer4.")):
+        for k, v in top.items():
+            if k.startswith(prefix):
+                assert torch.equal(v, original[stage + k[len(prefix):]]), k
+    full, _ = run_finetune(replace(cfg, checkpoint_dir=str(tmp_path / "ck")), tmp_path / "full")
+    counts = [h["trainable_params"] for h in full["history"]]
+    assert counts[0] == 512 * 3 + 3 and counts[1] > counts[0] * 100
+    # the last epoch's weights (the kept epoch may be the probe's, by validation)
+    last = torch.load(tmp_path / "ck" / "last.pt", map_location="cpu", weights_only=True)
+    assert not torch.equal(last["model"]["stages.0.0.conv1.weight"],
+                           original["layer3.0.conv1.weight"])
+    assert full["method"] == "finetune-lpft" and "LP-FT 1ep" in full["label"]
+
+
+def _toy_top(seed):
+    torch.manual_seed(seed)
+    stages = [("s0", torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                         torch.nn.ReLU()))]
+    return build_network(stages, 3, 0.0).eval()
+
+
+def test_wise_mix_at_0_and_1_reproduces_the_endpoints():
+    probe, tuned = _toy_top(0), _toy_top(1)
+    with torch.no_grad():   # BatchNorm statistics differ too: they are mixed as well
+        tuned.stages[0][1].running_mean.add_(0.5)
+    x = torch.randn(5, 3, 8, 8)
+    mixed = _toy_top(2)
+    for alpha, endpoint in ((0.0, probe), (1.0, tuned)):
+        mixed.load_state_dict(mix_states(probe.state_dict(), tuned.state_dict(), alpha))
+        with torch.no_grad():
+            assert torch.equal(mixed(x), endpoint(x)), alpha
+    mixed.load_state_dict(mix_states(probe.state_dict(), tuned.state_dict(), 0.5))
+    half = mixed.state_dict()["fc.weight"]
+    assert torch.allclose(half, (probe.fc.weight + tuned.fc.weight) / 2)
+
+
+def test_wise_chooses_its_coefficient_on_validation_only(tiny_store, tmp_path, monkeypatch):
+    """Every evaluation that chooses something (the epoch kept, WiSE-FT's coefficient) sees
+    the validation split's labels, never the test split's."""
+    import numpy as np
+
+    from pipeline.store.hdf5 import open_store
+    from pipeline.train import loop
+
+    seen, real = [], loop.validate
+
+    def spy(model, val_data, cfg):
+        seen.append(np.asarray(val_data.labels).tolist())
+        return real(model, val_data, cfg)
+
+    monkeypatch.setattr(loop, "validate", spy)
+    record, _ = run_finetune(_cfg(tiny_store, unfreeze="layer4", lp_epochs=1, epochs=3,
+                                  wise=True), tmp_path / "runs")
+    store = open_store(tiny_store)
+    val = store.y("val").tolist()
+    assert len(seen) == 3 + len(WISE_ALPHAS) and all(s == val for s in seen)
+    wise = record["finetune"]["wise"]
+    assert wise["alpha"] in WISE_ALPHAS
+    assert [s["alpha"] for s in wise["scores"]] == list(WISE_ALPHAS)
+    assert "WiSE-FT" in record["label"]
+
+
+def test_wise_needs_a_linear_probe(tiny_store):
+    from pipeline.train.finetune import check_config
+
+    with pytest.raises(UsageError, match="--lp-epochs"):
+        check_config(_cfg(tiny_store, unfreeze="layer4", wise=True))
+
+
+def _toy_data(n=48, seed=0):
+    from pipeline.train.datasets import TensorPairs
+
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 3, 6, 6, generator=g)
+    y = (X.mean(dim=(1, 2, 3)) > 0).long() + (X[:, 0].mean(dim=(1, 2)) > 0.3).long()
+    return TensorPairs(X[:36], y[:36]), TensorPairs(X[36:], y[36:])
+
+
+def _toy_run(tmp_path=None, stop_after=None, resume=False, **kw):
+    train_set, val_set = _toy_data()
+    torch.manual_seed(0)
+    model = build_network([("s0", torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3),
+                                                      torch.nn.BatchNorm2d(8),
+                                                      torch.nn.ReLU()))], 3, 0.0)
+    cfg = TrainConfig(epochs=4, batch_size=8, seed=1, patience=None,
+                      checkpoint_dir=str(tmp_path) if tmp_path else None,
+                      stop_after=stop_after, resume=resume, **kw)
+    res = train(model, [ParamGroup("all", list(model.parameters()), 0.05)],
+                train_set, val_set, cfg)
+    return res, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_ema_and_mixup_runs_resume_exactly_and_the_average_is_what_is_kept(tmp_path):
+    """With an EMA of the weights and mixup/cutmix, an interrupted run resumed from its
+    checkpoint ends with the same weights as one that ran through; the weights returned
+    are the average (they differ from the same run's without EMA)."""
+    recipe = dict(ema_decay=0.9, mixup=0.4, cutmix=1.0)
+    full, s_full = _toy_run(**recipe)
+    _toy_run(tmp_path, stop_after=2, **recipe)
+    resumed, s_res = _toy_run(tmp_path, resume=True, **recipe)
+    assert all(torch.equal(s_full[k], s_res[k]) for k in s_full)
+    assert [h["val_loss"] for h in full.history] == [h["val_loss"] for h in resumed.history]
+    _, s_plain = _toy_run(mixup=0.4, cutmix=1.0)
+    assert not torch.equal(s_plain["fc.weight"], s_full["fc.weight"])
+
+
+def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
+    net = _toy_top(3)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        both = net(torch.stack([x, torch.flip(x, dims=[-1])], dim=1))
+        assert torch.allclose(both, (net(x) + net(torch.flip(x, dims=[-1]))) / 2, atol=1e-6)
+        assert not torch.allclose(both, net(x), atol=1e-4)
+
+
+def test_every_ladder_rung_reads_one_trunk_cache(tiny_store):
+    """The ladder's fine-tuning rungs, the recommended preset among them, cut the trunk at
+    the same stage with the same views: one cache key, so the trunk runs once per ladder."""
+    from pipeline.train.finetune import _prepare, uses_trunk_cache
+    from pipeline.train.trunk_cache import ALL_IMAGES, cache_key
+    from pipeline.workflows.ladder import PRESET_RUNG, ladder_configs
+
+    rungs = ladder_configs(tiny_store)
+    assert rungs[-1][0] == PRESET_RUNG and rungs[-1][1].wise and rungs[-1][1].lp_epochs
+    keys = set()
+    for _, cfg in rungs:
+        cfg, store, loaded, _, _, plan, pre, _ = _prepare(replace(cfg, backbone="resnet18",
+                                                                  weights="none"))
+        assert uses_trunk_cache(cfg, plan)
+        keys.add(cache_key(store, cfg, plan.cut, loaded.weights_id, pre, ALL_IMAGES))
+    assert len(keys) == 1
