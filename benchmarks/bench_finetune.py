@@ -52,6 +52,30 @@ def best_frozen(store: str, runs: Path, protocol: str, svm: bool):
     return max(records, key=lambda r: score(r)["select"]), rows
 
 
+def tta_gain(record, runs: Path, features: str) -> dict:
+    """Test accuracy of a holdout fine-tuned run's saved network on the store's test images,
+    without and with flip TTA (the same weights; TTA only at prediction), and McNemar's
+    exact test between the two."""
+    from pipeline.models.registry import load_model
+    from pipeline.runs.stats import mcnemar_exact
+    from pipeline.store.hdf5 import open_store
+
+    store = open_store(features)
+    files = [Path(store.data_root) / p for p in store.rel_paths("test")]
+    y = store.y("test")
+    model = load_model(record.run_id, runs)
+    correct = {}
+    for tta in ("none", "flip"):
+        model.bundle["config"]["tta"] = tta
+        proba, errors = model.predict_proba(files)
+        if errors:
+            raise SystemExit(f"test images no longer decode: {errors}")
+        correct[tta] = proba.argmax(1) == y
+    plain, flipped = correct["none"], correct["flip"]
+    return {"plain": float(plain.mean()), "flip": float(flipped.mean()),
+            "p_value": mcnemar_exact(flipped, plain)["p_value"]}
+
+
 def parse_sets(items) -> dict:
     """``["key=value", ...]`` -> fields (values read as JSON when they parse)."""
     out = {}
@@ -74,6 +98,9 @@ def main():
     ap.add_argument("--set", action="append", help="extra finetune field key=value")
     ap.add_argument("--svm", action="store_true", help="also RBF-SVM heads in the frozen pool")
     ap.add_argument("--markdown", metavar="NAME", help="print README table rows for NAME")
+    ap.add_argument("--tta", action="store_true",
+                    help="holdout: each fine-tuned network's test accuracy with and without "
+                         "flip TTA at prediction")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -109,6 +136,11 @@ def main():
           f"best frozen {frozen_value:.4f}; gain {100 * (mean - frozen_value):+.2f} points; "
           f"largest Holm-adjusted p {max(adjusted):.4g}; wall per seed "
           f"{', '.join(f'{w:.0f}' for w in walls)} s")
+    if args.tta and args.protocol == "holdout":
+        for seed, rec in enumerate(tuned):
+            g = tta_gain(rec, args.runs, args.features)
+            print(f"seed {seed} flip TTA: test accuracy {g['plain']:.4f} -> {g['flip']:.4f} "
+                  f"(McNemar p {g['p_value']:.3g})")
     if args.markdown:
         print(f"| {args.markdown} | {frozen.label} | 1 | {frozen_value:.3f} | - "
               f"| {frozen.fit_seconds:.0f} s | - |")
