@@ -39,6 +39,7 @@ from .options import (
     SCHEDULES,
     SELECTION_METRICS,
     TAP_ORDER,
+    TTA_CHOICES,
 )
 
 #: Where run records go unless told (``--runs``, ``runs_dir``).
@@ -178,6 +179,11 @@ class ExtractConfig(Checked):
                 "pooling changes.", choices=POOL_CHOICES)
     # set by resolve(): the pooling before "auto" resolved
     asked_pool: str = option("", cli=False)
+    tta: str = option(
+        "none", "Test-time augmentation of the stored vectors. flip: each image's vector at "
+                "every tap is the mean of the image's and of its horizontal mirror's (twice "
+                "the extraction time; a store of its own, named ..._flip.h5). Heads fitted on "
+                "it predict and export with the same averaging.", choices=TTA_CHOICES)
     batch_size: int = option(32, min=1)
     device: str = option("auto", "auto | cpu | cuda | cuda:N (cuda without CUDA is an error).")
     runtime: str = runtime_field(

@@ -25,6 +25,9 @@ POOLINGS = MAP_POOLINGS + TOKEN_POOLINGS
 #: ``cls`` for a ViT pooling its class token, ``mean`` for one averaging its patch tokens,
 #: ``avg`` for a CNN), resolved by BackboneSpec.resolve_pooling.
 POOL_CHOICES = ("auto",) + POOLINGS
+#: Test-time augmentation of extracted vectors (``extract --tta``): ``none``, or ``flip``:
+#: each pooled vector is the mean of the image's and of its horizontal mirror's.
+TTA_CHOICES = ("none", "flip")
 #: Storage dtype of the vectors in a feature store.
 DTYPES = ("float32", "float16")
 #: Inference runtimes (pipeline.extraction.runtimes); ``auto`` = the fastest installed here.
