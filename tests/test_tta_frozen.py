@@ -181,3 +181,28 @@ def test_a_flip_run_predicts_and_exports_what_it_was_scored_with(stores, tmp_pat
     exported = session.run(None, {"images": crops})[0]
     np.testing.assert_allclose(exported, predicted, atol=1e-5)
     assert {p.key: p.value for p in onnx.load(str(out)).metadata_props}["tta"] == "flip"
+
+
+def test_class_map_of_a_flip_score_sums_to_it():
+    """The CAM of a linear head on flip-averaged features (the image's map and its mirror's
+    mapped back) averages to the head's score over its positions, as a plain CAM does,
+    and a mirrored image gets the mirrored map."""
+    from pipeline.models.cam import linear_cam
+    from pipeline.models.frozen import mirrored_mean
+
+    extractor = build_extractor(load_backbone("toy_asym"), ["layer1"], "avg", "flip")
+    weight = torch.tensor([[1.0, -2.0], [0.5, 1.5], [-1.0, 0.25]])
+    x = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (4, 3, 16, 16))).float()
+    targets = [0, 1, 2, 1]
+    cam = mirrored_mean(extractor, lambda b, t: linear_cam(extractor.maps(b)["layer1"],
+                                                           weight, t))
+    maps, of_mirror = cam(x, targets), cam(torch.flip(x, dims=(3,)), targets)
+    assert extractor.tta == "flip"                              # put back after
+    # the mirror's map is this map mirrored: each half sits where its pixels are
+    np.testing.assert_allclose(torch.flip(of_mirror, dims=(2,)).numpy(), maps.numpy(),
+                               rtol=1e-5, atol=1e-3)
+    with torch.no_grad():
+        scores = (extractor(x)[0] @ weight.T)[torch.arange(4), torch.tensor(targets)]
+        plain = linear_cam(extractor.maps(x)["layer1"], weight, targets).mean(dim=(1, 2))
+    np.testing.assert_allclose(maps.mean(dim=(1, 2)).numpy(), scores.numpy(), rtol=1e-5)
+    assert np.abs(plain.numpy() - scores.numpy()).max() > 1.0   # the mirror's half counts

@@ -194,13 +194,10 @@ class FrozenHeadModel(SavedHead):
         def decomposed(x, t):
             return grad_x_activation(centred, extractor.stages[-1], x, t)
 
-        how = exact if pooling == "avg" else decomposed
+        how, method = ((exact, f"CAM at {tap}") if pooling == "avg" else
+                       (decomposed, f"gradient x activation at {tap} ({pooling} pooling)"))
         if extractor.tta == "flip":
-            how = mirrored_mean(extractor, how)
-        method = (f"CAM at {tap}" if pooling == "avg"
-                  else f"gradient x activation at {tap} ({pooling} pooling)")
-        if extractor.tta == "flip":
-            method += ", the mean with its mirror's (flip TTA)"
+            how, method = mirrored_mean(extractor, how), f"{method}, averaged with the mirror's"
         return class_maps(self, body, files, target, batch_size, device, method, how,
                           shift=True)
 
