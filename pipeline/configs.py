@@ -39,7 +39,7 @@ from .options import (
     SCHEDULES,
     SELECTION_METRICS,
     TAP_ORDER,
-    TTA_MODES,
+    TTA_CHOICES,
 )
 
 #: Where run records go unless told (``--runs``, ``runs_dir``).
@@ -179,6 +179,11 @@ class ExtractConfig(Checked):
                 "pooling changes.", choices=POOL_CHOICES)
     # set by resolve(): the pooling before "auto" resolved
     asked_pool: str = option("", cli=False)
+    tta: str = option(
+        "none", "Test-time augmentation of the stored vectors. flip: each image's vector at "
+                "every tap is the mean of the image's and of its horizontal mirror's (twice "
+                "the extraction time; a store of its own, named ..._flip.h5). Heads fitted on "
+                "it predict and export with the same averaging.", choices=TTA_CHOICES)
     batch_size: int = option(32, min=1)
     device: str = option("auto", "auto | cpu | cuda | cuda:N (cuda without CUDA is an error).")
     runtime: str = runtime_field(
@@ -355,7 +360,7 @@ class FinetuneConfig(Checked):
                            min=0)
     tta: str = option("none", "Test-time augmentation: flip = mean of the logits of the image "
                               "and its mirror (validation, test, predict and export).",
-                      choices=TTA_MODES)
+                      choices=TTA_CHOICES)
     metric: str = metric_field()
     class_weight: str = class_weight_field()
     patience: int | None = option(4, "Early stopping: epochs without a better validation loss.",

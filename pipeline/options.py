@@ -25,6 +25,10 @@ POOLINGS = MAP_POOLINGS + TOKEN_POOLINGS
 #: ``cls`` for a ViT pooling its class token, ``mean`` for one averaging its patch tokens,
 #: ``avg`` for a CNN), resolved by BackboneSpec.resolve_pooling.
 POOL_CHOICES = ("auto",) + POOLINGS
+#: Test-time augmentation (``extract --tta``, ``finetune --tta``): ``none``, or ``flip``:
+#: each pooled vector (extract) or each answer's logits (fine-tuned) is the mean of the
+#: image's and of its horizontal mirror's.
+TTA_CHOICES = ("none", "flip")
 #: Storage dtype of the vectors in a feature store.
 DTYPES = ("float32", "float16")
 #: Inference runtimes (pipeline.extraction.runtimes); ``auto`` = the fastest installed here.
@@ -39,9 +43,6 @@ SCHEDULES = ("constant", "exponential", "step", "cosine", "onecycle")
 SCHEDULE_UNITS = ("epoch", "step")
 #: Training augmentation presets (pipeline.train.datasets).
 AUGMENTATIONS = ("standard", "strong", "none")
-#: Test-time augmentation of fine-tuned predictions: none, or the mean of the logits of
-#: the image and its horizontal mirror.
-TTA_MODES = ("none", "flip")
 #: BatchNorm policy of frozen block groups during fine-tuning.
 BN_POLICIES = ("frozen-eval", "train")
 #: Fine-tuning's frozen-trunk cache: ``auto`` when exact, ``off`` = end to end.

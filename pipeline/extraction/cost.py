@@ -22,14 +22,25 @@ from ..store.journal import Journal
 log = logging.getLogger(__name__)
 
 
-def measured_cost(spec, taps, pool: str, old_store=None) -> dict:
+def measured_cost(spec, taps, pool: str, old_store=None, tta: str = "none") -> dict:
     """Parameters and GFLOPs per tap (:func:`pipeline.extraction.forward.measure_cost`),
-    kept from the old store when it measured the same taps; ``{}`` when not measurable."""
+    kept from the old store when it measured the same taps; ``{}`` when not measurable.
+    Flip TTA (``tta="flip"``) passes every image twice: twice the GFLOPs."""
     if old_store is not None:
         old = old_store.attrs.get("cost")
         old = json.loads(old) if isinstance(old, str) else old
         if isinstance(old, dict) and set(taps) <= set((old.get("gflops") or {})):
             return old
+    cost = _plain_cost(spec, taps, pool)
+    if cost and tta == "flip":
+        cost = {**cost, "gflops": {t: round(2 * g, 4) for t, g in cost["gflops"].items()},
+                "method": f"{cost['method']}; doubled: flip TTA passes each image and its "
+                          "mirror"}
+    return cost
+
+
+def _plain_cost(spec, taps, pool: str) -> dict:
+    """The cost of one forward pass, cached in :func:`cost_cache_file`."""
     cached = cost_cache_file(spec, taps, pool)
     try:
         return json.loads(cached.read_text())

@@ -78,13 +78,15 @@ def run_in_turn(runner, items):
         yield tag, outs, time.perf_counter() - t0
 
 
-def network_key(spec, weights: str, taps, pool: str) -> str:
+def network_key(spec, weights: str, taps, pool: str, tta: str = "none") -> str:
     """Names the cut network by what shapes it (backbone, weights identity, taps,
-    pooling, preprocessing), so a cached onnx/openvino export is used without
-    building the torch model at all."""
-    return config_key({"backbone": spec.name, "weights": weights_identity(spec, weights),
-                       "taps": list(taps), "pooling": pool,
-                       "preprocessing": spec.preprocessing.to_dict()})
+    pooling, preprocessing, test-time augmentation), so a cached onnx/openvino export
+    is used without building the torch model at all."""
+    key = {"backbone": spec.name, "weights": weights_identity(spec, weights),
+           "taps": list(taps), "pooling": pool, "preprocessing": spec.preprocessing.to_dict()}
+    if tta != "none":  # the plain network keeps the key it had before TTA existed
+        key["tta"] = tta
+    return config_key(key)
 
 
 def extract_features(root, paths, cfg: ExtractConfig, taps, indices=None,
@@ -92,7 +94,8 @@ def extract_features(root, paths, cfg: ExtractConfig, taps, indices=None,
     """Yield a :class:`BatchResult` per batch of the images ``root / paths[i]``.
 
     Each result holds the rows it covers (``indices[i]``, default ``i``),
-    ``{tap: (n, C) float32}`` pooled with ``cfg.pool`` in the order of ``taps``
+    ``{tap: (n, C) float32}`` pooled with ``cfg.pool`` (and averaged with the
+    horizontal mirror's under ``cfg.tta == "flip"``) in the order of ``taps``
     (resolved tap names), the files' SHA-256 (``hash_files``) and the files that
     did not decode, with their reason.  ``cfg`` gives the network (``backbone``,
     ``weights``) and how it runs: ``runtime``/``precision`` as in
@@ -119,11 +122,12 @@ def extract_features(root, paths, cfg: ExtractConfig, taps, indices=None,
     batches = iter(loader)  # decoding threads start filling their queue now
 
     def build():
-        return build_extractor(load_backbone(spec.name, cfg.weights), taps, cfg.pool)
+        return build_extractor(load_backbone(spec.name, cfg.weights), taps, cfg.pool, cfg.tta)
 
+    key = network_key(spec, cfg.weights, taps, cfg.pool, cfg.tta)
     runner = make_runner(build, cfg.runtime, dev, spec.preprocessing,
                          precision=cfg.precision, threads=cfg.threads,
-                         cache=ExportCache(key=network_key(spec, cfg.weights, taps, cfg.pool)),
+                         cache=ExportCache(key=key),
                          fallback=cfg.asked_runtime == "auto")
     try:
         yield from iter_features(runner, batches, dev, taps)

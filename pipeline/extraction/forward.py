@@ -3,7 +3,10 @@
 :class:`TapExtractor` wraps a backbone's stages, cut after the deepest
 requested tap, with the weights' normalisation as its first operation and a
 pooling of each tapped feature map as its last, so one call computes every
-tap.
+tap.  With ``tta="flip"`` each pooled vector is the mean of the image's and of
+its horizontal mirror's, computed inside ``forward`` so every runtime that
+traces or exports the module (compile, ONNX, OpenVINO, an exported classifier)
+computes the same.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..options import MAP_POOLINGS, POOLINGS, TOKEN_POOLINGS
+from ..options import MAP_POOLINGS, POOLINGS, TOKEN_POOLINGS, TTA_CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +62,18 @@ class TapExtractor(nn.Module):
 
     ``forward(images)`` takes ``(N, 3, H, W)`` uint8 (or float in [0, 255]) and
     returns a tuple of ``(N, C_tap)`` float tensors in the order of ``taps``.
+    ``tta="flip"``: each is the mean of the pooled vectors of the images and of
+    their horizontal mirrors (two passes, so twice the compute).
     """
 
     def __init__(self, stages, tap_stages: dict, preprocessing, pooling: str = "avg",
-                 prefix_tokens: int = 0):
+                 prefix_tokens: int = 0, tta: str = "none"):
         super().__init__()
         if pooling not in POOLINGS:
             raise UsageError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+        if tta not in TTA_CHOICES:
+            raise UsageError(f"unknown test-time augmentation {tta!r}; valid: "
+                             f"{', '.join(TTA_CHOICES)}", param="tta")
         names = [name for name, _ in stages]
         missing = [s for s in tap_stages.values() if s not in names]
         if missing:
@@ -77,14 +85,17 @@ class TapExtractor(nn.Module):
         self.tap_stages = dict(tap_stages)
         self.pooling = pooling
         self.prefix_tokens = prefix_tokens
+        self.tta = tta
         mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
 
     def maps(self, images) -> dict:
-        """``{tap: unpooled output of its stage}`` of uint8 ``images``."""
-        x = (images.float() - self.mean) / self.std
+        """``{tap: unpooled output of its stage}`` of uint8 ``images`` (no mirror)."""
+        return self._maps((images.float() - self.mean) / self.std)
+
+    def _maps(self, x) -> dict:
         out = {}
         for name, stage in zip(self.stage_names, self.stages):
             x = stage(x)
@@ -93,20 +104,28 @@ class TapExtractor(nn.Module):
                     out[tap] = x
         return out
 
+    def _pooled(self, x) -> list:
+        maps = self._maps(x)
+        return [pool(maps[t], self.pooling, self.prefix_tokens).float() for t in self.tap_names]
+
     def forward(self, images):
-        maps = self.maps(images)
-        return tuple(pool(maps[t], self.pooling, self.prefix_tokens).float()
-                     for t in self.tap_names)
+        x = (images.float() - self.mean) / self.std
+        pooled = self._pooled(x)
+        if self.tta == "flip":  # the mirror: the normalised batch flipped on its width axis
+            mirrored = self._pooled(torch.flip(x, dims=(3,)))
+            pooled = [(a + b) * 0.5 for a, b in zip(pooled, mirrored)]
+        return tuple(pooled)
 
 
-def build_extractor(loaded, taps, pooling: str = "auto") -> TapExtractor:
+def build_extractor(loaded, taps, pooling: str = "auto", tta: str = "none") -> TapExtractor:
     """A :class:`TapExtractor` for a :class:`~pipeline.backbones.LoadedBackbone`
-    (``pooling`` ``auto``: the backbone's own, :meth:`BackboneSpec.resolve_pooling`)."""
+    (``pooling`` ``auto``: the backbone's own, :meth:`BackboneSpec.resolve_pooling`;
+    ``tta``: ``none`` or ``flip``, the mean with the horizontal mirror)."""
     spec = loaded.spec
     pooling, _why = spec.resolve_pooling(pooling)
     tap_stages = {t: spec.tap(t).stage for t in taps}
     extractor = TapExtractor(loaded.stages(), tap_stages, spec.preprocessing, pooling,
-                             spec.num_prefix_tokens)
+                             spec.num_prefix_tokens, tta)
     return extractor.eval()
 
 

@@ -206,7 +206,7 @@ def _extract_and_write(cfg, spec, manifest, config, path, plan: ReusePlan, t_sta
     speed = (n_forward / forward_seconds) if forward_seconds else 0.0
     created = old.attrs.get("created") if old is not None else None
     attrs = store_attrs(cfg, spec, config, manifest, created or now_iso(), speed)
-    attrs["cost"] = measured_cost(spec, plan.taps, cfg.pool, old)
+    attrs["cost"] = measured_cost(spec, plan.taps, cfg.pool, old, cfg.tta)
     contents = StoreContents(config, attrs, manifest.classes, rows, skipped, widths, cfg.dtype)
     write_split_store(path, contents, manifest, split_spec(cfg, manifest), plan.previous_split,
                       old)

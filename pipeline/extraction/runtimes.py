@@ -481,14 +481,17 @@ def model_key(extractor) -> str:
     """SHA-256 of everything in ``extractor`` that shapes its outputs.
 
     Covers the module structure (which stages, cut where), every parameter
-    and buffer (the weights), the normalisation constants, the taps and the
-    pooling.  :func:`_export_key` adds the input size and versions.
+    and buffer (the weights), the normalisation constants, the taps, the
+    pooling and the test-time augmentation.  :func:`_export_key` adds the input
+    size and versions.
     """
     import torch
 
     digest = hashlib.sha256()
     header = [repr(extractor), repr(getattr(extractor, "tap_stages", None)),
               repr(getattr(extractor, "pooling", None))]
+    if getattr(extractor, "tta", "none") != "none":  # plain extractors keep their key
+        header.append(f"tta={extractor.tta}")
     digest.update("\0".join(header).encode())
     tensors = dict(extractor.state_dict())
     tensors.update({f"buffer:{k}": v for k, v in extractor.named_buffers()})

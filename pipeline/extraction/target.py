@@ -24,18 +24,22 @@ from ..data.layouts import TableColumns, load
 from ..data.manifest import Manifest, bundled_data_root, stratified_head
 from ..data.partition import SplitSpec
 from ..errors import UsageError, opt
-from ..options import DTYPES, POOL_CHOICES
+from ..options import DTYPES, POOL_CHOICES, TTA_CHOICES
 from ..store.hdf5 import FORMAT_VERSION
 from .runtimes import check_device, resolve_precision, resolve_runtime
 
 
-def default_store_path(out: str, dataset: str, backbone: str, pool: str) -> Path:
+def default_store_path(out: str, dataset: str, backbone: str, pool: str,
+                       tta: str = "none") -> Path:
     """``out`` itself when it names an ``.h5`` file, else ``out/<dataset>_<backbone>_<pool>.h5``
-    (a ``/`` in the backbone name, as in ``timm/convnext_tiny``, becomes ``-``)."""
+    (a ``/`` in the backbone name, as in ``timm/convnext_tiny``, becomes ``-``), or
+    ``..._<pool>_<tta>.h5`` with a test-time augmentation, so a flip store is never taken
+    for the plain one."""
     out = Path(out)
     if out.suffix in (".h5", ".hdf5"):
         return out
-    return out / f"{dataset}_{backbone.replace('/', '-')}_{pool}.h5"
+    suffix = "" if tta == "none" else f"_{tta}"
+    return out / f"{dataset}_{backbone.replace('/', '-')}_{pool}{suffix}.h5"
 
 
 def table_columns(cfg: ExtractConfig) -> TableColumns:
@@ -65,7 +69,7 @@ def store_path(cfg: ExtractConfig) -> Path:
     pooling asked for by name (``..._avg.h5`` of a CNN either way)."""
     spec = get_backbone(cfg.backbone)
     return default_store_path(cfg.out, dataset_name(cfg), spec.name,
-                              spec.resolve_pooling(cfg.pool)[0])
+                              spec.resolve_pooling(cfg.pool)[0], cfg.tta)
 
 
 def pooling_note(cfg: ExtractConfig) -> str:
@@ -75,10 +79,17 @@ def pooling_note(cfg: ExtractConfig) -> str:
     return f"{pooling} ({why})"
 
 
+#: What each test-time augmentation does to the stored vectors (``extract``'s summary).
+TTA_NOTES = {"flip": "flip (each vector the mean of the image's and its horizontal mirror's; "
+                     "two forward passes per image)"}
+
+
 def resolved_lines(cfg: ExtractConfig, taps) -> list[str]:
-    """What the pooling and the stored ``taps`` of ``cfg`` are, and why (two lines)."""
+    """What the pooling, the test-time augmentation (when there is one) and the stored
+    ``taps`` of ``cfg`` are, and why (two or three lines)."""
     asked = "as asked" if cfg.layers else "the backbone's default"
-    return [f"pooling: {pooling_note(cfg)}", f"taps: {', '.join(taps)} ({asked})"]
+    tta = [f"test-time augmentation: {TTA_NOTES[cfg.tta]}"] if cfg.tta != "none" else []
+    return [f"pooling: {pooling_note(cfg)}", *tta, f"taps: {', '.join(taps)} ({asked})"]
 
 
 def build_manifest(cfg: ExtractConfig) -> Manifest:
@@ -100,7 +111,7 @@ def split_spec(cfg: ExtractConfig, manifest: Manifest) -> SplitSpec:
 
 def validate(cfg: ExtractConfig):
     """:class:`UsageError` naming the parameter when ``cfg``'s data path is empty or its
-    pooling, dtype or batch size is not one this tool has."""
+    pooling, test-time augmentation, dtype or batch size is not one this tool has."""
     if cfg.data is not None and not str(cfg.data).strip():
         raise UsageError(f"{opt('data')} is an empty path; give a folder of images or a "
                          f"label table, or leave {opt('data')} out for the bundled flowers",
@@ -108,6 +119,9 @@ def validate(cfg: ExtractConfig):
     if cfg.pool not in POOL_CHOICES:
         raise UsageError(f"unknown pooling {cfg.pool!r}; valid: {', '.join(POOL_CHOICES)}",
                          param="pool")
+    if cfg.tta not in TTA_CHOICES:
+        raise UsageError(f"unknown {opt('tta')} {cfg.tta!r}; valid: {', '.join(TTA_CHOICES)}",
+                         param="tta")
     if cfg.dtype not in DTYPES:
         raise UsageError(f"unknown {opt('dtype')} {cfg.dtype!r}; valid: {', '.join(DTYPES)}",
                          param="dtype")
@@ -141,6 +155,9 @@ def store_config(cfg: ExtractConfig, spec) -> dict:
 
     Not the labels, classes, split or groups: they come from the data's layout and
     a seed, and changing them rewrites the store's index without a forward pass.
+    ``tta`` is in it only when there is one (``flip``): plain stores keep the key they
+    had before test-time augmentation existed, and a store without it reads as ``none``
+    (:attr:`pipeline.store.hdf5.FeatureStore.tta`).
     """
     config = {
         "format_version": FORMAT_VERSION,
@@ -153,6 +170,8 @@ def store_config(cfg: ExtractConfig, spec) -> dict:
         "runtime": cfg.runtime,
         "precision": cfg.precision,
     }
+    if cfg.tta != "none":
+        config["tta"] = cfg.tta
     return json.loads(json.dumps(config))  # the form it takes once stored
 
 

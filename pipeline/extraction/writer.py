@@ -34,6 +34,7 @@ def store_attrs(cfg: ExtractConfig, spec, config: dict, manifest: Manifest, crea
         "preprocessing": config["preprocessing"],
         "decoding": DECODING,
         "pooling": cfg.pool,
+        "tta": cfg.tta,
         "dtype": cfg.dtype,
         "precision": config["precision"],
         "runtime": cfg.runtime,

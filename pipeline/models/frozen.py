@@ -1,8 +1,8 @@
 """``frozen``: a scikit-learn head on one tap of a frozen backbone (``fit``), saved as skops.
 
 Predicted from features extracted exactly as the store made them (backbone,
-weights, pooling, runtime, precision) by the extraction function ``extract``
-uses, then the head's ``predict_proba``.  Exported as the cut backbone with the
+weights, pooling, test-time augmentation, runtime, precision) by the extraction
+function ``extract`` uses, then the head's ``predict_proba``.  Exported as the cut backbone with the
 head folded into one ``nn.Linear`` when its kind exports as ``linear``
 (:mod:`pipeline.heads.registry`), else as the exported trunk joined to the head
 converted by skl2onnx.
@@ -37,9 +37,12 @@ class FrozenHeadModel(SavedHead):
         return "tap" in bundle and "store_config" in bundle
 
     def parts(self):
+        from ..store.hdf5 import store_tta
+
         cfg = self.bundle["store_config"]
         return {"backbone": cfg["backbone"], "tap": self.bundle["tap"],
-                "pooling": cfg["pooling"], "head": head_name(self.bundle["model"])}
+                "pooling": cfg["pooling"], "tta": store_tta(cfg),
+                "head": head_name(self.bundle["model"])}
 
     def crop_rule(self):
         """:class:`pipeline.extraction.loader.ImageDataset`'s crops at the backbone's
@@ -83,7 +86,8 @@ class FrozenHeadModel(SavedHead):
 
     def features(self, files, batch_size=32, device="auto"):
         """Features of ``files`` at the head's tap, made as the store made them (backbone,
-        weights, pooling, runtime, precision) by the extraction function ``extract`` uses.
+        weights, pooling, test-time augmentation, runtime, precision) by the extraction
+        function ``extract`` uses.
 
         Returns ``(X (n_ok, C), {file index: reason})``.  A runtime not installed
         here falls back to eager (fp32 runtimes agree within 1e-4), with a log line.
@@ -91,6 +95,7 @@ class FrozenHeadModel(SavedHead):
         from ..configs import ExtractConfig
         from ..extraction.features import extract_features
         from ..extraction.runtimes import installed
+        from ..store.hdf5 import store_tta
         from ..train.deploy import check_head_weights
 
         cfg = self.bundle["store_config"]
@@ -103,8 +108,8 @@ class FrozenHeadModel(SavedHead):
         tap = self.bundle["tap"]
         feats, errors = [], {}
         run = ExtractConfig(backbone=cfg["backbone"], weights=source, pool=cfg["pooling"],
-                            runtime=runtime, precision=precision, device=device,
-                            batch_size=batch_size, workers=0)
+                            tta=store_tta(cfg), runtime=runtime, precision=precision,
+                            device=device, batch_size=batch_size, workers=0)
         batches = extract_features(Path("."), [str(f) for f in files], run, [tap],
                                    hash_files=False)
         with closing(batches):  # never left to the garbage collector: see extract_features
@@ -119,14 +124,16 @@ class FrozenHeadModel(SavedHead):
 
     def trunk(self):
         """``(features module in eval mode, n_features)``: the backbone cut at the head's tap,
-        pooled, without the head (:class:`pipeline.train.deploy.Features`)."""
+        pooled (and averaged with the mirror's on a flip store), without the head
+        (:class:`pipeline.train.deploy.Features`)."""
         from ..backbones import load_backbone
         from ..extraction.forward import build_extractor
+        from ..store.hdf5 import store_tta
         from ..train.deploy import Features, check_head_weights
 
         cfg, tap = self.bundle["store_config"], self.bundle["tap"]
         loaded = load_backbone(cfg["backbone"], check_head_weights(self.bundle))
-        trunk = Features(build_extractor(loaded, [tap], cfg["pooling"])).eval()
+        trunk = Features(build_extractor(loaded, [tap], cfg["pooling"], store_tta(cfg))).eval()
         return trunk, loaded.spec.tap(tap).channels
 
     def body(self):
@@ -184,12 +191,14 @@ class FrozenHeadModel(SavedHead):
                 fmap = extractor.maps(x)[tap].float()
             return linear_cam(fmap, weight.to(fmap.device), targets)
 
-        if pooling == "avg":
-            return class_maps(self, body, files, target, batch_size, device,
-                              f"CAM at {tap}", exact, shift=True)
-        return class_maps(self, body, files, target, batch_size, device,
-                          f"gradient x activation at {tap} ({pooling} pooling)",
-                          lambda x, t: grad_x_activation(centred, extractor.stages[-1], x, t),
+        def decomposed(x, t):
+            return grad_x_activation(centred, extractor.stages[-1], x, t)
+
+        how, method = ((exact, f"CAM at {tap}") if pooling == "avg" else
+                       (decomposed, f"gradient x activation at {tap} ({pooling} pooling)"))
+        if extractor.tta == "flip":
+            how, method = mirrored_mean(extractor, how), f"{method}, averaged with the mirror's"
+        return class_maps(self, body, files, target, batch_size, device, method, how,
                           shift=True)
 
     def graph(self):
@@ -215,3 +224,21 @@ class FrozenHeadModel(SavedHead):
 
         trunk, channels = self.trunk()
         return trunk_and_head_graph(trunk, model, self.crop_rule(), channels, self.temperature)
+
+
+def mirrored_mean(extractor, map_of):
+    """The map of a flip-TTA score from ``map_of`` (``(x, targets)`` -> ``(N, h, w)``) of the
+    plain one: the score is the mean of the image's and its mirror's, so its map is the mean
+    of the image's map and the mirror's map mirrored back (still exact: each sums to its
+    half).  ``extractor`` runs without the mirror while ``map_of`` is asked, put back after."""
+    import torch
+
+    def run(x, targets):
+        extractor.tta = "none"
+        try:
+            plain, mirror = map_of(x, targets), map_of(torch.flip(x, dims=(3,)), targets)
+        finally:
+            extractor.tta = "flip"
+        return (plain + torch.flip(mirror, dims=(2,))) * 0.5
+
+    return run

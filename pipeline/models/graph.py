@@ -122,6 +122,7 @@ def metadata(description: dict, rule) -> dict:
         "backbone": d["backbone"],
         "tap": d["tap"],
         "pooling": d["pooling"],
+        "tta": d.get("tta") or "none",
         "temperature": repr(float(d.get("temperature", 1.0))),
         "producer": f"transfer-workbench {version}",
     }

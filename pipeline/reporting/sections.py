@@ -616,7 +616,8 @@ def provenance_section(records: list, groups: list, stale: list = ()) -> dict:
         f = r.features
         if f.get("path"):
             stores.setdefault(f["path"], {"path": f["path"], "fingerprint": f.get("fingerprint"),
-                                          "backbone": f.get("backbone")})
+                                          "backbone": f.get("backbone"),
+                                          "tta": f.get("tta", "none")})
     backbones = OrderedDict()
     for r in records:
         if r.backbone:

@@ -13,7 +13,8 @@ it under ``reports/runs/`` without ever overwriting; :func:`load_records` and
 
 Schema (``schema: 1``; docs/formats.md, "Run records", documents every field):
 ``run_id, created, kind (frozen|baseline|finetune), method, label, backbone,
-layer, weights, features {path (absolute since this version), fingerprint}, data_root, classes,
+layer, weights, features {path (absolute since this version), fingerprint, tta (flip
+stores only)}, data_root, classes,
 split_sizes, split_seed, split {seed, groups, fractions, source, test_given, n_groups, sizes,
 notes, stored}, split_fingerprint, seed, group, setup, hyperparameters, search,
 metrics {val, test} (cv: {oof}), predictions {paths, y_true, y_pred, proba}, cv (cv runs),
@@ -387,6 +388,13 @@ def _skeleton(run: RunInfo, store) -> dict:
     from ..store.hdf5 import library_versions
 
     pretrained = run.kind != "baseline"
+    features = {"path": str(Path(store.path).resolve()), "fingerprint": store.fingerprint,
+                "backbone": store.attrs.get("backbone"),
+                "images_per_second": store.attrs.get("images_per_second"),
+                "cost": _store_cost(store)}
+    tta = getattr(store, "tta", "none")
+    if tta != "none":  # the store's vectors were averaged with their mirror's
+        features["tta"] = tta
     return dict(
         run_id=make_run_id(run.method, run.layer),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -396,10 +404,7 @@ def _skeleton(run: RunInfo, store) -> dict:
         weights=store.attrs.get("weights") if pretrained else None,
         # Absolute, so the report finds the store whatever folder it runs in; the
         # fingerprint tells it whether the file there is still this store.
-        features={"path": str(Path(store.path).resolve()), "fingerprint": store.fingerprint,
-                  "backbone": store.attrs.get("backbone"),
-                  "images_per_second": store.attrs.get("images_per_second"),
-                  "cost": _store_cost(store)},
+        features=features,
         data_root=str(store.data_root),
         dataset=store.attrs.get("dataset"),
         layout=store.attrs.get("layout", "classes"),

@@ -1,9 +1,9 @@
 """The HDF5 feature store: schema, cache key, read views and the atomic writer.
 
 One store file holds the pooled tap vectors of one image folder under one
-configuration (backbone, weights, preprocessing, pooling, storage dtype,
-runtime precision).  Layout (all datasets row-aligned, rows in manifest
-order; see docs/formats.md, "HDF5 layout")::
+configuration (backbone, weights, preprocessing, pooling, test-time
+augmentation, storage dtype, runtime precision).  Layout (all datasets
+row-aligned, rows in manifest order; see docs/formats.md, "HDF5 layout")::
 
     /paths (N,) str       relative to the data root (absolute for a table's outside files)
     /labels (N,) int64    index into /classes
@@ -83,6 +83,12 @@ CHUNK_ROWS = 256
 def config_key(config: dict) -> str:
     """SHA-256 of the canonical JSON of everything that shapes the vectors."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def store_tta(config: dict) -> str:
+    """The test-time augmentation of a store's ``config`` (its cache key): ``flip``, or
+    ``none`` for a plain store and one written before the key could hold it."""
+    return config.get("tta", "none")
 
 
 def library_versions() -> dict:
@@ -276,6 +282,11 @@ class FeatureStore:
     @property
     def data_root(self) -> Path:
         return Path(self.attrs["data_root"])
+
+    @property
+    def tta(self) -> str:
+        """The test-time augmentation the vectors were made with (``none``, ``flip``)."""
+        return store_tta(self.config)
 
     def mask(self, split=None) -> np.ndarray:
         if split is None:

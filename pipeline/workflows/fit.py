@@ -157,13 +157,20 @@ def _fit_holdout(store, tap: str, clf: str, seed: int, selection, protocol):
         test_pred = res.model.predict(X_te)
         val_proba = _validation_proba(clf, X_tr, y_tr, X_va, res, seed, proba.shape[1])
     run = RunInfo(kind="frozen", method=clf,
-                  label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
+                  label=f"{features_label(store, tap)} + {clf}{selection.suffix}",
                   setup=_setup(clf, tap, selection),
                   hyperparameters={**res.params, "class_weight": res.class_weight},
                   search=res.search, fit_seconds=res.fit_seconds, layer=tap, seed=seed,
                   trainable_params=_n_params(res.model))
     record = new_record(run, store, res.val_pred, test_pred, proba, protocol, val_proba)
     return record, res.model
+
+
+def features_label(store, tap: str) -> str:
+    """``<backbone> <tap>``, with ``(flip TTA)`` when the store's vectors are averaged with
+    their mirror's, so the report never shows a flip run as the plain one."""
+    label = f"{store.attrs.get('backbone')} {tap}"
+    return label if store.tta == "none" else f"{label} ({store.tta} TTA)"
 
 
 def _validation_proba(clf: str, X_tr, y_tr, X_va, res, seed: int, n_classes: int):
@@ -201,7 +208,7 @@ def _fit_cv(store, tap: str, clf: str, seed: int, selection, protocol):
                                    class_weight=selection.class_weight), X, y,
                          selection.class_weight)
     run = RunInfo(kind="frozen", method=clf,
-                  label=f"{store.attrs.get('backbone')} {tap} + {clf}{selection.suffix}",
+                  label=f"{features_label(store, tap)} + {clf}{selection.suffix}",
                   setup=_setup(clf, tap, selection),
                   hyperparameters={**params, "class_weight": selection.class_weight},
                   search=search, fit_seconds=cv_seconds, layer=tap, seed=seed,
