@@ -76,6 +76,18 @@ def tta_gain(record, runs: Path, features: str) -> dict:
             "p_value": mcnemar_exact(flipped, plain)["p_value"]}
 
 
+def write_rows(readme: Path, name: str, rows: list):
+    """Replace the lines between ``<!-- bench_finetune NAME -->`` and its closing marker."""
+    start, end = f"<!-- bench_finetune {name} -->", f"<!-- /bench_finetune {name} -->"
+    lines = readme.read_text(encoding="utf-8").splitlines()
+    if start not in lines or end not in lines:
+        raise SystemExit(f"{readme} has no '{start}' ... '{end}' block; add one where the rows "
+                         "go")
+    i, j = lines.index(start), lines.index(end)
+    readme.write_text("\n".join(lines[:i + 1] + rows + lines[j:]) + "\n", encoding="utf-8")
+    print(f"wrote {len(rows)} rows into {readme}")
+
+
 def parse_sets(items) -> dict:
     """``["key=value", ...]`` -> fields (values read as JSON when they parse)."""
     out = {}
@@ -98,6 +110,9 @@ def main():
     ap.add_argument("--set", action="append", help="extra finetune field key=value")
     ap.add_argument("--svm", action="store_true", help="also RBF-SVM heads in the frozen pool")
     ap.add_argument("--markdown", metavar="NAME", help="print README table rows for NAME")
+    ap.add_argument("--readme", type=Path, help="with --markdown: write the rows into this "
+                    "file between the lines '<!-- bench_finetune NAME -->' and "
+                    "'<!-- /bench_finetune NAME -->'")
     ap.add_argument("--tta", action="store_true",
                     help="holdout: each fine-tuned network's test accuracy with and without "
                          "flip TTA at prediction")
@@ -142,11 +157,14 @@ def main():
             print(f"seed {seed} flip TTA: test accuracy {g['plain']:.4f} -> {g['flip']:.4f} "
                   f"(McNemar p {g['p_value']:.3g})")
     if args.markdown:
-        print(f"| {args.markdown} | {frozen.label} | 1 | {frozen_value:.3f} | - "
-              f"| {frozen.fit_seconds:.0f} s | - |")
-        print(f"| {args.markdown} | {tuned[0].label} | {len(tuned)} | {mean:.3f} +- {sd:.3f} "
-              f"| {', '.join(f'{v:.3f}' for v in values)} | "
-              f"{', '.join(f'{w:.0f}' for w in walls)} s | {max(adjusted):.2g} |")
+        rows = [f"| {args.markdown} | {frozen.label} | 1 | {frozen_value:.3f} | - "
+                f"| {frozen.fit_seconds:.0f} s | - |",
+                f"| {args.markdown} | {tuned[0].label} | {len(tuned)} | {mean:.3f} +- {sd:.3f} "
+                f"| {', '.join(f'{v:.3f}' for v in values)} | "
+                f"{', '.join(f'{w:.0f}' for w in walls)} s | {max(adjusted):.2g} |"]
+        print("\n".join(rows))
+        if args.readme:
+            write_rows(args.readme, args.markdown, rows)
 
 
 if __name__ == "__main__":

@@ -404,7 +404,7 @@ PRESETS = {
     "none": {},
     "recommended": dict(unfreeze="layer4", lr=1e-3, lr_factor=1.0, lp_epochs=1,
                         warmup_epochs=1.0, schedule="cosine", ema=0.998, mixup=0.2,
-                        label_smoothing=0.1, wise=True, epochs=8, views=3,
+                        label_smoothing=0.1, wise=True, epochs=5, views=3,
                         patience=None, cache_at="layer3"),
 }
 
