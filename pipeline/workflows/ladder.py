@@ -12,7 +12,14 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from ..configs import LADDER_EPOCHS, BaselineConfig, FinetuneConfig, FitConfig, LadderConfig
+from ..configs import (
+    LADDER_EPOCHS,
+    LADDER_HEAD_EPOCHS,
+    BaselineConfig,
+    FinetuneConfig,
+    FitConfig,
+    LadderConfig,
+)
 from ..errors import UsageError
 from ..runs.groups import collapse_of, majority_reference, record_metric, score, test_metrics
 from ..runs.protocol import resolve_protocol
@@ -23,8 +30,8 @@ from .finetune import run_finetune_seeds
 log = logging.getLogger(__name__)
 
 
-def ladder_configs(features, epochs: int = LADDER_EPOCHS,
-                   views: int = 3) -> list[tuple[str, FinetuneConfig]]:
+def ladder_configs(features, epochs: int = LADDER_EPOCHS, views: int = 3,
+                   head_epochs: int = LADDER_HEAD_EPOCHS) -> list[tuple[str, FinetuneConfig]]:
     """The fine-tuning rungs of the ladder, with the defaults we tuned (see docs/results.md).
 
     Their trunk caches are filled in one pass (:func:`share_trunk_cuts`): the head-only
@@ -33,7 +40,8 @@ def ladder_configs(features, epochs: int = LADDER_EPOCHS,
     head, frozen, every epoch), the others layer3's."""
     base = FinetuneConfig(features=features, epochs=epochs, views=views, cache_at="layer3")
     return [
-        ("fine-tune head only", replace(base, unfreeze="none", lr=3e-3, cache_at=None)),
+        ("fine-tune head only", replace(base, unfreeze="none", lr=3e-3, cache_at=None,
+                                        epochs=head_epochs)),
         ("fine-tune top groups", replace(base, unfreeze="layer4", lr=1e-3, lr_factor=1.0)),
         ("differential LR", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3)),
         ("gradual unfreezing", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3,
@@ -200,7 +208,7 @@ def run_ladder(cfg: LadderConfig, runs_dir=DEFAULT_RUNS_DIR,
     shared = {"split_seed": cfg.split_seed, "groups": cfg.groups, "metric": cfg.metric,
               "class_weight": cfg.class_weight}
     configs = [(name, replace(c, label=name, **shared))
-               for name, c in ladder_configs(features, cfg.epochs, cfg.views)]
+               for name, c in ladder_configs(features, cfg.epochs, cfg.views, cfg.head_epochs)]
     _check_rungs(rungs, {"pixels", "mlp", "cnn", "frozen"} | {name for name, _ in configs})
     store = open_store(features, cfg.split_seed, cfg.groups)
     protocol = resolve_protocol(cfg.protocol, store)
@@ -235,6 +243,9 @@ def _baseline_rung(kind: str, cfg: LadderConfig, shared: dict, runs_dir) -> list
     from .baseline import run_baseline
 
     epochs = cfg.cnn_epochs if kind == "cnn" else None
-    return [run_baseline(BaselineConfig(kind=kind, seed=s, epochs=epochs, **shared),
-                         runs_dir)[0]
+    # under cv the CNN is fitted once per fold: a narrower one (LADDER_CV_CNN_WIDTH)
+    options = {"width": cfg.cnn_cv_width} if kind == "cnn" and shared["protocol"] == "cv" \
+        else {}
+    return [run_baseline(BaselineConfig(kind=kind, seed=s, epochs=epochs, options=options,
+                                        **shared), runs_dir)[0]
             for s in range(cfg.baseline_seeds if kind != "pixels" else 1)]
