@@ -221,7 +221,7 @@ def run_ladder(cfg: LadderConfig, runs_dir=DEFAULT_RUNS_DIR,
     rows, last = [], None
     for kind in ("pixels", "mlp", "cnn"):
         if rungs is None or kind in rungs:
-            recs = _baseline_rung(kind, cfg, shared, runs_dir)
+            recs = _baseline_rung(kind, cfg, shared, protocol, runs_dir)
             rows.append(summarise_group(recs))
             last = recs[0]
     if rungs is None or "frozen" in rungs:
@@ -238,13 +238,13 @@ def run_ladder(cfg: LadderConfig, runs_dir=DEFAULT_RUNS_DIR,
     return rows + ([reference] if reference else [])
 
 
-def _baseline_rung(kind: str, cfg: LadderConfig, shared: dict, runs_dir) -> list:
-    """The records of baseline rung ``kind`` (one per seed; pixels: one)."""
+def _baseline_rung(kind: str, cfg: LadderConfig, shared: dict, protocol, runs_dir) -> list:
+    """The records of baseline rung ``kind`` (one per seed; pixels: one) under ``protocol``."""
     from .baseline import run_baseline
 
     epochs = cfg.cnn_epochs if kind == "cnn" else None
     # under cv the CNN is fitted once per fold: a narrower one (LADDER_CV_CNN_WIDTH)
-    options = {"width": cfg.cnn_cv_width} if kind == "cnn" and shared["protocol"] == "cv" \
+    options = protocol.pick(holdout={}, cv={"width": cfg.cnn_cv_width}) if kind == "cnn" \
         else {}
     return [run_baseline(BaselineConfig(kind=kind, seed=s, epochs=epochs, options=options,
                                         **shared), runs_dir)[0]
