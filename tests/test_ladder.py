@@ -7,9 +7,11 @@ import pytest
 from conftest import make_folder
 
 from pipeline.backbones import BackboneSpec, Preprocessing, Tap, register_backbone
-from pipeline.configs import LadderConfig
+from pipeline.configs import LADDER_CV_CNN_WIDTH, LADDER_HEAD_EPOCHS, LadderConfig
 from pipeline.extraction.job import ExtractConfig, run_extract
+from pipeline.runs.records import find_record
 from pipeline.train import trunk_cache
+from pipeline.train.baselines import DEFAULTS
 from pipeline.train.trunk_cache import TrunkCache
 from pipeline.workflows.ladder import ladder_configs, run_ladder
 
@@ -84,3 +86,19 @@ def test_finetuning_rungs_fill_one_trunk_cache_once_under_cv(imbalanced_store, t
     assert trunk_passes == [20]          # one pass, every image (the cv layout)
     full, maps = sorted((p["all"][0].shape for p in cache.memory.values()), key=len)
     assert full == (20, 1, 8) and maps == (20, 1, 8, 4, 4)   # (n, views, C[, H, W])
+    # the head-only rung trains for its own epochs (cheap on pooled outputs), not --epochs
+    head = find_record(rows[0].run_ids[0], tmp_path / "runs")
+    assert 1 < len(head.history) <= LADDER_HEAD_EPOCHS
+    assert all(len(find_record(r.run_ids[0], tmp_path / "runs").history) == 1
+               for r in rows[1:-1])
+
+
+def test_the_cnn_rung_is_narrower_under_cv(imbalanced_store, tmp_path):
+    """Under cv the scratch CNN is fitted once per fold: the ladder's is LADDER_CV_CNN_WIDTH
+    wide and says so; under holdout it keeps the baseline's own width."""
+    for protocol, width in (("cv", LADDER_CV_CNN_WIDTH), ("holdout", DEFAULTS["cnn"]["width"])):
+        row, _ = run_ladder(LadderConfig(features=imbalanced_store, protocol=protocol,
+                                         cnn_epochs=1, rungs="cnn"), tmp_path / protocol)
+        record = find_record(row.run_ids[0], tmp_path / protocol)
+        assert record.hyperparameters["width"] == width, protocol
+        assert ("width 16" in row.label) == (protocol == "cv"), row.label
