@@ -25,13 +25,17 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
-from pipeline.api import extract
-from pipeline.configs import LadderConfig
-from pipeline.runs.records import find_record
-from pipeline.workflows.ladder import run_ladder
+# the checkout this file is in, not an installed copy: the figures are of this code
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.api import extract  # noqa: E402
+from pipeline.configs import LadderConfig  # noqa: E402
+from pipeline.runs.records import find_record  # noqa: E402
+from pipeline.workflows.ladder import run_ladder  # noqa: E402
 
 
 def cache_seconds(row, runs_dir) -> float | None:
@@ -71,7 +75,10 @@ def main(argv=None):
               f"{'YES' if r.collapsed else 'no':>9s} {r.fit_seconds:8.1f} "
               f"{'' if cache is None else f'{cache:.1f}':>8s}")
         out.append({**r.to_dict(), "cache_seconds": cache})
-    print(f"\nladder wall {wall:.0f} s ({wall / 60:.1f} min), CPU {cpu:.0f} s, "
+    import pipeline
+
+    print(f"\ncode: {Path(pipeline.__file__).parent}")
+    print(f"ladder wall {wall:.0f} s ({wall / 60:.1f} min), CPU {cpu:.0f} s, "
           f"{os.cpu_count()} cores; load average (1 min) {load0[0]:.1f} before, "
           f"{load1[0]:.1f} after; runs in {runs}")
     if args.json:
