@@ -43,7 +43,7 @@ def cache_seconds(row, runs_dir) -> float | None:
     other rungs)."""
     total = None
     for run_id in row.run_ids:
-        ft = (find_record(run_id, runs_dir).extra or {}).get("finetune")
+        ft = getattr(find_record(run_id, runs_dir), "finetune", None)
         if ft is not None:
             total = (total or 0.0) + float(ft.get("cache_seconds") or 0.0)
     return total
@@ -66,6 +66,7 @@ def main(argv=None):
                       runs)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     load1 = os.getloadavg()
+    # bal.acc: of the out-of-fold predictions; acc: the mean over folds (as the ladder's rows)
     print(f"{'rung':52s} {'bal.acc':>8s} {'acc':>6s} {'collapsed':>9s} {'seconds':>8s} "
           f"{'cache s':>8s}")
     out = []
