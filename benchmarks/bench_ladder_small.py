@@ -10,7 +10,10 @@ balanced accuracy and accuracy (out-of-fold), whether a run of it answers one cl
 fine-tuning rungs the seconds spent filling the trunk cache (0 when another rung filled
 it).  Then the ladder's wall time, the process's CPU time, and the load average before
 and after (the machine may be shared: a load above the core count means the seconds
-are not this job's alone).  ``--json`` writes the figures.
+are not this job's alone), and ``OMP_WAIT_POLICY``: on a shared machine OpenMP's
+default busy-waiting threads made a training step 7x slower here (run it with
+``OMP_WAIT_POLICY=PASSIVE``, as the figures in docs/performance.md were).
+``--json`` writes the figures.
 
 Make the set first with ``benchmarks/make_small_mri.py``.
 
@@ -78,7 +81,8 @@ def main(argv=None):
         out.append({**r.to_dict(), "cache_seconds": cache})
     import pipeline
 
-    print(f"\ncode: {Path(pipeline.__file__).parent}")
+    print(f"\ncode: {Path(pipeline.__file__).parent}; OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', '(unset: busy-waiting OpenMP threads)')}")
     print(f"ladder wall {wall:.0f} s ({wall / 60:.1f} min), CPU {cpu:.0f} s, "
           f"{os.cpu_count()} cores; load average (1 min) {load0[0]:.1f} before, "
           f"{load1[0]:.1f} after; runs in {runs}")
