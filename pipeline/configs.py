@@ -421,6 +421,17 @@ def preset_config(preset: str = "none", **fields) -> FinetuneConfig:
 #: Maximum epochs of each fine-tuning rung: on the full flowers, 3 epochs of the top groups
 #: reached 0.953 +- 0.002 (3 seeds) and 12 gave no better (README, "Results").
 LADDER_EPOCHS = 3
+#: Maximum epochs of the head-only rung: 3 epochs are 18 optimizer steps on 170 training
+#: images (a cv fold of 250), too few for a new linear classifier: on 250 brain MRI scans
+#: (benchmarks/make_small_mri.py) under cv the rung reached 0.77 balanced accuracy where
+#: logistic regression on the same pooled features reached 0.89; 20 epochs train it
+#: (its cache holds pooled outputs, so they cost next to nothing).
+LADDER_HEAD_EPOCHS = 20
+#: Width of the ladder's scratch CNN under cv (16 fits: one per fold and the final one):
+#: on the 250 MRI scans the default width 32 took 153 ms of CPU per 32-image training
+#: step and width 16 49 ms, and width 16 scored as well (balanced accuracy, mean over
+#: the 15 folds: 0.754, against 0.742 for width 32).
+LADDER_CV_CNN_WIDTH = 16
 
 
 @dataclass
@@ -434,8 +445,15 @@ class LadderConfig(Checked):
                                          "recommended preset keeps its own).", min=1)
     views: int = option(3, "Cached views per training image (centre crop + augmented ones).",
                         min=1)
+    head_epochs: int = option(LADDER_HEAD_EPOCHS, "Maximum epochs of the head-only rung (it "
+                                                  "trains the classifier alone on cached pooled "
+                                                  "outputs: an epoch costs next to nothing).",
+                              min=1)
     cnn_epochs: int | None = option(None, "Maximum epochs of the scratch CNN (default: its "
                                           "own).", min=1)
+    cnn_cv_width: int = option(LADDER_CV_CNN_WIDTH, "Width (first block's channels) of the "
+                                                    "scratch CNN under cv, which fits it once per "
+                                                    "fold (holdout: its own).", min=1)
     # names, or one comma-separated string (as the command line passes them)
     rungs: str | tuple | None = option(
         None, "Comma-separated subset of rungs to run (pixels, mlp, cnn, frozen, 'fine-tune "

@@ -488,7 +488,8 @@ def _fit_cnn_rows(store, params, seed, rows, decoded=None,
     res = train(model, [ParamGroup("cnn", list(model.parameters()), params["lr"])],
                 sets["train"], sets["val"], cfg)
     n_classes = len(store.classes)
-    return _Trained(label=f"scratch CNN {params['size']}px", model=model,
+    width = "" if params["width"] == DEFAULTS["cnn"]["width"] else f", width {params['width']}"
+    return _Trained(label=f"scratch CNN {params['size']}px{width}", model=model,
                     proba=_predict_or_empty(model, sets["test"], n_classes),
                     val_proba=_predict_or_empty(model, sets["val"], n_classes),
                     best_epoch=res.best_epoch, history=res.history, skipped_images=skipped,

@@ -42,24 +42,36 @@ CACHE_CHUNK = 32
 PER_SPLIT, ALL_IMAGES = "holdout", "cv"
 
 
-def cache_key(store, cfg, cut: int, weights_id: str, pre, layout: str) -> str:
+def cache_key(store, cfg, cut: int, weights_id: str, pre, layout: str,
+              pooled: bool = False) -> str:
     """The key of the trunk outputs of ``store``'s images through ``stages[:cut]`` of
-    ``cfg.backbone`` (weights ``weights_id``, preprocessing ``pre``) in ``layout``: 16 hex
+    ``cfg.backbone`` (weights ``weights_id``, preprocessing ``pre``) in ``layout``
+    (``pooled``: averaged over the feature map, the whole backbone's cut): 16 hex
     digits, the name of the file on disk, so its fields keep the names earlier versions
     wrote."""
     # the per-split cache is one part per split, so the split in use is part of its key
     # (the store's fingerprint is not: another split seed reads the same store)
     split = (hashlib.sha256(store.split_codes.astype(np.int8).tobytes()).hexdigest()
              if layout == PER_SPLIT else None)
-    blob = json.dumps({"store": store.fingerprint, "backbone": cfg.backbone,
-                       "weights": weights_id, "cut": cut, "views": cfg.views,
-                       "augment": cfg.augment, "pre": pre.to_dict(),
-                       "chunk": CACHE_CHUNK, "layout": layout, "split": split,
-                       "runtime": trunk_runtime(cfg),
-                       # only when on, so the keys of caches written before TTA stay valid
-                       **({"tta": cfg.tta} if getattr(cfg, "tta", "none") != "none" else {})},
-                      sort_keys=True)
+    fields = {"store": store.fingerprint, "backbone": cfg.backbone,
+              "weights": weights_id, "cut": cut, "views": cfg.views,
+              "augment": cfg.augment, "pre": pre.to_dict(),
+              "chunk": CACHE_CHUNK, "layout": layout, "split": split,
+              "runtime": trunk_runtime(cfg)}
+    # each only when on, so the keys of caches written before stay those earlier versions wrote
+    if pooled:
+        fields["pooled"] = True
+    if getattr(cfg, "tta", "none") != "none":
+        fields["tta"] = cfg.tta
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _keys(store, loaded, cfg, cuts, pre, layout: str) -> dict:
+    """``{cut: cache_key}``; the cut after the last stage keeps pooled outputs."""
+    n_stages = len(loaded.stages())
+    return {cut: cache_key(store, cfg, cut, loaded.weights_id, pre, layout,
+                           pooled=cut == n_stages) for cut in sorted(set(cuts))}
 
 
 class TrunkCache:
@@ -73,6 +85,14 @@ class TrunkCache:
     def __init__(self, folder=None):
         self.folder = Path(folder) if folder else None
         self.memory: dict = {}
+        self.companions: dict = {}   # backbone name -> cuts computed with any asked for
+
+    def share_cuts(self, backbone: str, cuts) -> None:
+        """Compute ``cuts`` of ``backbone`` along with any cut asked for later (each under
+        its own key, for the same store, weights, views and layout), so the fine-tunings
+        of one job that cut the trunk at different stages (the ladder's head-only rung
+        and its top-group rungs) are filled by one pass through the trunk."""
+        self.companions.setdefault(backbone, set()).update(int(c) for c in cuts)
 
     def __repr__(self):
         return f"TrunkCache(folder={self.folder!r}, {len(self.memory)} in memory)"
@@ -91,19 +111,21 @@ class TrunkCache:
         kept in both).  ``layout=PER_SPLIT``: parts ``train`` (``cfg.views`` views per
         image), ``val`` and ``test`` (the centre crop); ``layout=ALL_IMAGES``: one part
         ``"all"``, every image with ``cfg.views`` views (any image trains in some fold;
-        view 0 is the centre crop).  ``acts`` is ``(n, views, C, H, W)`` float16."""
+        view 0 is the centre crop).  ``acts`` is ``(n, views, C, H, W)`` float16, or
+        ``(n, views, C)`` after the last stage (pooled: the top is then the classifier
+        alone, which averages the map first anyway)."""
         seconds = self.prefill(store, loaded, cfg, [cut], pre, layout)
-        return self.memory[cache_key(store, cfg, cut, loaded.weights_id, pre, layout)], seconds
+        return self.memory[_keys(store, loaded, cfg, [cut], pre, layout)[cut]], seconds
 
     def prefill(self, store, loaded, cfg, cuts, pre, layout: str = PER_SPLIT) -> float:
         """The trunk outputs at every cut of ``cuts`` in memory (as :meth:`splits` gives
         them, each under its own key); those neither in memory nor in the folder are
         computed in one pass through ``loaded.stages()[:max(cuts)]`` that hands back
         the output after each cut, so the grid of the explorer, whose depths cut the
-        trunk at several stages, decodes and runs its images once.  Returns the
-        seconds spent computing."""
-        keys = {cut: cache_key(store, cfg, cut, loaded.weights_id, pre, layout)
-                for cut in sorted(set(cuts))}
+        trunk at several stages, decodes and runs its images once.  The cuts
+        :meth:`share_cuts` named for this backbone are computed in the same pass when
+        one is.  Returns the seconds spent computing."""
+        keys = _keys(store, loaded, cfg, cuts, pre, layout)
         missing = []
         for cut, key in keys.items():
             if key not in self.memory:
@@ -114,6 +136,12 @@ class TrunkCache:
                     self.memory[key] = data
         if not missing:
             return 0.0
+        companions = self.companions.get(loaded.spec.name, set()) - set(keys)
+        for cut, key in _keys(store, loaded, cfg, companions, pre, layout).items():
+            if key not in self.memory and self._load(key) is None:
+                keys[cut] = key
+                missing.append(cut)
+        missing.sort()
         t0 = time.perf_counter()
         computed = _compute(store, loaded, cfg, missing, pre, layout)
         seconds = time.perf_counter() - t0
@@ -159,10 +187,13 @@ def _compute(store, loaded, cfg, cuts: list, pre, layout: str) -> dict:
     test or cv image no longer decodes."""
     from .trunk_net import TrunkCuts
 
-    trunk = TrunkCuts([m for _, m in loaded.stages()[:max(cuts)]], cuts).eval()
+    stages = loaded.stages()
+    trunk = TrunkCuts([m for _, m in stages[:max(cuts)]], cuts).eval()
     parts = {"all": store.paths} if layout == ALL_IMAGES else \
         {s: store.rel_paths(s) for s in ("train", "val", "test")}
-    runner = trunk_runner(trunk, pre.input_size, "compile" if cfg.compile else cfg.runtime)
+    runner = _pool_last(trunk_runner(trunk, pre.input_size,
+                                      "compile" if cfg.compile else cfg.runtime),
+                        [cut == len(stages) for cut in trunk.cuts])
     data = {cut: {} for cut in trunk.cuts}
     flip = getattr(cfg, "tta", "none") == "flip"
     for split, paths in parts.items():
@@ -176,6 +207,22 @@ def _compute(store, loaded, cfg, cuts: list, pre, layout: str) -> dict:
         for cut, a in zip(trunk.cuts, acts):
             data[cut][split] = (a, ok, skipped)
     return data
+
+
+def _pool_last(runner, pooled: list):
+    """``runner`` with the outputs flagged in ``pooled`` averaged over their feature map
+    ``(N, C, H, W) -> (N, C)`` (in float32, before the cache's float16): after the last
+    stage only the classifier follows, which averages the map first, so its cache holds
+    ``C`` numbers per view, not ``C x H x W``."""
+    if not any(pooled):
+        return runner
+
+    def forward(batch):
+        return tuple(o.mean(dim=(2, 3)) if p and o.dim() == 4 else o
+                     for o, p in zip(runner(batch), pooled))
+
+    forward.runtime = runner.runtime
+    return forward
 
 
 def compute_activations(runner, root, paths, pre, views: int, augment: str, seed: int = 0,

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..configs import (
     LADDER_EPOCHS,
+    LADDER_HEAD_EPOCHS,
     BaselineConfig,
     FinetuneConfig,
     FitConfig,
@@ -34,14 +35,20 @@ log = logging.getLogger(__name__)
 PRESET_RUNG = "recommended preset"
 
 
-def ladder_configs(features, epochs: int = LADDER_EPOCHS,
-                   views: int = 3) -> list[tuple[str, FinetuneConfig]]:
+def ladder_configs(features, epochs: int = LADDER_EPOCHS, views: int = 3,
+                   head_epochs: int = LADDER_HEAD_EPOCHS) -> list[tuple[str, FinetuneConfig]]:
     """The fine-tuning rungs of the ladder, with the defaults we tuned (see docs/results.md),
-    the last the recommended preset (its own epochs; the ladder's views, so every rung
-    reads one trunk cache)."""
+    the last the recommended preset (its own epochs; the ladder's views, so it reads the
+    same trunk cache as the other rungs).
+
+    Their trunk caches are filled in one pass (:func:`share_trunk_cuts`): the head-only
+    rung reads the whole backbone's pooled output (its epochs then train the classifier
+    alone: on 250 MRI scans under cv the rung took 98 s when it ran layer4 and the
+    head, frozen, every epoch), the others layer3's."""
     base = FinetuneConfig(features=features, epochs=epochs, views=views, cache_at="layer3")
     return [
-        ("fine-tune head only", replace(base, unfreeze="none", lr=3e-3)),
+        ("fine-tune head only", replace(base, unfreeze="none", lr=3e-3, cache_at=None,
+                                        epochs=head_epochs)),
         ("fine-tune top groups", replace(base, unfreeze="layer4", lr=1e-3, lr_factor=1.0)),
         ("differential LR", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3)),
         ("gradual unfreezing", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3,
@@ -153,6 +160,28 @@ def _frozen_row(fitted: list, protocol) -> tuple[LadderRow, object]:
     return row, best
 
 
+def share_trunk_cuts(configs, store, cache) -> list:
+    """Tell ``cache`` every depth at which the fine-tuning ``configs`` (of the store
+    ``store``, one backbone) read the frozen trunk, so the first rung's pass through it
+    fills them all (:meth:`~pipeline.train.trunk_cache.TrunkCache.share_cuts`).  Returns
+    the cuts (stage counts)."""
+    import torch
+
+    from ..backbones import get_backbone, load_backbone
+    from ..train.finetune import make_plan, uses_trunk_cache
+
+    backbones = {c.backbone or store.attrs.get("backbone") for c in configs}
+    if len(backbones) != 1:
+        return []
+    name = backbones.pop()
+    with torch.device("meta"):   # the stage names only: no weights, no initialisation
+        names = [n for n, _ in load_backbone(name, "none").stages()]
+    plans = [(c, make_plan(get_backbone(name), names, c)) for c in configs]
+    cuts = sorted({p.cut for c, p in plans if uses_trunk_cache(c, p)})
+    cache.share_cuts(name, cuts)
+    return cuts
+
+
 def _rung_names(rungs) -> list | None:
     """The rungs asked for: names, or one comma-separated string of them; None: all."""
     if isinstance(rungs, str):
@@ -188,7 +217,7 @@ def run_ladder(cfg: LadderConfig, runs_dir=DEFAULT_RUNS_DIR,
     shared = {"split_seed": cfg.split_seed, "groups": cfg.groups, "metric": cfg.metric,
               "class_weight": cfg.class_weight}
     configs = [(name, replace(c, label=name, **shared))
-               for name, c in ladder_configs(features, cfg.epochs, cfg.views)]
+               for name, c in ladder_configs(features, cfg.epochs, cfg.views, cfg.head_epochs)]
     _check_rungs(rungs, {"pixels", "mlp", "cnn", "frozen"} | {name for name, _ in configs})
     store = open_store(features, cfg.split_seed, cfg.groups)
     protocol = resolve_protocol(cfg.protocol, store)
@@ -196,10 +225,12 @@ def run_ladder(cfg: LadderConfig, runs_dir=DEFAULT_RUNS_DIR,
     selection = resolve_selection(store, cfg.metric, cfg.class_weight)   # checked up front
     shared.update(features=features, protocol=protocol.name)
     cache = TrunkCache.of(cache_dir)
+    share_trunk_cuts([c for name, c in configs if rungs is None or name in rungs], store,
+                     cache)
     rows, last = [], None
     for kind in ("pixels", "mlp", "cnn"):
         if rungs is None or kind in rungs:
-            recs = _baseline_rung(kind, cfg, shared, runs_dir)
+            recs = _baseline_rung(kind, cfg, shared, protocol, runs_dir)
             rows.append(summarise_group(recs))
             last = recs[0]
     if rungs is None or "frozen" in rungs:
@@ -216,11 +247,14 @@ def run_ladder(cfg: LadderConfig, runs_dir=DEFAULT_RUNS_DIR,
     return rows + ([reference] if reference else [])
 
 
-def _baseline_rung(kind: str, cfg: LadderConfig, shared: dict, runs_dir) -> list:
-    """The records of baseline rung ``kind`` (one per seed; pixels: one)."""
+def _baseline_rung(kind: str, cfg: LadderConfig, shared: dict, protocol, runs_dir) -> list:
+    """The records of baseline rung ``kind`` (one per seed; pixels: one) under ``protocol``."""
     from .baseline import run_baseline
 
     epochs = cfg.cnn_epochs if kind == "cnn" else None
-    return [run_baseline(BaselineConfig(kind=kind, seed=s, epochs=epochs, **shared),
-                         runs_dir)[0]
+    # under cv the CNN is fitted once per fold: a narrower one (LADDER_CV_CNN_WIDTH)
+    options = protocol.pick(holdout={}, cv={"width": cfg.cnn_cv_width}) if kind == "cnn" \
+        else {}
+    return [run_baseline(BaselineConfig(kind=kind, seed=s, epochs=epochs, options=options,
+                                        **shared), runs_dir)[0]
             for s in range(cfg.baseline_seeds if kind != "pixels" else 1)]
