@@ -207,3 +207,21 @@ def test_the_preset_rung_reads_the_other_rungs_trunk_cache(tiny_store):
         assert uses_trunk_cache(cfg, plan)
         keys.add(cache_key(store, cfg, plan.cut, loaded.weights_id, pre, ALL_IMAGES))
     assert len(keys) == 1
+
+
+def test_cross_validated_wise_chooses_per_fold_and_the_final_model_takes_their_median(
+        tiny_store, tmp_path):
+    """Under cv each outer fold chooses its coefficient on its inner validation split; the
+    model trained on every image is mixed at the folds' median, not at one chosen on the
+    images it trained on."""
+    import numpy as np
+
+    record, _ = run_finetune(_cfg(tiny_store, unfreeze="layer4", lp_epochs=1, epochs=3,
+                                  lr=1e-3, wise=True, protocol="cv"), tmp_path / "runs")
+    params = record["cv"]["fold_params"]
+    alphas = [p["wise_alpha"] for p in params]
+    assert len(alphas) == 15 and set(alphas) <= set(WISE_ALPHAS)
+    final = record["finetune"]["wise"]
+    # (at this slow rate every fold kept a fine-tuned epoch, so the final model mixes)
+    assert np.median([p["best_epoch"] for p in params]) > 1
+    assert final["alpha"] == float(np.median(alphas)) and len(final["scores"]) == 1

@@ -414,13 +414,14 @@ def store_weights(store, backbone: str) -> str:
     return source
 
 
-def _train_top(cfg, plan, top, model_stages, train_set, val_set, checkpoints: bool = True):
+def _train_top(cfg, plan, top, model_stages, train_set, val_set, checkpoints: bool = True,
+               wise_alpha: float | None = None):
     """Train ``top`` (its block groups per ``plan``) on ``train_set``, early-stopping on
     ``val_set`` (the epoch kept by ``cfg.metric``, the loss weighted by ``cfg.class_weight``
     counted on ``train_set``); with ``cfg.wise``, then mixed with the linear probe's
-    weights (:func:`choose_wise`, on ``val_set``).  Returns
-    :class:`pipeline.train.loop.TrainResult` (``extra["wise"]``: the coefficient chosen
-    and each one's validation figures)."""
+    weights (:func:`choose_wise`, on ``val_set``; at ``wise_alpha`` when given: a
+    coefficient chosen elsewhere).  Returns :class:`pipeline.train.loop.TrainResult`
+    (``extra["wise"]``: the coefficient and each one's validation figures)."""
     from .loop import Schedule, TrainConfig, loss_weights, select_by_for, train
 
     param_groups = _param_groups(top, plan, model_stages)
@@ -446,7 +447,8 @@ def _train_top(cfg, plan, top, model_stages, train_set, val_set, checkpoints: bo
     res = train(top, param_groups, train_set, val_set, tcfg,
                 on_epoch_start=epoch_start, set_train_mode=set_train_mode)
     if probe is not None and probe.state is not None:
-        res.extra["wise"] = choose_wise(top, probe.state, val_set, tcfg)
+        res.extra["wise"] = choose_wise(top, probe.state, val_set, tcfg,
+                                        (wise_alpha,) if wise_alpha is not None else WISE_ALPHAS)
     return res
 
 
@@ -498,17 +500,19 @@ def torch_lerp(a, b, alpha: float):
     return a + (b - a) * alpha
 
 
-def choose_wise(top, probe: dict, val_set, tcfg) -> dict:
+def choose_wise(top, probe: dict, val_set, tcfg, alphas=WISE_ALPHAS) -> dict:
     """Load into ``top`` the mix of ``probe`` and its own (fine-tuned) weights that scores
-    best on ``val_set`` by ``tcfg.select_by`` (ties: the lower validation loss, then the
-    larger coefficient); ``{"alpha", "scores": [{"alpha", "val_loss", "val_score"}]}``."""
+    best on ``val_set`` among ``alphas``: by the run's metric (accuracy when the epoch is
+    chosen by validation loss; else ``tcfg.select_by``), ties to the lower validation
+    loss, then the larger coefficient.  ``{"alpha", "scores": [{"alpha", "val_loss",
+    "val_score"}]}``."""
     import copy
 
     from .loop import validate
 
     tuned = copy.deepcopy(top.state_dict())
     scores = []
-    for alpha in WISE_ALPHAS:
+    for alpha in alphas:
         top.load_state_dict(mix_states(probe, tuned, alpha))
         loss, acc, values, _ = validate(top, val_set, tcfg)
         value = acc if tcfg.select_by in ("val_loss", "accuracy") else values[tcfg.select_by]
@@ -634,9 +638,13 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     folds, epochs, histories = _train_folds(cfg, plan, store, fresh_top, views)
     top, model_stages = fresh_top()
     everything = np.arange(len(y))
+    # WiSE-FT's coefficient: the folds' median (chosen on their inner validation splits),
+    # never one chosen on the images the final model trains on
+    alphas = [f.params["wise_alpha"] for f in folds if "wise_alpha" in f.params]
     final = _train_top(replace(cfg, epochs=max(1, int(np.median(epochs))), patience=None),
                        plan, top, model_stages, views(everything, True),
-                       views(everything, False), checkpoints=False)
+                       views(everything, False), checkpoints=False,
+                       wise_alpha=float(np.median(alphas)) if alphas else None)
     # The record's learning curves: the first outer fold's, whose validation split is real.
     final = replace(final, history=histories[0], best_epoch=epochs[0])
     return FinetuneResult(cfg, store, plan, names, _trunk_state(stages, plan, True), top, final,
