@@ -225,3 +225,24 @@ def test_cross_validated_wise_chooses_per_fold_and_the_final_model_takes_their_m
     # (at this slow rate every fold kept a fine-tuned epoch, so the final model mixes)
     assert np.median([p["best_epoch"] for p in params]) > 1
     assert final["alpha"] == float(np.median(alphas)) and len(final["scores"]) == 1
+
+
+def test_an_interrupted_wise_run_resumes_with_its_probe_and_refuses_a_damaged_one(
+        tiny_store, tmp_path):
+    """The probe's weights are kept beside the checkpoint: a resumed WiSE-FT run mixes with
+    the same probe and ends as the uninterrupted run; a damaged probe file is a one-line
+    refusal naming it and the fix, not a traceback."""
+    from pipeline.errors import StoreError
+
+    cfg = _cfg(tiny_store, unfreeze="layer4", lp_epochs=1, epochs=3, wise=True, seed=4)
+    full, _ = run_finetune(cfg, tmp_path / "full")
+    ck = tmp_path / "ck"
+    run_finetune(replace(cfg, checkpoint_dir=str(ck), stop_after=2), tmp_path / "part")
+    assert (ck / "probe.pt").is_file()
+    resumed, _ = run_finetune(replace(cfg, checkpoint_dir=str(ck), resume=True),
+                              tmp_path / "resumed")
+    assert resumed["finetune"]["wise"] == full["finetune"]["wise"]
+    assert resumed["predictions"]["proba"] == full["predictions"]["proba"]
+    (ck / "probe.pt").write_bytes(b"not a torch file")
+    with pytest.raises(StoreError, match="probe.pt.*--resume"):
+        run_finetune(replace(cfg, checkpoint_dir=str(ck), resume=True), tmp_path / "again")

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..configs import FinetuneConfig
-from ..errors import DataError, UsageError, WeightsError, opt
+from ..errors import DataError, StoreError, UsageError, WeightsError, opt, unsafe_load_reason
 from ..options import BN_POLICIES, CACHE_MODES
 from ..store.hdf5 import open_store
 from .trunk_cache import ALL_IMAGES, PER_SPLIT, CachedViews, TrunkCache, cache_key
@@ -463,7 +463,12 @@ class _ProbeSnapshot:
         self.top, self.lp_epochs, self.state = top, lp_epochs, None
         self.file = Path(checkpoint_dir) / "probe.pt" if checkpoint_dir else None
         if resume and self.file is not None and self.file.is_file():
-            self.state = torch.load(self.file, map_location="cpu", weights_only=True)
+            try:   # weights_only: tensors and plain containers, never code
+                self.state = torch.load(self.file, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+                raise StoreError(f"the linear probe's weights {self.file} cannot be read "
+                                 f"({unsafe_load_reason(exc)}); delete {self.file.parent} and "
+                                 f"run without {opt('resume')}", param="resume") from None
 
     def take(self, epoch: int):
         import copy
@@ -488,11 +493,11 @@ WISE_ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 def mix_states(probe: dict, tuned: dict, alpha: float) -> dict:
     """``(1 - alpha) * probe + alpha * tuned`` for every floating tensor (weights and
     BatchNorm statistics); other tensors (step counts) from ``tuned``."""
-    return {k: (torch_lerp(probe[k], v, alpha) if v.is_floating_point() else v)
+    return {k: (_lerp(probe[k], v, alpha) if v.is_floating_point() else v)
             for k, v in tuned.items()}
 
 
-def torch_lerp(a, b, alpha: float):
+def _lerp(a, b, alpha: float):
     if alpha == 0.0:
         return a.clone()
     if alpha == 1.0:
