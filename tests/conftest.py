@@ -230,3 +230,32 @@ def assert_default_store(store: Path, spec, pooling: str, n_images: int):
         for tap in ("layer2", "layer3", "layer4"):
             assert f[f"taps/{tap}"].shape == (n_images, spec.tap(tap).width(pooling)), tap
         assert json.loads(f.attrs["config"])["pooling"] == pooling
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    """A store of 24 tiny photos (3 colours x 8) through the toy backbone's layer1: the
+    fine-tuning tests' data (they train resnet18 from random weights on it)."""
+    from pipeline.extraction.job import ExtractConfig, run_extract
+
+    root = tmp_path_factory.mktemp("tiny")
+    folder = make_folder(root / "img", per_class=8, size=(40, 36))
+    summary = run_extract(ExtractConfig(data=str(folder), backbone="toy", layers=("layer1",),
+                                        out=str(root / "f"), progress=False, workers=0))
+    return str(summary.path)
+
+
+@pytest.fixture
+def trunk_passes(monkeypatch):
+    """The number of images of every trunk forward pass a fine-tuning makes (one entry per
+    part: train, val, test; or all)."""
+    from pipeline.train import trunk_cache
+
+    passes, real = [], trunk_cache.compute_activations
+
+    def counted(runner, root, paths, *args, **kw):
+        passes.append(len(paths))
+        return real(runner, root, paths, *args, **kw)
+
+    monkeypatch.setattr(trunk_cache, "compute_activations", counted)
+    return passes

@@ -7,11 +7,9 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import make_folder
 
 from pipeline.backbones import get_backbone, load_backbone
 from pipeline.errors import UsageError
-from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.train.finetune import FinetuneConfig, block_groups, make_plan
 from pipeline.workflows.finetune import run_finetune
 from pipeline.workflows.ladder import summarise_group
@@ -50,15 +48,6 @@ def test_unknown_unfreeze_lists_the_groups():
     with pytest.raises(UsageError, match="layer1, layer2, layer3, layer4, head"):
         make_plan(get_backbone("efficientnet_lite0"), LITE0_STAGES,
                   FinetuneConfig(unfreeze="layer9"))
-
-
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ft")
-    folder = make_folder(root / "img", per_class=8, size=(40, 36))
-    summary = run_extract(ExtractConfig(data=str(folder), backbone="toy", layers=("layer1",),
-                                        out=str(root / "f"), progress=False, workers=0))
-    return str(summary.path)
 
 
 def _tiny_cfg(store, **kw):
@@ -128,22 +117,6 @@ def test_seeds_repeat_is_deterministic(tiny_store, tmp_path):
     assert a["predictions"]["proba"] == b["predictions"]["proba"]
     row = summarise_group([a, b])
     assert row.n_seeds == 2 and row.accuracy_std == 0.0
-
-
-@pytest.fixture
-def trunk_passes(monkeypatch):
-    """The number of images of every trunk forward pass a fine-tuning makes (one entry per
-    part: train, val, test; or all)."""
-    from pipeline.train import trunk_cache
-
-    passes, real = [], trunk_cache.compute_activations
-
-    def counted(runner, root, paths, *args, **kw):
-        passes.append(len(paths))
-        return real(runner, root, paths, *args, **kw)
-
-    monkeypatch.setattr(trunk_cache, "compute_activations", counted)
-    return passes
 
 
 def test_a_shared_trunk_cache_computes_the_trunk_once(tiny_store, trunk_passes):

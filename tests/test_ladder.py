@@ -10,7 +10,6 @@ from pipeline.backbones import BackboneSpec, Preprocessing, Tap, register_backbo
 from pipeline.configs import LADDER_CV_CNN_WIDTH, LADDER_HEAD_EPOCHS, PRESETS, LadderConfig
 from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.runs.records import find_record
-from pipeline.train import trunk_cache
 from pipeline.train.baselines import DEFAULTS
 from pipeline.train.trunk_cache import TrunkCache
 from pipeline.workflows.ladder import ladder_configs, run_ladder
@@ -58,19 +57,6 @@ def imbalanced_store(tmp_path_factory):
                                         layers=("all",), out=str(root / "f"), progress=False,
                                         workers=0))
     return str(summary.path)
-
-
-@pytest.fixture
-def trunk_passes(monkeypatch):
-    """The number of images of every trunk forward pass (one entry per part)."""
-    passes, real = [], trunk_cache.compute_activations
-
-    def counted(runner, root, paths, *args, **kw):
-        passes.append(len(paths))
-        return real(runner, root, paths, *args, **kw)
-
-    monkeypatch.setattr(trunk_cache, "compute_activations", counted)
-    return passes
 
 
 def test_finetuning_rungs_fill_one_trunk_cache_once_under_cv(imbalanced_store, tmp_path,

@@ -7,11 +7,9 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import make_folder
 
 from pipeline.backbones import get_backbone, load_backbone
 from pipeline.errors import UsageError
-from pipeline.extraction.job import ExtractConfig, run_extract
 from pipeline.train.finetune import (
     WISE_ALPHAS,
     FinetuneConfig,
@@ -23,15 +21,6 @@ from pipeline.train.loop import ParamGroup, Schedule, TrainConfig, train, warmed
 from pipeline.workflows.finetune import run_finetune
 
 LITE0_STAGES = ["stem"] + [f"blocks.{i}" for i in range(7)] + ["conv_head"]
-
-
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipes")
-    folder = make_folder(root / "img", per_class=8, size=(40, 36))
-    summary = run_extract(ExtractConfig(data=str(folder), backbone="toy", layers=("layer1",),
-                                        out=str(root / "f"), progress=False, workers=0))
-    return str(summary.path)
 
 
 def _cfg(store, **kw):
