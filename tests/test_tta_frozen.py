@@ -10,15 +10,17 @@ test probabilities again from the files, and its ONNX export matches predict.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import TOY
 from PIL import Image
 
-from pipeline.backbones import BackboneSpec, Preprocessing, Tap, load_backbone, register_backbone
+from pipeline.backbones import load_backbone, register_backbone
 from pipeline.configs import ExtractConfig, FitConfig
 from pipeline.extraction.forward import build_extractor
 from pipeline.extraction.job import run_extract
@@ -46,17 +48,11 @@ def build_asym():
     return net
 
 
-ASYM = BackboneSpec(
-    name="toy_asym",
-    description="a horizontal difference and ReLU: not mirror-symmetric (tests only)",
-    build=build_asym,
-    stages=lambda m: [("a", m.a), ("b", m.b)],
-    taps=(Tap("layer1", "a", 2, 2), Tap("layer2", "b", 3, 4)),
-    preprocessing=Preprocessing(input_size=16, crop_pct=1.0, interpolation="nearest",
-                                mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255)),
-    load_weights=lambda model, weights: "toy-asym-known-weights",
-    imagenet_identity=lambda: "toy-asym-known-weights",
-)
+ASYM = replace(TOY, name="toy_asym",
+               description="a horizontal difference and ReLU: not mirror-symmetric (tests only)",
+               build=build_asym,
+               load_weights=lambda model, weights: "toy-asym-known-weights",
+               imagenet_identity=lambda: "toy-asym-known-weights")
 register_backbone(ASYM, replace=True)
 
 TAPS = ("layer1", "layer2")

@@ -61,7 +61,7 @@ def cache_key(store, cfg, cut: int, weights_id: str, pre, layout: str,
     # each only when on, so the keys of caches written before stay those earlier versions wrote
     if pooled:
         fields["pooled"] = True
-    if getattr(cfg, "tta", "none") != "none":
+    if cfg.tta != "none":
         fields["tta"] = cfg.tta
     blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -195,7 +195,7 @@ def _compute(store, loaded, cfg, cuts: list, pre, layout: str) -> dict:
                                       "compile" if cfg.compile else cfg.runtime),
                         [cut == len(stages) for cut in trunk.cuts])
     data = {cut: {} for cut in trunk.cuts}
-    flip = getattr(cfg, "tta", "none") == "flip"
+    flip = cfg.tta == "flip"
     for split, paths in parts.items():
         views = cfg.views if split in ("train", "all") else 1
         acts, ok, skipped = compute_activations(runner, store.data_root, paths, pre, views,

@@ -53,8 +53,7 @@ def ladder_configs(features, epochs: int = LADDER_EPOCHS, views: int = 3,
         ("differential LR", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3)),
         ("gradual unfreezing", replace(base, unfreeze="layer4", lr=3e-3, lr_factor=0.3,
                                        gradual=1)),
-        (PRESET_RUNG, preset_config("recommended", features=features, views=views,
-                                    cache_at="layer3")),
+        (PRESET_RUNG, preset_config("recommended", features=features, views=views)),
     ]
 
 
