@@ -409,13 +409,16 @@ PRESETS = {
 }
 
 
-def preset_config(preset: str = "none", **fields) -> FinetuneConfig:
-    """The :class:`FinetuneConfig` of ``preset`` (:data:`PRESETS`) with ``fields`` on top
-    (the fields given win over the preset's)."""
+def preset_config(preset: str = "none", explicit=None, **fields) -> FinetuneConfig:
+    """The :class:`FinetuneConfig` of ``preset`` (:data:`PRESETS`) with ``fields`` on top:
+    the fields given win over the preset's, except those a command passes only as its
+    defaults (``explicit``: the names the user gave; None: every field of ``fields``)."""
     if preset not in PRESETS:
         raise UsageError(f"{opt('preset', repr(preset))} is not a preset; valid: "
                          f"{', '.join(PRESETS)}", param="preset")
-    return FinetuneConfig(**{**PRESETS[preset], **fields})
+    chosen = {k: v for k, v in fields.items()
+              if explicit is None or k in explicit or k not in PRESETS[preset]}
+    return FinetuneConfig(**{**PRESETS[preset], **chosen})
 
 
 #: Maximum epochs of each fine-tuning rung: on the full flowers, 3 epochs of the top groups

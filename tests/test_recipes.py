@@ -235,3 +235,16 @@ def test_an_interrupted_wise_run_resumes_with_its_probe_and_refuses_a_damaged_on
     (ck / "probe.pt").write_bytes(b"not a torch file")
     with pytest.raises(StoreError, match="probe.pt.*--resume"):
         run_finetune(replace(cfg, checkpoint_dir=str(ck), resume=True), tmp_path / "again")
+
+
+def test_a_preset_takes_the_options_given_and_keeps_the_commands_own_defaults():
+    """``finetune --preset recommended --lr 3e-3``: the rate given wins, the preset's epochs
+    stand over the command's default 12, and a default the command sets on purpose (its
+    checkpoint folder) is kept."""
+    from pipeline.configs import PRESETS, preset_config
+
+    cfg = preset_config("recommended", {"lr"}, lr=3e-3, epochs=12,
+                        checkpoint_dir="reports/checkpoints")
+    assert cfg.lr == 3e-3 and cfg.epochs == PRESETS["recommended"]["epochs"]
+    assert cfg.checkpoint_dir == "reports/checkpoints" and cfg.wise and cfg.lp_epochs == 1
+    assert preset_config("none", {"lr"}, lr=3e-3, epochs=12).epochs == 12

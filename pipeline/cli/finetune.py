@@ -30,10 +30,9 @@ def finetune(preset, seeds, cache_dir, runs_dir, **fields):
     from ..workflows.fit import summary_line
 
     ctx = click.get_current_context()
-    given = {k: v for k, v in fields.items()
+    given = {k for k in fields
              if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
-    cfg = preset_config(preset, **given) if preset != "none" else FinetuneConfig(**fields)
-    out = run_finetune_seeds(cfg, seeds, runs_dir, cache_dir)
+    out = run_finetune_seeds(preset_config(preset, given, **fields), seeds, runs_dir, cache_dir)
     for record, path in out:
         click.echo(f"{record.label} (seed {record.seed}): {summary_line(record)}  "
                    f"{record.fit_seconds:.0f} s  {path}")
