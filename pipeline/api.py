@@ -216,9 +216,9 @@ def finetune(store, *, runs_dir=DEFAULT_RUNS_DIR, cache_dir=None,
 
     ``options`` are the fields of :class:`pipeline.configs.FinetuneConfig`
     (``unfreeze``, ``lr``, ``lr_factor``, ``epochs``, ``schedule``, ``gradual``,
-    ``lp_epochs``, ``wise``, ``ema``, ``mixup``, ``tta``, ``metric``, ...), on top of
-    ``preset`` (:data:`pipeline.configs.PRESETS`: ``recommended`` is the ladder's
-    strongest rung);
+    ``lp_epochs``, ``probe``, ``classify_at``, ``wise``, ``ema``, ``mixup``, ``tta``,
+    ``metric``, ...), on top of ``preset`` (:data:`pipeline.configs.PRESETS`:
+    ``recommended`` is the ladder's strongest rung);
     ``runs_dir=None`` writes nothing.  ``cache_dir`` keeps the frozen trunk's outputs:
     a folder, or a :class:`pipeline.train.trunk_cache.TrunkCache` to pass to several
     calls so that they compute them once.

@@ -33,6 +33,7 @@ from .options import (
     MAX_SEED,
     POOL_CHOICES,
     PRECISIONS,
+    PROBES,
     PROTOCOLS,
     RUNTIMES,
     SCHEDULE_UNITS,
@@ -331,6 +332,9 @@ class FinetuneConfig(Checked):
     cache: str = option("auto", "auto: compute the frozen trunk once (exact with --bn "
                                 "frozen-eval); off: train end to end from images.",
                         choices=CACHE_MODES)
+    classify_at: str | None = option(None, "Put the new classifier on this tap's pooled output "
+                                           "(e.g. layer4) and drop the stages above it; "
+                                           "default: the backbone's last stage.")
     # cut the cached trunk after this tap at the latest
     cache_at: str | None = option(None, cli=False)
     bn: str = option("frozen-eval", "BatchNorm of frozen block groups.", choices=BN_POLICIES)
@@ -344,6 +348,12 @@ class FinetuneConfig(Checked):
                                        "(from 1%), then the schedule over the rest.", min=0)
     lp_epochs: int = option(0, "LP-FT: train only the new classifier for the first N epochs "
                                "(a linear probe), then every unfrozen group at once.", min=0)
+    probe: str = option("epochs", "LP-FT's linear probe: epochs = the classifier trained alone "
+                                  "for --lp-epochs; logreg = a logistic regression fitted to "
+                                  "convergence on the top's pooled features of the training "
+                                  "images (C chosen on validation) before the first epoch, "
+                                  "then --lp-epochs more (0 allowed).",
+                        choices=PROBES)
     layer_decay: float | None = option(
         None, "Layer-wise rate decay: each trained stage's rate = decay x the stage above's "
               "(the classifier at --lr); per stage, finer than --lr-factor, which it replaces.",

@@ -45,6 +45,8 @@ SCHEDULE_UNITS = ("epoch", "step")
 AUGMENTATIONS = ("standard", "strong", "none")
 #: BatchNorm policy of frozen block groups during fine-tuning.
 BN_POLICIES = ("frozen-eval", "train")
+#: LP-FT's linear probe: classifier-only epochs, or a converged logistic regression.
+PROBES = ("epochs", "logreg")
 #: Fine-tuning's frozen-trunk cache: ``auto`` when exact, ``off`` = end to end.
 CACHE_MODES = ("auto", "off")
 #: Evaluation protocols: one fixed split, repeated stratified K-fold, or chosen by size.

@@ -336,18 +336,23 @@ def _finetune(world, **kw):
     return record
 
 
-@pytest.mark.parametrize("cache, tolerance, tta", [("off", 2e-5, "none"),
-                                                   ("auto", 5e-3, "none"),
-                                                   ("off", 2e-5, "flip"),
-                                                   ("auto", 5e-3, "flip")])
-def test_finetuned_export_equals_predict(world, tmp_path, cache, tolerance, tta):
+@pytest.mark.parametrize("cache, tolerance, tta, classify_at", [("off", 2e-5, "none", None),
+                                                                ("auto", 5e-3, "none", None),
+                                                                ("off", 2e-5, "flip", None),
+                                                                ("auto", 5e-3, "flip", None),
+                                                                ("auto", 5e-3, "none", "layer3")])
+def test_finetuned_export_equals_predict(world, tmp_path, cache, tolerance, tta, classify_at):
     """predict = the network training evaluated (the record's test probabilities;
     the trunk cache holds float16 activations, hence its tolerance); the exported graph
     = predict on the same 32 uint8 images within 1e-5, and end to end from files.  With
     flip TTA all three average each image with its mirror (training's test predictions
-    from the cached mirrored view)."""
-    record = _finetune(world, unfreeze="layer4", cache=cache, tta=tta)
+    from the cached mirrored view); classified at layer3, the saved network ends there."""
+    record = _finetune(world, unfreeze="layer3" if classify_at else "layer4", cache=cache,
+                       tta=tta, classify_at=classify_at)
     classes = record["classes"]
+    if classify_at:
+        bundle = torch.load(record["model_file"], map_location="cpu", weights_only=True)
+        assert bundle["stage_names"][-1] == "layer3" and "layer4" not in bundle["stage_names"]
     assert record["finetune"]["cached_trunk"] == (cache == "auto")
     assert record["finetune"]["tta"] == tta
     test = run_predict(record["run_id"], _test_paths(record, world), world["runs"], top_k=3)

@@ -248,3 +248,67 @@ def test_a_preset_takes_the_options_given_and_keeps_the_commands_own_defaults():
     assert cfg.lr == 3e-3 and cfg.epochs == PRESETS["recommended"]["epochs"]
     assert cfg.checkpoint_dir == "reports/checkpoints" and cfg.wise and cfg.lp_epochs == 1
     assert preset_config("none", {"lr"}, lr=3e-3, epochs=12).epochs == 12
+
+
+@pytest.mark.parametrize("unfreeze", ["none", "layer1"])
+def test_a_logreg_probe_starts_fine_tuning_where_the_frozen_head_ends(tiny_store, unfreeze):
+    """``--probe logreg --classify-at layer1``: the network ends at layer1's stage, its pooled
+    output is the store's layer1 features (cached pooled output or images), and the
+    classifier it starts from is the frozen logistic-regression head of those features,
+    its C chosen on validation and fitted on the training images alone."""
+    import numpy as np
+
+    from pipeline.heads.selection import Choice, predict_proba, select_and_fit
+    from pipeline.train.finetune import _datasets, _pooled, _prepare, fit_probe
+    from pipeline.train.trunk_cache import TrunkCache
+
+    cfg = FinetuneConfig(features=tiny_store, classify_at="layer1", unfreeze=unfreeze,
+                         probe="logreg", epochs=1, batch_size=8, views=2, protocol="holdout")
+    cfg, store, loaded, stages, names, plan, pre, _ = _prepare(cfg)
+    assert names == ["a"]
+    top, sets, *_ = _datasets(cfg, store, loaded, stages, plan, pre, TrunkCache.of(None))
+    X = {s: store.X("layer1", s) for s in ("train", "val")}
+    for s in X:
+        np.testing.assert_allclose(_pooled(top, sets[s].unaugmented())[0], X[s], rtol=2e-3,
+                                   atol=1e-3)
+    got = fit_probe(top, sets["train"], sets["val"], cfg)
+    frozen = select_and_fit("logreg", X["train"], store.y("train"), X["val"], store.y("val"),
+                            cfg.seed, choice=Choice(cfg.metric, cfg.class_weight), refit=False)
+    assert got["C"] == frozen.params["C"]
+    top.eval()
+    with torch.no_grad():
+        ours = torch.softmax(top(torch.stack([x for x, _ in sets["val"].unaugmented()])), 1)
+    np.testing.assert_allclose(ours.numpy(), predict_proba(frozen.model, X["val"]), atol=2e-3)
+
+
+def test_a_logreg_probe_is_wises_zero_end_and_needs_no_probe_epochs(tiny_store, tmp_path):
+    """With the logistic-regression probe WiSE-FT needs no classifier-only epoch: its
+    a = 0 end is the probe itself (same validation score), recorded with the probe's C.
+    Here (C = 1e-4: nearly uniform probabilities, still every validation image right)
+    validation keeps a = 0, so the run predicts the test images as the frozen head does."""
+    import numpy as np
+
+    from pipeline.heads.selection import Choice, predict_proba, select_and_fit
+    from pipeline.store.hdf5 import open_store
+
+    record, _ = run_finetune(FinetuneConfig(
+        features=tiny_store, classify_at="layer1", unfreeze="layer1", probe="logreg",
+        lp_epochs=0, wise=True, epochs=2, batch_size=8, lr=1e-2, protocol="holdout",
+        patience=None), tmp_path / "runs")
+    details = record["finetune"]
+    assert details["classify_at"] == "layer1" and details["probe"]["C"] > 0
+    zero = details["wise"]["scores"][0]
+    assert zero["alpha"] == 0.0 and zero["val_score"] == pytest.approx(
+        details["probe"]["val_score"])
+    assert record["method"] == "finetune-lpft" and "logreg probe" in record["label"]
+    assert details["wise"]["alpha"] == 0.0
+    store = open_store(tiny_store)
+    frozen = select_and_fit("logreg", store.X("layer1", "train"), store.y("train"),
+                            store.X("layer1", "val"), store.y("val"), choice=Choice(),
+                            refit=False)
+    np.testing.assert_allclose(record["predictions"]["proba"],
+                               predict_proba(frozen.model, store.X("layer1", "test")),
+                               atol=2e-3)
+    with pytest.raises(UsageError, match="--probe logreg"):
+        from pipeline.train.finetune import check_config
+        check_config(_cfg(tiny_store, unfreeze="layer4", wise=True, lp_epochs=0))

@@ -120,8 +120,10 @@ class FitResult:
 
 
 def select_and_fit(clf: str, X_train, y_train, X_val, y_val, seed: int = 0,
-                   grid=None, choice: Choice = Choice()) -> FitResult:
-    """Choose the grid value with the best validation metric, then refit on train+val.
+                   grid=None, choice: Choice = Choice(), refit: bool = True) -> FitResult:
+    """Choose the grid value with the best validation metric, then refit on train+val
+    (``refit=False``: on train alone, for a head whose validation predictions must stay
+    unseen, such as fine-tuning's linear probe, which validation judges again).
 
     ``X_*`` are ``(n, n_features)``.  Ties go to the stronger regularisation (the
     smaller ``C``, the larger ``k`` or ``alpha``).  ``grid`` overrides the head's grid.
@@ -144,7 +146,8 @@ def select_and_fit(clf: str, X_train, y_train, X_val, y_val, seed: int = 0,
         log.debug("%s %s=%g val %s %.4f", clf, head.param, value, metric, scores[metric])
         if scores[metric] > best_score:
             best, best_score, best_pred = value, scores[metric], pred
-    X_all, y_all = np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])
+    X_all, y_all = ((np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val]))
+                    if refit else (X_train, y_train))
     final = fit_head(make_head(clf, best, seed, calibrated=smallest_class(y_all),
                                class_weight=class_weight), X_all, y_all, class_weight)
     return FitResult(final, {head.param: head.plain(best)}, best_pred, search,

@@ -71,6 +71,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         self.decoded = decoded
         self.transform = image_transform(preprocessing, augment, size)
+        self._plain = (preprocessing, size)
         self.short_side = int(math.ceil((size or preprocessing.input_size)
                                         / preprocessing.crop_pct))
         self.paths = list(paths)
@@ -114,6 +115,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
                              Image.BICUBIC)
         return img
+
+    def unaugmented(self):
+        """This dataset with the evaluation transform (the centre crop, no augmentation)."""
+        import copy
+
+        plain = copy.copy(self)
+        plain.transform = image_transform(self._plain[0], "none", self._plain[1])
+        return plain
 
     def __len__(self):
         return len(self.kept)
@@ -195,6 +204,10 @@ class MirroredViews(torch.utils.data.Dataset):
     def __init__(self, dataset):
         self.dataset = dataset
         self.labels, self.kept = dataset.labels, getattr(dataset, "kept", None)
+
+    def unaugmented(self):
+        """The un-mirrored centre crops alone."""
+        return self.dataset.unaugmented()
 
     def __len__(self):
         return len(self.dataset)

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..configs import FinetuneConfig
 from ..errors import DataError, StoreError, UsageError, WeightsError, opt, unsafe_load_reason
-from ..options import BN_POLICIES, CACHE_MODES
+from ..options import BN_POLICIES, CACHE_MODES, PROBES
 from ..store.hdf5 import open_store
 from .trunk_cache import ALL_IMAGES, PER_SPLIT, CachedViews, TrunkCache, cache_key
 
@@ -57,10 +57,13 @@ def block_groups(spec, stage_names) -> list[tuple[str, list[str]]]:
     """``[(tap_name, [stage names])]`` shallow to deep, one group per tap with stages.
 
     Stages before the first tap join the first group; stages after the last
-    tap join the last group; taps sharing a stage give no empty group.
+    tap join the last group; taps sharing a stage give no empty group, taps on stages
+    not in ``stage_names`` (above a ``classify_at`` cut) none.
     """
     groups, taken = [], 0
     for tap in spec.taps:
+        if tap.stage not in stage_names:
+            continue
         idx = stage_names.index(tap.stage) + 1
         if idx > taken:
             groups.append((tap.name, list(stage_names[taken:idx])))
@@ -97,15 +100,17 @@ def build_network(stages, n_classes: int, dropout: float, channels: int | None =
             self.dropout = nn.Dropout(dropout)
             self.fc = nn.Linear(channels or _out_channels(stages), n_classes)
 
+        def features(self, x):
+            """The pooled output of the stages ``(N, C)``: what the classifier reads."""
+            for stage in self.stages:
+                x = stage(x)
+            return x.mean(dim=(2, 3)) if x.dim() == 4 else x
+
         def forward(self, x):
             if x.dim() == 5 or (x.dim() == 3 and not self.stages):   # views of each input
                 n, v = x.shape[:2]
                 return self.forward(x.flatten(0, 1)).view(n, v, -1).mean(dim=1)
-            for stage in self.stages:
-                x = stage(x)
-            if x.dim() == 4:
-                x = x.mean(dim=(2, 3))
-            return self.fc(self.dropout(x))
+            return self.fc(self.dropout(self.features(x)))
 
     return Network()
 
@@ -205,10 +210,16 @@ def check_config(cfg: FinetuneConfig):
     if cfg.ema is not None and not 0 < cfg.ema < 1:
         raise UsageError(f"{opt('ema')} is a decay in (0, 1), e.g. 0.998; got {cfg.ema}",
                          param="ema")
-    if cfg.wise and not 0 < cfg.lp_epochs < cfg.epochs:
+    if cfg.probe not in PROBES:
+        raise UsageError(f"{opt('probe')} {cfg.probe!r} is not valid; valid: {', '.join(PROBES)}",
+                         param="probe")
+    low = 0 if cfg.probe == "logreg" else 1
+    if cfg.wise and not low <= cfg.lp_epochs < cfg.epochs:
         raise UsageError(f"{opt('wise')} mixes the fine-tuned weights with the linear probe's: "
-                         f"it needs {opt('lp_epochs', 'N')} with 0 < N < {opt('epochs')} "
-                         f"({cfg.epochs}), got {cfg.lp_epochs}", param="lp_epochs")
+                         f"it needs {opt('lp_epochs', 'N')} with {low} <= N < {opt('epochs')} "
+                         f"({cfg.epochs}), got {cfg.lp_epochs}"
+                         + ("" if low == 0 else f", or {opt('probe', 'logreg')}"),
+                         param="lp_epochs")
     if cfg.lp_epochs and cfg.unfreeze == "none":
         raise UsageError(f"{opt('lp_epochs')} is the linear probe before fine-tuning, but "
                          f"{opt('unfreeze', 'none')} trains the classifier only; unfreeze some "
@@ -258,7 +269,8 @@ def network_from_bundle(bundle: dict):
     torch, nn = _torch()
     cfg, cut = bundle["config"], int(bundle["cut"])
     with torch.device("meta"):
-        stages = load_backbone(cfg["backbone"], "none").stages()
+        loaded = load_backbone(cfg["backbone"], "none")
+        stages = classified_stages(loaded.stages(), loaded.spec, cfg.get("classify_at"))
         names = [n for n, _ in stages]
         if names != list(bundle["stage_names"]):
             raise UsageError(f"the saved network has stages {bundle['stage_names']} but "
@@ -376,11 +388,20 @@ def _prepare(cfg: FinetuneConfig):
     cfg = replace(cfg, backbone=backbone, weights=cfg.weights or store_weights(store, backbone),
                   metric=selection.metric, class_weight=selection.class_weight)
     loaded = load_backbone(cfg.backbone, cfg.weights)
-    stages = loaded.stages()
+    stages = classified_stages(loaded.stages(), loaded.spec, cfg.classify_at)
     names = [n for n, _ in stages]
     plan = make_plan(loaded.spec, names, cfg)
     return cfg, store, loaded, stages, names, plan, _transform_pre(loaded.spec.preprocessing,
                                                                     cfg.input_size), selection
+
+
+def classified_stages(stages, spec, classify_at: str | None) -> list:
+    """``stages`` up to the stage of tap ``classify_at`` (the classifier reads its pooled
+    output: the tap's own features), or all of them when None."""
+    if classify_at is None:
+        return stages
+    names = [n for n, _ in stages]
+    return stages[:names.index(spec.tap(classify_at).stage) + 1]
 
 
 def store_weights(store, backbone: str) -> str:
@@ -415,15 +436,20 @@ def store_weights(store, backbone: str) -> str:
 
 
 def _train_top(cfg, plan, top, model_stages, train_set, val_set, checkpoints: bool = True,
-               wise_alpha: float | None = None):
+               wise_alpha: float | None = None, probe_c: float | None = None):
     """Train ``top`` (its block groups per ``plan``) on ``train_set``, early-stopping on
     ``val_set`` (the epoch kept by ``cfg.metric``, the loss weighted by ``cfg.class_weight``
-    counted on ``train_set``); with ``cfg.wise``, then mixed with the linear probe's
+    counted on ``train_set``); with ``cfg.probe == "logreg"``, its classifier first set to
+    a converged linear probe (:func:`fit_probe`, its C chosen on ``val_set``, or
+    ``probe_c`` when given); with ``cfg.wise``, then mixed with the linear probe's
     weights (:func:`choose_wise`, on ``val_set``; at ``wise_alpha`` when given: a
     coefficient chosen elsewhere).  Returns :class:`pipeline.train.loop.TrainResult`
-    (``extra["wise"]``: the coefficient and each one's validation figures)."""
+    (``extra["wise"]``: the coefficient and each one's validation figures;
+    ``extra["probe"]``: the probe's C and validation score)."""
     from .loop import Schedule, TrainConfig, loss_weights, select_by_for, train
 
+    probe_fit = (fit_probe(top, train_set, val_set, cfg, probe_c)
+                 if cfg.probe == "logreg" else None)
     param_groups = _param_groups(top, plan, model_stages)
     on_epoch_start, set_train_mode = _hooks(cfg, plan, param_groups, model_stages)
     ckpt_dir = cfg.checkpoint_dir if checkpoints else None
@@ -446,10 +472,63 @@ def _train_top(cfg, plan, top, model_stages, train_set, val_set, checkpoints: bo
 
     res = train(top, param_groups, train_set, val_set, tcfg,
                 on_epoch_start=epoch_start, set_train_mode=set_train_mode)
+    if probe_fit is not None:
+        res.extra["probe"] = probe_fit
     if probe is not None and probe.state is not None:
         res.extra["wise"] = choose_wise(top, probe.state, val_set, tcfg,
                                         (wise_alpha,) if wise_alpha is not None else WISE_ALPHAS)
     return res
+
+
+def fit_probe(top, train_set, val_set, cfg, C: float | None = None) -> dict:
+    """LP-FT's converged linear probe, loaded into ``top.fc``: logistic regression on
+    ``top``'s pooled features (pretrained, eval mode) of the training images' centre
+    crops, its C chosen by ``cfg.metric`` on ``val_set``'s centre crops over the
+    ``logreg`` head's grid (``C`` when given: one chosen elsewhere) and the head fitted
+    on the training images alone (validation then still judges epochs and WiSE-FT's
+    mix honestly), with ``cfg.class_weight``.  The frozen-feature head of
+    :mod:`pipeline.heads` on the top's own output, so fine-tuning starts where the
+    frozen head ends.  ``{"C", "val_score"}``."""
+    import torch
+
+    from ..heads.selection import Choice, select_and_fit
+    from .deploy import linear_head
+
+    X_train, y_train = _pooled(top, train_set.unaugmented())
+    X_val, y_val = _pooled(top, val_set.unaugmented())
+    if len(np.unique(y_train)) < 2:
+        raise DataError("the training images hold one class; the linear probe needs two: "
+                        f"use {opt('probe', 'epochs')} or more images per class")
+    fit = select_and_fit("logreg", X_train, y_train, X_val, y_val, cfg.seed,
+                         grid=None if C is None else [C],
+                         choice=Choice(cfg.metric, cfg.class_weight), refit=False)
+    linear = linear_head(fit.model, X_train.shape[1])
+    present = torch.as_tensor(fit.model.classes_)
+    with torch.no_grad():   # a class absent from the training images: never predicted
+        top.fc.weight.zero_()
+        top.fc.bias.fill_(float(linear.bias.min()) - 10.0)
+        top.fc.weight[present] = linear.weight.to(top.fc.weight.dtype)
+        top.fc.bias[present] = linear.bias.to(top.fc.bias.dtype)
+    score = fit.search[[r["C"] for r in fit.search].index(fit.params["C"])][f"val_{fit.metric}"]
+    log.info("linear probe: logistic regression, C %g chosen on validation (%s %.3f)",
+             fit.params["C"], fit.metric, score)
+    return {"C": fit.params["C"], "val_score": score}
+
+
+def _pooled(top, dataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``(features (n, C) float64, labels (n,))``: ``top.features`` of ``dataset`` in eval
+    mode."""
+    import torch
+
+    was_training = top.training
+    top.eval()
+    feats, labels = [], []
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+            feats.append(top.features(x).double().numpy())
+            labels.append(y.numpy())
+    top.train(was_training)
+    return np.concatenate(feats), np.concatenate(labels)
 
 
 class _ProbeSnapshot:
@@ -645,11 +724,14 @@ def finetune_cv(cfg: FinetuneConfig, cache_dir=None) -> FinetuneResult:
     everything = np.arange(len(y))
     # WiSE-FT's coefficient: the folds' median (chosen on their inner validation splits),
     # never one chosen on the images the final model trains on
+    # and the linear probe's C likewise (the median of a log grid, geometric)
     alphas = [f.params["wise_alpha"] for f in folds if "wise_alpha" in f.params]
+    cs = [f.params["probe_C"] for f in folds if "probe_C" in f.params]
     final = _train_top(replace(cfg, epochs=max(1, int(np.median(epochs))), patience=None),
                        plan, top, model_stages, views(everything, True),
                        views(everything, False), checkpoints=False,
-                       wise_alpha=float(np.median(alphas)) if alphas else None)
+                       wise_alpha=float(np.median(alphas)) if alphas else None,
+                       probe_c=float(np.exp(np.median(np.log(cs)))) if cs else None)
     # The record's learning curves: the first outer fold's, whose validation split is real.
     final = replace(final, history=histories[0], best_epoch=epochs[0])
     return FinetuneResult(cfg, store, plan, names, _trunk_state(stages, plan, True), top, final,
@@ -679,7 +761,8 @@ def _train_folds(cfg, plan, store, fresh_top, views) -> tuple[list, list, list]:
         epochs.append(res.best_epoch)
         histories.append(res.history)
         chosen = {"best_epoch": res.best_epoch,
-                  **({"wise_alpha": res.extra["wise"]["alpha"]} if "wise" in res.extra else {})}
+                  **({"wise_alpha": res.extra["wise"]["alpha"]} if "wise" in res.extra else {}),
+                  **({"probe_C": res.extra["probe"]["C"]} if "probe" in res.extra else {})}
         folds.append(FoldResult(r, k, test_rows, proba, chosen,
                                 len(train_rows), seconds=res.seconds,
                                 temperature=fit_temperature(val_proba, y[va])))
@@ -691,7 +774,7 @@ def _train_folds(cfg, plan, store, fresh_top, views) -> tuple[list, list, list]:
 def method_name(cfg: FinetuneConfig) -> str:
     if cfg.unfreeze == "none":
         return "finetune-head"
-    if cfg.lp_epochs:
+    if cfg.lp_epochs or cfg.probe == "logreg":
         return "finetune-lpft"
     if cfg.gradual:
         return "finetune-gradual"
@@ -704,7 +787,9 @@ def describe(cfg: FinetuneConfig) -> str:
     what = {"none": "head only", "all": "all groups"}.get(cfg.unfreeze,
                                                           f"from {cfg.unfreeze}")
     parts = [f"fine-tune {what}"]
-    if cfg.lp_epochs:
+    if cfg.probe == "logreg":
+        parts.append("LP-FT logreg probe" + (f" + {cfg.lp_epochs}ep" if cfg.lp_epochs else ""))
+    elif cfg.lp_epochs:
         parts.append(f"LP-FT {cfg.lp_epochs}ep")
     if cfg.unfreeze != "none" and cfg.layer_decay is not None:
         parts.append(f"layer decay {cfg.layer_decay:g}")

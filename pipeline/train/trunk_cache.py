@@ -363,6 +363,10 @@ class CachedViews:
         self.tta = tta and not random_view
         self.train_views = train_views or acts.shape[1]
 
+    def unaugmented(self):
+        """View 0 of every image (the centre crop), one per item."""
+        return CachedViews(self.acts, self.labels, random_view=False)
+
     def __len__(self):
         return len(self.labels)
 

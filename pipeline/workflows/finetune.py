@@ -71,6 +71,8 @@ def _details(result: FinetuneResult, protocol: Protocol) -> dict:
             "stage_lrs": plan.stage_lrs, "tta": cfg.tta,
             # WiSE-FT: the coefficient chosen on validation (cv: each fold's, in its params)
             "wise": res.extra.get("wise"),
+            # LP-FT's logistic-regression probe: its C and validation score (cv: each fold's)
+            "probe": res.extra.get("probe"), "classify_at": cfg.classify_at,
             "final_model": protocol.pick(
                 holdout="the best epoch on validation",
                 cv="trained on every image for the folds' median best epoch")}
