@@ -312,3 +312,17 @@ def test_a_logreg_probe_is_wises_zero_end_and_needs_no_probe_epochs(tiny_store, 
     with pytest.raises(UsageError, match="--probe logreg"):
         from pipeline.train.finetune import check_config
         check_config(_cfg(tiny_store, unfreeze="layer4", wise=True, lp_epochs=0))
+
+
+def test_cross_validated_logreg_probe_chooses_c_per_fold_and_the_final_model_their_median(
+        tiny_store, tmp_path):
+    """Under cv each fold's probe chooses C on its inner validation split; the model trained
+    on every image takes their geometric median, not a C chosen on its own images."""
+    import numpy as np
+
+    record, _ = run_finetune(FinetuneConfig(
+        features=tiny_store, classify_at="layer1", unfreeze="none", probe="logreg",
+        epochs=2, batch_size=8, protocol="cv", patience=None), tmp_path / "runs")
+    cs = [p["probe_C"] for p in record["cv"]["fold_params"]]
+    assert len(cs) == 15
+    assert record["finetune"]["probe"]["C"] == pytest.approx(float(np.exp(np.median(np.log(cs)))))
