@@ -264,6 +264,8 @@ def test_a_logreg_probe_starts_fine_tuning_where_the_frozen_head_ends(tiny_store
 
     cfg = FinetuneConfig(features=tiny_store, classify_at="layer1", unfreeze=unfreeze,
                          probe="logreg", epochs=1, batch_size=8, views=2, protocol="holdout")
+    with pytest.raises(UsageError, match="'bogus'.* is not a tap of toy; valid: layer1, layer2"):
+        _prepare(replace(cfg, classify_at="bogus"))
     cfg, store, loaded, stages, names, plan, pre, _ = _prepare(cfg)
     assert names == ["a"]
     top, sets, *_ = _datasets(cfg, store, loaded, stages, plan, pre, TrunkCache.of(None))

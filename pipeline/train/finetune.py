@@ -400,6 +400,9 @@ def classified_stages(stages, spec, classify_at: str | None) -> list:
     output: the tap's own features), or all of them when None."""
     if classify_at is None:
         return stages
+    if classify_at not in spec.tap_names:
+        raise UsageError(f"{opt('classify_at', repr(classify_at))} is not a tap of {spec.name}; "
+                         f"valid: {', '.join(spec.tap_names)}", param="classify_at")
     names = [n for n, _ in stages]
     return stages[:names.index(spec.tap(classify_at).stage) + 1]
 
