@@ -512,7 +512,7 @@ def fit_probe(top, train_set, val_set, cfg, C: float | None = None) -> dict:
         top.fc.bias.fill_(float(linear.bias.min()) - 10.0)
         top.fc.weight[present] = linear.weight.to(top.fc.weight.dtype)
         top.fc.bias[present] = linear.bias.to(top.fc.bias.dtype)
-    score = fit.search[[r["C"] for r in fit.search].index(fit.params["C"])][f"val_{fit.metric}"]
+    score = max(r[f"val_{fit.metric}"] for r in fit.search)   # the chosen C's
     log.info("linear probe: logistic regression, C %g chosen on validation (%s %.3f)",
              fit.params["C"], fit.metric, score)
     return {"C": fit.params["C"], "val_score": score}

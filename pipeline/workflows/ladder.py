@@ -167,15 +167,17 @@ def share_trunk_cuts(configs, store, cache) -> list:
     import torch
 
     from ..backbones import get_backbone, load_backbone
-    from ..train.finetune import make_plan, uses_trunk_cache
+    from ..train.finetune import classified_stages, make_plan, uses_trunk_cache
 
     backbones = {c.backbone or store.attrs.get("backbone") for c in configs}
     if len(backbones) != 1:
         return []
     name = backbones.pop()
     with torch.device("meta"):   # the stage names only: no weights, no initialisation
-        names = [n for n, _ in load_backbone(name, "none").stages()]
-    plans = [(c, make_plan(get_backbone(name), names, c)) for c in configs]
+        stages = load_backbone(name, "none").stages()
+    spec = get_backbone(name)
+    plans = [(c, make_plan(spec, [n for n, _ in classified_stages(stages, spec, c.classify_at)],
+                           c)) for c in configs]
     cuts = sorted({p.cut for c, p in plans if uses_trunk_cache(c, p)})
     cache.share_cuts(name, cuts)
     return cuts
